@@ -1,0 +1,145 @@
+"""What every workload shares: quiet logging, throwaway databases (a SQLite file, a PostgreSQL
+schema), and result records."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import secrets
+import statistics
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+BACKENDS = ("sqlite", "postgres")
+#: The PostgreSQL the benchmarks use unless told otherwise (the one the test suite uses).
+DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
+
+#: The level the benchmark process and its workers log at, so logging does not dominate.
+LOG_LEVEL = "WARNING"
+
+
+def quiet_logging(cache: bool = False) -> None:
+    """Drop structlog events below WARNING in this process (as `--log-level WARNING` does).
+
+    `cache` (as `conveyor worker` does) is for the worker processes, where logging sits on the
+    hot path; a process that may run other code afterwards (the test suite runs `main`
+    in-process) keeps structlog's loggers reconfigurable.
+    """
+    structlog.configure(
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(LOG_LEVEL)),
+        cache_logger_on_first_use=cache,
+    )
+
+
+@contextlib.contextmanager
+def scratch_db(name: str) -> Iterator[Path]:
+    """A database path in a temporary folder that is removed afterwards, WAL files included."""
+    with tempfile.TemporaryDirectory(prefix="conveyor-bench-") as folder:
+        yield Path(folder) / f"{name}.db"
+
+
+def sqlite_url(path: Path) -> str:
+    # sqlite:/// + an absolute path gives the four slashes conveyor expects for absolute paths
+    return f"sqlite:///{path}"
+
+
+def postgres_url() -> str:
+    """`CONVEYOR_TEST_POSTGRES_URL`, else the local default."""
+    return os.environ.get("CONVEYOR_TEST_POSTGRES_URL") or DEFAULT_POSTGRES_URL
+
+
+@dataclass(frozen=True)
+class Database:
+    """Where one workload keeps its jobs: a URL and, on PostgreSQL, a schema of its own."""
+
+    url: str
+    schema: str | None = None
+
+    def app_options(self) -> dict[str, Any]:
+        """Keyword arguments for `conveyor.App` besides the URL."""
+        return {"postgres_schema": self.schema} if self.schema else {}
+
+    def environ(self) -> dict[str, str]:
+        """The same, as the environment a `conveyor worker` subprocess reads its settings from."""
+        env = {"CONVEYOR_DATABASE_URL": self.url}
+        if self.schema:
+            env["CONVEYOR_POSTGRES_SCHEMA"] = self.schema
+        return env
+
+
+def schema_name(workload: str) -> str:
+    """A fresh schema name for one workload: lower-case, short, unlikely to exist."""
+    slug = re.sub(r"[^a-z0-9]+", "_", workload.lower()).strip("_")[:24]
+    return f"bench_{slug}_{secrets.token_hex(4)}"
+
+
+def drop_schema(url: str, schema: str) -> None:
+    import psycopg  # only the PostgreSQL workloads need it
+    from psycopg import sql
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+
+
+@contextlib.contextmanager
+def scratch(backend: str, workload: str, postgres: str | None = None) -> Iterator[Database]:
+    """A database of its own for one workload, removed afterwards: a SQLite file in a
+    temporary folder, or a PostgreSQL schema on `postgres` (created by `app.migrate()`)."""
+    if backend == "sqlite":
+        with scratch_db(workload) as path:
+            yield Database(sqlite_url(path))
+        return
+    if backend != "postgres":
+        raise ValueError(f"unknown backend {backend!r} (known: {', '.join(BACKENDS)})")
+    url = postgres or postgres_url()
+    schema = schema_name(workload)
+    try:
+        yield Database(url, schema)
+    finally:
+        drop_schema(url, schema)
+
+
+@dataclass(frozen=True)
+class Rate:
+    """`jobs` processed in `seconds`."""
+
+    jobs: int
+    seconds: float
+
+    @property
+    def per_second(self) -> float:
+        return self.jobs / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class Latencies:
+    """Enqueue-to-start latencies of one run, in seconds."""
+
+    samples: list[float]
+    offered_rate: float
+    concurrency: int
+
+    @property
+    def count(self) -> int:
+        return len(self.samples)
+
+    def percentile(self, p: float) -> float:
+        """The p-th percentile (0-100), interpolated between the nearest samples."""
+        ordered = sorted(self.samples)
+        if len(ordered) == 1:
+            return ordered[0]
+        rank = (len(ordered) - 1) * p / 100
+        low = int(rank)
+        high = min(low + 1, len(ordered) - 1)
+        return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.samples)

@@ -1,0 +1,203 @@
+"""The figures as a terminal table (rich) and as JSON."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rich.console import Console, Group
+from rich.table import Table
+from rich.text import Text
+
+from benchmarks.suite import PEERS, Metric, Results, cli_drain_key, drain_key
+
+RAW_LOOP = {"sqlite": "raw sqlite3 loop", "postgres": "raw psycopg loop"}
+
+
+def _figure(metric: Metric, unit: str = "/s", digits: int = 0) -> Text:
+    """The median, with the range over runs underneath when there was more than one run."""
+    text = Text(f"{metric.median:,.{digits}f}{unit}")
+    if len(metric.runs) > 1:
+        text.append(f"\n{min(metric.runs):,.{digits}f}-{max(metric.runs):,.{digits}f}", style="dim")
+    return text
+
+
+def _targets(results: Results, subjects: list[str]) -> tuple[Text, Text]:
+    """The targets on `subjects`, one per line, and whether each is met."""
+    labels, verdicts = Text(), Text()
+    for target in results.targets:
+        if target.subject not in subjects:
+            continue
+        value = results.value(target.subject)
+        assert value is not None
+        if labels:
+            labels.append("\n")
+            verdicts.append("\n")
+        labels.append(target.label)
+        if target.met(value):
+            verdicts.append("met", style="green")
+        else:
+            verdicts.append("above" if target.op == "<=" else "below", style="red")
+    return labels, verdicts
+
+
+def throughput_table(results: Results) -> Table:
+    config = results.config
+    m = results.metrics
+    runs = config.repeat
+    table = Table(
+        title=f"Throughput, jobs/s: median of {runs} run{'s' if runs > 1 else ''}"
+        + (" (range below)" if runs > 1 else ""),
+        title_justify="left",
+    )
+    table.add_column("workload")
+    table.add_column("conveyor", justify="right")
+    table.add_column(RAW_LOOP[config.backend], justify="right")
+    table.add_column("share", justify="right")
+    table.add_column("target")
+    table.add_column("")
+
+    def row(metric: str, label: str, against: str = "", against_label: str = "") -> None:
+        if metric not in m:
+            return
+        ratio_key, speedup_key = f"{metric}/raw", f"{metric}/p1"
+        name = Text(label)
+        raw_cell = Text()
+        if against in m:
+            name.append(f"\nvs raw {against_label}", style="dim")
+            raw_cell = _figure(m[against])
+        share = Text()
+        if ratio_key in results.ratios:
+            share.append(f"{results.ratios[ratio_key].median:.1%}")
+        if speedup_key in results.ratios:  # -p N against -p 1
+            share.append(f"\n{results.ratios[speedup_key].median:.2f}x -p 1", style="dim")
+        targets, verdicts = _targets(results, [metric, ratio_key, speedup_key])
+        table.add_row(name, _figure(m[metric]), raw_cell, share, targets, verdicts)
+
+    row("enqueue.one", "enqueue one by one", "raw.insert.1", "insert, 1 per txn")
+    for batch in config.batches:
+        row(f"enqueue.many.{batch}", f"enqueue_many, {batch:,} per call",
+            f"raw.insert.{batch}", f"insert, {batch:,} per txn")  # fmt: skip
+    row(f"enqueue.call.{config.one_call}", f"enqueue_many, one call of {config.one_call:,}")
+    raw_drain = f"raw.drain.{config.raw_batch}"
+    for c in config.concurrencies:
+        for kind in ("sync", "async"):
+            row(drain_key(kind, c), f"drain, {kind} no-op, concurrency {c}",
+                raw_drain, f"drain, {config.raw_batch} per txn")  # fmt: skip
+    for c in config.concurrencies:
+        for p in config.processes:
+            row(cli_drain_key(p, c), f"drain, CLI -p {p}, concurrency {c}",
+                raw_drain, f"drain, {config.raw_batch} per txn")  # fmt: skip
+    raw_drains = sorted((k for k in m if k.startswith("raw.drain.")), key=lambda k: int(k[10:]))
+    if raw_drains:
+        table.add_section()
+    for key in raw_drains:
+        per = int(key.rsplit(".", 1)[1])
+        label = f"raw drain, {per} job{'s' if per > 1 else ''} per txn"
+        table.add_row(Text(label, style="dim"), "", _figure(m[key]))
+    return table
+
+
+def latency_table(results: Results) -> Table | None:
+    m = results.metrics
+    if "latency.p50" not in m:
+        return None
+    runs = results.config.repeat
+    table = Table(
+        title=f"Latency, ms: median of {runs} run{'s' if runs > 1 else ''}",
+        title_justify="left",
+    )
+    table.add_column("percentile")
+    table.add_column("conveyor", justify="right")
+    table.add_column("target")
+    table.add_column("")
+    for key, label in (("latency.p50", "p50"), ("latency.p95", "p95"),
+                       ("latency.p99", "p99"), ("latency.max", "max")):  # fmt: skip
+        targets, verdicts = _targets(results, [key])
+        table.add_row(label, _figure(m[key], unit="", digits=1), targets, verdicts)
+    return table
+
+
+def peers_table(results: Results) -> Table | None:
+    """Other Python queues' published figures on PostgreSQL: quoted, not measured here."""
+    if results.config.backend != "postgres":
+        return None
+    table = Table(title="Quoted figures, not measured here", title_justify="left")
+    table.add_column("system", style="dim")
+    table.add_column("workload", style="dim")
+    table.add_column("jobs/s (quoted)", justify="right", style="dim")
+    for peer in PEERS:
+        table.add_row(peer.system, peer.what, f"~{peer.per_second:,.0f}")
+    return table
+
+
+def _header(results: Results) -> list[str]:
+    env = results.env
+    config = results.config
+    m = results.metrics
+    machine = f"Python {env['python']} · {env['cpus']} CPUs"
+    if config.backend == "postgres":
+        lines = [
+            f"[bold]conveyor on PostgreSQL[/bold] {env['postgres']} "
+            f"(synchronous_commit={env['postgres_synchronous_commit']}, "
+            f"fsync={env['postgres_fsync']}, {env['postgres_connection']}) · "
+            f"psycopg {env['psycopg']} · {machine}",
+            "every workload in a fresh schema, dropped afterwards; the raw loop is one sync "
+            "psycopg connection in autocommit",
+        ]
+    else:
+        lines = [
+            f"[bold]conveyor on SQLite[/bold] {env['sqlite']} (WAL, synchronous=NORMAL) · {machine}"
+        ]
+    lines.append(f"structlog at {env['log_level']} in the benchmark and worker processes")
+    if any(k.startswith(("enqueue.", "drain.", "raw.")) for k in m):
+        drains = "a drain is one worker process, run_worker(burst=True)"
+        if config.backend == "postgres":
+            drains += (
+                "; `conveyor worker -p N --burst` drains are timed from the first start to the "
+                "last finish stamped in the jobs"
+            )
+        lines.append(f"throughput: {config.jobs:,} jobs per workload; {drains}")
+    if "latency.jobs" in m:
+        clock = "the server's now()" if config.backend == "postgres" else "this machine's clock"
+        lines.append(
+            f"latency: started_at - created_at ({clock}), {m['latency.jobs'].median:,.0f} jobs "
+            f"enqueued at {m['latency.rate'].median:.0f} jobs/s, one `conveyor worker` "
+            f"(concurrency {config.latency_concurrency})"
+        )
+    return lines
+
+
+def print_report(results: Results, console: Console) -> None:
+    m = results.metrics
+    console.print(Group(*_header(results)))
+    console.print()
+    if any(k.startswith(("enqueue.", "drain.", "raw.")) for k in m):
+        console.print(throughput_table(results))
+        console.print()
+    latency = latency_table(results)
+    if latency is not None:
+        console.print(latency)
+        console.print()
+    peers = peers_table(results)
+    if peers is not None:
+        console.print(peers)
+        console.print(
+            "[dim]published figures for other Python queues on PostgreSQL (a 2-core machine, "
+            "no-op jobs, one worker process), quoted for scale from the PostgreSQL backend's "
+            "issue: nothing in this run measured them[/dim]"
+        )
+        console.print()
+    console.print(
+        f"[dim]share = conveyor's figure / the {RAW_LOOP[results.config.backend]}'s, both "
+        "measured in the same run (median over runs). Targets are reported, not enforced.[/dim]"
+    )
+
+
+def write_json(results: list[Results], path: Path) -> None:
+    """One backend: its results object; several: {"backends": {name: results, ...}}."""
+    if len(results) == 1:
+        data = results[0].to_json()
+    else:
+        data = {"backends": {r.config.backend: r.to_json() for r in results}}
+    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")

@@ -1,0 +1,367 @@
+"""The whole run on one backend: which workloads, how many times, and the medians, ratios
+and targets."""
+
+from __future__ import annotations
+
+import os
+import platform
+import sqlite3
+import statistics
+import sys
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from benchmarks import raw, raw_postgres, workloads
+from benchmarks.common import BACKENDS, LOG_LEVEL, postgres_url
+
+GROUPS = ("enqueue", "drain", "latency", "raw")
+
+
+@dataclass(frozen=True)
+class Config:
+    """Sizes and repeats of one run; the defaults are the published figures' settings."""
+
+    jobs: int = 20_000
+    batches: tuple[int, ...] = (1_000, 10_000)
+    concurrencies: tuple[int, ...] = (10, 100)
+    repeat: int = 3
+    latency_rate: float = 30.0
+    latency_seconds: float = 10.0
+    latency_concurrency: int = 10
+    raw_batch: int = 100
+    groups: tuple[str, ...] = GROUPS
+    backend: str = "sqlite"
+    #: PostgreSQL's URL (default: `CONVEYOR_TEST_POSTGRES_URL`, else the local test server)
+    postgres_url: str | None = None
+    #: PostgreSQL only: `conveyor worker --processes N --burst` drains, one per N
+    processes: tuple[int, ...] = (1, 2)
+    #: PostgreSQL only: one `enqueue_many` call of this many jobs (0: none)
+    one_call: int = 100_000
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ValueError(f"unknown backend {self.backend!r} (known: {', '.join(BACKENDS)})")
+
+
+@dataclass(frozen=True)
+class Metric:
+    key: str
+    label: str
+    unit: str
+    runs: list[float] = field(default_factory=list)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.runs)
+
+
+@dataclass(frozen=True)
+class Ratio:
+    """conveyor's figure as a share of the raw loop's, computed per run (both measured in the
+    same run), then the median of those shares."""
+
+    key: str
+    metric: str
+    against: str
+    runs: list[float] = field(default_factory=list)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.runs)
+
+
+@dataclass(frozen=True)
+class Target:
+    """A goal the figures are compared with. Reported, never enforced."""
+
+    subject: str  # a metric or ratio key
+    op: str  # ">=", ">" or "<="
+    value: float
+    label: str
+
+    def met(self, value: float) -> bool:
+        if self.op == ">":
+            return value > self.value
+        return value >= self.value if self.op == ">=" else value <= self.value
+
+
+@dataclass
+class Results:
+    config: Config
+    env: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Metric] = field(default_factory=dict)
+    ratios: dict[str, Ratio] = field(default_factory=dict)
+    targets: list[Target] = field(default_factory=list)
+
+    def record(self, key: str, label: str, unit: str, value: float) -> None:
+        self.metrics.setdefault(key, Metric(key, label, unit)).runs.append(value)
+
+    def value(self, subject: str) -> float | None:
+        if subject in self.metrics:
+            return self.metrics[subject].median
+        if subject in self.ratios:
+            return self.ratios[subject].median
+        return None
+
+    def to_json(self) -> dict[str, Any]:
+        config = asdict(self.config)
+        config.pop("postgres_url")  # may carry a password; the server is in the environment
+        return {
+            "backend": self.config.backend,
+            "environment": self.env or environment(self.config.backend),
+            "config": config,
+            "metrics": {
+                k: {"label": m.label, "unit": m.unit, "median": m.median, "runs": m.runs}
+                for k, m in self.metrics.items()
+            },
+            "ratios": {
+                k: {"of": r.metric, "against": r.against, "median": r.median, "runs": r.runs}
+                for k, r in self.ratios.items()
+            },
+            "targets": [self._target_json(t) for t in self.targets],
+        }
+
+    def _target_json(self, target: Target) -> dict[str, Any]:
+        measured = self.value(target.subject)
+        return {
+            "subject": target.subject, "label": target.label, "op": target.op,
+            "value": target.value, "measured": measured,
+            "met": None if measured is None else target.met(measured),
+        }  # fmt: skip
+
+
+def environment(backend: str = "sqlite", url: str | None = None) -> dict[str, Any]:
+    """What the figures were measured on: Python, the machine and the store's settings."""
+    env: dict[str, Any] = {
+        "backend": backend,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "log_level": LOG_LEVEL,
+        "implementation": sys.implementation.name,
+    }
+    if backend == "sqlite":
+        env.update(sqlite=sqlite3.sqlite_version, sqlite_journal_mode="WAL",
+                   sqlite_synchronous="NORMAL")  # fmt: skip
+    else:
+        env.update(_postgres_settings(url or postgres_url()))
+    return env
+
+
+def _postgres_settings(url: str) -> dict[str, Any]:
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT current_setting('server_version'), current_setting('synchronous_commit'),"
+            " current_setting('fsync'), current_setting('shared_buffers'),"
+            " inet_server_addr() IS NULL"
+        ).fetchone()
+        assert row is not None
+        version, synchronous_commit, fsync, shared_buffers, unix_socket = row
+        return {
+            "postgres": version, "postgres_synchronous_commit": synchronous_commit,
+            "postgres_fsync": fsync, "postgres_shared_buffers": shared_buffers,
+            "postgres_connection": "unix socket" if unix_socket else "TCP",
+            "psycopg": psycopg.__version__,
+        }  # fmt: skip
+
+
+def drain_key(kind: str, concurrency: int) -> str:
+    return f"drain.{kind}.c{concurrency}"
+
+
+def cli_drain_key(processes: int, concurrency: int) -> str:
+    return f"drain.cli.p{processes}.c{concurrency}"
+
+
+def run(config: Config, progress: Callable[[str], None] = lambda _: None) -> Results:
+    """Run every selected workload `config.repeat` times, interleaved, and gather the figures."""
+    pg = config.backend == "postgres"
+    results = Results(config, env=environment(config.backend, config.postgres_url))
+    where = {"backend": config.backend, "postgres": config.postgres_url}
+    n = config.jobs
+    for round_no in range(1, config.repeat + 1):
+
+        def step(what: str, round_no: int = round_no) -> None:
+            progress(f"{config.backend}, run {round_no}/{config.repeat}: {what}")
+
+        if "raw" in config.groups:
+            _raw_round(results, step)
+        if "enqueue" in config.groups:
+            step("enqueue one by one")
+            results.record("enqueue.one", "enqueue one by one (task.enqueue)", "jobs/s",
+                           workloads.enqueue_one_by_one(n, **where).per_second)  # fmt: skip
+            for batch in config.batches:
+                step(f"enqueue_many, {batch:,} per call")
+                rate = workloads.enqueue_many(n, batch, **where)
+                results.record(f"enqueue.many.{batch}", f"enqueue_many, {batch:,} per call",
+                               "jobs/s", rate.per_second)  # fmt: skip
+            if pg and config.one_call:
+                size = config.one_call
+                step(f"enqueue_many, one call of {size:,}")
+                rate = workloads.enqueue_many(size, size, **where)
+                results.record(f"enqueue.call.{size}", f"enqueue_many, one call of {size:,}",
+                               "jobs/s", rate.per_second)  # fmt: skip
+        if "drain" in config.groups:
+            for concurrency in config.concurrencies:
+                for kind, fn in (("sync", workloads.drain_sync), ("async", workloads.drain_async)):
+                    step(f"drain of {n:,} {kind} no-op jobs, concurrency {concurrency}")
+                    results.record(
+                        drain_key(kind, concurrency),
+                        f"drain, {kind} no-op, 1 worker process, concurrency {concurrency}",
+                        "jobs/s", fn(n, concurrency, **where).per_second,
+                    )  # fmt: skip
+            for concurrency in config.concurrencies if pg else ():
+                for processes in config.processes:
+                    step(f"conveyor worker -p {processes} -c {concurrency} --burst, {n:,} jobs")
+                    rate = workloads.drain_cli(n, processes, concurrency, **where)
+                    results.record(
+                        cli_drain_key(processes, concurrency),
+                        f"drain, conveyor worker -p {processes} -c {concurrency} --burst",
+                        "jobs/s", rate.per_second,
+                    )  # fmt: skip
+        if "latency" in config.groups:
+            step(f"latency at {config.latency_rate:g} jobs/s for {config.latency_seconds:g} s")
+            lat = workloads.latency(
+                config.latency_rate, config.latency_seconds, config.latency_concurrency, **where
+            )
+            for p in (50, 95, 99):
+                results.record(f"latency.p{p}", f"enqueue-to-start p{p}", "ms",
+                               lat.percentile(p) * 1000)  # fmt: skip
+            results.record("latency.max", "enqueue-to-start max", "ms", max(lat.samples) * 1000)
+            results.record("latency.jobs", "latency jobs", "jobs", lat.count)
+            results.record("latency.rate", "latency offered rate", "jobs/s", lat.offered_rate)
+    _ratios(results)
+    _targets(results)
+    return results
+
+
+def _raw_round(results: Results, step: Callable[[str], None]) -> None:
+    """One round of the raw loop: sqlite3 or psycopg, whichever the backend is."""
+    config = results.config
+    n = config.jobs
+    if config.backend == "postgres":
+        name, url = "psycopg", config.postgres_url
+
+        def insert(jobs: int, per: int) -> float:
+            return raw_postgres.insert(jobs, per, url).per_second
+
+        def drain(jobs: int, per: int) -> float:
+            return raw_postgres.drain(jobs, per, url).per_second
+    else:
+        name = "sqlite3"
+
+        def insert(jobs: int, per: int) -> float:
+            return raw.insert(jobs, per).per_second
+
+        def drain(jobs: int, per: int) -> float:
+            return raw.drain(jobs, per).per_second
+
+    step(f"raw {name} insert, 1 per transaction")
+    results.record("raw.insert.1", "raw insert, 1 per transaction", "jobs/s", insert(n, 1))
+    for batch in (b for b in config.batches if b != 1):  # 1 is measured above
+        step(f"raw {name} insert, {batch:,} per transaction")
+        results.record(f"raw.insert.{batch}", f"raw insert, {batch:,} per transaction",
+                       "jobs/s", insert(n, batch))  # fmt: skip
+    for per in sorted({1, config.raw_batch}):
+        step(f"raw {name} drain, {per} per transaction")
+        results.record(f"raw.drain.{per}", f"raw drain, {per} per transaction", "jobs/s",
+                       drain(n, per))  # fmt: skip
+
+
+def _ratios(results: Results) -> None:
+    config = results.config
+    raw_drain = f"raw.drain.{config.raw_batch}"
+    pairs: list[tuple[str, str, str]] = [("enqueue.one", "raw.insert.1", "raw")]
+    pairs += [(f"enqueue.many.{b}", f"raw.insert.{b}", "raw") for b in config.batches]
+    pairs += [
+        (drain_key(kind, c), raw_drain, "raw")
+        for c in config.concurrencies
+        for kind in ("sync", "async")
+    ]
+    for c in config.concurrencies:
+        pairs += [(cli_drain_key(p, c), raw_drain, "raw") for p in config.processes]
+        more = [p for p in config.processes if p > 1]
+        pairs += [(cli_drain_key(p, c), cli_drain_key(1, c), "p1") for p in more]
+    for metric, against, suffix in pairs:
+        if metric in results.metrics and against in results.metrics:
+            ours, theirs = results.metrics[metric].runs, results.metrics[against].runs
+            key = f"{metric}/{suffix}"
+            results.ratios[key] = Ratio(
+                key, metric, against, [a / b for a, b in zip(ours, theirs, strict=True)]
+            )
+
+
+@dataclass(frozen=True)
+class Goals:
+    """The goals of one backend's issue, reported beside the figures."""
+
+    drain_per_s: float
+    drain_share: float
+    enqueue_one_per_s: float | None  # an absolute floor (SQLite) ...
+    enqueue_one_share: float | None  # ... or a share of the raw single insert (PostgreSQL)
+    enqueue_many_per_s: float
+    latency_p50_ms: float
+    latency_p99_ms: float
+
+
+GOALS = {
+    "sqlite": Goals(drain_per_s=5_000, drain_share=0.10, enqueue_one_per_s=5_000,
+                    enqueue_one_share=None, enqueue_many_per_s=50_000, latency_p50_ms=10,
+                    latency_p99_ms=25),
+    "postgres": Goals(drain_per_s=6_500, drain_share=0.20, enqueue_one_per_s=None,
+                      enqueue_one_share=0.75, enqueue_many_per_s=50_000, latency_p50_ms=3,
+                      latency_p99_ms=10),
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Quoted:
+    """A published figure for another Python queue: quoted, not measured here."""
+
+    system: str
+    what: str
+    per_second: float
+
+
+#: Published figures for other Python queues on PostgreSQL, measured on a 2-core machine with
+#: no-op jobs and one worker process, as quoted in the PostgreSQL backend's issue. They are
+#: printed beside the figures for scale; nothing here measures them.
+PEERS = (
+    Quoted("PgQueuer", "drain", 3_200),
+    Quoted("oban-py", "drain", 640),
+    Quoted("procrastinate", "drain", 240),
+    Quoted("PgQueuer", "enqueue one by one", 1_400),
+    Quoted("PgQueuer", "enqueue in bulk", 25_000),
+)
+
+
+def _targets(results: Results) -> None:
+    config = results.config
+    goals = GOALS[config.backend]
+    wanted: list[Target] = []
+    if goals.enqueue_one_per_s is not None:
+        per_s = goals.enqueue_one_per_s
+        wanted.append(Target("enqueue.one", ">=", per_s, f"≥ {per_s:,.0f}/s"))
+    if goals.enqueue_one_share is not None:
+        share = goals.enqueue_one_share
+        wanted.append(Target("enqueue.one/raw", ">=", share, f"≥ {share:.0%} of raw insert"))
+    many = [f"enqueue.many.{b}" for b in config.batches] + [f"enqueue.call.{config.one_call}"]
+    per_s = goals.enqueue_many_per_s
+    wanted += [Target(key, ">=", per_s, f"≥ {per_s:,.0f}/s") for key in many]
+    one_process = [drain_key(kind, c) for c in config.concurrencies for kind in ("sync", "async")]
+    one_process += [cli_drain_key(1, c) for c in config.concurrencies]
+    share = f"≥ {goals.drain_share:.0%} of raw batch-{config.raw_batch}"
+    for key in one_process:
+        wanted.append(Target(key, ">=", goals.drain_per_s, f"≥ {goals.drain_per_s:,.0f}/s"))
+        wanted.append(Target(f"{key}/raw", ">=", goals.drain_share, share))
+    for c in config.concurrencies:
+        for p in (p for p in config.processes if p > 1):
+            wanted.append(Target(f"{cli_drain_key(p, c)}/p1", ">", 1.0, "faster than -p 1"))
+    wanted.append(Target("latency.p50", "<=", goals.latency_p50_ms,
+                         f"≤ {goals.latency_p50_ms:g} ms"))  # fmt: skip
+    wanted.append(Target("latency.p99", "<=", goals.latency_p99_ms,
+                         f"≤ {goals.latency_p99_ms:g} ms"))  # fmt: skip
+    results.targets = [t for t in wanted if results.value(t.subject) is not None]

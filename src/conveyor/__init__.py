@@ -1,0 +1,58 @@
+"""conveyor: durable background jobs for Python."""
+
+from conveyor.app import App
+from conveyor.clock import Clock, FrozenClock, SystemClock
+from conveyor.context import Context
+from conveyor.errors import (
+    BackendUnavailable,
+    ConfigurationError,
+    ConveyorError,
+    Discard,
+    InvalidTransition,
+    JobFailed,
+    JobNotFound,
+    NotAConveyorDatabase,
+    PayloadTooLarge,
+    Retry,
+    TaskTimeout,
+    UnknownTask,
+    ValidationError,
+    WaitTimeout,
+)
+from conveyor.job import HistoryEntry, Job, JobState, WorkerInfo
+from conveyor.retry import exponential, fixed
+from conveyor.task import Task
+from conveyor.worker import Worker
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "App",
+    "BackendUnavailable",
+    "Clock",
+    "ConfigurationError",
+    "Context",
+    "ConveyorError",
+    "Discard",
+    "FrozenClock",
+    "HistoryEntry",
+    "InvalidTransition",
+    "Job",
+    "JobFailed",
+    "JobNotFound",
+    "JobState",
+    "NotAConveyorDatabase",
+    "PayloadTooLarge",
+    "Retry",
+    "SystemClock",
+    "Task",
+    "TaskTimeout",
+    "UnknownTask",
+    "ValidationError",
+    "WaitTimeout",
+    "Worker",
+    "WorkerInfo",
+    "__version__",
+    "exponential",
+    "fixed",
+]

@@ -1,0 +1,436 @@
+"""`App`: the task registry, enqueueing, and the operations to inspect and steer jobs."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, TypeVar, overload
+
+from conveyor.backends import Backend, check_url, open_backend
+from conveyor.clock import Clock, SystemClock
+from conveyor.config import Settings
+from conveyor.errors import InvalidTransition, JobNotFound, UnknownTask, ValidationError
+from conveyor.job import (
+    FINISHED_STATES,
+    RETRYABLE_STATES,
+    HistoryEntry,
+    Job,
+    JobState,
+    NewJob,
+    WorkerInfo,
+)
+from conveyor.payload import check_size, encode, encode_arguments
+from conveyor.retry import BackoffLike, RetryPolicy, as_backoff, exponential
+from conveyor.task import CallOptions, Task, check_priority
+
+F = TypeVar("F", bound=Callable[..., Any])
+StateFilter = JobState | str | Iterable[JobState | str] | None
+
+
+def _states(value: StateFilter) -> list[JobState] | None:
+    if value is None:
+        return None
+    if isinstance(value, JobState | str):
+        value = [value]
+    try:
+        return [JobState(v) for v in value]
+    except ValueError:
+        known = ", ".join(s.value for s in JobState)
+        raise ValidationError(f"unknown state in {value!r} (known: {known})") from None
+
+
+def _seconds(value: float | dt.timedelta, what: str) -> float:
+    seconds = value.total_seconds() if isinstance(value, dt.timedelta) else float(value)
+    if seconds < 0:
+        raise ValidationError(f"{what} must be >= 0 seconds, got {value!r}")
+    return seconds
+
+
+def _exception_types(value: Any, what: str) -> tuple[type[BaseException], ...]:
+    types = value if isinstance(value, tuple | list) else (value,)
+    for t in types:
+        if not (isinstance(t, type) and issubclass(t, BaseException)):
+            raise TypeError(f"{what} takes exception classes, got {t!r}")
+    return tuple(types)
+
+
+class App:
+    """A conveyor application: where jobs are stored and which tasks exist.
+
+    `App("sqlite:///jobs.db")`; every keyword argument falls back to a `CONVEYOR_*` environment
+    variable, then to its default (see `Settings`).
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        lease_seconds: float | None = None,
+        max_attempts: int | None = None,
+        retry_base_delay: float | None = None,
+        retry_cap: float | None = None,
+        max_payload_bytes: int | None = None,
+        auto_migrate: bool | None = None,
+        default_queue: str | None = None,
+        sqlite_synchronous: str | None = None,
+        postgres_schema: str | None = None,
+        postgres_pool_size: int | None = None,
+        postgres_listen: bool | None = None,
+        poll_interval: float | None = None,
+        connect_timeout: float | None = None,
+        retention_succeeded: float | str | None = None,
+        retention_failed: float | str | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        self.settings = Settings.load(
+            {
+                "database_url": url,
+                "lease_seconds": lease_seconds,
+                "max_attempts": max_attempts,
+                "retry_base_delay": retry_base_delay,
+                "retry_cap": retry_cap,
+                "max_payload_bytes": max_payload_bytes,
+                "auto_migrate": auto_migrate,
+                "default_queue": default_queue,
+                "sqlite_synchronous": sqlite_synchronous,
+                "postgres_schema": postgres_schema,
+                "postgres_pool_size": postgres_pool_size,
+                "postgres_listen": postgres_listen,
+                "poll_interval": poll_interval,
+                "connect_timeout": connect_timeout,
+                "retention_succeeded": retention_succeeded,
+                "retention_failed": retention_failed,
+            }
+        )
+        check_url(self.settings.database_url)
+        self._clock: Clock = clock or SystemClock()
+        self.tasks: dict[str, Task[Any, Any]] = {}
+        self._backend: Backend | None = None
+
+    def __repr__(self) -> str:
+        return f"<conveyor.App {self.settings.database_url}>"
+
+    @property
+    def clock(self) -> Clock:
+        """Where every "now" comes from; set a `FrozenClock` in tests."""
+        return self._clock
+
+    @clock.setter
+    def clock(self, clock: Clock) -> None:
+        self._clock = clock
+        if self._backend is not None:
+            self._backend.use_clock(clock)
+
+    @property
+    def url(self) -> str:
+        return self.settings.database_url
+
+    @property
+    def backend(self) -> Backend:
+        if self._backend is None:
+            self._backend = open_backend(self.settings.database_url, self.settings, self._clock)
+        return self._backend
+
+    # -- tasks ------------------------------------------------------------------------------
+
+    @overload
+    def task(self, fn: F) -> Task[Any, Any]: ...
+
+    @overload
+    def task(
+        self,
+        fn: None = None,
+        *,
+        name: str | None = None,
+        queue: str | None = None,
+        priority: int | str = 5,
+        max_attempts: int | None = None,
+        timeout: float | None = None,
+        backoff: BackoffLike | None = None,
+        retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
+        give_up_on: type[BaseException] | tuple[type[BaseException], ...] = (),
+        pass_context: bool = False,
+    ) -> Callable[[F], Task[Any, Any]]: ...
+
+    def task(
+        self,
+        fn: F | None = None,
+        *,
+        name: str | None = None,
+        queue: str | None = None,
+        priority: int | str = 5,
+        max_attempts: int | None = None,
+        timeout: float | None = None,
+        backoff: BackoffLike | None = None,
+        retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
+        give_up_on: type[BaseException] | tuple[type[BaseException], ...] = (),
+        pass_context: bool = False,
+    ) -> Task[Any, Any] | Callable[[F], Task[Any, Any]]:
+        """Register a function as a task: `@app.task` or `@app.task(queue=..., ...)`."""
+
+        def register(fn: F) -> Task[Any, Any]:
+            task_name = name or f"{fn.__module__}.{fn.__name__}"
+            if task_name in self.tasks:
+                raise ValueError(f"a task named {task_name!r} is already registered")
+            policy = RetryPolicy(
+                backoff=as_backoff(backoff)
+                if backoff is not None
+                else exponential(self.settings.retry_base_delay, self.settings.retry_cap),
+                retry_on=_exception_types(retry_on, "retry_on"),
+                give_up_on=_exception_types(give_up_on, "give_up_on"),
+            )
+            task: Task[Any, Any] = Task(
+                self,
+                fn,
+                name=task_name,
+                queue=queue or self.settings.default_queue,
+                priority=check_priority(priority),
+                max_attempts=self.settings.max_attempts if max_attempts is None else max_attempts,
+                timeout=timeout,
+                retry=policy,
+                pass_context=pass_context,
+            )
+            self.tasks[task_name] = task
+            return task
+
+        return register(fn) if fn is not None else register
+
+    def get_task(self, name: str) -> Task[Any, Any]:
+        try:
+            return self.tasks[name]
+        except KeyError:
+            known = ", ".join(sorted(self.tasks)) or "none registered"
+            raise UnknownTask(f"unknown task {name!r} (known: {known})") from None
+
+    # -- enqueue ----------------------------------------------------------------------------
+
+    def build_job(
+        self,
+        task: Task[Any, Any],
+        options: CallOptions,
+        args: Sequence[Any],
+        kwargs: Mapping[str, Any],
+    ) -> NewJob:
+        """Validate one call and encode it; raises before anything is stored."""
+        args_json, kwargs_json = encode_arguments(task.name, task.signature, args, kwargs)
+        meta_json = "{}" if not options.meta else encode(dict(options.meta), "meta")
+        check_size(task.name, self.settings.max_payload_bytes, args_json, kwargs_json, meta_json)
+        now = self.clock.now()
+        if options.run_at is not None:
+            run_at = max(options.run_at, now)
+        else:
+            run_at = now + (options.delay or 0.0)
+        return NewJob(
+            queue=options.queue or task.queue,
+            task=task.name,
+            args=args_json,
+            kwargs=kwargs_json,
+            meta=meta_json,
+            priority=options.priority or task.priority,
+            max_attempts=options.max_attempts or task.max_attempts,
+            run_at=run_at,
+            created_at=now,
+            values=(list(args), dict(kwargs), dict(options.meta or {})),
+        )
+
+    def _bind(self, jobs: list[Job]) -> list[Job]:
+        for job in jobs:
+            job.app = self
+        return jobs
+
+    def insert_sync(self, jobs: Sequence[NewJob], connection: Any = None) -> list[Job]:
+        return self._bind(self.backend.sync.enqueue(jobs, connection))
+
+    async def insert_async(self, jobs: Sequence[NewJob], connection: Any = None) -> list[Job]:
+        return self._bind(await self.backend.enqueue(jobs, connection))
+
+    def _build_by_name(
+        self,
+        task: str,
+        args: Sequence[Any] | None,
+        kwargs: Mapping[str, Any] | None,
+        options: dict[str, Any],
+    ) -> NewJob:
+        return self.build_job(
+            self.get_task(task), CallOptions.build(**options), args or (), kwargs or {}
+        )
+
+    def enqueue(
+        self,
+        task: str,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> Job:
+        """Enqueue a registered task by name: `app.enqueue("tasks.add", args=[1, 2])`.
+
+        Options: priority, delay, run_at, queue, max_attempts, meta.
+        """
+        connection = options.pop("connection", None)
+        return self.insert_sync([self._build_by_name(task, args, kwargs, options)], connection)[0]
+
+    async def enqueue_async(
+        self,
+        task: str,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> Job:
+        connection = options.pop("connection", None)
+        job = self._build_by_name(task, args, kwargs, options)
+        return (await self.insert_async([job], connection))[0]
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def get_job(self, job_id: int) -> Job:
+        """The job with this id; `JobNotFound` if there is none."""
+        job = self.backend.sync.get_job(job_id)
+        if job is None:
+            raise JobNotFound(f"no job with id {job_id}")
+        return self._bind([job])[0]
+
+    async def get_job_async(self, job_id: int) -> Job:
+        job = await self.backend.get_job(job_id)
+        if job is None:
+            raise JobNotFound(f"no job with id {job_id}")
+        return self._bind([job])[0]
+
+    def list_jobs(
+        self,
+        state: StateFilter = None,
+        queue: str | None = None,
+        task: str | None = None,
+        limit: int = 100,
+        before_id: int | None = None,
+    ) -> list[Job]:
+        """Jobs, newest first, filtered by state(s), queue and task; `before_id` pages on."""
+        if limit < 1:
+            raise ValidationError(f"limit must be >= 1, got {limit}")
+        return self._bind(
+            self.backend.sync.list_jobs(
+                states=_states(state), queue=queue, task=task, limit=limit, before_id=before_id
+            )
+        )
+
+    def job_history(self, job_id: int) -> list[HistoryEntry]:
+        """Every state change of the job, oldest first."""
+        return self.backend.sync.job_history(job_id)
+
+    def queue_stats(self) -> dict[str, dict[JobState, int]]:
+        """`{queue: {state: count}}` for every queue that has jobs."""
+        return self.backend.sync.queue_stats()
+
+    def list_workers(self) -> list[WorkerInfo]:
+        return self.backend.sync.list_workers()
+
+    # -- steering ---------------------------------------------------------------------------
+
+    def cancel_job(self, job_id: int, note: str = "cancelled") -> Job:
+        """Cancel a job that has not started; ask a running one to stop (it ends `cancelled`).
+        Finished jobs are left as they are."""
+        job = self.backend.sync.cancel_job(job_id, self.clock.now(), note)
+        if job is None:
+            raise JobNotFound(f"no job with id {job_id}")
+        return self._bind([job])[0]
+
+    async def cancel_job_async(self, job_id: int, note: str = "cancelled") -> Job:
+        job = await self.backend.cancel_job(job_id, self.clock.now(), note)
+        if job is None:
+            raise JobNotFound(f"no job with id {job_id}")
+        return self._bind([job])[0]
+
+    def retry_job(self, job_id: int) -> Job:
+        """Put a dead or cancelled job back in its queue, with its attempts starting again."""
+        done = self.backend.sync.retry_jobs(
+            job_ids=[job_id], states=RETRYABLE_STATES, queue=None, task=None,
+            now=self.clock.now(), note="retried by hand",
+        )  # fmt: skip
+        if not done:
+            job = self.get_job(job_id)
+            raise InvalidTransition(
+                f"job {job_id} is {job.state.value}; only dead or cancelled jobs can be retried"
+            )
+        return self.get_job(job_id)
+
+    def retry_jobs(
+        self, state: StateFilter = JobState.DEAD, queue: str | None = None, task: str | None = None
+    ) -> int:
+        """Retry every dead (or cancelled) job of a queue or task at once; returns the count."""
+        states = _states(state) or [JobState.DEAD]
+        bad = [s.value for s in states if s not in RETRYABLE_STATES]
+        if bad:
+            raise ValidationError(f"only dead or cancelled jobs can be retried, not {bad}")
+        return len(
+            self.backend.sync.retry_jobs(
+                job_ids=None, states=states, queue=queue, task=task, now=self.clock.now(),
+                note="retried by hand (bulk)",
+            )
+        )  # fmt: skip
+
+    def purge(
+        self,
+        state: StateFilter = None,
+        older_than: float | dt.timedelta = 0.0,
+        queue: str | None = None,
+        task: str | None = None,
+    ) -> int:
+        """Delete finished jobs (succeeded, dead, cancelled; or the states given) that finished
+        more than `older_than` ago, with their history. Returns how many were deleted."""
+        states = _states(state) or sorted(FINISHED_STATES)
+        unfinished = [s.value for s in states if s not in FINISHED_STATES]
+        if unfinished:
+            raise ValidationError(f"only finished jobs can be purged, not {unfinished}")
+        return self.backend.sync.purge(
+            states=states,
+            older_than=_seconds(older_than, "older_than"),
+            now=self.clock.now(),
+            queue=queue,
+            task=task,
+        )
+
+    # -- schema, workers, lifetime ----------------------------------------------------------
+
+    def migrate(self) -> list[int]:
+        """Create or upgrade the schema; returns the migration versions applied."""
+        return self.backend.sync.migrate()
+
+    def schema_version(self) -> int:
+        """The newest schema migration the store has (0 before the first)."""
+        return self.backend.sync.schema_version()
+
+    def run_worker(
+        self,
+        queues: Sequence[str] | None = None,
+        concurrency: int = 10,
+        burst: bool = False,
+        grace: float = 30.0,
+    ) -> None:
+        """Run a worker in this thread until stopped (SIGTERM/SIGINT), or, with `burst`, until
+        nothing is runnable."""
+        from conveyor.worker import Worker
+
+        Worker(self, queues=queues, concurrency=concurrency, burst=burst, grace=grace).run()
+
+    async def run_worker_async(
+        self,
+        queues: Sequence[str] | None = None,
+        concurrency: int = 10,
+        burst: bool = False,
+        grace: float = 30.0,
+    ) -> None:
+        from conveyor.worker import Worker
+
+        await Worker(
+            self, queues=queues, concurrency=concurrency, burst=burst, grace=grace
+        ).run_async()
+
+    def close(self) -> None:
+        """Close the store's connections. The App can be used again afterwards."""
+        if self._backend is not None:
+            self._backend.sync.close()
+            self._backend = None
+
+    async def close_async(self) -> None:
+        if self._backend is not None:
+            await self._backend.close()
+            self._backend = None

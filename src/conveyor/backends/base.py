@@ -1,0 +1,174 @@
+"""The backend seam: one method per operation on the store, in an async and a sync spelling.
+
+Domain decisions (whether to retry, when, what counts as lost) are made above this seam, once;
+a backend only writes them, atomically. Every method that changes a job's state records the
+transition in the history table.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterable, Sequence
+from typing import Any, Protocol
+
+from conveyor.clock import Clock
+from conveyor.job import HistoryEntry, Job, JobState, NewJob, Outcome, WorkerInfo
+
+
+class Store(Protocol):
+    """The operations the public API needs, as blocking calls (the sync facade uses these)."""
+
+    def migrate(self) -> list[int]:
+        """Apply pending migrations; return the versions applied."""
+
+    def schema_version(self) -> int:
+        """The newest migration applied to the store (0: none)."""
+
+    def close(self) -> None: ...
+
+    def enqueue(self, jobs: Sequence[NewJob], connection: Any = None) -> list[Job]:
+        """Insert the jobs in one transaction, all or none; with `connection`, inside the
+        caller's own transaction (where the backend supports it)."""
+
+    def get_job(self, job_id: int) -> Job | None: ...
+
+    def list_jobs(
+        self,
+        *,
+        states: Iterable[JobState] | None = None,
+        queue: str | None = None,
+        task: str | None = None,
+        limit: int = 100,
+        before_id: int | None = None,
+    ) -> list[Job]:
+        """Newest first; `before_id` pages backwards."""
+
+    def job_history(self, job_id: int) -> list[HistoryEntry]: ...
+
+    def queue_stats(self) -> dict[str, dict[JobState, int]]: ...
+
+    def list_workers(self) -> list[WorkerInfo]: ...
+
+    def cancel_job(self, job_id: int, now: float, note: str) -> Job | None:
+        """Cancel a job that has not started; ask a running one to stop. None if no such job."""
+
+    def retry_jobs(
+        self,
+        *,
+        job_ids: Sequence[int] | None,
+        states: Iterable[JobState],
+        queue: str | None,
+        task: str | None,
+        now: float,
+        note: str,
+    ) -> list[int]:
+        """Move matching jobs back to `queued` with attempts starting again; return their ids."""
+
+    def purge(
+        self,
+        *,
+        states: Iterable[JobState],
+        older_than: float,
+        now: float,
+        queue: str | None = None,
+        task: str | None = None,
+    ) -> int:
+        """Delete finished jobs (and their history) that finished more than `older_than`
+        seconds before `now` (the store's own clock, where it has one)."""
+
+    def set_progress(
+        self, job_id: int, worker_id: str, attempt: int, progress: float, stage: str | None
+    ) -> bool:
+        """Record progress of the given running attempt; False if it is no longer running."""
+
+
+class Backend(abc.ABC):
+    """The async operations the worker and services use, plus `sync`, the blocking twin."""
+
+    url: str
+    sync: Store
+
+    def use_clock(self, clock: Clock) -> None:  # noqa: B027 - most backends need nothing
+        """The App's clock changed (tests freeze time after the backend was opened)."""
+
+    @abc.abstractmethod
+    async def migrate(self) -> list[int]: ...
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    @abc.abstractmethod
+    async def release(self) -> None:
+        """Close what is bound to the running event loop (async connections, listeners);
+        the backend stays usable and opens them again when needed."""
+
+    @abc.abstractmethod
+    async def enqueue(self, jobs: Sequence[NewJob], connection: Any = None) -> list[Job]: ...
+
+    @abc.abstractmethod
+    async def get_job(self, job_id: int) -> Job | None: ...
+
+    @abc.abstractmethod
+    async def cancel_job(self, job_id: int, now: float, note: str) -> Job | None: ...
+
+    @abc.abstractmethod
+    async def claim(
+        self,
+        worker_id: str,
+        queues: Sequence[str] | None,
+        limit: int,
+        lease_until: float,
+        now: float,
+    ) -> list[Job]:
+        """Promote due scheduled/retrying jobs, then atomically move up to `limit` queued jobs
+        to `running` (priority, then run_at, then id), attempt + 1, leased to the worker."""
+
+    @abc.abstractmethod
+    async def complete(self, outcomes: Sequence[Outcome]) -> list[int]:
+        """Write a batch of outcomes; each applies only while that attempt of the job is still
+        `running` under that worker (and, for rescues, its lease has run out). A job whose
+        cancel was asked for while it ran ends `cancelled` instead of being retried or handed
+        back. Returns the ids of the jobs whose outcome applied."""
+
+    @abc.abstractmethod
+    async def heartbeat(
+        self, worker: WorkerInfo, running: Sequence[int], lease_until: float
+    ) -> set[int]:
+        """Register or refresh the worker and extend its jobs' leases; return the ids of its
+        running jobs that someone asked to cancel."""
+
+    @abc.abstractmethod
+    async def deregister_worker(self, worker_id: str) -> None: ...
+
+    @abc.abstractmethod
+    async def find_expired(self, now: float, limit: int) -> list[Job]:
+        """Running jobs whose lease ran out before `now`."""
+
+    @abc.abstractmethod
+    async def prune_workers(self, older_than: float, now: float) -> int:
+        """Forget workers not heard from for more than `older_than` seconds."""
+
+    @abc.abstractmethod
+    async def try_lead(self, name: str, holder: str, until: float, now: float) -> bool:
+        """Take or keep the named leadership until `until`; True if `holder` has it."""
+
+    @abc.abstractmethod
+    async def resign(self, name: str, holder: str) -> None: ...
+
+    @abc.abstractmethod
+    async def next_due_in(self, queues: Sequence[str] | None, now: float) -> float | None:
+        """Seconds until the next scheduled or retrying job in these queues is due (zero or
+        less: due now; None: nothing pending)."""
+
+    @abc.abstractmethod
+    async def wait_for_change(self, timeout: float) -> None:
+        """Return soon after the store may have new runnable work, or after `timeout`."""
+
+    @abc.abstractmethod
+    async def purge(self, *, states: Iterable[JobState], older_than: float, now: float) -> int:
+        """Delete finished jobs in these states (with their history) older than that."""
+
+    @abc.abstractmethod
+    async def set_progress(
+        self, job_id: int, worker_id: str, attempt: int, progress: float, stage: str | None
+    ) -> bool: ...

@@ -1,0 +1,764 @@
+"""The PostgreSQL backend: the production engine, for many workers on many machines.
+
+Each operation is written once, as a plan: a generator that yields statements and receives
+their rows. A blocking driver runs plans on a `psycopg_pool.ConnectionPool` for the sync API,
+an async driver on an `AsyncConnectionPool` for the worker, and transactional enqueue runs the
+insert plan on the caller's own connection, inside the caller's transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Generator, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import psycopg
+import psycopg_pool
+from psycopg.rows import dict_row
+from psycopg.types.string import TextLoader
+
+from conveyor.backends.base import Backend
+from conveyor.backends.postgres.listener import Listener
+from conveyor.backends.sql import Migration, Queries, load_migrations
+from conveyor.clock import Clock, SystemClock
+from conveyor.config import Settings
+from conveyor.errors import (
+    BackendUnavailable,
+    ConfigurationError,
+    NotAConveyorDatabase,
+    ValidationError,
+)
+from conveyor.job import HistoryEntry, Job, JobState, NewJob, Outcome, WorkerInfo
+from conveyor.logging import get_logger
+
+log = get_logger("conveyor.postgres")
+
+QUERIES = Queries.load("conveyor.backends.postgres", "queries.sql")
+MIGRATIONS = load_migrations("conveyor.backends.postgres.migrations")
+#: conveyor's migrations table, recognised by its columns (other tools have a `migrations` too)
+MIGRATIONS_COLUMNS = frozenset({"version", "name", "applied_at"})
+
+T = TypeVar("T")
+
+_NOT_FINISHED = (JobState.RETRYING, JobState.QUEUED)
+#: While claims come back full, due jobs are promoted at most this often.
+PROMOTE_EVERY_S = 0.25
+
+
+@dataclass(frozen=True, slots=True)
+class Stmt:
+    """One statement of a plan; the plan receives its rows (or, without rows, its rowcount)."""
+
+    sql: str
+    params: dict[str, Any] | None = None
+
+
+#: A plan yields one statement, or a list to send together (pipelined), and gets back its
+#: rows, or a list of results, in the same shape.
+Plan = Generator[Stmt | list[Stmt], Any, T]
+
+
+def _unavailable(exc: Exception) -> BackendUnavailable:
+    return BackendUnavailable(f"PostgreSQL: {str(exc).strip() or type(exc).__name__}")
+
+
+def _ids(values: Iterable[int]) -> list[int]:
+    return [int(v) for v in values]
+
+
+class PostgresBackend(Backend):
+    """Plans for every operation, run by a sync and an async driver (the sync one is `.sync`)."""
+
+    def __init__(self, url: str, settings: Settings, clock: Clock) -> None:
+        self.url = url
+        self.settings = settings
+        self.schema = settings.postgres_schema
+        self.channel = f"{self.schema}_jobs"
+        self.q = QUERIES.substitute(schema=self.schema, channel=f'"{self.channel}"')
+        self._migrations = [
+            Migration(
+                m.version,
+                m.name,
+                m.up.replace("{schema}", self.schema),
+                m.down.replace("{schema}", self.schema),
+            )
+            for m in MIGRATIONS
+        ]
+        # The database's clock unless a test gave the App a clock of its own.
+        self.clock = clock
+        self._db_time = isinstance(clock, SystemClock)
+        self._checked = False
+        self._pool: psycopg_pool.ConnectionPool[Any] | None = None
+        self._apool: psycopg_pool.AsyncConnectionPool[Any] | None = None
+        self._apool_loop: asyncio.AbstractEventLoop | None = None
+        self._leader_conn: psycopg.AsyncConnection[Any] | None = None
+        self._promoted_at = 0.0
+        self._claims_short = True
+        self._listener: Listener | None = None
+        self.sync = PostgresStore(self)
+
+    def use_clock(self, clock: Clock) -> None:
+        self.clock = clock
+        self._db_time = isinstance(clock, SystemClock)
+
+    def now(self, value: float | None) -> float | None:
+        """The time to send for "now": None (the database's clock) or the App's clock."""
+        return None if self._db_time else value
+
+    # -- connections ------------------------------------------------------------------------
+
+    def _connect_kwargs(self) -> dict[str, Any]:
+        return {
+            "autocommit": True,
+            "row_factory": dict_row,
+            "connect_timeout": max(1, round(self.settings.connect_timeout)),
+            "application_name": "conveyor",
+        }
+
+    def _pool_options(self, name: str) -> dict[str, Any]:
+        return {
+            "kwargs": self._connect_kwargs(),
+            "min_size": 1,
+            "max_size": self.settings.postgres_pool_size,
+            "timeout": self.settings.connect_timeout,
+            "open": False,
+            "name": name,
+        }
+
+    def pool(self) -> psycopg_pool.ConnectionPool[Any]:
+        if self._pool is None:
+            pool: psycopg_pool.ConnectionPool[Any] = psycopg_pool.ConnectionPool(
+                self.url, configure=_json_as_text, **self._pool_options("conveyor-sync")
+            )
+            pool.open(wait=False)
+            self._pool = pool
+        return self._pool
+
+    async def apool(self) -> psycopg_pool.AsyncConnectionPool[Any]:
+        if self._apool is not None and self._apool_loop is not asyncio.get_running_loop():
+            self._apool = None  # made on another event loop, which owns it
+        if self._apool is None:
+            pool: psycopg_pool.AsyncConnectionPool[Any] = psycopg_pool.AsyncConnectionPool(
+                self.url, configure=_json_as_text_async, **self._pool_options("conveyor-async")
+            )
+            await pool.open(wait=False)
+            self._apool = pool
+            self._apool_loop = asyncio.get_running_loop()
+        return self._apool
+
+    def _reset_pool(self) -> None:
+        """Forget a pool that met a broken server: its connections may all be dead, and its
+        reconnect backoff grows with the outage. The next call starts a fresh pool."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close(timeout=0)
+
+    async def _reset_apool(self) -> None:
+        pool, self._apool = self._apool, None
+        if pool is not None:
+            await pool.close(timeout=0)
+
+    # -- drivers ----------------------------------------------------------------------------
+
+    def run_sync(
+        self,
+        plan: Plan[T],
+        *,
+        atomic: bool = False,
+        connection: psycopg.Connection[Any] | None = None,
+        check: bool = True,
+    ) -> T:
+        """Run a plan on a pooled connection, or on the caller's (inside their transaction)."""
+        if check and not self._checked:
+            self.check_schema()
+        try:
+            if connection is not None:
+                return _drive_sync(connection, plan)
+            pool = self.pool()
+            with pool.connection() as conn:
+                if atomic:
+                    with conn.transaction():
+                        return _drive_sync(conn, plan)
+                return _drive_sync(conn, plan)
+        except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
+            self._reset_pool()
+            raise _unavailable(exc) from exc
+
+    async def run_async(
+        self,
+        plan: Plan[T],
+        *,
+        atomic: bool = False,
+        connection: psycopg.AsyncConnection[Any] | None = None,
+    ) -> T:
+        if not self._checked:
+            await asyncio.to_thread(self.check_schema)
+        try:
+            if connection is not None:
+                return await _drive_async(connection, plan)
+            pool = await self.apool()
+            async with pool.connection() as conn:
+                if atomic:
+                    async with conn.transaction():
+                        return await _drive_async(conn, plan)
+                return await _drive_async(conn, plan)
+        except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
+            await self._reset_apool()
+            raise _unavailable(exc) from exc
+
+    # -- schema -----------------------------------------------------------------------------
+
+    def check_schema(self) -> None:
+        """On first use: the schema must be conveyor's and current (or is migrated now)."""
+        version = self.run_sync(self._schema_version_plan(), check=False)
+        known = self._migrations[-1].version
+        if version > known:
+            raise ConfigurationError(
+                f"schema {self.schema!r} has version {version}, newer than this conveyor "
+                f"knows ({known}); upgrade conveyor"
+            )
+        if version < known:
+            if not self.settings.auto_migrate:
+                raise ConfigurationError(
+                    f"schema {self.schema!r} needs migrations {version + 1}..{known}: run "
+                    "`conveyor migrate` (or pass auto_migrate=True)"
+                )
+            self.migrate_sync()
+        self._checked = True
+
+    def _ours_plan(self) -> Plan[bool]:
+        """Whether the schema is empty (False) or conveyor's (True); anything else is refused."""
+        rows = yield Stmt(self.q.list_tables, {"schema": self.schema})
+        tables = {r["table_name"] for r in rows}
+        if not tables:
+            return False
+        columns = {
+            r["column_name"]
+            for r in (yield Stmt(self.q.migrations_columns, {"schema": self.schema}))
+        }
+        if not columns >= MIGRATIONS_COLUMNS:
+            shown = ", ".join(sorted(tables)[:5])
+            raise NotAConveyorDatabase(
+                f"schema {self.schema!r} holds other tables ({shown}) and no conveyor schema; "
+                "give conveyor a schema of its own (postgres_schema / CONVEYOR_POSTGRES_SCHEMA)"
+            )
+        return True
+
+    def _schema_version_plan(self) -> Plan[int]:
+        if not (yield from self._ours_plan()):
+            return 0
+        rows = yield Stmt(self.q.applied_migrations)
+        return int(rows[-1]["version"]) if rows else 0
+
+    def _migrate_plan(self, down_to: int | None = None) -> Plan[list[int]]:
+        # One migrator at a time, across every process and machine.
+        yield Stmt(self.q.lock_migrations, {"key": f"conveyor-migrate:{self.schema}"})
+        yield from self._ours_plan()
+        yield Stmt(self.q.create_schema)
+        yield Stmt(self.q.create_migrations_table)
+        done = {r["version"] for r in (yield Stmt(self.q.applied_migrations))}
+        changed: list[int] = []
+        if down_to is None:
+            for migration in self._migrations:
+                if migration.version not in done:
+                    yield Stmt(migration.up)
+                    yield Stmt(
+                        self.q.record_migration,
+                        {"version": migration.version, "name": migration.name},
+                    )
+                    changed.append(migration.version)
+        else:
+            for migration in reversed(self._migrations):
+                if migration.version in done and migration.version > down_to:
+                    yield Stmt(migration.down)
+                    yield Stmt(self.q.forget_migration, {"version": migration.version})
+                    changed.append(migration.version)
+        return changed
+
+    def migrate_sync(self, down_to: int | None = None) -> list[int]:
+        changed = self.run_sync(self._migrate_plan(down_to), atomic=True, check=False)
+        self._checked = down_to is None
+        return changed
+
+    async def migrate(self) -> list[int]:
+        return await asyncio.to_thread(self.migrate_sync)
+
+    async def release(self) -> None:
+        if self._listener is not None:
+            await self._listener.close()
+            self._listener = None
+        if self._leader_conn is not None:
+            await self._leader_conn.close()
+            self._leader_conn = None
+        if self._apool is not None and self._apool_loop is asyncio.get_running_loop():
+            await self._apool.close()
+        self._apool = None
+
+    async def close(self) -> None:
+        await self.release()
+        self.sync.close()
+
+    # -- plans ------------------------------------------------------------------------------
+
+    def enqueue_plan(self, jobs: Sequence[NewJob]) -> Plan[list[Job]]:
+        first = jobs[0]
+        if len(jobs) == 1:
+            rows = yield Stmt(
+                self.q.insert_job,
+                {
+                    "now": self.now(first.created_at), "queue": first.queue,
+                    "task": first.task, "args": first.args, "kwargs": first.kwargs,
+                    "meta": first.meta, "priority": first.priority,
+                    "max_attempts": first.max_attempts,
+                    "delay": max(0.0, first.run_at - first.created_at),
+                },
+            )  # fmt: skip
+            return self._stored(jobs, rows)
+        rows = yield Stmt(
+            self.q.insert_jobs,
+            {
+                "now": self.now(first.created_at),
+                "queues": [j.queue for j in jobs],
+                "tasks": [j.task for j in jobs],
+                "args": [j.args for j in jobs],
+                "kwargs": [j.kwargs for j in jobs],
+                "metas": [j.meta for j in jobs],
+                "priorities": [j.priority for j in jobs],
+                "max_attempts": [j.max_attempts for j in jobs],
+                "delays": [max(0.0, j.run_at - j.created_at) for j in jobs],
+            },
+        )
+        return self._stored(jobs, sorted(rows, key=lambda r: r["id"]))  # ids in input order
+
+    def _stored(self, jobs: Sequence[NewJob], rows: list[Any]) -> list[Job]:
+        stored = []
+        for new, row in zip(jobs, rows, strict=True):
+            job = new.stored_as(row["id"])
+            job.state = JobState(row["state"])
+            job.run_at, job.created_at = row["run_at"], row["created_at"]
+            stored.append(job)
+        return stored
+
+    def claim_plan(
+        self, worker_id: str, queues: Sequence[str] | None, limit: int, lease: float,
+        now: float | None, promote: bool = True,
+    ) -> Plan[list[Job]]:  # fmt: skip
+        params: dict[str, Any] = {
+            "worker_id": worker_id, "limit": limit, "lease": lease, "now": now,
+        }  # fmt: skip
+        if queues is None:
+            claim = Stmt(self.q.claim, params)
+        elif len(queues) == 1:
+            claim = Stmt(self.q.claim_in_queue, {**params, "queue": queues[0]})
+        else:
+            claim = Stmt(self.q.claim_in_queues, {**params, "queues": list(queues)})
+        if promote:
+            _, rows = yield [Stmt(self.q.promote_due, {"now": now}), claim]
+        else:
+            rows = yield claim
+        jobs = [Job.from_row(r) for r in rows]
+        jobs.sort(key=lambda j: (j.priority, j.run_at, j.id))
+        return jobs
+
+    def complete_plan(self, outcomes: Sequence[Outcome]) -> Plan[list[int]]:
+        update = Stmt(
+            self.q.complete,
+            {
+                "ids": [o.job_id for o in outcomes],
+                "worker_ids": [o.worker_id for o in outcomes],
+                "attempts": [o.attempt for o in outcomes],
+                "states": [o.state.value for o in outcomes],
+                "results": [o.result for o in outcomes],
+                "errors": [None if o.error is None else json.dumps(o.error) for o in outcomes],
+                "ats": [self.now(o.at) for o in outcomes],
+                "delays": [
+                    None if o.run_at is None else max(0.0, o.run_at - o.at) for o in outcomes
+                ],
+                "refunds": [1 if o.refunds_attempt else 0 for o in outcomes],
+                "notes": [o.note for o in outcomes],
+                "rescues": [o.lease_expired_before is not None for o in outcomes],
+                "expired": [self.now(o.lease_expired_before) for o in outcomes],
+            },
+        )
+        maybe_left = [o.job_id for o in outcomes if o.state in _NOT_FINISHED]
+        if not maybe_left:
+            rows = yield update  # the usual batch: one statement, one round trip
+        else:
+            # Retried or handed back, but asked to stop meanwhile: cancelled, in the same
+            # transaction (the caller runs this plan atomically), sent together.
+            rows, _ = yield [
+                update,
+                Stmt(
+                    self.q.cancel_requested_leftovers,
+                    {"ids": maybe_left, "now": self.now(max(o.at for o in outcomes))},
+                ),
+            ]
+        return [int(r["id"]) for r in rows]
+
+    def heartbeat_plan(
+        self, worker: WorkerInfo, running: Sequence[int], lease_until: float
+    ) -> Plan[set[int]]:
+        now = self.now(worker.last_beat)
+        register = {
+            "id": worker.id, "host": worker.host, "pid": worker.pid,
+            "queues": None if worker.queues is None else json.dumps(worker.queues),
+            "concurrency": worker.concurrency, "started_at": worker.started_at, "now": now,
+            "running": json.dumps(_ids(running)),
+        }  # fmt: skip
+        extend = {
+            "now": now, "lease": max(0.0, lease_until - worker.last_beat),
+            "worker_id": worker.id, "ids": _ids(running),
+        }  # fmt: skip
+        *_, cancel = yield [
+            Stmt(self.q.upsert_worker, register),
+            Stmt(self.q.extend_leases, extend),
+            Stmt(self.q.cancel_requested, {"worker_id": worker.id}),
+        ]
+        return {int(r["id"]) for r in cancel}
+
+    def get_job_plan(self, job_id: int) -> Plan[Job | None]:
+        rows = yield Stmt(self.q.get_job, {"id": job_id})
+        return Job.from_row(rows[0]) if rows else None
+
+    def cancel_plan(self, job_id: int, now: float, note: str) -> Plan[Job | None]:
+        params = {"id": job_id, "now": self.now(now), "note": note}
+        if (yield Stmt(self.q.cancel_pending, params)) == 0:
+            yield Stmt(self.q.request_cancel, params)
+        rows = yield Stmt(self.q.get_job, {"id": job_id})
+        return Job.from_row(rows[0]) if rows else None
+
+    def find_expired_plan(self, now: float, limit: int) -> Plan[list[Job]]:
+        rows = yield Stmt(self.q.find_expired, {"now": self.now(now), "limit": limit})
+        return [Job.from_row(r) for r in rows]
+
+    def set_progress_plan(
+        self, job_id: int, worker_id: str, attempt: int, progress: float, stage: str | None
+    ) -> Plan[bool]:
+        count = yield Stmt(
+            self.q.set_progress,
+            {
+                "id": job_id, "worker_id": worker_id, "attempt": attempt, "progress": progress,
+                "stage": stage,
+            },
+        )  # fmt: skip
+        return bool(count == 1)
+
+    def next_due_in_plan(self, queues: Sequence[str] | None, now: float) -> Plan[float | None]:
+        if queues is None:
+            rows = yield Stmt(self.q.next_due_in, {"now": self.now(now)})
+        else:
+            rows = yield Stmt(
+                self.q.next_due_in_queues, {"queues": list(queues), "now": self.now(now)}
+            )
+        value = rows[0]["due_in"]
+        return None if value is None else float(value)
+
+    def purge_plan(
+        self,
+        states: Iterable[JobState],
+        older_than: float,
+        now: float,
+        queue: str | None = None,
+        task: str | None = None,
+    ) -> Plan[int]:
+        params = {
+            "states": [s.value for s in states], "age": older_than, "now": self.now(now),
+            "queue": queue, "task": task,
+        }  # fmt: skip
+        rows = yield Stmt(self.q.purge, params)
+        return int(rows[0]["n"])
+
+    def statement_plan(self, sql: str, params: dict[str, Any] | None = None) -> Plan[Any]:
+        return (yield Stmt(sql, params))
+
+    # -- the async seam ---------------------------------------------------------------------
+
+    async def enqueue(
+        self, jobs: Sequence[NewJob], connection: psycopg.AsyncConnection[Any] | None = None
+    ) -> list[Job]:
+        if not jobs:
+            return []
+        if connection is not None and not isinstance(connection, psycopg.AsyncConnection):
+            raise ValidationError(
+                "enqueue_async(connection=...) needs a psycopg.AsyncConnection; use enqueue() "
+                "with a psycopg.Connection"
+            )
+        return await self.run_async(self.enqueue_plan(jobs), connection=connection)
+
+    async def get_job(self, job_id: int) -> Job | None:
+        return await self.run_async(self.get_job_plan(job_id))
+
+    async def cancel_job(self, job_id: int, now: float, note: str) -> Job | None:
+        return await self.run_async(self.cancel_plan(job_id, now, note), atomic=True)
+
+    async def claim(
+        self, worker_id: str, queues: Sequence[str] | None, limit: int, lease_until: float,
+        now: float,
+    ) -> list[Job]:  # fmt: skip
+        # Due scheduled and retrying jobs are promoted with the claim, except while the queue
+        # keeps this worker busy: then at most every PROMOTE_EVERY_S (a short claim, which
+        # may mean the queue ran dry, always promotes).
+        promote = self._claims_short or time.monotonic() - self._promoted_at >= PROMOTE_EVERY_S
+        plan = self.claim_plan(
+            worker_id, queues, limit, lease_until - now, self.now(now), promote=promote
+        )
+        jobs = await self.run_async(plan)
+        if promote:
+            self._promoted_at = time.monotonic()
+        self._claims_short = len(jobs) < limit
+        return jobs
+
+    async def complete(self, outcomes: Sequence[Outcome]) -> list[int]:
+        if not outcomes:
+            return []
+        atomic = any(o.state in _NOT_FINISHED for o in outcomes)
+        return await self.run_async(self.complete_plan(outcomes), atomic=atomic)
+
+    async def heartbeat(
+        self, worker: WorkerInfo, running: Sequence[int], lease_until: float
+    ) -> set[int]:
+        return await self.run_async(self.heartbeat_plan(worker, running, lease_until))
+
+    async def deregister_worker(self, worker_id: str) -> None:
+        await self.run_async(self.statement_plan(self.q.delete_worker, {"id": worker_id}))
+
+    async def find_expired(self, now: float, limit: int) -> list[Job]:
+        return await self.run_async(self.find_expired_plan(now, limit))
+
+    async def prune_workers(self, older_than: float, now: float) -> int:
+        count = await self.run_async(
+            self.statement_plan(self.q.prune_workers, {"age": older_than, "now": self.now(now)})
+        )
+        return int(count)
+
+    async def try_lead(self, name: str, holder: str, until: float, now: float) -> bool:
+        """Leadership is a session-level advisory lock on a connection of its own: it lasts as
+        long as that session, and a leader that dies frees it with its connection."""
+        key = f"conveyor:{self.schema}:{name}"
+        try:
+            if self._leader_conn is not None and not self._leader_conn.closed:
+                await self._leader_conn.execute(self.q.ping)
+                return True
+            self._leader_conn = None
+            conn = await psycopg.AsyncConnection.connect(self.url, **self._connect_kwargs())
+            cur = await conn.execute(self.q.try_lock, {"key": key})
+            row = await cur.fetchone()
+            if row is not None and row["locked"]:
+                self._leader_conn = conn
+                return True
+            await conn.close()
+            return False
+        except psycopg.OperationalError as exc:
+            if self._leader_conn is not None:
+                await self._leader_conn.close()
+                self._leader_conn = None
+            raise _unavailable(exc) from exc
+
+    async def resign(self, name: str, holder: str) -> None:
+        if self._leader_conn is not None:
+            conn, self._leader_conn = self._leader_conn, None
+            await conn.close()  # the lock goes with the session
+
+    async def next_due_in(self, queues: Sequence[str] | None, now: float) -> float | None:
+        return await self.run_async(self.next_due_in_plan(queues, now))
+
+    async def wait_for_change(self, timeout: float) -> None:
+        if self._listener is None:
+            self._listener = Listener(
+                self.url,
+                self._connect_kwargs(),
+                self.channel,
+                self.q.listen,
+                listen=self.settings.postgres_listen,
+                poll_interval=self.settings.poll_interval,
+            )
+        await self._listener.wait(timeout)
+
+    async def purge(self, *, states: Iterable[JobState], older_than: float, now: float) -> int:
+        return await self.run_async(self.purge_plan(states, older_than, now))
+
+    async def set_progress(
+        self, job_id: int, worker_id: str, attempt: int, progress: float, stage: str | None
+    ) -> bool:
+        return await self.run_async(
+            self.set_progress_plan(job_id, worker_id, attempt, progress, stage)
+        )
+
+
+class PostgresStore:
+    """The blocking operations of the sync API, on the sync pool."""
+
+    def __init__(self, backend: PostgresBackend) -> None:
+        self.b = backend
+        self.q = backend.q
+
+    def migrate(self) -> list[int]:
+        return self.b.migrate_sync()
+
+    def migrate_down(self, to_version: int) -> list[int]:
+        return self.b.migrate_sync(down_to=to_version)
+
+    def schema_version(self) -> int:
+        return self.b.run_sync(self.b._schema_version_plan(), check=False)
+
+    def close(self) -> None:
+        if self.b._pool is not None:
+            self.b._pool.close()
+            self.b._pool = None
+
+    def enqueue(
+        self, jobs: Sequence[NewJob], connection: psycopg.Connection[Any] | None = None
+    ) -> list[Job]:
+        if not jobs:
+            return []
+        if connection is not None and not isinstance(connection, psycopg.Connection):
+            raise ValidationError(
+                "enqueue(connection=...) needs a psycopg.Connection; use enqueue_async() with "
+                "a psycopg.AsyncConnection"
+            )
+        return self.b.run_sync(self.b.enqueue_plan(jobs), connection=connection)
+
+    def get_job(self, job_id: int) -> Job | None:
+        return self.b.run_sync(self.b.get_job_plan(job_id))
+
+    def list_jobs(
+        self,
+        *,
+        states: Iterable[JobState] | None = None,
+        queue: str | None = None,
+        task: str | None = None,
+        limit: int = 100,
+        before_id: int | None = None,
+    ) -> list[Job]:
+        params: dict[str, Any] = {
+            "queue": queue, "task": task, "limit": limit, "before_id": before_id,
+        }  # fmt: skip
+        if states is None:
+            sql = self.q.list_jobs
+        else:
+            sql, params["states"] = self.q.list_jobs_in_states, [s.value for s in states]
+        rows = self.b.run_sync(self.b.statement_plan(sql, params))
+        return [Job.from_row(r) for r in rows]
+
+    def job_history(self, job_id: int) -> list[HistoryEntry]:
+        rows = self.b.run_sync(self.b.statement_plan(self.q.job_history, {"id": job_id}))
+        return [HistoryEntry.from_row(r) for r in rows]
+
+    def queue_stats(self) -> dict[str, dict[JobState, int]]:
+        stats: dict[str, dict[JobState, int]] = {}
+        for row in self.b.run_sync(self.b.statement_plan(self.q.queue_stats)):
+            stats.setdefault(row["queue"], {})[JobState(row["state"])] = int(row["n"])
+        return stats
+
+    def list_workers(self) -> list[WorkerInfo]:
+        rows = self.b.run_sync(self.b.statement_plan(self.q.list_workers))
+        return [WorkerInfo.from_row(r, beat_age=r["beat_age"]) for r in rows]
+
+    def cancel_job(self, job_id: int, now: float, note: str) -> Job | None:
+        return self.b.run_sync(self.b.cancel_plan(job_id, now, note), atomic=True)
+
+    def retry_jobs(
+        self,
+        *,
+        job_ids: Sequence[int] | None,
+        states: Iterable[JobState],
+        queue: str | None,
+        task: str | None,
+        now: float,
+        note: str,
+    ) -> list[int]:
+        params = {
+            "ids": None if job_ids is None else _ids(job_ids),
+            "states": [s.value for s in states], "queue": queue, "task": task,
+            "now": self.b.now(now), "note": note,
+        }  # fmt: skip
+        rows = self.b.run_sync(self.b.statement_plan(self.q.retry_jobs, params))
+        return [int(r["id"]) for r in rows]
+
+    def purge(
+        self,
+        *,
+        states: Iterable[JobState],
+        older_than: float,
+        now: float,
+        queue: str | None = None,
+        task: str | None = None,
+    ) -> int:
+        return self.b.run_sync(self.b.purge_plan(states, older_than, now, queue, task))
+
+    def set_progress(
+        self, job_id: int, worker_id: str, attempt: int, progress: float, stage: str | None
+    ) -> bool:
+        return self.b.run_sync(
+            self.b.set_progress_plan(job_id, worker_id, attempt, progress, stage)
+        )
+
+
+# -- drivers --------------------------------------------------------------------------------
+
+
+def _json_as_text(conn: psycopg.Connection[Any]) -> None:
+    # JSON columns come back as text, decoded in one place (Job.from_row) for every backend:
+    # a JSON string and the text of a JSON document would otherwise look alike.
+    for name in ("json", "jsonb"):
+        conn.adapters.register_loader(name, TextLoader)
+
+
+async def _json_as_text_async(conn: psycopg.AsyncConnection[Any]) -> None:
+    for name in ("json", "jsonb"):
+        conn.adapters.register_loader(name, TextLoader)
+
+
+def _result(cur: psycopg.Cursor[Any] | psycopg.AsyncCursor[Any]) -> Any:
+    return cur.rowcount if cur.description is None else None
+
+
+def _drive_sync(conn: psycopg.Connection[Any], plan: Plan[T]) -> T:
+    try:
+        step = next(plan)
+        while True:
+            if isinstance(step, list):
+                results = []
+                with conn.pipeline():
+                    cursors = [conn.cursor(row_factory=dict_row) for _ in step]
+                    for cur, stmt in zip(cursors, step, strict=True):
+                        cur.execute(stmt.sql, stmt.params)
+                for cur in cursors:
+                    rowcount = _result(cur)
+                    results.append(cur.fetchall() if rowcount is None else rowcount)
+                step = plan.send(results)
+            else:
+                cur = conn.cursor(row_factory=dict_row)
+                cur.execute(step.sql, step.params)
+                rowcount = _result(cur)
+                step = plan.send(cur.fetchall() if rowcount is None else rowcount)
+    except StopIteration as done:
+        value: T = done.value
+        return value
+
+
+async def _drive_async(conn: psycopg.AsyncConnection[Any], plan: Plan[T]) -> T:
+    try:
+        step = next(plan)
+        while True:
+            if isinstance(step, list):
+                results = []
+                async with conn.pipeline():
+                    cursors = [conn.cursor(row_factory=dict_row) for _ in step]
+                    for cur, stmt in zip(cursors, step, strict=True):
+                        await cur.execute(stmt.sql, stmt.params)
+                for cur in cursors:
+                    rowcount = _result(cur)
+                    results.append(await cur.fetchall() if rowcount is None else rowcount)
+                step = plan.send(results)
+            else:
+                cur = conn.cursor(row_factory=dict_row)
+                await cur.execute(step.sql, step.params)
+                rowcount = _result(cur)
+                step = plan.send(await cur.fetchall() if rowcount is None else rowcount)
+    except StopIteration as done:
+        value: T = done.value
+        return value

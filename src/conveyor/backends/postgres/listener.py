@@ -1,0 +1,92 @@
+"""Wake-ups for idle workers: LISTEN on a connection of its own, reconnecting after the server
+restarts; polling at `poll_interval` where LISTEN is not available (PgBouncer in transaction
+mode) or turned off."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import psycopg
+
+from conveyor.logging import get_logger
+
+log = get_logger("conveyor.postgres")
+
+RECONNECT_DELAYS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0)
+
+
+class Listener:
+    def __init__(
+        self,
+        url: str,
+        connect_kwargs: dict[str, Any],
+        channel: str,
+        listen_sql: str,
+        *,
+        listen: bool,
+        poll_interval: float,
+    ) -> None:
+        self._url = url
+        self._kwargs = connect_kwargs
+        self._channel = channel
+        self._listen_sql = listen_sql
+        self._poll_interval = poll_interval
+        self._event = asyncio.Event()
+        self._listening = False
+        self._task: asyncio.Task[None] | None = None
+        if listen:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+        else:
+            log.info("listener.polling", reason="LISTEN turned off", interval_s=poll_interval)
+
+    async def wait(self, timeout: float) -> None:
+        """Return when a notification arrives, or after `timeout` (at most the poll interval
+        while not listening)."""
+        if not self._listening:
+            timeout = min(timeout, self._poll_interval)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._event.wait(), timeout)
+        self._event.clear()
+
+    async def _run(self) -> None:
+        failures = 0
+        while True:
+            try:
+                conn = await psycopg.AsyncConnection.connect(self._url, **self._kwargs)
+            except psycopg.OperationalError as exc:
+                delay = RECONNECT_DELAYS[min(failures, len(RECONNECT_DELAYS) - 1)]
+                failures += 1
+                log.warning("listener.connect_failed", error=str(exc).strip(), retry_in_s=delay)
+                await asyncio.sleep(delay)
+                continue
+            try:
+                try:
+                    await conn.execute(self._listen_sql)
+                except psycopg.Error as exc:
+                    log.warning(
+                        "listener.polling", reason=f"LISTEN failed: {exc}".strip(),
+                        interval_s=self._poll_interval,
+                    )  # fmt: skip
+                    return
+                if failures:
+                    log.info("listener.reconnected", channel=self._channel)
+                failures = 0
+                self._listening = True
+                self._event.set()  # anything may have happened while we were away
+                async for _ in conn.notifies():
+                    self._event.set()
+            except psycopg.OperationalError as exc:
+                log.warning("listener.disconnected", error=str(exc).strip())
+            finally:
+                self._listening = False
+                await conn.close()
+            await asyncio.sleep(RECONNECT_DELAYS[0])
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None

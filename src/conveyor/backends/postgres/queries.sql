@@ -1,0 +1,293 @@
+-- PostgreSQL statements of the conveyor backend. `{schema}` is the configured schema.
+-- Times travel as epoch seconds. A `now`-like parameter that is NULL means the database's own
+-- clock (the default, so that workers on machines with skewed clocks agree); tests pass the
+-- time of a frozen clock instead.
+
+-- name: insert_jobs
+-- Many jobs in one statement, as arrays sent in binary: no parameter limit, one round trip.
+INSERT INTO {schema}.jobs (queue, task, args, kwargs, meta, priority, state, max_attempts,
+                           run_at, created_at, state_changed_at)
+SELECT j.queue, j.task, j.args::json, j.kwargs::json, j.meta::json, j.priority,
+       CASE WHEN j.delay > 0 THEN 'scheduled' ELSE 'queued' END, j.max_attempts,
+       c.now + make_interval(secs => j.delay), c.now, c.now
+FROM (SELECT coalesce(to_timestamp(%(now)s::float8), now()) AS now) AS c,
+     unnest(%(queues)b::text[], %(tasks)b::text[], %(args)b::text[], %(kwargs)b::text[],
+            %(metas)b::text[], %(priorities)b::int[], %(max_attempts)b::int[],
+            %(delays)b::float8[]) WITH ORDINALITY
+         AS j(queue, task, args, kwargs, meta, priority, max_attempts, delay, n)
+ORDER BY j.n
+RETURNING id, state, extract(epoch FROM run_at)::float8 AS run_at,
+          extract(epoch FROM created_at)::float8 AS created_at
+
+-- name: insert_job
+-- One job: a plain VALUES insert, cheaper to plan and run than the array form.
+INSERT INTO {schema}.jobs (queue, task, args, kwargs, meta, priority, state, max_attempts,
+                           run_at, created_at, state_changed_at)
+SELECT %(queue)s, %(task)s, %(args)s::json, %(kwargs)s::json, %(meta)s::json, %(priority)s,
+       CASE WHEN %(delay)s::float8 > 0 THEN 'scheduled' ELSE 'queued' END, %(max_attempts)s,
+       c.now + make_interval(secs => %(delay)s::float8), c.now, c.now
+FROM (SELECT coalesce(to_timestamp(%(now)s::float8), now()) AS now) AS c
+RETURNING id, state, extract(epoch FROM run_at)::float8 AS run_at,
+          extract(epoch FROM created_at)::float8 AS created_at
+
+-- name: promote_due
+UPDATE {schema}.jobs
+SET state = 'queued', worker_id = NULL, note = NULL,
+    state_changed_at = coalesce(to_timestamp(%(now)s::float8), now())
+WHERE id IN (SELECT id FROM {schema}.jobs
+             WHERE state IN ('scheduled', 'retrying')
+               AND run_at <= coalesce(to_timestamp(%(now)s::float8), now())
+             ORDER BY run_at
+             LIMIT 1000
+             FOR UPDATE SKIP LOCKED)
+
+-- name: claim
+WITH picked AS (
+    SELECT id FROM {schema}.jobs
+    WHERE state = 'queued'
+    ORDER BY priority, run_at, id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE {schema}.jobs AS j
+SET state = 'running', attempt = j.attempt + 1, worker_id = %(worker_id)s,
+    started_at = coalesce(to_timestamp(%(now)s::float8), now()),
+    lease_until = coalesce(to_timestamp(%(now)s::float8), now())
+                  + make_interval(secs => %(lease)s),
+    state_changed_at = coalesce(to_timestamp(%(now)s::float8), now()), note = NULL
+FROM picked
+WHERE j.id = picked.id
+RETURNING j.*
+
+-- name: claim_in_queue
+WITH picked AS (
+    SELECT id FROM {schema}.jobs
+    WHERE state = 'queued' AND queue = %(queue)s
+    ORDER BY priority, run_at, id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE {schema}.jobs AS j
+SET state = 'running', attempt = j.attempt + 1, worker_id = %(worker_id)s,
+    started_at = coalesce(to_timestamp(%(now)s::float8), now()),
+    lease_until = coalesce(to_timestamp(%(now)s::float8), now())
+                  + make_interval(secs => %(lease)s),
+    state_changed_at = coalesce(to_timestamp(%(now)s::float8), now()), note = NULL
+FROM picked
+WHERE j.id = picked.id
+RETURNING j.*
+
+-- name: claim_in_queues
+-- Each queue's best candidates come from its own index; the best of those are claimed.
+WITH candidates AS (
+    SELECT c.id, c.priority, c.run_at
+    FROM unnest(%(queues)s::text[]) AS q(name)
+    CROSS JOIN LATERAL (
+        SELECT id, priority, run_at FROM {schema}.jobs
+        WHERE state = 'queued' AND queue = q.name
+        ORDER BY priority, run_at, id
+        LIMIT %(limit)s
+        FOR UPDATE SKIP LOCKED
+    ) AS c
+), picked AS (
+    SELECT id FROM candidates ORDER BY priority, run_at, id LIMIT %(limit)s
+)
+UPDATE {schema}.jobs AS j
+SET state = 'running', attempt = j.attempt + 1, worker_id = %(worker_id)s,
+    started_at = coalesce(to_timestamp(%(now)s::float8), now()),
+    lease_until = coalesce(to_timestamp(%(now)s::float8), now())
+                  + make_interval(secs => %(lease)s),
+    state_changed_at = coalesce(to_timestamp(%(now)s::float8), now()), note = NULL
+FROM picked
+WHERE j.id = picked.id
+RETURNING j.*
+
+-- name: complete
+-- A batch of outcomes in one statement. Each applies only to the very attempt it is about,
+-- while it is still running under that worker (and, for a rescue, once its lease ran out).
+UPDATE {schema}.jobs AS j
+SET state = o.state,
+    result = o.result::json,
+    errors = CASE WHEN o.error IS NULL THEN j.errors
+                  ELSE j.errors || jsonb_build_array(o.error::jsonb) END,
+    run_at = CASE WHEN o.delay IS NULL THEN j.run_at
+                  ELSE coalesce(to_timestamp(o.at), now()) + make_interval(secs => o.delay) END,
+    attempt = j.attempt - o.refund,
+    finished_at = CASE WHEN o.state IN ('succeeded', 'dead', 'cancelled')
+                       THEN coalesce(to_timestamp(o.at), now()) END,
+    progress = CASE WHEN o.state = 'succeeded' THEN 100 ELSE j.progress END,
+    lease_until = NULL,
+    -- a cancel asked for while the job ran outlives a retry or a hand-back (see below)
+    cancel_requested = CASE WHEN o.state IN ('retrying', 'queued') THEN j.cancel_requested
+                            ELSE false END,
+    state_changed_at = coalesce(to_timestamp(o.at), now()),
+    note = o.note
+FROM unnest(%(ids)b::bigint[], %(worker_ids)b::text[], %(attempts)b::int[], %(states)b::text[],
+            %(results)b::text[], %(errors)b::text[], %(ats)b::float8[], %(delays)b::float8[],
+            %(refunds)b::int[], %(notes)b::text[], %(rescues)b::bool[], %(expired)b::float8[])
+     AS o(id, worker_id, attempt, state, result, error, at, delay, refund, note, rescue, expired)
+WHERE j.id = o.id AND j.state = 'running' AND j.worker_id = o.worker_id
+  AND j.attempt = o.attempt
+  AND (NOT o.rescue OR j.lease_until < coalesce(to_timestamp(o.expired), now()))
+RETURNING j.id, j.state
+
+-- name: cancel_requested_leftovers
+-- Jobs asked to stop that were retried or handed back instead: they end cancelled.
+UPDATE {schema}.jobs
+SET state = 'cancelled', finished_at = coalesce(to_timestamp(%(now)s::float8), now()),
+    cancel_requested = false, state_changed_at = coalesce(to_timestamp(%(now)s::float8), now()),
+    note = 'cancelled'
+WHERE id = ANY(%(ids)s::bigint[]) AND cancel_requested AND state IN ('retrying', 'queued')
+
+-- name: upsert_worker
+INSERT INTO {schema}.workers (id, host, pid, queues, concurrency, started_at, last_beat, running)
+VALUES (%(id)s, %(host)s, %(pid)s, %(queues)s::json, %(concurrency)s,
+        coalesce(to_timestamp(%(now)s::float8), now()),
+        coalesce(to_timestamp(%(now)s::float8), now()), %(running)s::json)
+ON CONFLICT (id) DO UPDATE SET last_beat = excluded.last_beat, running = excluded.running
+
+-- name: extend_leases
+UPDATE {schema}.jobs
+SET lease_until = coalesce(to_timestamp(%(now)s::float8), now()) + make_interval(secs => %(lease)s)
+WHERE state = 'running' AND worker_id = %(worker_id)s AND id = ANY(%(ids)s::bigint[])
+
+-- name: cancel_requested
+SELECT id FROM {schema}.jobs
+WHERE state = 'running' AND worker_id = %(worker_id)s AND cancel_requested
+
+-- name: delete_worker
+DELETE FROM {schema}.workers WHERE id = %(id)s
+
+-- name: prune_workers
+DELETE FROM {schema}.workers
+WHERE last_beat < coalesce(to_timestamp(%(now)s::float8), now()) - make_interval(secs => %(age)s)
+
+-- name: find_expired
+SELECT * FROM {schema}.jobs
+WHERE state = 'running' AND lease_until < coalesce(to_timestamp(%(now)s::float8), now())
+ORDER BY lease_until
+LIMIT %(limit)s
+
+-- name: try_lock
+SELECT pg_try_advisory_lock(hashtext(%(key)s)) AS locked
+
+-- name: next_due_in
+SELECT extract(epoch FROM min(run_at) - coalesce(to_timestamp(%(now)s::float8), now()))::float8
+       AS due_in
+FROM {schema}.jobs
+WHERE state IN ('scheduled', 'retrying')
+
+-- name: next_due_in_queues
+SELECT extract(epoch FROM min(m.at) - coalesce(to_timestamp(%(now)s::float8), now()))::float8
+       AS due_in
+FROM unnest(%(queues)s::text[]) AS q(name)
+CROSS JOIN LATERAL (SELECT min(run_at) AS at FROM {schema}.jobs
+                    WHERE queue = q.name AND state IN ('scheduled', 'retrying')) AS m
+
+-- name: get_job
+SELECT * FROM {schema}.jobs WHERE id = %(id)s
+
+-- name: list_jobs
+SELECT * FROM {schema}.jobs
+WHERE (%(queue)s::text IS NULL OR queue = %(queue)s)
+  AND (%(task)s::text IS NULL OR task = %(task)s)
+  AND (%(before_id)s::bigint IS NULL OR id < %(before_id)s)
+ORDER BY id DESC
+LIMIT %(limit)s
+
+-- name: list_jobs_in_states
+SELECT * FROM {schema}.jobs
+WHERE state = ANY(%(states)s::text[])
+  AND (%(queue)s::text IS NULL OR queue = %(queue)s)
+  AND (%(task)s::text IS NULL OR task = %(task)s)
+  AND (%(before_id)s::bigint IS NULL OR id < %(before_id)s)
+ORDER BY id DESC
+LIMIT %(limit)s
+
+-- name: job_history
+SELECT job_id, extract(epoch FROM at)::float8 AS at, from_state, to_state, worker_id, note
+FROM {schema}.job_history WHERE job_id = %(id)s ORDER BY id
+
+-- name: queue_stats
+SELECT queue, state, count(*) AS n FROM {schema}.jobs GROUP BY queue, state
+
+-- name: list_workers
+-- The heartbeat's age by the database's clock, so a reader on a skewed machine sees it right.
+SELECT *, extract(epoch FROM now() - last_beat)::float8 AS beat_age
+FROM {schema}.workers ORDER BY started_at, id
+
+-- name: cancel_pending
+UPDATE {schema}.jobs
+SET state = 'cancelled', finished_at = coalesce(to_timestamp(%(now)s::float8), now()),
+    state_changed_at = coalesce(to_timestamp(%(now)s::float8), now()), note = %(note)s
+WHERE id = %(id)s AND state IN ('waiting', 'scheduled', 'queued', 'retrying')
+
+-- name: request_cancel
+UPDATE {schema}.jobs SET cancel_requested = true, note = %(note)s
+WHERE id = %(id)s AND state = 'running'
+
+-- name: retry_jobs
+UPDATE {schema}.jobs
+SET state = 'queued', attempt = 0, run_at = coalesce(to_timestamp(%(now)s::float8), now()),
+    started_at = NULL, finished_at = NULL, lease_until = NULL, worker_id = NULL,
+    cancel_requested = false, progress = NULL, stage = NULL, result = NULL,
+    state_changed_at = coalesce(to_timestamp(%(now)s::float8), now()), note = %(note)s
+WHERE state = ANY(%(states)s::text[])
+  AND (%(ids)s::bigint[] IS NULL OR id = ANY(%(ids)s::bigint[]))
+  AND (%(queue)s::text IS NULL OR queue = %(queue)s)
+  AND (%(task)s::text IS NULL OR task = %(task)s)
+RETURNING id
+
+-- name: purge
+WITH gone AS (
+    DELETE FROM {schema}.jobs
+    WHERE state = ANY(%(states)s::text[])
+      AND finished_at <= coalesce(to_timestamp(%(now)s::float8), now())
+                         - make_interval(secs => %(age)s)
+      AND (%(queue)s::text IS NULL OR queue = %(queue)s)
+      AND (%(task)s::text IS NULL OR task = %(task)s)
+    RETURNING id
+), history AS (
+    DELETE FROM {schema}.job_history WHERE job_id IN (SELECT id FROM gone)
+)
+SELECT count(*) AS n FROM gone
+
+-- name: set_progress
+UPDATE {schema}.jobs
+SET progress = %(progress)s, stage = coalesce(%(stage)s, stage)
+WHERE id = %(id)s AND state = 'running' AND worker_id = %(worker_id)s AND attempt = %(attempt)s
+
+-- name: lock_migrations
+SELECT pg_advisory_xact_lock(hashtext(%(key)s))
+
+-- name: create_schema
+CREATE SCHEMA IF NOT EXISTS {schema}
+
+-- name: list_tables
+SELECT table_name FROM information_schema.tables WHERE table_schema = %(schema)s
+
+-- name: migrations_columns
+SELECT column_name FROM information_schema.columns
+WHERE table_schema = %(schema)s AND table_name = 'migrations'
+
+-- name: create_migrations_table
+CREATE TABLE IF NOT EXISTS {schema}.migrations (
+    version    integer     PRIMARY KEY,
+    name       text        NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+)
+
+-- name: applied_migrations
+SELECT version FROM {schema}.migrations ORDER BY version
+
+-- name: record_migration
+INSERT INTO {schema}.migrations (version, name) VALUES (%(version)s, %(name)s)
+
+-- name: forget_migration
+DELETE FROM {schema}.migrations WHERE version = %(version)s
+
+-- name: listen
+LISTEN {channel}
+
+-- name: ping
+SELECT 1

@@ -1,0 +1,583 @@
+"""The SQLite backend: the embedded default. One file, many processes, WAL.
+
+The store is natively blocking (`sqlite3`), so `SqliteStore` implements every operation as a
+plain method and serves the sync API directly; `SqliteBackend` runs the same methods on one
+dedicated thread for the async worker. Each thread has its own connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sqlite3
+import threading
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
+
+from conveyor.backends.base import Backend
+from conveyor.backends.sql import Queries, load_migrations
+from conveyor.clock import Clock
+from conveyor.config import Settings
+from conveyor.errors import (
+    BackendUnavailable,
+    ConfigurationError,
+    NotAConveyorDatabase,
+    ValidationError,
+)
+from conveyor.job import HistoryEntry, Job, JobState, NewJob, Outcome, WorkerInfo
+
+Q = Queries.load("conveyor.backends.sqlite", "queries.sql")
+MIGRATIONS = load_migrations("conveyor.backends.sqlite.migrations")
+BUSY_TIMEOUT_S = 10.0
+#: How often an idle worker looks at `PRAGMA data_version` (a read of shared memory, not disk).
+WATCH_INTERVAL_S = 0.005
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def path_from_url(url: str) -> str:
+    """`sqlite:///relative.db` or `sqlite:////absolute/path.db` to a file path."""
+    prefix = "sqlite:///"
+    if not url.startswith(prefix):
+        raise ConfigurationError(f"a SQLite URL looks like sqlite:///path/to/file.db, got {url!r}")
+    path = url[len(prefix) :].split("?", 1)[0]
+    if not path or path == ":memory:":
+        raise ConfigurationError(
+            f"{url!r}: conveyor needs a database file that several connections can share "
+            "(use a temporary file instead of :memory:)"
+        )
+    return path
+
+
+def _json_list(values: Iterable[Any] | None) -> str | None:
+    return None if values is None else json.dumps([str(v) for v in values])
+
+
+def _ids_json(ids: Iterable[int]) -> str:
+    return json.dumps([int(i) for i in ids])
+
+
+def _unavailable(exc: sqlite3.OperationalError) -> BackendUnavailable:
+    return BackendUnavailable(f"SQLite: {exc}")
+
+
+class _Connection(sqlite3.Connection):
+    """A plain connection that can be weakly referenced."""
+
+
+class SqliteStore:
+    """Every operation of the SQLite backend as a blocking call, safe to use from any thread."""
+
+    def __init__(self, url: str, settings: Settings, clock: Clock) -> None:
+        self.url = url
+        self.path = path_from_url(url)
+        self._settings = settings
+        self._clock = clock
+        self._local = threading.local()
+        # Weak, so a connection of a thread that has ended goes with the thread.
+        self._all: weakref.WeakSet[sqlite3.Connection] = weakref.WeakSet()
+        self._lock = threading.Lock()
+        self._checked = False
+
+    # -- connections and transactions -------------------------------------------------------
+
+    def connect(self) -> sqlite3.Connection:
+        """A new connection with conveyor's pragmas (callers own it)."""
+        parent = Path(self.path).parent
+        if not parent.exists():
+            raise ConfigurationError(f"{self.url!r}: folder {str(parent)!r} does not exist")
+        conn = sqlite3.connect(
+            self.path,
+            timeout=BUSY_TIMEOUT_S,
+            isolation_level=None,
+            check_same_thread=False,
+            factory=_Connection,
+        )
+        conn.row_factory = sqlite3.Row
+        try:
+            tables = {row[0] for row in conn.execute(Q.list_tables)}
+        except sqlite3.OperationalError as exc:
+            conn.close()
+            raise _unavailable(exc) from exc
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            raise NotAConveyorDatabase(f"{self.path!r} is not a SQLite database ({exc})") from None
+        if tables and "conveyor_migrations" not in tables:
+            # Checked before any pragma: a file that is not ours is left exactly as it was.
+            conn.close()
+            shown = ", ".join(sorted(tables)[:5])
+            raise NotAConveyorDatabase(
+                f"{self.path!r} holds other tables ({shown}) and no conveyor schema; "
+                "give conveyor a database file of its own"
+            )
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute(f"PRAGMA synchronous = {self._settings.sqlite_synchronous}")
+        # Statement journals (for triggers) in memory: on disk they cost a temp file per write.
+        conn.execute("PRAGMA temp_store = MEMORY")
+        with self._lock:
+            self._all.add(conn)
+        return conn
+
+    def _conn(self, check: bool = True) -> sqlite3.Connection:
+        """This thread's connection; the first use checks (and maybe migrates) the schema."""
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self.connect()
+            self._local.conn = conn
+        if check and not self._checked:
+            self._check_schema(conn)
+        return conn
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        conn = self._conn()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            raise _unavailable(exc) from exc
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        try:
+            conn.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            conn.execute("ROLLBACK")
+            raise _unavailable(exc) from exc
+
+    def _read(self, sql: str, params: Any = ()) -> list[sqlite3.Row]:
+        try:
+            return self._conn().execute(sql, params).fetchall()
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc) or "busy" in str(exc):
+                raise _unavailable(exc) from exc
+            raise
+
+    def close(self) -> None:
+        with self._lock:
+            conns = list(self._all)
+            self._all.clear()
+        for conn in conns:
+            conn.close()
+        self._local = threading.local()
+
+    # -- schema -----------------------------------------------------------------------------
+
+    def _check_schema(self, conn: sqlite3.Connection) -> None:
+        tables = {row[0] for row in conn.execute(Q.list_tables)}
+        applied = [r[0] for r in conn.execute(Q.applied_migrations)] if tables else []
+        known = MIGRATIONS[-1].version
+        if applied and applied[-1] > known:
+            raise ConfigurationError(
+                f"{self.path!r} has schema version {applied[-1]}, newer than this conveyor "
+                f"knows ({known}); upgrade conveyor"
+            )
+        if len(applied) < known:
+            if self._settings.auto_migrate is False:
+                raise ConfigurationError(
+                    f"{self.path!r} needs migrations {len(applied) + 1}..{known}: "
+                    "run `conveyor migrate` (or pass auto_migrate=True)"
+                )
+            self._migrate(conn)
+        self._checked = True
+
+    def _migrate(self, conn: sqlite3.Connection) -> list[int]:
+        applied_now: list[int] = []
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute(Q.create_migrations_table)
+            done = {r[0] for r in conn.execute(Q.applied_migrations)}
+            for migration in MIGRATIONS:
+                if migration.version in done:
+                    continue
+                for statement in _statements(migration.up):
+                    conn.execute(statement)
+                conn.execute(
+                    Q.record_migration, (migration.version, migration.name, self._clock.now())
+                )
+                applied_now.append(migration.version)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        return applied_now
+
+    def migrate(self) -> list[int]:
+        applied = self._migrate(self._conn(check=False))
+        self._checked = True
+        return applied
+
+    def migrate_down(self, to_version: int) -> list[int]:
+        """Undo migrations above `to_version` (0 removes the whole schema)."""
+        conn = self._conn()
+        undone: list[int] = []
+        with self._write():
+            done = [r[0] for r in conn.execute(Q.applied_migrations)]
+            for migration in reversed(MIGRATIONS):
+                if migration.version in done and migration.version > to_version:
+                    for statement in _statements(migration.down):
+                        conn.execute(statement)
+                    conn.execute(Q.forget_migration, (migration.version,))
+                    undone.append(migration.version)
+        return undone
+
+    def schema_version(self) -> int:
+        rows = self._read(Q.applied_migrations)
+        return rows[-1][0] if rows else 0
+
+    # -- enqueue ----------------------------------------------------------------------------
+
+    def enqueue(self, jobs: Sequence[NewJob], connection: Any = None) -> list[Job]:
+        if connection is not None:
+            raise ValidationError(
+                "enqueue inside your own transaction (connection=...) needs PostgreSQL"
+            )
+        if not jobs:
+            return []
+        rows = [
+            (j.queue, j.task, j.args, j.kwargs, j.meta, j.priority, j.state.value,
+             j.max_attempts, j.run_at, j.created_at, j.created_at)
+            for j in jobs
+        ]  # fmt: skip
+        with self._write() as conn:
+            if len(rows) == 1:
+                conn.execute(Q.insert_job, rows[0])
+            else:
+                conn.executemany(Q.insert_job, rows)
+            last = conn.execute(Q.last_insert_id).fetchone()[0]
+            # AUTOINCREMENT under BEGIN IMMEDIATE (one writer) hands out consecutive ids.
+            first = last - len(rows) + 1
+            conn.execute(Q.record_enqueued, {"first": first, "last": last})
+        return [j.stored_as(first + i) for i, j in enumerate(jobs)]
+
+    # -- the worker's hot path --------------------------------------------------------------
+
+    def claim(
+        self, worker_id: str, queues: Sequence[str] | None, limit: int, lease_until: float,
+        now: float,
+    ) -> list[Job]:  # fmt: skip
+        params: dict[str, Any] = {
+            "worker_id": worker_id, "now": now, "lease_until": lease_until, "limit": limit,
+        }  # fmt: skip
+        with self._write() as conn:
+            conn.execute(Q.promote_due, {"now": now})
+            if queues is None:
+                rows = conn.execute(Q.claim, params).fetchall()
+            elif len(queues) == 1:
+                rows = conn.execute(Q.claim_in_queue, {**params, "queue": queues[0]}).fetchall()
+            else:
+                # Each queue's best candidates come from its own index; the best of those win.
+                candidates = sorted(
+                    (row["priority"], row["run_at"], row["id"])
+                    for queue in queues
+                    for row in conn.execute(Q.claim_candidates, {"queue": queue, "limit": limit})
+                )[:limit]
+                params["ids"] = _ids_json(c[2] for c in candidates)
+                rows = conn.execute(Q.claim_ids, params).fetchall()
+        jobs = [Job.from_row(r) for r in rows]
+        jobs.sort(key=lambda j: (j.priority, j.run_at, j.id))
+        return jobs
+
+    def complete(self, outcomes: Sequence[Outcome]) -> list[int]:
+        if not outcomes:
+            return []
+        applied: list[int] = []
+        leftovers: list[int] = []
+        with self._write() as conn:
+            for o in outcomes:
+                cursor = conn.execute(
+                    Q.complete,
+                    {
+                        "job_id": o.job_id,
+                        "worker_id": o.worker_id,
+                        "attempt": o.attempt,
+                        "state": o.state.value,
+                        "result": o.result,
+                        "error": None if o.error is None else json.dumps(o.error),
+                        "run_at": o.run_at,
+                        "refund": 1 if o.refunds_attempt else 0,
+                        "finished_at": o.at if o.state.is_finished else None,
+                        "at": o.at,
+                        "note": o.note,
+                        "lease_expired_before": o.lease_expired_before,
+                    },
+                )
+                if cursor.rowcount:
+                    applied.append(o.job_id)
+                    if not o.state.is_finished:
+                        leftovers.append(o.job_id)
+            if leftovers:
+                now = max(o.at for o in outcomes)
+                conn.execute(
+                    Q.cancel_requested_leftovers, {"ids": _ids_json(leftovers), "now": now}
+                )
+        return applied
+
+    def heartbeat(self, worker: WorkerInfo, running: Sequence[int], lease_until: float) -> set[int]:
+        with self._write() as conn:
+            conn.execute(
+                Q.upsert_worker,
+                {
+                    "id": worker.id, "host": worker.host, "pid": worker.pid,
+                    "queues": _json_list(worker.queues), "concurrency": worker.concurrency,
+                    "started_at": worker.started_at, "last_beat": worker.last_beat,
+                    "running": _ids_json(running),
+                },
+            )  # fmt: skip
+            if running:
+                conn.execute(
+                    Q.extend_leases,
+                    {"lease_until": lease_until, "worker_id": worker.id, "ids": _ids_json(running)},
+                )
+            rows = conn.execute(Q.cancel_requested, {"worker_id": worker.id}).fetchall()
+        return {r[0] for r in rows}
+
+    def deregister_worker(self, worker_id: str) -> None:
+        with self._write() as conn:
+            conn.execute(Q.delete_worker, (worker_id,))
+
+    def prune_workers(self, older_than: float, now: float) -> int:
+        with self._write() as conn:
+            return conn.execute(Q.prune_workers, (now - older_than,)).rowcount
+
+    def find_expired(self, now: float, limit: int) -> list[Job]:
+        return [Job.from_row(r) for r in self._read(Q.find_expired, {"now": now, "limit": limit})]
+
+    def try_lead(self, name: str, holder: str, until: float, now: float) -> bool:
+        with self._write() as conn:
+            row = conn.execute(
+                Q.try_lead, {"name": name, "holder": holder, "until": until, "now": now}
+            ).fetchone()
+        return row is not None
+
+    def resign(self, name: str, holder: str) -> None:
+        with self._write() as conn:
+            conn.execute(Q.resign, (name, holder))
+
+    def next_due_in(self, queues: Sequence[str] | None, now: float) -> float | None:
+        if queues is None:
+            rows = self._read(Q.next_run_at)
+        else:
+            rows = self._read(Q.next_run_at_in_queues, {"queues": _json_list(queues)})
+        value = rows[0][0]
+        return None if value is None else float(value) - now
+
+    def set_progress(
+        self, job_id: int, worker_id: str, attempt: int, progress: float, stage: str | None
+    ) -> bool:
+        params = {
+            "job_id": job_id, "worker_id": worker_id, "attempt": attempt, "progress": progress,
+            "stage": stage,
+        }  # fmt: skip
+        with self._write() as conn:
+            return conn.execute(Q.set_progress, params).rowcount == 1
+
+    # -- reading and steering ---------------------------------------------------------------
+
+    def get_job(self, job_id: int) -> Job | None:
+        rows = self._read(Q.get_job, (job_id,))
+        return Job.from_row(rows[0]) if rows else None
+
+    def list_jobs(
+        self,
+        *,
+        states: Iterable[JobState] | None = None,
+        queue: str | None = None,
+        task: str | None = None,
+        limit: int = 100,
+        before_id: int | None = None,
+    ) -> list[Job]:
+        params = {
+            "queue": queue, "task": task, "limit": limit, "before_id": before_id,
+        }  # fmt: skip
+        if states is None:
+            rows = self._read(Q.list_jobs, params)
+        else:
+            params["states"] = _json_list([s.value for s in states])
+            rows = self._read(Q.list_jobs_in_states, params)
+        return [Job.from_row(r) for r in rows]
+
+    def job_history(self, job_id: int) -> list[HistoryEntry]:
+        return [HistoryEntry.from_row(r) for r in self._read(Q.job_history, (job_id,))]
+
+    def queue_stats(self) -> dict[str, dict[JobState, int]]:
+        stats: dict[str, dict[JobState, int]] = {}
+        for row in self._read(Q.queue_stats):
+            stats.setdefault(row["queue"], {})[JobState(row["state"])] = row["n"]
+        return stats
+
+    def list_workers(self) -> list[WorkerInfo]:
+        return [WorkerInfo.from_row(r) for r in self._read(Q.list_workers)]
+
+    def cancel_job(self, job_id: int, now: float, note: str) -> Job | None:
+        params = {"job_id": job_id, "now": now, "note": note}
+        with self._write() as conn:
+            if conn.execute(Q.cancel_pending, params).rowcount == 0:
+                conn.execute(Q.request_cancel, {"job_id": job_id, "note": note})
+            row = conn.execute(Q.get_job, (job_id,)).fetchone()
+        return None if row is None else Job.from_row(row)
+
+    def retry_jobs(
+        self,
+        *,
+        job_ids: Sequence[int] | None,
+        states: Iterable[JobState],
+        queue: str | None,
+        task: str | None,
+        now: float,
+        note: str,
+    ) -> list[int]:
+        params = {
+            "ids": None if job_ids is None else _ids_json(job_ids),
+            "states": _json_list([s.value for s in states]),
+            "queue": queue, "task": task, "now": now, "note": note,
+        }  # fmt: skip
+        with self._write() as conn:
+            return [r[0] for r in conn.execute(Q.retry_jobs, params).fetchall()]
+
+    def purge(
+        self,
+        *,
+        states: Iterable[JobState],
+        older_than: float,
+        now: float,
+        queue: str | None = None,
+        task: str | None = None,
+    ) -> int:
+        params = {
+            "states": _json_list([s.value for s in states]),
+            "before": now - older_than, "queue": queue, "task": task,
+        }  # fmt: skip
+        with self._write() as conn:
+            conn.execute(Q.purge_history, params)
+            return conn.execute(Q.purge, params).rowcount
+
+    def data_version(self, conn: sqlite3.Connection) -> int:
+        return int(conn.execute(Q.data_version).fetchone()[0])
+
+
+def _statements(script: str) -> list[str]:
+    """Split a migration into statements, keeping trigger bodies whole."""
+    statements: list[str] = []
+    buffer = ""
+    for line in script.splitlines(keepends=True):
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            if buffer.strip():
+                statements.append(buffer.strip())
+            buffer = ""
+    if buffer.strip():
+        statements.append(buffer.strip())
+    return statements
+
+
+class SqliteBackend(Backend):
+    """The async face of `SqliteStore`: each call runs on one dedicated database thread."""
+
+    def __init__(self, url: str, settings: Settings, clock: Clock) -> None:
+        self.url = url
+        self.store = SqliteStore(url, settings, clock)
+        self.sync = self.store
+        self._executor: ThreadPoolExecutor | None = None
+        self._watch: sqlite3.Connection | None = None
+        self._seen_version: int | None = None
+
+    async def _run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix="conveyor-sqlite")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
+
+    async def migrate(self) -> list[int]:
+        return await self._run(self.store.migrate)
+
+    async def close(self) -> None:
+        if self._executor is not None:
+            await self._run(self.store.close)
+            self._executor.shutdown(wait=True)
+            self._executor = None
+        self.store.close()
+        self._watch = None
+
+    async def release(self) -> None:
+        if self._watch is not None:
+            self._watch.close()
+            self._watch = None
+
+    async def enqueue(self, jobs: Sequence[NewJob], connection: Any = None) -> list[Job]:
+        return await self._run(self.store.enqueue, jobs, connection)
+
+    async def get_job(self, job_id: int) -> Job | None:
+        return await self._run(self.store.get_job, job_id)
+
+    async def cancel_job(self, job_id: int, now: float, note: str) -> Job | None:
+        return await self._run(self.store.cancel_job, job_id, now, note)
+
+    async def claim(
+        self, worker_id: str, queues: Sequence[str] | None, limit: int, lease_until: float,
+        now: float,
+    ) -> list[Job]:  # fmt: skip
+        return await self._run(self.store.claim, worker_id, queues, limit, lease_until, now)
+
+    async def complete(self, outcomes: Sequence[Outcome]) -> list[int]:
+        return await self._run(self.store.complete, outcomes)
+
+    async def heartbeat(
+        self, worker: WorkerInfo, running: Sequence[int], lease_until: float
+    ) -> set[int]:
+        return await self._run(self.store.heartbeat, worker, running, lease_until)
+
+    async def deregister_worker(self, worker_id: str) -> None:
+        await self._run(self.store.deregister_worker, worker_id)
+
+    async def find_expired(self, now: float, limit: int) -> list[Job]:
+        return await self._run(self.store.find_expired, now, limit)
+
+    async def prune_workers(self, older_than: float, now: float) -> int:
+        return await self._run(self.store.prune_workers, older_than, now)
+
+    async def try_lead(self, name: str, holder: str, until: float, now: float) -> bool:
+        return await self._run(self.store.try_lead, name, holder, until, now)
+
+    async def resign(self, name: str, holder: str) -> None:
+        await self._run(self.store.resign, name, holder)
+
+    async def next_due_in(self, queues: Sequence[str] | None, now: float) -> float | None:
+        return await self._run(self.store.next_due_in, queues, now)
+
+    async def purge(self, *, states: Iterable[JobState], older_than: float, now: float) -> int:
+        return await self._run(
+            lambda: self.store.purge(states=states, older_than=older_than, now=now)
+        )
+
+    async def set_progress(
+        self, job_id: int, worker_id: str, attempt: int, progress: float, stage: str | None
+    ) -> bool:
+        return await self._run(self.store.set_progress, job_id, worker_id, attempt, progress, stage)
+
+    async def wait_for_change(self, timeout: float) -> None:
+        """Watch `PRAGMA data_version` on a connection of its own: it changes whenever any other
+        connection, in this process or another, commits."""
+        if self._watch is None:
+            self._watch = await self._run(self.store.connect)
+            self._seen_version = self.store.data_version(self._watch)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            try:
+                version = self.store.data_version(self._watch)
+            except sqlite3.OperationalError:
+                return  # cannot tell: let the caller look
+            if version != self._seen_version:
+                self._seen_version = version
+                return
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            await asyncio.sleep(min(WATCH_INTERVAL_S, remaining))

@@ -1,0 +1,217 @@
+-- SQLite statements of the conveyor backend. Every statement that changes `state` also sets
+-- `state_changed_at` and `note`: the history triggers copy them.
+
+-- name: insert_job
+INSERT INTO conveyor_jobs (queue, task, args, kwargs, meta, priority, state, max_attempts,
+                           run_at, created_at, state_changed_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+
+-- name: last_insert_id
+SELECT last_insert_rowid()
+
+-- name: record_enqueued
+INSERT INTO conveyor_job_history (job_id, at, from_state, to_state, worker_id, note)
+SELECT id, created_at, NULL, state, NULL, note FROM conveyor_jobs
+WHERE id BETWEEN :first AND :last
+
+-- name: promote_due
+UPDATE conveyor_jobs INDEXED BY conveyor_jobs_due
+SET state = 'queued', worker_id = NULL, state_changed_at = :now, note = NULL
+WHERE state IN ('scheduled', 'retrying') AND run_at <= :now
+
+-- name: claim
+UPDATE conveyor_jobs
+SET state = 'running', attempt = attempt + 1, worker_id = :worker_id, started_at = :now,
+    lease_until = :lease_until, state_changed_at = :now, note = NULL
+WHERE id IN (SELECT id FROM conveyor_jobs INDEXED BY conveyor_jobs_runnable
+             WHERE state = 'queued'
+             ORDER BY priority, run_at, id
+             LIMIT :limit)
+RETURNING *
+
+-- name: claim_in_queue
+UPDATE conveyor_jobs
+SET state = 'running', attempt = attempt + 1, worker_id = :worker_id, started_at = :now,
+    lease_until = :lease_until, state_changed_at = :now, note = NULL
+WHERE id IN (SELECT id FROM conveyor_jobs INDEXED BY conveyor_jobs_runnable_queue
+             WHERE state = 'queued' AND queue = :queue
+             ORDER BY priority, run_at, id
+             LIMIT :limit)
+RETURNING *
+
+-- name: claim_candidates
+-- The best `limit` runnable jobs of one queue; a claim over several queues merges these.
+SELECT id, priority, run_at FROM conveyor_jobs INDEXED BY conveyor_jobs_runnable_queue
+WHERE state = 'queued' AND queue = :queue
+ORDER BY priority, run_at, id
+LIMIT :limit
+
+-- name: claim_ids
+UPDATE conveyor_jobs
+SET state = 'running', attempt = attempt + 1, worker_id = :worker_id, started_at = :now,
+    lease_until = :lease_until, state_changed_at = :now, note = NULL
+WHERE id IN (SELECT value FROM json_each(:ids)) AND state = 'queued'
+RETURNING *
+
+-- name: complete
+-- Applies only to the very attempt the outcome is about, while it is still running.
+UPDATE conveyor_jobs
+SET state = :state,
+    result = :result,
+    errors = CASE WHEN :error IS NULL THEN errors
+                  ELSE json_insert(errors, '$[#]', json(:error)) END,
+    run_at = coalesce(:run_at, run_at),
+    attempt = attempt - :refund,
+    finished_at = :finished_at,
+    progress = CASE WHEN :state = 'succeeded' THEN 100 ELSE progress END,
+    lease_until = NULL,
+    -- a cancel asked for while the job ran outlives a retry or a hand-back (see below)
+    cancel_requested = CASE WHEN :state IN ('retrying', 'queued') THEN cancel_requested ELSE 0 END,
+    state_changed_at = :at,
+    note = :note
+WHERE id = :job_id AND state = 'running' AND worker_id = :worker_id AND attempt = :attempt
+  AND (:lease_expired_before IS NULL OR lease_until < :lease_expired_before)
+
+-- name: cancel_requested_leftovers
+-- Jobs asked to stop that were retried or handed back instead: they end cancelled.
+UPDATE conveyor_jobs
+SET state = 'cancelled', finished_at = :now, cancel_requested = 0, state_changed_at = :now,
+    note = 'cancelled'
+WHERE id IN (SELECT value FROM json_each(:ids))
+  AND cancel_requested = 1 AND state IN ('retrying', 'queued')
+
+-- name: upsert_worker
+INSERT INTO conveyor_workers (id, host, pid, queues, concurrency, started_at, last_beat, running)
+VALUES (:id, :host, :pid, :queues, :concurrency, :started_at, :last_beat, :running)
+ON CONFLICT (id) DO UPDATE SET last_beat = excluded.last_beat, running = excluded.running
+
+-- name: extend_leases
+UPDATE conveyor_jobs
+SET lease_until = :lease_until
+WHERE state = 'running' AND worker_id = :worker_id
+  AND id IN (SELECT value FROM json_each(:ids))
+
+-- name: cancel_requested
+SELECT id FROM conveyor_jobs
+WHERE state = 'running' AND worker_id = :worker_id AND cancel_requested = 1
+
+-- name: delete_worker
+DELETE FROM conveyor_workers WHERE id = ?
+
+-- name: prune_workers
+DELETE FROM conveyor_workers WHERE last_beat < ?
+
+-- name: find_expired
+SELECT * FROM conveyor_jobs INDEXED BY conveyor_jobs_leased
+WHERE state = 'running' AND lease_until < :now
+ORDER BY lease_until
+LIMIT :limit
+
+-- name: try_lead
+INSERT INTO conveyor_leaders (name, holder, until) VALUES (:name, :holder, :until)
+ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, until = excluded.until
+WHERE conveyor_leaders.holder = excluded.holder OR conveyor_leaders.until < :now
+RETURNING holder
+
+-- name: resign
+DELETE FROM conveyor_leaders WHERE name = ? AND holder = ?
+
+-- name: next_run_at
+SELECT min(run_at) FROM conveyor_jobs INDEXED BY conveyor_jobs_due WHERE state IN ('scheduled', 'retrying')
+
+-- name: next_run_at_in_queues
+SELECT min((SELECT min(run_at) FROM conveyor_jobs INDEXED BY conveyor_jobs_due_queue
+            WHERE queue = q.value AND state IN ('scheduled', 'retrying')))
+FROM json_each(:queues) AS q
+
+-- name: get_job
+SELECT * FROM conveyor_jobs WHERE id = ?
+
+-- name: list_jobs
+SELECT * FROM conveyor_jobs
+WHERE (:queue IS NULL OR queue = :queue)
+  AND (:task IS NULL OR task = :task)
+  AND (:before_id IS NULL OR id < :before_id)
+ORDER BY id DESC
+LIMIT :limit
+
+-- name: list_jobs_in_states
+SELECT * FROM conveyor_jobs INDEXED BY conveyor_jobs_state
+WHERE state IN (SELECT value FROM json_each(:states))
+  AND (:queue IS NULL OR queue = :queue)
+  AND (:task IS NULL OR task = :task)
+  AND (:before_id IS NULL OR id < :before_id)
+ORDER BY id DESC
+LIMIT :limit
+
+-- name: job_history
+SELECT * FROM conveyor_job_history WHERE job_id = ? ORDER BY id
+
+-- name: queue_stats
+SELECT queue, state, count(*) AS n FROM conveyor_jobs GROUP BY queue, state
+
+-- name: list_workers
+SELECT * FROM conveyor_workers ORDER BY started_at, id
+
+-- name: cancel_pending
+UPDATE conveyor_jobs
+SET state = 'cancelled', finished_at = :now, state_changed_at = :now, note = :note
+WHERE id = :job_id AND state IN ('waiting', 'scheduled', 'queued', 'retrying')
+
+-- name: request_cancel
+UPDATE conveyor_jobs
+SET cancel_requested = 1, note = :note
+WHERE id = :job_id AND state = 'running'
+
+-- name: retry_jobs
+UPDATE conveyor_jobs
+SET state = 'queued', attempt = 0, run_at = :now, started_at = NULL, finished_at = NULL,
+    lease_until = NULL, worker_id = NULL, cancel_requested = 0, progress = NULL, stage = NULL,
+    result = NULL, state_changed_at = :now, note = :note
+WHERE state IN (SELECT value FROM json_each(:states))
+  AND (:ids IS NULL OR id IN (SELECT value FROM json_each(:ids)))
+  AND (:queue IS NULL OR queue = :queue)
+  AND (:task IS NULL OR task = :task)
+RETURNING id
+
+-- name: purge_history
+DELETE FROM conveyor_job_history
+WHERE job_id IN (SELECT id FROM conveyor_jobs
+                 WHERE state IN (SELECT value FROM json_each(:states))
+                   AND finished_at <= :before
+                   AND (:queue IS NULL OR queue = :queue)
+                   AND (:task IS NULL OR task = :task))
+
+-- name: purge
+DELETE FROM conveyor_jobs
+WHERE state IN (SELECT value FROM json_each(:states))
+  AND finished_at <= :before
+  AND (:queue IS NULL OR queue = :queue)
+  AND (:task IS NULL OR task = :task)
+
+-- name: set_progress
+UPDATE conveyor_jobs
+SET progress = :progress, stage = coalesce(:stage, stage)
+WHERE id = :job_id AND state = 'running' AND worker_id = :worker_id AND attempt = :attempt
+
+-- name: data_version
+PRAGMA data_version
+
+-- name: list_tables
+SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'
+
+-- name: create_migrations_table
+CREATE TABLE IF NOT EXISTS conveyor_migrations (
+    version    INTEGER PRIMARY KEY,
+    name       TEXT NOT NULL,
+    applied_at REAL NOT NULL
+)
+
+-- name: applied_migrations
+SELECT version FROM conveyor_migrations ORDER BY version
+
+-- name: record_migration
+INSERT INTO conveyor_migrations (version, name, applied_at) VALUES (?, ?, ?)
+
+-- name: forget_migration
+DELETE FROM conveyor_migrations WHERE version = ?

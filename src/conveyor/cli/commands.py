@@ -1,0 +1,356 @@
+"""The commands that inspect and steer jobs: enqueue, jobs, dlq, queues, workers, migrate, prune."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+from rich.text import Text
+
+from conveyor.app import App
+from conveyor.cli import render
+from conveyor.cli.loading import AppRef
+from conveyor.cli.params import ARGS, DURATION, KWARGS, PRIORITY
+from conveyor.errors import InvalidTransition
+from conveyor.job import FINISHED_STATES, Job, JobState
+
+pass_ref = click.make_pass_decorator(AppRef)
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print plain JSON for scripts.")
+STATE_NAMES = [s.value for s in JobState]
+
+
+def _app(ref: AppRef) -> App:
+    return ref.get()
+
+
+def _split_states(values: tuple[str, ...]) -> list[str] | None:
+    """`--state dead --state cancelled` or `--state dead,cancelled`."""
+    states = [s.strip().lower() for v in values for s in v.split(",") if s.strip()]
+    unknown = [s for s in states if s not in STATE_NAMES]
+    if unknown:
+        raise click.BadParameter(
+            f"unknown state {unknown[0]!r} (known: {', '.join(STATE_NAMES)})",
+            param_hint="'--state'",
+        )
+    return states or None
+
+
+def _print_jobs(app: App, jobs: list[Job], limit: int, as_json: bool, dead: bool = False) -> None:
+    if as_json:
+        render.emit_json([render.job_dict(j) for j in jobs])
+        return
+    out = render.console()
+    if not jobs:
+        out.print("no dead jobs" if dead else "no jobs match", style="dim")
+        return
+    now = app.clock.now()
+    out.print(render.dead_table(jobs, now) if dead else render.jobs_table(jobs, now, title="Jobs"))
+    if len(jobs) == limit:
+        out.print(
+            f"showing the newest {limit}; use --limit, or --before-id {jobs[-1].id} for older ones",
+            style="dim",
+        )
+
+
+def _show_job(app: App, job_id: int, as_json: bool) -> None:
+    job = app.get_job(job_id)
+    history = app.job_history(job_id)
+    if as_json:
+        out = render.job_dict(job)
+        out["history"] = [render.history_dict(h) for h in history]
+        render.emit_json(out)
+        return
+    render.console().print(render.job_detail(job, history, app.clock.now()))
+
+
+def _list_filters(fn: Any) -> Any:
+    for decorator in reversed(
+        [
+            click.option("-q", "--queue", help="Only this queue."),
+            click.option("-t", "--task", help="Only this task (its registered name)."),
+            click.option("-n", "--limit", type=click.IntRange(min=1), default=100,
+                         show_default=True, help="At most this many, newest first."),
+            click.option("--before-id", type=int, help="Page on: only jobs with a smaller id."),
+            json_option,
+        ]
+    ):  # fmt: skip
+        fn = decorator(fn)
+    return fn
+
+
+# -- enqueue ------------------------------------------------------------------------------
+
+
+@click.command()
+@click.argument("task")
+@click.option("--args", "args", type=ARGS, default="[]", help="Positional arguments, a JSON array.")
+@click.option(
+    "--kwargs", "kwargs", type=KWARGS, default="{}", help="Keyword arguments, a JSON object."
+)
+@click.option(
+    "--priority", type=PRIORITY, help="1 (highest) to 10, or critical, high, normal, low."
+)
+@click.option("--delay", type=DURATION, help="Run no sooner than this from now: 90s, 15m, 2h.")
+@click.option("--queue", help="Queue to put the job on; default: the task's.")
+@json_option
+@pass_ref
+def enqueue(
+    ref: AppRef, task: str, args: list[Any], kwargs: dict[str, Any], priority: int | str | None,
+    delay: float | None, queue: str | None, as_json: bool,
+) -> None:  # fmt: skip
+    """Enqueue a job for TASK (a registered task name)."""
+    app = _app(ref)
+    options: dict[str, Any] = {"priority": priority, "delay": delay, "queue": queue}
+    job = app.enqueue(task, args=args, kwargs=kwargs,
+                      **{k: v for k, v in options.items() if v is not None})  # fmt: skip
+    if as_json:
+        render.emit_json(render.job_dict(job))
+        return
+    line = Text.assemble(
+        f"job {job.id} enqueued: ", (job.task, "cyan"),
+        f" on queue {job.queue}, priority {job.priority}, ", render.state_text(job.state),
+    )  # fmt: skip
+    if job.state is JobState.SCHEDULED:
+        line.append(f" (runs {render.ago(job.run_at, app.clock.now())})")
+    render.console().print(line)
+
+
+# -- jobs ---------------------------------------------------------------------------------
+
+
+@click.group()
+def jobs() -> None:
+    """List, inspect, cancel and retry jobs."""
+
+
+@jobs.command("list")
+@click.option(
+    "-s",
+    "--state",
+    "states",
+    multiple=True,
+    help="Only jobs in this state (repeat, or comma-separate, for several).",
+)
+@_list_filters
+@pass_ref
+def jobs_list(
+    ref: AppRef, states: tuple[str, ...], queue: str | None, task: str | None, limit: int,
+    before_id: int | None, as_json: bool,
+) -> None:  # fmt: skip
+    """Jobs, newest first."""
+    app = _app(ref)
+    found = app.list_jobs(
+        state=_split_states(states), queue=queue, task=task, limit=limit, before_id=before_id
+    )
+    _print_jobs(app, found, limit, as_json)
+
+
+@jobs.command("show")
+@click.argument("job_id", metavar="ID", type=int)
+@json_option
+@pass_ref
+def jobs_show(ref: AppRef, job_id: int, as_json: bool) -> None:
+    """A job's fields, arguments, result, errors with tracebacks, and history."""
+    _show_job(_app(ref), job_id, as_json)
+
+
+@jobs.command("cancel")
+@click.argument("job_ids", metavar="ID...", type=int, nargs=-1, required=True)
+@pass_ref
+def jobs_cancel(ref: AppRef, job_ids: tuple[int, ...]) -> None:
+    """Cancel jobs that have not run yet; ask running ones to stop."""
+    app = _app(ref)
+    out = render.console()
+    refused: list[str] = []
+    for job_id in job_ids:
+        before = app.get_job(job_id)
+        job = app.cancel_job(job_id)
+        if before.state is JobState.CANCELLED:
+            out.print(f"job {job_id} was already cancelled")
+        elif job.state is JobState.CANCELLED:
+            out.print(f"job {job_id} cancelled (it was {before.state.value})")
+        elif job.state is JobState.RUNNING:
+            out.print(f"job {job_id} is running: asked its worker to stop it")
+        else:
+            refused.append(f"job {job_id} already {job.state.value}; nothing to cancel")
+    if refused:
+        raise click.ClickException("; ".join(refused))
+
+
+@jobs.command("retry")
+@click.argument("job_ids", metavar="ID...", type=int, nargs=-1, required=True)
+@pass_ref
+def jobs_retry(ref: AppRef, job_ids: tuple[int, ...]) -> None:
+    """Put dead or cancelled jobs back in their queue, attempts starting again."""
+    _retry_ids(_app(ref), job_ids)
+
+
+def _retry_ids(app: App, job_ids: tuple[int, ...]) -> None:
+    out = render.console()
+    refused: list[str] = []
+    for job_id in job_ids:
+        try:
+            job = app.retry_job(job_id)
+        except InvalidTransition as exc:
+            refused.append(str(exc))
+            continue
+        out.print(f"job {job.id} ({job.task}) is {job.state.value} again")
+    if refused:
+        raise click.ClickException("; ".join(refused))
+
+
+# -- the dead-letter queue ----------------------------------------------------------------
+
+
+@click.group()
+def dlq() -> None:
+    """The dead-letter queue: jobs that ran out of attempts or gave up."""
+
+
+@dlq.command("list")
+@_list_filters
+@pass_ref
+def dlq_list(
+    ref: AppRef, queue: str | None, task: str | None, limit: int, before_id: int | None,
+    as_json: bool,
+) -> None:  # fmt: skip
+    """Dead jobs, newest first, with their last error."""
+    app = _app(ref)
+    found = app.list_jobs(
+        state=JobState.DEAD, queue=queue, task=task, limit=limit, before_id=before_id
+    )
+    _print_jobs(app, found, limit, as_json, dead=True)
+
+
+@dlq.command("show")
+@click.argument("job_id", metavar="ID", type=int)
+@json_option
+@pass_ref
+def dlq_show(ref: AppRef, job_id: int, as_json: bool) -> None:
+    """A dead job in full: arguments, every attempt's error and traceback, history."""
+    _show_job(_app(ref), job_id, as_json)
+
+
+@dlq.command("retry")
+@click.argument("job_ids", metavar="[ID...]", type=int, nargs=-1)
+@click.option(
+    "--all", "retry_all", is_flag=True, help="Retry every dead job (see --queue, --task)."
+)
+@click.option("-q", "--queue", help="With --all: only this queue.")
+@click.option("-t", "--task", help="With --all: only this task.")
+@pass_ref
+def dlq_retry(
+    ref: AppRef, job_ids: tuple[int, ...], retry_all: bool, queue: str | None, task: str | None
+) -> None:
+    """Retry dead jobs by id, or all of them with --all."""
+    if retry_all == bool(job_ids):
+        raise click.UsageError("give job ids, or --all (not both)")
+    if (queue or task) and not retry_all:
+        raise click.UsageError("--queue and --task go with --all")
+    app = _app(ref)
+    if job_ids:
+        _retry_ids(app, job_ids)
+        return
+    count = app.retry_jobs(state=JobState.DEAD, queue=queue, task=task)
+    render.console().print(f"retried {count} dead job{'' if count == 1 else 's'}")
+
+
+@dlq.command("purge")
+@click.option(
+    "--older-than",
+    type=DURATION,
+    required=True,
+    help="Delete dead jobs that died longer ago than this (30d, 12h, 90s).",
+)
+@click.option("-q", "--queue", help="Only this queue.")
+@click.option("-t", "--task", help="Only this task.")
+@pass_ref
+def dlq_purge(ref: AppRef, older_than: float, queue: str | None, task: str | None) -> None:
+    """Delete dead jobs (and their history) older than --older-than."""
+    count = _app(ref).purge(state=JobState.DEAD, older_than=older_than, queue=queue, task=task)
+    plural = "" if count == 1 else "s"
+    render.console().print(
+        f"purged {count} dead job{plural} older than {render.duration(older_than)}"
+    )
+
+
+# -- the rest -----------------------------------------------------------------------------
+
+
+@click.command()
+@json_option
+@pass_ref
+def queues(ref: AppRef, as_json: bool) -> None:
+    """Jobs per queue and state."""
+    stats = render.stats_dict(_app(ref).queue_stats())
+    if as_json:
+        render.emit_json(stats)
+    elif not stats:
+        render.console().print("no jobs yet", style="dim")
+    else:
+        render.console().print(render.queues_table(stats))
+
+
+@click.command()
+@json_option
+@pass_ref
+def workers(ref: AppRef, as_json: bool) -> None:
+    """Registered workers; one whose heartbeat is older than the lease is lost."""
+    app = _app(ref)
+    found = app.list_workers()
+    now = app.clock.now()
+    lease = app.settings.lease_seconds
+    if as_json:
+        render.emit_json([render.worker_dict(w, now, lease) for w in found])
+    elif not found:
+        render.console().print("no workers registered", style="dim")
+    else:
+        render.console().print(render.workers_table(found, now, lease))
+
+
+@click.command()
+@pass_ref
+def migrate(ref: AppRef) -> None:
+    """Create or upgrade the database schema."""
+    app = _app(ref)
+    applied = app.migrate()
+    version = app.schema_version()
+    if applied:
+        versions = ", ".join(str(v) for v in applied)
+        click.echo(
+            f"applied migration{'s' if len(applied) > 1 else ''} {versions} to {app.url} "
+            f"(schema version {version})"
+        )
+    else:
+        click.echo(f"{app.url} is up to date at schema version {version}; nothing to apply")
+
+
+@click.command()
+@click.option(
+    "--older-than",
+    type=DURATION,
+    required=True,
+    help="Delete jobs that finished longer ago than this (7d, 12h, 90s).",
+)
+@click.option(
+    "-s",
+    "--state",
+    "states",
+    multiple=True,
+    type=click.Choice(sorted(s.value for s in FINISHED_STATES)),
+    help="Only this finished state (repeatable); default: all of them.",
+)
+@click.option("-q", "--queue", help="Only this queue.")
+@pass_ref
+def prune(ref: AppRef, older_than: float, states: tuple[str, ...], queue: str | None) -> None:
+    """Delete finished jobs (succeeded, dead, cancelled) and their history."""
+    count = _app(ref).purge(state=list(states) or None, older_than=older_than, queue=queue)
+    which = "/".join(states) if states else "finished"
+    plural = "" if count == 1 else "s"
+    render.console().print(
+        f"pruned {count} {which} job{plural} older than {render.duration(older_than)}"
+    )
+
+
+COMMANDS = [enqueue, jobs, dlq, queues, workers, migrate, prune]

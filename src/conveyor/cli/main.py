@@ -1,0 +1,111 @@
+"""The `conveyor` command: run workers, enqueue, inspect and steer jobs."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from conveyor.cli.commands import COMMANDS
+from conveyor.cli.loading import AppRef, app_spec, load_app
+from conveyor.errors import ConveyorError
+
+__all__ = ["load_app", "main"]
+
+
+class ConveyorGroup(click.Group):
+    """Turns every conveyor error into a one-line message and a non-zero exit, no traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ConveyorError as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+@click.group(cls=ConveyorGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--app",
+    "app_option",
+    metavar="MODULE:APP",
+    envvar="CONVEYOR_APP",
+    help="The conveyor.App to use (default: $CONVEYOR_APP).",
+)
+@click.version_option(package_name="conveyor")
+@click.pass_context
+def main(ctx: click.Context, app_option: str | None) -> None:
+    """conveyor: durable background jobs."""
+    ref = AppRef(app_option)
+    ctx.obj = ref
+    ctx.call_on_close(ref.close)
+
+
+@main.command()
+@click.argument("app_spec_arg", metavar="MODULE:APP", required=False)
+@click.option("-q", "--queues", help="Comma-separated queues to work (default: all).")
+@click.option(
+    "-c",
+    "--concurrency",
+    type=click.IntRange(min=1),
+    default=10,
+    show_default=True,
+    help="Jobs run at once by each worker process.",
+)
+@click.option(
+    "-p",
+    "--processes",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Worker processes to start and supervise.",
+)
+@click.option("--burst", is_flag=True, help="Stop once nothing is runnable.")
+@click.option(
+    "--grace",
+    type=click.FloatRange(min=0),
+    default=30.0,
+    show_default=True,
+    help="Seconds running jobs get to finish on SIGTERM before they are handed back.",
+)
+@click.option("--log-level", default="INFO", show_default=True)
+@click.option(
+    "--log-format",
+    type=click.Choice(["logfmt", "json", "console"]),
+    default="logfmt",
+    show_default=True,
+)
+@click.pass_obj
+def worker(
+    ref: AppRef, app_spec_arg: str | None, queues: str | None, concurrency: int, processes: int,
+    burst: bool, grace: float, log_level: str, log_format: str,
+) -> None:  # fmt: skip
+    """Run a worker for MODULE:APP (default: --app or $CONVEYOR_APP)."""
+    from conveyor.logging import configure_logging
+
+    configure_logging(log_level, log_format)
+    spec = app_spec(app_spec_arg or ref.spec)
+    app = load_app(spec)
+    queue_list = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
+    if processes > 1:
+        from conveyor.cli.supervisor import Supervisor
+        from conveyor.task import check_queue
+
+        for name in queue_list or ():
+            check_queue(name)  # fail here, once, rather than in every child forever
+
+        command = [
+            sys.executable, "-m", "conveyor", "worker", spec, "-c", str(concurrency),
+            "-p", "1", "--grace", str(grace), "--log-level", log_level,
+            "--log-format", log_format,
+        ]  # fmt: skip
+        if queue_list:
+            command += ["-q", ",".join(queue_list)]
+        if burst:
+            command.append("--burst")
+        sys.exit(Supervisor(command, processes).run())
+    app.run_worker(queues=queue_list, concurrency=concurrency, burst=burst, grace=grace)
+
+
+for _command in COMMANDS:
+    main.add_command(_command)

@@ -1,0 +1,350 @@
+"""How jobs, queues and workers look: rich tables for people, plain JSON for scripts.
+
+User data (arguments, error messages, stage names) is always wrapped in `Text`, so brackets in
+it are printed as they are rather than read as rich markup.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import click
+from rich import box
+from rich.console import Console, Group, RenderableType
+from rich.padding import Padding
+from rich.table import Table
+from rich.text import Text
+
+from conveyor.job import HistoryEntry, Job, JobState, WorkerInfo
+
+STATE_STYLES: Mapping[JobState, str] = {
+    JobState.WAITING: "dim",
+    JobState.SCHEDULED: "cyan",
+    JobState.QUEUED: "blue",
+    JobState.RUNNING: "yellow",
+    JobState.RETRYING: "magenta",
+    JobState.SUCCEEDED: "green",
+    JobState.DEAD: "bold red",
+    JobState.CANCELLED: "dim",
+}
+
+
+#: Width for output that is not a terminal (a pipe, a file, CI logs), unless COLUMNS says.
+PIPE_WIDTH = 120
+
+
+def console() -> Console:
+    """A console on the current stdout (made per command, so test runners can capture it)."""
+    out = Console(highlight=False)
+    if not out.is_terminal and not os.environ.get("COLUMNS"):
+        out.width = PIPE_WIDTH
+    return out
+
+
+def emit_json(value: Any) -> None:
+    """Plain JSON on stdout, for scripts."""
+    click.echo(json.dumps(value, indent=2, ensure_ascii=False, default=str))
+
+
+# -- values -------------------------------------------------------------------------------
+
+
+def job_dict(job: Job) -> dict[str, Any]:
+    """A job as JSON: every field, timestamps as Unix seconds."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(job):
+        if f.name != "app":
+            out[f.name] = getattr(job, f.name)
+    out["state"] = job.state.value
+    return out
+
+
+def history_dict(entry: HistoryEntry) -> dict[str, Any]:
+    return {
+        "at": entry.at,
+        "from": None if entry.from_state is None else entry.from_state.value,
+        "to": entry.to_state.value,
+        "worker_id": entry.worker_id,
+        "note": entry.note,
+    }
+
+
+def worker_dict(worker: WorkerInfo, now: float, lease_seconds: float) -> dict[str, Any]:
+    out = dataclasses.asdict(worker)
+    out["lost"] = worker.is_lost(now, lease_seconds)
+    return out
+
+
+def stats_dict(stats: Mapping[str, Mapping[JobState, int]]) -> dict[str, dict[str, int]]:
+    """`{queue: {state: count}}` with every state present (zeros included)."""
+    return {
+        queue: {state.value: int(counts.get(state, 0)) for state in JobState}
+        for queue, counts in sorted(stats.items())
+    }
+
+
+# -- small formats ------------------------------------------------------------------------
+
+
+def when(ts: float | None) -> str:
+    """Local wall-clock time, to the millisecond."""
+    if ts is None:
+        return "-"
+    return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+
+
+def span(seconds: float) -> str:
+    seconds = abs(seconds)
+    if seconds < 1:
+        return f"{seconds * 1000:.0f}ms"
+    if seconds < 60:
+        return f"{seconds:.1f}s" if seconds < 10 else f"{seconds:.0f}s"
+    if seconds < 3600:
+        return f"{int(seconds // 60)}m"
+    if seconds < 86400:
+        return f"{seconds / 3600:.1f}h"
+    return f"{seconds / 86400:.1f}d"
+
+
+def duration(seconds: float) -> str:
+    """A duration as the user would write it: `30d`, `12h`, `90s`."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:.0f}{unit}"
+    return f"{seconds:g}s"
+
+
+def ago(ts: float | None, now: float) -> str:
+    """`3.2s ago` or `in 12s`."""
+    if ts is None:
+        return "-"
+    delta = now - ts
+    return f"{span(delta)} ago" if delta >= 0 else f"in {span(delta)}"
+
+
+def state_text(state: JobState) -> Text:
+    return Text(state.value, style=STATE_STYLES[state])
+
+
+def compact_json(value: Any, limit: int | None = None) -> str:
+    text = json.dumps(value, ensure_ascii=False, default=str)
+    if limit is not None and len(text) > limit:
+        return text[: limit - 1] + "…"
+    return text
+
+
+def short_type(error: Mapping[str, Any]) -> str:
+    """`CardDeclined` for `billing.gateway.CardDeclined`: listings have no room for modules."""
+    return str(error.get("type") or "Error").rsplit(".", 1)[-1]
+
+
+def last_error(job: Job) -> str:
+    if not job.errors:
+        return ""
+    error = job.errors[-1]
+    message = error.get("message") or ""
+    return f"{short_type(error)}: {message}" if message else short_type(error)
+
+
+def progress_text(job: Job) -> str:
+    if job.progress is None:
+        return ""
+    text = f"{job.progress:.0f}%"
+    return f"{text} {job.stage}" if job.stage else text
+
+
+def job_info(job: Job, now: float) -> str:
+    """The one thing worth knowing about a job in a listing, by state."""
+    if job.state in (JobState.SCHEDULED, JobState.RETRYING):
+        info = f"runs {ago(job.run_at, now)}"
+        return f"{info} · {last_error(job)}" if job.errors else info
+    if job.state is JobState.RUNNING:
+        parts = [progress_text(job), "cancel requested" if job.cancel_requested else ""]
+        return " · ".join(p for p in parts if p) or f"on {job.worker_id}"
+    if job.state is JobState.DEAD:
+        return last_error(job)
+    if job.state is JobState.SUCCEEDED and job.started_at and job.finished_at:
+        return f"took {span(job.finished_at - job.started_at)}"
+    return ""
+
+
+# -- tables -------------------------------------------------------------------------------
+
+
+def _table(title: str | None = None) -> Table:
+    return Table(
+        title=title, title_justify="left", title_style="bold", box=box.SIMPLE_HEAD,
+        show_edge=False,
+    )  # fmt: skip
+
+
+def jobs_table(jobs: Sequence[Job], now: float, title: str | None = None) -> Table:
+    table = _table(title)
+    table.add_column("ID", justify="right", no_wrap=True)
+    table.add_column("Task", no_wrap=True)
+    table.add_column("Queue", no_wrap=True)
+    table.add_column("Pri", justify="right", no_wrap=True)
+    table.add_column("State", no_wrap=True)
+    table.add_column("Att", justify="right", no_wrap=True)
+    table.add_column("Created", no_wrap=True)
+    table.add_column("Info", overflow="fold")
+    for job in jobs:
+        table.add_row(
+            str(job.id), Text(job.task), Text(job.queue), str(job.priority),
+            state_text(job.state), f"{job.attempt}/{job.max_attempts}",
+            ago(job.created_at, now), Text(job_info(job, now)),
+        )  # fmt: skip
+    return table
+
+
+def dead_table(jobs: Sequence[Job], now: float) -> Table:
+    table = _table("Dead-letter queue")
+    table.add_column("ID", justify="right", no_wrap=True)
+    table.add_column("Task", no_wrap=True)
+    table.add_column("Queue", no_wrap=True)
+    table.add_column("Att", justify="right", no_wrap=True)
+    table.add_column("Died", no_wrap=True)
+    table.add_column("Last error", overflow="fold")
+    table.add_column("Args", overflow="fold")
+    for job in jobs:
+        error = job.errors[-1] if job.errors else {}
+        table.add_row(
+            str(job.id), Text(job.task), Text(job.queue), f"{job.attempt}/{job.max_attempts}",
+            ago(job.finished_at, now),
+            Text.assemble((short_type(error), "red"), f": {error.get('message', '')}"),
+            Text(compact_json(job.args, 60)),
+        )  # fmt: skip
+    return table
+
+
+def queues_table(stats: Mapping[str, Mapping[str, int]]) -> Table:
+    """Queues by states; only the states some queue has jobs in get a column."""
+    shown = [s for s in JobState if any(counts[s.value] for counts in stats.values())]
+    table = _table("Queues")
+    table.add_column("Queue", overflow="fold")
+    for state in shown:
+        table.add_column(state.value, justify="right", style=STATE_STYLES[state])
+    table.add_column("total", justify="right", style="bold")
+    totals = dict.fromkeys((s.value for s in JobState), 0)
+    for queue, counts in stats.items():
+        cells = [str(counts[s.value]) if counts[s.value] else "·" for s in shown]
+        table.add_row(Text(queue), *cells, str(sum(counts.values())))
+        for name, n in counts.items():
+            totals[name] += n
+    if len(stats) > 1:
+        table.add_section()
+        table.add_row("all", *(str(totals[s.value]) for s in shown), str(sum(totals.values())))
+    return table
+
+
+def workers_table(workers: Iterable[WorkerInfo], now: float, lease_seconds: float) -> Table:
+    table = _table("Workers")
+    table.add_column("ID", no_wrap=True)
+    table.add_column("Host", overflow="fold")
+    table.add_column("PID", justify="right", no_wrap=True)
+    table.add_column("Queues", overflow="fold")
+    table.add_column("Conc", justify="right", no_wrap=True)
+    table.add_column("Running", overflow="fold")
+    table.add_column("Started", no_wrap=True)
+    table.add_column("Last beat", no_wrap=True)
+    table.add_column("Status", no_wrap=True)
+    for w in workers:
+        lost = w.is_lost(now, lease_seconds)
+        running = f"{len(w.running)}"
+        if w.running:
+            shown = ", ".join(str(i) for i in w.running[:5])
+            running += f" ({shown}{', …' if len(w.running) > 5 else ''})"
+        table.add_row(
+            Text(w.id), Text(w.host), str(w.pid), Text(",".join(w.queues) if w.queues else "*"),
+            str(w.concurrency), running, ago(w.started_at, now),
+            ago(now - w.beat_age if w.beat_age is not None else w.last_beat, now),
+            Text("lost", style="bold red") if lost else Text("alive", style="green"),
+        )  # fmt: skip
+    return table
+
+
+# -- one job ------------------------------------------------------------------------------
+
+
+def job_detail(job: Job, history: Sequence[HistoryEntry], now: float) -> RenderableType:
+    """Everything about one job: fields, payload, result, errors with tracebacks, history."""
+    title = Text.assemble(
+        (f"Job {job.id}", "bold"), "  ", (job.task, "bold cyan"), "  ", state_text(job.state)
+    )
+    fields = Table.grid(padding=(0, 2))
+    fields.add_column(style="bold", no_wrap=True)
+    fields.add_column(overflow="fold")
+
+    def row(name: str, value: str | Text) -> None:
+        fields.add_row(name, value if isinstance(value, Text) else Text(value))
+
+    def stamp(ts: float | None) -> str:
+        return "-" if ts is None else f"{when(ts)}  ({ago(ts, now)})"
+
+    row("queue", job.queue)
+    row("priority", str(job.priority))
+    row("attempt", f"{job.attempt} of {job.max_attempts}")
+    row("created", stamp(job.created_at))
+    row("run at", stamp(job.run_at))
+    row("started", stamp(job.started_at))
+    row("finished", stamp(job.finished_at))
+    if job.started_at is not None and job.finished_at is not None:
+        row("ran for", span(job.finished_at - job.started_at))
+    if job.lease_until is not None:
+        row("lease until", stamp(job.lease_until))
+    row("worker", job.worker_id or "-")
+    row("progress", "-" if job.progress is None else f"{job.progress:.0f}%")
+    row("stage", job.stage or "-")
+    if job.cancel_requested:
+        row("cancel", Text("requested", style="yellow"))
+    row("args", compact_json(job.args))
+    row("kwargs", compact_json(job.kwargs))
+    row("result", "-" if job.result is None and job.state is not JobState.SUCCEEDED
+        else compact_json(job.result))  # fmt: skip
+    if job.meta:
+        row("meta", compact_json(job.meta))
+
+    parts: list[RenderableType] = [title, Padding(fields, (0, 0, 0, 2))]
+    parts.append(Text(f"\nErrors ({len(job.errors)})", style="bold"))
+    if not job.errors:
+        parts.append(Padding(Text("none", style="dim"), (0, 0, 0, 2)))
+    for i, error in enumerate(job.errors, 1):
+        head = Text.assemble(
+            (f"#{i}", "bold"),
+            f"  attempt {error.get('attempt', '?')}  {when(error.get('at'))}  ",
+            (f"{error.get('type', 'Error')}: {error.get('message', '')}", "red"),
+            f"  (worker {error.get('worker') or '-'})",
+        )
+        parts.append(Padding(head, (0, 0, 0, 2)))
+        tb = error.get("traceback")
+        parts.append(
+            Padding(Text(tb.rstrip("\n") if tb else "(no traceback)", style="dim"), (0, 0, 0, 6))
+        )
+    parts.append(Text("\nHistory", style="bold"))
+    parts.append(Padding(history_timeline(history), (0, 0, 0, 2)))
+    return Group(*parts)
+
+
+def history_timeline(history: Sequence[HistoryEntry]) -> RenderableType:
+    if not history:
+        return Text("no recorded transitions", style="dim")
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(no_wrap=True)
+    grid.add_column(justify="right", style="dim", no_wrap=True)
+    grid.add_column(no_wrap=True)
+    grid.add_column(overflow="fold")
+    first = history[0].at
+    for entry in history:
+        move = Text.assemble(
+            state_text(entry.from_state) if entry.from_state else Text("(new)", style="dim"),
+            " → ",
+            state_text(entry.to_state),
+        )
+        extra = " · ".join(x for x in (entry.note, entry.worker_id) if x)
+        grid.add_row(when(entry.at), f"+{span(entry.at - first)}", move, Text(extra))
+    return grid

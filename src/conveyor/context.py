@@ -1,0 +1,117 @@
+"""`Context`: what a task with `pass_context=True` gets as its first argument."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+from collections.abc import Awaitable, Generator
+from typing import TYPE_CHECKING, Any
+
+from conveyor.errors import BackendUnavailable, ValidationError
+from conveyor.logging import get_logger
+
+if TYPE_CHECKING:
+    from conveyor.backends.base import Backend
+    from conveyor.job import Job
+
+
+#: How long a sync task's progress report waits for the worker's loop before giving up.
+PROGRESS_WAIT_S = 30.0
+
+
+class Context:
+    """The running job as its task sees it: ids, progress reporting, cancellation, a logger."""
+
+    def __init__(
+        self, job: Job, worker_id: str, backend: Backend, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        self.job = job
+        self.worker_id = worker_id
+        self._backend = backend
+        self._loop = loop
+        self.cancel_reason: str | None = None
+        self._log: Any = None
+
+    @property
+    def log(self) -> Any:
+        """A structured logger bound to the job's id, task, queue and attempt."""
+        if self._log is None:
+            self._log = get_logger("conveyor.task").bind(
+                job_id=self.job.id, task=self.job.task, queue=self.job.queue,
+                attempt=self.job.attempt,
+            )  # fmt: skip
+        return self._log
+
+    @property
+    def job_id(self) -> int:
+        return self.job.id
+
+    @property
+    def attempt(self) -> int:
+        """The attempt now running, from 1."""
+        return self.job.attempt
+
+    @property
+    def cancelled(self) -> bool:
+        """True once someone asked this job to stop (a sync task should poll it and return)."""
+        return self.cancel_reason is not None
+
+    def request_cancel(self, reason: str) -> None:
+        # A user's cancel wins over a later shutdown: the job must not be handed back.
+        if self.cancel_reason != "cancelled":
+            self.cancel_reason = reason
+
+    def progress(
+        self, percent: float, stage: str | None = None, message: str | None = None
+    ) -> Awaitable[None]:
+        """Record progress (0-100) and an optional stage name.
+
+        From an async task: `await ctx.progress(50, stage="encode")`. From a sync task, call it
+        plainly: it returns once the progress is stored.
+        """
+        if isinstance(percent, bool) or not isinstance(percent, int | float):
+            raise ValidationError(f"progress must be a number from 0 to 100, got {percent!r}")
+        if not 0 <= percent <= 100:
+            raise ValidationError(f"progress must be from 0 to 100, got {percent!r}")
+        self.job.progress = float(percent)
+        if stage is not None:
+            self.job.stage = stage
+        if message is not None:
+            self.log.info("job.progress", progress=percent, stage=stage, message=message)
+        write = self._write_progress(float(percent), stage)
+        if _on_loop(self._loop):
+            return write
+        future = asyncio.run_coroutine_threadsafe(write, self._loop)
+        try:
+            future.result(timeout=PROGRESS_WAIT_S)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            self.log.warning("job.progress_failed", error="the worker did not answer in time")
+        return _DONE
+
+    async def _write_progress(self, percent: float, stage: str | None) -> None:
+        # Progress is a report, not the job's work: a store hiccup is logged, never raised.
+        try:
+            await self._backend.set_progress(
+                self.job.id, self.worker_id, self.job.attempt, percent, stage
+            )
+        except BackendUnavailable as exc:
+            self.log.warning("job.progress_failed", error=str(exc))
+
+
+class _Done:
+    """An awaitable that is already done: what a sync task gets back from `progress`."""
+
+    def __await__(self) -> Generator[None, None, None]:
+        return
+        yield
+
+
+_DONE = _Done()
+
+
+def _on_loop(loop: asyncio.AbstractEventLoop) -> bool:
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False

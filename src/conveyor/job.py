@@ -1,0 +1,346 @@
+"""The job: its states, the transitions allowed between them, and the `Job` handle users hold."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import enum
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from conveyor.errors import JobFailed, WaitTimeout
+
+if TYPE_CHECKING:
+    from conveyor.app import App
+
+
+class JobState(enum.StrEnum):
+    """Where a job is in its life. Terminal states are `succeeded`, `dead` and `cancelled`."""
+
+    WAITING = "waiting"
+    SCHEDULED = "scheduled"
+    QUEUED = "queued"
+    RUNNING = "running"
+    RETRYING = "retrying"
+    SUCCEEDED = "succeeded"
+    DEAD = "dead"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_finished(self) -> bool:
+        return self in FINISHED_STATES
+
+
+FINISHED_STATES = frozenset({JobState.SUCCEEDED, JobState.DEAD, JobState.CANCELLED})
+CANCELLABLE_STATES = frozenset(
+    {JobState.WAITING, JobState.SCHEDULED, JobState.QUEUED, JobState.RETRYING}
+)
+RETRYABLE_STATES = frozenset({JobState.DEAD, JobState.CANCELLED})
+
+_S = JobState
+#: Every transition a job may make; the history table holds nothing else.
+#: `None` is "not yet a job" (the enqueue).
+TRANSITIONS: frozenset[tuple[JobState | None, JobState]] = frozenset(
+    {
+        (None, _S.WAITING),
+        (None, _S.SCHEDULED),
+        (None, _S.QUEUED),
+        (_S.WAITING, _S.QUEUED),
+        (_S.SCHEDULED, _S.QUEUED),
+        (_S.QUEUED, _S.RUNNING),
+        (_S.RUNNING, _S.SUCCEEDED),
+        (_S.RUNNING, _S.RETRYING),
+        (_S.RUNNING, _S.DEAD),
+        (_S.RUNNING, _S.QUEUED),
+        (_S.RUNNING, _S.CANCELLED),
+        (_S.RETRYING, _S.QUEUED),
+        (_S.WAITING, _S.CANCELLED),
+        (_S.SCHEDULED, _S.CANCELLED),
+        (_S.QUEUED, _S.CANCELLED),
+        (_S.RETRYING, _S.CANCELLED),
+        (_S.DEAD, _S.QUEUED),
+        (_S.CANCELLED, _S.QUEUED),
+    }
+)
+
+PRIORITY_NAMES: Mapping[str, int] = {"critical": 1, "high": 3, "normal": 5, "low": 8}
+
+
+@dataclass(slots=True)
+class NewJob:
+    """A validated job, ready to be written by a backend. JSON fields are already encoded."""
+
+    queue: str
+    task: str
+    args: str
+    kwargs: str
+    meta: str
+    priority: int
+    max_attempts: int
+    run_at: float
+    created_at: float
+    #: the caller's args, kwargs and meta (copies), for the handle enqueue returns
+    values: tuple[list[Any], dict[str, Any], dict[str, Any]] | None = None
+
+    @property
+    def state(self) -> JobState:
+        return JobState.SCHEDULED if self.run_at > self.created_at else JobState.QUEUED
+
+    def stored_as(self, job_id: int) -> Job:
+        """The Job this became once stored under `job_id`."""
+        if self.values is None:
+            args, kwargs, meta = (
+                json.loads(self.args),
+                json.loads(self.kwargs),
+                json.loads(self.meta),
+            )
+        else:
+            args, kwargs, meta = self.values
+        return Job(
+            id=job_id, queue=self.queue, task=self.task, args=args, kwargs=kwargs,
+            priority=self.priority, state=self.state, attempt=0, max_attempts=self.max_attempts,
+            run_at=self.run_at, created_at=self.created_at, meta=meta,
+        )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What became of one run of a job: exactly one of these per claim.
+
+    The executor decides it, the completer writes it. `state` is where the job goes:
+    succeeded, retrying (at `run_at`), dead, cancelled, or queued (handed back on shutdown,
+    the attempt not counted). `lease_expired_before` makes the write conditional on the lease
+    having run out, which is how a rescue never overrides a live worker.
+    """
+
+    job_id: int
+    worker_id: str
+    attempt: int
+    state: JobState
+    at: float
+    result: str | None = None
+    error: Mapping[str, Any] | None = None
+    run_at: float | None = None
+    note: str | None = None
+    lease_expired_before: float | None = None
+
+    @property
+    def refunds_attempt(self) -> bool:
+        return self.state is JobState.QUEUED
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEntry:
+    """One recorded transition of a job."""
+
+    job_id: int
+    at: float
+    from_state: JobState | None
+    to_state: JobState
+    worker_id: str | None
+    note: str | None
+
+    @classmethod
+    def from_row(cls, row: Row) -> HistoryEntry:
+        return cls(
+            job_id=row["job_id"],
+            at=_seconds(row["at"]),
+            from_state=None if row["from_state"] is None else JobState(row["from_state"]),
+            to_state=JobState(row["to_state"]),
+            worker_id=row["worker_id"],
+            note=row["note"],
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerInfo:
+    """A worker process as registered in the store."""
+
+    id: str
+    host: str
+    pid: int
+    queues: list[str] | None
+    concurrency: int
+    started_at: float
+    last_beat: float
+    running: list[int]
+    #: seconds since the last heartbeat, as the store's clock tells it (None: not known)
+    beat_age: float | None = None
+
+    @classmethod
+    def from_row(cls, row: Row, beat_age: float | None = None) -> WorkerInfo:
+        return cls(
+            id=row["id"],
+            host=row["host"],
+            pid=row["pid"],
+            queues=_loads(row["queues"]),
+            concurrency=row["concurrency"],
+            started_at=_seconds(row["started_at"]),
+            last_beat=_seconds(row["last_beat"]),
+            running=_loads(row["running"], []),
+            beat_age=beat_age,
+        )
+
+    def is_lost(self, now: float, lease_seconds: float) -> bool:
+        """No heartbeat for longer than a lease (by the store's clock, where it has one)."""
+        age = now - self.last_beat if self.beat_age is None else self.beat_age
+        return age > lease_seconds
+
+
+def _seconds(value: Any) -> Any:
+    """Epoch seconds from a row: a number already, or a datetime the driver made."""
+    if value is None or isinstance(value, float):
+        return value
+    if isinstance(value, dt.datetime):
+        return value.timestamp()
+    return float(value)
+
+
+class Row(Protocol):
+    """A store row: columns by name."""
+
+    def __getitem__(self, key: str) -> Any: ...
+
+
+_EMPTY_JSON = {"[]": list, "{}": dict}
+
+
+def _loads(text: str | None, default: Any = None) -> Any:
+    """A JSON column's text, decoded."""
+    if text is None:
+        return default
+    empty = _EMPTY_JSON.get(text)  # most jobs: no errors, no meta
+    return empty() if empty is not None else json.loads(text)
+
+
+@dataclass(slots=True)
+class Job:
+    """A job as last read from the store, and a handle to act on it.
+
+    Read fields directly (`job.state`, `job.result`, ...); `refresh()` reads them again.
+    """
+
+    id: int
+    queue: str
+    task: str
+    args: list[Any]
+    kwargs: dict[str, Any]
+    priority: int
+    state: JobState
+    attempt: int
+    max_attempts: int
+    run_at: float
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    lease_until: float | None = None
+    worker_id: str | None = None
+    progress: float | None = None
+    stage: str | None = None
+    result: Any = None
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+    cancel_requested: bool = False
+    app: App | None = field(default=None, repr=False, compare=False)
+
+    @classmethod
+    def from_row(cls, row: Row) -> Job:
+        """Build a Job from a store row whose JSON columns are still text."""
+        return cls(
+            id=row["id"],
+            queue=row["queue"],
+            task=row["task"],
+            args=_loads(row["args"]),
+            kwargs=_loads(row["kwargs"]),
+            priority=row["priority"],
+            state=JobState(row["state"]),
+            attempt=row["attempt"],
+            max_attempts=row["max_attempts"],
+            run_at=_seconds(row["run_at"]),
+            created_at=_seconds(row["created_at"]),
+            started_at=_seconds(row["started_at"]),
+            finished_at=_seconds(row["finished_at"]),
+            lease_until=_seconds(row["lease_until"]),
+            worker_id=row["worker_id"],
+            progress=row["progress"],
+            stage=row["stage"],
+            result=_loads(row["result"]),
+            errors=_loads(row["errors"], []),
+            meta=_loads(row["meta"], {}),
+            cancel_requested=bool(row["cancel_requested"]),
+        )
+
+    # -- the handle -------------------------------------------------------------------------
+
+    def _require_app(self) -> App:
+        if self.app is None:
+            raise RuntimeError("this Job is not bound to an App")
+        return self.app
+
+    def _update_from(self, other: Job) -> None:
+        for name in self.__dataclass_fields__:
+            if name != "app":
+                setattr(self, name, getattr(other, name))
+
+    def refresh(self) -> Job:
+        """Read the job again from the store; returns self."""
+        self._update_from(self._require_app().get_job(self.id))
+        return self
+
+    async def refresh_async(self) -> Job:
+        self._update_from(await self._require_app().get_job_async(self.id))
+        return self
+
+    def cancel(self) -> Job:
+        """Cancel the job (see `App.cancel_job`); returns self, refreshed."""
+        self._update_from(self._require_app().cancel_job(self.id))
+        return self
+
+    async def cancel_async(self) -> Job:
+        self._update_from(await self._require_app().cancel_job_async(self.id))
+        return self
+
+    def history(self) -> list[HistoryEntry]:
+        return self._require_app().job_history(self.id)
+
+    def _outcome(self) -> Any:
+        if self.state is JobState.SUCCEEDED:
+            return self.result
+        raise JobFailed(self)
+
+    def wait(self, timeout: float | None = None, poll: float = 0.2) -> Any:
+        """Block until the job finishes; return its result.
+
+        Raises `JobFailed` if it ends dead or cancelled, `WaitTimeout` after `timeout` seconds.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = 0.005
+        while True:
+            self.refresh()
+            if self.state.is_finished:
+                return self._outcome()
+            if deadline is not None and time.monotonic() >= deadline:
+                raise WaitTimeout(f"job {self.id} still {self.state.value} after {timeout}s")
+            time.sleep(_next_wait(delay, deadline))
+            delay = min(delay * 2, poll)
+
+    async def wait_async(self, timeout: float | None = None, poll: float = 0.2) -> Any:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = 0.005
+        while True:
+            await self.refresh_async()
+            if self.state.is_finished:
+                return self._outcome()
+            if deadline is not None and time.monotonic() >= deadline:
+                raise WaitTimeout(f"job {self.id} still {self.state.value} after {timeout}s")
+            await asyncio.sleep(_next_wait(delay, deadline))
+            delay = min(delay * 2, poll)
+
+
+def _next_wait(delay: float, deadline: float | None) -> float:
+    if deadline is None:
+        return delay
+    return max(0.0, min(delay, deadline - time.monotonic()))

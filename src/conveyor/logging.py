@@ -1,0 +1,45 @@
+"""Structured logs: stable event names with key=value fields (`job.succeeded job_id=7 ...`)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import structlog
+
+
+def get_logger(name: str) -> Any:
+    return structlog.get_logger(name)
+
+
+def configure_logging(level: str = "INFO", fmt: str = "logfmt", *, cache: bool = True) -> None:
+    """Set up structlog for a `conveyor` command: logfmt (default), json or console.
+
+    `cache` freezes each logger's configuration on first use, which keeps logging cheap on the
+    hot path; a process that reconfigures logging later (a test suite) passes False.
+    """
+    renderer: Any
+    if fmt == "json":
+        renderer = structlog.processors.JSONRenderer()
+    elif fmt == "console":
+        renderer = structlog.dev.ConsoleRenderer()
+    elif fmt == "logfmt":
+        renderer = structlog.processors.LogfmtRenderer(
+            key_order=["timestamp", "level", "event"], drop_missing=True
+        )
+    else:
+        raise ValueError(f"unknown log format {fmt!r} (use logfmt, json or console)")
+    structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=cache,
+    )
+    # The connection pool's own notes ("error connecting …") repeat what conveyor's events say.
+    logging.getLogger("psycopg.pool").setLevel(logging.ERROR)

@@ -1,0 +1,117 @@
+"""Turning a call into a stored job: arguments to JSON, checked at the edge, nothing half-stored."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from conveyor.errors import PayloadTooLarge, ValidationError, describe
+
+# An escaped NUL: \u0000 after an even number of backslashes (an odd run is a literal "\").
+_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+_encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
+def _try_encode(value: Any) -> tuple[str, None] | tuple[None, str]:
+    """`value` as JSON that reads back the same everywhere, or why it cannot be."""
+    try:
+        text = _encoder.encode(value)
+    except (TypeError, ValueError) as exc:
+        return None, str(exc)
+    except RecursionError:
+        return None, "it nests too deeply (or refers to itself)"
+    # JSON escapes NUL as \u0000; PostgreSQL's jsonb and many tools refuse it, so it is refused
+    # everywhere. A lone surrogate cannot be written as UTF-8 at all.
+    if "\\u0000" in text and _NUL.search(text):
+        return None, "it contains a NUL character (\\x00), which conveyor does not store"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return None, "it contains a lone surrogate, which is not valid Unicode text"
+    return text, None
+
+
+def _problem(value: Any) -> str | None:
+    return _try_encode(value)[1]
+
+
+def encode(value: Any, what: str) -> str:
+    """`value` as compact JSON, or a ValidationError that names `what`."""
+    text, problem = _try_encode(value)
+    if text is None:
+        raise ValidationError(f"{what} cannot be stored as JSON: {problem}")
+    return text
+
+
+def encode_arguments(
+    task_name: str,
+    signature: inspect.Signature | None,
+    args: Sequence[Any],
+    kwargs: Mapping[str, Any],
+) -> tuple[str, str]:
+    """Check the call against the task's signature and encode it; errors name the argument."""
+    if not isinstance(args, Sequence) or isinstance(args, str | bytes):
+        raise ValidationError(f"args of {task_name} must be a list, got {describe(args)}")
+    if not isinstance(kwargs, Mapping):
+        raise ValidationError(f"kwargs of {task_name} must be a mapping, got {describe(kwargs)}")
+    names: dict[int, str] = {}
+    if signature is not None:
+        try:
+            bound = signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise ValidationError(f"bad arguments for task {task_name}: {exc}") from None
+        position = 0
+        for name, param in signature.parameters.items():
+            if param.kind in (param.POSITIONAL_ONLY, param.POSITIONAL_OR_KEYWORD):
+                if name in bound.arguments and position < len(args):
+                    names[position] = name
+                position += 1
+    try:
+        return encode(list(args), "args"), encode(dict(kwargs), "kwargs")
+    except ValidationError:
+        pass
+    for i, value in enumerate(args):
+        if (problem := _problem(value)) is not None:
+            label = f"argument {names[i]!r}" if i in names else f"positional argument {i}"
+            raise ValidationError(
+                f"{label} of {task_name} ({describe(value)}) cannot be stored as JSON: {problem}"
+            ) from None
+    for key, value in kwargs.items():
+        if not isinstance(key, str):
+            raise ValidationError(f"keyword names of {task_name} must be strings, got {key!r}")
+        if (problem := _problem(value)) is not None:
+            raise ValidationError(
+                f"argument {key!r} of {task_name} ({describe(value)}) cannot be stored as JSON: "
+                f"{problem}"
+            ) from None
+    raise ValidationError(f"the arguments of {task_name} cannot be stored as JSON")
+
+
+def check_size(task_name: str, limit: int, *parts: str) -> None:
+    size = sum(len(p.encode("utf-8")) for p in parts)
+    if size > limit:
+        raise PayloadTooLarge(
+            f"job {task_name} is {size:,} bytes of JSON, over the {limit:,}-byte limit "
+            "(max_payload_bytes / CONVEYOR_MAX_PAYLOAD_BYTES); store large data elsewhere "
+            "and pass a reference"
+        )
+
+
+def task_signature(fn: Any, pass_context: bool) -> inspect.Signature | None:
+    """The signature enqueue checks calls against (without the context parameter)."""
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return None
+    if pass_context:
+        params = list(signature.parameters.values())
+        if not params or params[0].kind not in (
+            inspect.Parameter.POSITIONAL_ONLY,
+            inspect.Parameter.POSITIONAL_OR_KEYWORD,
+        ):
+            raise TypeError(f"{fn!r} has pass_context=True but no first parameter for the context")
+        signature = signature.replace(parameters=params[1:])
+    return signature

@@ -1,0 +1,63 @@
+"""A background loop with an interval, a clean stop, and a hook that fires after every round,
+so tests wait for a round instead of sleeping."""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+
+from conveyor.errors import BackendUnavailable
+from conveyor.logging import get_logger
+
+log = get_logger("conveyor.services")
+
+
+class Service(abc.ABC):
+    name: str = "service"
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self.rounds = 0
+        self._round_done = asyncio.Condition()
+        self._stop = asyncio.Event()
+        self._kick = asyncio.Event()
+
+    @abc.abstractmethod
+    async def run_once(self) -> None:
+        """One round of the service's work."""
+
+    async def run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                await self.run_once()
+            except BackendUnavailable as exc:  # the store is away: the next round tries again
+                log.warning(f"{self.name}.failed", error=str(exc))
+            except Exception as exc:  # a failed round is logged; the next one tries again
+                log.error(f"{self.name}.failed", error=str(exc), exc_info=exc)
+            self.rounds += 1
+            async with self._round_done:
+                self._round_done.notify_all()
+            await self._sleep()
+
+    async def _sleep(self) -> None:
+        stop = asyncio.ensure_future(self._stop.wait())
+        kick = asyncio.ensure_future(self._kick.wait())
+        try:
+            await asyncio.wait({stop, kick}, timeout=self.interval, return_when="FIRST_COMPLETED")
+        finally:
+            stop.cancel()
+            kick.cancel()
+        self._kick.clear()
+
+    def kick(self) -> None:
+        """Run the next round now."""
+        self._kick.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def wait_rounds(self, n: int = 1) -> None:
+        """Test hook: return after `n` more rounds have completed."""
+        target = self.rounds + n
+        async with self._round_done:
+            await self._round_done.wait_for(lambda: self.rounds >= target)

@@ -1,0 +1,71 @@
+"""Maintenance, run by one elected leader among all workers: the leadership is a lease row that
+the leader renews every round and anyone may take once it has run out."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from conveyor.backends.base import Backend
+from conveyor.job import JobState
+from conveyor.logging import get_logger
+from conveyor.services.base import Service
+from conveyor.services.rescuer import rescue_expired_leases
+
+if TYPE_CHECKING:
+    from conveyor.app import App
+
+log = get_logger("conveyor.services")
+
+LEADERSHIP = "maintenance"
+#: Workers not heard from for this long (or ten leases, if longer) are forgotten.
+FORGET_WORKERS_AFTER_S = 3600.0
+#: How often the leader deletes finished jobs past their retention.
+PRUNE_EVERY_S = 60.0
+
+
+class Maintenance(Service):
+    name = "maintenance"
+
+    def __init__(self, app: App, backend: Backend, worker_id: str, interval: float) -> None:
+        super().__init__(interval)
+        self.app = app
+        self.backend = backend
+        self.worker_id = worker_id
+        self.is_leader = False
+        self._pruned_at: float | None = None
+
+    async def run_once(self) -> None:
+        now = self.app.clock.now()
+        lease = self.app.settings.lease_seconds
+        leading = await self.backend.try_lead(LEADERSHIP, self.worker_id, now + lease, now)
+        if leading != self.is_leader:
+            log.info("leader.elected" if leading else "leader.lost", worker_id=self.worker_id)
+        self.is_leader = leading
+        if not leading:
+            return
+        await rescue_expired_leases(self.app, self.backend)
+        await self.backend.prune_workers(max(FORGET_WORKERS_AFTER_S, 10 * lease), now)
+        if self._pruned_at is None or now - self._pruned_at >= PRUNE_EVERY_S:
+            await self.prune_finished_jobs(now)
+            self._pruned_at = now
+
+    async def prune_finished_jobs(self, now: float) -> int:
+        """Delete succeeded jobs after `retention_succeeded`, dead and cancelled ones after
+        `retention_failed`, with their history."""
+        settings = self.app.settings
+        pruned = await self.backend.purge(
+            states=[JobState.SUCCEEDED], older_than=settings.retention_succeeded, now=now
+        )
+        pruned += await self.backend.purge(
+            states=[JobState.DEAD, JobState.CANCELLED],
+            older_than=settings.retention_failed,
+            now=now,
+        )
+        if pruned:
+            log.info("jobs.pruned", count=pruned)
+        return pruned
+
+    async def resign(self) -> None:
+        if self.is_leader:
+            await self.backend.resign(LEADERSHIP, self.worker_id)
+            self.is_leader = False

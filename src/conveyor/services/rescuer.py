@@ -1,0 +1,68 @@
+"""Rescue jobs whose worker was lost: when a lease runs out, the attempt counts as failed with
+"worker lost", and the job is retried or dead-lettered like any other failure."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from conveyor.backends.base import Backend
+from conveyor.job import Outcome
+from conveyor.logging import get_logger
+from conveyor.retry import RetryPolicy, decide, exponential
+
+if TYPE_CHECKING:
+    from conveyor.app import App
+
+log = get_logger("conveyor.services")
+
+BATCH = 500
+
+
+class WorkerLost(Exception):
+    """The worker running the job stopped heartbeating before the job finished."""
+
+
+async def rescue_expired_leases(app: App, backend: Backend) -> int:
+    """Fail every running job whose lease has run out; returns how many were rescued."""
+    now = app.clock.now()
+    fallback = exponential(app.settings.retry_base_delay, app.settings.retry_cap)
+    rescued = 0
+    while expired := await backend.find_expired(now, BATCH):
+        outcomes = []
+        for job in expired:
+            task = app.tasks.get(job.task)
+            error = WorkerLost("worker lost")
+            # A lost worker is never the task's own error: retried whatever retry_on says.
+            policy = RetryPolicy(backoff=task.retry.backoff if task else fallback)
+            decision = decide(policy, error, job.attempt, job.max_attempts)
+            outcomes.append(
+                Outcome(
+                    job_id=job.id,
+                    worker_id=job.worker_id or "",
+                    attempt=job.attempt,
+                    state=decision.state,
+                    at=now,
+                    error={
+                        "type": "WorkerLost",
+                        "message": "worker lost",
+                        "traceback": None,
+                        "at": now,
+                        "worker": job.worker_id,
+                        "attempt": job.attempt,
+                    },
+                    run_at=now + decision.delay,
+                    note=f"worker lost: {job.worker_id}",
+                    lease_expired_before=now,
+                )
+            )
+        applied = set(await backend.complete(outcomes))
+        for job, outcome in zip(expired, outcomes, strict=True):
+            if job.id in applied:
+                log.warning(
+                    "lease.rescued", job_id=job.id, task=job.task, queue=job.queue,
+                    worker_id=job.worker_id, attempt=job.attempt, state=outcome.state.value,
+                )  # fmt: skip
+        rescued += len(applied)
+        if len(expired) < BATCH or not applied:
+            break
+    return rescued

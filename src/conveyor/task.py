@@ -1,0 +1,232 @@
+"""`@app.task`: a function registered under a name, with its options and its enqueue calls."""
+
+from __future__ import annotations
+
+import datetime as dt
+import inspect
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
+
+from conveyor.config import QUEUE_NAME
+from conveyor.errors import MAX_DELAY_S, ValidationError, describe
+from conveyor.job import PRIORITY_NAMES, Job
+from conveyor.payload import task_signature
+from conveyor.retry import RetryPolicy
+
+if TYPE_CHECKING:
+    from conveyor.app import App
+
+#: The last moment a job can be scheduled for: the end of the year 9999.
+LATEST_RUN_AT = dt.datetime(9999, 12, 31, 23, 59, 59, tzinfo=dt.UTC).timestamp()
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def check_priority(value: int | str) -> int:
+    """1 (highest) to 10 (lowest), or a name: critical, high, normal, low."""
+    if isinstance(value, str):
+        if value in PRIORITY_NAMES:
+            return PRIORITY_NAMES[value]
+        names = ", ".join(PRIORITY_NAMES)
+        raise ValidationError(f"unknown priority {value!r} (use 1-10 or one of: {names})")
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 10:
+        raise ValidationError(f"priority must be an integer from 1 (highest) to 10, got {value!r}")
+    return value
+
+
+def check_queue(value: str) -> str:
+    if not isinstance(value, str) or not QUEUE_NAME.fullmatch(value):
+        raise ValidationError(
+            f"bad queue name {describe(value)}: use 1-128 characters of A-Z a-z 0-9 _ . : -"
+        )
+    return value
+
+
+def check_max_attempts(value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValidationError(f"max_attempts must be an integer >= 1, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class CallOptions:
+    """Per-call options given to `configure(...)`; None means "the task's default"."""
+
+    queue: str | None = None
+    priority: int | None = None
+    delay: float | None = None
+    run_at: float | None = None
+    max_attempts: int | None = None
+    meta: Mapping[str, Any] | None = None
+    connection: Any = None
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        queue: str | None = None,
+        priority: int | str | None = None,
+        delay: float | dt.timedelta | None = None,
+        run_at: float | dt.datetime | None = None,
+        max_attempts: int | None = None,
+        meta: Mapping[str, Any] | None = None,
+        connection: Any = None,
+    ) -> CallOptions:
+        """Validate options once, where the user wrote them."""
+        if delay is not None and run_at is not None:
+            raise ValidationError("give delay or run_at, not both")
+        if isinstance(delay, dt.timedelta):
+            delay = delay.total_seconds()
+        if delay is not None:
+            if isinstance(delay, bool) or not isinstance(delay, int | float) or delay != delay:
+                raise ValidationError(f"delay must be a number of seconds, got {delay!r}")
+            if delay < 0:
+                raise ValidationError(f"delay must be >= 0 seconds, got {delay!r}")
+            if delay > MAX_DELAY_S:
+                raise ValidationError(f"delay must be at most 100 years, got {delay!r} seconds")
+        if isinstance(run_at, dt.datetime):
+            if run_at.tzinfo is None:
+                raise ValidationError("run_at must be a timezone-aware datetime")
+            run_at = run_at.timestamp()
+        if run_at is not None and (
+            isinstance(run_at, bool)
+            or not isinstance(run_at, int | float)
+            or not 0 <= run_at <= LATEST_RUN_AT
+        ):
+            raise ValidationError(
+                f"run_at must be a datetime or epoch seconds before the year 9999, got {run_at!r}"
+            )
+        if meta is not None and not isinstance(meta, Mapping):
+            raise ValidationError(f"meta must be a mapping, got {describe(meta)}")
+        return cls(
+            queue=None if queue is None else check_queue(queue),
+            priority=None if priority is None else check_priority(priority),
+            delay=None if delay is None else float(delay),
+            run_at=None if run_at is None else float(run_at),
+            max_attempts=None if max_attempts is None else check_max_attempts(max_attempts),
+            meta=meta,
+            connection=connection,
+        )
+
+    def merged(self, other: CallOptions) -> CallOptions:
+        """These options with `other`'s set values on top."""
+        changes = {f: getattr(other, f) for f in self.__slots__ if getattr(other, f) is not None}
+        if other.delay is not None:
+            changes["run_at"] = None  # the later of delay and run_at wins
+        if other.run_at is not None:
+            changes["delay"] = None
+        return replace(self, **changes)
+
+
+class Task(Generic[P, R]):
+    """A registered task. Call it to run the function here; `enqueue` it to run it on a worker."""
+
+    def __init__(
+        self,
+        app: App,
+        fn: Callable[..., Any],
+        *,
+        name: str,
+        queue: str,
+        priority: int,
+        max_attempts: int,
+        timeout: float | None,
+        retry: RetryPolicy,
+        pass_context: bool,
+    ) -> None:
+        self.app = app
+        self.fn = fn
+        self.name = name
+        self.queue = check_queue(queue)
+        self.priority = check_priority(priority)
+        self.max_attempts = check_max_attempts(max_attempts)
+        if timeout is not None and not timeout > 0:
+            raise ValidationError(f"timeout must be > 0 seconds or None, got {timeout!r}")
+        self.timeout = timeout
+        self.retry = retry
+        self.pass_context = pass_context
+        self.is_async = inspect.iscoroutinefunction(fn)
+        self.signature = task_signature(fn, pass_context)
+        self.__doc__ = fn.__doc__
+        self.__name__ = getattr(fn, "__name__", name)
+        self.__wrapped__ = fn
+
+    def __repr__(self) -> str:
+        return f"<Task {self.name} queue={self.queue}>"
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        result: R = self.fn(*args, **kwargs)
+        return result
+
+    def configure(self, **options: Any) -> Call:
+        """Per-call options: priority, delay, run_at, queue, max_attempts, meta, and
+        connection (PostgreSQL: enqueue inside that connection's transaction)."""
+        return Call(self, CallOptions.build(**options))
+
+    def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> Job:
+        """Store a job that runs this task with these arguments; returns its handle."""
+        return Call(self, CallOptions()).enqueue(*args, **kwargs)
+
+    async def enqueue_async(self, *args: P.args, **kwargs: P.kwargs) -> Job:
+        return await Call(self, CallOptions()).enqueue_async(*args, **kwargs)
+
+    def enqueue_many(self, calls: Iterable[Any]) -> list[Job]:
+        """Store many jobs in one transaction. Each call is a tuple of args, a dict of kwargs,
+        or `(args, kwargs)`."""
+        return Call(self, CallOptions()).enqueue_many(calls)
+
+    async def enqueue_many_async(self, calls: Iterable[Any]) -> list[Job]:
+        return await Call(self, CallOptions()).enqueue_many_async(calls)
+
+
+def split_call(call: Any) -> tuple[Sequence[Any], Mapping[str, Any]]:
+    """`(1, 2)` → args; `{"x": 1}` → kwargs; `((1,), {"y": 2})` → both; a scalar → one arg."""
+    if isinstance(call, Mapping):
+        return (), call
+    if (
+        isinstance(call, tuple)
+        and len(call) == 2
+        and isinstance(call[0], list | tuple)
+        and isinstance(call[1], Mapping)
+    ):
+        return call[0], call[1]
+    if isinstance(call, list | tuple):
+        return call, {}
+    return (call,), {}
+
+
+class Call:
+    """A task with per-call options, ready to enqueue: `task.configure(priority=1).enqueue(...)`."""
+
+    def __init__(self, task: Task[Any, Any], options: CallOptions) -> None:
+        self.task = task
+        self.options = options
+
+    def configure(self, **options: Any) -> Call:
+        return Call(self.task, self.options.merged(CallOptions.build(**options)))
+
+    def enqueue(self, *args: Any, **kwargs: Any) -> Job:
+        app = self.task.app
+        job = app.build_job(self.task, self.options, args, kwargs)
+        return app.insert_sync([job], self.options.connection)[0]
+
+    async def enqueue_async(self, *args: Any, **kwargs: Any) -> Job:
+        app = self.task.app
+        job = app.build_job(self.task, self.options, args, kwargs)
+        return (await app.insert_async([job], self.options.connection))[0]
+
+    def enqueue_many(self, calls: Iterable[Any]) -> list[Job]:
+        app = self.task.app
+        return app.insert_sync(
+            [app.build_job(self.task, self.options, *split_call(c)) for c in calls],
+            self.options.connection,
+        )
+
+    async def enqueue_many_async(self, calls: Iterable[Any]) -> list[Job]:
+        app = self.task.app
+        return await app.insert_async(
+            [app.build_job(self.task, self.options, *split_call(c)) for c in calls],
+            self.options.connection,
+        )

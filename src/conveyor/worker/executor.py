@@ -1,0 +1,191 @@
+"""One claimed job in, exactly one `Outcome` out: returned, raised, retried, discarded, timed out,
+cancelled, or handed back on shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from conveyor.context import Context
+from conveyor.errors import TaskTimeout, UnknownTask, ValidationError
+from conveyor.job import Job, JobState, Outcome
+from conveyor.logging import get_logger
+from conveyor.payload import encode
+from conveyor.retry import RetryPolicy, decide, exponential
+from conveyor.worker.threads import TaskThreads, Work
+
+if TYPE_CHECKING:
+    from conveyor.app import App
+
+log = get_logger("conveyor.worker")
+
+#: Why a running job is being stopped.
+CANCELLED = "cancelled"
+SHUTDOWN = "shutdown"
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """An outcome and what the completer needs to report it."""
+
+    job: Job
+    outcome: Outcome
+    duration: float
+
+
+_OWN_CODE = str(Path(__file__).resolve().parent.parent)
+
+
+def _user_traceback(exc: BaseException) -> str:
+    """The traceback from the task's own frames on: conveyor's frames above them are noise."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename.startswith(_OWN_CODE):
+        tb = tb.tb_next
+    if tb is None:
+        tb = exc.__traceback__
+    return "".join(traceback.format_exception(type(exc), exc, tb))
+
+
+def _safe_text(exc: BaseException) -> str:
+    try:
+        return str(exc)
+    except Exception:  # a broken __str__ must not cost the job its outcome
+        return f"<unprintable {type(exc).__name__}>"
+
+
+def error_entry(exc: BaseException, worker_id: str, at: float, attempt: int) -> dict[str, Any]:
+    kind = type(exc)
+    name = (
+        kind.__qualname__
+        if kind.__module__ == "builtins"
+        else f"{kind.__module__}.{kind.__qualname__}"
+    )
+    try:
+        trace = _user_traceback(exc)
+    except Exception:
+        trace = f"{name}: {_safe_text(exc)} (the traceback could not be formatted)"
+    return {
+        "type": name,
+        "message": _safe_text(exc),
+        "traceback": trace,
+        "at": at,
+        "worker": worker_id,
+        "attempt": attempt,
+    }
+
+
+class Executor:
+    def __init__(self, app: App, worker_id: str, threads: TaskThreads) -> None:
+        self.app = app
+        self.worker_id = worker_id
+        self.threads = threads
+        self._fallback_policy = RetryPolicy(
+            backoff=exponential(app.settings.retry_base_delay, app.settings.retry_cap)
+        )
+
+    async def execute(self, job: Job, ctx: Context) -> Finished:
+        started = time.monotonic()
+        try:
+            outcome = await self._run(job, ctx)
+        except Exception as exc:  # a fault of conveyor's own: still exactly one outcome
+            log.error("job.internal_error", job_id=job.id, task=job.task, exc_info=exc)
+            outcome = self._outcome(job, JobState.DEAD, error=exc, note="internal error")
+        return Finished(job, outcome, time.monotonic() - started)
+
+    async def _run(self, job: Job, ctx: Context) -> Outcome:
+        task = self.app.tasks.get(job.task)
+        if task is None:
+            known = ", ".join(sorted(self.app.tasks)) or "none"
+            exc = UnknownTask(
+                f"task {job.task!r} is not registered in this worker (known: {known})"
+            )
+            return self._failed(job, self._fallback_policy, exc)
+        log.info("job.started", job_id=job.id, task=job.task, queue=job.queue, attempt=job.attempt)
+        args = (ctx, *job.args) if task.pass_context else tuple(job.args)
+        work: Work | None = None
+        deadline: asyncio.Timeout | None = None
+        try:
+            if task.is_async:
+                call = task.fn(*args, **job.kwargs)
+            else:
+                work = self.threads.submit(lambda: task.fn(*args, **job.kwargs))
+                # shield: a cancelled wait must not mark a running thread's future cancelled
+                call = asyncio.shield(asyncio.wrap_future(work.future))
+            if task.timeout is None:
+                result = await call
+            else:
+                async with asyncio.timeout(task.timeout) as deadline:
+                    result = await call
+        except asyncio.CancelledError as exc:
+            current = asyncio.current_task()
+            if ctx.cancel_reason is None:
+                if current is not None and current.cancelling():
+                    raise
+                # The task raised CancelledError of its own accord: an error like any other.
+                return self._failed(job, task.retry, exc)
+            if current is not None:
+                current.uncancel()
+            if work is not None:
+                self.threads.abandon(work)
+            return self._stopped(job, ctx)
+        except TimeoutError as exc:
+            if deadline is None or not deadline.expired():
+                return self._failed(job, task.retry, exc)
+            if work is not None:
+                self.threads.abandon(work)
+            ctx.request_cancel("timeout")
+            return self._failed(job, task.retry, TaskTimeout(f"timed out after {task.timeout}s"))
+        except BaseException as exc:
+            if ctx.cancel_reason == CANCELLED:
+                return self._stopped(job, ctx)
+            return self._failed(job, task.retry, exc)
+        if ctx.cancel_reason == CANCELLED:
+            return self._stopped(job, ctx)
+        try:
+            result_json = encode(result, f"the result of {job.task}")
+        except ValidationError as exc:
+            # The work is done; running it again would repeat its effects. Straight to dead.
+            return self._outcome(job, JobState.DEAD, error=exc, note="result could not be stored")
+        return self._make(job, JobState.SUCCEEDED, result=result_json)
+
+    def hand_back(self, job: Job) -> Outcome:
+        """Back to `queued`, the attempt not counted: the worker is shutting down."""
+        return self._make(job, JobState.QUEUED, note="handed back on shutdown")
+
+    def _stopped(self, job: Job, ctx: Context) -> Outcome:
+        if ctx.cancel_reason == SHUTDOWN:
+            return self.hand_back(job)
+        return self._make(job, JobState.CANCELLED, note="cancelled")
+
+    def _failed(self, job: Job, policy: RetryPolicy, exc: BaseException) -> Outcome:
+        decision = decide(policy, exc, job.attempt, job.max_attempts)
+        return self._outcome(
+            job, decision.state, error=exc, note=decision.note, delay=decision.delay
+        )
+
+    def _outcome(
+        self,
+        job: Job,
+        state: JobState,
+        *,
+        error: BaseException,
+        note: str | None,
+        delay: float = 0.0,
+    ) -> Outcome:
+        now = self.app.clock.now()
+        return self._make(
+            job,
+            state,
+            at=now,
+            error=error_entry(error, self.worker_id, now, job.attempt),
+            run_at=now + delay if state is JobState.RETRYING else None,
+            note=note,
+        )
+
+    def _make(self, job: Job, state: JobState, at: float | None = None, **fields: Any) -> Outcome:
+        at = self.app.clock.now() if at is None else at
+        return Outcome(job.id, self.worker_id, job.attempt, state, at, **fields)

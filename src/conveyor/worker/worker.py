@@ -1,0 +1,365 @@
+"""The fetch loop, the slots, the heartbeat and the shutdown of one worker process."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import threading
+import uuid
+from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from conveyor.context import Context
+from conveyor.errors import BackendUnavailable, ValidationError
+from conveyor.job import Job, JobState, WorkerInfo
+from conveyor.logging import get_logger
+from conveyor.services.base import Service
+from conveyor.services.leader import Maintenance
+from conveyor.task import check_queue
+from conveyor.worker.completer import Completer
+from conveyor.worker.executor import CANCELLED, SHUTDOWN, Executor, Finished
+from conveyor.worker.threads import TaskThreads
+
+if TYPE_CHECKING:
+    from conveyor.app import App
+    from conveyor.backends.base import Backend
+
+log = get_logger("conveyor.worker")
+
+#: The longest an idle worker waits before looking again, whatever the wake-up says.
+IDLE_RECHECK_S = 1.0
+#: How long a cancelled task gets to end before its job is handed back without it.
+ABANDON_AFTER_S = 2.0
+CLAIM_RETRY_DELAYS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0)
+
+
+def _interval(lease: float, fraction: float) -> float:
+    return min(max(lease * fraction, 0.05), 10.0)
+
+
+@dataclass(slots=True)
+class Active:
+    job: Job
+    ctx: Context
+    task: asyncio.Task[None]
+    is_async: bool
+
+
+class Heartbeat(Service):
+    """Keeps the worker registered and its jobs' leases alive; picks up cancel requests."""
+
+    name = "heartbeat"
+
+    def __init__(self, worker: Worker, interval: float) -> None:
+        super().__init__(interval)
+        self.worker = worker
+
+    async def run_once(self) -> None:
+        await self.worker.beat()
+
+
+class Worker:
+    """One worker process's loop. `Worker(app).run()` blocks until stopped."""
+
+    def __init__(
+        self,
+        app: App,
+        queues: Sequence[str] | None = None,
+        concurrency: int = 10,
+        burst: bool = False,
+        grace: float = 30.0,
+    ) -> None:
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise ValidationError(f"concurrency must be an integer >= 1, got {concurrency!r}")
+        if grace < 0:
+            raise ValidationError(f"grace must be >= 0 seconds, got {grace!r}")
+        self.app = app
+        self.queues = None if queues is None else [check_queue(q) for q in queues]
+        self.concurrency = concurrency
+        self.burst = burst
+        self.grace = grace
+        self.host = socket.gethostname()
+        self.pid = os.getpid()
+        self.id = f"{self.host}:{self.pid}:{uuid.uuid4().hex[:8]}"
+        self.started_at = app.clock.now()
+        # keyed by (job id, attempt): a job re-claimed while an old attempt still runs is
+        # a second entry, never confused with the first
+        self._active: dict[tuple[int, int], Active] = {}
+        self._stopping: asyncio.Event | None = None
+        self._hand_back_now: asyncio.Event | None = None
+        self.processed = 0
+
+    # -- running ----------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Run until SIGTERM/SIGINT (or, in burst mode, until nothing is runnable)."""
+        loop = asyncio.new_event_loop()
+        try:
+            loop.run_until_complete(
+                self.run_async(handle_signals=threading.current_thread() is threading.main_thread())
+            )
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        finally:
+            # Not asyncio.run(): it would wait for a task that ignores its cancellation forever.
+            # Such a task's job has been handed back already; the task is left behind.
+            loop.close()
+
+    async def run_async(self, handle_signals: bool = False) -> None:
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self._stopping = asyncio.Event()
+        self._hand_back_now = asyncio.Event()
+        self._give_up = asyncio.Event()
+        self._slot_free = asyncio.Event()
+        self._written = asyncio.Event()
+        self.backend: Backend = self.app.backend
+        lease = self.app.settings.lease_seconds
+        self._threads = TaskThreads(self.concurrency)
+        self._executor = Executor(self.app, self.id, self._threads)
+        self.completer = Completer(self.backend, self._on_written)
+        self.heartbeat = Heartbeat(self, _interval(lease, 0.25))
+        self.maintenance = Maintenance(self.app, self.backend, self.id, _interval(lease, 0.33))
+        if handle_signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self.stop)
+        await self.beat()
+        log.info(
+            "worker.started", worker_id=self.id, queues=self.queues or "*",
+            concurrency=self.concurrency, burst=self.burst, backend=self.backend.url,
+        )  # fmt: skip
+        services = [
+            loop.create_task(self.completer.run()),
+            loop.create_task(self.heartbeat.run()),
+            loop.create_task(self.maintenance.run()),
+        ]
+        try:
+            await self._fetch_loop()
+        finally:
+            await self._shutdown(services)
+            if handle_signals:
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    loop.remove_signal_handler(sig)
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping is not None and self._stopping.is_set()
+
+    def stop(self) -> None:
+        """Stop claiming and shut down gracefully; called a second time, hand back at once."""
+        assert self._stopping is not None and self._hand_back_now is not None
+        if self._hand_back_now.is_set():
+            log.warning("worker.give_up_writes", worker_id=self.id)
+            self._give_up.set()
+            return
+        if self._stopping.is_set():
+            log.warning("worker.hand_back_now", worker_id=self.id, running=len(self._active))
+            self._hand_back_now.set()
+            return
+        log.info(
+            "worker.stopping", worker_id=self.id, running=len(self._active), grace_s=self.grace
+        )
+        self._stopping.set()
+        self._slot_free.set()  # wakes a fetch loop waiting for a slot
+
+    def stop_threadsafe(self) -> None:
+        self._loop.call_soon_threadsafe(self.stop)
+
+    # -- the fetch loop ---------------------------------------------------------------------
+
+    async def _fetch_loop(self) -> None:
+        assert self._stopping is not None
+        failures = 0
+        while not self._stopping.is_set():
+            self._slot_free.clear()
+            free = self.concurrency - len(self._active)
+            if free <= 0:
+                await self._slot_free.wait()  # stop() sets it too
+                continue
+            try:
+                done = await self._fetch(free)
+            except BackendUnavailable as exc:
+                # The store is briefly out of reach: running jobs go on; claiming resumes later.
+                delay = CLAIM_RETRY_DELAYS[min(failures, len(CLAIM_RETRY_DELAYS) - 1)]
+                failures += 1
+                log.warning("worker.claim_failed", error=str(exc), retry_in_s=delay)
+                await self._wait_any(asyncio.sleep(delay))
+                continue
+            failures = 0
+            if done:
+                return
+
+    async def _fetch(self, free: int) -> bool:
+        """Claim and start up to `free` jobs, or wait for work; True when a burst is over."""
+        assert self._stopping is not None
+        self._written.clear()
+        now = self.app.clock.now()
+        lease = self.app.settings.lease_seconds
+        jobs = await self.backend.claim(self.id, self.queues, free, now + lease, now)
+        if self._stopping.is_set():
+            # Stopped while the claim was in flight: these never start.
+            for job in jobs:
+                self.completer.add(Finished(job, self._executor.hand_back(job), 0.0))
+            return True
+        for job in jobs:
+            self._start(job)
+        if len(jobs) == free:
+            return False
+        due_in = await self.backend.next_due_in(self.queues, self.app.clock.now())
+        if self.burst and not self._active and not self.completer.pending_ids:
+            return due_in is None or due_in > 0
+        wait = IDLE_RECHECK_S if due_in is None else min(max(due_in, 0.0), IDLE_RECHECK_S)
+        await self._wait_any(
+            self.backend.wait_for_change(wait), self._slot_free.wait(), self._written.wait()
+        )
+        return False
+
+    async def _wait_any(self, *waits: Awaitable[Any]) -> None:
+        """Wait for the first of `waits`, or for a stop request."""
+        assert self._stopping is not None
+        tasks = [asyncio.ensure_future(w) for w in (*waits, self._stopping.wait())]
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for t in tasks:
+                t.cancel()
+
+    def _start(self, job: Job) -> None:
+        job.app = self.app
+        ctx = Context(job, self.id, self.backend, self._loop)
+        task_def = self.app.tasks.get(job.task)
+        runner = self._loop.create_task(self._execute(job, ctx))
+        self._active[job.id, job.attempt] = Active(
+            job, ctx, runner, task_def is not None and task_def.is_async
+        )
+
+    async def _execute(self, job: Job, ctx: Context) -> None:
+        try:
+            finished = await self._executor.execute(job, ctx)
+        finally:
+            mine = self._active.pop((job.id, job.attempt), None) is not None
+            self._slot_free.set()
+        if mine:  # else the shutdown has already handed the job back
+            self.completer.add(finished)
+
+    def cancel_running(self, job_id: int) -> None:
+        for active in [a for (id_, _), a in self._active.items() if id_ == job_id]:
+            log.info("job.cancel_requested", job_id=job_id, task=active.job.task)
+            active.ctx.request_cancel(CANCELLED)
+            if active.is_async:
+                active.task.cancel()
+
+    # -- heartbeat and outcomes -------------------------------------------------------------
+
+    async def beat(self) -> None:
+        now = self.app.clock.now()
+        running = sorted({job_id for job_id, _ in self._active} | set(self.completer_pending()))
+        info = WorkerInfo(
+            id=self.id, host=self.host, pid=self.pid, queues=self.queues,
+            concurrency=self.concurrency, started_at=self.started_at, last_beat=now,
+            running=running,
+        )  # fmt: skip
+        to_cancel = await self.backend.heartbeat(
+            info, running, now + self.app.settings.lease_seconds
+        )
+        for job_id in to_cancel:
+            self.cancel_running(job_id)
+
+    def completer_pending(self) -> list[int]:
+        completer = getattr(self, "completer", None)
+        return [] if completer is None else completer.pending_ids
+
+    def _on_written(self, batch: list[Finished], applied: list[int]) -> None:
+        self.processed += len(batch)
+        self._written.set()  # a retry may be due now, or a burst may be over
+        written = set(applied)
+        for finished in batch:
+            if finished.job.id in written:
+                _log_outcome(finished)
+            else:
+                log.warning(
+                    "job.outcome_discarded", job_id=finished.job.id, task=finished.job.task,
+                    attempt=finished.job.attempt, outcome=finished.outcome.state.value,
+                    reason="the attempt was no longer running here (rescued or cancelled)",
+                )  # fmt: skip
+
+    # -- shutdown ---------------------------------------------------------------------------
+
+    async def _shutdown(self, services: list[asyncio.Task[None]]) -> None:
+        assert self._hand_back_now is not None
+        if self._active and not self._hand_back_now.is_set():
+            running = [a.task for a in self._active.values()]
+            hand_back = asyncio.ensure_future(self._hand_back_now.wait())
+            await _wait_all_or(running, hand_back, self.grace)
+        leftover = list(self._active.values())
+        for active in leftover:
+            active.ctx.request_cancel(SHUTDOWN)
+            active.task.cancel()
+        if leftover:
+            await asyncio.wait([a.task for a in leftover], timeout=ABANDON_AFTER_S)
+        for active in list(self._active.values()):
+            # A task that swallowed its cancellation: hand its job back without it.
+            log.warning("job.ignored_cancellation", job_id=active.job.id, task=active.job.task)
+            self._active.pop((active.job.id, active.job.attempt))
+            self.completer.add(Finished(active.job, self._executor.hand_back(active.job), 0.0))
+        self.completer.close()
+        interrupt = asyncio.ensure_future(self._give_up.wait())
+        await _wait_all_or([services[0]], interrupt, timeout=None)
+        if not services[0].done():
+            # The store is unreachable and a third signal said not to wait: the unwritten
+            # jobs' leases run out and the leader rescues them. Nothing is lost.
+            log.error("outcomes.unwritten", worker_id=self.id, count=self.completer.unwritten)
+            services[0].cancel()
+        self.heartbeat.stop()
+        self.maintenance.stop()
+        await asyncio.gather(*services, return_exceptions=True)
+        try:
+            await self.maintenance.resign()
+            await self.backend.deregister_worker(self.id)
+        except BackendUnavailable as exc:
+            log.warning("worker.deregister_failed", worker_id=self.id, error=str(exc))
+        await self.backend.release()
+        self._threads.shutdown()
+        log.info(
+            "worker.stopped", worker_id=self.id, processed=self.processed, handed_back=len(leftover)
+        )
+
+
+async def _wait_all_or(
+    tasks: list[asyncio.Task[None]], interrupt: asyncio.Future[Any], timeout: float | None
+) -> None:
+    """Wait until all `tasks` are done, `interrupt` fires, or `timeout` passes."""
+    everything = asyncio.ensure_future(asyncio.wait(tasks))
+    try:
+        await asyncio.wait([everything, interrupt], timeout=timeout, return_when="FIRST_COMPLETED")
+    finally:
+        everything.cancel()
+        interrupt.cancel()
+
+
+def _log_outcome(finished: Finished) -> None:
+    job, outcome = finished.job, finished.outcome
+    fields: dict[str, Any] = {
+        "job_id": job.id, "task": job.task, "queue": job.queue, "attempt": job.attempt,
+        "duration_ms": round(finished.duration * 1000, 3),
+    }  # fmt: skip
+    error = outcome.error
+    if outcome.state is JobState.SUCCEEDED:
+        log.info("job.succeeded", **fields)
+    elif outcome.state is JobState.RETRYING:
+        assert outcome.run_at is not None
+        log.warning(
+            "job.retry_scheduled", **fields, delay_s=round(outcome.run_at - outcome.at, 3),
+            error_type=error and error["type"], error=error and error["message"],
+        )  # fmt: skip
+    elif outcome.state is JobState.DEAD:
+        log.error(
+            "job.dead", **fields, error_type=error and error["type"],
+            error=error and error["message"], reason=outcome.note,
+        )  # fmt: skip
+    elif outcome.state is JobState.CANCELLED:
+        log.info("job.cancelled", **fields)
+    else:
+        log.info("job.handed_back", **fields)

@@ -1,0 +1,232 @@
+"""Inspecting and steering: listing, stats, cancel, manual retry, purge."""
+
+from __future__ import annotations
+
+import pytest
+
+import conveyor
+from conveyor import JobState
+
+
+@pytest.fixture
+def tasks(app: conveyor.App) -> dict[str, conveyor.Task]:
+    @app.task(queue="a")
+    def ok(i: int = 0) -> int:
+        return i
+
+    @app.task(queue="b", max_attempts=1)
+    def bad() -> None:
+        raise RuntimeError("always")
+
+    return {"ok": ok, "bad": bad}
+
+
+def test_queue_stats_count_jobs_per_queue_and_state(
+    app: conveyor.App, tasks: dict[str, conveyor.Task]
+) -> None:
+    tasks["ok"].enqueue_many([(i,) for i in range(3)])
+    tasks["bad"].enqueue_many([(), ()])
+    tasks["ok"].configure(delay=3600).enqueue()
+    app.run_worker(burst=True)
+
+    assert app.queue_stats() == {
+        "a": {JobState.SUCCEEDED: 3, JobState.SCHEDULED: 1},
+        "b": {JobState.DEAD: 2},
+    }
+
+
+def test_list_jobs_filters_and_pages_newest_first(
+    app: conveyor.App, tasks: dict[str, conveyor.Task]
+) -> None:
+    oks = tasks["ok"].enqueue_many([(i,) for i in range(5)])
+    bads = tasks["bad"].enqueue_many([(), ()])
+    app.run_worker(burst=True)
+
+    assert [j.id for j in app.list_jobs()] == [j.id for j in reversed(oks + bads)]
+    assert [j.id for j in app.list_jobs(state="dead")] == [bads[1].id, bads[0].id]
+    assert [j.id for j in app.list_jobs(state=[JobState.DEAD, "succeeded"], limit=2)] == [
+        bads[1].id,
+        bads[0].id,
+    ]
+    assert {j.id for j in app.list_jobs(queue="a")} == {j.id for j in oks}
+    assert {j.id for j in app.list_jobs(task=tasks["bad"].name)} == {j.id for j in bads}
+    page = app.list_jobs(queue="a", limit=2, before_id=oks[3].id)
+    assert [j.id for j in page] == [oks[2].id, oks[1].id]
+    with pytest.raises(conveyor.ValidationError, match="unknown state"):
+        app.list_jobs(state="finished")
+
+
+def test_get_job_of_an_unknown_id(app: conveyor.App) -> None:
+    with pytest.raises(conveyor.JobNotFound, match="no job with id 999"):
+        app.get_job(999)
+    with pytest.raises(conveyor.JobNotFound):
+        app.cancel_job(999)
+
+
+def test_cancelled_job_never_runs(app: conveyor.App, tasks: dict[str, conveyor.Task]) -> None:
+    runs: list[int] = []
+
+    @app.task
+    def record(i: int) -> None:
+        runs.append(i)
+
+    queued = record.enqueue(1)
+    scheduled = record.configure(delay=3600).enqueue(2)
+    kept = record.enqueue(3)
+    assert queued.cancel().state is JobState.CANCELLED
+    assert app.cancel_job(scheduled.id).state is JobState.CANCELLED
+    app.run_worker(burst=True)
+
+    assert runs == [3]
+    assert kept.refresh().state is JobState.SUCCEEDED
+    history = app.job_history(queued.id)
+    assert (history[-1].from_state, history[-1].to_state) == (JobState.QUEUED, JobState.CANCELLED)
+    assert queued.refresh().finished_at is not None
+
+
+def test_cancelling_a_finished_job_changes_nothing(
+    app: conveyor.App, tasks: dict[str, conveyor.Task]
+) -> None:
+    job = tasks["ok"].enqueue(5)
+    app.run_worker(burst=True)
+
+    assert app.cancel_job(job.id).state is JobState.SUCCEEDED
+    assert job.refresh().result == 5
+
+
+def test_retry_a_dead_job_starts_its_attempts_again(app: conveyor.App) -> None:
+    fail = {"now": True}
+
+    @app.task(max_attempts=2, backoff=[0])
+    def fragile() -> str:
+        if fail["now"]:
+            raise RuntimeError("broken")
+        return "fixed"
+
+    job = fragile.enqueue()
+    app.run_worker(burst=True)
+    assert job.refresh().state is JobState.DEAD
+
+    fail["now"] = False
+    retried = app.retry_job(job.id)
+    assert (retried.state, retried.attempt) == (JobState.QUEUED, 0)
+    app.run_worker(burst=True)
+
+    job.refresh()
+    assert (job.state, job.result, job.attempt) == (JobState.SUCCEEDED, "fixed", 1)
+    assert len(job.errors) == 2  # the earlier attempts' errors are kept
+    assert any(h.note == "retried by hand" for h in app.job_history(job.id))
+
+
+def test_retry_a_cancelled_job(app: conveyor.App, tasks: dict[str, conveyor.Task]) -> None:
+    job = tasks["ok"].enqueue(1)
+    job.cancel()
+
+    assert app.retry_job(job.id).state is JobState.QUEUED
+
+
+def test_only_dead_or_cancelled_jobs_can_be_retried(
+    app: conveyor.App, tasks: dict[str, conveyor.Task]
+) -> None:
+    job = tasks["ok"].enqueue(1)
+    with pytest.raises(conveyor.InvalidTransition, match="is queued; only dead or cancelled"):
+        app.retry_job(job.id)
+    app.run_worker(burst=True)
+    with pytest.raises(conveyor.InvalidTransition, match="is succeeded"):
+        app.retry_job(job.id)
+    with pytest.raises(conveyor.JobNotFound):
+        app.retry_job(12345)
+
+
+def test_bulk_retry_of_the_dead_letter_queue(
+    app: conveyor.App, tasks: dict[str, conveyor.Task]
+) -> None:
+    @app.task(queue="c", max_attempts=1)
+    def other() -> None:
+        raise RuntimeError("x")
+
+    tasks["bad"].enqueue_many([(), (), ()])
+    other.enqueue()
+    app.run_worker(burst=True)
+
+    assert app.retry_jobs(queue="b") == 3
+    assert app.queue_stats()["b"] == {JobState.QUEUED: 3}
+    assert app.queue_stats()["c"] == {JobState.DEAD: 1}
+    assert app.retry_jobs(task=other.name) == 1
+    assert app.retry_jobs() == 0
+    with pytest.raises(conveyor.ValidationError, match="only dead or cancelled"):
+        app.retry_jobs(state="succeeded")
+
+
+def test_purge_deletes_old_finished_jobs_and_their_history(
+    make_app: object, clock: conveyor.FrozenClock
+) -> None:
+    # retention far off, so that the workers' leader does not prune first
+    app = make_app(clock=clock, retention_succeeded="1000d", retention_failed="1000d")  # type: ignore[operator]
+
+    @app.task(max_attempts=1)
+    def run(fail: bool) -> None:
+        if fail:
+            raise RuntimeError("x")
+
+    old_ok, old_dead = run.enqueue(False), run.enqueue(True)
+    app.run_worker(burst=True)
+    clock.advance(8 * 86400)
+    new_ok = run.enqueue(False)
+    waiting = run.configure(delay=30 * 86400).enqueue(False)
+    app.run_worker(burst=True)
+
+    assert app.purge(state="succeeded", older_than=7 * 86400) == 1
+    with pytest.raises(conveyor.JobNotFound):
+        app.get_job(old_ok.id)
+    assert app.job_history(old_ok.id) == []
+    assert old_dead.refresh().state is JobState.DEAD
+    assert app.purge(older_than=7 * 86400) == 1  # every finished state
+    assert app.purge(older_than=0) == 1  # new_ok, finished just now
+    assert new_ok.id not in {j.id for j in app.list_jobs()}
+    assert waiting.refresh().state is JobState.SCHEDULED
+    with pytest.raises(conveyor.ValidationError, match="only finished jobs"):
+        app.purge(state="queued")
+
+
+def test_ids_are_never_reused_after_a_purge(
+    app: conveyor.App, tasks: dict[str, conveyor.Task]
+) -> None:
+    first = tasks["ok"].enqueue(1)
+    app.run_worker(burst=True)
+    app.purge(older_than=0)
+
+    assert tasks["ok"].enqueue(2).id > first.id
+
+
+async def test_the_leader_prunes_finished_jobs_after_their_retention(
+    make_app: object, clock: conveyor.FrozenClock
+) -> None:
+    from conveyor.services.leader import Maintenance
+
+    app = make_app(clock=clock, retention_succeeded="7d", retention_failed="30d")  # type: ignore[operator]
+
+    @app.task(max_attempts=1)
+    def run(fail: bool) -> None:
+        if fail:
+            raise RuntimeError("x")
+
+    ok, dead = await run.enqueue_async(False), await run.enqueue_async(True)
+    await app.run_worker_async(burst=True)
+    clock.advance(8 * 86400)
+    fresh = await run.enqueue_async(False)
+    await app.run_worker_async(burst=True)
+    maintenance = Maintenance(app, app.backend, "leader", interval=1)
+
+    await maintenance.run_once()
+    remaining = {j.id for j in app.list_jobs()}
+    assert remaining == {dead.id, fresh.id}
+    assert app.job_history(ok.id) == []
+
+    clock.advance(21 * 86400)  # the dead job is 29 days old, the fresh one 21
+    await maintenance.prune_finished_jobs(clock.now())
+    assert {j.id for j in app.list_jobs()} == {dead.id}
+    clock.advance(2 * 86400)
+    await maintenance.prune_finished_jobs(clock.now())
+    assert app.list_jobs() == []
+    await maintenance.resign()

@@ -1,0 +1,187 @@
+"""Faults a user would notice: cancels that must stick, tasks and policies that misbehave, a
+job re-claimed while an old attempt still runs."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import conveyor
+from conveyor import JobState
+from conveyor.services.rescuer import rescue_expired_leases
+
+
+@asynccontextmanager
+async def running(worker: conveyor.Worker) -> AsyncIterator[asyncio.Task[None]]:
+    task = asyncio.create_task(worker.run_async())
+    try:
+        yield task
+    finally:
+        if not task.done() and not worker.stopping:
+            worker.stop()
+        await asyncio.wait_for(task, 20)
+
+
+async def until(check: Callable[[], Any], timeout: float = 10.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not check():
+        assert loop.time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
+async def claim_as(app: conveyor.App, worker_id: str, limit: int = 10) -> list[conveyor.Job]:
+    now = app.clock.now()
+    return await app.backend.claim(worker_id, None, limit, now + app.settings.lease_seconds, now)
+
+
+# -- a cancel of a running job is forgotten when the job leaves its worker -----------------
+
+
+async def test_cancel_of_running_job_survives_rescue(
+    make_app: Any, clock: conveyor.FrozenClock
+) -> None:
+    """The user cancels a running job; its worker then dies. The rescuer must not re-queue it."""
+    app = make_app(lease_seconds=30, clock=clock)
+
+    @app.task(backoff=conveyor.fixed(0))
+    def work() -> None: ...
+
+    job = work.enqueue()
+    await claim_as(app, "ghost")
+    job.cancel()  # running: cancel requested
+    clock.advance(31)
+    await rescue_expired_leases(app, app.backend)
+
+    job.refresh()
+    # Today: retrying (then queued and run again), cancel_requested reset to False.
+    assert job.state is JobState.CANCELLED, (job.state, job.cancel_requested)
+
+
+async def test_cancel_of_running_job_survives_shutdown_hand_back(app: conveyor.App) -> None:
+    """Cancel a running sync job, then stop the worker before its next heartbeat: the job is
+    handed back to `queued` and the cancel request is erased, so the next worker runs it."""
+    started, release = threading.Event(), threading.Event()
+
+    @app.task
+    def hold() -> None:
+        started.set()
+        release.wait(5)
+
+    job = hold.enqueue()
+    worker = conveyor.Worker(app, grace=0)
+    try:
+        async with running(worker):
+            await until(started.is_set)
+            await app.cancel_job_async(job.id)
+            worker.stop()
+    finally:
+        release.set()
+    await job.refresh_async()
+    assert job.state is JobState.CANCELLED, (job.state, job.cancel_requested)
+
+
+# -- an exception escaping the executor drops the outcome; job stuck `running` ------------
+
+
+def test_async_task_raising_cancelled_error_gets_an_outcome(app: conveyor.App) -> None:
+    @app.task(max_attempts=1)
+    async def flaky_io() -> None:
+        raise asyncio.CancelledError()  # e.g. an HTTP client's internal cancellation leaking out
+
+    job = flaky_io.enqueue()
+    app.run_worker(burst=True)
+    job.refresh()
+    # Today: the burst worker returns with the job still `running`, leased to a worker that is
+    # gone; later the rescuer blames "worker lost".
+    assert job.state is JobState.DEAD, job.state
+
+
+class BadStr(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("broken __str__")
+
+
+def test_exception_with_broken_str_gets_an_outcome(app: conveyor.App) -> None:
+    @app.task(max_attempts=1)
+    def boom() -> None:
+        raise BadStr()
+
+    job = boom.enqueue()
+    app.run_worker(burst=True)
+    job.refresh()
+    assert job.state is JobState.DEAD, job.state
+
+
+def test_buggy_backoff_callable_gets_an_outcome(app: conveyor.App) -> None:
+    @app.task(max_attempts=3, backoff=lambda attempt: 1 / 0)
+    def fails() -> None:
+        raise ValueError("nope")
+
+    job = fails.enqueue()
+    app.run_worker(burst=True)
+    job.refresh()
+    assert job.state is not JobState.RUNNING, job.state
+
+
+async def test_one_buggy_backoff_does_not_block_every_rescue(
+    make_app: Any, clock: conveyor.FrozenClock
+) -> None:
+    app = make_app(lease_seconds=30, clock=clock)
+
+    @app.task(name="bad", backoff=lambda attempt: 1 / 0)
+    def bad() -> None: ...
+
+    @app.task(name="good", backoff=conveyor.fixed(1))
+    def good() -> None: ...
+
+    bad.enqueue()
+    ok = good.enqueue()
+    await claim_as(app, "ghost")
+    clock.advance(31)
+    await rescue_expired_leases(app, app.backend)  # the broken policy must not stop the round
+    ok.refresh()
+    assert ok.state is JobState.RETRYING, ok.state
+
+
+# -- the same worker re-claiming a job it still runs cross-wires the two attempts ---------
+
+
+async def test_reclaimed_job_does_not_get_the_old_attempts_outcome(
+    make_app: Any, clock: conveyor.FrozenClock
+) -> None:
+    """The lease lapses (store locked, loop stalled) while the worker is alive; the rescuer puts the
+    job back and the SAME worker claims it again. When attempt 1 then returns, its outcome must
+    not be written over attempt 2, which is still running."""
+    app = make_app(lease_seconds=30, clock=clock)
+    gates = [asyncio.Event(), asyncio.Event()]
+    runs: list[int] = []
+
+    @app.task(backoff=conveyor.fixed(0), pass_context=True)
+    async def work(ctx: conveyor.Context) -> str:
+        n = len(runs)
+        runs.append(ctx.attempt)
+        await gates[n].wait()
+        return f"run {n + 1}"
+
+    job = work.enqueue()
+    worker = conveyor.Worker(app, concurrency=4)
+    async with running(worker):
+        await until(lambda: len(runs) == 1)
+        clock.advance(31)
+        assert await rescue_expired_leases(app, app.backend) == 1
+        await until(lambda: len(runs) == 2)  # the same worker runs attempt 2
+        gates[0].set()  # attempt 1 returns
+        await asyncio.sleep(0.3)
+        await job.refresh_async()
+        state_while_attempt_2_runs = job.state
+        gates[1].set()
+    await job.refresh_async()
+    assert runs == [1, 2]
+    # Today: attempt 1's outcome lands on the row while attempt 2 still runs (state succeeded,
+    # result "run 1"), and attempt 2's outcome is silently dropped.
+    assert state_while_attempt_2_runs is JobState.RUNNING, state_while_attempt_2_runs
+    assert job.result == "run 2", job.result

@@ -1,0 +1,221 @@
+"""At-least-once delivery: leases, heartbeats, rescue of lost workers, leader election."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from structlog.testing import capture_logs
+
+import conveyor
+from conveyor import JobState
+from conveyor.job import Outcome
+from conveyor.services.leader import Maintenance
+from conveyor.services.rescuer import rescue_expired_leases
+
+
+async def claim_as(app: conveyor.App, worker_id: str, limit: int = 10) -> list[conveyor.Job]:
+    now = app.clock.now()
+    return await app.backend.claim(worker_id, None, limit, now + app.settings.lease_seconds, now)
+
+
+async def test_claim_leases_jobs_to_one_worker(
+    app: conveyor.App, clock: conveyor.FrozenClock
+) -> None:
+    app.clock = clock
+
+    @app.task
+    def work(i: int) -> None: ...
+
+    work.enqueue_many([(i,) for i in range(5)])
+    first = await claim_as(app, "w1", limit=3)
+    second = await claim_as(app, "w2", limit=10)
+    third = await claim_as(app, "w3")
+
+    assert len(first) == 3 and len(second) == 2 and third == []
+    assert not {j.id for j in first} & {j.id for j in second}
+    for job in first:
+        assert (job.state, job.worker_id, job.attempt) == (JobState.RUNNING, "w1", 1)
+        assert job.lease_until == pytest.approx(clock.now() + app.settings.lease_seconds)
+
+
+async def test_lost_worker_job_is_rescued_to_retrying(
+    make_app: object, clock: conveyor.FrozenClock
+) -> None:
+    app = make_app(lease_seconds=30, clock=clock)  # type: ignore[operator]
+
+    @app.task(backoff=conveyor.fixed(5))
+    def work() -> None: ...
+
+    job = work.enqueue()
+    await claim_as(app, "ghost")
+
+    assert await rescue_expired_leases(app, app.backend) == 0  # lease still running
+    clock.advance(31)
+    with capture_logs() as logs:
+        assert await rescue_expired_leases(app, app.backend) == 1
+
+    job.refresh()
+    assert (job.state, job.attempt) == (JobState.RETRYING, 1)
+    assert job.run_at == pytest.approx(clock.now() + 5)
+    assert job.errors[-1]["type"] == "WorkerLost"
+    assert job.errors[-1]["message"] == "worker lost"
+    assert job.errors[-1]["worker"] == "ghost"
+    assert app.job_history(job.id)[-1].note == "worker lost: ghost"
+    assert [e["event"] for e in logs] == ["lease.rescued"]
+    assert logs[0]["job_id"] == job.id
+
+
+async def test_lost_worker_with_no_attempts_left_is_dead(
+    make_app: object, clock: conveyor.FrozenClock
+) -> None:
+    app = make_app(lease_seconds=30, clock=clock)  # type: ignore[operator]
+
+    @app.task(max_attempts=1, retry_on=(ConnectionError,))
+    def work() -> None: ...
+
+    job = work.enqueue()
+    await claim_as(app, "ghost")
+    clock.advance(31)
+    await rescue_expired_leases(app, app.backend)
+
+    job.refresh()
+    assert (job.state, job.attempt) == (JobState.DEAD, 1)
+    assert job.errors[-1]["message"] == "worker lost"
+
+
+async def test_worker_lost_is_retried_even_when_retry_on_is_narrow(
+    make_app: object, clock: conveyor.FrozenClock
+) -> None:
+    app = make_app(lease_seconds=30, clock=clock)  # type: ignore[operator]
+
+    @app.task(max_attempts=3, retry_on=(ConnectionError,))
+    def work() -> None: ...
+
+    job = work.enqueue()
+    await claim_as(app, "ghost")
+    clock.advance(31)
+    await rescue_expired_leases(app, app.backend)
+
+    assert job.refresh().state is JobState.RETRYING
+
+
+async def test_heartbeat_keeps_the_lease_alive(
+    make_app: object, clock: conveyor.FrozenClock
+) -> None:
+    app = make_app(lease_seconds=30, clock=clock)  # type: ignore[operator]
+
+    @app.task
+    def work() -> None: ...
+
+    job = work.enqueue()
+    await claim_as(app, "alive")
+    worker = conveyor.WorkerInfo(
+        id="alive", host="h", pid=1, queues=None, concurrency=1,
+        started_at=clock.now(), last_beat=clock.now(), running=[job.id],
+    )  # fmt: skip
+    clock.advance(20)
+    await app.backend.heartbeat(worker, [job.id], clock.now() + 30)
+    clock.advance(20)  # 40 s after the claim, 20 s after the beat
+
+    assert await rescue_expired_leases(app, app.backend) == 0
+    assert job.refresh().lease_until == pytest.approx(clock.now() + 10)
+
+
+async def test_late_outcome_of_a_rescued_job_is_ignored(
+    make_app: object, clock: conveyor.FrozenClock
+) -> None:
+    app = make_app(lease_seconds=30, clock=clock)  # type: ignore[operator]
+
+    @app.task(backoff=[0])
+    def work() -> None: ...
+
+    job = work.enqueue()
+    await claim_as(app, "slowpoke")
+    clock.advance(31)
+    await rescue_expired_leases(app, app.backend)
+    await claim_as(app, "rescuer")
+
+    late = Outcome(job.id, "slowpoke", 1, JobState.SUCCEEDED, clock.now(), result="1")
+    assert await app.backend.complete([late]) == []
+    job.refresh()
+    assert (job.state, job.worker_id, job.attempt) == (JobState.RUNNING, "rescuer", 2)
+
+
+async def test_rescue_never_overrides_a_live_lease(
+    make_app: object, clock: conveyor.FrozenClock
+) -> None:
+    app = make_app(lease_seconds=30, clock=clock)  # type: ignore[operator]
+
+    @app.task
+    def work() -> None: ...
+
+    job = work.enqueue()
+    await claim_as(app, "alive")
+    stale = Outcome(
+        job.id, "alive", 1, JobState.RETRYING, clock.now(), run_at=clock.now(),
+        lease_expired_before=clock.now(),
+    )  # fmt: skip
+    assert await app.backend.complete([stale]) == []
+    assert job.refresh().state is JobState.RUNNING
+
+
+async def test_one_leader_at_a_time(make_app: object, clock: conveyor.FrozenClock) -> None:
+    first = make_app(clock=clock)  # type: ignore[operator]
+    second = make_app(clock=clock)  # type: ignore[operator]
+    now = clock.now()
+    assert await first.backend.try_lead("maintenance", "a", now + 30, now)
+    assert not await second.backend.try_lead("maintenance", "b", now + 30, now)
+    assert await first.backend.try_lead("maintenance", "a", now + 40, now + 10)  # renews
+    assert not await second.backend.try_lead("maintenance", "b", now + 40, now + 10)
+    await first.backend.resign("maintenance", "a")
+    assert await second.backend.try_lead("maintenance", "b", now + 50, now + 20)
+    assert not await first.backend.try_lead("maintenance", "a", now + 50, now + 20)
+    await second.backend.resign("maintenance", "b")
+
+
+async def test_only_the_leader_rescues(make_app: object, clock: conveyor.FrozenClock) -> None:
+    app = make_app(lease_seconds=30, clock=clock)  # type: ignore[operator]
+
+    @app.task(backoff=[0])
+    def work() -> None: ...
+
+    job = work.enqueue()
+    await claim_as(app, "ghost")
+    clock.advance(31)
+    other = make_app(lease_seconds=30, clock=clock)  # type: ignore[operator]
+    leader = Maintenance(app, app.backend, "leader", interval=1)
+    follower = Maintenance(other, other.backend, "follower", interval=1)
+    await leader.run_once()
+    assert leader.is_leader
+    assert job.refresh().state is JobState.RETRYING
+
+    await claim_as(app, "ghost-2")
+    clock.advance(20)
+    await leader.run_once()  # renews its leadership
+    clock.advance(15)  # ghost-2's lease has run out; the leader's has not
+    await follower.run_once()
+    assert not follower.is_leader
+    assert job.refresh().state is JobState.RUNNING
+    await leader.resign()
+
+
+async def test_running_worker_rescues_a_lost_workers_job(make_app: object) -> None:
+    app = make_app(lease_seconds=0.5)  # type: ignore[operator]
+
+    @app.task(backoff=[0])
+    def work() -> str:
+        return "done"
+
+    job = work.enqueue()
+    await claim_as(app, "ghost")  # claimed by a worker that never beats or finishes
+    worker = conveyor.Worker(app)
+    running = asyncio.create_task(worker.run_async())
+    try:
+        assert await job.wait_async(timeout=20) == "done"
+    finally:
+        worker.stop()
+        await running
+    job.refresh()
+    assert job.attempt == 2
+    assert job.errors[0]["message"] == "worker lost"

@@ -1,0 +1,201 @@
+"""The worker in-process: wake-ups, registration, cancellation of running jobs, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from structlog.testing import capture_logs
+
+import conveyor
+from conveyor import JobState
+
+
+@asynccontextmanager
+async def running(worker: conveyor.Worker) -> AsyncIterator[asyncio.Task[None]]:
+    task = asyncio.create_task(worker.run_async())
+    try:
+        yield task
+    finally:
+        if not task.done() and not worker.stopping:
+            worker.stop()
+        await task
+
+
+async def until(check: Callable[[], Any], timeout: float = 20.0) -> None:
+    """Poll `check` until it is true; fail after `timeout` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not check():
+        assert loop.time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
+async def test_idle_worker_picks_up_a_job_enqueued_elsewhere(make_app: Any) -> None:
+    worker_app, producer = make_app(), make_app()
+
+    @worker_app.task(name="greet")
+    def greet(name: str) -> str:
+        return f"hello {name}"
+
+    producer.task(name="greet")(lambda name: None)
+    async with running(conveyor.Worker(worker_app)):
+        await asyncio.sleep(0.2)  # the worker has gone idle
+        job = await producer.enqueue_async("greet", args=["you"])
+        assert await job.wait_async(timeout=10) == "hello you"
+
+
+async def test_worker_registers_and_deregisters(app: conveyor.App) -> None:
+    started = threading.Event()
+    release = threading.Event()
+
+    @app.task
+    def hold() -> None:
+        started.set()
+        release.wait(10)
+
+    job = hold.enqueue()
+    worker = conveyor.Worker(app, queues=["default", "other"], concurrency=3)
+    with capture_logs() as logs:
+        async with running(worker):
+            await until(started.is_set)
+            await worker.beat()
+            [info] = app.list_workers()
+            assert info.id == worker.id
+            assert (info.queues, info.concurrency, info.running) == (
+                ["default", "other"],
+                3,
+                [job.id],
+            )
+            assert not info.is_lost(app.clock.now(), app.settings.lease_seconds)
+            release.set()
+    assert app.list_workers() == []
+    events = [e["event"] for e in logs]
+    assert events[0] == "worker.started"
+    assert events[-1] == "worker.stopped"
+
+
+async def test_cancel_a_running_async_job(make_app: Any) -> None:
+    app = make_app(lease_seconds=0.4)  # heartbeats every 0.1 s pick up the request
+    started = asyncio.Event()
+    saw_cancel = asyncio.Event()
+
+    @app.task
+    async def long() -> None:
+        started.set()
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            saw_cancel.set()
+            raise
+
+    job = await long.enqueue_async()
+    async with running(conveyor.Worker(app)):
+        await asyncio.wait_for(started.wait(), 10)
+        assert (await job.cancel_async()).state is JobState.RUNNING  # asked, not yet stopped
+        await until(lambda: job.refresh().state is JobState.CANCELLED)
+    assert saw_cancel.is_set()
+    assert job.attempt == 1
+
+
+async def test_cancel_a_running_sync_job_that_polls_the_flag(make_app: Any) -> None:
+    app = make_app(lease_seconds=0.4)
+    started = threading.Event()
+
+    @app.task(pass_context=True)
+    def crunch(ctx: conveyor.Context) -> str:
+        started.set()
+        while not ctx.cancelled:
+            threading.Event().wait(0.01)
+        return "stopped early"
+
+    job = await crunch.enqueue_async()
+    async with running(conveyor.Worker(app)):
+        await until(started.is_set)
+        app.cancel_job(job.id)
+        await until(lambda: job.refresh().state is JobState.CANCELLED)
+    assert job.result is None
+
+
+async def test_graceful_stop_lets_running_jobs_finish(app: conveyor.App) -> None:
+    started = asyncio.Event()
+
+    @app.task
+    async def short() -> str:
+        started.set()
+        await asyncio.sleep(0.2)
+        return "finished"
+
+    job = await short.enqueue_async()
+    worker = conveyor.Worker(app, grace=30)
+    async with running(worker):
+        await asyncio.wait_for(started.wait(), 10)
+        worker.stop()
+    assert (await job.refresh_async()).state is JobState.SUCCEEDED
+
+
+async def test_shutdown_hands_unfinished_jobs_back_without_counting_the_attempt(
+    app: conveyor.App,
+) -> None:
+    started = asyncio.Event()
+    thread_started = threading.Event()
+
+    @app.task
+    async def forever() -> None:
+        started.set()
+        await asyncio.sleep(60)
+
+    @app.task
+    def blocking() -> None:
+        thread_started.set()
+        threading.Event().wait(60)
+
+    async_job = await forever.enqueue_async()
+    sync_job = await blocking.enqueue_async()
+    worker = conveyor.Worker(app, grace=0.2)
+    with capture_logs() as logs:
+        async with running(worker):
+            await asyncio.wait_for(started.wait(), 10)
+            await until(thread_started.is_set)
+            worker.stop()
+
+    for job in (async_job, sync_job):
+        job.refresh()
+        assert (job.state, job.attempt, job.errors) == (JobState.QUEUED, 0, [])
+        last = app.job_history(job.id)[-1]
+        assert (last.from_state, last.to_state) == (JobState.RUNNING, JobState.QUEUED)
+        assert last.note == "handed back on shutdown"
+    handed = {e["job_id"] for e in logs if e["event"] == "job.handed_back"}
+    assert handed == {async_job.id, sync_job.id}
+
+
+async def test_second_stop_hands_back_at_once(app: conveyor.App) -> None:
+    started = asyncio.Event()
+
+    @app.task
+    async def forever() -> None:
+        started.set()
+        await asyncio.sleep(60)
+
+    job = await forever.enqueue_async()
+    worker = conveyor.Worker(app, grace=60)
+    task = asyncio.create_task(worker.run_async())
+    await asyncio.wait_for(started.wait(), 10)
+    worker.stop()
+    await asyncio.sleep(0.1)
+    assert not task.done()  # still inside its 60 s grace
+    worker.stop()
+    await asyncio.wait_for(task, 10)
+    assert (await job.refresh_async()).state is JobState.QUEUED
+
+
+async def test_burst_returns_when_only_future_jobs_are_left(app: conveyor.App) -> None:
+    @app.task
+    def later() -> None: ...
+
+    job = await later.configure(delay=3600).enqueue_async()
+    await asyncio.wait_for(app.run_worker_async(burst=True), 10)
+    assert (await job.refresh_async()).state is JobState.SCHEDULED

@@ -1,0 +1,128 @@
+"""What only the SQLite backend has: its file, its schema and its migrations."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+import conveyor
+from conveyor.backends.sqlite.backend import MIGRATIONS, SqliteStore
+
+
+def schema(path: Path) -> list[tuple[str, str, str]]:
+    with sqlite3.connect(path) as conn:
+        return sorted(
+            conn.execute(
+                "SELECT type, name, sql FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'"
+            ).fetchall()
+        )
+
+
+def test_file_that_is_not_a_database_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "notes.db"
+    path.write_text("these are my notes, not a database\n" * 100)
+    app = conveyor.App(f"sqlite:///{path}")
+
+    with pytest.raises(conveyor.NotAConveyorDatabase, match="is not a SQLite database"):
+        app.queue_stats()
+    assert path.read_text().startswith("these are my notes")
+
+
+def test_database_of_another_application_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "other.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT)")
+    app = conveyor.App(f"sqlite:///{path}")
+
+    with pytest.raises(conveyor.NotAConveyorDatabase, match=r"holds other tables \(customers\)"):
+        app.queue_stats()
+    with pytest.raises(conveyor.NotAConveyorDatabase):
+        app.migrate()
+    assert [t for _, t, _ in schema(path)] == ["customers"]
+
+
+def test_missing_folder_is_a_clear_error(tmp_path: Path) -> None:
+    app = conveyor.App(f"sqlite:///{tmp_path}/nope/jobs.db")
+    with pytest.raises(conveyor.ConfigurationError, match="does not exist"):
+        app.queue_stats()
+
+
+def test_memory_database_is_refused() -> None:
+    app = conveyor.App("sqlite:///:memory:")
+    with pytest.raises(conveyor.ConfigurationError, match="temporary file"):
+        app.queue_stats()
+
+
+def test_without_auto_migrate_an_empty_file_asks_for_migrate(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/jobs.db"
+    app = conveyor.App(url, auto_migrate=False)
+    with pytest.raises(conveyor.ConfigurationError, match="run `conveyor migrate`"):
+        app.queue_stats()
+    assert app.migrate() == [m.version for m in MIGRATIONS]
+    assert app.migrate() == []
+    assert app.queue_stats() == {}
+    app.close()
+
+
+def test_the_schema_is_created_on_first_use_and_is_wal(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.db"
+    app = conveyor.App(f"sqlite:///{path}")
+
+    @app.task
+    def work() -> None: ...
+
+    work.enqueue()
+    app.close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        versions = [r[0] for r in conn.execute("SELECT version FROM conveyor_migrations")]
+    assert versions == [m.version for m in MIGRATIONS]
+
+
+def test_migrations_down_and_up_again_give_the_same_schema(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.db"
+    store = SqliteStore(f"sqlite:///{path}", conveyor.App().settings, conveyor.SystemClock())
+    store.migrate()
+    fresh = schema(path)
+
+    assert store.migrate_down(0) == [m.version for m in reversed(MIGRATIONS)]
+    assert [name for _, name, _ in schema(path)] == ["conveyor_migrations"]
+    store.migrate()
+    assert schema(path) == fresh
+    store.close()
+
+
+def test_newer_schema_than_this_version_knows_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.db"
+    app = conveyor.App(f"sqlite:///{path}")
+    app.migrate()
+    app.close()
+    with sqlite3.connect(path) as conn:
+        conn.execute("INSERT INTO conveyor_migrations VALUES (999, 'future', 0)")
+    with pytest.raises(conveyor.ConfigurationError, match="newer than this conveyor knows"):
+        conveyor.App(f"sqlite:///{path}").queue_stats()
+
+
+def test_two_apps_on_one_file_see_each_others_jobs(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/shared.db"
+    a, b = conveyor.App(url), conveyor.App(url)
+
+    @a.task(name="t")
+    def t() -> None: ...
+
+    job = t.enqueue()
+    assert b.get_job(job.id).task == "t"
+    a.close()
+    b.close()
+
+
+async def test_leadership_is_a_lease_that_runs_out(tmp_path: Path) -> None:
+    app = conveyor.App(f"sqlite:///{tmp_path}/jobs.db")
+    backend, now = app.backend, 1_800_000_000.0
+    assert await backend.try_lead("maintenance", "a", now + 30, now)
+    assert not await backend.try_lead("maintenance", "b", now + 60, now + 29)
+    assert await backend.try_lead("maintenance", "b", now + 61, now + 31)  # a's lease ran out
+    assert not await backend.try_lead("maintenance", "a", now + 62, now + 32)
+    await app.close_async()
