@@ -53,29 +53,25 @@ def encode_arguments(
     kwargs: Mapping[str, Any],
 ) -> tuple[str, str]:
     """Check the call against the task's signature and encode it; errors name the argument."""
-    if not isinstance(args, Sequence) or isinstance(args, str | bytes):
+    if type(args) not in (tuple, list) and (
+        not isinstance(args, Sequence) or isinstance(args, str | bytes)
+    ):
         raise ValidationError(f"args of {task_name} must be a list, got {describe(args)}")
-    if not isinstance(kwargs, Mapping):
+    if type(kwargs) is not dict and not isinstance(kwargs, Mapping):
         raise ValidationError(f"kwargs of {task_name} must be a mapping, got {describe(kwargs)}")
-    names: dict[int, str] = {}
     if signature is not None:
         try:
-            bound = signature.bind(*args, **kwargs)
+            signature.bind(*args, **kwargs)
         except TypeError as exc:
             raise ValidationError(f"bad arguments for task {task_name}: {exc}") from None
-        position = 0
-        for name, param in signature.parameters.items():
-            if param.kind in (param.POSITIONAL_ONLY, param.POSITIONAL_OR_KEYWORD):
-                if name in bound.arguments and position < len(args):
-                    names[position] = name
-                position += 1
     try:
-        return encode(list(args), "args"), encode(dict(kwargs), "kwargs")
+        return encode(list(args), "args"), (encode(dict(kwargs), "kwargs") if kwargs else "{}")
     except ValidationError:
         pass
     for i, value in enumerate(args):
         if (problem := _problem(value)) is not None:
-            label = f"argument {names[i]!r}" if i in names else f"positional argument {i}"
+            name = _positional_name(signature, i)
+            label = f"argument {name!r}" if name else f"positional argument {i}"
             raise ValidationError(
                 f"{label} of {task_name} ({describe(value)}) cannot be stored as JSON: {problem}"
             ) from None
@@ -90,7 +86,21 @@ def encode_arguments(
     raise ValidationError(f"the arguments of {task_name} cannot be stored as JSON")
 
 
+def _positional_name(signature: inspect.Signature | None, index: int) -> str | None:
+    """The name of the parameter that positional argument `index` binds to, if it has one."""
+    if signature is None:
+        return None
+    positional = [
+        name
+        for name, param in signature.parameters.items()
+        if param.kind in (param.POSITIONAL_ONLY, param.POSITIONAL_OR_KEYWORD)
+    ]
+    return positional[index] if index < len(positional) else None
+
+
 def check_size(task_name: str, limit: int, *parts: str) -> None:
+    if sum(map(len, parts)) * 4 <= limit:
+        return  # a character is at most 4 bytes of UTF-8: no need to count them
     size = sum(len(p.encode("utf-8")) for p in parts)
     if size > limit:
         raise PayloadTooLarge(

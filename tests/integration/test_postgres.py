@@ -425,7 +425,7 @@ def test_migrating_down_to_zero_and_up_again_gives_a_fresh_install(
 ) -> None:
     fresh = schema_dump(schema)
     assert {r[0] for r in fresh["triggers"]} == {"jobs"}
-    assert {r[0] for r in fresh["functions"]} == {"record_inserted", "record_updated"}
+    assert {r[0] for r in fresh["functions"]} == {"record_updated"}
 
     app.get_task("record").enqueue("before")
     assert app.backend.sync.migrate_down(0) == [1]  # type: ignore[attr-defined]

@@ -5,30 +5,55 @@
 
 -- name: insert_jobs
 -- Many jobs in one statement, as arrays sent in binary: no parameter limit, one round trip.
-INSERT INTO {schema}.jobs (queue, task, args, kwargs, meta, priority, state, max_attempts,
-                           run_at, created_at, state_changed_at)
-SELECT j.queue, j.task, j.args::json, j.kwargs::json, j.meta::json, j.priority,
-       CASE WHEN j.delay > 0 THEN 'scheduled' ELSE 'queued' END, j.max_attempts,
-       c.now + make_interval(secs => j.delay), c.now, c.now
-FROM (SELECT coalesce(to_timestamp(%(now)s::float8), now()) AS now) AS c,
-     unnest(%(queues)b::text[], %(tasks)b::text[], %(args)b::text[], %(kwargs)b::text[],
-            %(metas)b::text[], %(priorities)b::int[], %(max_attempts)b::int[],
-            %(delays)b::float8[]) WITH ORDINALITY
-         AS j(queue, task, args, kwargs, meta, priority, max_attempts, delay, n)
-ORDER BY j.n
-RETURNING id, state, extract(epoch FROM run_at)::float8 AS run_at,
-          extract(epoch FROM created_at)::float8 AS created_at
+-- The statement also records each job's first history entry and wakes idle workers with one
+-- NOTIFY naming the queues that got runnable jobs (`woken`, run once for the statement).
+WITH c AS (SELECT coalesce(to_timestamp(%(now)s::float8), now()) AS now),
+job AS (
+    INSERT INTO {schema}.jobs (queue, task, args, kwargs, meta, priority, state, max_attempts,
+                               run_at, created_at, state_changed_at)
+    SELECT j.queue, j.task, j.args::json, j.kwargs::json, j.meta::json, j.priority,
+           CASE WHEN j.delay > 0 THEN 'scheduled' ELSE 'queued' END, j.max_attempts,
+           c.now + make_interval(secs => j.delay), c.now, c.now
+    FROM c,
+         unnest(%(queues)b::text[], %(tasks)b::text[], %(args)b::text[], %(kwargs)b::text[],
+                %(metas)b::text[], %(priorities)b::int[], %(max_attempts)b::int[],
+                %(delays)b::float8[]) WITH ORDINALITY
+             AS j(queue, task, args, kwargs, meta, priority, max_attempts, delay, n)
+    ORDER BY j.n
+    RETURNING id, queue, state, run_at, created_at
+), history AS (
+    INSERT INTO {schema}.job_history (job_id, at, from_state, to_state)
+    SELECT id, created_at, NULL, state FROM job ORDER BY id
+), woken AS (
+    SELECT pg_notify('{schema}_jobs', left(string_agg(DISTINCT queue, ','), 7000))
+    FROM job WHERE state = 'queued' HAVING count(*) > 0
+)
+SELECT id, state, extract(epoch FROM run_at)::float8 AS run_at,
+       extract(epoch FROM created_at)::float8 AS created_at
+FROM job
+WHERE (SELECT count(*) FROM woken) >= 0
 
 -- name: insert_job
--- One job: a plain VALUES insert, cheaper to plan and run than the array form.
-INSERT INTO {schema}.jobs (queue, task, args, kwargs, meta, priority, state, max_attempts,
-                           run_at, created_at, state_changed_at)
-SELECT %(queue)s, %(task)s, %(args)s::json, %(kwargs)s::json, %(meta)s::json, %(priority)s,
-       CASE WHEN %(delay)s::float8 > 0 THEN 'scheduled' ELSE 'queued' END, %(max_attempts)s,
-       c.now + make_interval(secs => %(delay)s::float8), c.now, c.now
-FROM (SELECT coalesce(to_timestamp(%(now)s::float8), now()) AS now) AS c
-RETURNING id, state, extract(epoch FROM run_at)::float8 AS run_at,
-          extract(epoch FROM created_at)::float8 AS created_at
+-- One job: the same work as insert_jobs as a plain single-row insert, cheaper to plan and run.
+WITH c AS (SELECT coalesce(to_timestamp(%(now)s::float8), now()) AS now),
+job AS (
+    INSERT INTO {schema}.jobs (queue, task, args, kwargs, meta, priority, state, max_attempts,
+                               run_at, created_at, state_changed_at)
+    SELECT %(queue)s, %(task)s, %(args)s::json, %(kwargs)s::json, %(meta)s::json, %(priority)s,
+           CASE WHEN %(delay)s::float8 > 0 THEN 'scheduled' ELSE 'queued' END, %(max_attempts)s,
+           c.now + make_interval(secs => %(delay)s::float8), c.now, c.now
+    FROM c
+    RETURNING id, queue, state, run_at, created_at
+), history AS (
+    INSERT INTO {schema}.job_history (job_id, at, from_state, to_state)
+    SELECT id, created_at, NULL, state FROM job
+), woken AS (
+    SELECT pg_notify('{schema}_jobs', queue) FROM job WHERE state = 'queued'
+)
+SELECT id, state, extract(epoch FROM run_at)::float8 AS run_at,
+       extract(epoch FROM created_at)::float8 AS created_at
+FROM job
+WHERE (SELECT count(*) FROM woken) >= 0
 
 -- name: promote_due
 UPDATE {schema}.jobs

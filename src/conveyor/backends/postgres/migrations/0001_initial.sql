@@ -63,24 +63,12 @@ CREATE TABLE {schema}.job_history (
 );
 CREATE INDEX job_history_job ON {schema}.job_history (job_id, id);
 
--- Every insert and every change of state lands in the history, whichever statement made it:
--- statement-level triggers with transition tables, one set-based insert per statement. The
--- same triggers wake idle workers: one NOTIFY per statement that makes jobs runnable, carrying
--- the queue names (PostgreSQL folds identical notifications of one transaction into one).
-CREATE FUNCTION {schema}.record_inserted() RETURNS trigger LANGUAGE plpgsql AS $$
-DECLARE
-    queues text;
-BEGIN
-    INSERT INTO {schema}.job_history (job_id, at, from_state, to_state, worker_id, note)
-    SELECT id, created_at, NULL, state, NULL, note FROM inserted;
-    SELECT string_agg(DISTINCT queue, ',') INTO queues FROM inserted WHERE state = 'queued';
-    IF queues IS NOT NULL THEN
-        PERFORM pg_notify('{schema}_jobs', left(queues, 7000));
-    END IF;
-    RETURN NULL;
-END
-$$;
-
+-- Every change of state lands in the history, whichever statement made it: a statement-level
+-- trigger with transition tables, one set-based insert per statement. The same trigger wakes
+-- idle workers: one NOTIFY per statement that makes jobs runnable, carrying the queue names
+-- (PostgreSQL folds identical notifications of one transaction into one). New jobs are only
+-- ever inserted by the enqueue statements (queries.sql), which write their first history entry
+-- and NOTIFY themselves: cheaper than a trigger on the hottest statement.
 CREATE FUNCTION {schema}.record_updated() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
     queues text;
@@ -98,10 +86,6 @@ BEGIN
     RETURN NULL;
 END
 $$;
-
-CREATE TRIGGER jobs_history_insert AFTER INSERT ON {schema}.jobs
-    REFERENCING NEW TABLE AS inserted
-    FOR EACH STATEMENT EXECUTE FUNCTION {schema}.record_inserted();
 
 CREATE TRIGGER jobs_history_update AFTER UPDATE ON {schema}.jobs
     REFERENCING OLD TABLE AS previous NEW TABLE AS updated
@@ -123,4 +107,3 @@ DROP TABLE {schema}.workers;
 DROP TABLE {schema}.job_history;
 DROP TABLE {schema}.jobs;
 DROP FUNCTION {schema}.record_updated();
-DROP FUNCTION {schema}.record_inserted();
