@@ -21,7 +21,7 @@ from conveyor.job import (
 )
 from conveyor.payload import check_size, encode, encode_arguments
 from conveyor.retry import BackoffLike, RetryPolicy, as_backoff, exponential
-from conveyor.task import CallOptions, Task, check_priority
+from conveyor.task import CallOptions, Task, check_priority, check_queue
 
 F = TypeVar("F", bound=Callable[..., Any])
 StateFilter = JobState | str | Iterable[JobState | str] | None
@@ -323,6 +323,10 @@ class App:
     def list_workers(self) -> list[WorkerInfo]:
         return self.backend.sync.list_workers()
 
+    def paused_queues(self) -> list[str]:
+        """The names of the paused queues, sorted."""
+        return self.backend.sync.paused_queues()
+
     # -- steering ---------------------------------------------------------------------------
 
     def cancel_job(self, job_id: int, note: str = "cancelled") -> Job:
@@ -338,6 +342,15 @@ class App:
         if job is None:
             raise JobNotFound(f"no job with id {job_id}")
         return self._bind([job])[0]
+
+    def pause_queue(self, queue: str) -> bool:
+        """Start nothing new from `queue`, on any worker, until it is resumed; jobs already
+        running finish. Kept in the store, so it outlives restarts. False if it was paused."""
+        return self.backend.sync.set_queue_paused(check_queue(queue), True, self.clock.now())
+
+    def resume_queue(self, queue: str) -> bool:
+        """Let workers start `queue`'s jobs again. False if it was not paused."""
+        return self.backend.sync.set_queue_paused(check_queue(queue), False, self.clock.now())
 
     def retry_job(self, job_id: int) -> Job:
         """Put a dead or cancelled job back in its queue, with its attempts starting again."""

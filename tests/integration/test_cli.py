@@ -464,16 +464,51 @@ def test_queues_counts_jobs_per_queue_and_state(project: Project) -> None:
     assert "no jobs yet" in project.cli("queues").output
     make_history(project)
 
-    counts = project.cli_json("queues")
-    assert set(counts) == {"default", "mail"}
-    assert counts["default"] == {**dict.fromkeys((s.value for s in JobState), 0),
-                                 "succeeded": 2, "dead": 1}  # fmt: skip
-    assert counts["mail"]["queued"] == 1
+    found = project.cli_json("queues")
+    assert set(found) == {"default", "mail"}
+    assert found["default"] == {
+        "paused": False,
+        "jobs": {**dict.fromkeys((s.value for s in JobState), 0), "succeeded": 2, "dead": 1},
+    }
+    assert found["mail"]["jobs"]["queued"] == 1
 
     table = project.cli("queues").output
     default = next(line for line in table.splitlines() if line.strip().startswith("default"))
     assert default.split() == ["default", "·", "2", "1", "3"]  # queued, succeeded, dead, total
     assert "all" in table
+
+
+def test_queues_pause_and_resume(project: Project) -> None:
+    job = project.module.add.configure(queue="mail").enqueue(1, 2)
+
+    paused = project.cli("queues", "pause", "mail", "video")
+    assert paused.exit_code == 0, paused.output
+    assert paused.output.splitlines() == ["paused mail", "paused video"]
+    assert project.cli("queues", "pause", "mail").output.strip() == "mail was already paused"
+    found = project.cli_json("queues")
+    assert {name: q["paused"] for name, q in found.items()} == {"mail": True, "video": True}
+    assert found["video"]["jobs"]["queued"] == 0  # paused before it has any jobs
+    table = project.cli("queues").output
+    assert next(line for line in table.splitlines() if "mail" in line).split()[:2] == [
+        "mail", "paused",
+    ]  # fmt: skip
+
+    project.app.run_worker(burst=True)
+    assert project.app.get_job(job.id).state is JobState.QUEUED
+
+    resumed = project.cli("queues", "resume", "mail")
+    assert resumed.exit_code == 0, resumed.output
+    assert resumed.output.strip() == "resumed mail"
+    assert project.cli("queues", "resume", "mail").output.strip() == "mail was not paused"
+    project.app.run_worker(burst=True)
+    assert project.app.get_job(job.id).result == 3
+
+
+def test_queues_pause_refuses_a_bad_name(project: Project) -> None:
+    result = project.cli("queues", "pause", "no spaces")
+    assert result.exit_code != 0
+    assert "bad queue name" in result.output
+    assert project.cli_json("queues") == {}
 
 
 def test_migrate_applies_the_schema_once(project: Project) -> None:
@@ -483,7 +518,7 @@ def test_migrate_applies_the_schema_once(project: Project) -> None:
 
     second = project.cli("migrate")
     assert second.exit_code == 0
-    assert "up to date at schema version 1; nothing to apply" in second.output
+    assert "up to date at schema version 2; nothing to apply" in second.output
 
 
 def test_workers_shows_a_live_worker_and_then_marks_it_lost(

@@ -173,7 +173,7 @@ async def new_app(schema: str) -> AsyncIterator[Callable[..., conveyor.App]]:
 @pytest.fixture
 def app(new_app: Callable[..., conveyor.App]) -> conveyor.App:
     app = new_app()
-    assert app.migrate() == [1]
+    assert app.migrate() == [1, 2]
     return app
 
 
@@ -355,12 +355,12 @@ def test_migrate_applies_once(new_app: Callable[..., conveyor.App], schema: str)
     app = new_app()
     assert not schema_exists(schema)
     assert app.schema_version() == 0
-    assert app.migrate() == [1]
+    assert app.migrate() == [1, 2]
     assert app.migrate() == []
     assert new_app().migrate() == []
-    assert app.schema_version() == 1
-    assert sql(f"SELECT version, name FROM {schema}.migrations") == [(1, "initial")]
-    assert tables(schema) == {"jobs", "job_history", "workers", "migrations"}
+    assert app.schema_version() == 2
+    assert sql(f"SELECT version, name FROM {schema}.migrations") == [(1, "initial"), (2, "queues")]
+    assert tables(schema) == {"jobs", "job_history", "workers", "queues", "migrations"}
 
 
 FIRST_USE = textwrap.dedent(
@@ -415,8 +415,8 @@ def test_many_processes_migrating_on_first_use_at_once_migrate_exactly_once(
     for p, (out, err) in zip(processes, outputs, strict=True):
         assert p.returncode == 0, err
         assert "Traceback" not in err, err
-        assert out.split()[0] == "enqueued" and out.split()[2] == "1", out
-    assert sql(f"SELECT version, name FROM {schema}.migrations") == [(1, "initial")]
+        assert out.split()[0] == "enqueued" and out.split()[2] == "2", out
+    assert sql(f"SELECT version, name FROM {schema}.migrations") == [(1, "initial"), (2, "queues")]
     assert sorted(r[0] for r in sql(f"SELECT (args->>0)::int FROM {schema}.jobs")) == list(range(6))
 
 
@@ -428,6 +428,9 @@ def test_migrating_down_to_zero_and_up_again_gives_a_fresh_install(
     assert {r[0] for r in fresh["functions"]} == {"record_updated"}
 
     app.get_task("record").enqueue("before")
+    assert app.backend.sync.migrate_down(1) == [2]  # type: ignore[attr-defined]
+    assert app.schema_version() == 1
+    assert "queues" not in tables(schema)
     assert app.backend.sync.migrate_down(0) == [1]  # type: ignore[attr-defined]
     assert app.schema_version() == 0
     assert tables(schema) == {"migrations"}  # the bookkeeping stays, empty
@@ -435,7 +438,7 @@ def test_migrating_down_to_zero_and_up_again_gives_a_fresh_install(
     left = schema_dump(schema)
     assert left["triggers"] == left["functions"] == []
 
-    assert app.migrate() == [1]
+    assert app.migrate() == [1, 2]
     assert schema_dump(schema) == fresh
     # and it works: inserts and state changes are recorded by the re-created triggers
     job = app.get_task("record").enqueue("after")

@@ -81,6 +81,13 @@ class Store(Protocol):
     ) -> bool:
         """Record progress of the given running attempt; False if it is no longer running."""
 
+    def set_queue_paused(self, queue: str, paused: bool, now: float) -> bool:
+        """Pause a queue (nothing new starts from it, on any worker) or resume it; False if it
+        already was. Resuming wakes idle workers."""
+
+    def paused_queues(self) -> list[str]:
+        """The names of the paused queues, sorted."""
+
 
 class Backend(abc.ABC):
     """The async operations the worker and services use, plus `sync`, the blocking twin."""

@@ -278,18 +278,46 @@ def dlq_purge(ref: AppRef, older_than: float, queue: str | None, task: str | Non
 # -- the rest -----------------------------------------------------------------------------
 
 
-@click.command()
+@click.group(invoke_without_command=True)
 @json_option
-@pass_ref
-def queues(ref: AppRef, as_json: bool) -> None:
-    """Jobs per queue and state."""
-    stats = render.stats_dict(_app(ref).queue_stats())
+@click.pass_context
+def queues(ctx: click.Context, as_json: bool) -> None:
+    """Jobs per queue and state, and which queues are paused. Subcommands pause and resume."""
+    if ctx.invoked_subcommand is not None:
+        return
+    ref = ctx.find_object(AppRef)
+    assert ref is not None, "main() puts the AppRef on the context"
+    app = _app(ref)
+    found = render.queues_dict(app.queue_stats(), app.paused_queues())
     if as_json:
-        render.emit_json(stats)
-    elif not stats:
+        render.emit_json(found)
+    elif not found:
         render.console().print("no jobs yet", style="dim")
     else:
-        render.console().print(render.queues_table(stats))
+        render.console().print(render.queues_table(found))
+
+
+@queues.command("pause")
+@click.argument("names", metavar="QUEUE...", nargs=-1, required=True)
+@pass_ref
+def queues_pause(ref: AppRef, names: tuple[str, ...]) -> None:
+    """Start nothing new from these queues, on any worker, until resumed (running jobs
+    finish). Kept in the store: it outlives worker restarts."""
+    app = _app(ref)
+    for name in names:
+        changed = app.pause_queue(name)
+        render.console().print(f"paused {name}" if changed else f"{name} was already paused")
+
+
+@queues.command("resume")
+@click.argument("names", metavar="QUEUE...", nargs=-1, required=True)
+@pass_ref
+def queues_resume(ref: AppRef, names: tuple[str, ...]) -> None:
+    """Let workers start these queues' jobs again."""
+    app = _app(ref)
+    for name in names:
+        changed = app.resume_queue(name)
+        render.console().print(f"resumed {name}" if changed else f"{name} was not paused")
 
 
 @click.command()

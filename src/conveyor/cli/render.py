@@ -80,11 +80,18 @@ def worker_dict(worker: WorkerInfo, now: float, lease_seconds: float) -> dict[st
     return out
 
 
-def stats_dict(stats: Mapping[str, Mapping[JobState, int]]) -> dict[str, dict[str, int]]:
-    """`{queue: {state: count}}` with every state present (zeros included)."""
+def queues_dict(
+    stats: Mapping[str, Mapping[JobState, int]], paused: Iterable[str]
+) -> dict[str, dict[str, Any]]:
+    """`{queue: {"paused": bool, "jobs": {state: count}}}` for every queue that has jobs or is
+    paused, every state present (zeros included)."""
+    paused = set(paused)
     return {
-        queue: {state.value: int(counts.get(state, 0)) for state in JobState}
-        for queue, counts in sorted(stats.items())
+        queue: {
+            "paused": queue in paused,
+            "jobs": {state.value: int(stats.get(queue, {}).get(state, 0)) for state in JobState},
+        }
+        for queue in sorted(set(stats) | paused)
     }
 
 
@@ -222,21 +229,26 @@ def dead_table(jobs: Sequence[Job], now: float) -> Table:
     return table
 
 
-def queues_table(stats: Mapping[str, Mapping[str, int]]) -> Table:
-    """Queues by states; only the states some queue has jobs in get a column."""
-    shown = [s for s in JobState if any(counts[s.value] for counts in stats.values())]
+def queues_table(queues: Mapping[str, Mapping[str, Any]]) -> Table:
+    """Queues by states (as `queues_dict` gives them); only the states some queue has jobs in
+    get a column."""
+    shown = [s for s in JobState if any(q["jobs"][s.value] for q in queues.values())]
     table = _table("Queues")
     table.add_column("Queue", overflow="fold")
     for state in shown:
         table.add_column(state.value, justify="right", style=STATE_STYLES[state])
     table.add_column("total", justify="right", style="bold")
     totals = dict.fromkeys((s.value for s in JobState), 0)
-    for queue, counts in stats.items():
+    for name, queue in queues.items():
+        counts = queue["jobs"]
+        label = Text(name)
+        if queue["paused"]:
+            label.append(" paused", style="bold yellow")
         cells = [str(counts[s.value]) if counts[s.value] else "·" for s in shown]
-        table.add_row(Text(queue), *cells, str(sum(counts.values())))
-        for name, n in counts.items():
-            totals[name] += n
-    if len(stats) > 1:
+        table.add_row(label, *cells, str(sum(counts.values())))
+        for state, n in counts.items():
+            totals[state] += n
+    if len(queues) > 1:
         table.add_section()
         table.add_row("all", *(str(totals[s.value]) for s in shown), str(sum(totals.values())))
     return table

@@ -669,6 +669,18 @@ class PostgresStore:
         rows = self.b.run_sync(self.b.statement_plan(self.q.list_workers))
         return [WorkerInfo.from_row(r, beat_age=r["beat_age"]) for r in rows]
 
+    def set_queue_paused(self, queue: str, paused: bool, now: float) -> bool:
+        if paused:
+            params = {"name": queue, "now": self.b.now(now)}
+            changed: int = self.b.run_sync(self.b.statement_plan(self.q.pause_queue, params))
+            return changed == 1
+        rows = self.b.run_sync(self.b.statement_plan(self.q.resume_queue, {"name": queue}))
+        return len(rows) == 1
+
+    def paused_queues(self) -> list[str]:
+        rows = self.b.run_sync(self.b.statement_plan(self.q.paused_queues))
+        return [r["name"] for r in rows]
+
     def cancel_job(self, job_id: int, now: float, note: str) -> Job | None:
         return self.b.run_sync(self.b.cancel_plan(job_id, now, note), atomic=True)
 

@@ -70,6 +70,7 @@ WHERE id IN (SELECT id FROM {schema}.jobs
 WITH picked AS (
     SELECT id FROM {schema}.jobs
     WHERE state = 'queued'
+      AND queue NOT IN (SELECT name FROM {schema}.queues WHERE paused_at IS NOT NULL)
     ORDER BY priority, run_at, id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
@@ -88,6 +89,8 @@ RETURNING j.*
 WITH picked AS (
     SELECT id FROM {schema}.jobs
     WHERE state = 'queued' AND queue = %(queue)s
+      AND NOT EXISTS (SELECT FROM {schema}.queues
+                      WHERE name = %(queue)s AND paused_at IS NOT NULL)
     ORDER BY priority, run_at, id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
@@ -106,7 +109,9 @@ RETURNING j.*
 -- Each queue's best candidates come from its own index; the best of those are claimed.
 WITH candidates AS (
     SELECT c.id, c.priority, c.run_at
-    FROM unnest(%(queues)s::text[]) AS q(name)
+    FROM (SELECT name FROM unnest(%(queues)s::text[]) AS q(name)
+          WHERE name NOT IN (SELECT name FROM {schema}.queues WHERE paused_at IS NOT NULL))
+         AS q
     CROSS JOIN LATERAL (
         SELECT id, priority, run_at FROM {schema}.jobs
         WHERE state = 'queued' AND queue = q.name
@@ -316,3 +321,21 @@ LISTEN {channel}
 
 -- name: ping
 SELECT 1
+
+-- name: pause_queue
+INSERT INTO {schema}.queues (name, paused_at)
+VALUES (%(name)s, coalesce(to_timestamp(%(now)s::float8), now()))
+ON CONFLICT (name) DO UPDATE SET paused_at = excluded.paused_at
+WHERE queues.paused_at IS NULL
+
+-- name: resume_queue
+-- Wakes idle workers: the queue's waiting jobs are runnable again.
+WITH resumed AS (
+    UPDATE {schema}.queues SET paused_at = NULL
+    WHERE name = %(name)s AND paused_at IS NOT NULL
+    RETURNING name
+)
+SELECT pg_notify('{schema}_jobs', name) FROM resumed
+
+-- name: paused_queues
+SELECT name FROM {schema}.queues WHERE paused_at IS NOT NULL ORDER BY name

@@ -415,6 +415,15 @@ class SqliteStore:
     def list_workers(self) -> list[WorkerInfo]:
         return [WorkerInfo.from_row(r) for r in self._read(Q.list_workers)]
 
+    def set_queue_paused(self, queue: str, paused: bool, now: float) -> bool:
+        with self._write() as conn:
+            if paused:
+                return conn.execute(Q.pause_queue, {"name": queue, "now": now}).rowcount == 1
+            return conn.execute(Q.resume_queue, {"name": queue}).rowcount == 1
+
+    def paused_queues(self) -> list[str]:
+        return [r["name"] for r in self._read(Q.paused_queues)]
+
     def cancel_job(self, job_id: int, now: float, note: str) -> Job | None:
         params = {"job_id": job_id, "now": now, "note": note}
         with self._write() as conn:

@@ -25,6 +25,7 @@ SET state = 'running', attempt = attempt + 1, worker_id = :worker_id, started_at
     lease_until = :lease_until, state_changed_at = :now, note = NULL
 WHERE id IN (SELECT id FROM conveyor_jobs INDEXED BY conveyor_jobs_runnable
              WHERE state = 'queued'
+               AND queue NOT IN (SELECT name FROM conveyor_queues WHERE paused_at IS NOT NULL)
              ORDER BY priority, run_at, id
              LIMIT :limit)
 RETURNING *
@@ -35,6 +36,7 @@ SET state = 'running', attempt = attempt + 1, worker_id = :worker_id, started_at
     lease_until = :lease_until, state_changed_at = :now, note = NULL
 WHERE id IN (SELECT id FROM conveyor_jobs INDEXED BY conveyor_jobs_runnable_queue
              WHERE state = 'queued' AND queue = :queue
+               AND queue NOT IN (SELECT name FROM conveyor_queues WHERE paused_at IS NOT NULL)
              ORDER BY priority, run_at, id
              LIMIT :limit)
 RETURNING *
@@ -43,6 +45,7 @@ RETURNING *
 -- The best `limit` runnable jobs of one queue; a claim over several queues merges these.
 SELECT id, priority, run_at FROM conveyor_jobs INDEXED BY conveyor_jobs_runnable_queue
 WHERE state = 'queued' AND queue = :queue
+  AND queue NOT IN (SELECT name FROM conveyor_queues WHERE paused_at IS NOT NULL)
 ORDER BY priority, run_at, id
 LIMIT :limit
 
@@ -215,3 +218,13 @@ INSERT INTO conveyor_migrations (version, name, applied_at) VALUES (?, ?, ?)
 
 -- name: forget_migration
 DELETE FROM conveyor_migrations WHERE version = ?
+
+-- name: pause_queue
+INSERT INTO conveyor_queues (name, paused_at) VALUES (:name, :now)
+ON CONFLICT (name) DO UPDATE SET paused_at = excluded.paused_at WHERE paused_at IS NULL
+
+-- name: resume_queue
+UPDATE conveyor_queues SET paused_at = NULL WHERE name = :name AND paused_at IS NOT NULL
+
+-- name: paused_queues
+SELECT name FROM conveyor_queues WHERE paused_at IS NOT NULL ORDER BY name
