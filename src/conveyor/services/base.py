@@ -14,6 +14,9 @@ log = get_logger("conveyor.services")
 
 class Service(abc.ABC):
     name: str = "service"
+    #: True: the first round comes after one interval rather than at once (for a service
+    #: whose owner has just done that work itself).
+    wait_first: bool = False
 
     def __init__(self, interval: float) -> None:
         self.interval = interval
@@ -27,6 +30,8 @@ class Service(abc.ABC):
         """One round of the service's work."""
 
     async def run(self) -> None:
+        if self.wait_first:
+            await self._sleep()
         while not self._stop.is_set():
             try:
                 await self.run_once()

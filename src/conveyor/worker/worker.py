@@ -52,6 +52,7 @@ class Heartbeat(Service):
     """Keeps the worker registered and its jobs' leases alive; picks up cancel requests."""
 
     name = "heartbeat"
+    wait_first = True  # the worker beats once itself before it starts claiming
 
     def __init__(self, worker: Worker, interval: float) -> None:
         super().__init__(interval)
