@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar, overload
@@ -212,6 +213,8 @@ class App:
         kwargs: Mapping[str, Any],
     ) -> NewJob:
         """Validate one call and encode it; raises before anything is stored."""
+        if options.unique_for is not None and options.unique_key is None:
+            raise ValidationError("unique_for needs a unique_key")
         args_json, kwargs_json = encode_arguments(task.name, task.signature, args, kwargs)
         meta_json = "{}" if not options.meta else encode(dict(options.meta), "meta")
         check_size(task.name, self.settings.max_payload_bytes, args_json, kwargs_json, meta_json)
@@ -231,6 +234,8 @@ class App:
             run_at=run_at,
             created_at=now,
             values=(list(args), dict(kwargs), dict(options.meta or {})),
+            unique_key=options.unique_key,
+            unique_for=options.unique_for,
         )
 
     def _bind(self, jobs: list[Job]) -> list[Job]:
@@ -239,10 +244,12 @@ class App:
         return jobs
 
     def insert_sync(self, jobs: Sequence[NewJob], connection: Any = None) -> list[Job]:
-        return self._bind(self.backend.sync.enqueue(jobs, connection))
+        sent, positions = _first_of_each_key(jobs)
+        return self._bind(_spread(self.backend.sync.enqueue(sent, connection), positions))
 
     async def insert_async(self, jobs: Sequence[NewJob], connection: Any = None) -> list[Job]:
-        return self._bind(await self.backend.enqueue(jobs, connection))
+        sent, positions = _first_of_each_key(jobs)
+        return self._bind(_spread(await self.backend.enqueue(sent, connection), positions))
 
     def _build_by_name(
         self,
@@ -360,6 +367,13 @@ class App:
         )  # fmt: skip
         if not done:
             job = self.get_job(job_id)
+            if job.state in RETRYABLE_STATES and job.unique_key is not None:
+                holder = self.backend.sync.find_unique(job.unique_key)
+                if holder is not None:
+                    raise InvalidTransition(
+                        f"job {job_id} cannot be retried: job {holder.id} holds its unique key "
+                        f"{job.unique_key!r} ({holder.state.value})"
+                    )
             raise InvalidTransition(
                 f"job {job_id} is {job.state.value}; only dead or cancelled jobs can be retried"
             )
@@ -447,3 +461,37 @@ class App:
         if self._backend is not None:
             await self._backend.close()
             self._backend = None
+
+
+def _first_of_each_key(jobs: Sequence[NewJob]) -> tuple[Sequence[NewJob], list[int] | None]:
+    """Within one batch, the first call with a unique key decides: later calls with that key
+    get the first one's job. The jobs to send to the store, and for each job given, the
+    position of its stand-in among them (None when every job is sent)."""
+    if all(j.unique_key is None for j in jobs):
+        return jobs, None
+    sent: list[NewJob] = []
+    positions: list[int] = []
+    first: dict[str, int] = {}
+    for job in jobs:
+        key = job.unique_key
+        if key is not None and key in first:
+            positions.append(first[key])
+            continue
+        if key is not None:
+            first[key] = len(sent)
+        positions.append(len(sent))
+        sent.append(job)
+    return sent, positions
+
+
+def _spread(stored: list[Job], positions: list[int] | None) -> list[Job]:
+    """The store's answer for the jobs sent, laid out again as the jobs given."""
+    if positions is None:
+        return stored
+    out: list[Job] = []
+    seen: set[int] = set()
+    for position in positions:
+        job = stored[position]
+        out.append(dataclasses.replace(job, deduplicated=True) if position in seen else job)
+        seen.add(position)
+    return out

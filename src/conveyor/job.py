@@ -84,10 +84,19 @@ class NewJob:
     created_at: float
     #: the caller's args, kwargs and meta (copies), for the handle enqueue returns
     values: tuple[list[Any], dict[str, Any], dict[str, Any]] | None = None
+    #: while a job with this key is unfinished (or finished less than `unique_for` seconds
+    #: ago), enqueue returns that job instead of storing this one
+    unique_key: str | None = None
+    unique_for: float | None = None
 
     @property
     def state(self) -> JobState:
         return JobState.SCHEDULED if self.run_at > self.created_at else JobState.QUEUED
+
+    @property
+    def finished_since(self) -> float | None:
+        """With `unique_for`: a job with the key that finished after this also holds it."""
+        return None if self.unique_for is None else self.created_at - self.unique_for
 
     def stored_as(self, job_id: int) -> Job:
         """The Job this became once stored under `job_id`."""
@@ -103,6 +112,7 @@ class NewJob:
             id=job_id, queue=self.queue, task=self.task, args=args, kwargs=kwargs,
             priority=self.priority, state=self.state, attempt=0, max_attempts=self.max_attempts,
             run_at=self.run_at, created_at=self.created_at, meta=meta,
+            unique_key=self.unique_key,
         )  # fmt: skip
 
 
@@ -244,6 +254,10 @@ class Job:
     errors: list[dict[str, Any]] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
     cancel_requested: bool = False
+    unique_key: str | None = None
+    #: True on the handle enqueue returned when it found this job holding the unique key
+    #: (and stored nothing); a flag of that handle, not of the job
+    deduplicated: bool = field(default=False, compare=False)
     app: App | None = field(default=None, repr=False, compare=False)
 
     @classmethod
@@ -271,6 +285,7 @@ class Job:
             errors=_loads(row["errors"], []),
             meta=_loads(row["meta"], {}),
             cancel_requested=bool(row["cancel_requested"]),
+            unique_key=row["unique_key"],
         )
 
     # -- the handle -------------------------------------------------------------------------
@@ -282,7 +297,7 @@ class Job:
 
     def _update_from(self, other: Job) -> None:
         for name in self.__dataclass_fields__:
-            if name != "app":
+            if name not in ("app", "deduplicated"):
                 setattr(self, name, getattr(other, name))
 
     def refresh(self) -> Job:

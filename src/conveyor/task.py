@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from conveyor.config import QUEUE_NAME
 from conveyor.errors import MAX_DELAY_S, ValidationError, describe
-from conveyor.job import PRIORITY_NAMES, Job
+from conveyor.job import PRIORITY_NAMES, Job, NewJob
 from conveyor.payload import task_signature
 from conveyor.retry import RetryPolicy
 
@@ -19,6 +19,9 @@ if TYPE_CHECKING:
 
 #: The last moment a job can be scheduled for: the end of the year 9999.
 LATEST_RUN_AT = dt.datetime(9999, 12, 31, 23, 59, 59, tzinfo=dt.UTC).timestamp()
+
+#: The longest unique key, in characters.
+MAX_UNIQUE_KEY = 255
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -50,6 +53,20 @@ def check_max_attempts(value: int) -> int:
     return value
 
 
+def check_unique_key(value: str) -> str:
+    if (
+        not isinstance(value, str)
+        or not 1 <= len(value) <= MAX_UNIQUE_KEY
+        or "\x00" in value
+        or not value.isprintable()
+    ):
+        raise ValidationError(
+            f"unique_key must be text of 1-{MAX_UNIQUE_KEY} printable characters, "
+            f"got {describe(value)}"
+        )
+    return value
+
+
 @dataclass(frozen=True, slots=True)
 class CallOptions:
     """Per-call options given to `configure(...)`; None means "the task's default"."""
@@ -61,6 +78,8 @@ class CallOptions:
     max_attempts: int | None = None
     meta: Mapping[str, Any] | None = None
     connection: Any = None
+    unique_key: str | None = None
+    unique_for: float | None = None
 
     @classmethod
     def build(
@@ -73,6 +92,8 @@ class CallOptions:
         max_attempts: int | None = None,
         meta: Mapping[str, Any] | None = None,
         connection: Any = None,
+        unique_key: str | None = None,
+        unique_for: float | dt.timedelta | None = None,
     ) -> CallOptions:
         """Validate options once, where the user wrote them."""
         if delay is not None and run_at is not None:
@@ -100,6 +121,16 @@ class CallOptions:
             )
         if meta is not None and not isinstance(meta, Mapping):
             raise ValidationError(f"meta must be a mapping, got {describe(meta)}")
+        if isinstance(unique_for, dt.timedelta):
+            unique_for = unique_for.total_seconds()
+        if unique_for is not None and (
+            isinstance(unique_for, bool)
+            or not isinstance(unique_for, int | float)
+            or not 0 <= unique_for <= MAX_DELAY_S
+        ):
+            raise ValidationError(
+                f"unique_for must be a number of seconds from 0 to 100 years, got {unique_for!r}"
+            )
         return cls(
             queue=None if queue is None else check_queue(queue),
             priority=None if priority is None else check_priority(priority),
@@ -108,6 +139,8 @@ class CallOptions:
             max_attempts=None if max_attempts is None else check_max_attempts(max_attempts),
             meta=meta,
             connection=connection,
+            unique_key=None if unique_key is None else check_unique_key(unique_key),
+            unique_for=None if unique_for is None else float(unique_for),
         )
 
     def merged(self, other: CallOptions) -> CallOptions:
@@ -161,9 +194,14 @@ class Task(Generic[P, R]):
         return result
 
     def configure(self, **options: Any) -> Call:
-        """Per-call options: priority, delay, run_at, queue, max_attempts, meta, and
-        connection (PostgreSQL: enqueue inside that connection's transaction)."""
+        """Per-call options: priority, delay, run_at, queue, max_attempts, meta, unique_key,
+        unique_for, and connection (PostgreSQL: enqueue inside that connection's
+        transaction)."""
         return Call(self, CallOptions.build(**options))
+
+    def s(self, *args: P.args, **kwargs: P.kwargs) -> Signature:
+        """This task with these arguments, to enqueue later (in `enqueue_many`, say)."""
+        return Signature(self, args, kwargs, CallOptions())
 
     def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> Job:
         """Store a job that runs this task with these arguments; returns its handle."""
@@ -174,7 +212,8 @@ class Task(Generic[P, R]):
 
     def enqueue_many(self, calls: Iterable[Any]) -> list[Job]:
         """Store many jobs in one transaction. Each call is a tuple of args, a dict of kwargs,
-        or `(args, kwargs)`."""
+        `(args, kwargs)`, or a signature of this task (`task.configure(...).s(...)`) with
+        options of its own."""
         return Call(self, CallOptions()).enqueue_many(calls)
 
     async def enqueue_many_async(self, calls: Iterable[Any]) -> list[Job]:
@@ -217,16 +256,43 @@ class Call:
         job = app.build_job(self.task, self.options, args, kwargs)
         return (await app.insert_async([job], self.options.connection))[0]
 
-    def enqueue_many(self, calls: Iterable[Any]) -> list[Job]:
+    def s(self, *args: Any, **kwargs: Any) -> Signature:
+        return Signature(self.task, args, kwargs, self.options)
+
+    def _build_many(self, calls: Iterable[Any]) -> list[NewJob]:
         app = self.task.app
-        return app.insert_sync(
-            [app.build_job(self.task, self.options, *split_call(c)) for c in calls],
-            self.options.connection,
-        )
+        jobs = []
+        for call in calls:
+            if isinstance(call, Signature):
+                if call.task is not self.task:
+                    raise ValidationError(
+                        f"enqueue_many of {self.task.name} got a signature of {call.task.name}"
+                    )
+                options = self.options.merged(call.options)
+                jobs.append(app.build_job(self.task, options, call.args, call.kwargs))
+            else:
+                jobs.append(app.build_job(self.task, self.options, *split_call(call)))
+        return jobs
+
+    def enqueue_many(self, calls: Iterable[Any]) -> list[Job]:
+        return self.task.app.insert_sync(self._build_many(calls), self.options.connection)
 
     async def enqueue_many_async(self, calls: Iterable[Any]) -> list[Job]:
-        app = self.task.app
-        return await app.insert_async(
-            [app.build_job(self.task, self.options, *split_call(c)) for c in calls],
-            self.options.connection,
-        )
+        return await self.task.app.insert_async(self._build_many(calls), self.options.connection)
+
+
+@dataclass(frozen=True, slots=True)
+class Signature:
+    """A task, its arguments and per-call options, to enqueue later: `task.s(1, 2)`,
+    `task.configure(priority=1).s(1, 2)`."""
+
+    task: Task[Any, Any]
+    args: tuple[Any, ...]
+    kwargs: Mapping[str, Any]
+    options: CallOptions
+
+    def enqueue(self) -> Job:
+        return Call(self.task, self.options).enqueue(*self.args, **self.kwargs)
+
+    async def enqueue_async(self) -> Job:
+        return await Call(self.task, self.options).enqueue_async(*self.args, **self.kwargs)

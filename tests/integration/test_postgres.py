@@ -26,6 +26,7 @@ import conveyor
 import conveyor.clock
 from conftest import POSTGRES_URL, drop_schema, postgres_available  # tests/conftest.py
 from conveyor import JobState
+from conveyor.backends.postgres.backend import MIGRATIONS
 
 worker_module = sys.modules["conveyor.worker.worker"]
 
@@ -35,6 +36,10 @@ DEADLINE_S = 20.0
 NEVER_S = 120.0
 #: How far off the worker machine's clock is in the clock tests: far outside every bound.
 SKEW_S = 2 * 3600.0
+
+#: Every migration, as `conveyor migrate` applies them to a fresh schema.
+VERSIONS = [m.version for m in MIGRATIONS]
+NAMED_VERSIONS = [(m.version, m.name) for m in MIGRATIONS]
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -173,7 +178,7 @@ async def new_app(schema: str) -> AsyncIterator[Callable[..., conveyor.App]]:
 @pytest.fixture
 def app(new_app: Callable[..., conveyor.App]) -> conveyor.App:
     app = new_app()
-    assert app.migrate() == [1, 2]
+    assert app.migrate() == VERSIONS
     return app
 
 
@@ -355,11 +360,11 @@ def test_migrate_applies_once(new_app: Callable[..., conveyor.App], schema: str)
     app = new_app()
     assert not schema_exists(schema)
     assert app.schema_version() == 0
-    assert app.migrate() == [1, 2]
+    assert app.migrate() == VERSIONS
     assert app.migrate() == []
     assert new_app().migrate() == []
-    assert app.schema_version() == 2
-    assert sql(f"SELECT version, name FROM {schema}.migrations") == [(1, "initial"), (2, "queues")]
+    assert app.schema_version() == VERSIONS[-1]
+    assert sql(f"SELECT version, name FROM {schema}.migrations") == NAMED_VERSIONS
     assert tables(schema) == {"jobs", "job_history", "workers", "queues", "migrations"}
 
 
@@ -415,8 +420,8 @@ def test_many_processes_migrating_on_first_use_at_once_migrate_exactly_once(
     for p, (out, err) in zip(processes, outputs, strict=True):
         assert p.returncode == 0, err
         assert "Traceback" not in err, err
-        assert out.split()[0] == "enqueued" and out.split()[2] == "2", out
-    assert sql(f"SELECT version, name FROM {schema}.migrations") == [(1, "initial"), (2, "queues")]
+        assert out.split()[0] == "enqueued" and out.split()[2] == str(VERSIONS[-1]), out
+    assert sql(f"SELECT version, name FROM {schema}.migrations") == NAMED_VERSIONS
     assert sorted(r[0] for r in sql(f"SELECT (args->>0)::int FROM {schema}.jobs")) == list(range(6))
 
 
@@ -428,7 +433,7 @@ def test_migrating_down_to_zero_and_up_again_gives_a_fresh_install(
     assert {r[0] for r in fresh["functions"]} == {"record_updated"}
 
     app.get_task("record").enqueue("before")
-    assert app.backend.sync.migrate_down(1) == [2]  # type: ignore[attr-defined]
+    assert app.backend.sync.migrate_down(1) == VERSIONS[:0:-1]  # type: ignore[attr-defined]
     assert app.schema_version() == 1
     assert "queues" not in tables(schema)
     assert app.backend.sync.migrate_down(0) == [1]  # type: ignore[attr-defined]
@@ -438,7 +443,7 @@ def test_migrating_down_to_zero_and_up_again_gives_a_fresh_install(
     left = schema_dump(schema)
     assert left["triggers"] == left["functions"] == []
 
-    assert app.migrate() == [1, 2]
+    assert app.migrate() == VERSIONS
     assert schema_dump(schema) == fresh
     # and it works: inserts and state changes are recorded by the re-created triggers
     job = app.get_task("record").enqueue("after")

@@ -45,6 +45,9 @@ class Store(Protocol):
 
     def job_history(self, job_id: int) -> list[HistoryEntry]: ...
 
+    def find_unique(self, key: str) -> Job | None:
+        """The unfinished job holding a unique key, if any."""
+
     def queue_stats(self) -> dict[str, dict[JobState, int]]: ...
 
     def list_workers(self) -> list[WorkerInfo]: ...

@@ -317,6 +317,8 @@ class PostgresBackend(Backend):
 
     def enqueue_plan(self, jobs: Sequence[NewJob]) -> Plan[list[Job]]:
         first = jobs[0]
+        if any(j.unique_key is not None for j in jobs):
+            return (yield from self._enqueue_unique_plan(jobs))
         if len(jobs) == 1:
             rows = yield Stmt(
                 self.q.insert_job,
@@ -344,6 +346,61 @@ class PostgresBackend(Backend):
             },
         )
         return self._stored(jobs, sorted(rows, key=lambda r: r["id"]))  # ids in input order
+
+    def _enqueue_unique_plan(self, jobs: Sequence[NewJob]) -> Plan[list[Job]]:
+        """Insert what no job holds the key of, then read the holders of the rest. Each key
+        is in the batch at most once (the App sends the first call of each key)."""
+        rows = yield Stmt(
+            self.q.insert_unique_jobs,
+            {
+                "now": self.now(jobs[0].created_at),
+                "queues": [j.queue for j in jobs],
+                "tasks": [j.task for j in jobs],
+                "args": [j.args for j in jobs],
+                "kwargs": [j.kwargs for j in jobs],
+                "metas": [j.meta for j in jobs],
+                "priorities": [j.priority for j in jobs],
+                "max_attempts": [j.max_attempts for j in jobs],
+                "delays": [max(0.0, j.run_at - j.created_at) for j in jobs],
+                "unique_keys": [j.unique_key for j in jobs],
+                "unique_fors": [j.unique_for for j in jobs],
+            },
+        )
+        inserted = {row["unique_key"] for row in rows}
+        # The inserted jobs got their ids in the order given, so they pair up in that order.
+        rows_in_order = iter(sorted(rows, key=lambda r: r["id"]))
+        stored: list[Job | None] = []
+        for new in jobs:
+            if new.unique_key is None or new.unique_key in inserted:
+                stored.extend(self._stored([new], [next(rows_in_order)]))
+            else:
+                stored.append(None)
+        held = [i for i, job in enumerate(stored) if job is None]
+        if not held:
+            return [job for job in stored if job is not None]
+        found = yield [
+            Stmt(
+                self.q.find_unique,
+                {
+                    "key": jobs[i].unique_key,
+                    "unique_for": jobs[i].unique_for,
+                    "now": self.now(jobs[i].created_at),
+                },
+            )
+            for i in held
+        ]
+        # A holder that finished and was purged in between leaves nothing to return: those
+        # jobs go round again (and are inserted now that nothing holds their key).
+        again = [jobs[i] for i, holder in zip(held, found, strict=True) if not holder]
+        retried = iter((yield from self._enqueue_unique_plan(again)) if again else [])
+        for i, holder in zip(held, found, strict=True):
+            if holder:
+                job = Job.from_row(holder[0])
+                job.deduplicated = True
+                stored[i] = job
+            else:
+                stored[i] = next(retried)
+        return [job for job in stored if job is not None]
 
     def _stored(self, jobs: Sequence[NewJob], rows: list[Any]) -> list[Job]:
         stored = []
@@ -658,6 +715,11 @@ class PostgresStore:
     def job_history(self, job_id: int) -> list[HistoryEntry]:
         rows = self.b.run_sync(self.b.statement_plan(self.q.job_history, {"id": job_id}))
         return [HistoryEntry.from_row(r) for r in rows]
+
+    def find_unique(self, key: str) -> Job | None:
+        params = {"key": key, "unique_for": None, "now": None}
+        rows = self.b.run_sync(self.b.statement_plan(self.q.find_unique, params))
+        return Job.from_row(rows[0]) if rows else None
 
     def queue_stats(self) -> dict[str, dict[JobState, int]]:
         stats: dict[str, dict[JobState, int]] = {}

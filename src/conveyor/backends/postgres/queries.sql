@@ -33,6 +33,56 @@ SELECT id, state, extract(epoch FROM run_at)::float8 AS run_at,
 FROM job
 WHERE (SELECT count(*) FROM woken) >= 0
 
+-- name: insert_unique_jobs
+-- insert_jobs for a batch with unique keys (each key at most once in the batch): a job whose
+-- key is held — by an unfinished job (the unique index: ON CONFLICT DO NOTHING, which also
+-- waits out a concurrent insert of the key), or by one that finished within its unique_for —
+-- is not inserted; find_unique then returns the holder.
+WITH c AS (SELECT coalesce(to_timestamp(%(now)s::float8), now()) AS now),
+job AS (
+    INSERT INTO {schema}.jobs (queue, task, args, kwargs, meta, priority, state, max_attempts,
+                               run_at, created_at, state_changed_at, unique_key)
+    SELECT j.queue, j.task, j.args::json, j.kwargs::json, j.meta::json, j.priority,
+           CASE WHEN j.delay > 0 THEN 'scheduled' ELSE 'queued' END, j.max_attempts,
+           c.now + make_interval(secs => j.delay), c.now, c.now, j.unique_key
+    FROM c,
+         unnest(%(queues)b::text[], %(tasks)b::text[], %(args)b::text[], %(kwargs)b::text[],
+                %(metas)b::text[], %(priorities)b::int[], %(max_attempts)b::int[],
+                %(delays)b::float8[], %(unique_keys)b::text[], %(unique_fors)b::float8[])
+             WITH ORDINALITY
+             AS j(queue, task, args, kwargs, meta, priority, max_attempts, delay, unique_key,
+                  unique_for, n)
+    WHERE j.unique_for IS NULL
+       OR NOT EXISTS (SELECT FROM {schema}.jobs AS f
+                      WHERE f.unique_key = j.unique_key
+                        AND f.finished_at >= c.now - make_interval(secs => j.unique_for))
+    ORDER BY j.n
+    ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL
+        AND state IN ('waiting', 'scheduled', 'queued', 'running', 'retrying') DO NOTHING
+    RETURNING id, queue, state, run_at, created_at, unique_key
+), history AS (
+    INSERT INTO {schema}.job_history (job_id, at, from_state, to_state)
+    SELECT id, created_at, NULL, state FROM job ORDER BY id
+), woken AS (
+    SELECT pg_notify('{schema}_jobs', left(string_agg(DISTINCT queue, ','), 7000))
+    FROM job WHERE state = 'queued' HAVING count(*) > 0
+)
+SELECT id, state, unique_key, extract(epoch FROM run_at)::float8 AS run_at,
+       extract(epoch FROM created_at)::float8 AS created_at
+FROM job
+WHERE (SELECT count(*) FROM woken) >= 0
+
+-- name: find_unique
+-- The job holding a unique key: the unfinished one, else (given unique_for) the newest that
+-- finished within that many seconds.
+SELECT * FROM {schema}.jobs
+WHERE unique_key = %(key)s
+  AND (state IN ('waiting', 'scheduled', 'queued', 'running', 'retrying')
+       OR finished_at >= coalesce(to_timestamp(%(now)s::float8), now())
+                         - make_interval(secs => %(unique_for)s::float8))
+ORDER BY finished_at IS NULL DESC, finished_at DESC
+LIMIT 1
+
 -- name: insert_job
 -- One job: the same work as insert_jobs as a plain single-row insert, cheaper to plan and run.
 WITH c AS (SELECT coalesce(to_timestamp(%(now)s::float8), now()) AS now),
@@ -266,6 +316,19 @@ WHERE state = ANY(%(states)s::text[])
   AND (%(ids)s::bigint[] IS NULL OR id = ANY(%(ids)s::bigint[]))
   AND (%(queue)s::text IS NULL OR queue = %(queue)s)
   AND (%(task)s::text IS NULL OR task = %(task)s)
+  -- a job with a unique key comes back only if no unfinished job holds the key, and only the
+  -- newest of the matching jobs with that key
+  AND (unique_key IS NULL OR (
+        NOT EXISTS (SELECT FROM {schema}.jobs AS h
+                    WHERE h.unique_key = jobs.unique_key
+                      AND h.state IN ('waiting', 'scheduled', 'queued', 'running', 'retrying'))
+        AND NOT EXISTS (SELECT FROM {schema}.jobs AS n
+                        WHERE n.unique_key = jobs.unique_key
+                          AND n.id > jobs.id
+                          AND n.state = ANY(%(states)s::text[])
+                          AND (%(ids)s::bigint[] IS NULL OR n.id = ANY(%(ids)s::bigint[]))
+                          AND (%(queue)s::text IS NULL OR n.queue = %(queue)s)
+                          AND (%(task)s::text IS NULL OR n.task = %(task)s))))
 RETURNING id
 
 -- name: purge

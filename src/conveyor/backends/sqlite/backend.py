@@ -242,10 +242,12 @@ class SqliteStore:
             return []
         rows = [
             (j.queue, j.task, j.args, j.kwargs, j.meta, j.priority, j.state.value,
-             j.max_attempts, j.run_at, j.created_at, j.created_at)
+             j.max_attempts, j.run_at, j.created_at, j.created_at, j.unique_key)
             for j in jobs
         ]  # fmt: skip
         with self._write() as conn:
+            if any(j.unique_key is not None for j in jobs):
+                return self._enqueue_unique(conn, jobs, rows)
             if len(rows) == 1:
                 conn.execute(Q.insert_job, rows[0])
             else:
@@ -255,6 +257,35 @@ class SqliteStore:
             first = last - len(rows) + 1
             conn.execute(Q.record_enqueued, {"first": first, "last": last})
         return [j.stored_as(first + i) for i, j in enumerate(jobs)]
+
+    def _enqueue_unique(
+        self, conn: sqlite3.Connection, jobs: Sequence[NewJob], rows: list[tuple[Any, ...]]
+    ) -> list[Job]:
+        """Jobs one by one, each with a key looked up first (this transaction is the only
+        writer, so nothing can take the key between the look-up and the insert)."""
+        stored: list[Job] = []
+        inserted: list[int] = []
+        for new, row in zip(jobs, rows, strict=True):
+            if new.unique_key is not None:
+                holder = self._find_unique(conn, new.unique_key, new.finished_since)
+                if holder is not None:
+                    holder.deduplicated = True
+                    stored.append(holder)
+                    continue
+            inserted.append(conn.execute(Q.insert_job, row).lastrowid or 0)
+            stored.append(new.stored_as(inserted[-1]))
+        if inserted:
+            conn.execute(Q.record_enqueued, {"first": inserted[0], "last": inserted[-1]})
+        return stored
+
+    @staticmethod
+    def _find_unique(conn: sqlite3.Connection, key: str, since: float | None) -> Job | None:
+        row = conn.execute(Q.find_unique, {"key": key, "since": since}).fetchone()
+        return None if row is None else Job.from_row(row)
+
+    def find_unique(self, key: str) -> Job | None:
+        rows = self._read(Q.find_unique, {"key": key, "since": None})
+        return Job.from_row(rows[0]) if rows else None
 
     # -- the worker's hot path --------------------------------------------------------------
 

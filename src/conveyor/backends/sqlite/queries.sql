@@ -3,8 +3,18 @@
 
 -- name: insert_job
 INSERT INTO conveyor_jobs (queue, task, args, kwargs, meta, priority, state, max_attempts,
-                           run_at, created_at, state_changed_at)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                           run_at, created_at, state_changed_at, unique_key)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+
+-- name: find_unique
+-- The job holding a unique key: the unfinished one, else (with :since) the newest that
+-- finished since then.
+SELECT * FROM conveyor_jobs INDEXED BY conveyor_jobs_unique
+WHERE unique_key = :key
+  AND (state IN ('waiting', 'scheduled', 'queued', 'running', 'retrying')
+       OR finished_at >= :since)
+ORDER BY finished_at IS NULL DESC, finished_at DESC
+LIMIT 1
 
 -- name: last_insert_id
 SELECT last_insert_rowid()
@@ -175,6 +185,19 @@ WHERE state IN (SELECT value FROM json_each(:states))
   AND (:ids IS NULL OR id IN (SELECT value FROM json_each(:ids)))
   AND (:queue IS NULL OR queue = :queue)
   AND (:task IS NULL OR task = :task)
+  -- a job with a unique key comes back only if no unfinished job holds the key, and only the
+  -- newest of the matching jobs with that key
+  AND (unique_key IS NULL OR (
+        NOT EXISTS (SELECT 1 FROM conveyor_jobs AS h
+                    WHERE h.unique_key = conveyor_jobs.unique_key
+                      AND h.state IN ('waiting', 'scheduled', 'queued', 'running', 'retrying'))
+        AND NOT EXISTS (SELECT 1 FROM conveyor_jobs AS n
+                        WHERE n.unique_key = conveyor_jobs.unique_key
+                          AND n.id > conveyor_jobs.id
+                          AND n.state IN (SELECT value FROM json_each(:states))
+                          AND (:ids IS NULL OR n.id IN (SELECT value FROM json_each(:ids)))
+                          AND (:queue IS NULL OR n.queue = :queue)
+                          AND (:task IS NULL OR n.task = :task))))
 RETURNING id
 
 -- name: purge_history
