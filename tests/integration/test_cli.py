@@ -212,9 +212,31 @@ def test_enqueue_options_and_json(project: Project) -> None:
     assert "scheduled (runs in 1m)" in human.output
 
 
+def test_enqueue_with_a_unique_key_returns_the_holder(project: Project) -> None:
+    first = project.cli_json("enqueue", "add", "--args", "[1, 2]", "--unique-key", "sum:1:2")
+    assert (first["unique_key"], first["deduplicated"]) == ("sum:1:2", False)
+
+    again = project.cli("enqueue", "add", "--args", "[1, 2]", "--unique-key", "sum:1:2")
+    assert again.exit_code == 0, again.output
+    assert (
+        f"job {first['id']} already holds unique key 'sum:1:2': add on queue default, queued; "
+        "nothing enqueued"
+    ) in again.output
+    assert len(project.app.list_jobs()) == 1
+
+    project.app.run_worker(burst=True)
+    recent = project.cli_json(
+        "enqueue", "add", "--args", "[1, 2]", "--unique-key", "sum:1:2", "--unique-for", "1h"
+    )
+    assert (recent["id"], recent["deduplicated"], recent["result"]) == (first["id"], True, 3)
+
+
 @pytest.mark.parametrize(
     ("args", "code", "message"),
     [
+        (["enqueue", "add", "--args", "[1, 2]", "--unique-for", "1h"], 1,
+         "unique_for needs a unique_key"),
+        (["enqueue", "add", "--args", "[1, 2]", "--unique-key", ""], 1, "unique_key must be"),
         (["enqueue", "add", "--args", "[1,"], 2, "--args': not valid JSON"),
         (["enqueue", "add", "--args", '{"x": 1}'], 2, "must be an array"),
         (["enqueue", "add", "--kwargs", "[1]"], 2, "must be an object"),

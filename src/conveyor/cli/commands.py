@@ -93,19 +93,36 @@ def _list_filters(fn: Any) -> Any:
 )
 @click.option("--delay", type=DURATION, help="Run no sooner than this from now: 90s, 15m, 2h.")
 @click.option("--queue", help="Queue to put the job on; default: the task's.")
+@click.option(
+    "--unique-key", help="While a job with this key is unfinished, return it instead."
+)
+@click.option(
+    "--unique-for", type=DURATION, help="With --unique-key: also jobs finished this recently."
+)
 @json_option
 @pass_ref
 def enqueue(
     ref: AppRef, task: str, args: list[Any], kwargs: dict[str, Any], priority: int | str | None,
-    delay: float | None, queue: str | None, as_json: bool,
+    delay: float | None, queue: str | None, unique_key: str | None, unique_for: float | None,
+    as_json: bool,
 ) -> None:  # fmt: skip
     """Enqueue a job for TASK (a registered task name)."""
     app = _app(ref)
-    options: dict[str, Any] = {"priority": priority, "delay": delay, "queue": queue}
+    options: dict[str, Any] = {
+        "priority": priority, "delay": delay, "queue": queue, "unique_key": unique_key,
+        "unique_for": unique_for,
+    }  # fmt: skip
     job = app.enqueue(task, args=args, kwargs=kwargs,
                       **{k: v for k, v in options.items() if v is not None})  # fmt: skip
     if as_json:
         render.emit_json(render.job_dict(job))
+        return
+    if job.deduplicated:
+        line = Text.assemble(
+            f"job {job.id} already holds unique key {job.unique_key!r}: ", (job.task, "cyan"),
+            f" on queue {job.queue}, ", render.state_text(job.state), "; nothing enqueued",
+        )  # fmt: skip
+        render.console().print(line)
         return
     line = Text.assemble(
         f"job {job.id} enqueued: ", (job.task, "cyan"),
