@@ -10,6 +10,7 @@ from typing import Any, TypeVar, overload
 from conveyor.backends import Backend, check_url, open_backend
 from conveyor.clock import Clock, SystemClock
 from conveyor.config import Settings
+from conveyor.cron import Periodic, Schedule, TickRecord
 from conveyor.errors import InvalidTransition, JobNotFound, UnknownTask, ValidationError
 from conveyor.job import (
     FINISHED_STATES,
@@ -106,6 +107,8 @@ class App:
         check_url(self.settings.database_url)
         self._clock: Clock = clock or SystemClock()
         self.tasks: dict[str, Task[Any, Any]] = {}
+        #: periodic entries by name, as `@app.periodic` declared them
+        self.periodics: dict[str, Periodic] = {}
         self._backend: Backend | None = None
 
     def __repr__(self) -> str:
@@ -195,6 +198,52 @@ class App:
             return task
 
         return register(fn) if fn is not None else register
+
+    def periodic(
+        self,
+        schedule: str,
+        *,
+        name: str | None = None,
+        tz: str = "UTC",
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        catch_up: bool = True,
+        queue: str | None = None,
+        priority: int | str = 5,
+        max_attempts: int | None = None,
+        timeout: float | None = None,
+        backoff: BackoffLike | None = None,
+        retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
+        give_up_on: type[BaseException] | tuple[type[BaseException], ...] = (),
+        pass_context: bool = False,
+    ) -> Callable[[F], Task[Any, Any]]:
+        """Register a task that the leader enqueues on every tick of a cron `schedule`
+        (five fields, or @hourly, @daily, …) in time zone `tz`, with `args` and `kwargs`.
+        `name` names the entry and the task. Bad schedules, time zones and arguments are
+        refused here, when the task is declared."""
+        parsed = Schedule.parse(schedule, tz)
+        call_kwargs = dict(kwargs or {})
+
+        def register(fn: F) -> Task[Any, Any]:
+            entry_name = name or f"{fn.__module__}.{fn.__name__}"
+            if entry_name in self.periodics:
+                raise ValueError(f"a periodic entry named {entry_name!r} is already declared")
+            task = self.task(
+                name=entry_name, queue=queue, priority=priority, max_attempts=max_attempts,
+                timeout=timeout, backoff=backoff, retry_on=retry_on, give_up_on=give_up_on,
+                pass_context=pass_context,
+            )(fn)  # fmt: skip
+            try:
+                self.build_job(task, CallOptions(), args, call_kwargs)  # the arguments must fit
+            except ValidationError:
+                del self.tasks[entry_name]
+                raise
+            self.periodics[entry_name] = Periodic(
+                entry_name, parsed, task, tuple(args), call_kwargs, catch_up
+            )
+            return task
+
+        return register
 
     def get_task(self, name: str) -> Task[Any, Any]:
         try:
@@ -329,6 +378,11 @@ class App:
 
     def list_workers(self) -> list[WorkerInfo]:
         return self.backend.sync.list_workers()
+
+    def periodic_ticks(self) -> dict[str, TickRecord]:
+        """Per periodic entry the store has seen: its latest tick dealt with, and the latest
+        job it fired, with that job's state."""
+        return self.backend.sync.periodic_ticks()
 
     def paused_queues(self) -> list[str]:
         """The names of the paused queues, sorted."""

@@ -7,7 +7,9 @@ Most tests drive the command in-process with click's CliRunner against a real SQ
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import datetime as dt
 import importlib
 import json
 import os
@@ -31,6 +33,7 @@ import conveyor
 from conveyor import JobState
 from conveyor.backends.sqlite.backend import MIGRATIONS
 from conveyor.cli import main
+from conveyor.services.scheduler import Scheduler
 
 T = TypeVar("T")
 DEADLINE_S = 60.0
@@ -532,6 +535,36 @@ def test_queues_pause_refuses_a_bad_name(project: Project) -> None:
     assert result.exit_code != 0
     assert "bad queue name" in result.output
     assert project.cli_json("queues") == {}
+
+
+def test_cron_lists_schedules_next_ticks_and_last_jobs(project: Project) -> None:
+    assert "no periodic jobs declared" in project.cli("cron").output
+    app = project.app
+    app.clock = conveyor.FrozenClock(dt.datetime(2027, 3, 1, 8, 59, tzinfo=dt.UTC).timestamp())
+
+    @app.periodic("0 * * * *", name="hourly-sum", tz="Europe/Paris", args=[1, 2])
+    def hourly_sum(x: int, y: int) -> int:
+        return x + y
+
+    [entry] = project.cli_json("cron")
+    assert entry["next_tick"] == dt.datetime(2027, 3, 1, 9, 0, tzinfo=dt.UTC).timestamp()
+    assert (entry["schedule"], entry["tz"], entry["args"], entry["last_job_id"]) == (
+        "0 * * * *", "Europe/Paris", [1, 2], None,
+    )  # fmt: skip
+
+    leader = Scheduler(app, app.backend, lambda: True, interval=10.0)
+    asyncio.run(leader.run_once())
+    app.clock.advance(61)  # 09:00:01 UTC, 10:00 in Paris
+    asyncio.run(leader.run_once())
+    app.run_worker(burst=True)
+
+    [entry] = project.cli_json("cron")
+    job = app.get_job(entry["last_job_id"])
+    assert (job.task, job.result, entry["last_job_state"]) == ("hourly-sum", 3, "succeeded")
+    line = next(x for x in project.cli("cron").output.splitlines() if "hourly-sum" in x)
+    assert "0 * * * * (Europe/Paris)" in line
+    assert "2027-03-01 11:00 CET (in 59m" in line
+    assert f"{job.id} succeeded" in line
 
 
 def test_migrate_applies_the_schema_once(project: Project) -> None:

@@ -365,7 +365,14 @@ def test_migrate_applies_once(new_app: Callable[..., conveyor.App], schema: str)
     assert new_app().migrate() == []
     assert app.schema_version() == VERSIONS[-1]
     assert sql(f"SELECT version, name FROM {schema}.migrations") == NAMED_VERSIONS
-    assert tables(schema) == {"jobs", "job_history", "workers", "queues", "migrations"}
+    assert tables(schema) == {
+        "jobs",
+        "job_history",
+        "workers",
+        "queues",
+        "cron_ticks",
+        "migrations",
+    }
 
 
 FIRST_USE = textwrap.dedent(

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
 from conveyor.clock import Clock
+from conveyor.cron import TickRecord
 from conveyor.job import HistoryEntry, Job, JobState, NewJob, Outcome, WorkerInfo
 
 
@@ -90,6 +91,9 @@ class Store(Protocol):
 
     def paused_queues(self) -> list[str]:
         """The names of the paused queues, sorted."""
+
+    def periodic_ticks(self) -> dict[str, TickRecord]:
+        """Per periodic entry the store has seen, its latest tick and latest fired job."""
 
 
 class Backend(abc.ABC):
@@ -177,6 +181,21 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     async def purge(self, *, states: Iterable[JobState], older_than: float, now: float) -> int:
         """Delete finished jobs in these states (with their history) older than that."""
+
+    @abc.abstractmethod
+    async def fire_periodic(
+        self, name: str, tick: float, job: NewJob | None, now: float
+    ) -> Job | None:
+        """Record that the entry's `tick` was dealt with and store `job` in the same
+        transaction — unless the tick was recorded already: then store nothing and return
+        None. `job=None` records a tick skipped (or the first one seen) without a job."""
+
+    @abc.abstractmethod
+    async def periodic_ticks(self) -> dict[str, TickRecord]: ...
+
+    @abc.abstractmethod
+    async def prune_ticks(self, older_than: float, now: float) -> int:
+        """Forget ticks older than that, except each entry's latest."""
 
     @abc.abstractmethod
     async def set_progress(

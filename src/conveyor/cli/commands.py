@@ -1,4 +1,5 @@
-"""The commands that inspect and steer jobs: enqueue, jobs, dlq, queues, workers, migrate, prune."""
+"""The commands that inspect and steer jobs: enqueue, jobs, dlq, queues, cron, workers, migrate,
+prune."""
 
 from __future__ import annotations
 
@@ -93,9 +94,7 @@ def _list_filters(fn: Any) -> Any:
 )
 @click.option("--delay", type=DURATION, help="Run no sooner than this from now: 90s, 15m, 2h.")
 @click.option("--queue", help="Queue to put the job on; default: the task's.")
-@click.option(
-    "--unique-key", help="While a job with this key is unfinished, return it instead."
-)
+@click.option("--unique-key", help="While a job with this key is unfinished, return it instead.")
 @click.option(
     "--unique-for", type=DURATION, help="With --unique-key: also jobs finished this recently."
 )
@@ -340,6 +339,23 @@ def queues_resume(ref: AppRef, names: tuple[str, ...]) -> None:
 @click.command()
 @json_option
 @pass_ref
+def cron(ref: AppRef, as_json: bool) -> None:
+    """Periodic jobs: schedules, next ticks, and what each last fired."""
+    app = _app(ref)
+    now = app.clock.now()
+    records = app.periodic_ticks() if app.periodics else {}
+    found = [render.cron_dict(e, records.get(e.name), now) for e in app.periodics.values()]
+    if as_json:
+        render.emit_json(found)
+    elif not found:
+        render.console().print("no periodic jobs declared in this app", style="dim")
+    else:
+        render.console().print(render.cron_table(found, now))
+
+
+@click.command()
+@json_option
+@pass_ref
 def workers(ref: AppRef, as_json: bool) -> None:
     """Registered workers; one whose heartbeat is older than the lease is lost."""
     app = _app(ref)
@@ -398,4 +414,4 @@ def prune(ref: AppRef, older_than: float, states: tuple[str, ...], queue: str | 
     )
 
 
-COMMANDS = [enqueue, jobs, dlq, queues, workers, migrate, prune]
+COMMANDS = [enqueue, jobs, dlq, queues, cron, workers, migrate, prune]

@@ -12,6 +12,7 @@ import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import click
 from rich import box
@@ -20,6 +21,7 @@ from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
 
+from conveyor.cron import Periodic, TickRecord
 from conveyor.job import HistoryEntry, Job, JobState, WorkerInfo
 
 STATE_STYLES: Mapping[JobState, str] = {
@@ -251,6 +253,49 @@ def queues_table(queues: Mapping[str, Mapping[str, Any]]) -> Table:
     if len(queues) > 1:
         table.add_section()
         table.add_row("all", *(str(totals[s.value]) for s in shown), str(sum(totals.values())))
+    return table
+
+
+def cron_dict(entry: Periodic, record: TickRecord | None, now: float) -> dict[str, Any]:
+    """A periodic entry as JSON: its schedule, next tick and what it last fired."""
+    return {
+        "name": entry.name,
+        "schedule": entry.schedule.expression,
+        "tz": entry.schedule.tz,
+        "task": entry.task.name,
+        "queue": entry.task.queue,
+        "args": list(entry.args),
+        "kwargs": dict(entry.kwargs),
+        "catch_up": entry.catch_up,
+        "next_tick": entry.schedule.next_after(now),
+        "last_tick": None if record is None else record.tick,
+        "last_fired_tick": None if record is None else record.fired_tick,
+        "last_job_id": None if record is None else record.job_id,
+        "last_job_state": None if record is None else record.job_state,
+    }
+
+
+def cron_table(entries: Sequence[Mapping[str, Any]], now: float) -> Table:
+    table = _table("Periodic jobs")
+    table.add_column("Name", overflow="fold")
+    table.add_column("Schedule", no_wrap=True)
+    table.add_column("Next", no_wrap=True)
+    table.add_column("Last fired", no_wrap=True)
+    table.add_column("Last job", no_wrap=True)
+    for e in entries:
+        zone = ZoneInfo(e["tz"])
+        when = dt.datetime.fromtimestamp(e["next_tick"], zone).strftime("%Y-%m-%d %H:%M %Z")
+        last_job = Text("-")
+        if e["last_job_id"] is not None:
+            last_job = Text(f"{e['last_job_id']} ")
+            if e["last_job_state"] is not None:
+                last_job.append_text(state_text(JobState(e["last_job_state"])))
+            else:
+                last_job.append("purged", style="dim")
+        table.add_row(
+            Text(e["name"]), Text(f"{e['schedule']} ({e['tz']})"),
+            f"{when} ({ago(e['next_tick'], now)})", ago(e["last_fired_tick"], now), last_job,
+        )  # fmt: skip
     return table
 
 

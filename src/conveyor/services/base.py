@@ -48,11 +48,17 @@ class Service(abc.ABC):
         stop = asyncio.ensure_future(self._stop.wait())
         kick = asyncio.ensure_future(self._kick.wait())
         try:
-            await asyncio.wait({stop, kick}, timeout=self.interval, return_when="FIRST_COMPLETED")
+            await asyncio.wait(
+                {stop, kick}, timeout=self.next_interval(), return_when="FIRST_COMPLETED"
+            )
         finally:
             stop.cancel()
             kick.cancel()
         self._kick.clear()
+
+    def next_interval(self) -> float:
+        """How long to sleep before the next round."""
+        return self.interval
 
     def kick(self) -> None:
         """Run the next round now."""

@@ -63,6 +63,7 @@ class Maintenance(Service):
         )
         if pruned:
             log.info("jobs.pruned", count=pruned)
+        await self.backend.prune_ticks(settings.retention_failed, now)
         return pruned
 
     async def resign(self) -> None:

@@ -18,6 +18,7 @@ from conveyor.job import Job, JobState, WorkerInfo
 from conveyor.logging import get_logger
 from conveyor.services.base import Service
 from conveyor.services.leader import Maintenance
+from conveyor.services.scheduler import Scheduler
 from conveyor.task import check_queue
 from conveyor.worker.completer import Completer
 from conveyor.worker.executor import CANCELLED, SHUTDOWN, Executor, Finished
@@ -123,6 +124,9 @@ class Worker:
         self.completer = Completer(self.backend, self._on_written)
         self.heartbeat = Heartbeat(self, _interval(lease, 0.25))
         self.maintenance = Maintenance(self.app, self.backend, self.id, _interval(lease, 0.33))
+        self.scheduler = Scheduler(
+            self.app, self.backend, lambda: self.maintenance.is_leader, _interval(lease, 0.33)
+        )
         if handle_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self.stop)
@@ -135,6 +139,7 @@ class Worker:
             loop.create_task(self.completer.run()),
             loop.create_task(self.heartbeat.run()),
             loop.create_task(self.maintenance.run()),
+            loop.create_task(self.scheduler.run()),
         ]
         try:
             await self._fetch_loop()
@@ -315,6 +320,7 @@ class Worker:
             services[0].cancel()
         self.heartbeat.stop()
         self.maintenance.stop()
+        self.scheduler.stop()
         await asyncio.gather(*services, return_exceptions=True)
         try:
             await self.maintenance.resign()

@@ -25,6 +25,7 @@ from conveyor.backends.postgres.listener import Listener
 from conveyor.backends.sql import Migration, Queries, load_migrations
 from conveyor.clock import Clock, SystemClock
 from conveyor.config import Settings
+from conveyor.cron import TickRecord
 from conveyor.errors import (
     BackendUnavailable,
     ConfigurationError,
@@ -503,6 +504,21 @@ class PostgresBackend(Backend):
         rows = yield Stmt(self.q.find_expired, {"now": self.now(now), "limit": limit})
         return [Job.from_row(r) for r in rows]
 
+    def fire_periodic_plan(
+        self, name: str, tick: float, job: NewJob | None, now: float
+    ) -> Plan[Job | None]:
+        tick_key = {"name": name, "tick": tick}
+        recorded = yield Stmt(self.q.record_tick, {**tick_key, "now": self.now(now)})
+        if recorded == 0 or job is None:
+            return None
+        [stored] = yield from self.enqueue_plan([job])
+        yield Stmt(self.q.set_tick_job, {**tick_key, "job_id": stored.id})
+        return stored
+
+    def periodic_ticks_plan(self) -> Plan[dict[str, TickRecord]]:
+        rows = yield Stmt(self.q.periodic_ticks)
+        return {r["name"]: TickRecord.from_row(r) for r in rows}
+
     def set_progress_plan(
         self, job_id: int, worker_id: str, attempt: int, progress: float, stage: str | None
     ) -> Plan[bool]:
@@ -656,6 +672,19 @@ class PostgresBackend(Backend):
             self.set_progress_plan(job_id, worker_id, attempt, progress, stage)
         )
 
+    async def fire_periodic(
+        self, name: str, tick: float, job: NewJob | None, now: float
+    ) -> Job | None:
+        return await self.run_async(self.fire_periodic_plan(name, tick, job, now), atomic=True)
+
+    async def periodic_ticks(self) -> dict[str, TickRecord]:
+        return await self.run_async(self.periodic_ticks_plan())
+
+    async def prune_ticks(self, older_than: float, now: float) -> int:
+        params = {"age": older_than, "now": self.now(now)}
+        pruned: int = await self.run_async(self.statement_plan(self.q.prune_ticks, params))
+        return pruned
+
 
 class PostgresStore:
     """The blocking operations of the sync API, on the sync pool."""
@@ -715,6 +744,9 @@ class PostgresStore:
     def job_history(self, job_id: int) -> list[HistoryEntry]:
         rows = self.b.run_sync(self.b.statement_plan(self.q.job_history, {"id": job_id}))
         return [HistoryEntry.from_row(r) for r in rows]
+
+    def periodic_ticks(self) -> dict[str, TickRecord]:
+        return self.b.run_sync(self.b.periodic_ticks_plan())
 
     def find_unique(self, key: str) -> Job | None:
         params = {"key": key, "unique_for": None, "now": None}

@@ -402,3 +402,31 @@ SELECT pg_notify('{schema}_jobs', name) FROM resumed
 
 -- name: paused_queues
 SELECT name FROM {schema}.queues WHERE paused_at IS NOT NULL ORDER BY name
+
+-- name: record_tick
+INSERT INTO {schema}.cron_ticks (name, tick, fired_at)
+VALUES (%(name)s, to_timestamp(%(tick)s::float8), coalesce(to_timestamp(%(now)s::float8), now()))
+ON CONFLICT DO NOTHING
+
+-- name: set_tick_job
+UPDATE {schema}.cron_ticks SET job_id = %(job_id)s
+WHERE name = %(name)s AND tick = to_timestamp(%(tick)s::float8)
+
+-- name: periodic_ticks
+-- Per entry: the latest tick dealt with, and the latest that stored a job, with its state.
+SELECT t.name, extract(epoch FROM t.tick)::float8 AS tick,
+       extract(epoch FROM f.tick)::float8 AS fired_tick, f.job_id, j.state AS job_state
+FROM (SELECT name, max(tick) AS tick FROM {schema}.cron_ticks GROUP BY name) AS t
+LEFT JOIN LATERAL (
+    SELECT tick, job_id FROM {schema}.cron_ticks
+    WHERE name = t.name AND job_id IS NOT NULL
+    ORDER BY tick DESC LIMIT 1
+) AS f ON true
+LEFT JOIN {schema}.jobs AS j ON j.id = f.job_id
+ORDER BY t.name
+
+-- name: prune_ticks
+-- Old ticks go; each entry's latest stays, to carry on from.
+DELETE FROM {schema}.cron_ticks AS c
+WHERE tick < coalesce(to_timestamp(%(now)s::float8), now()) - make_interval(secs => %(age)s)
+  AND tick < (SELECT max(tick) FROM {schema}.cron_ticks AS latest WHERE latest.name = c.name)

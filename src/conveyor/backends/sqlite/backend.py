@@ -22,6 +22,7 @@ from conveyor.backends.base import Backend
 from conveyor.backends.sql import Queries, load_migrations
 from conveyor.clock import Clock
 from conveyor.config import Settings
+from conveyor.cron import TickRecord
 from conveyor.errors import (
     BackendUnavailable,
     ConfigurationError,
@@ -240,22 +241,25 @@ class SqliteStore:
             )
         if not jobs:
             return []
+        with self._write() as conn:
+            return self._insert(conn, jobs)
+
+    def _insert(self, conn: sqlite3.Connection, jobs: Sequence[NewJob]) -> list[Job]:
         rows = [
             (j.queue, j.task, j.args, j.kwargs, j.meta, j.priority, j.state.value,
              j.max_attempts, j.run_at, j.created_at, j.created_at, j.unique_key)
             for j in jobs
         ]  # fmt: skip
-        with self._write() as conn:
-            if any(j.unique_key is not None for j in jobs):
-                return self._enqueue_unique(conn, jobs, rows)
-            if len(rows) == 1:
-                conn.execute(Q.insert_job, rows[0])
-            else:
-                conn.executemany(Q.insert_job, rows)
-            last = conn.execute(Q.last_insert_id).fetchone()[0]
-            # AUTOINCREMENT under BEGIN IMMEDIATE (one writer) hands out consecutive ids.
-            first = last - len(rows) + 1
-            conn.execute(Q.record_enqueued, {"first": first, "last": last})
+        if any(j.unique_key is not None for j in jobs):
+            return self._enqueue_unique(conn, jobs, rows)
+        if len(rows) == 1:
+            conn.execute(Q.insert_job, rows[0])
+        else:
+            conn.executemany(Q.insert_job, rows)
+        last = conn.execute(Q.last_insert_id).fetchone()[0]
+        # AUTOINCREMENT under BEGIN IMMEDIATE (one writer) hands out consecutive ids.
+        first = last - len(rows) + 1
+        conn.execute(Q.record_enqueued, {"first": first, "last": last})
         return [j.stored_as(first + i) for i, j in enumerate(jobs)]
 
     def _enqueue_unique(
@@ -409,7 +413,23 @@ class SqliteStore:
         with self._write() as conn:
             return conn.execute(Q.set_progress, params).rowcount == 1
 
+    def fire_periodic(self, name: str, tick: float, job: NewJob | None, now: float) -> Job | None:
+        tick_key = {"name": name, "tick": tick}
+        with self._write() as conn:
+            if conn.execute(Q.record_tick, {**tick_key, "now": now}).rowcount == 0 or not job:
+                return None
+            [stored] = self._insert(conn, [job])
+            conn.execute(Q.set_tick_job, {**tick_key, "job_id": stored.id})
+        return stored
+
+    def prune_ticks(self, older_than: float, now: float) -> int:
+        with self._write() as conn:
+            return conn.execute(Q.prune_ticks, {"before": now - older_than}).rowcount
+
     # -- reading and steering ---------------------------------------------------------------
+
+    def periodic_ticks(self) -> dict[str, TickRecord]:
+        return {r["name"]: TickRecord.from_row(r) for r in self._read(Q.periodic_ticks)}
 
     def get_job(self, job_id: int) -> Job | None:
         rows = self._read(Q.get_job, (job_id,))
@@ -600,6 +620,17 @@ class SqliteBackend(Backend):
         self, job_id: int, worker_id: str, attempt: int, progress: float, stage: str | None
     ) -> bool:
         return await self._run(self.store.set_progress, job_id, worker_id, attempt, progress, stage)
+
+    async def fire_periodic(
+        self, name: str, tick: float, job: NewJob | None, now: float
+    ) -> Job | None:
+        return await self._run(self.store.fire_periodic, name, tick, job, now)
+
+    async def periodic_ticks(self) -> dict[str, TickRecord]:
+        return await self._run(self.store.periodic_ticks)
+
+    async def prune_ticks(self, older_than: float, now: float) -> int:
+        return await self._run(self.store.prune_ticks, older_than, now)
 
     async def wait_for_change(self, timeout: float) -> None:
         """Watch `PRAGMA data_version` on a connection of its own: it changes whenever any other

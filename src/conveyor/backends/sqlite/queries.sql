@@ -251,3 +251,28 @@ UPDATE conveyor_queues SET paused_at = NULL WHERE name = :name AND paused_at IS 
 
 -- name: paused_queues
 SELECT name FROM conveyor_queues WHERE paused_at IS NOT NULL ORDER BY name
+
+-- name: record_tick
+INSERT INTO conveyor_cron_ticks (name, tick, job_id, fired_at) VALUES (:name, :tick, NULL, :now)
+ON CONFLICT DO NOTHING
+
+-- name: set_tick_job
+UPDATE conveyor_cron_ticks SET job_id = :job_id WHERE name = :name AND tick = :tick
+
+-- name: periodic_ticks
+-- Per entry: the latest tick dealt with, and the latest that stored a job, with its state.
+SELECT t.name, t.tick, f.tick AS fired_tick, f.job_id, j.state AS job_state
+FROM (SELECT name, max(tick) AS tick FROM conveyor_cron_ticks GROUP BY name) AS t
+LEFT JOIN conveyor_cron_ticks AS f
+       ON f.name = t.name
+      AND f.tick = (SELECT max(tick) FROM conveyor_cron_ticks
+                    WHERE name = t.name AND job_id IS NOT NULL)
+LEFT JOIN conveyor_jobs AS j ON j.id = f.job_id
+ORDER BY t.name
+
+-- name: prune_ticks
+-- Old ticks go; each entry's latest stays, to carry on from.
+DELETE FROM conveyor_cron_ticks
+WHERE tick < :before
+  AND tick < (SELECT max(tick) FROM conveyor_cron_ticks AS latest
+              WHERE latest.name = conveyor_cron_ticks.name)
