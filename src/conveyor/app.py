@@ -13,6 +13,7 @@ from conveyor.config import Settings
 from conveyor.cron import Periodic, Schedule, TickRecord
 from conveyor.errors import InvalidTransition, JobNotFound, UnknownTask, ValidationError
 from conveyor.job import (
+    CANCELLABLE_STATES,
     FINISHED_STATES,
     RETRYABLE_STATES,
     HistoryEntry,
@@ -397,6 +398,27 @@ class App:
         if job is None:
             raise JobNotFound(f"no job with id {job_id}")
         return self._bind([job])[0]
+
+    def cancel_jobs(
+        self,
+        queue: str | None = None,
+        task: str | None = None,
+        state: StateFilter = None,
+        note: str = "cancelled",
+    ) -> int:
+        """Cancel every job of a queue (or task, or both) that has not started — in `state`
+        (waiting, scheduled, queued or retrying; default all four) — in one statement;
+        returns the count. Running jobs are left alone (cancel them one by one)."""
+        if queue is None and task is None:
+            raise ValidationError("give a queue or a task whose jobs to cancel")
+        states = _states(state) or sorted(CANCELLABLE_STATES, key=list(JobState).index)
+        bad = [s.value for s in states if s not in CANCELLABLE_STATES]
+        if bad:
+            raise ValidationError(f"only jobs not started yet can be cancelled in bulk, not {bad}")
+        return self.backend.sync.cancel_jobs(
+            states=states, queue=None if queue is None else check_queue(queue), task=task,
+            now=self.clock.now(), note=note,
+        )  # fmt: skip
 
     async def cancel_job_async(self, job_id: int, note: str = "cancelled") -> Job:
         job = await self.backend.cancel_job(job_id, self.clock.now(), note)

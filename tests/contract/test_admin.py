@@ -84,6 +84,31 @@ def test_cancelled_job_never_runs(app: conveyor.App, tasks: dict[str, conveyor.T
     assert queued.refresh().finished_at is not None
 
 
+def test_cancel_jobs_cancels_what_has_not_started_in_one_go(
+    app: conveyor.App, tasks: dict[str, conveyor.Task]
+) -> None:
+    queued = tasks["ok"].enqueue_many([(i,) for i in range(3)])
+    scheduled = tasks["ok"].configure(delay=3600).enqueue(9)
+    other_queue = tasks["bad"].enqueue()
+    done = tasks["ok"].configure(queue="c").enqueue(1)
+    app.run_worker(queues=["c"], burst=True)
+
+    assert app.cancel_jobs(queue="a", state="queued", note="cancelled by ops") == 3
+    assert [app.get_job(j.id).state for j in queued] == [JobState.CANCELLED] * 3
+    assert app.job_history(queued[0].id)[-1].note == "cancelled by ops"
+    assert app.get_job(scheduled.id).state is JobState.SCHEDULED
+    assert app.cancel_jobs(queue="a") == 1  # every state not started yet, by default
+    assert app.get_job(scheduled.id).state is JobState.CANCELLED
+    assert app.cancel_jobs(task=tasks["ok"].name) == 0  # the finished one stays as it is
+    assert app.get_job(done.id).state is JobState.SUCCEEDED
+    assert app.get_job(other_queue.id).state is JobState.QUEUED
+
+    with pytest.raises(conveyor.ValidationError, match="give a queue or a task"):
+        app.cancel_jobs()
+    with pytest.raises(conveyor.ValidationError, match="not started"):
+        app.cancel_jobs(queue="b", state="running")
+
+
 def test_cancelling_a_finished_job_changes_nothing(
     app: conveyor.App, tasks: dict[str, conveyor.Task]
 ) -> None:

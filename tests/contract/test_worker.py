@@ -115,9 +115,13 @@ async def test_cancel_a_running_sync_job_that_polls_the_flag(make_app: Any) -> N
     job = await crunch.enqueue_async()
     async with running(conveyor.Worker(app)):
         await until(started.is_set)
-        app.cancel_job(job.id)
+        app.cancel_job(job.id, note="cancelled by alice")
         await until(lambda: job.refresh().state is JobState.CANCELLED)
     assert job.result is None
+    last = app.job_history(job.id)[-1]  # who asked, and when it took effect
+    assert (last.from_state, last.to_state, last.note) == (
+        JobState.RUNNING, JobState.CANCELLED, "cancelled by alice",
+    )  # fmt: skip
 
 
 async def test_graceful_stop_lets_running_jobs_finish(app: conveyor.App) -> None:

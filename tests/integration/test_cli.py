@@ -401,6 +401,32 @@ def test_jobs_show_json_includes_the_history(project: Project) -> None:
     assert "raise ValueError(message)" in dead["errors"][0]["traceback"]
 
 
+def test_jobs_cancel_all_of_a_queue(project: Project) -> None:
+    mail = project.module.add.configure(queue="mail").enqueue_many([(1, 2), (3, 4)])
+    later = project.module.add.configure(queue="mail", delay=3600).enqueue(5, 6)
+    kept = project.module.add.enqueue(7, 8)
+
+    queued_only = project.cli("jobs", "cancel", "--all", "-q", "mail", "-s", "queued")
+    assert queued_only.exit_code == 0, queued_only.output
+    assert queued_only.output.strip() == "cancelled 2 jobs"
+    assert {project.app.get_job(j.id).state for j in mail} == {JobState.CANCELLED}
+    assert project.cli("jobs", "cancel", "--all", "-q", "mail").output.strip() == (
+        "cancelled 1 job"
+    )
+    assert project.app.get_job(later.id).state is JobState.CANCELLED
+    assert project.app.get_job(kept.id).state is JobState.QUEUED
+
+    for args, message in [
+        (["--all"], "give a queue or a task"),
+        (["1", "--all", "-q", "mail"], "give job ids, or --all"),
+        (["-q", "mail"], "give job ids, or --all"),
+        (["1", "-q", "mail"], "go with --all"),
+        (["--all", "-q", "mail", "-s", "running"], "not started yet"),
+    ]:
+        result = project.cli("jobs", "cancel", *args)
+        assert result.exit_code != 0 and message in result.output, (args, result.output)
+
+
 def test_jobs_cancel_and_retry(project: Project) -> None:
     jobs = make_history(project)
     later = jobs["later"].id
@@ -409,6 +435,8 @@ def test_jobs_cancel_and_retry(project: Project) -> None:
     assert cancelled.exit_code == 0, cancelled.output
     assert f"job {later} cancelled (it was queued)" in cancelled.output
     assert project.app.get_job(later).state is JobState.CANCELLED
+    note = project.app.job_history(later)[-1].note
+    assert note is not None and re.fullmatch(r"cancelled by \S+@\S+", note), note
     again = project.cli("jobs", "cancel", str(later))
     assert again.exit_code == 0 and f"job {later} was already cancelled" in again.output
 

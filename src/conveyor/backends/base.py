@@ -56,6 +56,18 @@ class Store(Protocol):
     def cancel_job(self, job_id: int, now: float, note: str) -> Job | None:
         """Cancel a job that has not started; ask a running one to stop. None if no such job."""
 
+    def cancel_jobs(
+        self,
+        *,
+        states: Iterable[JobState],
+        queue: str | None,
+        task: str | None,
+        now: float,
+        note: str,
+    ) -> int:
+        """Cancel every job in these (not yet started) states of the queue or task, in one
+        statement; return the count."""
+
     def retry_jobs(
         self,
         *,

@@ -3,6 +3,9 @@ prune."""
 
 from __future__ import annotations
 
+import getpass
+import os
+import socket
 from typing import Any
 
 import click
@@ -171,17 +174,48 @@ def jobs_show(ref: AppRef, job_id: int, as_json: bool) -> None:
     _show_job(_app(ref), job_id, as_json)
 
 
+def _who() -> str:
+    """Who runs this command, for the notes it leaves in the history."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no login name in the environment or the password database
+        user = f"uid {os.getuid()}" if hasattr(os, "getuid") else "unknown"
+    return f"{user}@{socket.gethostname()}"
+
+
 @jobs.command("cancel")
-@click.argument("job_ids", metavar="ID...", type=int, nargs=-1, required=True)
+@click.argument("job_ids", metavar="[ID...]", type=int, nargs=-1)
+@click.option(
+    "--all", "cancel_all", is_flag=True,
+    help="Cancel every job not started yet of --queue and/or --task, in one statement.",
+)  # fmt: skip
+@click.option("-q", "--queue", help="With --all: this queue's jobs.")
+@click.option("-t", "--task", help="With --all: this task's jobs.")
+@click.option(
+    "-s", "--state", "states", multiple=True,
+    help="With --all: only jobs in this state (waiting, scheduled, queued, retrying).",
+)  # fmt: skip
 @pass_ref
-def jobs_cancel(ref: AppRef, job_ids: tuple[int, ...]) -> None:
-    """Cancel jobs that have not run yet; ask running ones to stop."""
+def jobs_cancel(
+    ref: AppRef, job_ids: tuple[int, ...], cancel_all: bool, queue: str | None,
+    task: str | None, states: tuple[str, ...],
+) -> None:  # fmt: skip
+    """Cancel jobs that have not run yet; ask running ones to stop. The history notes who."""
+    if cancel_all == bool(job_ids):
+        raise click.UsageError("give job ids, or --all with --queue or --task (not both)")
+    if (queue or task or states) and not cancel_all:
+        raise click.UsageError("--queue, --task and --state go with --all")
     app = _app(ref)
+    note = f"cancelled by {_who()}"
     out = render.console()
+    if cancel_all:
+        count = app.cancel_jobs(queue=queue, task=task, state=_split_states(states), note=note)
+        out.print(f"cancelled {count} job{'' if count == 1 else 's'}")
+        return
     refused: list[str] = []
     for job_id in job_ids:
         before = app.get_job(job_id)
-        job = app.cancel_job(job_id)
+        job = app.cancel_job(job_id, note=note)
         if before.state is JobState.CANCELLED:
             out.print(f"job {job_id} was already cancelled")
         elif job.state is JobState.CANCELLED:

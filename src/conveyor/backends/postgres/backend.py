@@ -778,6 +778,22 @@ class PostgresStore:
     def cancel_job(self, job_id: int, now: float, note: str) -> Job | None:
         return self.b.run_sync(self.b.cancel_plan(job_id, now, note), atomic=True)
 
+    def cancel_jobs(
+        self,
+        *,
+        states: Iterable[JobState],
+        queue: str | None,
+        task: str | None,
+        now: float,
+        note: str,
+    ) -> int:
+        params = {
+            "states": [s.value for s in states], "queue": queue, "task": task,
+            "now": self.b.now(now), "note": note,
+        }  # fmt: skip
+        cancelled: int = self.b.run_sync(self.b.statement_plan(self.q.cancel_jobs, params))
+        return cancelled
+
     def retry_jobs(
         self,
         *,

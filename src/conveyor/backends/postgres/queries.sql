@@ -201,7 +201,9 @@ SET state = o.state,
     cancel_requested = CASE WHEN o.state IN ('retrying', 'queued') THEN j.cancel_requested
                             ELSE false END,
     state_changed_at = coalesce(to_timestamp(o.at), now()),
-    note = o.note
+    -- a job stopped on request keeps the requester's note (who asked)
+    note = CASE WHEN o.state = 'cancelled' AND j.cancel_requested THEN coalesce(j.note, o.note)
+                ELSE o.note END
 FROM unnest(%(ids)b::bigint[], %(worker_ids)b::text[], %(attempts)b::int[], %(states)b::text[],
             %(results)b::text[], %(errors)b::text[], %(ats)b::float8[], %(delays)b::float8[],
             %(refunds)b::int[], %(notes)b::text[], %(rescues)b::bool[], %(expired)b::float8[])
@@ -301,6 +303,14 @@ UPDATE {schema}.jobs
 SET state = 'cancelled', finished_at = coalesce(to_timestamp(%(now)s::float8), now()),
     state_changed_at = coalesce(to_timestamp(%(now)s::float8), now()), note = %(note)s
 WHERE id = %(id)s AND state IN ('waiting', 'scheduled', 'queued', 'retrying')
+
+-- name: cancel_jobs
+UPDATE {schema}.jobs
+SET state = 'cancelled', finished_at = coalesce(to_timestamp(%(now)s::float8), now()),
+    state_changed_at = coalesce(to_timestamp(%(now)s::float8), now()), note = %(note)s
+WHERE state = ANY(%(states)s::text[])
+  AND (%(queue)s::text IS NULL OR queue = %(queue)s)
+  AND (%(task)s::text IS NULL OR task = %(task)s)
 
 -- name: request_cancel
 UPDATE {schema}.jobs SET cancel_requested = true, note = %(note)s

@@ -483,6 +483,22 @@ class SqliteStore:
             row = conn.execute(Q.get_job, (job_id,)).fetchone()
         return None if row is None else Job.from_row(row)
 
+    def cancel_jobs(
+        self,
+        *,
+        states: Iterable[JobState],
+        queue: str | None,
+        task: str | None,
+        now: float,
+        note: str,
+    ) -> int:
+        params = {
+            "states": _json_list([s.value for s in states]), "queue": queue, "task": task,
+            "now": now, "note": note,
+        }  # fmt: skip
+        with self._write() as conn:
+            return conn.execute(Q.cancel_jobs, params).rowcount
+
     def retry_jobs(
         self,
         *,

@@ -81,7 +81,9 @@ SET state = :state,
     -- a cancel asked for while the job ran outlives a retry or a hand-back (see below)
     cancel_requested = CASE WHEN :state IN ('retrying', 'queued') THEN cancel_requested ELSE 0 END,
     state_changed_at = :at,
-    note = :note
+    -- a job stopped on request keeps the requester's note (who asked)
+    note = CASE WHEN :state = 'cancelled' AND cancel_requested THEN coalesce(note, :note)
+                ELSE :note END
 WHERE id = :job_id AND state = 'running' AND worker_id = :worker_id AND attempt = :attempt
   AND (:lease_expired_before IS NULL OR lease_until < :lease_expired_before)
 
@@ -170,6 +172,13 @@ SELECT * FROM conveyor_workers ORDER BY started_at, id
 UPDATE conveyor_jobs
 SET state = 'cancelled', finished_at = :now, state_changed_at = :now, note = :note
 WHERE id = :job_id AND state IN ('waiting', 'scheduled', 'queued', 'retrying')
+
+-- name: cancel_jobs
+UPDATE conveyor_jobs
+SET state = 'cancelled', finished_at = :now, state_changed_at = :now, note = :note
+WHERE state IN (SELECT value FROM json_each(:states))
+  AND (:queue IS NULL OR queue = :queue)
+  AND (:task IS NULL OR task = :task)
 
 -- name: request_cancel
 UPDATE conveyor_jobs
