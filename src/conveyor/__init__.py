@@ -21,8 +21,9 @@ from conveyor.errors import (
 )
 from conveyor.job import HistoryEntry, Job, JobState, WorkerInfo
 from conveyor.retry import exponential, fixed
-from conveyor.task import Task
+from conveyor.task import Signature, Task
 from conveyor.worker import Worker
+from conveyor.workflow import Workflow, chain, group
 
 __version__ = "0.1.0"
 
@@ -44,6 +45,7 @@ __all__ = [
     "NotAConveyorDatabase",
     "PayloadTooLarge",
     "Retry",
+    "Signature",
     "SystemClock",
     "Task",
     "TaskTimeout",
@@ -52,7 +54,10 @@ __all__ = [
     "WaitTimeout",
     "Worker",
     "WorkerInfo",
+    "Workflow",
     "__version__",
+    "chain",
     "exponential",
     "fixed",
+    "group",
 ]

@@ -286,6 +286,8 @@ class App:
             values=(list(args), dict(kwargs), dict(options.meta or {})),
             unique_key=options.unique_key,
             unique_for=options.unique_for,
+            depends_on=options.depends_on or (),
+            on_dependency_failure=options.on_dependency_failure,
         )
 
     def _bind(self, jobs: list[Job]) -> list[Job]:

@@ -88,9 +88,21 @@ class NewJob:
     #: ago), enqueue returns that job instead of storing this one
     unique_key: str | None = None
     unique_for: float | None = None
+    #: ids of stored jobs this one waits for, and positions of jobs earlier in the same
+    #: enqueue call that it waits for (a chain or a group is stored in one call)
+    depends_on: tuple[int, ...] = ()
+    depends_on_batch: tuple[int, ...] = ()
+    #: None: cancelled when a dependency ends dead or cancelled; "run": runs anyway
+    on_dependency_failure: str | None = None
+
+    @property
+    def waits(self) -> bool:
+        return bool(self.depends_on or self.depends_on_batch)
 
     @property
     def state(self) -> JobState:
+        if self.waits:
+            return JobState.WAITING
         return JobState.SCHEDULED if self.run_at > self.created_at else JobState.QUEUED
 
     @property

@@ -67,6 +67,28 @@ def check_unique_key(value: str) -> str:
     return value
 
 
+def check_depends_on(value: Iterable[Job | int]) -> tuple[int, ...]:
+    """Job handles or ids, as ids (each once, in the order given)."""
+    if isinstance(value, Job | int | str | bytes) or not isinstance(value, Iterable):
+        raise ValidationError(f"depends_on must be a list of jobs or job ids, got {value!r}")
+    ids: dict[int, None] = {}
+    for item in value:
+        job_id = item.id if isinstance(item, Job) else item
+        if isinstance(job_id, bool) or not isinstance(job_id, int) or job_id < 1:
+            raise ValidationError(f"depends_on takes jobs or job ids, got {item!r}")
+        ids[job_id] = None
+    return tuple(ids)
+
+
+def check_on_dependency_failure(value: str | None) -> str | None:
+    """None (the default, "cancel") or "run"."""
+    if value is None or value == "cancel":
+        return None
+    if value == "run":
+        return value
+    raise ValidationError(f"on_dependency_failure must be 'cancel' or 'run', got {value!r}")
+
+
 @dataclass(frozen=True, slots=True)
 class CallOptions:
     """Per-call options given to `configure(...)`; None means "the task's default"."""
@@ -80,6 +102,8 @@ class CallOptions:
     connection: Any = None
     unique_key: str | None = None
     unique_for: float | None = None
+    depends_on: tuple[int, ...] | None = None
+    on_dependency_failure: str | None = None
 
     @classmethod
     def build(
@@ -94,6 +118,8 @@ class CallOptions:
         connection: Any = None,
         unique_key: str | None = None,
         unique_for: float | dt.timedelta | None = None,
+        depends_on: Iterable[Job | int] | None = None,
+        on_dependency_failure: str | None = None,
     ) -> CallOptions:
         """Validate options once, where the user wrote them."""
         if delay is not None and run_at is not None:
@@ -141,6 +167,8 @@ class CallOptions:
             connection=connection,
             unique_key=None if unique_key is None else check_unique_key(unique_key),
             unique_for=None if unique_for is None else float(unique_for),
+            depends_on=None if depends_on is None else check_depends_on(depends_on),
+            on_dependency_failure=check_on_dependency_failure(on_dependency_failure),
         )
 
     def merged(self, other: CallOptions) -> CallOptions:

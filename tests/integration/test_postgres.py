@@ -368,6 +368,7 @@ def test_migrate_applies_once(new_app: Callable[..., conveyor.App], schema: str)
     assert tables(schema) == {
         "jobs",
         "job_history",
+        "job_dependencies",
         "workers",
         "queues",
         "cron_ticks",
@@ -437,7 +438,9 @@ def test_migrating_down_to_zero_and_up_again_gives_a_fresh_install(
 ) -> None:
     fresh = schema_dump(schema)
     assert {r[0] for r in fresh["triggers"]} == {"jobs"}
-    assert {r[0] for r in fresh["functions"]} == {"record_updated"}
+    assert {r[0] for r in fresh["functions"]} == {
+        "record_updated", "release_waiting", "release_dependents",
+    }  # fmt: skip
 
     app.get_task("record").enqueue("before")
     assert app.backend.sync.migrate_down(1) == VERSIONS[:0:-1]  # type: ignore[attr-defined]

@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 from conveyor.clock import Clock
 from conveyor.cron import TickRecord
+from conveyor.errors import ValidationError
 from conveyor.job import HistoryEntry, Job, JobState, NewJob, Outcome, WorkerInfo
 
 
@@ -213,3 +214,12 @@ class Backend(abc.ABC):
     async def set_progress(
         self, job_id: int, worker_id: str, attempt: int, progress: float, stage: str | None
     ) -> bool: ...
+
+
+def refuse_missing_dependencies(named: set[int], found: set[int]) -> None:
+    """Enqueue refuses a job that depends on a job that does not exist (nothing is stored).
+    A job can only depend on jobs that exist, so no cycle can ever form."""
+    missing = sorted(named - found)
+    if missing:
+        shown = ", ".join(str(m) for m in missing[:5])
+        raise ValidationError(f"depends_on names no such job: {shown}")

@@ -215,6 +215,8 @@ class Worker:
             return False
         due_in = await self.backend.next_due_in(self.queues, self.app.clock.now())
         if self.burst and not self._active and not self.completer.pending_ids:
+            if self._written.is_set():
+                return False  # outcomes landed after the claim: they may have released jobs
             return due_in is None or due_in > 0
         wait = IDLE_RECHECK_S if due_in is None else min(max(due_in, 0.0), IDLE_RECHECK_S)
         await self._wait_any(

@@ -20,7 +20,7 @@ import psycopg_pool
 from psycopg.rows import dict_row
 from psycopg.types.string import TextLoader
 
-from conveyor.backends.base import Backend
+from conveyor.backends.base import Backend, refuse_missing_dependencies
 from conveyor.backends.postgres.listener import Listener
 from conveyor.backends.sql import Migration, Queries, load_migrations
 from conveyor.clock import Clock, SystemClock
@@ -317,9 +317,23 @@ class PostgresBackend(Backend):
     # -- plans ------------------------------------------------------------------------------
 
     def enqueue_plan(self, jobs: Sequence[NewJob]) -> Plan[list[Job]]:
-        first = jobs[0]
+        waiting = [i for i, j in enumerate(jobs) if j.waits]
+        named = {d for i in waiting for d in jobs[i].depends_on}
+        if named:
+            # Locked until this transaction ends: none of them can finish (and look for
+            # dependents) before the dependency rows written below are there to be seen.
+            rows = yield Stmt(self.q.lock_dependencies, {"ids": sorted(named)})
+            refuse_missing_dependencies(named, {r["id"] for r in rows})
         if any(j.unique_key is not None for j in jobs):
-            return (yield from self._enqueue_unique_plan(jobs))
+            stored = yield from self._enqueue_unique_plan(jobs)
+        else:
+            stored = yield from self._insert_plan(jobs)
+        if waiting:
+            yield from self._add_dependencies_plan(jobs, stored, waiting)
+        return stored
+
+    def _insert_plan(self, jobs: Sequence[NewJob]) -> Plan[list[Job]]:
+        first = jobs[0]
         if len(jobs) == 1:
             rows = yield Stmt(
                 self.q.insert_job,
@@ -329,24 +343,52 @@ class PostgresBackend(Backend):
                     "meta": first.meta, "priority": first.priority,
                     "max_attempts": first.max_attempts,
                     "delay": max(0.0, first.run_at - first.created_at),
+                    "waits": first.waits, "on_failure": first.on_dependency_failure,
                 },
             )  # fmt: skip
             return self._stored(jobs, rows)
-        rows = yield Stmt(
-            self.q.insert_jobs,
-            {
-                "now": self.now(first.created_at),
-                "queues": [j.queue for j in jobs],
-                "tasks": [j.task for j in jobs],
-                "args": [j.args for j in jobs],
-                "kwargs": [j.kwargs for j in jobs],
-                "metas": [j.meta for j in jobs],
-                "priorities": [j.priority for j in jobs],
-                "max_attempts": [j.max_attempts for j in jobs],
-                "delays": [max(0.0, j.run_at - j.created_at) for j in jobs],
-            },
-        )
+        rows = yield Stmt(self.q.insert_jobs, self._batch_params(jobs))
         return self._stored(jobs, sorted(rows, key=lambda r: r["id"]))  # ids in input order
+
+    def _batch_params(self, jobs: Sequence[NewJob]) -> dict[str, Any]:
+        """A batch of jobs as one array per column."""
+        return {
+            "now": self.now(jobs[0].created_at),
+            "queues": [j.queue for j in jobs],
+            "tasks": [j.task for j in jobs],
+            "args": [j.args for j in jobs],
+            "kwargs": [j.kwargs for j in jobs],
+            "metas": [j.meta for j in jobs],
+            "priorities": [j.priority for j in jobs],
+            "max_attempts": [j.max_attempts for j in jobs],
+            "delays": [max(0.0, j.run_at - j.created_at) for j in jobs],
+            "waits": [j.waits for j in jobs],
+            "on_failures": [j.on_dependency_failure for j in jobs],
+        }
+
+    def _add_dependencies_plan(
+        self, jobs: Sequence[NewJob], stored: list[Job], waiting: list[int]
+    ) -> Plan[None]:
+        """Record what the waiting jobs wait for, look at them at once (some dependencies
+        may have finished already), and read back where that left them."""
+        new = [i for i in waiting if not stored[i].deduplicated]
+        pairs = [
+            (stored[i].id, d)
+            for i in new
+            for d in (*jobs[i].depends_on, *(stored[p].id for p in jobs[i].depends_on_batch))
+        ]
+        ids = [stored[i].id for i in new]
+        _, _, rows = yield [
+            Stmt(
+                self.q.insert_dependencies,
+                {"job_ids": [p[0] for p in pairs], "depends_on": [p[1] for p in pairs]},
+            ),
+            Stmt(self.q.release_waiting, {"ids": ids}),
+            Stmt(self.q.get_jobs, {"ids": ids}),
+        ]
+        now = {r["id"]: Job.from_row(r) for r in rows}
+        for i in new:
+            stored[i] = now[stored[i].id]
 
     def _enqueue_unique_plan(self, jobs: Sequence[NewJob]) -> Plan[list[Job]]:
         """Insert what no job holds the key of, then read the holders of the rest. Each key
@@ -354,15 +396,7 @@ class PostgresBackend(Backend):
         rows = yield Stmt(
             self.q.insert_unique_jobs,
             {
-                "now": self.now(jobs[0].created_at),
-                "queues": [j.queue for j in jobs],
-                "tasks": [j.task for j in jobs],
-                "args": [j.args for j in jobs],
-                "kwargs": [j.kwargs for j in jobs],
-                "metas": [j.meta for j in jobs],
-                "priorities": [j.priority for j in jobs],
-                "max_attempts": [j.max_attempts for j in jobs],
-                "delays": [max(0.0, j.run_at - j.created_at) for j in jobs],
+                **self._batch_params(jobs),
                 "unique_keys": [j.unique_key for j in jobs],
                 "unique_fors": [j.unique_for for j in jobs],
             },
@@ -571,7 +605,8 @@ class PostgresBackend(Backend):
                 "enqueue_async(connection=...) needs a psycopg.AsyncConnection; use enqueue() "
                 "with a psycopg.Connection"
             )
-        return await self.run_async(self.enqueue_plan(jobs), connection=connection)
+        atomic = any(j.waits for j in jobs)  # more than one statement: one transaction
+        return await self.run_async(self.enqueue_plan(jobs), atomic=atomic, connection=connection)
 
     async def get_job(self, job_id: int) -> Job | None:
         return await self.run_async(self.get_job_plan(job_id))
@@ -717,7 +752,8 @@ class PostgresStore:
                 "enqueue(connection=...) needs a psycopg.Connection; use enqueue_async() with "
                 "a psycopg.AsyncConnection"
             )
-        return self.b.run_sync(self.b.enqueue_plan(jobs), connection=connection)
+        atomic = any(j.waits for j in jobs)  # more than one statement: one transaction
+        return self.b.run_sync(self.b.enqueue_plan(jobs), atomic=atomic, connection=connection)
 
     def get_job(self, job_id: int) -> Job | None:
         return self.b.run_sync(self.b.get_job_plan(job_id))

@@ -10,15 +10,18 @@
 WITH c AS (SELECT coalesce(to_timestamp(%(now)s::float8), now()) AS now),
 job AS (
     INSERT INTO {schema}.jobs (queue, task, args, kwargs, meta, priority, state, max_attempts,
-                               run_at, created_at, state_changed_at)
+                               run_at, created_at, state_changed_at,
+                               on_dependency_failure)
     SELECT j.queue, j.task, j.args::json, j.kwargs::json, j.meta::json, j.priority,
-           CASE WHEN j.delay > 0 THEN 'scheduled' ELSE 'queued' END, j.max_attempts,
-           c.now + make_interval(secs => j.delay), c.now, c.now
+           CASE WHEN j.waits THEN 'waiting' WHEN j.delay > 0 THEN 'scheduled' ELSE 'queued' END,
+           j.max_attempts, c.now + make_interval(secs => j.delay), c.now, c.now, j.on_failure
     FROM c,
          unnest(%(queues)b::text[], %(tasks)b::text[], %(args)b::text[], %(kwargs)b::text[],
                 %(metas)b::text[], %(priorities)b::int[], %(max_attempts)b::int[],
-                %(delays)b::float8[]) WITH ORDINALITY
-             AS j(queue, task, args, kwargs, meta, priority, max_attempts, delay, n)
+                %(delays)b::float8[], %(waits)b::bool[], %(on_failures)b::text[])
+             WITH ORDINALITY
+             AS j(queue, task, args, kwargs, meta, priority, max_attempts, delay, waits,
+                  on_failure, n)
     ORDER BY j.n
     RETURNING id, queue, state, run_at, created_at
 ), history AS (
@@ -41,17 +44,20 @@ WHERE (SELECT count(*) FROM woken) >= 0
 WITH c AS (SELECT coalesce(to_timestamp(%(now)s::float8), now()) AS now),
 job AS (
     INSERT INTO {schema}.jobs (queue, task, args, kwargs, meta, priority, state, max_attempts,
-                               run_at, created_at, state_changed_at, unique_key)
+                               run_at, created_at, state_changed_at, unique_key,
+                               on_dependency_failure)
     SELECT j.queue, j.task, j.args::json, j.kwargs::json, j.meta::json, j.priority,
-           CASE WHEN j.delay > 0 THEN 'scheduled' ELSE 'queued' END, j.max_attempts,
-           c.now + make_interval(secs => j.delay), c.now, c.now, j.unique_key
+           CASE WHEN j.waits THEN 'waiting' WHEN j.delay > 0 THEN 'scheduled' ELSE 'queued' END,
+           j.max_attempts, c.now + make_interval(secs => j.delay), c.now, c.now, j.unique_key,
+           j.on_failure
     FROM c,
          unnest(%(queues)b::text[], %(tasks)b::text[], %(args)b::text[], %(kwargs)b::text[],
                 %(metas)b::text[], %(priorities)b::int[], %(max_attempts)b::int[],
-                %(delays)b::float8[], %(unique_keys)b::text[], %(unique_fors)b::float8[])
+                %(delays)b::float8[], %(waits)b::bool[], %(on_failures)b::text[],
+                %(unique_keys)b::text[], %(unique_fors)b::float8[])
              WITH ORDINALITY
-             AS j(queue, task, args, kwargs, meta, priority, max_attempts, delay, unique_key,
-                  unique_for, n)
+             AS j(queue, task, args, kwargs, meta, priority, max_attempts, delay, waits,
+                  on_failure, unique_key, unique_for, n)
     WHERE j.unique_for IS NULL
        OR NOT EXISTS (SELECT FROM {schema}.jobs AS f
                       WHERE f.unique_key = j.unique_key
@@ -88,10 +94,13 @@ LIMIT 1
 WITH c AS (SELECT coalesce(to_timestamp(%(now)s::float8), now()) AS now),
 job AS (
     INSERT INTO {schema}.jobs (queue, task, args, kwargs, meta, priority, state, max_attempts,
-                               run_at, created_at, state_changed_at)
+                               run_at, created_at, state_changed_at,
+                               on_dependency_failure)
     SELECT %(queue)s, %(task)s, %(args)s::json, %(kwargs)s::json, %(meta)s::json, %(priority)s,
-           CASE WHEN %(delay)s::float8 > 0 THEN 'scheduled' ELSE 'queued' END, %(max_attempts)s,
-           c.now + make_interval(secs => %(delay)s::float8), c.now, c.now
+           CASE WHEN %(waits)s THEN 'waiting' WHEN %(delay)s::float8 > 0 THEN 'scheduled'
+                ELSE 'queued' END,
+           %(max_attempts)s, c.now + make_interval(secs => %(delay)s::float8), c.now, c.now,
+           %(on_failure)s
     FROM c
     RETURNING id, queue, state, run_at, created_at
 ), history AS (
@@ -440,3 +449,19 @@ ORDER BY t.name
 DELETE FROM {schema}.cron_ticks AS c
 WHERE tick < coalesce(to_timestamp(%(now)s::float8), now()) - make_interval(secs => %(age)s)
   AND tick < (SELECT max(tick) FROM {schema}.cron_ticks AS latest WHERE latest.name = c.name)
+
+-- name: lock_dependencies
+-- The jobs new jobs will depend on, locked until the enqueue commits (see enqueue_plan).
+SELECT id FROM {schema}.jobs WHERE id = ANY(%(ids)s::bigint[]) FOR SHARE
+
+-- name: insert_dependencies
+INSERT INTO {schema}.job_dependencies (job_id, depends_on)
+SELECT * FROM unnest(%(job_ids)s::bigint[], %(depends_on)s::bigint[])
+ON CONFLICT DO NOTHING
+
+-- name: release_waiting
+-- Dependencies that already finished release (or cancel) the new waiting jobs at once.
+SELECT {schema}.release_waiting(%(ids)s::bigint[]) IS NULL AS done
+
+-- name: get_jobs
+SELECT * FROM {schema}.jobs WHERE id = ANY(%(ids)s::bigint[])

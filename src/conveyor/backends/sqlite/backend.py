@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
-from conveyor.backends.base import Backend
+from conveyor.backends.base import Backend, refuse_missing_dependencies
 from conveyor.backends.sql import Queries, load_migrations
 from conveyor.clock import Clock
 from conveyor.config import Settings
@@ -120,6 +120,9 @@ class SqliteStore:
         conn.execute(f"PRAGMA synchronous = {self._settings.sqlite_synchronous}")
         # Statement journals (for triggers) in memory: on disk they cost a temp file per write.
         conn.execute("PRAGMA temp_store = MEMORY")
+        # Finishing a job releases (or cancels) the jobs waiting on it, whose finishing does the
+        # same in turn: a trigger that fires itself through another table.
+        conn.execute("PRAGMA recursive_triggers = ON")
         with self._lock:
             self._all.add(conn)
         return conn
@@ -247,11 +250,43 @@ class SqliteStore:
     def _insert(self, conn: sqlite3.Connection, jobs: Sequence[NewJob]) -> list[Job]:
         rows = [
             (j.queue, j.task, j.args, j.kwargs, j.meta, j.priority, j.state.value,
-             j.max_attempts, j.run_at, j.created_at, j.created_at, j.unique_key)
+             j.max_attempts, j.run_at, j.created_at, j.created_at, j.unique_key,
+             j.on_dependency_failure)
             for j in jobs
         ]  # fmt: skip
+        waiting = [i for i, j in enumerate(jobs) if j.waits]
+        named = {d for i in waiting for d in jobs[i].depends_on}
+        if named:
+            found = conn.execute(Q.existing_ids, {"ids": _ids_json(named)}).fetchall()
+            refuse_missing_dependencies(named, {r[0] for r in found})
         if any(j.unique_key is not None for j in jobs):
-            return self._enqueue_unique(conn, jobs, rows)
+            stored = self._enqueue_unique(conn, jobs, rows)
+        else:
+            stored = self._insert_plain(conn, jobs, rows)
+        if waiting:
+            self._add_dependencies(conn, jobs, stored, waiting)
+        return stored
+
+    def _add_dependencies(
+        self, conn: sqlite3.Connection, jobs: Sequence[NewJob], stored: list[Job],
+        waiting: list[int],
+    ) -> None:  # fmt: skip
+        """Record what the waiting jobs wait for, let the trigger look at them at once (some
+        dependencies may have finished already), and read back where that left them."""
+        new = [i for i in waiting if not stored[i].deduplicated]
+        conn.executemany(
+            Q.insert_dependency,
+            [(stored[i].id, d) for i in new for d in _dependency_ids(jobs[i], stored)],
+        )
+        ids = _ids_json(stored[i].id for i in new)
+        conn.execute(Q.touch_dependencies, {"ids": ids})
+        now = {r["id"]: Job.from_row(r) for r in conn.execute(Q.get_jobs, {"ids": ids})}
+        for i in new:
+            stored[i] = now[stored[i].id]
+
+    def _insert_plain(
+        self, conn: sqlite3.Connection, jobs: Sequence[NewJob], rows: list[tuple[Any, ...]]
+    ) -> list[Job]:
         if len(rows) == 1:
             conn.execute(Q.insert_job, rows[0])
         else:
@@ -668,3 +703,9 @@ class SqliteBackend(Backend):
             if remaining <= 0:
                 return
             await asyncio.sleep(min(WATCH_INTERVAL_S, remaining))
+
+
+def _dependency_ids(job: NewJob, stored: Sequence[Job]) -> list[int]:
+    """The ids a new job waits for: those it named, and those of the jobs of its own enqueue
+    call it named by position."""
+    return [*job.depends_on, *(stored[p].id for p in job.depends_on_batch)]

@@ -3,8 +3,24 @@
 
 -- name: insert_job
 INSERT INTO conveyor_jobs (queue, task, args, kwargs, meta, priority, state, max_attempts,
-                           run_at, created_at, state_changed_at, unique_key)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                           run_at, created_at, state_changed_at, unique_key,
+                           on_dependency_failure)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+
+-- name: existing_ids
+SELECT id FROM conveyor_jobs WHERE id IN (SELECT value FROM json_each(:ids))
+
+-- name: insert_dependency
+INSERT OR IGNORE INTO conveyor_job_dependencies (job_id, depends_on) VALUES (?, ?)
+
+-- name: touch_dependencies
+-- Sets off conveyor_dependency_touched for these jobs: dependencies that already finished
+-- release (or cancel) them at once.
+UPDATE conveyor_job_dependencies SET depends_on = depends_on
+WHERE job_id IN (SELECT value FROM json_each(:ids))
+
+-- name: get_jobs
+SELECT * FROM conveyor_jobs WHERE id IN (SELECT value FROM json_each(:ids))
 
 -- name: find_unique
 -- The job holding a unique key: the unfinished one, else (with :since) the newest that
