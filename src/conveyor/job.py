@@ -101,7 +101,7 @@ class NewJob:
 
     @property
     def state(self) -> JobState:
-        if self.waits:
+        if self.depends_on or self.depends_on_batch:
             return JobState.WAITING
         return JobState.SCHEDULED if self.run_at > self.created_at else JobState.QUEUED
 

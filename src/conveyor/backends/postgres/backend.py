@@ -334,7 +334,7 @@ class PostgresBackend(Backend):
 
     def _insert_plan(self, jobs: Sequence[NewJob]) -> Plan[list[Job]]:
         first = jobs[0]
-        if len(jobs) == 1:
+        if len(jobs) == 1 and not first.waits and first.on_dependency_failure is None:
             rows = yield Stmt(
                 self.q.insert_job,
                 {
@@ -343,7 +343,6 @@ class PostgresBackend(Backend):
                     "meta": first.meta, "priority": first.priority,
                     "max_attempts": first.max_attempts,
                     "delay": max(0.0, first.run_at - first.created_at),
-                    "waits": first.waits, "on_failure": first.on_dependency_failure,
                 },
             )  # fmt: skip
             return self._stored(jobs, rows)

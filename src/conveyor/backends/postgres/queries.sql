@@ -90,17 +90,15 @@ ORDER BY finished_at IS NULL DESC, finished_at DESC
 LIMIT 1
 
 -- name: insert_job
--- One job: the same work as insert_jobs as a plain single-row insert, cheaper to plan and run.
+-- One plain job (no dependencies): the same work as insert_jobs as a single-row insert,
+-- cheaper to plan and run.
 WITH c AS (SELECT coalesce(to_timestamp(%(now)s::float8), now()) AS now),
 job AS (
     INSERT INTO {schema}.jobs (queue, task, args, kwargs, meta, priority, state, max_attempts,
-                               run_at, created_at, state_changed_at,
-                               on_dependency_failure)
+                               run_at, created_at, state_changed_at)
     SELECT %(queue)s, %(task)s, %(args)s::json, %(kwargs)s::json, %(meta)s::json, %(priority)s,
-           CASE WHEN %(waits)s THEN 'waiting' WHEN %(delay)s::float8 > 0 THEN 'scheduled'
-                ELSE 'queued' END,
-           %(max_attempts)s, c.now + make_interval(secs => %(delay)s::float8), c.now, c.now,
-           %(on_failure)s
+           CASE WHEN %(delay)s::float8 > 0 THEN 'scheduled' ELSE 'queued' END, %(max_attempts)s,
+           c.now + make_interval(secs => %(delay)s::float8), c.now, c.now
     FROM c
     RETURNING id, queue, state, run_at, created_at
 ), history AS (

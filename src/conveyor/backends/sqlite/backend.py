@@ -248,13 +248,17 @@ class SqliteStore:
             return self._insert(conn, jobs)
 
     def _insert(self, conn: sqlite3.Connection, jobs: Sequence[NewJob]) -> list[Job]:
+        waiting = [i for i, j in enumerate(jobs) if j.waits]
+        plain = not waiting and all(j.unique_key is None for j in jobs)
         rows = [
+            (j.queue, j.task, j.args, j.kwargs, j.meta, j.priority, j.state.value,
+             j.max_attempts, j.run_at, j.created_at, j.created_at)
+            if plain else
             (j.queue, j.task, j.args, j.kwargs, j.meta, j.priority, j.state.value,
              j.max_attempts, j.run_at, j.created_at, j.created_at, j.unique_key,
              j.on_dependency_failure)
             for j in jobs
         ]  # fmt: skip
-        waiting = [i for i, j in enumerate(jobs) if j.waits]
         named = {d for i in waiting for d in jobs[i].depends_on}
         if named:
             found = conn.execute(Q.existing_ids, {"ids": _ids_json(named)}).fetchall()
@@ -262,7 +266,8 @@ class SqliteStore:
         if any(j.unique_key is not None for j in jobs):
             stored = self._enqueue_unique(conn, jobs, rows)
         else:
-            stored = self._insert_plain(conn, jobs, rows)
+            insert = Q.insert_job if plain else Q.insert_job_full
+            stored = self._insert_plain(conn, jobs, rows, insert)
         if waiting:
             self._add_dependencies(conn, jobs, stored, waiting)
         return stored
@@ -285,12 +290,13 @@ class SqliteStore:
             stored[i] = now[stored[i].id]
 
     def _insert_plain(
-        self, conn: sqlite3.Connection, jobs: Sequence[NewJob], rows: list[tuple[Any, ...]]
-    ) -> list[Job]:
+        self, conn: sqlite3.Connection, jobs: Sequence[NewJob], rows: list[tuple[Any, ...]],
+        insert: str,
+    ) -> list[Job]:  # fmt: skip
         if len(rows) == 1:
-            conn.execute(Q.insert_job, rows[0])
+            conn.execute(insert, rows[0])
         else:
-            conn.executemany(Q.insert_job, rows)
+            conn.executemany(insert, rows)
         last = conn.execute(Q.last_insert_id).fetchone()[0]
         # AUTOINCREMENT under BEGIN IMMEDIATE (one writer) hands out consecutive ids.
         first = last - len(rows) + 1
@@ -311,7 +317,7 @@ class SqliteStore:
                     holder.deduplicated = True
                     stored.append(holder)
                     continue
-            inserted.append(conn.execute(Q.insert_job, row).lastrowid or 0)
+            inserted.append(conn.execute(Q.insert_job_full, row).lastrowid or 0)
             stored.append(new.stored_as(inserted[-1]))
         if inserted:
             conn.execute(Q.record_enqueued, {"first": inserted[0], "last": inserted[-1]})

@@ -2,6 +2,13 @@
 -- `state_changed_at` and `note`: the history triggers copy them.
 
 -- name: insert_job
+-- A plain job: the columns that stay NULL are not bound (binding them costs a fifth of the
+-- insert's time).
+INSERT INTO conveyor_jobs (queue, task, args, kwargs, meta, priority, state, max_attempts,
+                           run_at, created_at, state_changed_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+
+-- name: insert_job_full
 INSERT INTO conveyor_jobs (queue, task, args, kwargs, meta, priority, state, max_attempts,
                            run_at, created_at, state_changed_at, unique_key,
                            on_dependency_failure)
