@@ -42,15 +42,17 @@ CREATE FUNCTION {schema}.release_waiting(ids bigint[]) RETURNS void LANGUAGE sql
       AND ((v.failed IS NOT NULL AND w.on_dependency_failure IS NULL) OR NOT v.unfinished)
 $$;
 
+-- It looks only at the jobs a statement left finished (one that already was is harmless:
+-- release_waiting changes only waiting jobs), each looked up in the index on depends_on.
 CREATE FUNCTION {schema}.release_dependents() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
     dependents bigint[];
 BEGIN
     SELECT array_agg(DISTINCT d.job_id) INTO dependents
-    FROM updated n
-    JOIN previous o ON o.id = n.id
-    JOIN {schema}.job_dependencies d ON d.depends_on = n.id
-    WHERE n.state IN ('succeeded', 'dead', 'cancelled') AND o.state <> n.state;
+    FROM updated AS n
+    CROSS JOIN LATERAL (SELECT job_id FROM {schema}.job_dependencies
+                        WHERE depends_on = n.id) AS d
+    WHERE n.state IN ('succeeded', 'dead', 'cancelled');
     IF dependents IS NOT NULL THEN
         PERFORM {schema}.release_waiting(dependents);
     END IF;
@@ -59,7 +61,7 @@ END
 $$;
 
 CREATE TRIGGER jobs_release_dependents AFTER UPDATE ON {schema}.jobs
-    REFERENCING OLD TABLE AS previous NEW TABLE AS updated
+    REFERENCING NEW TABLE AS updated
     FOR EACH STATEMENT EXECUTE FUNCTION {schema}.release_dependents();
 
 -- migrate:down
