@@ -10,6 +10,7 @@ import pytest
 
 import conveyor
 from conveyor import JobState
+from conveyor.backends.base import MAX_DEPENDENCY_DEPTH
 
 
 @pytest.fixture
@@ -146,3 +147,19 @@ def test_a_group_fans_out_and_its_callback_fans_in(
     app.run_worker(burst=True)
     assert sorted(log[:4]) == ["0", "1", "2", "3"] and log[4] == "collect"
     assert app.get_job(jobs[-1].id).result == "collected"
+
+
+def test_dependencies_chain_at_most_the_cap_deep_and_the_cascade_runs_through(
+    app: conveyor.App, step: conveyor.Task
+) -> None:
+    cap = MAX_DEPENDENCY_DEPTH
+    with pytest.raises(conveyor.ValidationError, match=f"at most {cap} jobs deep"):
+        conveyor.chain(*[step.s(str(i)) for i in range(cap + 2)]).enqueue()
+    assert app.list_jobs() == []
+
+    longest = conveyor.chain(*[step.s(str(i)) for i in range(cap + 1)]).enqueue()
+    with pytest.raises(conveyor.ValidationError, match=f"would be {cap + 1} deep"):
+        step.configure(depends_on=[longest[-1]]).enqueue("one more")
+    app.cancel_job(longest[0].id)  # cancels the whole chain, in one transaction
+    assert app.get_job(longest[-1].id).state is JobState.CANCELLED
+    assert app.job_history(longest[-1].id)[-1].note == f"dependency {longest[-2].id} is cancelled"

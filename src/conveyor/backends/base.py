@@ -8,7 +8,7 @@ transition in the history table.
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 from conveyor.clock import Clock
@@ -216,10 +216,31 @@ class Backend(abc.ABC):
     ) -> bool: ...
 
 
-def refuse_missing_dependencies(named: set[int], found: set[int]) -> None:
-    """Enqueue refuses a job that depends on a job that does not exist (nothing is stored).
-    A job can only depend on jobs that exist, so no cycle can ever form."""
-    missing = sorted(named - found)
+#: How deep dependencies may chain. A job that finishes releases (or cancels) its dependents
+#: inside its own transaction, and a cancellation runs on down the line there: the stores'
+#: trigger nesting (SQLite stops past about 500 levels, PostgreSQL's stack past about 400)
+#: bounds it, so enqueue refuses deeper chains with a clear error instead.
+MAX_DEPENDENCY_DEPTH = 250
+
+
+def dependency_depths(jobs: Sequence[NewJob], named: Mapping[int, int]) -> list[int]:
+    """How deep each new job's dependencies go, given the depths of the stored jobs they name
+    (`{id: depth}`, as the store has them). Refuses — a ValidationError, nothing stored — a job
+    that names a job that does not exist (so no cycle can ever form: a job can only depend on
+    jobs that exist) or that would chain deeper than MAX_DEPENDENCY_DEPTH."""
+    wanted = {d for j in jobs for d in j.depends_on}
+    missing = sorted(wanted - set(named))
     if missing:
         shown = ", ".join(str(m) for m in missing[:5])
         raise ValidationError(f"depends_on names no such job: {shown}")
+    depths: list[int] = []
+    for job in jobs:
+        parents = [named[d] for d in job.depends_on] + [depths[p] for p in job.depends_on_batch]
+        depth = 1 + max(parents) if parents else 0
+        if depth > MAX_DEPENDENCY_DEPTH:
+            raise ValidationError(
+                f"dependencies may chain at most {MAX_DEPENDENCY_DEPTH} jobs deep; this job "
+                f"would be {depth} deep"
+            )
+        depths.append(depth)
+    return depths

@@ -20,7 +20,7 @@ import psycopg_pool
 from psycopg.rows import dict_row
 from psycopg.types.string import TextLoader
 
-from conveyor.backends.base import Backend, refuse_missing_dependencies
+from conveyor.backends.base import Backend, dependency_depths
 from conveyor.backends.postgres.listener import Listener
 from conveyor.backends.sql import Migration, Queries, load_migrations
 from conveyor.clock import Clock, SystemClock
@@ -318,21 +318,22 @@ class PostgresBackend(Backend):
 
     def enqueue_plan(self, jobs: Sequence[NewJob]) -> Plan[list[Job]]:
         waiting = [i for i, j in enumerate(jobs) if j.waits]
-        named = {d for i in waiting for d in jobs[i].depends_on}
-        if named:
+        depths = [0] * len(jobs)
+        if waiting:
             # Locked until this transaction ends: none of them can finish (and look for
             # dependents) before the dependency rows written below are there to be seen.
-            rows = yield Stmt(self.q.lock_dependencies, {"ids": sorted(named)})
-            refuse_missing_dependencies(named, {r["id"] for r in rows})
+            named = sorted({d for i in waiting for d in jobs[i].depends_on})
+            rows = yield Stmt(self.q.lock_dependencies, {"ids": named})
+            depths = dependency_depths(jobs, {r["id"]: r["dependency_depth"] for r in rows})
         if any(j.unique_key is not None for j in jobs):
-            stored = yield from self._enqueue_unique_plan(jobs)
+            stored = yield from self._enqueue_unique_plan(jobs, depths)
         else:
-            stored = yield from self._insert_plan(jobs)
+            stored = yield from self._insert_plan(jobs, depths)
         if waiting:
             yield from self._add_dependencies_plan(jobs, stored, waiting)
         return stored
 
-    def _insert_plan(self, jobs: Sequence[NewJob]) -> Plan[list[Job]]:
+    def _insert_plan(self, jobs: Sequence[NewJob], depths: list[int]) -> Plan[list[Job]]:
         first = jobs[0]
         if len(jobs) == 1 and not first.waits and first.on_dependency_failure is None:
             rows = yield Stmt(
@@ -346,10 +347,10 @@ class PostgresBackend(Backend):
                 },
             )  # fmt: skip
             return self._stored(jobs, rows)
-        rows = yield Stmt(self.q.insert_jobs, self._batch_params(jobs))
+        rows = yield Stmt(self.q.insert_jobs, self._batch_params(jobs, depths))
         return self._stored(jobs, sorted(rows, key=lambda r: r["id"]))  # ids in input order
 
-    def _batch_params(self, jobs: Sequence[NewJob]) -> dict[str, Any]:
+    def _batch_params(self, jobs: Sequence[NewJob], depths: list[int]) -> dict[str, Any]:
         """A batch of jobs as one array per column."""
         return {
             "now": self.now(jobs[0].created_at),
@@ -363,6 +364,7 @@ class PostgresBackend(Backend):
             "delays": [max(0.0, j.run_at - j.created_at) for j in jobs],
             "waits": [j.waits for j in jobs],
             "on_failures": [j.on_dependency_failure for j in jobs],
+            "depths": depths,
         }
 
     def _add_dependencies_plan(
@@ -389,13 +391,13 @@ class PostgresBackend(Backend):
         for i in new:
             stored[i] = now[stored[i].id]
 
-    def _enqueue_unique_plan(self, jobs: Sequence[NewJob]) -> Plan[list[Job]]:
+    def _enqueue_unique_plan(self, jobs: Sequence[NewJob], depths: list[int]) -> Plan[list[Job]]:
         """Insert what no job holds the key of, then read the holders of the rest. Each key
         is in the batch at most once (the App sends the first call of each key)."""
         rows = yield Stmt(
             self.q.insert_unique_jobs,
             {
-                **self._batch_params(jobs),
+                **self._batch_params(jobs, depths),
                 "unique_keys": [j.unique_key for j in jobs],
                 "unique_fors": [j.unique_for for j in jobs],
             },
@@ -425,8 +427,13 @@ class PostgresBackend(Backend):
         ]
         # A holder that finished and was purged in between leaves nothing to return: those
         # jobs go round again (and are inserted now that nothing holds their key).
-        again = [jobs[i] for i, holder in zip(held, found, strict=True) if not holder]
-        retried = iter((yield from self._enqueue_unique_plan(again)) if again else [])
+        gone = [i for i, holder in zip(held, found, strict=True) if not holder]
+        again = [jobs[i] for i in gone]
+        retried = iter(
+            (yield from self._enqueue_unique_plan(again, [depths[i] for i in gone]))
+            if again
+            else []
+        )
         for i, holder in zip(held, found, strict=True):
             if holder:
                 job = Job.from_row(holder[0])

@@ -11,17 +11,19 @@ WITH c AS (SELECT coalesce(to_timestamp(%(now)s::float8), now()) AS now),
 job AS (
     INSERT INTO {schema}.jobs (queue, task, args, kwargs, meta, priority, state, max_attempts,
                                run_at, created_at, state_changed_at,
-                               on_dependency_failure)
+                               on_dependency_failure, dependency_depth)
     SELECT j.queue, j.task, j.args::json, j.kwargs::json, j.meta::json, j.priority,
            CASE WHEN j.waits THEN 'waiting' WHEN j.delay > 0 THEN 'scheduled' ELSE 'queued' END,
-           j.max_attempts, c.now + make_interval(secs => j.delay), c.now, c.now, j.on_failure
+           j.max_attempts, c.now + make_interval(secs => j.delay), c.now, c.now, j.on_failure,
+           j.depth
     FROM c,
          unnest(%(queues)b::text[], %(tasks)b::text[], %(args)b::text[], %(kwargs)b::text[],
                 %(metas)b::text[], %(priorities)b::int[], %(max_attempts)b::int[],
-                %(delays)b::float8[], %(waits)b::bool[], %(on_failures)b::text[])
+                %(delays)b::float8[], %(waits)b::bool[], %(on_failures)b::text[],
+                %(depths)b::int[])
              WITH ORDINALITY
              AS j(queue, task, args, kwargs, meta, priority, max_attempts, delay, waits,
-                  on_failure, n)
+                  on_failure, depth, n)
     ORDER BY j.n
     RETURNING id, queue, state, run_at, created_at
 ), history AS (
@@ -45,19 +47,19 @@ WITH c AS (SELECT coalesce(to_timestamp(%(now)s::float8), now()) AS now),
 job AS (
     INSERT INTO {schema}.jobs (queue, task, args, kwargs, meta, priority, state, max_attempts,
                                run_at, created_at, state_changed_at, unique_key,
-                               on_dependency_failure)
+                               on_dependency_failure, dependency_depth)
     SELECT j.queue, j.task, j.args::json, j.kwargs::json, j.meta::json, j.priority,
            CASE WHEN j.waits THEN 'waiting' WHEN j.delay > 0 THEN 'scheduled' ELSE 'queued' END,
            j.max_attempts, c.now + make_interval(secs => j.delay), c.now, c.now, j.unique_key,
-           j.on_failure
+           j.on_failure, j.depth
     FROM c,
          unnest(%(queues)b::text[], %(tasks)b::text[], %(args)b::text[], %(kwargs)b::text[],
                 %(metas)b::text[], %(priorities)b::int[], %(max_attempts)b::int[],
                 %(delays)b::float8[], %(waits)b::bool[], %(on_failures)b::text[],
-                %(unique_keys)b::text[], %(unique_fors)b::float8[])
+                %(depths)b::int[], %(unique_keys)b::text[], %(unique_fors)b::float8[])
              WITH ORDINALITY
              AS j(queue, task, args, kwargs, meta, priority, max_attempts, delay, waits,
-                  on_failure, unique_key, unique_for, n)
+                  on_failure, depth, unique_key, unique_for, n)
     WHERE j.unique_for IS NULL
        OR NOT EXISTS (SELECT FROM {schema}.jobs AS f
                       WHERE f.unique_key = j.unique_key
@@ -450,7 +452,7 @@ WHERE tick < coalesce(to_timestamp(%(now)s::float8), now()) - make_interval(secs
 
 -- name: lock_dependencies
 -- The jobs new jobs will depend on, locked until the enqueue commits (see enqueue_plan).
-SELECT id FROM {schema}.jobs WHERE id = ANY(%(ids)s::bigint[]) FOR SHARE
+SELECT id, dependency_depth FROM {schema}.jobs WHERE id = ANY(%(ids)s::bigint[]) FOR SHARE
 
 -- name: insert_dependencies
 INSERT INTO {schema}.job_dependencies (job_id, depends_on)

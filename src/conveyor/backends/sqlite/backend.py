@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
-from conveyor.backends.base import Backend, refuse_missing_dependencies
+from conveyor.backends.base import Backend, dependency_depths
 from conveyor.backends.sql import Queries, load_migrations
 from conveyor.clock import Clock
 from conveyor.config import Settings
@@ -250,19 +250,23 @@ class SqliteStore:
     def _insert(self, conn: sqlite3.Connection, jobs: Sequence[NewJob]) -> list[Job]:
         waiting = [i for i, j in enumerate(jobs) if j.waits]
         plain = not waiting and all(j.unique_key is None for j in jobs)
-        rows = [
-            (j.queue, j.task, j.args, j.kwargs, j.meta, j.priority, j.state.value,
-             j.max_attempts, j.run_at, j.created_at, j.created_at)
-            if plain else
-            (j.queue, j.task, j.args, j.kwargs, j.meta, j.priority, j.state.value,
-             j.max_attempts, j.run_at, j.created_at, j.created_at, j.unique_key,
-             j.on_dependency_failure)
-            for j in jobs
-        ]  # fmt: skip
-        named = {d for i in waiting for d in jobs[i].depends_on}
-        if named:
-            found = conn.execute(Q.existing_ids, {"ids": _ids_json(named)}).fetchall()
-            refuse_missing_dependencies(named, {r[0] for r in found})
+        rows: list[tuple[Any, ...]]
+        if plain:
+            rows = [
+                (j.queue, j.task, j.args, j.kwargs, j.meta, j.priority, j.state.value,
+                 j.max_attempts, j.run_at, j.created_at, j.created_at)
+                for j in jobs
+            ]  # fmt: skip
+        else:
+            named = _ids_json({d for i in waiting for d in jobs[i].depends_on})
+            found = conn.execute(Q.dependency_depths, {"ids": named}).fetchall()
+            depths = dependency_depths(jobs, {r[0]: r[1] for r in found})
+            rows = [
+                (j.queue, j.task, j.args, j.kwargs, j.meta, j.priority, j.state.value,
+                 j.max_attempts, j.run_at, j.created_at, j.created_at, j.unique_key,
+                 j.on_dependency_failure, depth)
+                for j, depth in zip(jobs, depths, strict=True)
+            ]  # fmt: skip
         if any(j.unique_key is not None for j in jobs):
             stored = self._enqueue_unique(conn, jobs, rows)
         else:

@@ -11,11 +11,11 @@ VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 -- name: insert_job_full
 INSERT INTO conveyor_jobs (queue, task, args, kwargs, meta, priority, state, max_attempts,
                            run_at, created_at, state_changed_at, unique_key,
-                           on_dependency_failure)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                           on_dependency_failure, dependency_depth)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 
--- name: existing_ids
-SELECT id FROM conveyor_jobs WHERE id IN (SELECT value FROM json_each(:ids))
+-- name: dependency_depths
+SELECT id, dependency_depth FROM conveyor_jobs WHERE id IN (SELECT value FROM json_each(:ids))
 
 -- name: insert_dependency
 INSERT OR IGNORE INTO conveyor_job_dependencies (job_id, depends_on) VALUES (?, ?)

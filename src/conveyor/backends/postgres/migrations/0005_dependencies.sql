@@ -4,6 +4,8 @@
 -- ends dead or cancelled, it is cancelled with a note naming that job — unless its
 -- on_dependency_failure is 'run': then it runs once they have all finished, whatever the end.
 ALTER TABLE {schema}.jobs ADD COLUMN on_dependency_failure text;
+-- how many jobs deep its chain of dependencies goes (0: none); enqueue caps it
+ALTER TABLE {schema}.jobs ADD COLUMN dependency_depth integer NOT NULL DEFAULT 0;
 
 CREATE TABLE {schema}.job_dependencies (
     job_id     bigint NOT NULL,
@@ -69,4 +71,5 @@ DROP TRIGGER jobs_release_dependents ON {schema}.jobs;
 DROP FUNCTION {schema}.release_dependents();
 DROP FUNCTION {schema}.release_waiting(bigint[]);
 DROP TABLE {schema}.job_dependencies;
+ALTER TABLE {schema}.jobs DROP COLUMN dependency_depth;
 ALTER TABLE {schema}.jobs DROP COLUMN on_dependency_failure;

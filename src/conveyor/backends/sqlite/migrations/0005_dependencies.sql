@@ -4,6 +4,8 @@
 -- ends dead or cancelled, it is cancelled with a note naming that job — unless its
 -- on_dependency_failure is 'run': then it runs once they have all finished, whatever the end.
 ALTER TABLE conveyor_jobs ADD COLUMN on_dependency_failure TEXT;
+-- how many jobs deep its chain of dependencies goes (0: none); enqueue caps it
+ALTER TABLE conveyor_jobs ADD COLUMN dependency_depth INTEGER NOT NULL DEFAULT 0;
 
 CREATE TABLE conveyor_job_dependencies (
     job_id     INTEGER NOT NULL,
@@ -55,4 +57,5 @@ END;
 DROP TRIGGER conveyor_jobs_finished;
 DROP TRIGGER conveyor_dependency_touched;
 DROP TABLE conveyor_job_dependencies;
+ALTER TABLE conveyor_jobs DROP COLUMN dependency_depth;
 ALTER TABLE conveyor_jobs DROP COLUMN on_dependency_failure;
