@@ -544,7 +544,8 @@ class App:
 def _first_of_each_key(jobs: Sequence[NewJob]) -> tuple[Sequence[NewJob], list[int] | None]:
     """Within one batch, the first call with a unique key decides: later calls with that key
     get the first one's job. The jobs to send to the store, and for each job given, the
-    position of its stand-in among them (None when every job is sent)."""
+    position of its stand-in among them (None when every job is sent). A job that waits for
+    jobs of the same batch (a chain, a group) waits for their stand-ins."""
     if all(j.unique_key is None for j in jobs):
         return jobs, None
     sent: list[NewJob] = []
@@ -557,6 +558,9 @@ def _first_of_each_key(jobs: Sequence[NewJob]) -> tuple[Sequence[NewJob], list[i
             continue
         if key is not None:
             first[key] = len(sent)
+        if job.depends_on_batch:
+            after = tuple(dict.fromkeys(positions[p] for p in job.depends_on_batch))
+            job = dataclasses.replace(job, depends_on_batch=after)
         positions.append(len(sent))
         sent.append(job)
     return sent, positions

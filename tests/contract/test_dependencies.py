@@ -163,3 +163,18 @@ def test_dependencies_chain_at_most_the_cap_deep_and_the_cascade_runs_through(
     app.cancel_job(longest[0].id)  # cancels the whole chain, in one transaction
     assert app.get_job(longest[-1].id).state is JobState.CANCELLED
     assert app.job_history(longest[-1].id)[-1].note == f"dependency {longest[-2].id} is cancelled"
+
+
+def test_a_group_whose_members_share_a_unique_key_waits_for_the_one_stored(
+    app: conveyor.App, step: conveyor.Task, log: list[str]
+) -> None:
+    @app.task(name="collect")
+    def collect() -> None:
+        log.append("collect")
+
+    same = step.configure(unique_key="thumb:1")
+    jobs = conveyor.group([same.s("a"), same.s("b"), step.s("c")], then=collect.s()).enqueue()
+    assert jobs[1].deduplicated and jobs[1].id == jobs[0].id
+    app.run_worker(burst=True)
+    assert sorted(log[:2]) == ["a", "c"] and log[2:] == ["collect"]
+    assert app.get_job(jobs[-1].id).state is JobState.SUCCEEDED
