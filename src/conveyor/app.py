@@ -209,19 +209,13 @@ class App:
         args: Sequence[Any] = (),
         kwargs: Mapping[str, Any] | None = None,
         catch_up: bool = True,
-        queue: str | None = None,
-        priority: int | str = 5,
-        max_attempts: int | None = None,
-        timeout: float | None = None,
-        backoff: BackoffLike | None = None,
-        retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
-        give_up_on: type[BaseException] | tuple[type[BaseException], ...] = (),
-        pass_context: bool = False,
+        **task_options: Any,
     ) -> Callable[[F], Task[Any, Any]]:
         """Register a task that the leader enqueues on every tick of a cron `schedule`
         (five fields, or @hourly, @daily, …) in time zone `tz`, with `args` and `kwargs`.
-        `name` names the entry and the task. Bad schedules, time zones and arguments are
-        refused here, when the task is declared."""
+        `name` names the entry and the task; `task_options` are those of `@app.task`
+        (queue, priority, max_attempts, timeout, backoff, …). Bad schedules, time zones and
+        arguments are refused here, when the task is declared."""
         parsed = Schedule.parse(schedule, tz)
         call_kwargs = dict(kwargs or {})
 
@@ -229,11 +223,7 @@ class App:
             entry_name = name or f"{fn.__module__}.{fn.__name__}"
             if entry_name in self.periodics:
                 raise ValueError(f"a periodic entry named {entry_name!r} is already declared")
-            task = self.task(
-                name=entry_name, queue=queue, priority=priority, max_attempts=max_attempts,
-                timeout=timeout, backoff=backoff, retry_on=retry_on, give_up_on=give_up_on,
-                pass_context=pass_context,
-            )(fn)  # fmt: skip
+            task = self.task(name=entry_name, **task_options)(fn)
             try:
                 self.build_job(task, CallOptions(), args, call_kwargs)  # the arguments must fit
             except ValidationError:

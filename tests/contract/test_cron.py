@@ -161,3 +161,21 @@ def test_bad_declarations_are_refused_when_the_task_is_declared(app: conveyor.Ap
         def report(n: int) -> None: ...
 
     assert "report" not in app.tasks and app.periodics == {}
+
+
+async def test_task_options_reach_the_jobs_fired(
+    make_app: Any, clock: conveyor.FrozenClock
+) -> None:
+    app = make_app(clock=clock)
+    declare(app, [], queue="reports", priority="high", max_attempts=7)
+    with pytest.raises(TypeError, match="queu"):
+
+        @app.periodic("@daily", name="typo", queu="reports")
+        def typo() -> None: ...
+
+    leader = scheduler(app)
+    await leader.run_once()
+    clock.advance(HOUR)
+    await leader.run_once()
+    [job] = fired(app)
+    assert (job.queue, job.priority, job.max_attempts) == ("reports", 3, 7)

@@ -12,6 +12,8 @@ import pytest
 import conveyor
 from conveyor import JobState
 
+from .test_worker import running, until
+
 
 def count_jobs(app: conveyor.App) -> int:
     return sum(sum(states.values()) for states in app.queue_stats().values())
@@ -77,8 +79,6 @@ async def test_the_key_holds_while_the_job_runs(make_app: Any) -> None:
 
     first = await hold.configure(unique_key="k").enqueue_async()
     worker = conveyor.Worker(app, concurrency=1)
-    from .test_worker import running, until
-
     async with running(worker):
         await until(started.is_set)
         again = await hold.configure(unique_key="k").enqueue_async()
