@@ -344,6 +344,7 @@ class PostgresBackend(Backend):
                     "meta": first.meta, "priority": first.priority,
                     "max_attempts": first.max_attempts,
                     "delay": max(0.0, first.run_at - first.created_at),
+                    "state": first.state.value,
                 },
             )  # fmt: skip
             return self._stored(jobs, rows)
@@ -362,7 +363,7 @@ class PostgresBackend(Backend):
             "priorities": [j.priority for j in jobs],
             "max_attempts": [j.max_attempts for j in jobs],
             "delays": [max(0.0, j.run_at - j.created_at) for j in jobs],
-            "waits": [j.waits for j in jobs],
+            "states": [j.state.value for j in jobs],  # decided once, by NewJob
             "on_failures": [j.on_dependency_failure for j in jobs],
             "depths": depths,
         }

@@ -13,16 +13,15 @@ job AS (
                                run_at, created_at, state_changed_at,
                                on_dependency_failure, dependency_depth)
     SELECT j.queue, j.task, j.args::json, j.kwargs::json, j.meta::json, j.priority,
-           CASE WHEN j.waits THEN 'waiting' WHEN j.delay > 0 THEN 'scheduled' ELSE 'queued' END,
-           j.max_attempts, c.now + make_interval(secs => j.delay), c.now, c.now, j.on_failure,
-           j.depth
+           j.state, j.max_attempts, c.now + make_interval(secs => j.delay), c.now, c.now,
+           j.on_failure, j.depth
     FROM c,
          unnest(%(queues)b::text[], %(tasks)b::text[], %(args)b::text[], %(kwargs)b::text[],
                 %(metas)b::text[], %(priorities)b::int[], %(max_attempts)b::int[],
-                %(delays)b::float8[], %(waits)b::bool[], %(on_failures)b::text[],
+                %(delays)b::float8[], %(states)b::text[], %(on_failures)b::text[],
                 %(depths)b::int[])
              WITH ORDINALITY
-             AS j(queue, task, args, kwargs, meta, priority, max_attempts, delay, waits,
+             AS j(queue, task, args, kwargs, meta, priority, max_attempts, delay, state,
                   on_failure, depth, n)
     ORDER BY j.n
     RETURNING id, queue, state, run_at, created_at
@@ -49,16 +48,15 @@ job AS (
                                run_at, created_at, state_changed_at, unique_key,
                                on_dependency_failure, dependency_depth)
     SELECT j.queue, j.task, j.args::json, j.kwargs::json, j.meta::json, j.priority,
-           CASE WHEN j.waits THEN 'waiting' WHEN j.delay > 0 THEN 'scheduled' ELSE 'queued' END,
-           j.max_attempts, c.now + make_interval(secs => j.delay), c.now, c.now, j.unique_key,
-           j.on_failure, j.depth
+           j.state, j.max_attempts, c.now + make_interval(secs => j.delay), c.now, c.now,
+           j.unique_key, j.on_failure, j.depth
     FROM c,
          unnest(%(queues)b::text[], %(tasks)b::text[], %(args)b::text[], %(kwargs)b::text[],
                 %(metas)b::text[], %(priorities)b::int[], %(max_attempts)b::int[],
-                %(delays)b::float8[], %(waits)b::bool[], %(on_failures)b::text[],
+                %(delays)b::float8[], %(states)b::text[], %(on_failures)b::text[],
                 %(depths)b::int[], %(unique_keys)b::text[], %(unique_fors)b::float8[])
              WITH ORDINALITY
-             AS j(queue, task, args, kwargs, meta, priority, max_attempts, delay, waits,
+             AS j(queue, task, args, kwargs, meta, priority, max_attempts, delay, state,
                   on_failure, depth, unique_key, unique_for, n)
     WHERE j.unique_for IS NULL
        OR NOT EXISTS (SELECT FROM {schema}.jobs AS f
@@ -99,7 +97,7 @@ job AS (
     INSERT INTO {schema}.jobs (queue, task, args, kwargs, meta, priority, state, max_attempts,
                                run_at, created_at, state_changed_at)
     SELECT %(queue)s, %(task)s, %(args)s::json, %(kwargs)s::json, %(meta)s::json, %(priority)s,
-           CASE WHEN %(delay)s::float8 > 0 THEN 'scheduled' ELSE 'queued' END, %(max_attempts)s,
+           %(state)s, %(max_attempts)s,
            c.now + make_interval(secs => %(delay)s::float8), c.now, c.now
     FROM c
     RETURNING id, queue, state, run_at, created_at
