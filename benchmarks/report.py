@@ -71,6 +71,9 @@ def throughput_table(results: Results) -> Table:
             share.append(f"{results.ratios[ratio_key].median:.1%}")
         if speedup_key in results.ratios:  # -p N against -p 1
             share.append(f"\n{results.ratios[speedup_key].median:.2f}x -p 1", style="dim")
+        if f"{metric}/plain" in results.ratios:  # limited against the same drain unlimited
+            plain = results.ratios[f"{metric}/plain"].median
+            share.append(f"\n{plain:.0%} of unlimited", style="dim")
         targets, verdicts = _targets(results, [metric, ratio_key, speedup_key])
         table.add_row(name, _figure(m[metric]), raw_cell, share, targets, verdicts)
 
@@ -84,6 +87,9 @@ def throughput_table(results: Results) -> Table:
         for kind in ("sync", "async"):
             row(drain_key(kind, c), f"drain, {kind} no-op, concurrency {c}",
                 raw_drain, f"drain, {config.raw_batch} per txn")  # fmt: skip
+    for c in config.concurrencies:
+        row(drain_key("keyed", c), f"drain, async no-op limited per key, concurrency {c}",
+            raw_drain, f"drain, {config.raw_batch} per txn")  # fmt: skip
     for c in config.concurrencies:
         for p in config.processes:
             row(cli_drain_key(p, c), f"drain, CLI -p {p}, concurrency {c}",

@@ -14,8 +14,9 @@ from typing import Any
 
 from benchmarks import raw, raw_postgres, workloads
 from benchmarks.common import BACKENDS, LOG_LEVEL, postgres_url
+from benchmarks.tasks import KEYED_LIMIT, KEYED_TENANTS
 
-GROUPS = ("enqueue", "drain", "latency", "raw")
+GROUPS = ("enqueue", "drain", "limits", "latency", "raw")
 
 
 @dataclass(frozen=True)
@@ -222,6 +223,15 @@ def run(config: Config, progress: Callable[[str], None] = lambda _: None) -> Res
                         f"drain, conveyor worker -p {processes} -c {concurrency} --burst",
                         "jobs/s", rate.per_second,
                     )  # fmt: skip
+        if "limits" in config.groups:
+            for concurrency in config.concurrencies:
+                step(f"drain of {n:,} async no-op jobs limited per key, concurrency {concurrency}")
+                results.record(
+                    drain_key("keyed", concurrency),
+                    f"drain, async no-op limited to {KEYED_LIMIT} at once per key "
+                    f"({KEYED_TENANTS} keys), 1 worker process, concurrency {concurrency}",
+                    "jobs/s", workloads.drain_keyed(n, concurrency, **where).per_second,
+                )  # fmt: skip
         if "latency" in config.groups:
             step(f"latency at {config.latency_rate:g} jobs/s for {config.latency_seconds:g} s")
             lat = workloads.latency(
@@ -279,8 +289,9 @@ def _ratios(results: Results) -> None:
     pairs += [
         (drain_key(kind, c), raw_drain, "raw")
         for c in config.concurrencies
-        for kind in ("sync", "async")
+        for kind in ("sync", "async", "keyed")
     ]
+    pairs += [(drain_key("keyed", c), drain_key("async", c), "plain") for c in config.concurrencies]
     for c in config.concurrencies:
         pairs += [(cli_drain_key(p, c), raw_drain, "raw") for p in config.processes]
         more = [p for p in config.processes if p > 1]

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import conveyor
 from benchmarks.common import Database, Latencies, Rate, quiet_logging, scratch
-from benchmarks.tasks import ASYNC_NOOP, SYNC_NOOP, make_app
+from benchmarks.tasks import ASYNC_NOOP, KEYED_NOOP, KEYED_TENANTS, SYNC_NOOP, make_app
 
 #: The folder that holds the `benchmarks` package: a worker subprocess imports it from there.
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -104,8 +104,10 @@ def _fill(db: Database, jobs: int, task_name: str) -> None:
     try:
         app.migrate()  # PostgreSQL does not migrate on first use
         task = app.tasks[task_name]
+        keyed = task_name == KEYED_NOOP
         for first in range(0, jobs, FILL_BATCH):
-            task.enqueue_many([(i,) for i in range(first, min(first + FILL_BATCH, jobs))])
+            batch = range(first, min(first + FILL_BATCH, jobs))
+            task.enqueue_many([(i, i % KEYED_TENANTS) if keyed else (i,) for i in batch])
     finally:
         app.close()
 
@@ -168,6 +170,12 @@ def drain_async(
     jobs: int, concurrency: int = 10, *, backend: str = "sqlite", postgres: str | None = None
 ) -> Rate:
     return drain(jobs, ASYNC_NOOP, concurrency, backend=backend, postgres=postgres)
+
+
+def drain_keyed(
+    jobs: int, concurrency: int = 10, *, backend: str = "sqlite", postgres: str | None = None
+) -> Rate:
+    return drain(jobs, KEYED_NOOP, concurrency, backend=backend, postgres=postgres)
 
 
 def drain_cli(

@@ -22,6 +22,7 @@ from conveyor.job import (
     NewJob,
     WorkerInfo,
 )
+from conveyor.limits import check_limit
 from conveyor.payload import check_size, encode, encode_arguments
 from conveyor.retry import BackoffLike, RetryPolicy, as_backoff, exponential
 from conveyor.task import CallOptions, Task, check_priority, check_queue
@@ -110,6 +111,8 @@ class App:
         self.tasks: dict[str, Task[Any, Any]] = {}
         #: periodic entries by name, as `@app.periodic` declared them
         self.periodics: dict[str, Periodic] = {}
+        #: queue concurrency limits, as `app.queue` declared them (None: no limit)
+        self.declared_queues: dict[str, int | None] = {}
         self._backend: Backend | None = None
 
     def __repr__(self) -> str:
@@ -155,6 +158,10 @@ class App:
         retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
         give_up_on: type[BaseException] | tuple[type[BaseException], ...] = (),
         pass_context: bool = False,
+        rate_limit: str | None = None,
+        rate_limit_key: str | None = None,
+        concurrency: int | None = None,
+        concurrency_key: str | None = None,
     ) -> Callable[[F], Task[Any, Any]]: ...
 
     def task(
@@ -170,6 +177,10 @@ class App:
         retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
         give_up_on: type[BaseException] | tuple[type[BaseException], ...] = (),
         pass_context: bool = False,
+        rate_limit: str | None = None,
+        rate_limit_key: str | None = None,
+        concurrency: int | None = None,
+        concurrency_key: str | None = None,
     ) -> Task[Any, Any] | Callable[[F], Task[Any, Any]]:
         """Register a function as a task: `@app.task` or `@app.task(queue=..., ...)`."""
 
@@ -194,6 +205,10 @@ class App:
                 timeout=timeout,
                 retry=policy,
                 pass_context=pass_context,
+                rate_limit=rate_limit,
+                rate_limit_key=rate_limit_key,
+                concurrency=concurrency,
+                concurrency_key=concurrency_key,
             )
             self.tasks[task_name] = task
             return task
@@ -278,6 +293,7 @@ class App:
             unique_for=options.unique_for,
             depends_on=options.depends_on or (),
             on_dependency_failure=options.on_dependency_failure,
+            **task.limit_fields(options, args, kwargs),
         )
 
     def _bind(self, jobs: list[Job]) -> list[Job]:
@@ -417,6 +433,18 @@ class App:
         if job is None:
             raise JobNotFound(f"no job with id {job_id}")
         return self._bind([job])[0]
+
+    def queue(self, name: str, *, concurrency: int | None = None) -> None:
+        """Declare a queue's limit: at most `concurrency` of its jobs run at once, across every
+        worker and machine. Workers of this app write it to the store when they start (so the
+        limit in force is the one the latest worker declared); `concurrency=None` lifts it."""
+        self.declared_queues[check_queue(name)] = (
+            None if concurrency is None else check_limit(concurrency, "concurrency")
+        )
+
+    def queue_limits(self) -> dict[str, int]:
+        """The queue concurrency limits in force, as the store has them."""
+        return self.backend.sync.queue_limits()
 
     def pause_queue(self, queue: str) -> bool:
         """Start nothing new from `queue`, on any worker, until it is resumed; jobs already

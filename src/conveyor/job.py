@@ -94,10 +94,21 @@ class NewJob:
     depends_on_batch: tuple[int, ...] = ()
     #: None: cancelled when a dependency ends dead or cancelled; "run": runs anyway
     on_dependency_failure: str | None = None
+    #: the buckets of the job's task limits (see conveyor.limits): at most `concurrency_max`
+    #: jobs of `concurrency_key` run at once, at most `rate_max` start per `rate_period` seconds
+    concurrency_key: str | None = None
+    concurrency_max: int | None = None
+    rate_key: str | None = None
+    rate_max: int | None = None
+    rate_period: float | None = None
 
     @property
     def waits(self) -> bool:
         return bool(self.depends_on or self.depends_on_batch)
+
+    @property
+    def limited(self) -> bool:
+        return self.concurrency_key is not None or self.rate_key is not None
 
     @property
     def state(self) -> JobState:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 from conveyor.config import QUEUE_NAME
 from conveyor.errors import MAX_DELAY_S, ValidationError, describe
 from conveyor.job import PRIORITY_NAMES, Job, NewJob
+from conveyor.limits import Rate, bucket, check_key_value, check_limit
 from conveyor.payload import task_signature
 from conveyor.retry import RetryPolicy
 
@@ -104,6 +105,8 @@ class CallOptions:
     unique_for: float | None = None
     depends_on: tuple[int, ...] | None = None
     on_dependency_failure: str | None = None
+    rate_key: str | None = None
+    concurrency_key: str | None = None
 
     @classmethod
     def build(
@@ -120,6 +123,8 @@ class CallOptions:
         unique_for: float | dt.timedelta | None = None,
         depends_on: Iterable[Job | int] | None = None,
         on_dependency_failure: str | None = None,
+        rate_key: str | int | None = None,
+        concurrency_key: str | int | None = None,
     ) -> CallOptions:
         """Validate options once, where the user wrote them."""
         if delay is not None and run_at is not None:
@@ -169,6 +174,10 @@ class CallOptions:
             unique_for=None if unique_for is None else float(unique_for),
             depends_on=None if depends_on is None else check_depends_on(depends_on),
             on_dependency_failure=check_on_dependency_failure(on_dependency_failure),
+            rate_key=None if rate_key is None else check_key_value(rate_key, "rate_key"),
+            concurrency_key=None
+            if concurrency_key is None
+            else check_key_value(concurrency_key, "concurrency_key"),
         )
 
     def merged(self, other: CallOptions) -> CallOptions:
@@ -196,6 +205,10 @@ class Task(Generic[P, R]):
         timeout: float | None,
         retry: RetryPolicy,
         pass_context: bool,
+        rate_limit: str | None = None,
+        rate_limit_key: str | None = None,
+        concurrency: int | None = None,
+        concurrency_key: str | None = None,
     ) -> None:
         self.app = app
         self.fn = fn
@@ -210,6 +223,12 @@ class Task(Generic[P, R]):
         self.pass_context = pass_context
         self.is_async = inspect.iscoroutinefunction(fn)
         self.signature = task_signature(fn, pass_context)
+        self.rate = None if rate_limit is None else Rate.parse(rate_limit)
+        self.concurrency = None if concurrency is None else check_limit(concurrency, "concurrency")
+        self.rate_limit_key = self._key_argument(rate_limit_key, "rate_limit_key", self.rate)
+        self.concurrency_key = self._key_argument(
+            concurrency_key, "concurrency_key", self.concurrency
+        )
         self.__doc__ = fn.__doc__
         self.__name__ = getattr(fn, "__name__", name)
         self.__wrapped__ = fn
@@ -217,14 +236,66 @@ class Task(Generic[P, R]):
     def __repr__(self) -> str:
         return f"<Task {self.name} queue={self.queue}>"
 
+    def _key_argument(self, name: str | None, what: str, limit: object) -> str | None:
+        """The argument a limit is kept per; it must exist (where the signature is known)."""
+        if name is None:
+            return None
+        if limit is None:
+            limit_name = "rate_limit" if what == "rate_limit_key" else "concurrency"
+            raise ValidationError(f"{what} needs {limit_name}= on the task too")
+        parameters = None if self.signature is None else self.signature.parameters
+        if parameters is not None and (
+            name not in parameters
+            or parameters[name].kind in (inspect.Parameter.VAR_POSITIONAL,
+                                         inspect.Parameter.VAR_KEYWORD)
+        ):  # fmt: skip
+            raise ValidationError(f"{what}={name!r}: {self.name} has no argument named {name!r}")
+        return name
+
+    def _argument(self, name: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> Any:
+        if self.signature is None:
+            if name not in kwargs:
+                raise ValidationError(f"{self.name} needs the keyword argument {name!r}")
+            return kwargs[name]
+        bound = self.signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        return bound.arguments[name]
+
+    def limit_fields(
+        self, options: CallOptions, args: Sequence[Any], kwargs: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """The job's limit buckets (NewJob fields) for one call whose arguments fit."""
+        fields: dict[str, Any] = {}
+        if self.concurrency is not None:
+            key = options.concurrency_key
+            if key is None and self.concurrency_key is not None:
+                value = self._argument(self.concurrency_key, args, kwargs)
+                key = check_key_value(value, f"argument {self.concurrency_key!r} (concurrency_key)")
+            fields["concurrency_key"] = bucket(self.name, key)
+            fields["concurrency_max"] = self.concurrency
+        elif options.concurrency_key is not None:
+            raise ValidationError(f"concurrency_key needs a concurrency= on task {self.name}")
+        if self.rate is not None:
+            key = options.rate_key
+            if key is None and self.rate_limit_key is not None:
+                value = self._argument(self.rate_limit_key, args, kwargs)
+                key = check_key_value(value, f"argument {self.rate_limit_key!r} (rate_limit_key)")
+            fields["rate_key"] = bucket(self.name, key)
+            fields["rate_max"] = self.rate.count
+            fields["rate_period"] = self.rate.period
+        elif options.rate_key is not None:
+            raise ValidationError(f"rate_key needs a rate_limit= on task {self.name}")
+        return fields
+
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         result: R = self.fn(*args, **kwargs)
         return result
 
     def configure(self, **options: Any) -> Call:
         """Per-call options: priority, delay, run_at, queue, max_attempts, meta, unique_key,
-        unique_for, and connection (PostgreSQL: enqueue inside that connection's
-        transaction)."""
+        unique_for, depends_on, on_dependency_failure, rate_key and concurrency_key (the key
+        value the task's limit is kept per), and connection (PostgreSQL: enqueue inside that
+        connection's transaction)."""
         return Call(self, CallOptions.build(**options))
 
     def s(self, *args: P.args, **kwargs: P.kwargs) -> Signature:

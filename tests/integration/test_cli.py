@@ -522,6 +522,7 @@ def test_queues_counts_jobs_per_queue_and_state(project: Project) -> None:
     assert set(found) == {"default", "mail"}
     assert found["default"] == {
         "paused": False,
+        "concurrency": None,
         "jobs": {**dict.fromkeys((s.value for s in JobState), 0), "succeeded": 2, "dead": 1},
     }
     assert found["mail"]["jobs"]["queued"] == 1
@@ -530,6 +531,16 @@ def test_queues_counts_jobs_per_queue_and_state(project: Project) -> None:
     default = next(line for line in table.splitlines() if line.strip().startswith("default"))
     assert default.split() == ["default", "·", "2", "1", "3"]  # queued, succeeded, dead, total
     assert "all" in table
+
+
+def test_queues_show_concurrency_limits_declared_by_workers(project: Project) -> None:
+    project.module.app.queue("video", concurrency=3)
+    project.module.app.run_worker(burst=True)  # a worker writes its app's queue limits
+    found = project.cli_json("queues")
+    assert found["video"]["concurrency"] == 3
+    assert found["video"]["jobs"]["queued"] == 0  # listed for its limit, before any jobs
+    video = next(line for line in project.cli("queues").output.splitlines() if "video" in line)
+    assert "≤3 at once" in video
 
 
 def test_queues_pause_and_resume(project: Project) -> None:

@@ -372,6 +372,7 @@ def test_migrate_applies_once(new_app: Callable[..., conveyor.App], schema: str)
         "workers",
         "queues",
         "cron_ticks",
+        "rate_starts",
         "migrations",
     }
 

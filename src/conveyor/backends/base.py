@@ -105,6 +105,13 @@ class Store(Protocol):
     def paused_queues(self) -> list[str]:
         """The names of the paused queues, sorted."""
 
+    def set_queue_concurrency(self, queue: str, concurrency: int | None) -> None:
+        """Let at most `concurrency` jobs of the queue run at once, cluster-wide (None: no
+        limit)."""
+
+    def queue_limits(self) -> dict[str, int]:
+        """The queues with a concurrency limit, and their limits."""
+
     def periodic_ticks(self) -> dict[str, TickRecord]:
         """Per periodic entry the store has seen, its latest tick and latest fired job."""
 
@@ -186,6 +193,15 @@ class Backend(abc.ABC):
     async def next_due_in(self, queues: Sequence[str] | None, now: float) -> float | None:
         """Seconds until the next scheduled or retrying job in these queues is due (zero or
         less: due now; None: nothing pending)."""
+
+    @abc.abstractmethod
+    async def held_back(self, queues: Sequence[str] | None, now: float) -> float | None:
+        """None when no queued job waits in these (unpaused) queues; else the seconds until
+        the next rate window opens (infinity: none is closed; the jobs wait for a slot, or for
+        another worker that is taking them)."""
+
+    @abc.abstractmethod
+    async def set_queue_concurrency(self, queue: str, concurrency: int | None) -> None: ...
 
     @abc.abstractmethod
     async def wait_for_change(self, timeout: float) -> None:

@@ -332,13 +332,14 @@ def dlq_purge(ref: AppRef, older_than: float, queue: str | None, task: str | Non
 @json_option
 @click.pass_context
 def queues(ctx: click.Context, as_json: bool) -> None:
-    """Jobs per queue and state, and which queues are paused. Subcommands pause and resume."""
+    """Jobs per queue and state, which queues are paused and their concurrency limits.
+    Subcommands pause and resume."""
     if ctx.invoked_subcommand is not None:
         return
     ref = ctx.find_object(AppRef)
     assert ref is not None, "main() puts the AppRef on the context"
     app = _app(ref)
-    found = render.queues_dict(app.queue_stats(), app.paused_queues())
+    found = render.queues_dict(app.queue_stats(), app.paused_queues(), app.queue_limits())
     if as_json:
         render.emit_json(found)
     elif not found:

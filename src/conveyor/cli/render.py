@@ -83,17 +83,22 @@ def worker_dict(worker: WorkerInfo, now: float, lease_seconds: float) -> dict[st
 
 
 def queues_dict(
-    stats: Mapping[str, Mapping[JobState, int]], paused: Iterable[str]
+    stats: Mapping[str, Mapping[JobState, int]],
+    paused: Iterable[str],
+    limits: Mapping[str, int] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """`{queue: {"paused": bool, "jobs": {state: count}}}` for every queue that has jobs or is
-    paused, every state present (zeros included)."""
+    """`{queue: {"paused": bool, "concurrency": int | None, "jobs": {state: count}}}` for every
+    queue that has jobs, is paused or has a concurrency limit, every state present (zeros
+    included)."""
     paused = set(paused)
+    limits = limits or {}
     return {
         queue: {
             "paused": queue in paused,
+            "concurrency": limits.get(queue),
             "jobs": {state.value: int(stats.get(queue, {}).get(state, 0)) for state in JobState},
         }
-        for queue in sorted(set(stats) | paused)
+        for queue in sorted(set(stats) | paused | set(limits))
     }
 
 
@@ -246,6 +251,8 @@ def queues_table(queues: Mapping[str, Mapping[str, Any]]) -> Table:
         label = Text(name)
         if queue["paused"]:
             label.append(" paused", style="bold yellow")
+        if queue.get("concurrency") is not None:
+            label.append(f" ≤{queue['concurrency']} at once", style="dim")
         cells = [str(counts[s.value]) if counts[s.value] else "·" for s in shown]
         table.add_row(label, *cells, str(sum(counts.values())))
         for state, n in counts.items():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import signal
 import socket
@@ -131,6 +132,8 @@ class Worker:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self.stop)
         await self.beat()
+        for queue, limit in self.app.declared_queues.items():
+            await self.backend.set_queue_concurrency(queue, limit)
         log.info(
             "worker.started", worker_id=self.id, queues=self.queues or "*",
             concurrency=self.concurrency, burst=self.burst, backend=self.backend.url,
@@ -213,12 +216,21 @@ class Worker:
             self._start(job)
         if len(jobs) == free:
             return False
-        due_in = await self.backend.next_due_in(self.queues, self.app.clock.now())
+        now = self.app.clock.now()
+        due_in = await self.backend.next_due_in(self.queues, now)
+        # queued jobs no claim took: held back by a limit (runnable once a slot frees or a
+        # rate window opens) or being taken by another worker
+        held_in = await self.backend.held_back(self.queues, now)
         if self.burst and not self._active and not self.completer.pending_ids:
             if self._written.is_set():
                 return False  # outcomes landed after the claim: they may have released jobs
-            return due_in is None or due_in > 0
-        wait = IDLE_RECHECK_S if due_in is None else min(max(due_in, 0.0), IDLE_RECHECK_S)
+            if held_in is None:
+                return due_in is None or due_in > 0
+        wait = min(
+            IDLE_RECHECK_S,
+            math.inf if due_in is None else max(due_in, 0.0),
+            math.inf if held_in is None else held_in,
+        )
         await self._wait_any(
             self.backend.wait_for_change(wait), self._slot_free.wait(), self._written.wait()
         )

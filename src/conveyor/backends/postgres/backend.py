@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 from collections.abc import Generator, Iterable, Sequence
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from conveyor.errors import (
     ValidationError,
 )
 from conveyor.job import HistoryEntry, Job, JobState, NewJob, Outcome, WorkerInfo
+from conveyor.limits import Candidate, pick
 from conveyor.logging import get_logger
 
 log = get_logger("conveyor.postgres")
@@ -64,6 +66,10 @@ Plan = Generator[Stmt | list[Stmt], Any, T]
 
 def _unavailable(exc: Exception) -> BackendUnavailable:
     return BackendUnavailable(f"PostgreSQL: {str(exc).strip() or type(exc).__name__}")
+
+
+def _in_claim_order(jobs: Iterable[Job]) -> list[Job]:
+    return sorted(jobs, key=lambda j: (j.priority, j.run_at, j.id))
 
 
 def _ids(values: Iterable[int]) -> list[int]:
@@ -98,6 +104,11 @@ class PostgresBackend(Backend):
         self._leader_conn: psycopg.AsyncConnection[Any] | None = None
         self._promoted_at = 0.0
         self._claims_short = True
+        # Whether the last look found limits in play (a first claim looks). Without them a
+        # claim is one plain statement, and looks again with each promotion: limited work
+        # that appears meanwhile may see plain jobs of lower priority start first for up to
+        # PROMOTE_EVERY_S, never more.
+        self._limits_seen = True
         self._listener: Listener | None = None
         self.sync = PostgresStore(self)
 
@@ -335,7 +346,12 @@ class PostgresBackend(Backend):
 
     def _insert_plan(self, jobs: Sequence[NewJob], depths: list[int]) -> Plan[list[Job]]:
         first = jobs[0]
-        if len(jobs) == 1 and not first.waits and first.on_dependency_failure is None:
+        if (
+            len(jobs) == 1
+            and not first.waits
+            and first.on_dependency_failure is None
+            and not first.limited
+        ):
             rows = yield Stmt(
                 self.q.insert_job,
                 {
@@ -366,6 +382,11 @@ class PostgresBackend(Backend):
             "states": [j.state.value for j in jobs],  # decided once, by NewJob
             "on_failures": [j.on_dependency_failure for j in jobs],
             "depths": depths,
+            "concurrency_keys": [j.concurrency_key for j in jobs],
+            "concurrency_maxes": [j.concurrency_max for j in jobs],
+            "rate_keys": [j.rate_key for j in jobs],
+            "rate_maxes": [j.rate_max for j in jobs],
+            "rate_periods": [j.rate_period for j in jobs],
         }
 
     def _add_dependencies_plan(
@@ -456,7 +477,9 @@ class PostgresBackend(Backend):
     def claim_plan(
         self, worker_id: str, queues: Sequence[str] | None, limit: int, lease: float,
         now: float | None, promote: bool = True,
-    ) -> Plan[list[Job]]:  # fmt: skip
+    ) -> Plan[tuple[list[Job], bool | None]]:  # fmt: skip
+        """The plain claim (jobs without limits). With `promote`, due jobs are promoted first
+        and the claim also tells whether limits are in play (else None)."""
         params: dict[str, Any] = {
             "worker_id": worker_id, "limit": limit, "lease": lease, "now": now,
         }  # fmt: skip
@@ -466,13 +489,53 @@ class PostgresBackend(Backend):
             claim = Stmt(self.q.claim_in_queue, {**params, "queue": queues[0]})
         else:
             claim = Stmt(self.q.claim_in_queues, {**params, "queues": list(queues)})
+        present = None
         if promote:
-            _, rows = yield [Stmt(self.q.promote_due, {"now": now}), claim]
+            _, found, rows = yield [
+                Stmt(self.q.promote_due, {"now": now}),
+                Stmt(self.q.limits_present),
+                claim,
+            ]
+            present = bool(found[0]["present"])
         else:
             rows = yield claim
-        jobs = [Job.from_row(r) for r in rows]
-        jobs.sort(key=lambda j: (j.priority, j.run_at, j.id))
-        return jobs
+        return _in_claim_order(Job.from_row(r) for r in rows), present
+
+    def limited_claim_plan(
+        self, worker_id: str, queues: Sequence[str] | None, limit: int, lease: float,
+        now: float | None,
+    ) -> Plan[tuple[list[Job], bool]]:  # fmt: skip
+        """The claim when limits are in play, run atomically: one limited claim at a time,
+        cluster-wide, counts what is running and started and picks the best jobs that fit
+        (plain ones too, so priorities hold across both)."""
+        wanted = {"queues": None if queues is None else list(queues), "limit": limit, "now": now}
+        _, _, found, rows = yield [
+            Stmt(self.q.lock_limits),
+            Stmt(self.q.promote_due, {"now": now}),
+            Stmt(self.q.limits_present),
+            Stmt(self.q.limited_candidates, wanted),
+        ]
+        queue_free: dict[str, int] = {}
+        running: dict[str, int] = {}
+        started: dict[str, int] = {}
+        for r in rows:
+            if r["queue_free"] is not None:
+                queue_free[r["queue"]] = r["queue_free"]
+            if r["concurrency_used"] is not None:
+                running[r["concurrency_key"]] = r["concurrency_used"]
+            if r["rate_used"] is not None:
+                started[r["rate_key"]] = r["rate_used"]
+        ids = pick(
+            (Candidate.from_row(r) for r in rows), limit, queue_free=queue_free,
+            running=running, started=started,
+        )  # fmt: skip
+        claimed = []
+        if ids:
+            claimed = yield Stmt(
+                self.q.claim_ids,
+                {"worker_id": worker_id, "lease": lease, "now": now, "ids": ids},
+            )
+        return _in_claim_order(Job.from_row(r) for r in claimed), bool(found[0]["present"])
 
     def complete_plan(self, outcomes: Sequence[Outcome]) -> Plan[list[int]]:
         update = Stmt(
@@ -627,16 +690,42 @@ class PostgresBackend(Backend):
     ) -> list[Job]:  # fmt: skip
         # Due scheduled and retrying jobs are promoted with the claim, except while the queue
         # keeps this worker busy: then at most every PROMOTE_EVERY_S (a short claim, which
-        # may mean the queue ran dry, always promotes).
+        # may mean the queue ran dry, always promotes). Whether limits are in play is looked
+        # up with the promotion; while they are, every claim takes the limited path.
+        lease, at = lease_until - now, self.now(now)
         promote = self._claims_short or time.monotonic() - self._promoted_at >= PROMOTE_EVERY_S
-        plan = self.claim_plan(
-            worker_id, queues, limit, lease_until - now, self.now(now), promote=promote
-        )
-        jobs = await self.run_async(plan)
-        if promote:
+        present: bool | None
+        if self._limits_seen:
+            jobs, present = await self.run_async(
+                self.limited_claim_plan(worker_id, queues, limit, lease, at), atomic=True
+            )
+        else:
+            jobs, present = await self.run_async(
+                self.claim_plan(worker_id, queues, limit, lease, at, promote=promote)
+            )
+            if present and len(jobs) < limit:
+                more, present = await self.run_async(
+                    self.limited_claim_plan(worker_id, queues, limit - len(jobs), lease, at),
+                    atomic=True,
+                )
+                jobs = _in_claim_order([*jobs, *more])
+        if promote or self._limits_seen:
             self._promoted_at = time.monotonic()
+        if present is not None:
+            self._limits_seen = present
         self._claims_short = len(jobs) < limit
         return jobs
+
+    async def held_back(self, queues: Sequence[str] | None, now: float) -> float | None:
+        params = {"queues": None if queues is None else list(queues), "now": self.now(now)}
+        [row] = await self.run_async(self.statement_plan(self.q.held_back, params))
+        if not row["held"]:
+            return None
+        return math.inf if row["opens_in"] is None else max(float(row["opens_in"]), 0.0)
+
+    async def set_queue_concurrency(self, queue: str, concurrency: int | None) -> None:
+        params = {"name": queue, "concurrency": concurrency}
+        await self.run_async(self.statement_plan(self.q.set_queue_concurrency, params))
 
     async def complete(self, outcomes: Sequence[Outcome]) -> list[int]:
         if not outcomes:
@@ -817,6 +906,14 @@ class PostgresStore:
     def paused_queues(self) -> list[str]:
         rows = self.b.run_sync(self.b.statement_plan(self.q.paused_queues))
         return [r["name"] for r in rows]
+
+    def set_queue_concurrency(self, queue: str, concurrency: int | None) -> None:
+        params = {"name": queue, "concurrency": concurrency}
+        self.b.run_sync(self.b.statement_plan(self.q.set_queue_concurrency, params))
+
+    def queue_limits(self) -> dict[str, int]:
+        rows = self.b.run_sync(self.b.statement_plan(self.q.queue_limits))
+        return {r["name"]: r["concurrency"] for r in rows}
 
     def cancel_job(self, job_id: int, now: float, note: str) -> Job | None:
         return self.b.run_sync(self.b.cancel_plan(job_id, now, note), atomic=True)

@@ -11,18 +11,23 @@ WITH c AS (SELECT coalesce(to_timestamp(%(now)s::float8), now()) AS now),
 job AS (
     INSERT INTO {schema}.jobs (queue, task, args, kwargs, meta, priority, state, max_attempts,
                                run_at, created_at, state_changed_at,
-                               on_dependency_failure, dependency_depth)
+                               on_dependency_failure, dependency_depth, concurrency_key,
+                               concurrency_max, rate_key, rate_max, rate_period)
     SELECT j.queue, j.task, j.args::json, j.kwargs::json, j.meta::json, j.priority,
            j.state, j.max_attempts, c.now + make_interval(secs => j.delay), c.now, c.now,
-           j.on_failure, j.depth
+           j.on_failure, j.depth, j.concurrency_key, j.concurrency_max, j.rate_key,
+           j.rate_max, j.rate_period
     FROM c,
          unnest(%(queues)b::text[], %(tasks)b::text[], %(args)b::text[], %(kwargs)b::text[],
                 %(metas)b::text[], %(priorities)b::int[], %(max_attempts)b::int[],
                 %(delays)b::float8[], %(states)b::text[], %(on_failures)b::text[],
-                %(depths)b::int[])
+                %(depths)b::int[], %(concurrency_keys)b::text[],
+                %(concurrency_maxes)b::int[], %(rate_keys)b::text[], %(rate_maxes)b::int[],
+                %(rate_periods)b::float8[])
              WITH ORDINALITY
              AS j(queue, task, args, kwargs, meta, priority, max_attempts, delay, state,
-                  on_failure, depth, n)
+                  on_failure, depth, concurrency_key, concurrency_max, rate_key, rate_max,
+                  rate_period, n)
     ORDER BY j.n
     RETURNING id, queue, state, run_at, created_at
 ), history AS (
@@ -46,18 +51,23 @@ WITH c AS (SELECT coalesce(to_timestamp(%(now)s::float8), now()) AS now),
 job AS (
     INSERT INTO {schema}.jobs (queue, task, args, kwargs, meta, priority, state, max_attempts,
                                run_at, created_at, state_changed_at, unique_key,
-                               on_dependency_failure, dependency_depth)
+                               on_dependency_failure, dependency_depth, concurrency_key,
+                               concurrency_max, rate_key, rate_max, rate_period)
     SELECT j.queue, j.task, j.args::json, j.kwargs::json, j.meta::json, j.priority,
            j.state, j.max_attempts, c.now + make_interval(secs => j.delay), c.now, c.now,
-           j.unique_key, j.on_failure, j.depth
+           j.unique_key, j.on_failure, j.depth, j.concurrency_key, j.concurrency_max,
+           j.rate_key, j.rate_max, j.rate_period
     FROM c,
          unnest(%(queues)b::text[], %(tasks)b::text[], %(args)b::text[], %(kwargs)b::text[],
                 %(metas)b::text[], %(priorities)b::int[], %(max_attempts)b::int[],
                 %(delays)b::float8[], %(states)b::text[], %(on_failures)b::text[],
-                %(depths)b::int[], %(unique_keys)b::text[], %(unique_fors)b::float8[])
+                %(depths)b::int[], %(concurrency_keys)b::text[],
+                %(concurrency_maxes)b::int[], %(rate_keys)b::text[], %(rate_maxes)b::int[],
+                %(rate_periods)b::float8[], %(unique_keys)b::text[], %(unique_fors)b::float8[])
              WITH ORDINALITY
              AS j(queue, task, args, kwargs, meta, priority, max_attempts, delay, state,
-                  on_failure, depth, unique_key, unique_for, n)
+                  on_failure, depth, concurrency_key, concurrency_max, rate_key, rate_max,
+                  rate_period, unique_key, unique_for, n)
     WHERE j.unique_for IS NULL
        OR NOT EXISTS (SELECT FROM {schema}.jobs AS f
                       WHERE f.unique_key = j.unique_key
@@ -126,8 +136,9 @@ WHERE id IN (SELECT id FROM {schema}.jobs
 -- name: claim
 WITH picked AS (
     SELECT id FROM {schema}.jobs
-    WHERE state = 'queued'
-      AND queue NOT IN (SELECT name FROM {schema}.queues WHERE paused_at IS NOT NULL)
+    WHERE state = 'queued' AND concurrency_key IS NULL AND rate_key IS NULL
+      AND queue NOT IN (SELECT name FROM {schema}.queues
+                        WHERE paused_at IS NOT NULL OR concurrency IS NOT NULL)
     ORDER BY priority, run_at, id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
@@ -145,9 +156,11 @@ RETURNING j.*
 -- name: claim_in_queue
 WITH picked AS (
     SELECT id FROM {schema}.jobs
-    WHERE state = 'queued' AND queue = %(queue)s
+    WHERE state = 'queued' AND concurrency_key IS NULL AND rate_key IS NULL
+      AND queue = %(queue)s
       AND NOT EXISTS (SELECT FROM {schema}.queues
-                      WHERE name = %(queue)s AND paused_at IS NOT NULL)
+                      WHERE name = %(queue)s
+                        AND (paused_at IS NOT NULL OR concurrency IS NOT NULL))
     ORDER BY priority, run_at, id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
@@ -167,11 +180,13 @@ RETURNING j.*
 WITH candidates AS (
     SELECT c.id, c.priority, c.run_at
     FROM (SELECT name FROM unnest(%(queues)s::text[]) AS q(name)
-          WHERE name NOT IN (SELECT name FROM {schema}.queues WHERE paused_at IS NOT NULL))
+          WHERE name NOT IN (SELECT name FROM {schema}.queues
+                             WHERE paused_at IS NOT NULL OR concurrency IS NOT NULL))
          AS q
     CROSS JOIN LATERAL (
         SELECT id, priority, run_at FROM {schema}.jobs
-        WHERE state = 'queued' AND queue = q.name
+        WHERE state = 'queued' AND concurrency_key IS NULL AND rate_key IS NULL
+          AND queue = q.name
         ORDER BY priority, run_at, id
         LIMIT %(limit)s
         FOR UPDATE SKIP LOCKED
@@ -188,6 +203,162 @@ SET state = 'running', attempt = j.attempt + 1, worker_id = %(worker_id)s,
 FROM picked
 WHERE j.id = picked.id
 RETURNING j.*
+
+-- name: limits_present
+-- Whether any queued job has a limit or any queue has one: only then does a claim need the
+-- limited path.
+SELECT EXISTS (SELECT FROM {schema}.jobs WHERE state = 'queued' AND concurrency_key IS NOT NULL)
+    OR EXISTS (SELECT FROM {schema}.jobs WHERE state = 'queued' AND rate_key IS NOT NULL)
+    OR EXISTS (SELECT FROM {schema}.queues WHERE concurrency IS NOT NULL) AS present
+
+-- name: lock_limits
+-- Limited claims take turns, cluster-wide (for the rest of their transaction): each counts
+-- what the one before it started.
+SELECT pg_advisory_xact_lock(hashtextextended('{schema}.limits', 0))
+
+-- name: limited_candidates
+-- What a claim may start when limits are in play: the best plain jobs, the best jobs of each
+-- queue with a limit and room, and the best jobs of each bucket with room (the buckets found
+-- one index step each, not by a scan of the jobs) — each with its buckets' counts.
+WITH RECURSIVE c AS (SELECT coalesce(to_timestamp(%(now)s::float8), now()) AS now),
+mine AS (SELECT %(queues)s::text[] AS queues),
+paused AS (SELECT name FROM {schema}.queues WHERE paused_at IS NOT NULL),
+plain AS (
+    SELECT id, priority, run_at, queue, concurrency_key, concurrency_max, rate_key, rate_max
+    FROM {schema}.jobs, mine
+    WHERE state = 'queued' AND concurrency_key IS NULL AND rate_key IS NULL
+      AND (mine.queues IS NULL OR queue = ANY (mine.queues))
+      AND queue NOT IN (SELECT name FROM {schema}.queues
+                        WHERE paused_at IS NOT NULL OR concurrency IS NOT NULL)
+    ORDER BY priority, run_at, id
+    LIMIT %(limit)s
+    FOR UPDATE OF jobs SKIP LOCKED
+),
+lq AS (
+    SELECT q.name, q.concurrency - (SELECT count(*) FROM {schema}.jobs
+                                    WHERE queue = q.name AND state = 'running') AS free
+    FROM {schema}.queues AS q, mine
+    WHERE q.concurrency IS NOT NULL AND q.paused_at IS NULL
+      AND (mine.queues IS NULL OR q.name = ANY (mine.queues))
+),
+lq_jobs AS (
+    SELECT j.* FROM lq
+    CROSS JOIN LATERAL (
+        SELECT id, priority, run_at, queue, concurrency_key, concurrency_max, rate_key, rate_max
+        FROM {schema}.jobs
+        WHERE state = 'queued' AND concurrency_key IS NULL AND rate_key IS NULL
+          AND queue = lq.name
+        ORDER BY priority, run_at, id
+        LIMIT least(greatest(lq.free, 0), %(limit)s)
+    ) AS j
+),
+ckeys(key) AS (
+    SELECT min(concurrency_key) FROM {schema}.jobs
+    WHERE state = 'queued' AND concurrency_key IS NOT NULL
+    UNION ALL
+    SELECT (SELECT min(concurrency_key) FROM {schema}.jobs
+            WHERE state = 'queued' AND concurrency_key > ckeys.key)
+    FROM ckeys WHERE ckeys.key IS NOT NULL
+),
+cb AS (
+    SELECT key,
+           (SELECT count(*) FROM {schema}.jobs
+            WHERE state = 'running' AND concurrency_key = ckeys.key) AS used,
+           (SELECT concurrency_max FROM {schema}.jobs
+            WHERE state = 'queued' AND concurrency_key = ckeys.key
+            ORDER BY priority, run_at, id LIMIT 1) AS max
+    FROM ckeys WHERE key IS NOT NULL
+),
+c_jobs AS (
+    SELECT j.* FROM cb, mine
+    CROSS JOIN LATERAL (
+        SELECT id, priority, run_at, queue, concurrency_key, concurrency_max, rate_key, rate_max
+        FROM {schema}.jobs
+        WHERE state = 'queued' AND concurrency_key = cb.key
+          AND (mine.queues IS NULL OR queue = ANY (mine.queues))
+          AND queue NOT IN (SELECT name FROM paused)
+        ORDER BY priority, run_at, id
+        LIMIT least(%(limit)s, greatest(cb.max - cb.used, 0))
+    ) AS j
+),
+rkeys(key) AS (
+    SELECT min(rate_key) FROM {schema}.jobs WHERE state = 'queued' AND rate_key IS NOT NULL
+    UNION ALL
+    SELECT (SELECT min(rate_key) FROM {schema}.jobs
+            WHERE state = 'queued' AND rate_key > rkeys.key)
+    FROM rkeys WHERE rkeys.key IS NOT NULL
+),
+rb AS (
+    SELECT key,
+           (SELECT count(*) FROM {schema}.rate_starts AS s, c
+            WHERE s.key = rkeys.key AND s.until > c.now) AS used,
+           (SELECT rate_max FROM {schema}.jobs
+            WHERE state = 'queued' AND rate_key = rkeys.key
+            ORDER BY priority, run_at, id LIMIT 1) AS max
+    FROM rkeys WHERE key IS NOT NULL
+),
+r_jobs AS (
+    SELECT j.* FROM rb, mine
+    CROSS JOIN LATERAL (
+        SELECT id, priority, run_at, queue, concurrency_key, concurrency_max, rate_key, rate_max
+        FROM {schema}.jobs
+        WHERE state = 'queued' AND rate_key = rb.key
+          AND (mine.queues IS NULL OR queue = ANY (mine.queues))
+          AND queue NOT IN (SELECT name FROM paused)
+        ORDER BY priority, run_at, id
+        LIMIT least(%(limit)s, greatest(rb.max - rb.used, 0))
+    ) AS j
+),
+found AS (
+    SELECT * FROM plain UNION ALL SELECT * FROM lq_jobs
+    UNION ALL SELECT * FROM c_jobs UNION ALL SELECT * FROM r_jobs
+)
+SELECT f.id, f.priority, extract(epoch FROM f.run_at)::float8 AS run_at, f.queue,
+       f.concurrency_key, f.concurrency_max, f.rate_key, f.rate_max,
+       cb.used AS concurrency_used, rb.used AS rate_used, lq.free AS queue_free
+FROM found AS f
+LEFT JOIN cb ON cb.key = f.concurrency_key
+LEFT JOIN rb ON rb.key = f.rate_key
+LEFT JOIN lq ON lq.name = f.queue
+
+-- name: claim_ids
+-- Start the jobs a limited claim picked, and note the starts of rate-limited ones.
+WITH c AS (SELECT coalesce(to_timestamp(%(now)s::float8), now()) AS now),
+claimed AS (
+    UPDATE {schema}.jobs AS j
+    SET state = 'running', attempt = j.attempt + 1, worker_id = %(worker_id)s,
+        started_at = c.now, lease_until = c.now + make_interval(secs => %(lease)s),
+        state_changed_at = c.now, note = NULL
+    FROM c
+    WHERE j.id = ANY (%(ids)s) AND j.state = 'queued'
+    RETURNING j.*
+), pruned AS (
+    DELETE FROM {schema}.rate_starts WHERE until <= (SELECT now FROM c)
+), starts AS (
+    INSERT INTO {schema}.rate_starts (key, until)
+    SELECT rate_key, c.now + make_interval(secs => rate_period) FROM claimed, c
+    WHERE rate_key IS NOT NULL
+)
+SELECT * FROM claimed
+
+-- name: held_back
+-- Whether queued jobs wait in these (unpaused) queues that no claim took — held back by a
+-- limit, or about to be taken by another worker — and when the next rate window opens.
+WITH c AS (SELECT coalesce(to_timestamp(%(now)s::float8), now()) AS now)
+SELECT EXISTS (SELECT FROM {schema}.jobs
+               WHERE state = 'queued'
+                 AND (%(queues)s::text[] IS NULL OR queue = ANY (%(queues)s::text[]))
+                 AND queue NOT IN (SELECT name FROM {schema}.queues
+                                   WHERE paused_at IS NOT NULL)) AS held,
+       extract(epoch FROM (SELECT min(until) FROM {schema}.rate_starts, c
+                           WHERE until > c.now) - (SELECT now FROM c))::float8 AS opens_in
+
+-- name: set_queue_concurrency
+INSERT INTO {schema}.queues (name, concurrency) VALUES (%(name)s, %(concurrency)s)
+ON CONFLICT (name) DO UPDATE SET concurrency = excluded.concurrency
+
+-- name: queue_limits
+SELECT name, concurrency FROM {schema}.queues WHERE concurrency IS NOT NULL ORDER BY name
 
 -- name: complete
 -- A batch of outcomes in one statement. Each applies only to the very attempt it is about,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import sqlite3
 import threading
 import weakref
@@ -30,6 +31,7 @@ from conveyor.errors import (
     ValidationError,
 )
 from conveyor.job import HistoryEntry, Job, JobState, NewJob, Outcome, WorkerInfo
+from conveyor.limits import Candidate, pick
 
 Q = Queries.load("conveyor.backends.sqlite", "queries.sql")
 MIGRATIONS = load_migrations("conveyor.backends.sqlite.migrations")
@@ -249,7 +251,7 @@ class SqliteStore:
 
     def _insert(self, conn: sqlite3.Connection, jobs: Sequence[NewJob]) -> list[Job]:
         waiting = [i for i, j in enumerate(jobs) if j.waits]
-        plain = not waiting and all(j.unique_key is None for j in jobs)
+        plain = not waiting and all(j.unique_key is None and not j.limited for j in jobs)
         rows: list[tuple[Any, ...]]
         if plain:
             rows = [
@@ -264,7 +266,8 @@ class SqliteStore:
             rows = [
                 (j.queue, j.task, j.args, j.kwargs, j.meta, j.priority, j.state.value,
                  j.max_attempts, j.run_at, j.created_at, j.created_at, j.unique_key,
-                 j.on_dependency_failure, depth)
+                 j.on_dependency_failure, depth, j.concurrency_key, j.concurrency_max,
+                 j.rate_key, j.rate_max, j.rate_period)
                 for j, depth in zip(jobs, depths, strict=True)
             ]  # fmt: skip
         if any(j.unique_key is not None for j in jobs):
@@ -347,7 +350,9 @@ class SqliteStore:
         }  # fmt: skip
         with self._write() as conn:
             conn.execute(Q.promote_due, {"now": now})
-            if queues is None:
+            if conn.execute(Q.limits_present).fetchone()[0]:
+                rows = self._claim_limited(conn, queues, params)
+            elif queues is None:
                 rows = conn.execute(Q.claim, params).fetchall()
             elif len(queues) == 1:
                 rows = conn.execute(Q.claim_in_queue, {**params, "queue": queues[0]}).fetchall()
@@ -363,6 +368,54 @@ class SqliteStore:
         jobs = [Job.from_row(r) for r in rows]
         jobs.sort(key=lambda j: (j.priority, j.run_at, j.id))
         return jobs
+
+    def _claim_limited(
+        self, conn: sqlite3.Connection, queues: Sequence[str] | None, params: dict[str, Any]
+    ) -> list[sqlite3.Row]:
+        """The claim when limits are in play: the best plain jobs, and per queue or bucket
+        with room the best of its jobs, merged by `pick` (this transaction is the only writer,
+        so the counts cannot change under it)."""
+        limit, now = params["limit"], params["now"]
+        mine = None if queues is None else _json_list(queues)
+        if queues is None:
+            found = conn.execute(Q.plain_candidates, {"limit": limit}).fetchall()
+        else:
+            found = [
+                row
+                for queue in queues
+                for row in conn.execute(Q.claim_candidates, {"queue": queue, "limit": limit})
+            ]
+        queue_free = {
+            r["name"]: r["free"]
+            for r in conn.execute(Q.limited_queues)
+            if queues is None or r["name"] in queues
+        }
+        for queue, free in queue_free.items():
+            if free > 0:
+                wanted = {"queue": queue, "limit": min(free, limit)}
+                found += conn.execute(Q.limited_queue_candidates, wanted).fetchall()
+        used: dict[str, dict[str, int]] = {}
+        for kind, buckets, candidates in (
+            ("concurrency", Q.concurrency_buckets, Q.concurrency_candidates),
+            ("rate", Q.rate_buckets, Q.rate_candidates),
+        ):
+            used[kind] = {}
+            for b in conn.execute(buckets, {"now": now}):
+                used[kind][b["key"]] = b["used"]
+                room = min(b["max"] - b["used"], limit)
+                if room > 0:
+                    wanted = {"key": b["key"], "queues": mine, "limit": room}
+                    found += conn.execute(candidates, wanted).fetchall()
+        ids = pick(
+            (Candidate.from_row(r) for r in found), limit, queue_free=queue_free,
+            running=used["concurrency"], started=used["rate"],
+        )  # fmt: skip
+        if not ids:
+            return []
+        rows = conn.execute(Q.claim_ids, {**params, "ids": _ids_json(ids)}).fetchall()
+        conn.execute(Q.prune_rate_starts, {"now": now})
+        conn.execute(Q.record_rate_starts, {"now": now, "ids": _ids_json(ids)})
+        return rows
 
     def complete(self, outcomes: Sequence[Outcome]) -> list[int]:
         if not outcomes:
@@ -520,6 +573,20 @@ class SqliteStore:
     def paused_queues(self) -> list[str]:
         return [r["name"] for r in self._read(Q.paused_queues)]
 
+    def set_queue_concurrency(self, queue: str, concurrency: int | None) -> None:
+        with self._write() as conn:
+            conn.execute(Q.set_queue_concurrency, {"name": queue, "concurrency": concurrency})
+
+    def queue_limits(self) -> dict[str, int]:
+        return {r["name"]: r["concurrency"] for r in self._read(Q.queue_limits)}
+
+    def held_back(self, queues: Sequence[str] | None, now: float) -> float | None:
+        mine = None if queues is None else _json_list(queues)
+        [row] = self._read(Q.held_back, {"queues": mine, "now": now})
+        if not row["held"]:
+            return None
+        return math.inf if row["opens"] is None else max(float(row["opens"]) - now, 0.0)
+
     def cancel_job(self, job_id: int, now: float, note: str) -> Job | None:
         params = {"job_id": job_id, "now": now, "note": note}
         with self._write() as conn:
@@ -676,6 +743,12 @@ class SqliteBackend(Backend):
         return await self._run(
             lambda: self.store.purge(states=states, older_than=older_than, now=now)
         )
+
+    async def held_back(self, queues: Sequence[str] | None, now: float) -> float | None:
+        return await self._run(self.store.held_back, queues, now)
+
+    async def set_queue_concurrency(self, queue: str, concurrency: int | None) -> None:
+        await self._run(self.store.set_queue_concurrency, queue, concurrency)
 
     async def set_progress(
         self, job_id: int, worker_id: str, attempt: int, progress: float, stage: str | None

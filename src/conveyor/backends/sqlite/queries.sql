@@ -11,8 +11,9 @@ VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 -- name: insert_job_full
 INSERT INTO conveyor_jobs (queue, task, args, kwargs, meta, priority, state, max_attempts,
                            run_at, created_at, state_changed_at, unique_key,
-                           on_dependency_failure, dependency_depth)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                           on_dependency_failure, dependency_depth, concurrency_key,
+                           concurrency_max, rate_key, rate_max, rate_period)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 
 -- name: dependency_depths
 SELECT id, dependency_depth FROM conveyor_jobs WHERE id IN (SELECT value FROM json_each(:ids))
@@ -53,12 +54,14 @@ SET state = 'queued', worker_id = NULL, state_changed_at = :now, note = NULL
 WHERE state IN ('scheduled', 'retrying') AND run_at <= :now
 
 -- name: claim
+-- The plain claim: jobs without limits, from queues that are neither paused nor limited.
 UPDATE conveyor_jobs
 SET state = 'running', attempt = attempt + 1, worker_id = :worker_id, started_at = :now,
     lease_until = :lease_until, state_changed_at = :now, note = NULL
 WHERE id IN (SELECT id FROM conveyor_jobs INDEXED BY conveyor_jobs_runnable
-             WHERE state = 'queued'
-               AND queue NOT IN (SELECT name FROM conveyor_queues WHERE paused_at IS NOT NULL)
+             WHERE state = 'queued' AND concurrency_key IS NULL AND rate_key IS NULL
+               AND queue NOT IN (SELECT name FROM conveyor_queues
+                                 WHERE paused_at IS NOT NULL OR concurrency IS NOT NULL)
              ORDER BY priority, run_at, id
              LIMIT :limit)
 RETURNING *
@@ -68,17 +71,31 @@ UPDATE conveyor_jobs
 SET state = 'running', attempt = attempt + 1, worker_id = :worker_id, started_at = :now,
     lease_until = :lease_until, state_changed_at = :now, note = NULL
 WHERE id IN (SELECT id FROM conveyor_jobs INDEXED BY conveyor_jobs_runnable_queue
-             WHERE state = 'queued' AND queue = :queue
-               AND queue NOT IN (SELECT name FROM conveyor_queues WHERE paused_at IS NOT NULL)
+             WHERE state = 'queued' AND concurrency_key IS NULL AND rate_key IS NULL
+               AND queue = :queue
+               AND queue NOT IN (SELECT name FROM conveyor_queues
+                                 WHERE paused_at IS NOT NULL OR concurrency IS NOT NULL)
              ORDER BY priority, run_at, id
              LIMIT :limit)
 RETURNING *
 
 -- name: claim_candidates
--- The best `limit` runnable jobs of one queue; a claim over several queues merges these.
-SELECT id, priority, run_at FROM conveyor_jobs INDEXED BY conveyor_jobs_runnable_queue
-WHERE state = 'queued' AND queue = :queue
-  AND queue NOT IN (SELECT name FROM conveyor_queues WHERE paused_at IS NOT NULL)
+-- The best `limit` plain jobs of one queue; a claim over several queues merges these.
+SELECT id, priority, run_at, queue, concurrency_key, concurrency_max, rate_key, rate_max
+FROM conveyor_jobs INDEXED BY conveyor_jobs_runnable_queue
+WHERE state = 'queued' AND concurrency_key IS NULL AND rate_key IS NULL AND queue = :queue
+  AND queue NOT IN (SELECT name FROM conveyor_queues
+                    WHERE paused_at IS NOT NULL OR concurrency IS NOT NULL)
+ORDER BY priority, run_at, id
+LIMIT :limit
+
+-- name: plain_candidates
+-- The best `limit` plain jobs of every queue.
+SELECT id, priority, run_at, queue, concurrency_key, concurrency_max, rate_key, rate_max
+FROM conveyor_jobs INDEXED BY conveyor_jobs_runnable
+WHERE state = 'queued' AND concurrency_key IS NULL AND rate_key IS NULL
+  AND queue NOT IN (SELECT name FROM conveyor_queues
+                    WHERE paused_at IS NOT NULL OR concurrency IS NOT NULL)
 ORDER BY priority, run_at, id
 LIMIT :limit
 
@@ -88,6 +105,112 @@ SET state = 'running', attempt = attempt + 1, worker_id = :worker_id, started_at
     lease_until = :lease_until, state_changed_at = :now, note = NULL
 WHERE id IN (SELECT value FROM json_each(:ids)) AND state = 'queued'
 RETURNING *
+
+-- name: limits_present
+-- Whether any queued job has a limit or any queue has one: only then does a claim need the
+-- limited path.
+SELECT EXISTS (SELECT 1 FROM conveyor_jobs INDEXED BY conveyor_jobs_queued_concurrency
+               WHERE state = 'queued' AND concurrency_key IS NOT NULL)
+    OR EXISTS (SELECT 1 FROM conveyor_jobs INDEXED BY conveyor_jobs_queued_rate
+               WHERE state = 'queued' AND rate_key IS NOT NULL)
+    OR EXISTS (SELECT 1 FROM conveyor_queues WHERE concurrency IS NOT NULL)
+
+-- name: limited_queues
+-- Queues with a limit, not paused, and how many more of their jobs may start.
+SELECT name, concurrency - (SELECT count(*) FROM conveyor_jobs INDEXED BY conveyor_jobs_queue_state
+                            WHERE queue = q.name AND state = 'running') AS free
+FROM conveyor_queues AS q
+WHERE concurrency IS NOT NULL AND paused_at IS NULL
+
+-- name: limited_queue_candidates
+-- The best plain jobs of a queue with a limit.
+SELECT id, priority, run_at, queue, concurrency_key, concurrency_max, rate_key, rate_max
+FROM conveyor_jobs INDEXED BY conveyor_jobs_runnable_queue
+WHERE state = 'queued' AND concurrency_key IS NULL AND rate_key IS NULL AND queue = :queue
+ORDER BY priority, run_at, id
+LIMIT :limit
+
+-- name: concurrency_buckets
+-- Every concurrency bucket with queued jobs (one index step each, not a scan of the jobs),
+-- with its running jobs and the limit its next job carries.
+WITH RECURSIVE k(key) AS (
+    SELECT min(concurrency_key) FROM conveyor_jobs INDEXED BY conveyor_jobs_queued_concurrency
+    WHERE state = 'queued' AND concurrency_key IS NOT NULL
+    UNION ALL
+    SELECT (SELECT min(concurrency_key)
+            FROM conveyor_jobs INDEXED BY conveyor_jobs_queued_concurrency
+            WHERE state = 'queued' AND concurrency_key > k.key)
+    FROM k WHERE k.key IS NOT NULL
+)
+SELECT key,
+       (SELECT count(*) FROM conveyor_jobs INDEXED BY conveyor_jobs_running_concurrency
+        WHERE state = 'running' AND concurrency_key = k.key) AS used,
+       (SELECT concurrency_max FROM conveyor_jobs INDEXED BY conveyor_jobs_queued_concurrency
+        WHERE state = 'queued' AND concurrency_key = k.key
+        ORDER BY priority, run_at, id LIMIT 1) AS max
+FROM k WHERE key IS NOT NULL
+
+-- name: concurrency_candidates
+SELECT id, priority, run_at, queue, concurrency_key, concurrency_max, rate_key, rate_max
+FROM conveyor_jobs INDEXED BY conveyor_jobs_queued_concurrency
+WHERE state = 'queued' AND concurrency_key = :key
+  AND (:queues IS NULL OR queue IN (SELECT value FROM json_each(:queues)))
+  AND queue NOT IN (SELECT name FROM conveyor_queues WHERE paused_at IS NOT NULL)
+ORDER BY priority, run_at, id
+LIMIT :limit
+
+-- name: rate_buckets
+-- Every rate bucket with queued jobs, with its starts still in their window and the limit its
+-- next job carries.
+WITH RECURSIVE k(key) AS (
+    SELECT min(rate_key) FROM conveyor_jobs INDEXED BY conveyor_jobs_queued_rate
+    WHERE state = 'queued' AND rate_key IS NOT NULL
+    UNION ALL
+    SELECT (SELECT min(rate_key) FROM conveyor_jobs INDEXED BY conveyor_jobs_queued_rate
+            WHERE state = 'queued' AND rate_key > k.key)
+    FROM k WHERE k.key IS NOT NULL
+)
+SELECT key,
+       (SELECT count(*) FROM conveyor_rate_starts AS s
+        WHERE s.key = k.key AND s.until > :now) AS used,
+       (SELECT rate_max FROM conveyor_jobs INDEXED BY conveyor_jobs_queued_rate
+        WHERE state = 'queued' AND rate_key = k.key
+        ORDER BY priority, run_at, id LIMIT 1) AS max
+FROM k WHERE key IS NOT NULL
+
+-- name: rate_candidates
+SELECT id, priority, run_at, queue, concurrency_key, concurrency_max, rate_key, rate_max
+FROM conveyor_jobs INDEXED BY conveyor_jobs_queued_rate
+WHERE state = 'queued' AND rate_key = :key
+  AND (:queues IS NULL OR queue IN (SELECT value FROM json_each(:queues)))
+  AND queue NOT IN (SELECT name FROM conveyor_queues WHERE paused_at IS NOT NULL)
+ORDER BY priority, run_at, id
+LIMIT :limit
+
+-- name: record_rate_starts
+INSERT INTO conveyor_rate_starts (key, until)
+SELECT rate_key, :now + rate_period FROM conveyor_jobs
+WHERE id IN (SELECT value FROM json_each(:ids)) AND rate_key IS NOT NULL
+
+-- name: prune_rate_starts
+DELETE FROM conveyor_rate_starts WHERE until <= :now
+
+-- name: held_back
+-- Whether queued jobs wait in these (unpaused) queues that no claim took — held back by a
+-- limit, or about to be taken by another worker — and when the next rate window opens.
+SELECT EXISTS (SELECT 1 FROM conveyor_jobs
+               WHERE state = 'queued'
+                 AND (:queues IS NULL OR queue IN (SELECT value FROM json_each(:queues)))
+                 AND queue NOT IN (SELECT name FROM conveyor_queues WHERE paused_at IS NOT NULL))
+       AS held,
+       (SELECT min(until) FROM conveyor_rate_starts WHERE until > :now) AS opens
+
+-- name: set_queue_concurrency
+INSERT INTO conveyor_queues (name, concurrency) VALUES (:name, :concurrency)
+ON CONFLICT (name) DO UPDATE SET concurrency = excluded.concurrency
+
+-- name: queue_limits
+SELECT name, concurrency FROM conveyor_queues WHERE concurrency IS NOT NULL ORDER BY name
 
 -- name: complete
 -- Applies only to the very attempt the outcome is about, while it is still running.
