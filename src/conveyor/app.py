@@ -8,8 +8,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar, overload
 
 from conveyor.backends import Backend, check_url, open_backend
+from conveyor.circuit import Action, Circuit, CircuitEvent, CircuitInfo, Probe
 from conveyor.clock import Clock, SystemClock
-from conveyor.config import Settings
+from conveyor.config import Settings, parse_duration
 from conveyor.cron import Periodic, Schedule, TickRecord
 from conveyor.errors import InvalidTransition, JobNotFound, UnknownTask, ValidationError
 from conveyor.job import (
@@ -23,8 +24,10 @@ from conveyor.job import (
     WorkerInfo,
 )
 from conveyor.limits import check_limit
+from conveyor.notify import Alerter, BacklogRule, Notifier, NoWorkerRule, from_config
 from conveyor.payload import check_size, encode, encode_arguments
 from conveyor.retry import BackoffLike, RetryPolicy, as_backoff, exponential
+from conveyor.services.circuits import announce
 from conveyor.task import CallOptions, Task, check_priority, check_queue
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -47,6 +50,20 @@ def _seconds(value: float | dt.timedelta, what: str) -> float:
     seconds = value.total_seconds() if isinstance(value, dt.timedelta) else float(value)
     if seconds < 0:
         raise ValidationError(f"{what} must be >= 0 seconds, got {value!r}")
+    return seconds
+
+
+def _optional_duration(value: float | str | dt.timedelta | None, what: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, dt.timedelta):
+        return value.total_seconds()
+    try:
+        seconds = parse_duration(value) if isinstance(value, str) else float(value)
+    except (TypeError, ValueError) as exc:
+        raise ValidationError(f"{what}: {exc}") from None
+    if not seconds > 0:
+        raise ValidationError(f"{what} must be a duration > 0, got {value!r}")
     return seconds
 
 
@@ -84,6 +101,8 @@ class App:
         connect_timeout: float | None = None,
         retention_succeeded: float | str | None = None,
         retention_failed: float | str | None = None,
+        notifiers: Sequence[Notifier] | None = None,
+        alert_every: float | str | None = None,
         clock: Clock | None = None,
     ) -> None:
         self.settings = Settings.load(
@@ -104,6 +123,7 @@ class App:
                 "connect_timeout": connect_timeout,
                 "retention_succeeded": retention_succeeded,
                 "retention_failed": retention_failed,
+                "alert_every": alert_every,
             }
         )
         check_url(self.settings.database_url)
@@ -113,7 +133,13 @@ class App:
         self.periodics: dict[str, Periodic] = {}
         #: queue concurrency limits, as `app.queue` declared them (None: no limit)
         self.declared_queues: dict[str, int | None] = {}
+        #: circuits by name, as `app.circuit` declared them
+        self.circuits: dict[str, Circuit] = {}
         self._backend: Backend | None = None
+        if notifiers is None:
+            notifiers = from_config(self.settings.alerts) if self.settings.alerts else []
+        #: alerts: circuit changes, dead jobs, backlogs, missing workers (see conveyor.notify)
+        self.alerts = Alerter(self, notifiers, self.settings.alert_every)
 
     def __repr__(self) -> str:
         return f"<conveyor.App {self.settings.database_url}>"
@@ -162,6 +188,8 @@ class App:
         rate_limit_key: str | None = None,
         concurrency: int | None = None,
         concurrency_key: str | None = None,
+        circuit: Circuit | str | None = None,
+        alert_on_dead: bool = False,
     ) -> Callable[[F], Task[Any, Any]]: ...
 
     def task(
@@ -181,6 +209,8 @@ class App:
         rate_limit_key: str | None = None,
         concurrency: int | None = None,
         concurrency_key: str | None = None,
+        circuit: Circuit | str | None = None,
+        alert_on_dead: bool = False,
     ) -> Task[Any, Any] | Callable[[F], Task[Any, Any]]:
         """Register a function as a task: `@app.task` or `@app.task(queue=..., ...)`."""
 
@@ -209,6 +239,8 @@ class App:
                 rate_limit_key=rate_limit_key,
                 concurrency=concurrency,
                 concurrency_key=concurrency_key,
+                circuit=self._declared_circuit(circuit),
+                alert_on_dead=alert_on_dead,
             )
             self.tasks[task_name] = task
             return task
@@ -294,6 +326,7 @@ class App:
             depends_on=options.depends_on or (),
             on_dependency_failure=options.on_dependency_failure,
             **task.limit_fields(options, args, kwargs),
+            circuit=None if task.circuit is None else task.circuit.name,
         )
 
     def _bind(self, jobs: list[Job]) -> list[Job]:
@@ -433,6 +466,84 @@ class App:
         if job is None:
             raise JobNotFound(f"no job with id {job_id}")
         return self._bind([job])[0]
+
+    def circuit(
+        self,
+        name: str,
+        *,
+        failure_threshold: int = 5,
+        probe: Probe | None = None,
+        schedule: Sequence[tuple[Any, Any]] | None = None,
+        half_open_jobs: int = 1,
+    ) -> Circuit:
+        """Declare a downstream service that tasks call (`@app.task(circuit=...)`). After
+        `failure_threshold` downstream failures in a row it opens for every worker: the jobs
+        of its tasks are held, queued, and spend no attempts. The leader runs `probe` (an
+        http(s) URL answering 2xx/3xx, or a callable, sync or async, that returns without
+        raising) on `schedule` — `[("1h", "1m"), (None, "10m")]` by default: every minute for
+        an hour, then every ten minutes; when it answers, `half_open_jobs` jobs run, and the
+        first to succeed closes the circuit."""
+        if name in self.circuits:
+            raise ValueError(f"a circuit named {name!r} is already declared")
+        declared = Circuit.declare(
+            name, failure_threshold=failure_threshold, probe=probe, schedule=schedule,
+            half_open_jobs=half_open_jobs,
+        )  # fmt: skip
+        self.circuits[name] = declared
+        return declared
+
+    def _declared_circuit(self, circuit: Circuit | str | None) -> Circuit | None:
+        if circuit is None:
+            return None
+        name = circuit if isinstance(circuit, str) else circuit.name
+        declared = self.circuits.get(name)
+        if declared is None or (isinstance(circuit, Circuit) and circuit is not declared):
+            raise ValidationError(f"circuit {name!r} is not declared on this app (app.circuit)")
+        return declared
+
+    def close_circuit(self, name: str, reason: str = "closed by hand") -> bool:
+        """Close a circuit from outside (its service is back): its held jobs run again at once.
+        False if it was not open or half-open."""
+        change = self.backend.sync.change_circuit(
+            name, Action.CLOSE, self.clock.now(), reason=reason
+        )
+        if change is None:
+            return False
+        announce(self, change)
+        return True
+
+    def circuit_states(self) -> list[CircuitInfo]:
+        """Every circuit the store knows: state, failures in a row, since when, jobs held."""
+        return self.backend.sync.circuits()
+
+    def circuit_log(self, name: str | None = None, limit: int = 100) -> list[CircuitEvent]:
+        """Opens, half-opens and closes, newest first: when, why, jobs held, how long."""
+        return self.backend.sync.circuit_log(name, limit)
+
+    def alert_on_backlog(
+        self,
+        queue: str,
+        *,
+        depth: int | None = None,
+        older_than: float | str | dt.timedelta | None = None,
+    ) -> None:
+        """Alert (through the app's notifiers) when `queue` holds more than `depth` queued
+        jobs, or its oldest queued job has waited longer than `older_than`. The elected leader
+        checks every few seconds; the alert is rate-limited like every other."""
+        if depth is None and older_than is None:
+            raise ValidationError("alert_on_backlog needs depth= or older_than=")
+        if depth is not None:
+            check_limit(depth, "depth")
+        self.alerts.backlog_rules.append(
+            BacklogRule(check_queue(queue), depth, _optional_duration(older_than, "older_than"))
+        )
+
+    def alert_on_no_worker(self, queue: str, *, after: float | str | dt.timedelta = "5m") -> None:
+        """Alert when no live worker has served `queue` for `after` (five minutes). Checked by
+        the elected leader, so it speaks for queues other workers serve."""
+        wait = _optional_duration(after, "after")
+        assert wait is not None
+        self.alerts.no_worker_rules.append(NoWorkerRule(check_queue(queue), wait))
 
     def queue(self, name: str, *, concurrency: int | None = None) -> None:
         """Declare a queue's limit: at most `concurrency` of its jobs run at once, across every

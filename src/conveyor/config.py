@@ -90,6 +90,10 @@ class Settings:
     connect_timeout: float = 5.0
     retention_succeeded: float = 7 * 86400.0
     retention_failed: float = 30 * 86400.0
+    #: notifiers as JSON (see conveyor.notify.from_config); App(notifiers=...) takes objects
+    alerts: str | None = None
+    #: each alert key is sent at most once per this many seconds, cluster-wide
+    alert_every: float = 300.0
 
     @classmethod
     def load(
@@ -147,4 +151,6 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "connect_timeout": _positive(float),
     "retention_succeeded": _duration,
     "retention_failed": _duration,
+    "alerts": str,
+    "alert_every": _duration,
 }

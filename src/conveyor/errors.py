@@ -81,6 +81,15 @@ class Discard(Exception):
         self.reason = reason
 
 
+class DownstreamDown(Exception):
+    """Raised by a task (or recognised by conveyor) when the service it calls is down: behind a
+    circuit, such failures never cost the job an attempt, and enough in a row open the circuit.
+    """
+
+    def __init__(self, message: str = "the downstream service is down") -> None:
+        super().__init__(message)
+
+
 def describe(value: Any) -> str:
     """A short, safe description of a value for error messages."""
     text = repr(value)

@@ -101,6 +101,8 @@ class NewJob:
     rate_key: str | None = None
     rate_max: int | None = None
     rate_period: float | None = None
+    #: the circuit its task is behind: held while the circuit is open
+    circuit: str | None = None
 
     @property
     def waits(self) -> bool:
@@ -159,10 +161,12 @@ class Outcome:
     run_at: float | None = None
     note: str | None = None
     lease_expired_before: float | None = None
+    #: the attempt does not count (a downstream failure behind a circuit)
+    refund: bool = False
 
     @property
     def refunds_attempt(self) -> bool:
-        return self.state is JobState.QUEUED
+        return self.refund or self.state is JobState.QUEUED
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,6 +236,18 @@ def _seconds(value: Any) -> Any:
     return float(value)
 
 
+#: States a job behind an open circuit is held in.
+_HOLDABLE = frozenset({"queued", "retrying", "scheduled"})
+
+
+def _clock_time(ts: float) -> str:
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+#: Epoch seconds from a store row's time column, whichever form the driver gives.
+epoch_seconds = _seconds
+
+
 class Row(Protocol):
     """A store row: columns by name."""
 
@@ -278,6 +294,8 @@ class Job:
     meta: dict[str, Any] = field(default_factory=dict)
     cancel_requested: bool = False
     unique_key: str | None = None
+    #: the circuit its task is behind (see `held_by`)
+    circuit: str | None = None
     #: True on the handle enqueue returned when it found this job holding the unique key
     #: (and stored nothing); a flag of that handle, not of the job
     deduplicated: bool = field(default=False, compare=False)
@@ -309,6 +327,7 @@ class Job:
             meta=_loads(row["meta"], {}),
             cancel_requested=bool(row["cancel_requested"]),
             unique_key=row["unique_key"],
+            circuit=row["circuit"],
         )
 
     # -- the handle -------------------------------------------------------------------------
@@ -322,6 +341,46 @@ class Job:
         for name in self.__dataclass_fields__:
             if name not in ("app", "deduplicated"):
                 setattr(self, name, getattr(other, name))
+
+    @property
+    def held_by(self) -> str | None:
+        """The circuit holding this job back while its downstream is down (it is not failing:
+        it runs by itself once the service is back), else None. Asks the store."""
+        if self.circuit is None or self.app is None or self.state not in _HOLDABLE:
+            return None
+        for info in self.app.circuit_states():
+            if info.name == self.circuit and info.state.value == "open":
+                return info.name
+        return None
+
+    @property
+    def status_message(self) -> str:
+        """One sentence for the people waiting on this job (what a dashboard shows)."""
+        held = self.held_by
+        if held is not None:
+            return f"Queued — will run when {held} is back"
+        state = self.state
+        if state is JobState.RUNNING:
+            done = "" if self.progress is None else f" — {self.progress:.0f}%"
+            return f"Running{done}" + (f" ({self.stage})" if self.stage else "")
+        if state is JobState.SCHEDULED:
+            return f"Scheduled for {_clock_time(self.run_at)}"
+        if state is JobState.RETRYING:
+            return f"Retrying at {_clock_time(self.run_at)} after: {self._last_error()}"
+        if state is JobState.DEAD:
+            return f"Failed: {self._last_error()}"
+        return {
+            JobState.WAITING: "Waiting for the jobs it depends on",
+            JobState.QUEUED: "Queued",
+            JobState.SUCCEEDED: "Succeeded",
+            JobState.CANCELLED: "Cancelled",
+        }[state]
+
+    def _last_error(self) -> str:
+        if not self.errors:
+            return "an error"
+        last = self.errors[-1]
+        return f"{last.get('type', 'error')}: {last.get('message', '')}".rstrip(": ")
 
     def refresh(self) -> Job:
         """Read the job again from the store; returns self."""

@@ -100,12 +100,13 @@ class Candidate:
     concurrency_max: int | None = None
     rate_key: str | None = None
     rate_max: int | None = None
+    circuit: str | None = None
 
     @classmethod
     def from_row(cls, row: Any) -> Candidate:
         return cls(
             row["id"], row["priority"], row["run_at"], row["queue"], row["concurrency_key"],
-            row["concurrency_max"], row["rate_key"], row["rate_max"],
+            row["concurrency_max"], row["rate_key"], row["rate_max"], row["circuit"],
         )  # fmt: skip
 
     @property
@@ -120,12 +121,15 @@ def pick(
     queue_free: Mapping[str, int],
     running: Mapping[str, int],
     started: Mapping[str, int],
+    circuit_free: Mapping[str, int] | None = None,
 ) -> list[int]:
     """The ids of up to `limit` candidates to start, best first (priority, then run_at, then
     id), skipping any whose queue has no free slot (`queue_free`, for queues with a limit), whose
-    concurrency bucket has `running` jobs up to its maximum, or whose rate bucket has `started`
-    jobs in its window up to its maximum. Each job taken counts against its buckets."""
+    concurrency bucket has `running` jobs up to its maximum, whose rate bucket has `started`
+    jobs in its window up to its maximum, or whose half-open circuit has no free slot
+    (`circuit_free`). Each job taken counts against its buckets."""
     free = dict(queue_free)
+    trial = dict(circuit_free or {})
     busy = dict(running)
     spent = dict(started)
     chosen: list[int] = []
@@ -136,6 +140,8 @@ def pick(
         seen.add(c.id)
         if free.get(c.queue, 1) <= 0:
             continue
+        if c.circuit is not None and trial.get(c.circuit, 1) <= 0:
+            continue
         if c.concurrency_key is not None and busy.get(c.concurrency_key, 0) >= (
             c.concurrency_max or 0
         ):
@@ -144,6 +150,8 @@ def pick(
             continue
         if c.queue in free:
             free[c.queue] -= 1
+        if c.circuit in trial:
+            trial[c.circuit] -= 1
         if c.concurrency_key is not None:
             busy[c.concurrency_key] = busy.get(c.concurrency_key, 0) + 1
         if c.rate_key is not None:

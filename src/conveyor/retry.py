@@ -139,6 +139,16 @@ def decide(policy: RetryPolicy, exc: BaseException, attempt: int, max_attempts: 
     return Decision(JobState.RETRYING, delay=_delay(policy.backoff, attempt))
 
 
+def downstream_down(policy: RetryPolicy, attempt: int, circuit: str) -> Decision:
+    """A task behind a circuit failed because its downstream is down: not the job's fault, so
+    it is retried after the usual backoff and the attempt does not count."""
+    return Decision(
+        JobState.RETRYING,
+        delay=_delay(policy.backoff, attempt),
+        note=f"{circuit} is down: retried, the attempt does not count",
+    )
+
+
 _FALLBACK = Exponential()
 
 

@@ -17,6 +17,7 @@ from conveyor.retry import RetryPolicy
 
 if TYPE_CHECKING:
     from conveyor.app import App
+    from conveyor.circuit import Circuit
 
 #: The last moment a job can be scheduled for: the end of the year 9999.
 LATEST_RUN_AT = dt.datetime(9999, 12, 31, 23, 59, 59, tzinfo=dt.UTC).timestamp()
@@ -209,6 +210,8 @@ class Task(Generic[P, R]):
         rate_limit_key: str | None = None,
         concurrency: int | None = None,
         concurrency_key: str | None = None,
+        circuit: Circuit | None = None,
+        alert_on_dead: bool = False,
     ) -> None:
         self.app = app
         self.fn = fn
@@ -223,6 +226,10 @@ class Task(Generic[P, R]):
         self.pass_context = pass_context
         self.is_async = inspect.iscoroutinefunction(fn)
         self.signature = task_signature(fn, pass_context)
+        #: the downstream service the task calls, whose outages hold its jobs
+        self.circuit = circuit
+        #: alert a human (the app's notifiers) when one of its jobs is dead-lettered
+        self.alert_on_dead = bool(alert_on_dead)
         self.rate = None if rate_limit is None else Rate.parse(rate_limit)
         self.concurrency = None if concurrency is None else check_limit(concurrency, "concurrency")
         self.rate_limit_key = self._key_argument(rate_limit_key, "rate_limit_key", self.rate)

@@ -373,6 +373,9 @@ def test_migrate_applies_once(new_app: Callable[..., conveyor.App], schema: str)
         "queues",
         "cron_ticks",
         "rate_starts",
+        "circuits",
+        "circuit_log",
+        "alerts",
         "migrations",
     }
 

@@ -11,6 +11,7 @@ import abc
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
+from conveyor.circuit import Action, CircuitEvent, CircuitInfo
 from conveyor.clock import Clock
 from conveyor.cron import TickRecord
 from conveyor.errors import ValidationError
@@ -112,6 +113,29 @@ class Store(Protocol):
     def queue_limits(self) -> dict[str, int]:
         """The queues with a concurrency limit, and their limits."""
 
+    def change_circuit(
+        self, name: str, action: Action, now: float, *, threshold: int = 5,
+        reason: str | None = None, half_open_jobs: int = 1,
+    ) -> CircuitEvent | None:  # fmt: skip
+        """Apply `action` to the circuit by `circuit.transition`, atomically; return the
+        event recorded if its state changed. Held jobs released wake idle workers."""
+
+    def record_probe(self, name: str, now: float) -> None: ...
+
+    def backlog(self, queue: str, now: float) -> tuple[int, float | None]:
+        """How many jobs are queued in `queue`, and how long the oldest has waited (None:
+        none queued)."""
+
+    def claim_alert(self, key: str, every: float, now: float) -> bool:
+        """Take the right to send the alert `key`: True unless it was sent within `every`
+        seconds before `now`, by anyone."""
+
+    def circuits(self) -> list[CircuitInfo]:
+        """Every circuit the store has seen, with its held jobs."""
+
+    def circuit_log(self, name: str | None = None, limit: int = 100) -> list[CircuitEvent]:
+        """The latest opens, half-opens and closes, newest first."""
+
     def periodic_ticks(self) -> dict[str, TickRecord]:
         """Per periodic entry the store has seen, its latest tick and latest fired job."""
 
@@ -202,6 +226,18 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     async def set_queue_concurrency(self, queue: str, concurrency: int | None) -> None: ...
+
+    @abc.abstractmethod
+    async def change_circuit(
+        self, name: str, action: Action, now: float, *, threshold: int = 5,
+        reason: str | None = None, half_open_jobs: int = 1,
+    ) -> CircuitEvent | None: ...  # fmt: skip
+
+    @abc.abstractmethod
+    async def record_probe(self, name: str, now: float) -> None: ...
+
+    @abc.abstractmethod
+    async def circuits(self) -> list[CircuitInfo]: ...
 
     @abc.abstractmethod
     async def wait_for_change(self, timeout: float) -> None:

@@ -371,6 +371,40 @@ def queues_resume(ref: AppRef, names: tuple[str, ...]) -> None:
         render.console().print(f"resumed {name}" if changed else f"{name} was not paused")
 
 
+@click.group(invoke_without_command=True)
+@json_option
+@click.pass_context
+def circuits(ctx: click.Context, as_json: bool) -> None:
+    """Circuits: state, failures in a row, jobs held, and their latest opens and closes.
+    `conveyor circuits close NAME` closes one by hand."""
+    if ctx.invoked_subcommand is not None:
+        return
+    ref = ctx.find_object(AppRef)
+    assert ref is not None, "main() puts the AppRef on the context"
+    app = _app(ref)
+    found = render.circuits_dict(app.circuits, app.circuit_states(), app.circuit_log(limit=20))
+    if as_json:
+        render.emit_json(found)
+    elif not found["circuits"]:
+        render.console().print("no circuits declared or recorded", style="dim")
+    else:
+        now = app.clock.now()
+        render.console().print(render.circuits_table(found["circuits"], now))
+        if found["log"]:
+            render.console().print(render.circuit_log_table(found["log"], now))
+
+
+@circuits.command("close")
+@click.argument("names", metavar="NAME...", nargs=-1, required=True)
+@pass_ref
+def circuits_close(ref: AppRef, names: tuple[str, ...]) -> None:
+    """Close circuits by hand (their service is back): held jobs run again at once."""
+    app = _app(ref)
+    for name in names:
+        changed = app.close_circuit(name, reason=f"closed by {_who()}")
+        render.console().print(f"closed {name}" if changed else f"{name} was not open")
+
+
 @click.command()
 @json_option
 @pass_ref
@@ -449,4 +483,4 @@ def prune(ref: AppRef, older_than: float, states: tuple[str, ...], queue: str | 
     )
 
 
-COMMANDS = [enqueue, jobs, dlq, queues, cron, workers, migrate, prune]
+COMMANDS = [enqueue, jobs, dlq, queues, circuits, cron, workers, migrate, prune]

@@ -21,6 +21,7 @@ from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
 
+from conveyor.circuit import Circuit, CircuitEvent, CircuitInfo
 from conveyor.cron import Periodic, TickRecord
 from conveyor.job import HistoryEntry, Job, JobState, WorkerInfo
 
@@ -302,6 +303,78 @@ def cron_table(entries: Sequence[Mapping[str, Any]], now: float) -> Table:
         table.add_row(
             Text(e["name"]), Text(f"{e['schedule']} ({e['tz']})"),
             f"{when} ({ago(e['next_tick'], now)})", ago(e["last_fired_tick"], now), last_job,
+        )  # fmt: skip
+    return table
+
+
+def circuits_dict(
+    declared: Mapping[str, Circuit], states: Sequence[CircuitInfo], log: Sequence[CircuitEvent]
+) -> dict[str, Any]:
+    """`{"circuits": [...], "log": [...]}`: every circuit declared in the app or known to the
+    store, and the latest recorded changes, newest first."""
+    known = {c.name: c for c in states}
+    circuits = []
+    for name in sorted(set(declared) | set(known)):
+        info, spec = known.get(name), declared.get(name)
+        circuits.append({
+            "name": name,
+            "state": info.state.value if info else "closed",
+            "failures": info.failures if info else 0,
+            "held": info.held if info else 0,
+            "opened_at": info.opened_at if info else None,
+            "probed_at": info.probed_at if info else None,
+            "reason": info.reason if info else None,
+            "failure_threshold": spec.failure_threshold if spec else None,
+            "probe": None if spec is None or spec.probe is None
+            else spec.probe if isinstance(spec.probe, str) else "callable",
+        })  # fmt: skip
+    events = [
+        {"name": e.name, "at": e.at, "event": e.event, "reason": e.reason, "held": e.held,
+         "open_for": e.open_for}
+        for e in log
+    ]  # fmt: skip
+    return {"circuits": circuits, "log": events}
+
+
+_CIRCUIT_STYLES = {"closed": "green", "open": "bold red", "half_open": "yellow"}
+
+
+def circuits_table(circuits: Sequence[Mapping[str, Any]], now: float) -> Table:
+    table = _table("Circuits")
+    table.add_column("Name", overflow="fold")
+    table.add_column("State", no_wrap=True)
+    table.add_column("Failures", justify="right", no_wrap=True)
+    table.add_column("Held", justify="right", no_wrap=True)
+    table.add_column("Open since", no_wrap=True)
+    table.add_column("Last probe", no_wrap=True)
+    table.add_column("Why", overflow="fold")
+    for c in circuits:
+        threshold = c["failure_threshold"]
+        failures = f"{c['failures']}/{threshold}" if threshold else str(c["failures"])
+        open_since = ago(c["opened_at"], now) if c["state"] != "closed" else "-"
+        table.add_row(
+            Text(c["name"]), Text(c["state"].replace("_", "-"), style=_CIRCUIT_STYLES[c["state"]]),
+            failures, str(c["held"]), open_since, ago(c["probed_at"], now),
+            Text(c["reason"] or ""),
+        )  # fmt: skip
+    return table
+
+
+def circuit_log_table(events: Sequence[Mapping[str, Any]], now: float) -> Table:
+    table = _table("Latest changes")
+    table.add_column("When", no_wrap=True)
+    table.add_column("Circuit", overflow="fold")
+    table.add_column("Change", no_wrap=True)
+    table.add_column("Held", justify="right", no_wrap=True)
+    table.add_column("Open for", no_wrap=True)
+    table.add_column("Why", overflow="fold")
+    for e in events:
+        open_for = "-" if e["open_for"] is None else span(e["open_for"])
+        table.add_row(
+            f"{when(e['at'])} ({ago(e['at'], now)})", Text(e["name"]),
+            Text(e["event"].replace("_", "-"), style=_CIRCUIT_STYLES.get(
+                {"opened": "open"}.get(e["event"], e["event"]), "")),
+            str(e["held"]), open_for, Text(e["reason"] or ""),
         )  # fmt: skip
     return table
 

@@ -10,12 +10,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from conveyor.circuit import is_downstream_failure
 from conveyor.context import Context
 from conveyor.errors import TaskTimeout, UnknownTask, ValidationError
 from conveyor.job import Job, JobState, Outcome
 from conveyor.logging import get_logger
 from conveyor.payload import encode
-from conveyor.retry import RetryPolicy, decide, exponential
+from conveyor.retry import RetryPolicy, decide, downstream_down, exponential
 from conveyor.worker.threads import TaskThreads, Work
 
 if TYPE_CHECKING:
@@ -104,6 +105,7 @@ class Executor:
                 f"task {job.task!r} is not registered in this worker (known: {known})"
             )
             return self._failed(job, self._fallback_policy, exc)
+        circuit = None if task.circuit is None else task.circuit.name
         log.info("job.started", job_id=job.id, task=job.task, queue=job.queue, attempt=job.attempt)
         args = (ctx, *job.args) if task.pass_context else tuple(job.args)
         work: Work | None = None
@@ -126,7 +128,7 @@ class Executor:
                 if current is not None and current.cancelling():
                     raise
                 # The task raised CancelledError of its own accord: an error like any other.
-                return self._failed(job, task.retry, exc)
+                return self._failed(job, task.retry, exc, circuit)
             if current is not None:
                 current.uncancel()
             if work is not None:
@@ -134,7 +136,7 @@ class Executor:
             return self._stopped(job, ctx)
         except TimeoutError as exc:
             if deadline is None or not deadline.expired():
-                return self._failed(job, task.retry, exc)
+                return self._failed(job, task.retry, exc, circuit)
             if work is not None:
                 self.threads.abandon(work)
             ctx.request_cancel("timeout")
@@ -142,7 +144,7 @@ class Executor:
         except BaseException as exc:
             if ctx.cancel_reason == CANCELLED:
                 return self._stopped(job, ctx)
-            return self._failed(job, task.retry, exc)
+            return self._failed(job, task.retry, exc, circuit)
         if ctx.cancel_reason == CANCELLED:
             return self._stopped(job, ctx)
         try:
@@ -161,11 +163,19 @@ class Executor:
             return self.hand_back(job)
         return self._make(job, JobState.CANCELLED, note="cancelled")
 
-    def _failed(self, job: Job, policy: RetryPolicy, exc: BaseException) -> Outcome:
-        decision = decide(policy, exc, job.attempt, job.max_attempts)
+    def _failed(
+        self, job: Job, policy: RetryPolicy, exc: BaseException, circuit: str | None = None
+    ) -> Outcome:
+        downstream = circuit is not None and is_downstream_failure(exc)
+        if downstream:
+            assert circuit is not None
+            decision = downstream_down(policy, job.attempt, circuit)
+        else:
+            decision = decide(policy, exc, job.attempt, job.max_attempts)
         return self._outcome(
-            job, decision.state, error=exc, note=decision.note, delay=decision.delay
-        )
+            job, decision.state, error=exc, note=decision.note, delay=decision.delay,
+            refund=downstream,
+        )  # fmt: skip
 
     def _outcome(
         self,
@@ -175,6 +185,7 @@ class Executor:
         error: BaseException,
         note: str | None,
         delay: float = 0.0,
+        refund: bool = False,
     ) -> Outcome:
         now = self.app.clock.now()
         return self._make(
@@ -184,6 +195,7 @@ class Executor:
             error=error_entry(error, self.worker_id, now, job.attempt),
             run_at=now + delay if state is JobState.RETRYING else None,
             note=note,
+            refund=refund,
         )
 
     def _make(self, job: Job, state: JobState, at: float | None = None, **fields: Any) -> Outcome:

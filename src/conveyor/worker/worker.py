@@ -17,9 +17,11 @@ from conveyor.context import Context
 from conveyor.errors import BackendUnavailable, ValidationError
 from conveyor.job import Job, JobState, WorkerInfo
 from conveyor.logging import get_logger
+from conveyor.services import circuits
 from conveyor.services.base import Service
 from conveyor.services.leader import Maintenance
 from conveyor.services.scheduler import Scheduler
+from conveyor.services.watch import Watch
 from conveyor.task import check_queue
 from conveyor.worker.completer import Completer
 from conveyor.worker.executor import CANCELLED, SHUTDOWN, Executor, Finished
@@ -35,6 +37,10 @@ log = get_logger("conveyor.worker")
 IDLE_RECHECK_S = 1.0
 #: How long a cancelled task gets to end before its job is handed back without it.
 ABANDON_AFTER_S = 2.0
+#: How often the leader looks whether an open circuit is due a probe.
+PROBE_ROUND_S = 1.0
+#: How often the leader checks the alert rules on queues and workers.
+WATCH_ROUND_S = 15.0
 CLAIM_RETRY_DELAYS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0)
 
 
@@ -128,6 +134,10 @@ class Worker:
         self.scheduler = Scheduler(
             self.app, self.backend, lambda: self.maintenance.is_leader, _interval(lease, 0.33)
         )
+        self.prober = circuits.CircuitProber(
+            self.app, self.backend, lambda: self.maintenance.is_leader, PROBE_ROUND_S
+        )
+        self.watch = Watch(self.app, lambda: self.maintenance.is_leader, WATCH_ROUND_S)
         if handle_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self.stop)
@@ -143,6 +153,8 @@ class Worker:
             loop.create_task(self.heartbeat.run()),
             loop.create_task(self.maintenance.run()),
             loop.create_task(self.scheduler.run()),
+            loop.create_task(self.prober.run()),
+            loop.create_task(self.watch.run()),
         ]
         try:
             await self._fetch_loop()
@@ -258,6 +270,10 @@ class Worker:
     async def _execute(self, job: Job, ctx: Context) -> None:
         try:
             finished = await self._executor.execute(job, ctx)
+            task = self.app.tasks.get(job.task)
+            if task is not None and task.circuit is not None:
+                # before the slot frees: the next claim already sees a circuit this opened
+                await circuits.report(self.app, self.backend, task.circuit, finished.outcome)
         finally:
             mine = self._active.pop((job.id, job.attempt), None) is not None
             self._slot_free.set()
@@ -298,6 +314,10 @@ class Worker:
         for finished in batch:
             if finished.job.id in written:
                 _log_outcome(finished)
+                if finished.outcome.state is JobState.DEAD:
+                    task = self.app.tasks.get(finished.job.task)
+                    if task is not None and task.alert_on_dead:
+                        self.app.alerts.job_dead(finished.job, finished.outcome.error)
             else:
                 log.warning(
                     "job.outcome_discarded", job_id=finished.job.id, task=finished.job.task,
@@ -335,6 +355,8 @@ class Worker:
         self.heartbeat.stop()
         self.maintenance.stop()
         self.scheduler.stop()
+        self.prober.stop()
+        self.watch.stop()
         await asyncio.gather(*services, return_exceptions=True)
         try:
             await self.maintenance.resign()

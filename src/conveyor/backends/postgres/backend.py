@@ -24,6 +24,7 @@ from psycopg.types.string import TextLoader
 from conveyor.backends.base import Backend, dependency_depths
 from conveyor.backends.postgres.listener import Listener
 from conveyor.backends.sql import Migration, Queries, load_migrations
+from conveyor.circuit import Action, CircuitEvent, CircuitInfo, CircuitRow, transition
 from conveyor.clock import Clock, SystemClock
 from conveyor.config import Settings
 from conveyor.cron import TickRecord
@@ -351,6 +352,7 @@ class PostgresBackend(Backend):
             and not first.waits
             and first.on_dependency_failure is None
             and not first.limited
+            and first.circuit is None
         ):
             rows = yield Stmt(
                 self.q.insert_job,
@@ -387,6 +389,7 @@ class PostgresBackend(Backend):
             "rate_keys": [j.rate_key for j in jobs],
             "rate_maxes": [j.rate_max for j in jobs],
             "rate_periods": [j.rate_period for j in jobs],
+            "circuits": [j.circuit for j in jobs],
         }
 
     def _add_dependencies_plan(
@@ -518,7 +521,10 @@ class PostgresBackend(Backend):
         queue_free: dict[str, int] = {}
         running: dict[str, int] = {}
         started: dict[str, int] = {}
+        circuit_free: dict[str, int] = {}
         for r in rows:
+            if r["circuit_free"] is not None:
+                circuit_free[r["circuit"]] = r["circuit_free"]
             if r["queue_free"] is not None:
                 queue_free[r["queue"]] = r["queue_free"]
             if r["concurrency_used"] is not None:
@@ -527,7 +533,7 @@ class PostgresBackend(Backend):
                 started[r["rate_key"]] = r["rate_used"]
         ids = pick(
             (Candidate.from_row(r) for r in rows), limit, queue_free=queue_free,
-            running=running, started=started,
+            running=running, started=started, circuit_free=circuit_free,
         )  # fmt: skip
         claimed = []
         if ids:
@@ -660,6 +666,34 @@ class PostgresBackend(Backend):
         rows = yield Stmt(self.q.purge, params)
         return int(rows[0]["n"])
 
+    def change_circuit_plan(
+        self, name: str, action: Action, now: float, threshold: int, reason: str | None,
+        half_open_jobs: int,
+    ) -> Plan[CircuitEvent | None]:  # fmt: skip
+        """Run atomically: the circuit's row is locked while `transition` decides."""
+        key = {"name": name}
+        if action is Action.FAILURE:
+            yield Stmt(self.q.ensure_circuit, key)
+        [found] = yield Stmt(self.q.lock_circuit, {**key, "now": self.now(now)})
+        if found["state"] is None:
+            return None  # no row: closed, and nothing failed yet
+        at = float(found["now"])
+        before = CircuitRow.from_row(found)
+        after, event = transition(
+            before, action, at, threshold=threshold, reason=reason, half_open_jobs=half_open_jobs
+        )
+        if after == before:
+            return None
+        yield Stmt(self.q.put_circuit, after.params(name))
+        if event is None:
+            return None
+        [count] = yield Stmt(self.q.held_by_circuit, key)
+        change = CircuitEvent.after(name, before, after, event, at, int(count["held"]))
+        yield Stmt(self.q.log_circuit, change.params())
+        if event != "opened":
+            yield Stmt(self.q.wake_held, key)
+        return change
+
     def statement_plan(self, sql: str, params: dict[str, Any] | None = None) -> Plan[Any]:
         return (yield Stmt(sql, params))
 
@@ -715,6 +749,21 @@ class PostgresBackend(Backend):
             self._limits_seen = present
         self._claims_short = len(jobs) < limit
         return jobs
+
+    async def change_circuit(
+        self, name: str, action: Action, now: float, *, threshold: int = 5,
+        reason: str | None = None, half_open_jobs: int = 1,
+    ) -> CircuitEvent | None:  # fmt: skip
+        plan = self.change_circuit_plan(name, action, now, threshold, reason, half_open_jobs)
+        return await self.run_async(plan, atomic=True)
+
+    async def record_probe(self, name: str, now: float) -> None:
+        params = {"name": name, "now": self.now(now)}
+        await self.run_async(self.statement_plan(self.q.record_probe, params))
+
+    async def circuits(self) -> list[CircuitInfo]:
+        rows = await self.run_async(self.statement_plan(self.q.list_circuits))
+        return [CircuitInfo.from_row(r) for r in rows]
 
     async def held_back(self, queues: Sequence[str] | None, now: float) -> float | None:
         params = {"queues": None if queues is None else list(queues), "now": self.now(now)}
@@ -906,6 +955,37 @@ class PostgresStore:
     def paused_queues(self) -> list[str]:
         rows = self.b.run_sync(self.b.statement_plan(self.q.paused_queues))
         return [r["name"] for r in rows]
+
+    def change_circuit(
+        self, name: str, action: Action, now: float, *, threshold: int = 5,
+        reason: str | None = None, half_open_jobs: int = 1,
+    ) -> CircuitEvent | None:  # fmt: skip
+        plan = self.b.change_circuit_plan(name, action, now, threshold, reason, half_open_jobs)
+        return self.b.run_sync(plan, atomic=True)
+
+    def backlog(self, queue: str, now: float) -> tuple[int, float | None]:
+        params = {"queue": queue, "now": self.b.now(now)}
+        [row] = self.b.run_sync(self.b.statement_plan(self.q.backlog, params))
+        return int(row["depth"]), None if row["age"] is None else max(float(row["age"]), 0.0)
+
+    def claim_alert(self, key: str, every: float, now: float) -> bool:
+        params = {"key": key, "every": every, "now": self.b.now(now)}
+        claimed: int = self.b.run_sync(self.b.statement_plan(self.q.claim_alert, params))
+        return claimed == 1
+
+    def record_probe(self, name: str, now: float) -> None:
+        params = {"name": name, "now": self.b.now(now)}
+        self.b.run_sync(self.b.statement_plan(self.q.record_probe, params))
+
+    def circuits(self) -> list[CircuitInfo]:
+        rows = self.b.run_sync(self.b.statement_plan(self.q.list_circuits))
+        return [CircuitInfo.from_row(r) for r in rows]
+
+    def circuit_log(self, name: str | None = None, limit: int = 100) -> list[CircuitEvent]:
+        rows = self.b.run_sync(
+            self.b.statement_plan(self.q.circuit_log, {"name": name, "limit": limit})
+        )
+        return [CircuitEvent.from_row(r) for r in rows]
 
     def set_queue_concurrency(self, queue: str, concurrency: int | None) -> None:
         params = {"name": queue, "concurrency": concurrency}

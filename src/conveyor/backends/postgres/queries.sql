@@ -12,22 +12,22 @@ job AS (
     INSERT INTO {schema}.jobs (queue, task, args, kwargs, meta, priority, state, max_attempts,
                                run_at, created_at, state_changed_at,
                                on_dependency_failure, dependency_depth, concurrency_key,
-                               concurrency_max, rate_key, rate_max, rate_period)
+                               concurrency_max, rate_key, rate_max, rate_period, circuit)
     SELECT j.queue, j.task, j.args::json, j.kwargs::json, j.meta::json, j.priority,
            j.state, j.max_attempts, c.now + make_interval(secs => j.delay), c.now, c.now,
            j.on_failure, j.depth, j.concurrency_key, j.concurrency_max, j.rate_key,
-           j.rate_max, j.rate_period
+           j.rate_max, j.rate_period, j.circuit
     FROM c,
          unnest(%(queues)b::text[], %(tasks)b::text[], %(args)b::text[], %(kwargs)b::text[],
                 %(metas)b::text[], %(priorities)b::int[], %(max_attempts)b::int[],
                 %(delays)b::float8[], %(states)b::text[], %(on_failures)b::text[],
                 %(depths)b::int[], %(concurrency_keys)b::text[],
                 %(concurrency_maxes)b::int[], %(rate_keys)b::text[], %(rate_maxes)b::int[],
-                %(rate_periods)b::float8[])
+                %(rate_periods)b::float8[], %(circuits)b::text[])
              WITH ORDINALITY
              AS j(queue, task, args, kwargs, meta, priority, max_attempts, delay, state,
                   on_failure, depth, concurrency_key, concurrency_max, rate_key, rate_max,
-                  rate_period, n)
+                  rate_period, circuit, n)
     ORDER BY j.n
     RETURNING id, queue, state, run_at, created_at
 ), history AS (
@@ -52,22 +52,23 @@ job AS (
     INSERT INTO {schema}.jobs (queue, task, args, kwargs, meta, priority, state, max_attempts,
                                run_at, created_at, state_changed_at, unique_key,
                                on_dependency_failure, dependency_depth, concurrency_key,
-                               concurrency_max, rate_key, rate_max, rate_period)
+                               concurrency_max, rate_key, rate_max, rate_period, circuit)
     SELECT j.queue, j.task, j.args::json, j.kwargs::json, j.meta::json, j.priority,
            j.state, j.max_attempts, c.now + make_interval(secs => j.delay), c.now, c.now,
            j.unique_key, j.on_failure, j.depth, j.concurrency_key, j.concurrency_max,
-           j.rate_key, j.rate_max, j.rate_period
+           j.rate_key, j.rate_max, j.rate_period, j.circuit
     FROM c,
          unnest(%(queues)b::text[], %(tasks)b::text[], %(args)b::text[], %(kwargs)b::text[],
                 %(metas)b::text[], %(priorities)b::int[], %(max_attempts)b::int[],
                 %(delays)b::float8[], %(states)b::text[], %(on_failures)b::text[],
                 %(depths)b::int[], %(concurrency_keys)b::text[],
                 %(concurrency_maxes)b::int[], %(rate_keys)b::text[], %(rate_maxes)b::int[],
-                %(rate_periods)b::float8[], %(unique_keys)b::text[], %(unique_fors)b::float8[])
+                %(rate_periods)b::float8[], %(circuits)b::text[], %(unique_keys)b::text[],
+                %(unique_fors)b::float8[])
              WITH ORDINALITY
              AS j(queue, task, args, kwargs, meta, priority, max_attempts, delay, state,
                   on_failure, depth, concurrency_key, concurrency_max, rate_key, rate_max,
-                  rate_period, unique_key, unique_for, n)
+                  rate_period, circuit, unique_key, unique_for, n)
     WHERE j.unique_for IS NULL
        OR NOT EXISTS (SELECT FROM {schema}.jobs AS f
                       WHERE f.unique_key = j.unique_key
@@ -139,6 +140,8 @@ WITH picked AS (
     WHERE state = 'queued' AND concurrency_key IS NULL AND rate_key IS NULL
       AND queue NOT IN (SELECT name FROM {schema}.queues
                         WHERE paused_at IS NOT NULL OR concurrency IS NOT NULL)
+      AND (circuit IS NULL
+           OR circuit NOT IN (SELECT name FROM {schema}.circuits WHERE state <> 'closed'))
     ORDER BY priority, run_at, id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
@@ -161,6 +164,8 @@ WITH picked AS (
       AND NOT EXISTS (SELECT FROM {schema}.queues
                       WHERE name = %(queue)s
                         AND (paused_at IS NOT NULL OR concurrency IS NOT NULL))
+      AND (circuit IS NULL
+           OR circuit NOT IN (SELECT name FROM {schema}.circuits WHERE state <> 'closed'))
     ORDER BY priority, run_at, id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
@@ -187,6 +192,8 @@ WITH candidates AS (
         SELECT id, priority, run_at FROM {schema}.jobs
         WHERE state = 'queued' AND concurrency_key IS NULL AND rate_key IS NULL
           AND queue = q.name
+          AND (circuit IS NULL
+               OR circuit NOT IN (SELECT name FROM {schema}.circuits WHERE state <> 'closed'))
         ORDER BY priority, run_at, id
         LIMIT %(limit)s
         FOR UPDATE SKIP LOCKED
@@ -209,7 +216,8 @@ RETURNING j.*
 -- limited path.
 SELECT EXISTS (SELECT FROM {schema}.jobs WHERE state = 'queued' AND concurrency_key IS NOT NULL)
     OR EXISTS (SELECT FROM {schema}.jobs WHERE state = 'queued' AND rate_key IS NOT NULL)
-    OR EXISTS (SELECT FROM {schema}.queues WHERE concurrency IS NOT NULL) AS present
+    OR EXISTS (SELECT FROM {schema}.queues WHERE concurrency IS NOT NULL)
+    OR EXISTS (SELECT FROM {schema}.circuits WHERE state = 'half_open') AS present
 
 -- name: lock_limits
 -- Limited claims take turns, cluster-wide (for the rest of their transaction): each counts
@@ -223,13 +231,17 @@ SELECT pg_advisory_xact_lock(hashtextextended('{schema}.limits', 0))
 WITH RECURSIVE c AS (SELECT coalesce(to_timestamp(%(now)s::float8), now()) AS now),
 mine AS (SELECT %(queues)s::text[] AS queues),
 paused AS (SELECT name FROM {schema}.queues WHERE paused_at IS NOT NULL),
+-- circuits not closed: open ones hold their jobs, half-open ones let a few through
+unsettled AS (SELECT name, state, half_open_jobs FROM {schema}.circuits WHERE state <> 'closed'),
 plain AS (
-    SELECT id, priority, run_at, queue, concurrency_key, concurrency_max, rate_key, rate_max
+    SELECT id, priority, run_at, queue, concurrency_key, concurrency_max, rate_key, rate_max,
+               circuit
     FROM {schema}.jobs, mine
     WHERE state = 'queued' AND concurrency_key IS NULL AND rate_key IS NULL
       AND (mine.queues IS NULL OR queue = ANY (mine.queues))
       AND queue NOT IN (SELECT name FROM {schema}.queues
                         WHERE paused_at IS NOT NULL OR concurrency IS NOT NULL)
+      AND (circuit IS NULL OR circuit NOT IN (SELECT name FROM unsettled))
     ORDER BY priority, run_at, id
     LIMIT %(limit)s
     FOR UPDATE OF jobs SKIP LOCKED
@@ -244,10 +256,12 @@ lq AS (
 lq_jobs AS (
     SELECT j.* FROM lq
     CROSS JOIN LATERAL (
-        SELECT id, priority, run_at, queue, concurrency_key, concurrency_max, rate_key, rate_max
+        SELECT id, priority, run_at, queue, concurrency_key, concurrency_max, rate_key, rate_max,
+               circuit
         FROM {schema}.jobs
         WHERE state = 'queued' AND concurrency_key IS NULL AND rate_key IS NULL
           AND queue = lq.name
+          AND (circuit IS NULL OR circuit NOT IN (SELECT name FROM unsettled))
         ORDER BY priority, run_at, id
         LIMIT least(greatest(lq.free, 0), %(limit)s)
     ) AS j
@@ -272,11 +286,14 @@ cb AS (
 c_jobs AS (
     SELECT j.* FROM cb, mine
     CROSS JOIN LATERAL (
-        SELECT id, priority, run_at, queue, concurrency_key, concurrency_max, rate_key, rate_max
+        SELECT id, priority, run_at, queue, concurrency_key, concurrency_max, rate_key, rate_max,
+               circuit
         FROM {schema}.jobs
         WHERE state = 'queued' AND concurrency_key = cb.key
           AND (mine.queues IS NULL OR queue = ANY (mine.queues))
           AND queue NOT IN (SELECT name FROM paused)
+          AND (circuit IS NULL
+               OR circuit NOT IN (SELECT name FROM unsettled WHERE state = 'open'))
         ORDER BY priority, run_at, id
         LIMIT least(%(limit)s, greatest(cb.max - cb.used, 0))
     ) AS j
@@ -300,26 +317,49 @@ rb AS (
 r_jobs AS (
     SELECT j.* FROM rb, mine
     CROSS JOIN LATERAL (
-        SELECT id, priority, run_at, queue, concurrency_key, concurrency_max, rate_key, rate_max
+        SELECT id, priority, run_at, queue, concurrency_key, concurrency_max, rate_key, rate_max,
+               circuit
         FROM {schema}.jobs
         WHERE state = 'queued' AND rate_key = rb.key
           AND (mine.queues IS NULL OR queue = ANY (mine.queues))
           AND queue NOT IN (SELECT name FROM paused)
+          AND (circuit IS NULL
+               OR circuit NOT IN (SELECT name FROM unsettled WHERE state = 'open'))
         ORDER BY priority, run_at, id
         LIMIT least(%(limit)s, greatest(rb.max - rb.used, 0))
     ) AS j
 ),
+hc AS (
+    SELECT name, half_open_jobs - (SELECT count(*) FROM {schema}.jobs
+                                   WHERE state = 'running' AND circuit = u.name) AS free
+    FROM unsettled AS u WHERE state = 'half_open'
+),
+h_jobs AS (
+    SELECT j.* FROM hc, mine
+    CROSS JOIN LATERAL (
+        SELECT id, priority, run_at, queue, concurrency_key, concurrency_max, rate_key, rate_max,
+               circuit
+        FROM {schema}.jobs
+        WHERE state = 'queued' AND circuit = hc.name
+          AND (mine.queues IS NULL OR queue = ANY (mine.queues))
+          AND queue NOT IN (SELECT name FROM paused)
+        ORDER BY priority, run_at, id
+        LIMIT least(greatest(hc.free, 0), %(limit)s)
+    ) AS j
+),
 found AS (
     SELECT * FROM plain UNION ALL SELECT * FROM lq_jobs
-    UNION ALL SELECT * FROM c_jobs UNION ALL SELECT * FROM r_jobs
+    UNION ALL SELECT * FROM c_jobs UNION ALL SELECT * FROM r_jobs UNION ALL SELECT * FROM h_jobs
 )
 SELECT f.id, f.priority, extract(epoch FROM f.run_at)::float8 AS run_at, f.queue,
-       f.concurrency_key, f.concurrency_max, f.rate_key, f.rate_max,
-       cb.used AS concurrency_used, rb.used AS rate_used, lq.free AS queue_free
+       f.concurrency_key, f.concurrency_max, f.rate_key, f.rate_max, f.circuit,
+       cb.used AS concurrency_used, rb.used AS rate_used, lq.free AS queue_free,
+       hc.free AS circuit_free
 FROM found AS f
 LEFT JOIN cb ON cb.key = f.concurrency_key
 LEFT JOIN rb ON rb.key = f.rate_key
 LEFT JOIN lq ON lq.name = f.queue
+LEFT JOIN hc ON hc.name = f.circuit
 
 -- name: claim_ids
 -- Start the jobs a limited claim picked, and note the starts of rate-limited ones.
@@ -349,7 +389,10 @@ SELECT EXISTS (SELECT FROM {schema}.jobs
                WHERE state = 'queued'
                  AND (%(queues)s::text[] IS NULL OR queue = ANY (%(queues)s::text[]))
                  AND queue NOT IN (SELECT name FROM {schema}.queues
-                                   WHERE paused_at IS NOT NULL)) AS held,
+                                   WHERE paused_at IS NOT NULL)
+                 AND (circuit IS NULL
+                      OR circuit NOT IN (SELECT name FROM {schema}.circuits
+                                         WHERE state = 'open'))) AS held,
        extract(epoch FROM (SELECT min(until) FROM {schema}.rate_starts, c
                            WHERE until > c.now) - (SELECT now FROM c))::float8 AS opens_in
 
@@ -634,3 +677,67 @@ SELECT {schema}.release_waiting(%(ids)s::bigint[]) IS NULL AS done
 
 -- name: get_jobs
 SELECT * FROM {schema}.jobs WHERE id = ANY(%(ids)s::bigint[])
+
+-- name: ensure_circuit
+INSERT INTO {schema}.circuits (name) VALUES (%(name)s) ON CONFLICT (name) DO NOTHING
+
+-- name: lock_circuit
+-- The circuit's row, locked for the rest of the transaction (none if it has none), and the
+-- time to date the change with.
+WITH c AS (SELECT coalesce(to_timestamp(%(now)s::float8), now()) AS now),
+locked AS (SELECT * FROM {schema}.circuits WHERE name = %(name)s FOR UPDATE)
+SELECT extract(epoch FROM c.now)::float8 AS now, locked.*
+FROM c LEFT JOIN locked ON true
+
+-- name: put_circuit
+UPDATE {schema}.circuits
+SET state = %(state)s, failures = %(failures)s, opened_at = to_timestamp(%(opened_at)s::float8),
+    reason = %(reason)s, probed_at = to_timestamp(%(probed_at)s::float8),
+    half_open_jobs = %(half_open_jobs)s
+WHERE name = %(name)s
+
+-- name: held_by_circuit
+-- The jobs behind a circuit that have not finished (and are not waiting for others).
+SELECT count(*) AS held FROM {schema}.jobs
+WHERE circuit = %(name)s AND state IN ('scheduled', 'queued', 'running', 'retrying')
+
+-- name: wake_held
+-- Held jobs may run again: wake idle workers of their queues.
+SELECT pg_notify('{schema}_jobs', left(string_agg(DISTINCT queue, ','), 7000))
+FROM {schema}.jobs WHERE state = 'queued' AND circuit = %(name)s
+HAVING count(*) > 0
+
+-- name: log_circuit
+INSERT INTO {schema}.circuit_log (name, at, event, reason, held, open_for)
+VALUES (%(name)s, to_timestamp(%(at)s::float8), %(event)s, %(reason)s, %(held)s, %(open_for)s)
+
+-- name: record_probe
+UPDATE {schema}.circuits SET probed_at = coalesce(to_timestamp(%(now)s::float8), now())
+WHERE name = %(name)s
+
+-- name: list_circuits
+SELECT c.*, (SELECT count(*) FROM {schema}.jobs
+             WHERE circuit = c.name
+               AND state IN ('scheduled', 'queued', 'running', 'retrying')) AS held
+FROM {schema}.circuits AS c
+ORDER BY name
+
+-- name: circuit_log
+SELECT * FROM {schema}.circuit_log
+WHERE (%(name)s::text IS NULL OR name = %(name)s)
+ORDER BY id DESC
+LIMIT %(limit)s
+
+-- name: claim_alert
+-- Take the right to send an alert: only if the key was not sent within the period.
+WITH c AS (SELECT coalesce(to_timestamp(%(now)s::float8), now()) AS now)
+INSERT INTO {schema}.alerts (key, sent_at) SELECT %(key)s, c.now FROM c
+ON CONFLICT (key) DO UPDATE SET sent_at = excluded.sent_at
+WHERE alerts.sent_at <= excluded.sent_at - make_interval(secs => %(every)s)
+
+-- name: backlog
+-- A queue's queued jobs, and how long the oldest of them has been waiting.
+SELECT count(*) AS depth,
+       extract(epoch FROM coalesce(to_timestamp(%(now)s::float8), now())
+                          - min(state_changed_at))::float8 AS age
+FROM {schema}.jobs WHERE queue = %(queue)s AND state = 'queued'

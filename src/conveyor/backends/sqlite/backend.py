@@ -21,6 +21,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from conveyor.backends.base import Backend, dependency_depths
 from conveyor.backends.sql import Queries, load_migrations
+from conveyor.circuit import Action, CircuitEvent, CircuitInfo, CircuitRow, transition
 from conveyor.clock import Clock
 from conveyor.config import Settings
 from conveyor.cron import TickRecord
@@ -251,7 +252,9 @@ class SqliteStore:
 
     def _insert(self, conn: sqlite3.Connection, jobs: Sequence[NewJob]) -> list[Job]:
         waiting = [i for i, j in enumerate(jobs) if j.waits]
-        plain = not waiting and all(j.unique_key is None and not j.limited for j in jobs)
+        plain = not waiting and all(
+            j.unique_key is None and not j.limited and j.circuit is None for j in jobs
+        )
         rows: list[tuple[Any, ...]]
         if plain:
             rows = [
@@ -267,7 +270,7 @@ class SqliteStore:
                 (j.queue, j.task, j.args, j.kwargs, j.meta, j.priority, j.state.value,
                  j.max_attempts, j.run_at, j.created_at, j.created_at, j.unique_key,
                  j.on_dependency_failure, depth, j.concurrency_key, j.concurrency_max,
-                 j.rate_key, j.rate_max, j.rate_period)
+                 j.rate_key, j.rate_max, j.rate_period, j.circuit)
                 for j, depth in zip(jobs, depths, strict=True)
             ]  # fmt: skip
         if any(j.unique_key is not None for j in jobs):
@@ -394,6 +397,11 @@ class SqliteStore:
             if free > 0:
                 wanted = {"queue": queue, "limit": min(free, limit)}
                 found += conn.execute(Q.limited_queue_candidates, wanted).fetchall()
+        circuit_free = {r["name"]: r["free"] for r in conn.execute(Q.half_open_circuits)}
+        for circuit, free in circuit_free.items():
+            if free > 0:
+                wanted = {"circuit": circuit, "queues": mine, "limit": min(free, limit)}
+                found += conn.execute(Q.circuit_candidates, wanted).fetchall()
         used: dict[str, dict[str, int]] = {}
         for kind, buckets, candidates in (
             ("concurrency", Q.concurrency_buckets, Q.concurrency_candidates),
@@ -408,7 +416,7 @@ class SqliteStore:
                     found += conn.execute(candidates, wanted).fetchall()
         ids = pick(
             (Candidate.from_row(r) for r in found), limit, queue_free=queue_free,
-            running=used["concurrency"], started=used["rate"],
+            running=used["concurrency"], started=used["rate"], circuit_free=circuit_free,
         )  # fmt: skip
         if not ids:
             return []
@@ -572,6 +580,51 @@ class SqliteStore:
 
     def paused_queues(self) -> list[str]:
         return [r["name"] for r in self._read(Q.paused_queues)]
+
+    def change_circuit(
+        self, name: str, action: Action, now: float, *, threshold: int = 5,
+        reason: str | None = None, half_open_jobs: int = 1,
+    ) -> CircuitEvent | None:  # fmt: skip
+        if action is not Action.FAILURE:
+            found = self._read(Q.get_circuit, {"name": name})
+            if not found or (found[0]["state"] == "closed" and found[0]["failures"] == 0):
+                return None  # nothing to change: no write
+        with self._write() as conn:
+            found = conn.execute(Q.get_circuit, {"name": name}).fetchall()
+            before = CircuitRow.from_row(found[0]) if found else CircuitRow()
+            after, event = transition(
+                before, action, now, threshold=threshold, reason=reason,
+                half_open_jobs=half_open_jobs,
+            )  # fmt: skip
+            if after == before:
+                return None
+            conn.execute(Q.put_circuit, after.params(name))
+            if event is None:
+                return None
+            held = conn.execute(Q.held_by_circuit, {"name": name}).fetchone()[0]
+            change = CircuitEvent.after(name, before, after, event, now, held)
+            conn.execute(Q.log_circuit, change.params())
+        return change
+
+    def backlog(self, queue: str, now: float) -> tuple[int, float | None]:
+        [row] = self._read(Q.backlog, {"queue": queue})
+        return row["depth"], None if row["since"] is None else max(now - row["since"], 0.0)
+
+    def claim_alert(self, key: str, every: float, now: float) -> bool:
+        with self._write() as conn:
+            params = {"key": key, "every": every, "now": now}
+            return conn.execute(Q.claim_alert, params).rowcount == 1
+
+    def record_probe(self, name: str, now: float) -> None:
+        with self._write() as conn:
+            conn.execute(Q.record_probe, {"name": name, "now": now})
+
+    def circuits(self) -> list[CircuitInfo]:
+        return [CircuitInfo.from_row(r) for r in self._read(Q.list_circuits)]
+
+    def circuit_log(self, name: str | None = None, limit: int = 100) -> list[CircuitEvent]:
+        rows = self._read(Q.circuit_log, {"name": name, "limit": limit})
+        return [CircuitEvent.from_row(r) for r in rows]
 
     def set_queue_concurrency(self, queue: str, concurrency: int | None) -> None:
         with self._write() as conn:
@@ -746,6 +799,23 @@ class SqliteBackend(Backend):
 
     async def held_back(self, queues: Sequence[str] | None, now: float) -> float | None:
         return await self._run(self.store.held_back, queues, now)
+
+    async def change_circuit(
+        self, name: str, action: Action, now: float, *, threshold: int = 5,
+        reason: str | None = None, half_open_jobs: int = 1,
+    ) -> CircuitEvent | None:  # fmt: skip
+        return await self._run(
+            lambda: self.store.change_circuit(
+                name, action, now, threshold=threshold, reason=reason,
+                half_open_jobs=half_open_jobs,
+            )
+        )  # fmt: skip
+
+    async def record_probe(self, name: str, now: float) -> None:
+        await self._run(self.store.record_probe, name, now)
+
+    async def circuits(self) -> list[CircuitInfo]:
+        return await self._run(self.store.circuits)
 
     async def set_queue_concurrency(self, queue: str, concurrency: int | None) -> None:
         await self._run(self.store.set_queue_concurrency, queue, concurrency)

@@ -12,8 +12,8 @@ VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 INSERT INTO conveyor_jobs (queue, task, args, kwargs, meta, priority, state, max_attempts,
                            run_at, created_at, state_changed_at, unique_key,
                            on_dependency_failure, dependency_depth, concurrency_key,
-                           concurrency_max, rate_key, rate_max, rate_period)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                           concurrency_max, rate_key, rate_max, rate_period, circuit)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 
 -- name: dependency_depths
 SELECT id, dependency_depth FROM conveyor_jobs WHERE id IN (SELECT value FROM json_each(:ids))
@@ -62,6 +62,8 @@ WHERE id IN (SELECT id FROM conveyor_jobs INDEXED BY conveyor_jobs_runnable
              WHERE state = 'queued' AND concurrency_key IS NULL AND rate_key IS NULL
                AND queue NOT IN (SELECT name FROM conveyor_queues
                                  WHERE paused_at IS NOT NULL OR concurrency IS NOT NULL)
+               AND (circuit IS NULL
+                    OR circuit NOT IN (SELECT name FROM conveyor_circuits WHERE state <> 'closed'))
              ORDER BY priority, run_at, id
              LIMIT :limit)
 RETURNING *
@@ -75,27 +77,33 @@ WHERE id IN (SELECT id FROM conveyor_jobs INDEXED BY conveyor_jobs_runnable_queu
                AND queue = :queue
                AND queue NOT IN (SELECT name FROM conveyor_queues
                                  WHERE paused_at IS NOT NULL OR concurrency IS NOT NULL)
+               AND (circuit IS NULL
+                    OR circuit NOT IN (SELECT name FROM conveyor_circuits WHERE state <> 'closed'))
              ORDER BY priority, run_at, id
              LIMIT :limit)
 RETURNING *
 
 -- name: claim_candidates
 -- The best `limit` plain jobs of one queue; a claim over several queues merges these.
-SELECT id, priority, run_at, queue, concurrency_key, concurrency_max, rate_key, rate_max
+SELECT id, priority, run_at, queue, concurrency_key, concurrency_max, rate_key, rate_max, circuit
 FROM conveyor_jobs INDEXED BY conveyor_jobs_runnable_queue
 WHERE state = 'queued' AND concurrency_key IS NULL AND rate_key IS NULL AND queue = :queue
   AND queue NOT IN (SELECT name FROM conveyor_queues
                     WHERE paused_at IS NOT NULL OR concurrency IS NOT NULL)
+  AND (circuit IS NULL
+       OR circuit NOT IN (SELECT name FROM conveyor_circuits WHERE state <> 'closed'))
 ORDER BY priority, run_at, id
 LIMIT :limit
 
 -- name: plain_candidates
 -- The best `limit` plain jobs of every queue.
-SELECT id, priority, run_at, queue, concurrency_key, concurrency_max, rate_key, rate_max
+SELECT id, priority, run_at, queue, concurrency_key, concurrency_max, rate_key, rate_max, circuit
 FROM conveyor_jobs INDEXED BY conveyor_jobs_runnable
 WHERE state = 'queued' AND concurrency_key IS NULL AND rate_key IS NULL
   AND queue NOT IN (SELECT name FROM conveyor_queues
                     WHERE paused_at IS NOT NULL OR concurrency IS NOT NULL)
+  AND (circuit IS NULL
+       OR circuit NOT IN (SELECT name FROM conveyor_circuits WHERE state <> 'closed'))
 ORDER BY priority, run_at, id
 LIMIT :limit
 
@@ -114,6 +122,7 @@ SELECT EXISTS (SELECT 1 FROM conveyor_jobs INDEXED BY conveyor_jobs_queued_concu
     OR EXISTS (SELECT 1 FROM conveyor_jobs INDEXED BY conveyor_jobs_queued_rate
                WHERE state = 'queued' AND rate_key IS NOT NULL)
     OR EXISTS (SELECT 1 FROM conveyor_queues WHERE concurrency IS NOT NULL)
+    OR EXISTS (SELECT 1 FROM conveyor_circuits WHERE state = 'half_open')
 
 -- name: limited_queues
 -- Queues with a limit, not paused, and how many more of their jobs may start.
@@ -124,9 +133,27 @@ WHERE concurrency IS NOT NULL AND paused_at IS NULL
 
 -- name: limited_queue_candidates
 -- The best plain jobs of a queue with a limit.
-SELECT id, priority, run_at, queue, concurrency_key, concurrency_max, rate_key, rate_max
+SELECT id, priority, run_at, queue, concurrency_key, concurrency_max, rate_key, rate_max, circuit
 FROM conveyor_jobs INDEXED BY conveyor_jobs_runnable_queue
 WHERE state = 'queued' AND concurrency_key IS NULL AND rate_key IS NULL AND queue = :queue
+  AND (circuit IS NULL
+       OR circuit NOT IN (SELECT name FROM conveyor_circuits WHERE state <> 'closed'))
+ORDER BY priority, run_at, id
+LIMIT :limit
+
+-- name: half_open_circuits
+-- Circuits letting a few held jobs through, and how many more may start.
+SELECT name, half_open_jobs - (SELECT count(*) FROM conveyor_jobs INDEXED BY conveyor_jobs_state
+                               WHERE state = 'running' AND circuit = c.name) AS free
+FROM conveyor_circuits AS c
+WHERE state = 'half_open'
+
+-- name: circuit_candidates
+SELECT id, priority, run_at, queue, concurrency_key, concurrency_max, rate_key, rate_max, circuit
+FROM conveyor_jobs INDEXED BY conveyor_jobs_queued_circuit
+WHERE state = 'queued' AND circuit = :circuit
+  AND (:queues IS NULL OR queue IN (SELECT value FROM json_each(:queues)))
+  AND queue NOT IN (SELECT name FROM conveyor_queues WHERE paused_at IS NOT NULL)
 ORDER BY priority, run_at, id
 LIMIT :limit
 
@@ -151,11 +178,13 @@ SELECT key,
 FROM k WHERE key IS NOT NULL
 
 -- name: concurrency_candidates
-SELECT id, priority, run_at, queue, concurrency_key, concurrency_max, rate_key, rate_max
+SELECT id, priority, run_at, queue, concurrency_key, concurrency_max, rate_key, rate_max, circuit
 FROM conveyor_jobs INDEXED BY conveyor_jobs_queued_concurrency
 WHERE state = 'queued' AND concurrency_key = :key
   AND (:queues IS NULL OR queue IN (SELECT value FROM json_each(:queues)))
   AND queue NOT IN (SELECT name FROM conveyor_queues WHERE paused_at IS NOT NULL)
+  AND (circuit IS NULL
+       OR circuit NOT IN (SELECT name FROM conveyor_circuits WHERE state = 'open'))
 ORDER BY priority, run_at, id
 LIMIT :limit
 
@@ -179,11 +208,13 @@ SELECT key,
 FROM k WHERE key IS NOT NULL
 
 -- name: rate_candidates
-SELECT id, priority, run_at, queue, concurrency_key, concurrency_max, rate_key, rate_max
+SELECT id, priority, run_at, queue, concurrency_key, concurrency_max, rate_key, rate_max, circuit
 FROM conveyor_jobs INDEXED BY conveyor_jobs_queued_rate
 WHERE state = 'queued' AND rate_key = :key
   AND (:queues IS NULL OR queue IN (SELECT value FROM json_each(:queues)))
   AND queue NOT IN (SELECT name FROM conveyor_queues WHERE paused_at IS NOT NULL)
+  AND (circuit IS NULL
+       OR circuit NOT IN (SELECT name FROM conveyor_circuits WHERE state = 'open'))
 ORDER BY priority, run_at, id
 LIMIT :limit
 
@@ -201,7 +232,9 @@ DELETE FROM conveyor_rate_starts WHERE until <= :now
 SELECT EXISTS (SELECT 1 FROM conveyor_jobs
                WHERE state = 'queued'
                  AND (:queues IS NULL OR queue IN (SELECT value FROM json_each(:queues)))
-                 AND queue NOT IN (SELECT name FROM conveyor_queues WHERE paused_at IS NOT NULL))
+                 AND queue NOT IN (SELECT name FROM conveyor_queues WHERE paused_at IS NOT NULL)
+                 AND (circuit IS NULL OR circuit NOT IN (SELECT name FROM conveyor_circuits
+                                                         WHERE state = 'open')))
        AS held,
        (SELECT min(until) FROM conveyor_rate_starts WHERE until > :now) AS opens
 
@@ -431,3 +464,50 @@ DELETE FROM conveyor_cron_ticks
 WHERE tick < :before
   AND tick < (SELECT max(tick) FROM conveyor_cron_ticks AS latest
               WHERE latest.name = conveyor_cron_ticks.name)
+
+-- name: get_circuit
+SELECT * FROM conveyor_circuits WHERE name = :name
+
+-- name: put_circuit
+INSERT INTO conveyor_circuits (name, state, failures, opened_at, reason, probed_at, half_open_jobs)
+VALUES (:name, :state, :failures, :opened_at, :reason, :probed_at, :half_open_jobs)
+ON CONFLICT (name) DO UPDATE SET
+    state = excluded.state, failures = excluded.failures, opened_at = excluded.opened_at,
+    reason = excluded.reason, probed_at = excluded.probed_at,
+    half_open_jobs = excluded.half_open_jobs
+
+-- name: held_by_circuit
+-- The jobs behind a circuit that have not finished (and are not waiting for others).
+SELECT count(*) FROM conveyor_jobs INDEXED BY conveyor_jobs_circuit_state
+WHERE circuit = :name AND state IN ('scheduled', 'queued', 'running', 'retrying')
+
+-- name: log_circuit
+INSERT INTO conveyor_circuit_log (name, at, event, reason, held, open_for)
+VALUES (:name, :at, :event, :reason, :held, :open_for)
+
+-- name: record_probe
+UPDATE conveyor_circuits SET probed_at = :now WHERE name = :name
+
+-- name: list_circuits
+SELECT c.*, (SELECT count(*) FROM conveyor_jobs INDEXED BY conveyor_jobs_circuit_state
+             WHERE circuit = c.name
+               AND state IN ('scheduled', 'queued', 'running', 'retrying')) AS held
+FROM conveyor_circuits AS c
+ORDER BY name
+
+-- name: circuit_log
+SELECT * FROM conveyor_circuit_log
+WHERE (:name IS NULL OR name = :name)
+ORDER BY id DESC
+LIMIT :limit
+
+-- name: claim_alert
+-- Take the right to send an alert: only if the key was not sent within the period.
+INSERT INTO conveyor_alerts (key, sent_at) VALUES (:key, :now)
+ON CONFLICT (key) DO UPDATE SET sent_at = excluded.sent_at
+WHERE conveyor_alerts.sent_at <= :now - :every
+
+-- name: backlog
+-- A queue's queued jobs, and since when the oldest of them has been waiting.
+SELECT count(*) AS depth, min(state_changed_at) AS since FROM conveyor_jobs
+WHERE queue = :queue AND state = 'queued'
