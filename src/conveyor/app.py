@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar, overload
 
 from conveyor.backends import Backend, check_url, open_backend
+from conveyor.backends.base import Subscription
 from conveyor.circuit import Action, Circuit, CircuitEvent, CircuitInfo, Probe
 from conveyor.clock import Clock, SystemClock
 from conveyor.config import Settings, parse_duration
 from conveyor.cron import Periodic, Schedule, TickRecord
 from conveyor.errors import InvalidTransition, JobNotFound, UnknownTask, ValidationError
+from conveyor.events import Cursor, Event
 from conveyor.job import (
     CANCELLABLE_STATES,
     FINISHED_STATES,
@@ -544,6 +546,43 @@ class App:
         wait = _optional_duration(after, "after")
         assert wait is not None
         self.alerts.no_worker_rules.append(NoWorkerRule(check_queue(queue), wait))
+
+    def events(
+        self, job_id: int | None = None, queue: str | None = None, *, poll: float = 1.0
+    ) -> AsyncGenerator[Event, None]:
+        """Every state change and progress report from now on — of one job, one queue, or all —
+        in order: `async for event in app.events(job_id=job.id): ...`. The store wakes the
+        subscriber (NOTIFY on PostgreSQL, a change check on SQLite); `poll` is the longest it
+        waits without a wake-up. Events carry ids and small fields, never job arguments."""
+        return self._events(job_id, queue, poll, None)
+
+    async def _open_events(
+        self, job_id: int | None, queue: str | None, poll: float = 1.0
+    ) -> tuple[AsyncGenerator[Event, None], Subscription]:
+        """`events`, subscribed and positioned now (before the caller looks at the job)."""
+        subscription = await self.backend.subscribe()
+        cursor = await self.backend.event_cursor()
+        return self._events(job_id, queue, poll, (subscription, cursor)), subscription
+
+    async def _events(
+        self, job_id: int | None, queue: str | None, poll: float,
+        start: tuple[Subscription, Cursor] | None,
+    ) -> AsyncGenerator[Event, None]:  # fmt: skip
+        backend = self.backend
+        if start is None:
+            subscription = await backend.subscribe()  # before the cursor: nothing slips by
+            cursor = await backend.event_cursor()
+        else:
+            subscription, cursor = start
+        try:
+            while True:
+                found, cursor = await backend.read_events(cursor, job_id, queue)
+                for event in found:
+                    yield event
+                if not found:
+                    await subscription.wait(poll)
+        finally:
+            await subscription.close()
 
     def queue(self, name: str, *, concurrency: int | None = None) -> None:
         """Declare a queue's limit: at most `concurrency` of its jobs run at once, across every

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-from collections.abc import Awaitable, Generator
+import time
+from collections.abc import Awaitable, Callable, Generator
 from typing import TYPE_CHECKING, Any
 
 from conveyor.errors import BackendUnavailable, ValidationError
@@ -17,13 +18,20 @@ if TYPE_CHECKING:
 
 #: How long a sync task's progress report waits for the worker's loop before giving up.
 PROGRESS_WAIT_S = 30.0
+#: At most one progress write per job this often (a few a second).
+PROGRESS_EVERY_S = 0.25
 
 
 class Context:
     """The running job as its task sees it: ids, progress reporting, cancellation, a logger."""
 
     def __init__(
-        self, job: Job, worker_id: str, backend: Backend, loop: asyncio.AbstractEventLoop
+        self,
+        job: Job,
+        worker_id: str,
+        backend: Backend,
+        loop: asyncio.AbstractEventLoop,
+        now: Callable[[], float] = time.time,
     ) -> None:
         self.job = job
         self.worker_id = worker_id
@@ -31,6 +39,13 @@ class Context:
         self._loop = loop
         self.cancel_reason: str | None = None
         self._log: Any = None
+        self._now = now
+        # progress throttling: the latest report, when and with which stage the last went out
+        self._latest: tuple[float, str | None, str | None] | None = None
+        self._written_at = -PROGRESS_EVERY_S
+        self._written_stage: str | None = None
+        self._flush: asyncio.TimerHandle | None = None
+        self._flushing: asyncio.Task[None] | None = None
 
     @property
     def log(self) -> Any:
@@ -64,24 +79,28 @@ class Context:
     def progress(
         self, percent: float, stage: str | None = None, message: str | None = None
     ) -> Awaitable[None]:
-        """Record progress (0-100) and an optional stage name.
+        """Report progress (0-100), with an optional stage name and message.
 
         From an async task: `await ctx.progress(50, stage="encode")`. From a sync task, call it
-        plainly: it returns once the progress is stored.
+        plainly. Reports are throttled: the job's row and the event stream get at most one every
+        PROGRESS_EVERY_S per job (a new stage goes out at once); the latest always gets out.
         """
         if isinstance(percent, bool) or not isinstance(percent, int | float):
             raise ValidationError(f"progress must be a number from 0 to 100, got {percent!r}")
         if not 0 <= percent <= 100:
             raise ValidationError(f"progress must be from 0 to 100, got {percent!r}")
+        for value, what in ((stage, "stage"), (message, "message")):
+            if value is not None and (not isinstance(value, str) or len(value) > 500):
+                raise ValidationError(f"{what} must be text of at most 500 characters")
         self.job.progress = float(percent)
         if stage is not None:
             self.job.stage = stage
         if message is not None:
             self.log.info("job.progress", progress=percent, stage=stage, message=message)
-        write = self._write_progress(float(percent), stage)
+        report = (float(percent), stage, message)
         if _on_loop(self._loop):
-            return write
-        future = asyncio.run_coroutine_threadsafe(write, self._loop)
+            return self._report(report)
+        future = asyncio.run_coroutine_threadsafe(_awaited(self._report(report)), self._loop)
         try:
             future.result(timeout=PROGRESS_WAIT_S)
         except concurrent.futures.TimeoutError:
@@ -89,14 +108,40 @@ class Context:
             self.log.warning("job.progress_failed", error="the worker did not answer in time")
         return _DONE
 
-    async def _write_progress(self, percent: float, stage: str | None) -> None:
+    def _report(self, report: tuple[float, str | None, str | None]) -> Awaitable[None]:
+        """On the worker's loop: write now, or leave the latest report for a write due soon."""
+        self._latest = report
+        if self._flush is not None:
+            return _DONE  # a write is due: it takes the latest report
+        wait = self._written_at + PROGRESS_EVERY_S - time.monotonic()
+        if wait <= 0 or report[1] != self._written_stage:
+            return self._write_latest()
+        self._flush = self._loop.call_later(wait, self._flush_now)
+        return _DONE
+
+    def _flush_now(self) -> None:
+        self._flush = None
+        self._flushing = self._loop.create_task(self._write_latest())
+
+    async def _write_latest(self) -> None:
+        if self._flush is not None:
+            self._flush.cancel()
+            self._flush = None
+        assert self._latest is not None
+        percent, stage, message = self._latest
+        self._written_at, self._written_stage = time.monotonic(), stage
         # Progress is a report, not the job's work: a store hiccup is logged, never raised.
         try:
             await self._backend.set_progress(
-                self.job.id, self.worker_id, self.job.attempt, percent, stage
-            )
+                self.job.id, self.worker_id, self.job.attempt, percent, stage, message,
+                self._now(),
+            )  # fmt: skip
         except BackendUnavailable as exc:
             self.log.warning("job.progress_failed", error=str(exc))
+
+
+async def _awaited(awaitable: Awaitable[None]) -> None:
+    await awaitable
 
 
 class _Done:

@@ -424,17 +424,33 @@ class Job:
             time.sleep(_next_wait(delay, deadline))
             delay = min(delay * 2, poll)
 
-    async def wait_async(self, timeout: float | None = None, poll: float = 0.2) -> Any:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        delay = 0.005
-        while True:
+    async def wait_async(self, timeout: float | None = None, poll: float = 1.0) -> Any:
+        """Wait until the job finishes; return its result. Woken by the job's events (NOTIFY on
+        PostgreSQL, a change check on SQLite), looking again at least every `poll` seconds.
+
+        Raises `JobFailed` if it ends dead or cancelled, `WaitTimeout` after `timeout` seconds.
+        """
+        app = self._require_app()
+        stream, subscription = await app._open_events(self.id, None, poll)
+        try:
             await self.refresh_async()
-            if self.state.is_finished:
-                return self._outcome()
-            if deadline is not None and time.monotonic() >= deadline:
-                raise WaitTimeout(f"job {self.id} still {self.state.value} after {timeout}s")
-            await asyncio.sleep(_next_wait(delay, deadline))
-            delay = min(delay * 2, poll)
+            if not self.state.is_finished:
+                try:
+                    async with asyncio.timeout(timeout):
+                        async for event in stream:
+                            if event.finished:
+                                break
+                except TimeoutError:
+                    await self.refresh_async()
+                    if not self.state.is_finished:
+                        raise WaitTimeout(
+                            f"job {self.id} still {self.state.value} after {timeout}s"
+                        ) from None
+                await self.refresh_async()
+        finally:
+            await stream.aclose()
+            await subscription.close()
+        return self._outcome()
 
 
 def _next_wait(delay: float, deadline: float | None) -> float:

@@ -376,6 +376,7 @@ def test_migrate_applies_once(new_app: Callable[..., conveyor.App], schema: str)
         "circuits",
         "circuit_log",
         "alerts",
+        "job_progress",
         "migrations",
     }
 

@@ -15,6 +15,7 @@ from conveyor.circuit import Action, CircuitEvent, CircuitInfo
 from conveyor.clock import Clock
 from conveyor.cron import TickRecord
 from conveyor.errors import ValidationError
+from conveyor.events import Cursor, Event
 from conveyor.job import HistoryEntry, Job, JobState, NewJob, Outcome, WorkerInfo
 
 
@@ -95,9 +96,11 @@ class Store(Protocol):
         seconds before `now` (the store's own clock, where it has one)."""
 
     def set_progress(
-        self, job_id: int, worker_id: str, attempt: int, progress: float, stage: str | None
-    ) -> bool:
-        """Record progress of the given running attempt; False if it is no longer running."""
+        self, job_id: int, worker_id: str, attempt: int, progress: float, stage: str | None,
+        message: str | None, now: float,
+    ) -> bool:  # fmt: skip
+        """Record progress of the given running attempt (and the report, for the event
+        stream); False if it is no longer running."""
 
     def set_queue_paused(self, queue: str, paused: bool, now: float) -> bool:
         """Pause a queue (nothing new starts from it, on any worker) or resume it; False if it
@@ -138,6 +141,13 @@ class Store(Protocol):
 
     def periodic_ticks(self) -> dict[str, TickRecord]:
         """Per periodic entry the store has seen, its latest tick and latest fired job."""
+
+
+class Subscription(Protocol):
+    async def wait(self, timeout: float) -> None:
+        """Return soon after the event stream may have grown, or after `timeout`."""
+
+    async def close(self) -> None: ...
 
 
 class Backend(abc.ABC):
@@ -263,9 +273,28 @@ class Backend(abc.ABC):
         """Forget ticks older than that, except each entry's latest."""
 
     @abc.abstractmethod
+    async def event_cursor(self) -> Cursor:
+        """Where the event stream ends now."""
+
+    @abc.abstractmethod
+    async def read_events(
+        self, after: Cursor, job_id: int | None, queue: str | None, limit: int = 500
+    ) -> tuple[list[Event], Cursor]:
+        """Events after `after` (of one job or queue), in order, and the cursor after them."""
+
+    @abc.abstractmethod
+    async def subscribe(self) -> Subscription:
+        """A wake-up of its own for one event subscriber."""
+
+    @abc.abstractmethod
+    async def prune_progress(self, older_than: float, now: float) -> int:
+        """Forget progress reports older than that (the jobs keep their latest)."""
+
+    @abc.abstractmethod
     async def set_progress(
-        self, job_id: int, worker_id: str, attempt: int, progress: float, stage: str | None
-    ) -> bool: ...
+        self, job_id: int, worker_id: str, attempt: int, progress: float, stage: str | None,
+        message: str | None, now: float,
+    ) -> bool: ...  # fmt: skip
 
 
 #: How deep dependencies may chain. A job that finishes releases (or cancels) its dependents

@@ -19,6 +19,8 @@ log = get_logger("conveyor.services")
 LEADERSHIP = "maintenance"
 #: Workers not heard from for this long (or ten leases, if longer) are forgotten.
 FORGET_WORKERS_AFTER_S = 3600.0
+#: How long progress reports stay for the event stream (each job keeps its latest anyway).
+KEEP_PROGRESS_S = 3600.0
 #: How often the leader deletes finished jobs past their retention.
 PRUNE_EVERY_S = 60.0
 
@@ -64,6 +66,7 @@ class Maintenance(Service):
         if pruned:
             log.info("jobs.pruned", count=pruned)
         await self.backend.prune_ticks(settings.retention_failed, now)
+        await self.backend.prune_progress(KEEP_PROGRESS_S, now)
         return pruned
 
     async def resign(self) -> None:

@@ -260,7 +260,7 @@ class Worker:
 
     def _start(self, job: Job) -> None:
         job.app = self.app
-        ctx = Context(job, self.id, self.backend, self._loop)
+        ctx = Context(job, self.id, self.backend, self._loop, self.app.clock.now)
         task_def = self.app.tasks.get(job.task)
         runner = self._loop.create_task(self._execute(job, ctx))
         self._active[job.id, job.attempt] = Active(

@@ -34,6 +34,7 @@ from conveyor.errors import (
     NotAConveyorDatabase,
     ValidationError,
 )
+from conveyor.events import Cursor, Event, merge
 from conveyor.job import HistoryEntry, Job, JobState, NewJob, Outcome, WorkerInfo
 from conveyor.limits import Candidate, pick
 from conveyor.logging import get_logger
@@ -630,16 +631,27 @@ class PostgresBackend(Backend):
         return {r["name"]: TickRecord.from_row(r) for r in rows}
 
     def set_progress_plan(
-        self, job_id: int, worker_id: str, attempt: int, progress: float, stage: str | None
-    ) -> Plan[bool]:
-        count = yield Stmt(
+        self, job_id: int, worker_id: str, attempt: int, progress: float, stage: str | None,
+        message: str | None, now: float,
+    ) -> Plan[bool]:  # fmt: skip
+        [row] = yield Stmt(
             self.q.set_progress,
             {
                 "id": job_id, "worker_id": worker_id, "attempt": attempt, "progress": progress,
-                "stage": stage,
+                "stage": stage, "message": message, "now": self.now(now),
             },
         )  # fmt: skip
-        return bool(count == 1)
+        return bool(row["updated"] == 1)
+
+    def read_events_plan(
+        self, after: Cursor, job_id: int | None, queue: str | None, limit: int
+    ) -> Plan[tuple[list[Event], Cursor]]:
+        where = {"job_id": job_id, "queue": queue, "limit": limit}
+        history, progress = yield [
+            Stmt(self.q.history_events, {**where, "after": after.history}),
+            Stmt(self.q.progress_events, {**where, "after": after.progress}),
+        ]
+        return merge(history, progress, after)
 
     def next_due_in_plan(self, queues: Sequence[str] | None, now: float) -> Plan[float | None]:
         if queues is None:
@@ -846,11 +858,34 @@ class PostgresBackend(Backend):
         return await self.run_async(self.purge_plan(states, older_than, now))
 
     async def set_progress(
-        self, job_id: int, worker_id: str, attempt: int, progress: float, stage: str | None
-    ) -> bool:
+        self, job_id: int, worker_id: str, attempt: int, progress: float, stage: str | None,
+        message: str | None, now: float,
+    ) -> bool:  # fmt: skip
         return await self.run_async(
-            self.set_progress_plan(job_id, worker_id, attempt, progress, stage)
+            self.set_progress_plan(job_id, worker_id, attempt, progress, stage, message, now)
         )
+
+    async def event_cursor(self) -> Cursor:
+        [row] = await self.run_async(self.statement_plan(self.q.event_cursor))
+        return Cursor(int(row["history"]), int(row["progress"]))
+
+    async def read_events(
+        self, after: Cursor, job_id: int | None, queue: str | None, limit: int = 500
+    ) -> tuple[list[Event], Cursor]:
+        return await self.run_async(self.read_events_plan(after, job_id, queue, limit))
+
+    async def prune_progress(self, older_than: float, now: float) -> int:
+        params = {"age": older_than, "now": self.now(now)}
+        pruned: int = await self.run_async(self.statement_plan(self.q.prune_progress, params))
+        return pruned
+
+    async def subscribe(self) -> Listener:
+        """LISTEN of its own for one subscriber: on the events channel (state changes and
+        progress) and the jobs channel (new runnable jobs)."""
+        return Listener(
+            self.url, self._connect_kwargs(), f"{self.schema}_events", self.q.listen_events,
+            listen=self.settings.postgres_listen, poll_interval=self.settings.poll_interval,
+        )  # fmt: skip
 
     async def fire_periodic(
         self, name: str, tick: float, job: NewJob | None, now: float
@@ -1044,11 +1079,21 @@ class PostgresStore:
         return self.b.run_sync(self.b.purge_plan(states, older_than, now, queue, task))
 
     def set_progress(
-        self, job_id: int, worker_id: str, attempt: int, progress: float, stage: str | None
-    ) -> bool:
+        self, job_id: int, worker_id: str, attempt: int, progress: float, stage: str | None,
+        message: str | None, now: float,
+    ) -> bool:  # fmt: skip
         return self.b.run_sync(
-            self.b.set_progress_plan(job_id, worker_id, attempt, progress, stage)
+            self.b.set_progress_plan(job_id, worker_id, attempt, progress, stage, message, now)
         )
+
+    def event_cursor(self) -> Cursor:
+        [row] = self.b.run_sync(self.b.statement_plan(self.q.event_cursor))
+        return Cursor(int(row["history"]), int(row["progress"]))
+
+    def read_events(
+        self, after: Cursor, job_id: int | None, queue: str | None, limit: int = 500
+    ) -> tuple[list[Event], Cursor]:
+        return self.b.run_sync(self.b.read_events_plan(after, job_id, queue, limit))
 
 
 # -- drivers --------------------------------------------------------------------------------

@@ -577,9 +577,52 @@ WITH gone AS (
 SELECT count(*) AS n FROM gone
 
 -- name: set_progress
-UPDATE {schema}.jobs
-SET progress = %(progress)s, stage = coalesce(%(stage)s, stage)
-WHERE id = %(id)s AND state = 'running' AND worker_id = %(worker_id)s AND attempt = %(attempt)s
+-- The job keeps the latest report; each report is also a row for the event stream, and a
+-- NOTIFY wakes its subscribers.
+WITH c AS (SELECT coalesce(to_timestamp(%(now)s::float8), now()) AS now),
+job AS (
+    UPDATE {schema}.jobs
+    SET progress = %(progress)s, stage = coalesce(%(stage)s, stage)
+    WHERE id = %(id)s AND state = 'running' AND worker_id = %(worker_id)s
+      AND attempt = %(attempt)s
+    RETURNING id
+), report AS (
+    INSERT INTO {schema}.job_progress (job_id, at, progress, stage, message)
+    SELECT job.id, c.now, %(progress)s, %(stage)s, %(message)s FROM job, c
+    RETURNING id
+), woken AS (
+    SELECT pg_notify('{schema}_events', '') FROM report
+)
+SELECT count(*) AS updated FROM job WHERE (SELECT count(*) FROM woken) >= 0
+
+-- name: event_cursor
+SELECT (SELECT coalesce(max(id), 0) FROM {schema}.job_history) AS history,
+       (SELECT coalesce(max(id), 0) FROM {schema}.job_progress) AS progress
+
+-- name: history_events
+SELECT h.id, h.job_id, h.at, h.to_state, h.note, j.queue, j.task
+FROM {schema}.job_history AS h LEFT JOIN {schema}.jobs AS j ON j.id = h.job_id
+WHERE h.id > %(after)s
+  AND (%(job_id)s::bigint IS NULL OR h.job_id = %(job_id)s)
+  AND (%(queue)s::text IS NULL OR j.queue = %(queue)s)
+ORDER BY h.id
+LIMIT %(limit)s
+
+-- name: progress_events
+SELECT p.id, p.job_id, p.at, p.progress, p.stage, p.message, j.queue, j.task
+FROM {schema}.job_progress AS p LEFT JOIN {schema}.jobs AS j ON j.id = p.job_id
+WHERE p.id > %(after)s
+  AND (%(job_id)s::bigint IS NULL OR p.job_id = %(job_id)s)
+  AND (%(queue)s::text IS NULL OR j.queue = %(queue)s)
+ORDER BY p.id
+LIMIT %(limit)s
+
+-- name: prune_progress
+DELETE FROM {schema}.job_progress
+WHERE at < coalesce(to_timestamp(%(now)s::float8), now()) - make_interval(secs => %(age)s)
+
+-- name: listen_events
+LISTEN "{schema}_events"; LISTEN {channel}
 
 -- name: lock_migrations
 SELECT pg_advisory_xact_lock(hashtext(%(key)s))

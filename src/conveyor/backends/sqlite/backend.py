@@ -31,6 +31,7 @@ from conveyor.errors import (
     NotAConveyorDatabase,
     ValidationError,
 )
+from conveyor.events import Cursor, Event, merge
 from conveyor.job import HistoryEntry, Job, JobState, NewJob, Outcome, WorkerInfo
 from conveyor.limits import Candidate, pick
 
@@ -510,14 +511,34 @@ class SqliteStore:
         return None if value is None else float(value) - now
 
     def set_progress(
-        self, job_id: int, worker_id: str, attempt: int, progress: float, stage: str | None
-    ) -> bool:
+        self, job_id: int, worker_id: str, attempt: int, progress: float, stage: str | None,
+        message: str | None, now: float,
+    ) -> bool:  # fmt: skip
         params = {
             "job_id": job_id, "worker_id": worker_id, "attempt": attempt, "progress": progress,
-            "stage": stage,
+            "stage": stage, "message": message, "now": now,
         }  # fmt: skip
         with self._write() as conn:
-            return conn.execute(Q.set_progress, params).rowcount == 1
+            if conn.execute(Q.set_progress, params).rowcount == 0:
+                return False
+            conn.execute(Q.record_progress, params)
+            return True
+
+    def event_cursor(self) -> Cursor:
+        [row] = self._read(Q.event_cursor)
+        return Cursor(row["history"], row["progress"])
+
+    def read_events(
+        self, after: Cursor, job_id: int | None, queue: str | None, limit: int = 500
+    ) -> tuple[list[Event], Cursor]:
+        where = {"job_id": job_id, "queue": queue, "limit": limit}
+        history = self._read(Q.history_events, {**where, "after": after.history})
+        progress = self._read(Q.progress_events, {**where, "after": after.progress})
+        return merge(history, progress, after)
+
+    def prune_progress(self, older_than: float, now: float) -> int:
+        with self._write() as conn:
+            return conn.execute(Q.prune_progress, {"before": now - older_than}).rowcount
 
     def fire_periodic(self, name: str, tick: float, job: NewJob | None, now: float) -> Job | None:
         tick_key = {"name": name, "tick": tick}
@@ -726,8 +747,7 @@ class SqliteBackend(Backend):
         self.store = SqliteStore(url, settings, clock)
         self.sync = self.store
         self._executor: ThreadPoolExecutor | None = None
-        self._watch: sqlite3.Connection | None = None
-        self._seen_version: int | None = None
+        self._watch: Watch | None = None
 
     async def _run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         if self._executor is None:
@@ -748,7 +768,7 @@ class SqliteBackend(Backend):
 
     async def release(self) -> None:
         if self._watch is not None:
-            self._watch.close()
+            await self._watch.close()
             self._watch = None
 
     async def enqueue(self, jobs: Sequence[NewJob], connection: Any = None) -> list[Job]:
@@ -821,9 +841,28 @@ class SqliteBackend(Backend):
         await self._run(self.store.set_queue_concurrency, queue, concurrency)
 
     async def set_progress(
-        self, job_id: int, worker_id: str, attempt: int, progress: float, stage: str | None
-    ) -> bool:
-        return await self._run(self.store.set_progress, job_id, worker_id, attempt, progress, stage)
+        self, job_id: int, worker_id: str, attempt: int, progress: float, stage: str | None,
+        message: str | None, now: float,
+    ) -> bool:  # fmt: skip
+        return await self._run(
+            self.store.set_progress, job_id, worker_id, attempt, progress, stage, message, now
+        )
+
+    async def event_cursor(self) -> Cursor:
+        return await self._run(self.store.event_cursor)
+
+    async def read_events(
+        self, after: Cursor, job_id: int | None, queue: str | None, limit: int = 500
+    ) -> tuple[list[Event], Cursor]:
+        return await self._run(self.store.read_events, after, job_id, queue, limit)
+
+    async def prune_progress(self, older_than: float, now: float) -> int:
+        return await self._run(self.store.prune_progress, older_than, now)
+
+    async def subscribe(self) -> Watch:
+        watch = Watch(self.store)
+        await watch.start(self._run)
+        return watch
 
     async def fire_periodic(
         self, name: str, tick: float, job: NewJob | None, now: float
@@ -837,25 +876,46 @@ class SqliteBackend(Backend):
         return await self._run(self.store.prune_ticks, older_than, now)
 
     async def wait_for_change(self, timeout: float) -> None:
-        """Watch `PRAGMA data_version` on a connection of its own: it changes whenever any other
-        connection, in this process or another, commits."""
         if self._watch is None:
-            self._watch = await self._run(self.store.connect)
-            self._seen_version = self.store.data_version(self._watch)
+            self._watch = Watch(self.store)
+            await self._watch.start(self._run)
+        await self._watch.wait(timeout)
+
+
+class Watch:
+    """Watches `PRAGMA data_version` on a connection of its own: it changes whenever any other
+    connection, in this process or another, commits (a read of the WAL's shared memory)."""
+
+    def __init__(self, store: SqliteStore) -> None:
+        self.store = store
+        self._conn: sqlite3.Connection | None = None
+        self._seen: int | None = None
+
+    async def start(self, run: Callable[..., Any]) -> None:
+        self._conn = await run(self.store.connect)
+        self._seen = self.store.data_version(self._conn)
+
+    async def wait(self, timeout: float) -> None:
+        assert self._conn is not None, "start() first"
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:
             try:
-                version = self.store.data_version(self._watch)
+                version = self.store.data_version(self._conn)
             except sqlite3.OperationalError:
                 return  # cannot tell: let the caller look
-            if version != self._seen_version:
-                self._seen_version = version
+            if version != self._seen:
+                self._seen = version
                 return
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return
             await asyncio.sleep(min(WATCH_INTERVAL_S, remaining))
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
 
 def _dependency_ids(job: NewJob, stored: Sequence[Job]) -> list[int]:

@@ -408,6 +408,35 @@ UPDATE conveyor_jobs
 SET progress = :progress, stage = coalesce(:stage, stage)
 WHERE id = :job_id AND state = 'running' AND worker_id = :worker_id AND attempt = :attempt
 
+-- name: record_progress
+INSERT INTO conveyor_job_progress (job_id, at, progress, stage, message)
+VALUES (:job_id, :now, :progress, :stage, :message)
+
+-- name: event_cursor
+SELECT (SELECT coalesce(max(id), 0) FROM conveyor_job_history) AS history,
+       (SELECT coalesce(max(id), 0) FROM conveyor_job_progress) AS progress
+
+-- name: history_events
+SELECT h.id, h.job_id, h.at, h.to_state, h.note, j.queue, j.task
+FROM conveyor_job_history AS h LEFT JOIN conveyor_jobs AS j ON j.id = h.job_id
+WHERE h.id > :after
+  AND (:job_id IS NULL OR h.job_id = :job_id)
+  AND (:queue IS NULL OR j.queue = :queue)
+ORDER BY h.id
+LIMIT :limit
+
+-- name: progress_events
+SELECT p.id, p.job_id, p.at, p.progress, p.stage, p.message, j.queue, j.task
+FROM conveyor_job_progress AS p LEFT JOIN conveyor_jobs AS j ON j.id = p.job_id
+WHERE p.id > :after
+  AND (:job_id IS NULL OR p.job_id = :job_id)
+  AND (:queue IS NULL OR j.queue = :queue)
+ORDER BY p.id
+LIMIT :limit
+
+-- name: prune_progress
+DELETE FROM conveyor_job_progress WHERE at < :before
+
 -- name: data_version
 PRAGMA data_version
 

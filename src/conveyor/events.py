@@ -1,0 +1,85 @@
+"""Events: every change of a job's state and every progress report, for whoever is watching.
+
+State changes are read from the job history, progress reports from their own table, each
+after a cursor, in order; a subscriber is woken by the store (NOTIFY on PostgreSQL, a cheap
+change check on SQLite) instead of polling. Events carry ids and small fields only, never
+job arguments.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from conveyor.job import FINISHED_STATES, JobState, epoch_seconds
+
+
+@dataclass(frozen=True, slots=True)
+class Cursor:
+    """Where a subscriber is: the last history row and the last progress row it has seen."""
+
+    history: int = 0
+    progress: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A job changed state (`kind == "state"`) or reported progress (`kind == "progress"`)."""
+
+    kind: str
+    job_id: int
+    at: float
+    queue: str | None = None
+    task: str | None = None
+    state: JobState | None = None
+    progress: float | None = None
+    stage: str | None = None
+    message: str | None = None
+    #: why the state changed, where recorded ("retried by hand", "cancelled by ...")
+    note: str | None = None
+
+    @classmethod
+    def from_history(cls, row: Any) -> Event:
+        return cls(
+            "state", row["job_id"], epoch_seconds(row["at"]), row["queue"], row["task"],
+            state=JobState(row["to_state"]), note=row["note"],
+        )  # fmt: skip
+
+    @classmethod
+    def from_progress(cls, row: Any) -> Event:
+        return cls(
+            "progress", row["job_id"], epoch_seconds(row["at"]), row["queue"], row["task"],
+            progress=row["progress"], stage=row["stage"], message=row["message"],
+        )  # fmt: skip
+
+    @property
+    def finished(self) -> bool:
+        return self.state is not None and self.state in FINISHED_STATES
+
+    def to_dict(self) -> dict[str, Any]:
+        """The event as JSON-ready fields (None fields left out)."""
+        fields = {
+            "kind": self.kind, "job_id": self.job_id, "at": self.at, "queue": self.queue,
+            "task": self.task, "state": None if self.state is None else self.state.value,
+            "progress": self.progress, "stage": self.stage, "message": self.message,
+            "note": self.note,
+        }  # fmt: skip
+        return {k: v for k, v in fields.items() if v is not None}
+
+    @property
+    def order(self) -> tuple[float, int]:
+        # at one instant: a job starts, then reports progress, then finishes
+        rank = 1 if self.kind == "progress" else 2 if self.finished else 0
+        return (self.at, rank)
+
+
+def merge(history: list[Any], progress: list[Any], cursor: Cursor) -> tuple[list[Event], Cursor]:
+    """Rows read after `cursor` from both sources (each in id order) as events in time order,
+    and the cursor after them."""
+    events = [Event.from_history(r) for r in history] + [Event.from_progress(r) for r in progress]
+    events.sort(key=lambda e: e.order)
+    after = Cursor(
+        history[-1]["id"] if history else cursor.history,
+        progress[-1]["id"] if progress else cursor.progress,
+    )
+    return events, after

@@ -1,0 +1,130 @@
+"""Events: state changes and progress reports, in order, to whoever subscribes; progress is
+throttled; `job.wait_async` is woken by them. (Another process: tests/acceptance/test_events.py.)"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+import conveyor
+from conveyor import JobState
+from conveyor.events import Event
+
+from .test_worker import running, until
+
+
+async def collect(stream: Any, into: list[Event], until_finished: int = 1) -> None:
+    finished = 0
+    async for event in stream:
+        into.append(event)
+        if event.finished:
+            finished += 1
+            if finished == until_finished:
+                return
+
+
+async def test_state_changes_and_progress_arrive_in_order(make_app: Callable[..., Any]) -> None:
+    app = make_app()
+
+    @app.task(name="encode", pass_context=True)
+    async def encode(ctx: conveyor.Context, video: str) -> str:
+        for percent, stage in ((10, "probe"), (50, "encode"), (90, "upload")):
+            await ctx.progress(percent, stage=stage, message=f"{stage} {video}")
+            await asyncio.sleep(0.3)  # slower than the throttle: every report goes out
+        return "done"
+
+    seen: list[Event] = []
+    stream, _ = await app._open_events(None, "default")
+    watcher = asyncio.create_task(collect(stream, seen))
+    job = await encode.enqueue_async("intro.mp4")
+    async with running(conveyor.Worker(app)):
+        await asyncio.wait_for(watcher, 30)
+    await stream.aclose()
+    assert [(e.kind, e.state, e.progress, e.stage) for e in seen] == [
+        ("state", JobState.QUEUED, None, None),
+        ("state", JobState.RUNNING, None, None),
+        ("progress", None, 10.0, "probe"),
+        ("progress", None, 50.0, "encode"),
+        ("progress", None, 90.0, "upload"),
+        ("state", JobState.SUCCEEDED, None, None),
+    ]
+    assert {(e.job_id, e.queue, e.task) for e in seen} == {(job.id, "default", "encode")}
+    assert seen[2].message == "probe intro.mp4"
+    assert "intro.mp4" not in str(seen[1].to_dict())  # never the job's arguments
+    assert [e.at for e in seen] == sorted(e.at for e in seen)
+
+
+async def test_progress_is_throttled_and_the_latest_gets_out(make_app: Callable[..., Any]) -> None:
+    app = make_app()
+    done = asyncio.Event()
+
+    @app.task(name="crunch", pass_context=True)
+    def crunch(ctx: conveyor.Context) -> None:
+        for i in range(1, 201):
+            ctx.progress(i / 2, stage="crunch")  # 200 reports, as fast as it can
+        ctx.progress(100, stage="crunch")
+
+    @app.task(name="hold", pass_context=True)
+    async def hold(ctx: conveyor.Context) -> None:
+        for i in range(1, 101):
+            await ctx.progress(i)
+        await done.wait()
+
+    seen: list[Event] = []
+    stream, _ = await app._open_events(None, None)
+    watcher = asyncio.create_task(collect(stream, seen))
+    job = crunch.enqueue()
+    held = hold.enqueue()
+    async with running(conveyor.Worker(app)):
+        await asyncio.wait_for(watcher, 30)
+        # the held job's last report (100) goes out after the throttle, while it still runs
+        await until(lambda: app.get_job(held.id).progress == 100)
+        done.set()
+    await stream.aclose()
+    reports = [e.progress for e in seen if e.kind == "progress" and e.job_id == job.id]
+    assert 1 <= len(reports) <= 12  # a few a second at most, not 201
+    assert reports == sorted(reports)
+
+
+async def test_events_of_one_job_only(make_app: Callable[..., Any]) -> None:
+    app = make_app()
+
+    @app.task(name="echo")
+    def echo(n: int) -> int:
+        return n
+
+    first, second = echo.enqueue(1), echo.enqueue(2)
+    seen: list[Event] = []
+    stream, _ = await app._open_events(second.id, None)
+    watcher = asyncio.create_task(collect(stream, seen))
+    await app.run_worker_async(burst=True)
+    await asyncio.wait_for(watcher, 30)
+    await stream.aclose()
+    assert {e.job_id for e in seen} == {second.id}
+    assert [e.state for e in seen] == [JobState.RUNNING, JobState.SUCCEEDED]
+    assert app.get_job(first.id).state is JobState.SUCCEEDED
+
+
+async def test_wait_async_returns_when_the_job_finishes(make_app: Callable[..., Any]) -> None:
+    app = make_app()
+
+    @app.task(name="slow")
+    async def slow(n: int) -> int:
+        await asyncio.sleep(0.2)
+        return n * 2
+
+    @app.task(name="broken", max_attempts=1)
+    def broken() -> None:
+        raise ValueError("nope")
+
+    job, bad = slow.enqueue(21), broken.enqueue()
+    with pytest.raises(conveyor.WaitTimeout, match="still queued"):
+        await job.wait_async(timeout=0.3)
+    async with running(conveyor.Worker(app)):
+        assert await job.wait_async(timeout=20) == 42
+        with pytest.raises(conveyor.JobFailed):
+            await bad.wait_async(timeout=20)
+    assert await job.wait_async(timeout=1) == 42  # finished already: at once
