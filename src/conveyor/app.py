@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime as dt
 from collections.abc import AsyncGenerator, Callable, Iterable, Mapping, Sequence
@@ -33,6 +34,9 @@ from conveyor.services.circuits import announce
 from conveyor.task import CallOptions, Task, check_priority, check_queue
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+#: How long closing an App waits for alerts still being sent.
+ALERT_FLUSH_S = 5.0
 StateFilter = JobState | str | Iterable[JobState | str] | None
 
 
@@ -698,12 +702,15 @@ class App:
         ).run_async()
 
     def close(self) -> None:
-        """Close the store's connections. The App can be used again afterwards."""
+        """Close the store's connections (after giving alerts on their way a few seconds).
+        The App can be used again afterwards."""
+        self.alerts.flush(ALERT_FLUSH_S)
         if self._backend is not None:
             self._backend.sync.close()
             self._backend = None
 
     async def close_async(self) -> None:
+        await asyncio.to_thread(self.alerts.flush, ALERT_FLUSH_S)
         if self._backend is not None:
             await self._backend.close()
             self._backend = None

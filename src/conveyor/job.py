@@ -408,21 +408,25 @@ class Job:
             return self.result
         raise JobFailed(self)
 
-    def wait(self, timeout: float | None = None, poll: float = 0.2) -> Any:
-        """Block until the job finishes; return its result.
+    def wait(self, timeout: float | None = None, poll: float = 1.0) -> Any:
+        """Block until the job finishes; return its result. Woken by changes in the store
+        (NOTIFY on PostgreSQL, a change check on SQLite), looking again at least every `poll`
+        seconds.
 
         Raises `JobFailed` if it ends dead or cancelled, `WaitTimeout` after `timeout` seconds.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        delay = 0.005
-        while True:
-            self.refresh()
-            if self.state.is_finished:
-                return self._outcome()
-            if deadline is not None and time.monotonic() >= deadline:
-                raise WaitTimeout(f"job {self.id} still {self.state.value} after {timeout}s")
-            time.sleep(_next_wait(delay, deadline))
-            delay = min(delay * 2, poll)
+        subscription = self._require_app().backend.sync.subscribe()
+        try:
+            while True:
+                self.refresh()
+                if self.state.is_finished:
+                    return self._outcome()
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise WaitTimeout(f"job {self.id} still {self.state.value} after {timeout}s")
+                subscription.wait(_next_wait(poll, deadline))
+        finally:
+            subscription.close()
 
     async def wait_async(self, timeout: float | None = None, poll: float = 1.0) -> Any:
         """Wait until the job finishes; return its result. Woken by the job's events (NOTIFY on

@@ -114,6 +114,14 @@ class Candidate:
         return (self.priority, self.run_at, self.id)
 
 
+def best_buckets(buckets: Iterable[Any], limit: int) -> list[Any]:
+    """Of buckets (rows with `used`, `max` and their head's `priority`, `run_at`, `id`), the
+    first `limit` with room, by their heads: the best `limit` jobs that fit are theirs."""
+    open_ = [b for b in buckets if b["max"] - b["used"] > 0]
+    open_.sort(key=lambda b: (b["priority"], b["run_at"], b["id"]))
+    return open_[:limit]
+
+
 def pick(
     candidates: Iterable[Candidate],
     limit: int,

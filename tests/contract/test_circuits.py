@@ -36,6 +36,11 @@ def states(app: conveyor.App, jobs: list[conveyor.Job]) -> Counter[JobState]:
     return Counter(app.get_job(j.id).state for j in jobs)
 
 
+def settled(app: conveyor.App, jobs: list[conveyor.Job]) -> bool:
+    """No job of these runs now: each is held (or waits for its retry)."""
+    return set(states(app, jobs)) <= {JobState.QUEUED, JobState.RETRYING}
+
+
 def circuit(app: conveyor.App, name: str) -> Any:
     """The circuit as the store has it (a closed stand-in before it has a row)."""
     found = [c for c in app.circuit_states() if c.name == name]
@@ -128,6 +133,7 @@ async def test_closing_by_hand_releases_the_held_jobs(
     jobs = assemble.enqueue_many([(i,) for i in range(4)])
     async with running(conveyor.Worker(app)):
         await until(lambda: circuit(app, "render-worker").state is CircuitState.OPEN)
+        await until(lambda: settled(app, jobs))  # no failure still on its way
         downstream.up = True
         # from a thread: a blocking call must not stall the worker sharing this event loop
         assert await asyncio.to_thread(app.close_circuit, "render-worker") is True
@@ -146,6 +152,7 @@ async def test_a_failure_while_half_open_opens_it_again(
     jobs = assemble.enqueue_many([(i,) for i in range(3)])
     async with running(conveyor.Worker(app)):
         await until(lambda: circuit(app, "render-worker").state is CircuitState.OPEN)
+        await until(lambda: settled(app, jobs))  # nothing still in flight
         calls = downstream.calls
         clock.advance(60)  # the probe answers, but the service still fails the first job
         await until(lambda: [e.event for e in app.circuit_log("render-worker")][:2]
@@ -170,7 +177,7 @@ async def test_jobs_not_behind_the_circuit_keep_running(
         await until(lambda: circuit(app, "render-worker").state is CircuitState.OPEN)
         others = local.enqueue_many([(i,) for i in range(5)])
         await until(lambda: states(app, others)[JobState.SUCCEEDED] == 5)
-    assert set(states(app, held)) <= {JobState.QUEUED, JobState.RETRYING}
+        await until(lambda: settled(app, held))
     assert {app.get_job(j.id).held_by for j in held} == {"render-worker"}
 
 

@@ -28,6 +28,9 @@ class Store(Protocol):
     def schema_version(self) -> int:
         """The newest migration applied to the store (0: none)."""
 
+    def latest_version(self) -> int:
+        """The newest migration this conveyor knows."""
+
     def close(self) -> None: ...
 
     def enqueue(self, jobs: Sequence[NewJob], connection: Any = None) -> list[Job]:
@@ -139,8 +142,17 @@ class Store(Protocol):
     def circuit_log(self, name: str | None = None, limit: int = 100) -> list[CircuitEvent]:
         """The latest opens, half-opens and closes, newest first."""
 
+    def subscribe(self) -> SyncSubscription:
+        """A blocking wake-up for one waiter: returns soon after the store changed."""
+
     def periodic_ticks(self) -> dict[str, TickRecord]:
         """Per periodic entry the store has seen, its latest tick and latest fired job."""
+
+
+class SyncSubscription(Protocol):
+    def wait(self, timeout: float) -> None: ...
+
+    def close(self) -> None: ...
 
 
 class Subscription(Protocol):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import sys
 from typing import Any
 
@@ -105,6 +106,45 @@ def worker(
             command.append("--burst")
         sys.exit(Supervisor(command, processes).run())
     app.run_worker(queues=queue_list, concurrency=concurrency, burst=burst, grace=grace)
+
+
+@main.command()
+@click.argument("app_spec_arg", metavar="MODULE:APP", required=False)
+@click.option("--host", default="127.0.0.1", show_default=True, help="The address to bind.")
+@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
+@click.option("--log-level", default="INFO", show_default=True)
+@click.pass_obj
+def serve(ref: AppRef, app_spec_arg: str | None, host: str, port: int, log_level: str) -> None:
+    """Serve the HTTP API of MODULE:APP: /api/..., /health, the schema at /api/openapi.json.
+
+    With CONVEYOR_API_TOKENS (or CONVEYOR_API_TOKENS_FILE) every request needs a bearer
+    token; without, only a loopback address may be bound."""
+    import uvicorn
+
+    from conveyor.logging import configure_logging
+    from conveyor.web import Tokens, create_api
+
+    configure_logging(log_level, "logfmt")
+    tokens = Tokens.from_environment()
+    if tokens is None and not _loopback(host):
+        raise click.UsageError(
+            f"refusing to serve on {host} without API tokens: set CONVEYOR_API_TOKENS "
+            "(role:token,...) or bind 127.0.0.1"
+        )
+    app = load_app(app_spec(app_spec_arg or ref.spec))
+    uvicorn.run(
+        create_api(app, tokens), host=host, port=port, log_level=log_level.lower(),
+        access_log=False,
+    )  # fmt: skip
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 for _command in COMMANDS:

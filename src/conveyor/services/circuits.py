@@ -51,6 +51,9 @@ async def report(app: App, backend: Backend, circuit: Circuit, outcome: Outcome)
         # The next failure or success reports again; the job's own outcome is not at stake.
         log.warning("circuit.report_failed", circuit=circuit.name, error=str(exc))
         return
+    except Exception as exc:  # a fault of conveyor's own: logged, and the worker goes on
+        log.error("circuit.report_failed", circuit=circuit.name, error=str(exc), exc_info=exc)
+        return
     if change is not None:
         announce(app, change)
 

@@ -230,14 +230,15 @@ class Worker:
             return False
         now = self.app.clock.now()
         due_in = await self.backend.next_due_in(self.queues, now)
-        # queued jobs no claim took: held back by a limit (runnable once a slot frees or a
-        # rate window opens) or being taken by another worker
-        held_in = await self.backend.held_back(self.queues, now)
-        if self.burst and not self._active and not self.completer.pending_ids:
-            if self._written.is_set():
-                return False  # outcomes landed after the claim: they may have released jobs
-            if held_in is None:
-                return due_in is None or due_in > 0
+        last_look = self.burst and not self._active and not self.completer.pending_ids
+        if last_look and self._written.is_set():
+            return False  # outcomes landed after the claim: they may have released jobs
+        # Queued jobs no claim took: held back by a limit (runnable once a slot frees or a
+        # rate window opens) or being taken by another worker. Asked when the worker found
+        # nothing (a partial claim means the next wake-up is near anyway).
+        held_in = await self.backend.held_back(self.queues, now) if last_look or not jobs else None
+        if last_look and held_in is None:
+            return due_in is None or due_in > 0
         wait = min(
             IDLE_RECHECK_S,
             math.inf if due_in is None else max(due_in, 0.0),
@@ -268,17 +269,23 @@ class Worker:
         )
 
     async def _execute(self, job: Job, ctx: Context) -> None:
+        key = (job.id, job.attempt)
         try:
             finished = await self._executor.execute(job, ctx)
+            if key not in self._active:
+                return  # the shutdown has already handed the job back
             task = self.app.tasks.get(job.task)
-            if task is not None and task.circuit is not None:
-                # before the slot frees: the next claim already sees a circuit this opened
-                await circuits.report(self.app, self.backend, task.circuit, finished.outcome)
+            try:
+                if task is not None and task.circuit is not None:
+                    # Before the outcome is written and the slot frees: the next claim sees a
+                    # circuit this opened, and a job seen retrying has been counted.
+                    report = circuits.report(self.app, self.backend, task.circuit, finished.outcome)
+                    await asyncio.shield(report)
+            finally:
+                self.completer.add(finished)
         finally:
-            mine = self._active.pop((job.id, job.attempt), None) is not None
+            self._active.pop(key, None)
             self._slot_free.set()
-        if mine:  # else the shutdown has already handed the job back
-            self.completer.add(finished)
 
     def cancel_running(self, job_id: int) -> None:
         for active in [a for (id_, _), a in self._active.items() if id_ == job_id]:

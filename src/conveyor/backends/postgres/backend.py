@@ -22,7 +22,7 @@ from psycopg.rows import dict_row
 from psycopg.types.string import TextLoader
 
 from conveyor.backends.base import Backend, dependency_depths
-from conveyor.backends.postgres.listener import Listener
+from conveyor.backends.postgres.listener import Listener, SyncListener
 from conveyor.backends.sql import Migration, Queries, load_migrations
 from conveyor.circuit import Action, CircuitEvent, CircuitInfo, CircuitRow, transition
 from conveyor.clock import Clock, SystemClock
@@ -699,7 +699,8 @@ class PostgresBackend(Backend):
         yield Stmt(self.q.put_circuit, after.params(name))
         if event is None:
             return None
-        [count] = yield Stmt(self.q.held_by_circuit, key)
+        # opening: the jobs failing now are held too; else: the jobs still to run
+        [count] = yield Stmt(self.q.held_by_circuit, {**key, "running": event == "opened"})
         change = CircuitEvent.after(name, before, after, event, at, int(count["held"]))
         yield Stmt(self.q.log_circuit, change.params())
         if event != "opened":
@@ -914,6 +915,9 @@ class PostgresStore:
     def migrate_down(self, to_version: int) -> list[int]:
         return self.b.migrate_sync(down_to=to_version)
 
+    def latest_version(self) -> int:
+        return MIGRATIONS[-1].version
+
     def schema_version(self) -> int:
         return self.b.run_sync(self.b._schema_version_plan(), check=False)
 
@@ -1084,6 +1088,12 @@ class PostgresStore:
     ) -> bool:  # fmt: skip
         return self.b.run_sync(
             self.b.set_progress_plan(job_id, worker_id, attempt, progress, stage, message, now)
+        )
+
+    def subscribe(self) -> SyncListener:
+        b = self.b
+        return SyncListener(
+            b.url, b._connect_kwargs(), self.q.listen_events, listen=b.settings.postgres_listen
         )
 
     def event_cursor(self) -> Cursor:

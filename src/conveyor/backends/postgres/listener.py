@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from typing import Any
 
 import psycopg
@@ -15,6 +16,40 @@ from conveyor.logging import get_logger
 log = get_logger("conveyor.postgres")
 
 RECONNECT_DELAYS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0)
+
+
+class SyncListener:
+    """A blocking LISTEN for one waiter (`job.wait()`): returns on a notification or after the
+    timeout; where LISTEN is off or fails, it just sleeps (the caller looks again)."""
+
+    def __init__(
+        self, url: str, connect_kwargs: dict[str, Any], listen_sql: str, *, listen: bool
+    ) -> None:
+        self._conn: psycopg.Connection[Any] | None = None
+        if not listen:
+            return
+        try:
+            self._conn = psycopg.connect(url, **connect_kwargs)
+            self._conn.execute(listen_sql)
+        except psycopg.Error as exc:
+            log.warning("listener.polling", reason=f"LISTEN failed: {exc}".strip())
+            self.close()
+
+    def wait(self, timeout: float) -> None:
+        if self._conn is None:
+            time.sleep(timeout)
+            return
+        try:
+            for _ in self._conn.notifies(timeout=timeout, stop_after=1):
+                pass
+        except psycopg.OperationalError as exc:
+            log.warning("listener.disconnected", error=str(exc).strip())
+            self.close()
+
+    def close(self) -> None:
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            conn.close()
 
 
 class Listener:

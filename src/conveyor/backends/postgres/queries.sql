@@ -275,27 +275,33 @@ ckeys(key) AS (
     FROM ckeys WHERE ckeys.key IS NOT NULL
 ),
 cb AS (
-    SELECT key,
+    SELECT ckeys.key, h.concurrency_max AS max, h.priority, h.run_at, h.id,
            (SELECT count(*) FROM {schema}.jobs
-            WHERE state = 'running' AND concurrency_key = ckeys.key) AS used,
-           (SELECT concurrency_max FROM {schema}.jobs
-            WHERE state = 'queued' AND concurrency_key = ckeys.key
-            ORDER BY priority, run_at, id LIMIT 1) AS max
-    FROM ckeys WHERE key IS NOT NULL
+            WHERE state = 'running' AND concurrency_key = ckeys.key) AS used
+    FROM ckeys
+    CROSS JOIN LATERAL (
+        SELECT concurrency_max, priority, run_at, id FROM {schema}.jobs
+        WHERE state = 'queued' AND concurrency_key = ckeys.key
+        ORDER BY priority, run_at, id LIMIT 1
+    ) AS h
+    WHERE ckeys.key IS NOT NULL
 ),
+-- the best jobs that fit lie in at most `limit` buckets: those with room whose heads come
+-- first; only theirs are fetched
 c_jobs AS (
-    SELECT j.* FROM cb, mine
+    SELECT j.* FROM (SELECT * FROM cb WHERE max > used ORDER BY priority, run_at, id
+                     LIMIT %(limit)s) AS b, mine
     CROSS JOIN LATERAL (
         SELECT id, priority, run_at, queue, concurrency_key, concurrency_max, rate_key, rate_max,
                circuit
         FROM {schema}.jobs
-        WHERE state = 'queued' AND concurrency_key = cb.key
+        WHERE state = 'queued' AND concurrency_key = b.key
           AND (mine.queues IS NULL OR queue = ANY (mine.queues))
           AND queue NOT IN (SELECT name FROM paused)
           AND (circuit IS NULL
                OR circuit NOT IN (SELECT name FROM unsettled WHERE state = 'open'))
         ORDER BY priority, run_at, id
-        LIMIT least(%(limit)s, greatest(cb.max - cb.used, 0))
+        LIMIT least(%(limit)s, b.max - b.used)
     ) AS j
 ),
 rkeys(key) AS (
@@ -306,27 +312,31 @@ rkeys(key) AS (
     FROM rkeys WHERE rkeys.key IS NOT NULL
 ),
 rb AS (
-    SELECT key,
+    SELECT rkeys.key, h.rate_max AS max, h.priority, h.run_at, h.id,
            (SELECT count(*) FROM {schema}.rate_starts AS s, c
-            WHERE s.key = rkeys.key AND s.until > c.now) AS used,
-           (SELECT rate_max FROM {schema}.jobs
-            WHERE state = 'queued' AND rate_key = rkeys.key
-            ORDER BY priority, run_at, id LIMIT 1) AS max
-    FROM rkeys WHERE key IS NOT NULL
+            WHERE s.key = rkeys.key AND s.until > c.now) AS used
+    FROM rkeys
+    CROSS JOIN LATERAL (
+        SELECT rate_max, priority, run_at, id FROM {schema}.jobs
+        WHERE state = 'queued' AND rate_key = rkeys.key
+        ORDER BY priority, run_at, id LIMIT 1
+    ) AS h
+    WHERE rkeys.key IS NOT NULL
 ),
 r_jobs AS (
-    SELECT j.* FROM rb, mine
+    SELECT j.* FROM (SELECT * FROM rb WHERE max > used ORDER BY priority, run_at, id
+                     LIMIT %(limit)s) AS b, mine
     CROSS JOIN LATERAL (
         SELECT id, priority, run_at, queue, concurrency_key, concurrency_max, rate_key, rate_max,
                circuit
         FROM {schema}.jobs
-        WHERE state = 'queued' AND rate_key = rb.key
+        WHERE state = 'queued' AND rate_key = b.key
           AND (mine.queues IS NULL OR queue = ANY (mine.queues))
           AND queue NOT IN (SELECT name FROM paused)
           AND (circuit IS NULL
                OR circuit NOT IN (SELECT name FROM unsettled WHERE state = 'open'))
         ORDER BY priority, run_at, id
-        LIMIT least(%(limit)s, greatest(rb.max - rb.used, 0))
+        LIMIT least(%(limit)s, b.max - b.used)
     ) AS j
 ),
 hc AS (
@@ -740,9 +750,10 @@ SET state = %(state)s, failures = %(failures)s, opened_at = to_timestamp(%(opene
 WHERE name = %(name)s
 
 -- name: held_by_circuit
--- The jobs behind a circuit that have not finished (and are not waiting for others).
+-- The jobs behind a circuit still to run (and, with running, those running now).
 SELECT count(*) AS held FROM {schema}.jobs
-WHERE circuit = %(name)s AND state IN ('scheduled', 'queued', 'running', 'retrying')
+WHERE circuit = %(name)s
+  AND (state IN ('scheduled', 'queued', 'retrying') OR (%(running)s AND state = 'running'))
 
 -- name: wake_held
 -- Held jobs may run again: wake idle workers of their queues.

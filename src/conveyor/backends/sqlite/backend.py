@@ -13,6 +13,7 @@ import json
 import math
 import sqlite3
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -33,7 +34,7 @@ from conveyor.errors import (
 )
 from conveyor.events import Cursor, Event, merge
 from conveyor.job import HistoryEntry, Job, JobState, NewJob, Outcome, WorkerInfo
-from conveyor.limits import Candidate, pick
+from conveyor.limits import Candidate, best_buckets, pick
 
 Q = Queries.load("conveyor.backends.sqlite", "queries.sql")
 MIGRATIONS = load_migrations("conveyor.backends.sqlite.migrations")
@@ -235,6 +236,9 @@ class SqliteStore:
                     undone.append(migration.version)
         return undone
 
+    def latest_version(self) -> int:
+        return MIGRATIONS[-1].version
+
     def schema_version(self) -> int:
         rows = self._read(Q.applied_migrations)
         return rows[-1][0] if rows else 0
@@ -408,13 +412,17 @@ class SqliteStore:
             ("concurrency", Q.concurrency_buckets, Q.concurrency_candidates),
             ("rate", Q.rate_buckets, Q.rate_candidates),
         ):
-            used[kind] = {}
-            for b in conn.execute(buckets, {"now": now}):
-                used[kind][b["key"]] = b["used"]
-                room = min(b["max"] - b["used"], limit)
-                if room > 0:
-                    wanted = {"key": b["key"], "queues": mine, "limit": room}
-                    found += conn.execute(candidates, wanted).fetchall()
+            rows = conn.execute(buckets, {"now": now}).fetchall()
+            used[kind] = {b["key"]: b["used"] for b in rows}
+            # The best `limit` jobs that fit lie in at most `limit` buckets: those with room
+            # whose heads come first. Only theirs are fetched.
+            for b in best_buckets(rows, limit):
+                wanted = {
+                    "key": b["key"],
+                    "queues": mine,
+                    "limit": min(b["max"] - b["used"], limit),
+                }
+                found += conn.execute(candidates, wanted).fetchall()
         ids = pick(
             (Candidate.from_row(r) for r in found), limit, queue_free=queue_free,
             running=used["concurrency"], started=used["rate"], circuit_free=circuit_free,
@@ -524,6 +532,9 @@ class SqliteStore:
             conn.execute(Q.record_progress, params)
             return True
 
+    def subscribe(self) -> SyncWatch:
+        return SyncWatch(self)
+
     def event_cursor(self) -> Cursor:
         [row] = self._read(Q.event_cursor)
         return Cursor(row["history"], row["progress"])
@@ -622,7 +633,9 @@ class SqliteStore:
             conn.execute(Q.put_circuit, after.params(name))
             if event is None:
                 return None
-            held = conn.execute(Q.held_by_circuit, {"name": name}).fetchone()[0]
+            # opening: the jobs failing now are held too; else: the jobs still to run
+            count = {"name": name, "running": event == "opened"}
+            held = conn.execute(Q.held_by_circuit, count).fetchone()[0]
             change = CircuitEvent.after(name, before, after, event, now, held)
             conn.execute(Q.log_circuit, change.params())
         return change
@@ -882,40 +895,75 @@ class SqliteBackend(Backend):
         await self._watch.wait(timeout)
 
 
-class Watch:
-    """Watches `PRAGMA data_version` on a connection of its own: it changes whenever any other
+class DataVersion:
+    """A connection of its own whose `PRAGMA data_version` changes whenever any other
     connection, in this process or another, commits (a read of the WAL's shared memory)."""
+
+    def __init__(self, store: SqliteStore, conn: sqlite3.Connection) -> None:
+        self.store = store
+        self._conn: sqlite3.Connection | None = conn
+        self._seen = store.data_version(conn)
+
+    def changed(self) -> bool:
+        """Whether someone committed since the last look (True when it cannot tell)."""
+        if self._conn is None:
+            return True
+        try:
+            version = self.store.data_version(self._conn)
+        except sqlite3.OperationalError:
+            return True
+        if version == self._seen:
+            return False
+        self._seen = version
+        return True
+
+    def close(self) -> None:
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            conn.close()
+
+
+class SyncWatch:
+    """Waits, blocking, for a commit elsewhere: for one waiter (`job.wait()`)."""
+
+    def __init__(self, store: SqliteStore) -> None:
+        self._version = DataVersion(store, store.connect())
+
+    def wait(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not self._version.changed():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            time.sleep(min(WATCH_INTERVAL_S, remaining))
+
+    def close(self) -> None:
+        self._version.close()
+
+
+class Watch:
+    """Waits for a commit elsewhere, on the event loop: for the worker, or one subscriber."""
 
     def __init__(self, store: SqliteStore) -> None:
         self.store = store
-        self._conn: sqlite3.Connection | None = None
-        self._seen: int | None = None
+        self._version: DataVersion | None = None
 
     async def start(self, run: Callable[..., Any]) -> None:
-        self._conn = await run(self.store.connect)
-        self._seen = self.store.data_version(self._conn)
+        self._version = DataVersion(self.store, await run(self.store.connect))
 
     async def wait(self, timeout: float) -> None:
-        assert self._conn is not None, "start() first"
+        assert self._version is not None, "start() first"
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while True:
-            try:
-                version = self.store.data_version(self._conn)
-            except sqlite3.OperationalError:
-                return  # cannot tell: let the caller look
-            if version != self._seen:
-                self._seen = version
-                return
+        while not self._version.changed():
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return
             await asyncio.sleep(min(WATCH_INTERVAL_S, remaining))
 
     async def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        if self._version is not None:
+            self._version.close()
 
 
 def _dependency_ids(job: NewJob, stored: Sequence[Job]) -> list[int]:

@@ -159,7 +159,7 @@ LIMIT :limit
 
 -- name: concurrency_buckets
 -- Every concurrency bucket with queued jobs (one index step each, not a scan of the jobs),
--- with its running jobs and the limit its next job carries.
+-- with its running jobs, and its best queued job (the head) with the limit that job carries.
 WITH RECURSIVE k(key) AS (
     SELECT min(concurrency_key) FROM conveyor_jobs INDEXED BY conveyor_jobs_queued_concurrency
     WHERE state = 'queued' AND concurrency_key IS NOT NULL
@@ -169,13 +169,14 @@ WITH RECURSIVE k(key) AS (
             WHERE state = 'queued' AND concurrency_key > k.key)
     FROM k WHERE k.key IS NOT NULL
 )
-SELECT key,
+SELECT k.key, h.concurrency_max AS max, h.priority, h.run_at, h.id,
        (SELECT count(*) FROM conveyor_jobs INDEXED BY conveyor_jobs_running_concurrency
-        WHERE state = 'running' AND concurrency_key = k.key) AS used,
-       (SELECT concurrency_max FROM conveyor_jobs INDEXED BY conveyor_jobs_queued_concurrency
-        WHERE state = 'queued' AND concurrency_key = k.key
-        ORDER BY priority, run_at, id LIMIT 1) AS max
-FROM k WHERE key IS NOT NULL
+        WHERE state = 'running' AND concurrency_key = k.key) AS used
+FROM k JOIN conveyor_jobs AS h
+    ON h.id = (SELECT id FROM conveyor_jobs INDEXED BY conveyor_jobs_queued_concurrency
+               WHERE state = 'queued' AND concurrency_key = k.key
+               ORDER BY priority, run_at, id LIMIT 1)
+WHERE k.key IS NOT NULL
 
 -- name: concurrency_candidates
 SELECT id, priority, run_at, queue, concurrency_key, concurrency_max, rate_key, rate_max, circuit
@@ -189,8 +190,8 @@ ORDER BY priority, run_at, id
 LIMIT :limit
 
 -- name: rate_buckets
--- Every rate bucket with queued jobs, with its starts still in their window and the limit its
--- next job carries.
+-- Every rate bucket with queued jobs, with its starts still in their window, and its best
+-- queued job (the head) with the limit that job carries.
 WITH RECURSIVE k(key) AS (
     SELECT min(rate_key) FROM conveyor_jobs INDEXED BY conveyor_jobs_queued_rate
     WHERE state = 'queued' AND rate_key IS NOT NULL
@@ -199,13 +200,14 @@ WITH RECURSIVE k(key) AS (
             WHERE state = 'queued' AND rate_key > k.key)
     FROM k WHERE k.key IS NOT NULL
 )
-SELECT key,
+SELECT k.key, h.rate_max AS max, h.priority, h.run_at, h.id,
        (SELECT count(*) FROM conveyor_rate_starts AS s
-        WHERE s.key = k.key AND s.until > :now) AS used,
-       (SELECT rate_max FROM conveyor_jobs INDEXED BY conveyor_jobs_queued_rate
-        WHERE state = 'queued' AND rate_key = k.key
-        ORDER BY priority, run_at, id LIMIT 1) AS max
-FROM k WHERE key IS NOT NULL
+        WHERE s.key = k.key AND s.until > :now) AS used
+FROM k JOIN conveyor_jobs AS h
+    ON h.id = (SELECT id FROM conveyor_jobs INDEXED BY conveyor_jobs_queued_rate
+               WHERE state = 'queued' AND rate_key = k.key
+               ORDER BY priority, run_at, id LIMIT 1)
+WHERE k.key IS NOT NULL
 
 -- name: rate_candidates
 SELECT id, priority, run_at, queue, concurrency_key, concurrency_max, rate_key, rate_max, circuit
@@ -506,9 +508,10 @@ ON CONFLICT (name) DO UPDATE SET
     half_open_jobs = excluded.half_open_jobs
 
 -- name: held_by_circuit
--- The jobs behind a circuit that have not finished (and are not waiting for others).
+-- The jobs behind a circuit still to run (and, with :running, those running now).
 SELECT count(*) FROM conveyor_jobs INDEXED BY conveyor_jobs_circuit_state
-WHERE circuit = :name AND state IN ('scheduled', 'queued', 'running', 'retrying')
+WHERE circuit = :name
+  AND (state IN ('scheduled', 'queued', 'retrying') OR (:running AND state = 'running'))
 
 -- name: log_circuit
 INSERT INTO conveyor_circuit_log (name, at, event, reason, held, open_for)

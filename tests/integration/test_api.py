@@ -1,0 +1,287 @@
+"""The HTTP API on a real store: roles and tokens, errors as JSON, enqueue and steering, the
+circuit close from outside; and `conveyor serve` as a real server process."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+import conveyor
+from conveyor import JobState
+from conveyor.circuit import Action, CircuitState
+from conveyor.web import Tokens, create_api
+
+ADMIN = "admin-token-0123456789abcdef"
+READER = "read-token-0123456789abcdef"
+TOKENS = f"admin:{ADMIN},read:{READER}"
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture
+def tasks(app: conveyor.App) -> conveyor.App:
+    render = app.circuit("render-worker", failure_threshold=1)
+
+    @app.task(name="add")
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    @app.task(name="login", circuit=render)
+    def login(user: str, password: str, options: dict[str, Any] | None = None) -> None: ...
+
+    return app
+
+
+@pytest.fixture
+def client(tasks: conveyor.App) -> Iterator[TestClient]:
+    with TestClient(create_api(tasks, Tokens.parse(TOKENS))) as found:
+        yield found
+
+
+ENDPOINTS = [
+    ("GET", "/api/jobs", "read"),
+    ("GET", "/api/jobs/1", "read"),
+    ("GET", "/api/dlq", "read"),
+    ("GET", "/api/queues", "read"),
+    ("GET", "/api/workers", "read"),
+    ("GET", "/api/cron", "read"),
+    ("GET", "/api/circuits", "read"),
+    ("POST", "/api/jobs", "admin"),
+    ("POST", "/api/jobs/1/cancel", "admin"),
+    ("POST", "/api/jobs/1/retry", "admin"),
+    ("POST", "/api/queues/default/pause", "admin"),
+    ("POST", "/api/queues/default/resume", "admin"),
+    ("POST", "/api/circuits/render-worker/close", "admin"),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "needed"), ENDPOINTS)
+def test_every_endpoint_wants_the_right_role(
+    client: TestClient, tasks: conveyor.App, method: str, path: str, needed: str
+) -> None:
+    tasks.tasks["add"].enqueue(1, 2)  # job 1
+    body = {"task": "add", "args": [1, 2]} if path == "/api/jobs" and method == "POST" else None
+    nobody = client.request(method, path, json=body)
+    assert nobody.status_code == 401
+    assert nobody.json()["error"] == "this needs a bearer token"
+    stranger = client.request(method, path, json=body, headers=bearer("x" * 30))
+    assert (stranger.status_code, stranger.json()["error"]) == (401, "unknown token")
+    reader = client.request(method, path, json=body, headers=bearer(READER))
+    if needed == "admin":
+        assert (reader.status_code, reader.json()["error"]) == (403, "this needs an admin token")
+    else:
+        assert reader.status_code == 200, reader.text
+    admin = client.request(method, path, json=body, headers=bearer(ADMIN))
+    assert admin.status_code in (200, 201, 409), admin.text  # retrying a queued job: 409
+    in_query = client.request(method, f"{path}?token={ADMIN}", json=body)
+    assert in_query.status_code == 400
+    assert "query string" in in_query.json()["error"]
+
+
+def test_enqueue_and_read_a_job(client: TestClient, tasks: conveyor.App) -> None:
+    made = client.post(
+        "/api/jobs", headers=bearer(ADMIN),
+        json={"task": "add", "args": [2, 3], "priority": "high", "queue": "math"},
+    )  # fmt: skip
+    assert made.status_code == 201, made.text
+    job = made.json()
+    assert (job["task"], job["args"], job["priority"], job["queue"], job["state"]) == (
+        "add", [2, 3], 3, "math", "queued",
+    )  # fmt: skip
+    assert job["status_message"] == "Queued"
+    tasks.run_worker(queues=["math"], burst=True)
+    found = client.get(f"/api/jobs/{job['id']}", headers=bearer(READER)).json()
+    assert (found["state"], found["result"]) == ("succeeded", 5)
+    assert [h["to"] for h in found["history"]] == ["queued", "running", "succeeded"]
+    listed = client.get("/api/jobs", params={"state": "succeeded"}, headers=bearer(READER))
+    assert [j["id"] for j in listed.json()["jobs"]] == [job["id"]]
+
+
+def test_bad_input_is_refused_with_a_json_error_and_nothing_is_stored(
+    client: TestClient, tasks: conveyor.App
+) -> None:
+    admin = bearer(ADMIN)
+    cases = [
+        ({"task": "nope"}, 404, "unknown task 'nope'"),
+        ({"task": "add", "args": [1]}, 422, "missing a required argument"),
+        ({"task": "add", "args": [1, 2], "priority": 11}, 422, "priority"),
+        ({"task": "add", "args": [1, 2], "delay": -1}, 422, "delay"),
+        ({"task": "add", "args": [1, 2], "queue": "bad queue"}, 422, "bad queue name"),
+        ({"args": [1, 2]}, 422, "invalid request"),
+        ({"task": "add", "surprise": 1}, 422, "invalid request"),
+    ]
+    for body, status, error in cases:
+        answer = client.post("/api/jobs", json=body, headers=admin)
+        assert answer.status_code == status, (body, answer.text)
+        assert error in answer.json()["error"], (body, answer.json())
+    assert client.post("/api/jobs", content=b"{", headers=admin).status_code == 422
+    assert tasks.queue_stats() == {}
+    missing = client.get("/api/jobs/999", headers=admin)
+    assert (missing.status_code, missing.json()["error"]) == (404, "no job with id 999")
+    assert client.get("/api/nowhere", headers=admin).json() == {
+        "error": "Not Found", "detail": None,
+    }  # fmt: skip
+
+
+def test_secrets_in_arguments_are_not_shown(client: TestClient, tasks: conveyor.App) -> None:
+    job = tasks.tasks["login"].enqueue("ann", password="hunter2", options={"api_key": "k"})
+    shown = client.get(f"/api/jobs/{job.id}", headers=bearer(READER)).json()
+    assert shown["args"] == ["ann"]
+    assert shown["kwargs"] == {"password": "***", "options": {"api_key": "***"}}
+    assert "hunter2" not in str(shown)
+
+
+def test_cancel_retry_and_pause(client: TestClient, tasks: conveyor.App) -> None:
+    admin = bearer(ADMIN)
+    job = tasks.tasks["add"].enqueue(1, 1)
+    cancelled = client.post(f"/api/jobs/{job.id}/cancel", headers=admin).json()
+    assert cancelled["state"] == "cancelled"
+    assert tasks.job_history(job.id)[-1].note == "cancelled over HTTP"
+    assert client.post(f"/api/jobs/{job.id}/retry", headers=admin).json()["state"] == "queued"
+    again = client.post(f"/api/jobs/{job.id}/retry", headers=admin)
+    assert again.status_code == 409 and "only dead or cancelled" in again.json()["error"]
+    paused = client.post("/api/queues/default/pause", headers=admin).json()
+    assert paused == {"queue": "default", "changed": True, "paused": True}
+    assert client.get("/api/queues", headers=admin).json()["default"]["paused"] is True
+    client.post("/api/queues/default/resume", headers=admin)
+    assert tasks.paused_queues() == []
+
+
+def test_a_circuit_is_closed_from_outside(client: TestClient, tasks: conveyor.App) -> None:
+    held = tasks.tasks["login"].enqueue("ann", "pw")
+    tasks.backend.sync.change_circuit(
+        "render-worker", Action.FAILURE, tasks.clock.now(), threshold=1, reason="refused"
+    )
+    shown = client.get("/api/circuits", headers=bearer(READER)).json()
+    assert shown["circuits"][0]["state"] == "open" and shown["circuits"][0]["held"] == 1
+    job = client.get(f"/api/jobs/{held.id}", headers=bearer(READER)).json()
+    assert job["held_by"] == "render-worker"
+    assert job["status_message"] == "Queued — will run when render-worker is back"
+    closed = client.post("/api/circuits/render-worker/close", headers=bearer(ADMIN)).json()
+    assert closed == {"circuit": "render-worker", "changed": True, "state": "closed"}
+    assert tasks.circuit_states()[0].state is CircuitState.CLOSED
+    assert tasks.circuit_log("render-worker")[0].reason == "closed over HTTP"
+    tasks.run_worker(burst=True)
+    assert tasks.get_job(held.id).state is JobState.SUCCEEDED
+
+
+def test_health_and_the_schema(client: TestClient) -> None:
+    health = client.get("/health").json()
+    assert health["ok"] is True and health["migrations_current"] is True
+    assert health["live_workers"] == 0
+    schema = client.get("/api/openapi.json").json()
+    assert {"/api/jobs", "/api/circuits/{name}/close", "/health"} <= set(schema["paths"])
+
+
+def test_tokens_are_checked_when_read() -> None:
+    for text, message in [
+        ("admin", "role:token"),
+        ("owner:" + "x" * 20, "role:token"),
+        ("admin:short", "at least 16"),
+        (" , ", "names no token"),
+    ]:
+        with pytest.raises(conveyor.ConfigurationError, match=message):
+            Tokens.parse(text)
+    tokens = Tokens.parse(TOKENS)
+    assert (tokens.role_of(ADMIN), tokens.role_of(READER), tokens.role_of("x")) == (
+        "admin", "read", None,
+    )  # fmt: skip
+
+
+def test_a_file_of_hashed_tokens(tmp_path: Path) -> None:
+    import hashlib
+
+    path = tmp_path / "tokens"
+    path.write_text(
+        f"# ops\nadmin:sha256:{hashlib.sha256(ADMIN.encode()).hexdigest()}\n"
+        f"read:sha256:{hashlib.sha256(READER.encode()).hexdigest()}\n"
+    )
+    tokens = Tokens.from_file(path)
+    assert (tokens.role_of(ADMIN), tokens.role_of(READER)) == ("admin", "read")
+    path.write_text(f"admin:{ADMIN}\n")
+    with pytest.raises(conveyor.ConfigurationError, match="sha256"):
+        Tokens.from_file(path)
+
+
+# -- conveyor serve, a real server ----------------------------------------------------------
+
+SERVED = """
+import conveyor
+
+app = conveyor.App(DATABASE_URL)
+app.circuit("render-worker", failure_threshold=1)
+
+
+@app.task(name="add")
+def add(a, b):
+    return a + b
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def serve(root: Path, *args: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
+    environ.update(env, PYTHONPATH=str(root))
+    return subprocess.Popen(
+        [sys.executable, "-m", "conveyor", "serve", "served:app", *args],
+        cwd=root, env=environ, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+
+
+def test_conveyor_serve_answers_over_http(tmp_path: Path) -> None:
+    (tmp_path / "served.py").write_text(
+        f"DATABASE_URL = 'sqlite:///{tmp_path / 'jobs.db'}'\n" + SERVED
+    )
+    port = free_port()
+    proc = serve(tmp_path, "--port", str(port), env={"CONVEYOR_API_TOKENS": TOKENS})
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                health = httpx.get(f"{base}/health", timeout=2)
+                break
+            except httpx.TransportError:
+                assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+                assert time.monotonic() < deadline, "conveyor serve did not answer"
+                time.sleep(0.1)
+        assert health.json()["ok"] is True
+        made = httpx.post(f"{base}/api/jobs", json={"task": "add", "args": [1, 2]},
+                          headers=bearer(ADMIN))  # fmt: skip
+        assert made.status_code == 201
+        assert (
+            httpx.get(f"{base}/api/jobs", headers=bearer(READER)).json()["jobs"][0]["id"]
+            == (made.json()["id"])
+        )
+        closed = httpx.post(f"{base}/api/circuits/render-worker/close", headers=bearer(ADMIN))
+        assert closed.json()["changed"] is False  # it was not open
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_conveyor_serve_refuses_a_public_bind_without_tokens(tmp_path: Path) -> None:
+    (tmp_path / "served.py").write_text(
+        f"DATABASE_URL = 'sqlite:///{tmp_path / 'jobs.db'}'\n" + SERVED
+    )
+    proc = serve(tmp_path, "--host", "0.0.0.0", env={})
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 2
+    assert b"refusing to serve on 0.0.0.0 without API tokens" in out
