@@ -56,13 +56,33 @@ class Alert:
         return {"event": self.event, "message": self.message, "at": at, **self.fields}
 
 
+#: The events alerts are raised for.
+EVENTS = ("circuit.opened", "circuit.closed", "job.dead", "queue.backlog", "workers.missing")
+
+
 class Notifier(Protocol):
-    """Sends an alert somewhere; raises if it could not (it is tried again)."""
+    """Sends an alert somewhere; raises if it could not (it is tried again). A notifier may
+    also have `wants(alert) -> bool` to take only some alerts."""
 
     def send(self, alert: Alert) -> None: ...
 
 
-class Log:
+class Routed:
+    """A notifier for some events only: `events=["circuit.opened", "circuit.closed"]` (None,
+    the default: every event)."""
+
+    def __init__(self, events: Sequence[str] | None = None) -> None:
+        if events is not None and (
+            isinstance(events, str) or not set(events) <= set(EVENTS) or not events
+        ):
+            raise ConfigurationError(f"events= takes a list of {', '.join(EVENTS)}, got {events!r}")
+        self.events = None if events is None else frozenset(events)
+
+    def wants(self, alert: Alert) -> bool:
+        return self.events is None or alert.event in self.events
+
+
+class Log(Routed):
     """Alerts as `alert` log events (warning level)."""
 
     def send(self, alert: Alert) -> None:
@@ -72,11 +92,17 @@ class Log:
         return "Log()"
 
 
-class Webhook:
+class Webhook(Routed):
     """A JSON POST of the alert's payload: Slack incoming webhooks, SMS gateways, PagerDuty.
     Secrets belong in `headers` read from the environment, never in code."""
 
-    def __init__(self, url: str, headers: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        headers: Mapping[str, str] | None = None,
+        events: Sequence[str] | None = None,
+    ) -> None:
+        super().__init__(events)
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
             raise ConfigurationError(f"a webhook needs an http(s) URL, got {url!r}")
         self.url = url
@@ -95,11 +121,18 @@ class Webhook:
         return f"Webhook({host})"
 
 
-class Email:
+class Email(Routed):
     """An e-mail through SMTP: `smtp://user:password@host:25` (STARTTLS when the server offers
     it), or `smtps://…:465`. Read the URL from the environment."""
 
-    def __init__(self, smtp_url: str, to: Sequence[str], sender: str | None = None) -> None:
+    def __init__(
+        self,
+        smtp_url: str,
+        to: Sequence[str],
+        sender: str | None = None,
+        events: Sequence[str] | None = None,
+    ) -> None:
+        super().__init__(events)
         parts = urllib.parse.urlsplit(smtp_url if isinstance(smtp_url, str) else "")
         if parts.scheme not in ("smtp", "smtps") or not parts.hostname:
             raise ConfigurationError("Email needs smtp://[user:password@]host[:port] or smtps://")
@@ -246,7 +279,9 @@ class Alerter:
             # Without the store no one can say whether another worker sent it: send it.
             log.warning("alert.claim_failed", key=alert.key, error=str(exc))
         for notifier in self.notifiers:
-            self._send(notifier, alert)
+            wants = getattr(notifier, "wants", None)
+            if wants is None or wants(alert):
+                self._send(notifier, alert)
 
     def _send(self, notifier: Notifier, alert: Alert) -> None:
         for attempt, pause in enumerate((0.0, *SEND_DELAYS_S), start=1):

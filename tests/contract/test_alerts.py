@@ -142,6 +142,7 @@ async def test_an_outage_alerts_once_holds_the_jobs_and_they_run_when_it_is_back
     notifiers = [
         Webhook(receiver.server.url + "/hook", headers={"Authorization": "Bearer s3cret"}),
         Email(f"smtp://127.0.0.1:{port}", to=["ops@example.com"]),
+        Email(f"smtp://127.0.0.1:{port}", to=["ceo@example.com"], events=["job.dead"]),
         Log(),
     ]
     app = make_app(clock=clock, notifiers=notifiers)
@@ -154,8 +155,11 @@ async def test_an_outage_alerts_once_holds_the_jobs_and_they_run_when_it_is_back
         with urllib.request.urlopen(f"{downstream.url}/render/{episode}", timeout=5) as r:
             return str(r.read().decode())
 
-    jobs = assemble.enqueue_many([(i,) for i in range(6)])  # the service is not started yet
+    downstream.start()
     async with running(conveyor.Worker(app, concurrency=2)):
+        assert await assemble.enqueue(99).wait_async(timeout=20) == "ok"  # the service is up
+        downstream.stop()  # and now it is down
+        jobs = assemble.enqueue_many([(i,) for i in range(6)])
         await until(lambda: [c.state for c in app.circuit_states()] == [CircuitState.OPEN])
         await until(lambda: receiver.events() == ["circuit.opened"] and len(inbox.messages) == 1)
         settled = {JobState.QUEUED, JobState.RETRYING}
@@ -178,7 +182,7 @@ async def test_an_outage_alerts_once_holds_the_jobs_and_they_run_when_it_is_back
     assert "Connection refused" in opened["reason"] and opened["at"].endswith("Z")
     # the job let through while half-open has run: five are left to run
     assert closed["message"] == "render-worker is back after 60 s: 5 held jobs run again"
-    assert subjects(inbox) == [
+    assert subjects(inbox) == [  # the notifier for dead jobs only got nothing
         "[conveyor] render-worker is down: 6 jobs held",
         "[conveyor] render-worker is back after 60 s: 5 held jobs run again",
     ]
@@ -285,9 +289,12 @@ def test_notifiers_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None
         ('[{"type": "webhook", "url": "ftp://x"}]', "http"),
         ('[{"type": "email", "smtp_url": "smtp://h", "to": "ops@example.com"}]', "list"),
         ('[{"type": "webhook", "link": "https://x"}]', "webhook"),
+        ('[{"type": "log", "events": ["circuit.opend"]}]', "events= takes a list of"),
     ]:
         with pytest.raises(conveyor.ConfigurationError, match=message):
             from_config(bad)
+    routed = from_config('[{"type": "log", "events": ["job.dead"]}]')[0]
+    assert isinstance(routed, Log) and routed.events == {"job.dead"}
     monkeypatch.setenv("CONVEYOR_ALERTS", '[{"type": "webhook", "url": "${HOOK_URL}"}]')
     app = conveyor.App("sqlite:///unused.db")
     assert [type(n) for n in app.alerts.notifiers] == [Webhook]
