@@ -121,7 +121,7 @@ class SqliteStore:
                 f"{self.path!r} holds other tables ({shown}) and no conveyor schema; "
                 "give conveyor a database file of its own"
             )
-        conn.execute("PRAGMA journal_mode = WAL")
+        self._use_wal(conn)
         conn.execute(f"PRAGMA synchronous = {self._settings.sqlite_synchronous}")
         # Statement journals (for triggers) in memory: on disk they cost a temp file per write.
         conn.execute("PRAGMA temp_store = MEMORY")
@@ -131,6 +131,22 @@ class SqliteStore:
         with self._lock:
             self._all.add(conn)
         return conn
+
+    @staticmethod
+    def _use_wal(conn: sqlite3.Connection) -> None:
+        """Switch a new file to WAL. Connections opening a fresh file at once race for the
+        switch, and SQLite answers the losers "database is locked" without waiting: try again
+        for as long as a busy wait would."""
+        deadline = time.monotonic() + BUSY_TIMEOUT_S
+        while True:
+            try:
+                conn.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    conn.close()
+                    raise _unavailable(exc) from exc
+            time.sleep(0.01)
 
     def _conn(self, check: bool = True) -> sqlite3.Connection:
         """This thread's connection; the first use checks (and maybe migrates) the schema."""
@@ -198,7 +214,10 @@ class SqliteStore:
 
     def _migrate(self, conn: sqlite3.Connection) -> list[int]:
         applied_now: list[int] = []
-        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            raise _unavailable(exc) from exc
         try:
             conn.execute(Q.create_migrations_table)
             done = {r[0] for r in conn.execute(Q.applied_migrations)}

@@ -56,7 +56,9 @@ WHERE state IN ('scheduled', 'retrying') AND run_at <= :now
 -- name: claim
 -- The plain claim: jobs without limits, from queues that are neither paused nor limited.
 UPDATE conveyor_jobs
-SET state = 'running', attempt = attempt + 1, worker_id = :worker_id, started_at = :now,
+SET state = 'running', attempt = attempt + 1, worker_id = :worker_id,
+    -- never before it was created (its enqueuer's clock may be a hair ahead of this one)
+    started_at = max(:now, created_at),
     lease_until = :lease_until, state_changed_at = :now, note = NULL
 WHERE id IN (SELECT id FROM conveyor_jobs INDEXED BY conveyor_jobs_runnable
              WHERE state = 'queued' AND concurrency_key IS NULL AND rate_key IS NULL
@@ -70,7 +72,9 @@ RETURNING *
 
 -- name: claim_in_queue
 UPDATE conveyor_jobs
-SET state = 'running', attempt = attempt + 1, worker_id = :worker_id, started_at = :now,
+SET state = 'running', attempt = attempt + 1, worker_id = :worker_id,
+    -- never before it was created (its enqueuer's clock may be a hair ahead of this one)
+    started_at = max(:now, created_at),
     lease_until = :lease_until, state_changed_at = :now, note = NULL
 WHERE id IN (SELECT id FROM conveyor_jobs INDEXED BY conveyor_jobs_runnable_queue
              WHERE state = 'queued' AND concurrency_key IS NULL AND rate_key IS NULL
@@ -109,7 +113,9 @@ LIMIT :limit
 
 -- name: claim_ids
 UPDATE conveyor_jobs
-SET state = 'running', attempt = attempt + 1, worker_id = :worker_id, started_at = :now,
+SET state = 'running', attempt = attempt + 1, worker_id = :worker_id,
+    -- never before it was created (its enqueuer's clock may be a hair ahead of this one)
+    started_at = max(:now, created_at),
     lease_until = :lease_until, state_changed_at = :now, note = NULL
 WHERE id IN (SELECT value FROM json_each(:ids)) AND state = 'queued'
 RETURNING *
