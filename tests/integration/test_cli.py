@@ -533,6 +533,34 @@ def test_queues_counts_jobs_per_queue_and_state(project: Project) -> None:
     assert "all" in table
 
 
+def test_circuits_lists_state_and_changes_and_closes_by_hand(project: Project) -> None:
+    from conveyor.circuit import Action
+
+    app = project.module.app
+    assert "no circuits declared or recorded" in project.cli("circuits").output
+    app.backend.sync.change_circuit(
+        "render", Action.FAILURE, app.clock.now(), threshold=1, reason="ConnectionRefusedError"
+    )
+    found = project.cli_json("circuits")
+    assert [(c["name"], c["state"], c["failures"]) for c in found["circuits"]] == [
+        ("render", "open", 1),
+    ]  # fmt: skip
+    assert [(e["event"], e["reason"]) for e in found["log"]] == [
+        ("opened", "ConnectionRefusedError"),
+    ]  # fmt: skip
+    table = project.cli("circuits").output
+    assert "render" in table and "open" in table and "Latest changes" in table
+
+    closed = project.cli("circuits", "close", "render", "billing")
+    assert closed.exit_code == 0, closed.output
+    assert closed.stdout.splitlines() == ["closed render", "billing was not open"]
+    after = project.cli_json("circuits")
+    assert after["circuits"][0]["state"] == "closed"
+    assert after["log"][0]["event"] == "closed"
+    assert after["log"][0]["reason"].startswith("closed by ")
+    assert after["log"][0]["open_for"] is not None
+
+
 def test_queues_show_concurrency_limits_declared_by_workers(project: Project) -> None:
     project.module.app.queue("video", concurrency=3)
     project.module.app.run_worker(burst=True)  # a worker writes its app's queue limits

@@ -37,6 +37,11 @@ class ConveyorGroup(click.Group):
 @click.pass_context
 def main(ctx: click.Context, app_option: str | None) -> None:
     """conveyor: durable background jobs."""
+    from conveyor.logging import configure_logging
+
+    # Logs to stderr, warnings and up: a command's stdout is its answer (or its JSON). The
+    # long-running commands (worker, serve) set their own level.
+    configure_logging("WARNING")
     ref = AppRef(app_option)
     ctx.obj = ref
     ctx.call_on_close(ref.close)
