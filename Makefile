@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench lint clean
+.PHONY: demo test bench lint screenshots clean
 
 $(STAMP): pyproject.toml requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,9 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks
+
+screenshots: $(STAMP)
+	CONVEYOR_SCREENSHOTS=docs/img $(BIN)/python -m pytest -q tests/browser/test_dashboard.py -k sqlite
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks examples

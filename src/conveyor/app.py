@@ -20,6 +20,8 @@ from conveyor.job import (
     CANCELLABLE_STATES,
     FINISHED_STATES,
     RETRYABLE_STATES,
+    DeadGroup,
+    FinishedCount,
     HistoryEntry,
     Job,
     JobState,
@@ -29,6 +31,7 @@ from conveyor.job import (
 from conveyor.limits import check_limit
 from conveyor.notify import Alerter, BacklogRule, Notifier, NoWorkerRule, from_config
 from conveyor.payload import check_size, encode, encode_arguments
+from conveyor.redact import Redactor, secrets
 from conveyor.retry import BackoffLike, RetryPolicy, as_backoff, exponential
 from conveyor.services.circuits import announce
 from conveyor.task import CallOptions, Task, check_priority, check_queue
@@ -109,6 +112,7 @@ class App:
         retention_failed: float | str | None = None,
         notifiers: Sequence[Notifier] | None = None,
         alert_every: float | str | None = None,
+        redact: Redactor | None = None,
         clock: Clock | None = None,
     ) -> None:
         self.settings = Settings.load(
@@ -146,6 +150,9 @@ class App:
             notifiers = from_config(self.settings.alerts) if self.settings.alerts else []
         #: alerts: circuit changes, dead jobs, backlogs, missing workers (see conveyor.notify)
         self.alerts = Alerter(self, notifiers, self.settings.alert_every)
+        #: how a job's args, kwargs and meta are shown (CLI, API, dashboard); see
+        #: conveyor.redact
+        self.redact: Redactor = redact or secrets
 
     def __repr__(self) -> str:
         return f"<conveyor.App {self.settings.database_url}>"
@@ -406,15 +413,18 @@ class App:
         task: str | None = None,
         limit: int = 100,
         before_id: int | None = None,
+        error_type: str | None = None,
     ) -> list[Job]:
-        """Jobs, newest first, filtered by state(s), queue and task; `before_id` pages on."""
+        """Jobs, newest first, filtered by state(s), queue, task and the type of the last
+        error (`"TimeoutError"`); `before_id` pages on."""
         if limit < 1:
             raise ValidationError(f"limit must be >= 1, got {limit}")
         return self._bind(
             self.backend.sync.list_jobs(
-                states=_states(state), queue=queue, task=task, limit=limit, before_id=before_id
+                states=_states(state), queue=queue, task=task, limit=limit, before_id=before_id,
+                error_type=error_type,
             )
-        )
+        )  # fmt: skip
 
     def job_history(self, job_id: int) -> list[HistoryEntry]:
         """Every state change of the job, oldest first."""
@@ -423,6 +433,22 @@ class App:
     def queue_stats(self) -> dict[str, dict[JobState, int]]:
         """`{queue: {state: count}}` for every queue that has jobs."""
         return self.backend.sync.queue_stats()
+
+    def dead_groups(self, queue: str | None = None) -> list[DeadGroup]:
+        """The dead-letter queue grouped by task and the type of the last error, biggest group
+        first."""
+        return self.backend.sync.dead_groups(queue)
+
+    def finished_counts(self, since: float, bucket: int = 60) -> list[FinishedCount]:
+        """How many jobs finished (succeeded, dead, cancelled) per queue and `bucket` seconds
+        since the Unix time `since`: throughput, read from an index."""
+        if bucket < 1:
+            raise ValidationError(f"bucket must be >= 1 second, got {bucket}")
+        return self.backend.sync.finished_counts(since, bucket)
+
+    def queued_since(self) -> dict[str, float]:
+        """Per queue with queued jobs, since when (Unix time) its oldest has been queued."""
+        return self.backend.sync.queued_since()
 
     def list_workers(self) -> list[WorkerInfo]:
         return self.backend.sync.list_workers()
@@ -452,10 +478,17 @@ class App:
         task: str | None = None,
         state: StateFilter = None,
         note: str = "cancelled",
+        *,
+        job_ids: Sequence[int] | None = None,
     ) -> int:
         """Cancel every job of a queue (or task, or both) that has not started — in `state`
         (waiting, scheduled, queued or retrying; default all four) — in one statement;
-        returns the count. Running jobs are left alone (cancel them one by one)."""
+        returns the count. Running jobs are left alone (cancel them one by one).
+
+        With `job_ids`: cancel those jobs one by one, as `cancel_job` does (running ones are
+        asked to stop); returns how many were cancelled or asked to stop."""
+        if job_ids is not None:
+            return sum(self._cancel_if_unfinished(job_id, note) for job_id in job_ids)
         if queue is None and task is None:
             raise ValidationError("give a queue or a task whose jobs to cancel")
         states = _states(state) or sorted(CANCELLABLE_STATES, key=list(JobState).index)
@@ -466,6 +499,13 @@ class App:
             states=states, queue=None if queue is None else check_queue(queue), task=task,
             now=self.clock.now(), note=note,
         )  # fmt: skip
+
+    def _cancel_if_unfinished(self, job_id: int, note: str) -> bool:
+        try:
+            job = self.cancel_job(job_id, note)
+        except JobNotFound:
+            return False
+        return job.state is JobState.CANCELLED or job.cancel_requested
 
     async def cancel_job_async(self, job_id: int, note: str = "cancelled") -> Job:
         job = await self.backend.cancel_job(job_id, self.clock.now(), note)
@@ -630,16 +670,22 @@ class App:
         return self.get_job(job_id)
 
     def retry_jobs(
-        self, state: StateFilter = JobState.DEAD, queue: str | None = None, task: str | None = None
+        self,
+        state: StateFilter = JobState.DEAD,
+        queue: str | None = None,
+        task: str | None = None,
+        *,
+        job_ids: Sequence[int] | None = None,
     ) -> int:
-        """Retry every dead (or cancelled) job of a queue or task at once; returns the count."""
+        """Retry every dead (or cancelled) job of a queue or task — or of `job_ids` — at once;
+        returns the count."""
         states = _states(state) or [JobState.DEAD]
         bad = [s.value for s in states if s not in RETRYABLE_STATES]
         if bad:
             raise ValidationError(f"only dead or cancelled jobs can be retried, not {bad}")
         return len(
             self.backend.sync.retry_jobs(
-                job_ids=None, states=states, queue=queue, task=task, now=self.clock.now(),
+                job_ids=job_ids, states=states, queue=queue, task=task, now=self.clock.now(),
                 note="retried by hand (bulk)",
             )
         )  # fmt: skip
@@ -650,9 +696,12 @@ class App:
         older_than: float | dt.timedelta = 0.0,
         queue: str | None = None,
         task: str | None = None,
+        *,
+        job_ids: Sequence[int] | None = None,
     ) -> int:
         """Delete finished jobs (succeeded, dead, cancelled; or the states given) that finished
-        more than `older_than` ago, with their history. Returns how many were deleted."""
+        more than `older_than` ago — of `job_ids` only, if given — with their history. Returns
+        how many were deleted."""
         states = _states(state) or sorted(FINISHED_STATES)
         unfinished = [s.value for s in states if s not in FINISHED_STATES]
         if unfinished:
@@ -663,6 +712,7 @@ class App:
             now=self.clock.now(),
             queue=queue,
             task=task,
+            job_ids=job_ids,
         )
 
     # -- schema, workers, lifetime ----------------------------------------------------------

@@ -37,12 +37,28 @@ class Event:
     message: str | None = None
     #: why the state changed, where recorded ("retried by hand", "cancelled by ...")
     note: str | None = None
+    #: for an attempt that ran and finished: how long it waited after it was due (seconds)
+    wait: float | None = None
+    #: for an attempt that ran and finished: how long it ran (seconds)
+    run_time: float | None = None
 
     @classmethod
     def from_history(cls, row: Any) -> Event:
+        at = epoch_seconds(row["at"])
+        state = JobState(row["to_state"])
+        wait = run_time = None
+        started, finished = epoch_seconds(row["started_at"]), epoch_seconds(row["finished_at"])
+        # The job row holds its latest attempt only: its times belong to this event while the
+        # job is still where this event left it (not retried and finished again since).
+        if (
+            state in FINISHED_STATES and row["from_state"] == JobState.RUNNING
+            and started is not None and finished == at
+        ):  # fmt: skip
+            wait = max(0.0, started - epoch_seconds(row["run_at"]))
+            run_time = max(0.0, finished - started)
         return cls(
-            "state", row["job_id"], epoch_seconds(row["at"]), row["queue"], row["task"],
-            state=JobState(row["to_state"]), note=row["note"],
+            "state", row["job_id"], at, row["queue"], row["task"], state=state,
+            note=row["note"], wait=wait, run_time=run_time,
         )  # fmt: skip
 
     @classmethod
@@ -62,7 +78,7 @@ class Event:
             "kind": self.kind, "job_id": self.job_id, "at": self.at, "queue": self.queue,
             "task": self.task, "state": None if self.state is None else self.state.value,
             "progress": self.progress, "stage": self.stage, "message": self.message,
-            "note": self.note,
+            "note": self.note, "wait": self.wait, "run_time": self.run_time,
         }  # fmt: skip
         return {k: v for k, v in fields.items() if v is not None}
 

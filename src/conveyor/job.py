@@ -227,6 +227,39 @@ class WorkerInfo:
         return age > lease_seconds
 
 
+@dataclass(frozen=True, slots=True)
+class DeadGroup:
+    """Dead jobs of one task whose last error was of one type."""
+
+    task: str
+    error_type: str | None
+    count: int
+    newest_id: int
+    newest_at: float
+
+    @classmethod
+    def from_row(cls, row: Row) -> DeadGroup:
+        return cls(
+            row["task"], row["error_type"], int(row["n"]), int(row["newest_id"]),
+            float(row["newest_at"]),
+        )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class FinishedCount:
+    """How many jobs of a queue finished in a state within one time bucket."""
+
+    queue: str
+    state: JobState
+    #: the bucket's start, Unix seconds
+    bucket: float
+    count: int
+
+    @classmethod
+    def from_row(cls, row: Row) -> FinishedCount:
+        return cls(row["queue"], JobState(row["state"]), float(row["bucket"]), int(row["n"]))
+
+
 def _seconds(value: Any) -> Any:
     """Epoch seconds from a row: a number already, or a datetime the driver made."""
     if value is None or isinstance(value, float):

@@ -8,9 +8,16 @@ from typing import Any
 
 import structlog
 
+from conveyor.redact import secrets
+
 
 def get_logger(name: str) -> Any:
     return structlog.get_logger(name)
+
+
+def redact_secrets(logger: Any, method: str, event: Any) -> Any:
+    """Values of secret-looking fields (password=, token=, ...) never reach a log line."""
+    return secrets(event)
 
 
 def configure_logging(level: str = "INFO", fmt: str = "logfmt", *, cache: bool = True) -> None:
@@ -32,6 +39,7 @@ def configure_logging(level: str = "INFO", fmt: str = "logfmt", *, cache: bool =
         raise ValueError(f"unknown log format {fmt!r} (use logfmt, json or console)")
     structlog.configure(
         processors=[
+            redact_secrets,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,

@@ -128,3 +128,37 @@ async def test_wait_async_returns_when_the_job_finishes(make_app: Callable[..., 
         with pytest.raises(conveyor.JobFailed):
             await bad.wait_async(timeout=20)
     assert await job.wait_async(timeout=1) == 42  # finished already: at once
+
+
+async def test_finished_events_carry_the_wait_and_run_time_of_the_attempt_that_ran(
+    make_app: Callable[..., Any],
+) -> None:
+    app = make_app()
+
+    @app.task(name="nap")
+    async def nap() -> None:
+        await asyncio.sleep(0.2)
+
+    @app.task(name="broken", max_attempts=1)
+    def broken() -> None:
+        raise ValueError("nope")
+
+    start = await app.backend.event_cursor()
+    napped, bad, never = nap.enqueue(), broken.enqueue(), nap.enqueue()
+    await app.cancel_job_async(never.id)
+    await app.run_worker_async(burst=True)
+    app.retry_job(bad.id)  # its row now describes a later attempt
+    await app.run_worker_async(burst=True)
+    events, _ = await app.backend.read_events(start, None, None, limit=100)
+    finished = {(e.job_id, e.state): e for e in events if e.finished}
+    done = finished[napped.id, JobState.SUCCEEDED]
+    assert done.wait is not None and 0 <= done.wait < 10
+    assert done.run_time is not None and 0.2 <= done.run_time < 10
+    assert {"wait", "run_time"} <= set(done.to_dict())
+    cancelled = finished[never.id, JobState.CANCELLED]  # never started
+    assert (cancelled.wait, cancelled.run_time) == (None, None)
+    assert not {"wait", "run_time"} & set(cancelled.to_dict())
+    first_dead, last_dead = [e for e in events if e.job_id == bad.id and e.finished]
+    assert (first_dead.wait, first_dead.run_time) == (None, None)
+    assert last_dead.run_time is not None and last_dead.run_time < 10
+    assert all(e.wait is None and e.run_time is None for e in events if not e.finished)

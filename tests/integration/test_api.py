@@ -41,6 +41,10 @@ def tasks(app: conveyor.App) -> conveyor.App:
     @app.task(name="login", circuit=render)
     def login(user: str, password: str, options: dict[str, Any] | None = None) -> None: ...
 
+    @app.task(name="fail", max_attempts=1)
+    def fail(kind: str) -> None:
+        raise {"value": ValueError, "key": KeyError}[kind](f"{kind} went wrong")
+
     return app
 
 
@@ -64,7 +68,19 @@ ENDPOINTS = [
     ("POST", "/api/queues/default/pause", "admin"),
     ("POST", "/api/queues/default/resume", "admin"),
     ("POST", "/api/circuits/render-worker/close", "admin"),
+    ("GET", "/api/overview", "read"),
+    ("GET", "/api/dlq/groups", "read"),
+    ("POST", "/api/jobs/bulk", "admin"),
+    ("POST", "/api/dlq/retry", "admin"),
+    ("POST", "/api/dlq/purge", "admin"),
+    ("GET", "/metrics", "read"),
 ]
+BODIES: dict[str, Any] = {
+    "/api/jobs": {"task": "add", "args": [1, 2]},
+    "/api/jobs/bulk": {"action": "retry", "ids": [1]},
+    "/api/dlq/retry": {},
+    "/api/dlq/purge": {},
+}
 
 
 @pytest.mark.parametrize(("method", "path", "needed"), ENDPOINTS)
@@ -72,7 +88,7 @@ def test_every_endpoint_wants_the_right_role(
     client: TestClient, tasks: conveyor.App, method: str, path: str, needed: str
 ) -> None:
     tasks.tasks["add"].enqueue(1, 2)  # job 1
-    body = {"task": "add", "args": [1, 2]} if path == "/api/jobs" and method == "POST" else None
+    body = BODIES.get(path) if method == "POST" else None
     nobody = client.request(method, path, json=body)
     assert nobody.status_code == 401
     assert nobody.json()["error"] == "this needs a bearer token"
@@ -81,6 +97,7 @@ def test_every_endpoint_wants_the_right_role(
     reader = client.request(method, path, json=body, headers=bearer(READER))
     if needed == "admin":
         assert (reader.status_code, reader.json()["error"]) == (403, "this needs an admin token")
+        assert tasks.get_job(1).state is JobState.QUEUED  # nothing was done
     else:
         assert reader.status_code == 200, reader.text
     admin = client.request(method, path, json=body, headers=bearer(ADMIN))
@@ -285,3 +302,129 @@ def test_conveyor_serve_refuses_a_public_bind_without_tokens(tmp_path: Path) -> 
     out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 2
     assert b"refusing to serve on 0.0.0.0 without API tokens" in out
+
+
+def test_search_sees_ids_task_names_and_arguments_as_shown(
+    client: TestClient, tasks: conveyor.App
+) -> None:
+    login = tasks.tasks["login"].enqueue("ann", password="hunter2", options={"note": "Urgent"})
+    added = tasks.tasks["add"].enqueue(40, 2)
+
+    def found(**params: Any) -> list[int]:
+        answer = client.get("/api/jobs", params=params, headers=bearer(READER))
+        assert answer.status_code == 200, answer.text
+        return [j["id"] for j in answer.json()["jobs"]]
+
+    assert found(search="ANN") == [login.id]
+    assert found(search="urgent") == [login.id]
+    assert found(search=str(added.id)) == [added.id]
+    assert found(search="add") == [added.id]
+    assert found(search="hunter2") == []  # a redacted value cannot be found by guessing it
+    assert found(search="ann", task="add") == []
+    assert found(search=str(added.id), state="dead") == []
+
+
+def test_listings_page_with_a_cursor(client: TestClient, tasks: conveyor.App) -> None:
+    ids = [j.id for j in tasks.tasks["add"].enqueue_many([(i, i) for i in range(5)])]
+    seen, cursor = [], None
+    while True:
+        params: dict[str, Any] = {"limit": 2, **({"before_id": cursor} if cursor else {})}
+        page = client.get("/api/jobs", params=params, headers=bearer(READER)).json()
+        seen += [j["id"] for j in page["jobs"]]
+        cursor = page["next"]
+        if cursor is None:
+            break
+    assert seen == sorted(ids, reverse=True)
+    too_big = client.get("/api/jobs", params={"limit": 501}, headers=bearer(READER))
+    assert too_big.status_code == 422
+
+
+def test_bulk_actions_say_how_many_they_changed(client: TestClient, tasks: conveyor.App) -> None:
+    admin = bearer(ADMIN)
+    dead = [tasks.tasks["fail"].enqueue("value").id for _ in range(2)]
+    tasks.run_worker(burst=True)
+    queued = tasks.tasks["add"].enqueue(1, 1).id
+
+    def act(action: str, ids: list[int]) -> dict[str, Any]:
+        answer = client.post("/api/jobs/bulk", json={"action": action, "ids": ids}, headers=admin)
+        assert answer.status_code == 200, answer.text
+        return answer.json()
+
+    assert act("retry", [*dead, queued, 999]) == {"action": "retry", "requested": 4, "affected": 2}
+    assert {tasks.get_job(i).state for i in dead} == {JobState.QUEUED}
+    assert act("cancel", [*dead, queued])["affected"] == 3
+    assert act("purge", [*dead, queued, queued])["affected"] == 3
+    assert tasks.list_jobs() == []
+    for body in ({"action": "retry", "ids": []}, {"action": "explode", "ids": [1]},
+                 {"action": "retry", "ids": list(range(1, 1002))}):  # fmt: skip
+        refused = client.post("/api/jobs/bulk", json=body, headers=admin)
+        assert refused.status_code == 422, body
+
+
+def test_the_dead_letter_queue_by_task_and_error(client: TestClient, tasks: conveyor.App) -> None:
+    admin = bearer(ADMIN)
+    for kind in ["value", "value", "value", "key"]:
+        tasks.tasks["fail"].enqueue(kind)
+    tasks.run_worker(burst=True)
+    groups = client.get("/api/dlq/groups", headers=bearer(READER)).json()["groups"]
+    assert [(g["task"], g["error_type"], g["count"]) for g in groups] == [
+        ("fail", "ValueError", 3), ("fail", "KeyError", 1),
+    ]  # fmt: skip
+    listed = client.get("/api/dlq", params={"error_type": "KeyError"}, headers=admin).json()
+    assert [j["args"] for j in listed["jobs"]] == [["key"]]
+    retried = client.post("/api/dlq/retry", json={"task": "fail", "error_type": "ValueError"},
+                          headers=admin).json()  # fmt: skip
+    assert retried == {"action": "retry", "affected": 3, "more": False}
+    assert tasks.queue_stats()["default"] == {JobState.QUEUED: 3, JobState.DEAD: 1}
+    purged = client.post("/api/dlq/purge", json={}, headers=admin).json()
+    assert purged["affected"] == 1
+    assert client.get("/api/dlq/groups", headers=admin).json() == {"groups": []}
+
+
+def test_the_overview_counts_queues_and_throughput(client: TestClient, tasks: conveyor.App) -> None:
+    tasks.tasks["add"].enqueue_many([(i, i) for i in range(3)])
+    tasks.tasks["fail"].enqueue("key")
+    tasks.run_worker(burst=True)
+    tasks.tasks["add"].configure(queue="later").enqueue(1, 1)
+    shown = client.get("/api/overview", headers=bearer(READER)).json()
+    assert shown["jobs"]["succeeded"] == 3 and shown["jobs"]["dead"] == 1
+    assert len(shown["last_hour"]) == 60 and len(shown["last_day"]) == 24
+    assert sum(b["succeeded"] for b in shown["last_hour"]) == 3
+    assert sum(b["dead"] for b in shown["last_day"]) == 1
+    assert shown["queues"]["default"]["finished_5m"] == {
+        "succeeded": 3, "dead": 1, "cancelled": 0,
+    }  # fmt: skip
+    assert shown["queues"]["later"]["oldest_queued_s"] >= 0
+    assert shown["queues"]["default"]["oldest_queued_s"] is None
+
+
+def test_big_bodies_are_refused_and_every_answer_carries_the_security_headers(
+    client: TestClient, tasks: conveyor.App
+) -> None:
+    huge = {"task": "add", "args": ["x" * (2 << 20), 1]}
+    answer = client.post("/api/jobs", json=huge, headers=bearer(ADMIN))
+    assert answer.status_code == 413
+    assert answer.json()["error"] == "the request body is too large"
+    assert tasks.queue_stats() == {}
+    for response in (answer, client.get("/health"), client.get("/api/jobs")):
+        csp = response.headers["content-security-policy"]
+        assert "script-src 'self'" in csp and "frame-ancestors 'none'" in csp
+        assert response.headers["x-content-type-options"] == "nosniff"
+
+
+def test_the_redaction_hook_decides_what_is_shown(make_app: Any) -> None:
+    def hide_cards(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: "<card>" if k == "card" else v for k, v in value.items()}
+        return value
+
+    app = make_app(redact=hide_cards)
+
+    @app.task(name="charge")
+    def charge(card: str, password: str) -> None: ...
+
+    job = charge.enqueue(card="4242", password="pw")
+    with TestClient(create_api(app, None)) as client:
+        shown = client.get(f"/api/jobs/{job.id}").json()
+    assert shown["kwargs"] == {"card": "<card>", "password": "pw"}
+    assert app.get_job(job.id).kwargs == {"card": "4242", "password": "pw"}

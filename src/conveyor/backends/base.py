@@ -16,7 +16,16 @@ from conveyor.clock import Clock
 from conveyor.cron import TickRecord
 from conveyor.errors import ValidationError
 from conveyor.events import Cursor, Event
-from conveyor.job import HistoryEntry, Job, JobState, NewJob, Outcome, WorkerInfo
+from conveyor.job import (
+    DeadGroup,
+    FinishedCount,
+    HistoryEntry,
+    Job,
+    JobState,
+    NewJob,
+    Outcome,
+    WorkerInfo,
+)
 
 
 class Store(Protocol):
@@ -47,8 +56,10 @@ class Store(Protocol):
         task: str | None = None,
         limit: int = 100,
         before_id: int | None = None,
+        error_type: str | None = None,
     ) -> list[Job]:
-        """Newest first; `before_id` pages backwards."""
+        """Newest first; `before_id` pages backwards; `error_type`: the type of the last
+        error."""
 
     def job_history(self, job_id: int) -> list[HistoryEntry]: ...
 
@@ -56,6 +67,16 @@ class Store(Protocol):
         """The unfinished job holding a unique key, if any."""
 
     def queue_stats(self) -> dict[str, dict[JobState, int]]: ...
+
+    def dead_groups(self, queue: str | None = None) -> list[DeadGroup]:
+        """The dead jobs counted by task and type of their last error, biggest group first."""
+
+    def finished_counts(self, since: float, bucket: int) -> list[FinishedCount]:
+        """Jobs that finished at or after `since`, counted per queue, state and `bucket`
+        seconds."""
+
+    def queued_since(self) -> dict[str, float]:
+        """Per queue with queued jobs, since when the oldest of them has been queued."""
 
     def list_workers(self) -> list[WorkerInfo]: ...
 
@@ -94,9 +115,11 @@ class Store(Protocol):
         now: float,
         queue: str | None = None,
         task: str | None = None,
+        job_ids: Sequence[int] | None = None,
     ) -> int:
         """Delete finished jobs (and their history) that finished more than `older_than`
-        seconds before `now` (the store's own clock, where it has one)."""
+        seconds before `now` (the store's own clock, where it has one); with `job_ids`, only
+        those."""
 
     def set_progress(
         self, job_id: int, worker_id: str, attempt: int, progress: float, stage: str | None,
@@ -144,6 +167,14 @@ class Store(Protocol):
 
     def subscribe(self) -> SyncSubscription:
         """A blocking wake-up for one waiter: returns soon after the store changed."""
+
+    def event_cursor(self) -> Cursor:
+        """Where the event stream ends now."""
+
+    def read_events(
+        self, after: Cursor, job_id: int | None, queue: str | None, limit: int = 500
+    ) -> tuple[list[Event], Cursor]:
+        """Events after `after` (of one job or queue), in order, and the cursor after them."""
 
     def periodic_ticks(self) -> dict[str, TickRecord]:
         """Per periodic entry the store has seen, its latest tick and latest fired job."""

@@ -24,6 +24,7 @@ from rich.text import Text
 from conveyor.circuit import Circuit, CircuitEvent, CircuitInfo
 from conveyor.cron import Periodic, TickRecord
 from conveyor.job import HistoryEntry, Job, JobState, WorkerInfo
+from conveyor.redact import secrets
 
 STATE_STYLES: Mapping[JobState, str] = {
     JobState.WAITING: "dim",
@@ -57,8 +58,17 @@ def emit_json(value: Any) -> None:
 # -- values -------------------------------------------------------------------------------
 
 
+def redacted(job: Job) -> Job:
+    """The job as a person may see it: args, kwargs and meta through the App's `redact`."""
+    redact = secrets if job.app is None else job.app.redact
+    return dataclasses.replace(
+        job, args=redact(job.args), kwargs=redact(job.kwargs), meta=redact(job.meta)
+    )
+
+
 def job_dict(job: Job) -> dict[str, Any]:
-    """A job as JSON: every field, timestamps as Unix seconds."""
+    """A job as JSON: every field, timestamps as Unix seconds; arguments redacted."""
+    job = redacted(job)
     out: dict[str, Any] = {}
     for f in dataclasses.fields(job):
         if f.name != "app":
@@ -226,7 +236,7 @@ def dead_table(jobs: Sequence[Job], now: float) -> Table:
     table.add_column("Died", no_wrap=True)
     table.add_column("Last error", overflow="fold")
     table.add_column("Args", overflow="fold")
-    for job in jobs:
+    for job in map(redacted, jobs):
         error = job.errors[-1] if job.errors else {}
         table.add_row(
             str(job.id), Text(job.task), Text(job.queue), f"{job.attempt}/{job.max_attempts}",
@@ -439,12 +449,13 @@ def job_detail(job: Job, history: Sequence[HistoryEntry], now: float) -> Rendera
     row("stage", job.stage or "-")
     if job.cancel_requested:
         row("cancel", Text("requested", style="yellow"))
-    row("args", compact_json(job.args))
-    row("kwargs", compact_json(job.kwargs))
+    shown = redacted(job)
+    row("args", compact_json(shown.args))
+    row("kwargs", compact_json(shown.kwargs))
     row("result", "-" if job.result is None and job.state is not JobState.SUCCEEDED
         else compact_json(job.result))  # fmt: skip
     if job.meta:
-        row("meta", compact_json(job.meta))
+        row("meta", compact_json(shown.meta))
 
     parts: list[RenderableType] = [title, Padding(fields, (0, 0, 0, 2))]
     parts.append(Text(f"\nErrors ({len(job.errors)})", style="bold"))

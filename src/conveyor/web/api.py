@@ -7,13 +7,14 @@ request needs `Authorization: Bearer <token>`: `read` for GETs, `admin` for the 
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable, Mapping
-from typing import Any
+import dataclasses
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Literal
 
-from fastapi import Depends, FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -26,13 +27,24 @@ from conveyor.errors import (
     UnknownTask,
     ValidationError,
 )
-from conveyor.job import Job, JobState
+from conveyor.events import Cursor
+from conveyor.job import FINISHED_STATES, RETRYABLE_STATES, Job, JobState
 from conveyor.web.auth import Tokens
+from conveyor.web.guard import MAX_BODY_BYTES, Guard
+from conveyor.web.metrics import add_metrics
+from conveyor.web.stats import Bar, Stats
 
 #: The most jobs one listing returns.
 MAX_PAGE = 500
-#: Argument keys whose values are never shown (passwords, tokens, secrets, keys).
-SECRET_KEY = re.compile(r"pass|secret|token|api_?key|auth|credential", re.IGNORECASE)
+#: The most jobs one bulk action names, and the most one dead-letter group action touches.
+MAX_BULK = 1000
+MAX_GROUP = 10_000
+#: A text search looks at this many of the newest jobs that match the other filters, at most.
+SEARCH_SCAN = 20_000
+#: Event streams open at once, per server.
+MAX_STREAMS = 100
+#: An idle event stream sends a comment this often, so proxies keep it open.
+KEEPALIVE_S = 15.0
 
 
 class ApiError(Exception):
@@ -41,25 +53,162 @@ class ApiError(Exception):
         self.status, self.error, self.detail = status, error, detail
 
 
-def redact(value: Any) -> Any:
-    """Arguments as shown over HTTP: values under secret-looking keys replaced."""
-    if isinstance(value, Mapping):
-        return {k: "***" if SECRET_KEY.search(str(k)) else redact(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [redact(v) for v in value]
-    return value
+def find_jobs(
+    app: App, *, state: JobState | None = None, queue: str | None = None, task: str | None = None,
+    error_type: str | None = None, search: str | None = None, limit: int = 50,
+    before_id: int | None = None,
+) -> tuple[list[Job], int | None]:  # fmt: skip
+    """A page of jobs, newest first, and the `before_id` of the next page (None: no more).
+
+    `search` matches a job id exactly, or text in the task name or the arguments as a person
+    sees them (redacted: a secret cannot be found by guessing it), case-insensitively; it looks
+    at the newest SEARCH_SCAN jobs matching the other filters from `before_id` on, at most, and
+    `next` goes on from where it stopped."""
+    filters = {"state": state, "queue": queue, "task": task, "error_type": error_type}
+    if not search:
+        jobs = app.list_jobs(limit=limit, before_id=before_id, **filters)
+        return jobs, jobs[-1].id if len(jobs) == limit else None
+    if search.strip().isdigit():
+        try:
+            job = app.get_job(int(search))
+        except JobNotFound:
+            return [], None
+        wanted = (state in (None, job.state) and queue in (None, job.queue)
+                  and task in (None, job.task))  # fmt: skip
+        return ([job] if wanted else []), None
+    needle, found, scanned, cursor = search.casefold(), [], 0, before_id
+    while scanned < SEARCH_SCAN:
+        page = app.list_jobs(limit=500, before_id=cursor, **filters)
+        for job in page:
+            scanned += 1
+            cursor = job.id
+            shown = render.redacted(job)
+            text = json.dumps([job.task, shown.args, shown.kwargs], default=str)
+            if needle in text.casefold():
+                found.append(job)
+                if len(found) == limit:
+                    return found, job.id
+        if len(page) < 500:
+            return found, None
+    return found, cursor
 
 
 def job_json(job: Job, *, history: bool = False) -> dict[str, Any]:
     out = render.job_dict(job)
-    out["args"], out["kwargs"], out["meta"] = (
-        redact(job.args), redact(job.kwargs), redact(job.meta)
-    )  # fmt: skip
     out["status_message"] = job.status_message
     out["held_by"] = job.held_by
     if history and job.app is not None:
         out["history"] = [render.history_dict(h) for h in job.app.job_history(job.id)]
     return out
+
+
+class BulkBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    action: Literal["retry", "cancel", "purge"]
+    ids: list[int] = Field(min_length=1, max_length=MAX_BULK)
+
+
+class GroupBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    task: str | None = None
+    error_type: str | None = None
+    queue: str | None = None
+
+
+def bulk(app: App, action: str, ids: list[int]) -> int:
+    """Retry, cancel or purge these jobs; how many it applied to."""
+    if action == "retry":
+        return app.retry_jobs(RETRYABLE_STATES, job_ids=ids)
+    if action == "cancel":
+        return app.cancel_jobs(job_ids=ids, note="cancelled over HTTP (bulk)")
+    return app.purge(FINISHED_STATES, job_ids=ids)
+
+
+def group_action(app: App, action: str, body: GroupBody) -> dict[str, Any]:
+    """Retry or purge the dead jobs of a task and error type (or all), MAX_GROUP at most; `more`
+    says whether some were left for another call."""
+    done, cursor = 0, None
+    for _ in range(MAX_GROUP // MAX_BULK):
+        page = app.list_jobs(
+            JobState.DEAD, queue=body.queue, task=body.task, error_type=body.error_type,
+            limit=MAX_BULK, before_id=cursor,
+        )  # fmt: skip
+        if not page:
+            return {"action": action, "affected": done, "more": False}
+        done += bulk(app, action, [j.id for j in page])
+        cursor = page[-1].id
+        if len(page) < MAX_BULK:
+            return {"action": action, "affected": done, "more": False}
+    return {"action": action, "affected": done, "more": True}
+
+
+def bar_json(bar: Bar) -> dict[str, Any]:
+    return {"start": bar.start, "seconds": bar.seconds,
+            **{s.value: n for s, n in bar.counts.items()}}  # fmt: skip
+
+
+def parse_cursor(text: str | None) -> Cursor | None:
+    """An event id as sent (`<history>.<progress>`), or None if it is not one."""
+    history, sep, progress = (text or "").partition(".")
+    if not (sep and history.isdigit() and progress.isdigit()):
+        return None
+    return Cursor(int(history), int(progress))
+
+
+async def event_stream(
+    app: App, job_id: int | None, queue: str | None, start: Cursor | None,
+    gone: Callable[[], Awaitable[bool]], poll: float = 1.0,
+) -> AsyncIterator[str]:  # fmt: skip
+    """Server-Sent Events: each job event as `event: state|progress` with JSON data; the last
+    of each batch carries the stream's position as its id, so a reconnecting EventSource
+    resumes after it (`Last-Event-ID`). A comment every KEEPALIVE_S keeps idle streams open."""
+    backend = app.backend
+    subscription = await backend.subscribe()
+    try:
+        cursor = start or await backend.event_cursor()
+        yield f"retry: 2000\nid: {cursor.history}.{cursor.progress}\n\n"
+        quiet = 0.0
+        while not await gone():
+            found, cursor = await backend.read_events(cursor, job_id, queue)
+            for n, event in enumerate(found, start=1):
+                position = f"id: {cursor.history}.{cursor.progress}\n" if n == len(found) else ""
+                data = json.dumps(event.to_dict())
+                yield f"{position}event: {event.kind}\ndata: {data}\n\n"
+            if found:
+                quiet = 0.0
+                continue
+            await subscription.wait(poll)
+            quiet += poll
+            if quiet >= KEEPALIVE_S:
+                quiet = 0.0
+                yield ": keepalive\n\n"
+    finally:
+        await subscription.close()
+
+
+class Streams:
+    """Counts the event streams open, up to MAX_STREAMS."""
+
+    def __init__(self, limit: int = MAX_STREAMS) -> None:
+        self.limit, self.open = limit, 0
+
+    def response(self, events: AsyncIterator[str]) -> StreamingResponse:
+        if self.open >= self.limit:
+            raise ApiError(503, "too many event streams are open; try again later",
+                           {"limit": self.limit})  # fmt: skip
+        self.open += 1
+
+        async def counted() -> AsyncIterator[str]:
+            try:
+                async for chunk in events:
+                    yield chunk
+            finally:
+                self.open -= 1
+
+        headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        return StreamingResponse(counted(), media_type="text/event-stream", headers=headers)
 
 
 class NewJobBody(BaseModel):
@@ -74,13 +223,15 @@ class NewJobBody(BaseModel):
     unique_key: str | None = None
 
 
-def create_api(app: App, tokens: Tokens | None) -> FastAPI:
+def create_api(app: App, tokens: Tokens | None, *, dashboard: bool = True) -> FastAPI:
     """The API of `app`. Without `tokens` every request is allowed (`conveyor serve` permits
     that only on a loopback address)."""
-    api = FastAPI(
-        title="conveyor", openapi_url="/api/openapi.json", docs_url="/api/docs",
-        redoc_url=None,
-    )  # fmt: skip
+    api = FastAPI(title="conveyor", openapi_url="/api/openapi.json", docs_url=None, redoc_url=None)
+    api.add_middleware(Guard, max_body=MAX_BODY_BYTES)
+    stats = Stats(app)
+    streams = Streams()
+    api.state.conveyor = app
+    api.state.stats, api.state.streams = stats, streams
 
     def role(needed: str) -> Callable[[Request], None]:
         def check(request: Request) -> None:
@@ -165,14 +316,26 @@ def create_api(app: App, tokens: Tokens | None) -> FastAPI:
         state: JobState | None = None,
         queue: str | None = None,
         task: str | None = None,
+        error_type: str | None = Query(None, max_length=255),
+        search: str | None = Query(None, max_length=200),
         limit: int = Query(50, ge=1, le=MAX_PAGE),
         before_id: int | None = Query(None, ge=1),
     ) -> dict[str, Any]:
-        """Newest first; `next` is the `before_id` of the next page (None: the last page)."""
-        jobs = app.list_jobs(state=state, queue=queue, task=task, limit=limit,
-                             before_id=before_id)  # fmt: skip
-        return {"jobs": [job_json(j) for j in jobs],
-                "next": jobs[-1].id if len(jobs) == limit else None}  # fmt: skip
+        """Newest first; `next` is the `before_id` of the next page (None: the last page).
+        `search`: a job id, or text in the task name or the (redacted) arguments."""
+        jobs, after = find_jobs(
+            app, state=state, queue=queue, task=task, error_type=error_type, search=search,
+            limit=limit, before_id=before_id,
+        )  # fmt: skip
+        return {"jobs": [job_json(j) for j in jobs], "next": after}
+
+    @api.post("/api/jobs/bulk", dependencies=[admin])
+    def bulk_action(body: BulkBody) -> dict[str, Any]:
+        """Retry (dead or cancelled), cancel (not finished) or purge (finished) up to
+        MAX_BULK jobs by id; `affected` counts those it applied to."""
+        ids = list(dict.fromkeys(body.ids))
+        return {"action": body.action, "requested": len(ids),
+                "affected": bulk(app, body.action, ids)}  # fmt: skip
 
     @api.get("/api/jobs/{job_id}", dependencies=[read])
     def get_job(job_id: int) -> dict[str, Any]:
@@ -189,16 +352,48 @@ def create_api(app: App, tokens: Tokens | None) -> FastAPI:
     @api.get("/api/dlq", dependencies=[read])
     def dead_letter(
         queue: str | None = None, task: str | None = None,
+        error_type: str | None = Query(None, max_length=255),
         limit: int = Query(50, ge=1, le=MAX_PAGE), before_id: int | None = Query(None, ge=1),
     ) -> dict[str, Any]:  # fmt: skip
-        jobs = app.list_jobs(state=JobState.DEAD, queue=queue, task=task, limit=limit,
-                             before_id=before_id)  # fmt: skip
-        return {"jobs": [job_json(j) for j in jobs],
-                "next": jobs[-1].id if len(jobs) == limit else None}  # fmt: skip
+        jobs, after = find_jobs(
+            app, state=JobState.DEAD, queue=queue, task=task, error_type=error_type,
+            limit=limit, before_id=before_id,
+        )  # fmt: skip
+        return {"jobs": [job_json(j) for j in jobs], "next": after}
+
+    @api.get("/api/dlq/groups", dependencies=[read])
+    def dead_groups(queue: str | None = None) -> dict[str, Any]:
+        """Dead jobs counted by task and the type of their last error, biggest group first."""
+        return {"groups": [dataclasses.asdict(g) for g in app.dead_groups(queue)]}
+
+    @api.post("/api/dlq/retry", dependencies=[admin])
+    def retry_dead(body: GroupBody) -> dict[str, Any]:
+        """Retry the dead jobs of a task and error type (each optional: all of them)."""
+        return group_action(app, "retry", body)
+
+    @api.post("/api/dlq/purge", dependencies=[admin])
+    def purge_dead(body: GroupBody) -> dict[str, Any]:
+        """Delete the dead jobs of a task and error type (each optional: all of them)."""
+        return group_action(app, "purge", body)
 
     @api.get("/api/queues", dependencies=[read])
     def queues() -> dict[str, Any]:
-        return render.queues_dict(app.queue_stats(), app.paused_queues(), app.queue_limits())
+        """Per queue: paused, concurrency limit, jobs per state, how long the oldest queued
+        job has waited, and the jobs finished in the last five minutes (a few seconds old at
+        most)."""
+        return stats.snapshot().queues
+
+    @api.get("/api/overview", dependencies=[read])
+    def overview() -> dict[str, Any]:
+        """The queues, live workers, and jobs finished per minute (last hour) and per hour
+        (last day), by state."""
+        snap = stats.snapshot()
+        return {
+            "taken_at": snap.taken_at, "live_workers": snap.live_workers, "jobs": snap.totals,
+            "queues": snap.queues,
+            "last_hour": [bar_json(b) for b in snap.minutes],
+            "last_day": [bar_json(b) for b in snap.hours],
+        }  # fmt: skip
 
     @api.post("/api/queues/{name}/pause", dependencies=[admin])
     def pause(name: str) -> dict[str, Any]:
@@ -210,6 +405,7 @@ def create_api(app: App, tokens: Tokens | None) -> FastAPI:
 
     @api.get("/api/workers", dependencies=[read])
     def workers() -> list[dict[str, Any]]:
+        """Registered workers, with the age of their last heartbeat and their running jobs."""
         now, lease = app.clock.now(), app.settings.lease_seconds
         return [render.worker_dict(w, now, lease) for w in app.list_workers()]
 
@@ -229,4 +425,20 @@ def create_api(app: App, tokens: Tokens | None) -> FastAPI:
         changed = app.close_circuit(name, reason="closed over HTTP")
         return {"circuit": name, "changed": changed, "state": "closed"}
 
+    @api.get("/api/events", dependencies=[read], response_class=StreamingResponse)
+    async def events(
+        request: Request, job_id: int | None = Query(None, ge=1), queue: str | None = None,
+        last_event_id: str | None = Header(None, max_length=64),
+    ) -> StreamingResponse:  # fmt: skip
+        """Server-Sent Events from now on (or after `Last-Event-ID`): every state change and
+        progress report, of one job, one queue, or all."""
+        stream = event_stream(app, job_id, queue, parse_cursor(last_event_id),
+                              request.is_disconnected)  # fmt: skip
+        return streams.response(stream)
+
+    add_metrics(api, app, read)
+    if dashboard:
+        from conveyor.web.dashboard import create_dashboard
+
+        create_dashboard(api, app, tokens, stats, streams)
     return api

@@ -35,7 +35,16 @@ from conveyor.errors import (
     ValidationError,
 )
 from conveyor.events import Cursor, Event, merge
-from conveyor.job import HistoryEntry, Job, JobState, NewJob, Outcome, WorkerInfo
+from conveyor.job import (
+    DeadGroup,
+    FinishedCount,
+    HistoryEntry,
+    Job,
+    JobState,
+    NewJob,
+    Outcome,
+    WorkerInfo,
+)
 from conveyor.limits import Candidate, pick
 from conveyor.logging import get_logger
 
@@ -670,10 +679,11 @@ class PostgresBackend(Backend):
         now: float,
         queue: str | None = None,
         task: str | None = None,
+        job_ids: Sequence[int] | None = None,
     ) -> Plan[int]:
         params = {
             "states": [s.value for s in states], "age": older_than, "now": self.now(now),
-            "queue": queue, "task": task,
+            "queue": queue, "task": task, "ids": None if job_ids is None else list(job_ids),
         }  # fmt: skip
         rows = yield Stmt(self.q.purge, params)
         return int(rows[0]["n"])
@@ -950,9 +960,11 @@ class PostgresStore:
         task: str | None = None,
         limit: int = 100,
         before_id: int | None = None,
+        error_type: str | None = None,
     ) -> list[Job]:
         params: dict[str, Any] = {
             "queue": queue, "task": task, "limit": limit, "before_id": before_id,
+            "error_type": error_type,
         }  # fmt: skip
         if states is None:
             sql = self.q.list_jobs
@@ -964,6 +976,19 @@ class PostgresStore:
     def job_history(self, job_id: int) -> list[HistoryEntry]:
         rows = self.b.run_sync(self.b.statement_plan(self.q.job_history, {"id": job_id}))
         return [HistoryEntry.from_row(r) for r in rows]
+
+    def dead_groups(self, queue: str | None = None) -> list[DeadGroup]:
+        rows = self.b.run_sync(self.b.statement_plan(self.q.dead_groups, {"queue": queue}))
+        return [DeadGroup.from_row(r) for r in rows]
+
+    def finished_counts(self, since: float, bucket: int) -> list[FinishedCount]:
+        params = {"since": since, "bucket": bucket}
+        rows = self.b.run_sync(self.b.statement_plan(self.q.finished_counts, params))
+        return [FinishedCount.from_row(r) for r in rows]
+
+    def queued_since(self) -> dict[str, float]:
+        rows = self.b.run_sync(self.b.statement_plan(self.q.queued_since, {}))
+        return {r["queue"]: float(r["since"]) for r in rows}
 
     def periodic_ticks(self) -> dict[str, TickRecord]:
         return self.b.run_sync(self.b.periodic_ticks_plan())
@@ -1079,8 +1104,9 @@ class PostgresStore:
         now: float,
         queue: str | None = None,
         task: str | None = None,
+        job_ids: Sequence[int] | None = None,
     ) -> int:
-        return self.b.run_sync(self.b.purge_plan(states, older_than, now, queue, task))
+        return self.b.run_sync(self.b.purge_plan(states, older_than, now, queue, task, job_ids))
 
     def set_progress(
         self, job_id: int, worker_id: str, attempt: int, progress: float, stage: str | None,

@@ -504,6 +504,7 @@ SELECT * FROM {schema}.jobs WHERE id = %(id)s
 SELECT * FROM {schema}.jobs
 WHERE (%(queue)s::text IS NULL OR queue = %(queue)s)
   AND (%(task)s::text IS NULL OR task = %(task)s)
+  AND (%(error_type)s::text IS NULL OR errors -> -1 ->> 'type' = %(error_type)s)
   AND (%(before_id)s::bigint IS NULL OR id < %(before_id)s)
 ORDER BY id DESC
 LIMIT %(limit)s
@@ -513,6 +514,7 @@ SELECT * FROM {schema}.jobs
 WHERE state = ANY(%(states)s::text[])
   AND (%(queue)s::text IS NULL OR queue = %(queue)s)
   AND (%(task)s::text IS NULL OR task = %(task)s)
+  AND (%(error_type)s::text IS NULL OR errors -> -1 ->> 'type' = %(error_type)s)
   AND (%(before_id)s::bigint IS NULL OR id < %(before_id)s)
 ORDER BY id DESC
 LIMIT %(limit)s
@@ -523,6 +525,31 @@ FROM {schema}.job_history WHERE job_id = %(id)s ORDER BY id
 
 -- name: queue_stats
 SELECT queue, state, count(*) AS n FROM {schema}.jobs GROUP BY queue, state
+
+-- name: dead_groups
+-- The dead-letter queue by task and the type of the last error, biggest group first.
+SELECT task, errors -> -1 ->> 'type' AS error_type, count(*) AS n, max(id) AS newest_id,
+       extract(epoch FROM max(finished_at))::float8 AS newest_at
+FROM {schema}.jobs
+WHERE state = 'dead' AND finished_at IS NOT NULL
+  AND (%(queue)s::text IS NULL OR queue = %(queue)s)
+GROUP BY task, error_type
+ORDER BY n DESC, task, error_type
+
+-- name: finished_counts
+-- Jobs finished since a moment, per queue, state and time bucket (an index range scan).
+SELECT queue, state,
+       floor(extract(epoch FROM finished_at) / %(bucket)s)::float8 * %(bucket)s AS bucket,
+       count(*) AS n
+FROM {schema}.jobs
+WHERE state IN ('succeeded', 'dead', 'cancelled')
+  AND finished_at >= to_timestamp(%(since)s::float8)
+GROUP BY queue, state, bucket
+
+-- name: queued_since
+-- Per queue, since when its oldest queued job has been waiting.
+SELECT queue, extract(epoch FROM min(state_changed_at))::float8 AS since FROM {schema}.jobs
+WHERE state = 'queued' GROUP BY queue
 
 -- name: list_workers
 -- The heartbeat's age by the database's clock, so a reader on a skewed machine sees it right.
@@ -578,6 +605,7 @@ WITH gone AS (
     WHERE state = ANY(%(states)s::text[])
       AND finished_at <= coalesce(to_timestamp(%(now)s::float8), now())
                          - make_interval(secs => %(age)s)
+      AND (%(ids)s::bigint[] IS NULL OR id = ANY(%(ids)s::bigint[]))
       AND (%(queue)s::text IS NULL OR queue = %(queue)s)
       AND (%(task)s::text IS NULL OR task = %(task)s)
     RETURNING id
@@ -610,7 +638,9 @@ SELECT (SELECT coalesce(max(id), 0) FROM {schema}.job_history) AS history,
        (SELECT coalesce(max(id), 0) FROM {schema}.job_progress) AS progress
 
 -- name: history_events
-SELECT h.id, h.job_id, h.at, h.to_state, h.note, j.queue, j.task
+-- With the job's times, for the wait and run time of an attempt that finished (see Event).
+SELECT h.id, h.job_id, h.at, h.from_state, h.to_state, h.note, j.queue, j.task, j.run_at,
+       j.started_at, j.finished_at
 FROM {schema}.job_history AS h LEFT JOIN {schema}.jobs AS j ON j.id = h.job_id
 WHERE h.id > %(after)s
   AND (%(job_id)s::bigint IS NULL OR h.job_id = %(job_id)s)

@@ -33,7 +33,16 @@ from conveyor.errors import (
     ValidationError,
 )
 from conveyor.events import Cursor, Event, merge
-from conveyor.job import HistoryEntry, Job, JobState, NewJob, Outcome, WorkerInfo
+from conveyor.job import (
+    DeadGroup,
+    FinishedCount,
+    HistoryEntry,
+    Job,
+    JobState,
+    NewJob,
+    Outcome,
+    WorkerInfo,
+)
 from conveyor.limits import Candidate, best_buckets, pick
 
 Q = Queries.load("conveyor.backends.sqlite", "queries.sql")
@@ -600,9 +609,11 @@ class SqliteStore:
         task: str | None = None,
         limit: int = 100,
         before_id: int | None = None,
+        error_type: str | None = None,
     ) -> list[Job]:
         params = {
             "queue": queue, "task": task, "limit": limit, "before_id": before_id,
+            "error_type": error_type,
         }  # fmt: skip
         if states is None:
             rows = self._read(Q.list_jobs, params)
@@ -619,6 +630,16 @@ class SqliteStore:
         for row in self._read(Q.queue_stats):
             stats.setdefault(row["queue"], {})[JobState(row["state"])] = row["n"]
         return stats
+
+    def dead_groups(self, queue: str | None = None) -> list[DeadGroup]:
+        return [DeadGroup.from_row(r) for r in self._read(Q.dead_groups, {"queue": queue})]
+
+    def finished_counts(self, since: float, bucket: int) -> list[FinishedCount]:
+        rows = self._read(Q.finished_counts, {"since": since, "bucket": bucket})
+        return [FinishedCount.from_row(r) for r in rows]
+
+    def queued_since(self) -> dict[str, float]:
+        return {r["queue"]: r["since"] for r in self._read(Q.queued_since)}
 
     def list_workers(self) -> list[WorkerInfo]:
         return [WorkerInfo.from_row(r) for r in self._read(Q.list_workers)]
@@ -743,10 +764,12 @@ class SqliteStore:
         now: float,
         queue: str | None = None,
         task: str | None = None,
+        job_ids: Sequence[int] | None = None,
     ) -> int:
         params = {
             "states": _json_list([s.value for s in states]),
             "before": now - older_than, "queue": queue, "task": task,
+            "ids": None if job_ids is None else _ids_json(job_ids),
         }  # fmt: skip
         with self._write() as conn:
             conn.execute(Q.purge_history, params)

@@ -333,6 +333,7 @@ SELECT * FROM conveyor_jobs WHERE id = ?
 SELECT * FROM conveyor_jobs
 WHERE (:queue IS NULL OR queue = :queue)
   AND (:task IS NULL OR task = :task)
+  AND (:error_type IS NULL OR json_extract(errors, '$[#-1].type') = :error_type)
   AND (:before_id IS NULL OR id < :before_id)
 ORDER BY id DESC
 LIMIT :limit
@@ -342,6 +343,7 @@ SELECT * FROM conveyor_jobs INDEXED BY conveyor_jobs_state
 WHERE state IN (SELECT value FROM json_each(:states))
   AND (:queue IS NULL OR queue = :queue)
   AND (:task IS NULL OR task = :task)
+  AND (:error_type IS NULL OR json_extract(errors, '$[#-1].type') = :error_type)
   AND (:before_id IS NULL OR id < :before_id)
 ORDER BY id DESC
 LIMIT :limit
@@ -351,6 +353,27 @@ SELECT * FROM conveyor_job_history WHERE job_id = ? ORDER BY id
 
 -- name: queue_stats
 SELECT queue, state, count(*) AS n FROM conveyor_jobs GROUP BY queue, state
+
+-- name: dead_groups
+-- The dead-letter queue by task and the type of the last error, biggest group first.
+SELECT task, json_extract(errors, '$[#-1].type') AS error_type, count(*) AS n,
+       max(id) AS newest_id, max(finished_at) AS newest_at
+FROM conveyor_jobs INDEXED BY conveyor_jobs_finished
+WHERE state = 'dead' AND finished_at IS NOT NULL AND (:queue IS NULL OR queue = :queue)
+GROUP BY task, error_type
+ORDER BY n DESC, task, error_type
+
+-- name: finished_counts
+-- Jobs finished since a moment, per queue, state and time bucket (an index range scan).
+SELECT queue, state, CAST(finished_at / :bucket AS INTEGER) * :bucket AS bucket, count(*) AS n
+FROM conveyor_jobs INDEXED BY conveyor_jobs_finished
+WHERE state IN ('succeeded', 'dead', 'cancelled') AND finished_at >= :since
+GROUP BY queue, state, bucket
+
+-- name: queued_since
+-- Per queue, since when its oldest queued job has been waiting.
+SELECT queue, min(state_changed_at) AS since FROM conveyor_jobs
+WHERE state = 'queued' GROUP BY queue
 
 -- name: list_workers
 SELECT * FROM conveyor_workers ORDER BY started_at, id
@@ -401,6 +424,7 @@ DELETE FROM conveyor_job_history
 WHERE job_id IN (SELECT id FROM conveyor_jobs
                  WHERE state IN (SELECT value FROM json_each(:states))
                    AND finished_at <= :before
+                   AND (:ids IS NULL OR id IN (SELECT value FROM json_each(:ids)))
                    AND (:queue IS NULL OR queue = :queue)
                    AND (:task IS NULL OR task = :task))
 
@@ -408,6 +432,7 @@ WHERE job_id IN (SELECT id FROM conveyor_jobs
 DELETE FROM conveyor_jobs
 WHERE state IN (SELECT value FROM json_each(:states))
   AND finished_at <= :before
+  AND (:ids IS NULL OR id IN (SELECT value FROM json_each(:ids)))
   AND (:queue IS NULL OR queue = :queue)
   AND (:task IS NULL OR task = :task)
 
@@ -425,7 +450,9 @@ SELECT (SELECT coalesce(max(id), 0) FROM conveyor_job_history) AS history,
        (SELECT coalesce(max(id), 0) FROM conveyor_job_progress) AS progress
 
 -- name: history_events
-SELECT h.id, h.job_id, h.at, h.to_state, h.note, j.queue, j.task
+-- With the job's times, for the wait and run time of an attempt that finished (see Event).
+SELECT h.id, h.job_id, h.at, h.from_state, h.to_state, h.note, j.queue, j.task, j.run_at,
+       j.started_at, j.finished_at
 FROM conveyor_job_history AS h LEFT JOIN conveyor_jobs AS j ON j.id = h.job_id
 WHERE h.id > :after
   AND (:job_id IS NULL OR h.job_id = :job_id)

@@ -1,0 +1,487 @@
+"""The web dashboard: server-rendered pages, live by Server-Sent Events, no build step.
+
+Sign-in: a token (read or admin, as for the API) is exchanged for a signed session cookie
+(HttpOnly, SameSite=Strict). Every action is a POST carrying the session's CSRF token, from
+this origin; a GET never changes anything. Without API tokens (loopback only) every visitor is
+an admin, still with a session, so the CSRF check holds. Pages escape everything (Jinja2
+autoescaping) and load only this origin's script and style (see `guard.CSP`).
+
+Live updates: each page listens to `/ui/events` (of the page's job or queue, or everything),
+which sends at most one `change` a second however busy the store is; the page then fetches
+itself again and swaps its `data-live` parts in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, unquote, urlencode, urlsplit
+
+import jinja2
+from fastapi import FastAPI, Form, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+
+from conveyor.app import App
+from conveyor.cli import render
+from conveyor.errors import ConveyorError, InvalidTransition, JobNotFound
+from conveyor.job import FINISHED_STATES, RETRYABLE_STATES, JobState
+from conveyor.web.api import (
+    MAX_BULK,
+    MAX_PAGE,
+    GroupBody,
+    Streams,
+    bulk,
+    find_jobs,
+    group_action,
+)
+from conveyor.web.auth import Tokens
+from conveyor.web.stats import Bar, Stats
+
+HERE = Path(__file__).parent
+SESSION_COOKIE = "conveyor_session"
+FLASH_COOKIE = "conveyor_flash"
+SESSION_S = 12 * 3600
+#: A dashboard's live stream says "changed" at most this often.
+CHANGE_EVERY_S = 1.0
+PAGE = 50
+
+
+@dataclass(frozen=True)
+class Session:
+    role: str
+    nonce: str
+
+    @property
+    def admin(self) -> bool:
+        return self.role == "admin"
+
+
+class SignedIn(Exception):
+    """Not signed in (or not enough): answered with a redirect to the sign-in page or 403."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class Sessions:
+    """Session cookies signed with HMAC-SHA256: `role.expiry.nonce.signature`. The key comes
+    from CONVEYOR_SECRET_KEY (so several servers share sessions), else it is made at start."""
+
+    def __init__(self, key: bytes | None = None) -> None:
+        configured = os.environ.get("CONVEYOR_SECRET_KEY")
+        self.key = key or (configured.encode() if configured else secrets.token_bytes(32))
+
+    def _sign(self, text: str) -> str:
+        return hmac.new(self.key, text.encode(), hashlib.sha256).hexdigest()
+
+    def issue(self, role: str) -> str:
+        body = f"{role}.{int(time.time()) + SESSION_S}.{secrets.token_urlsafe(16)}"
+        return f"{body}.{self._sign(body)}"
+
+    def read(self, cookie: str | None) -> Session | None:
+        parts = (cookie or "").split(".")
+        if len(parts) != 4:
+            return None
+        role, expiry, nonce, signature = parts
+        if not hmac.compare_digest(self._sign(f"{role}.{expiry}.{nonce}"), signature):
+            return None
+        if not expiry.isdigit() or int(expiry) < time.time() or role not in ("read", "admin"):
+            return None
+        return Session(role, nonce)
+
+    def csrf(self, session: Session) -> str:
+        return self._sign(f"csrf.{session.nonce}")[:40]
+
+
+# -- what pages show ----------------------------------------------------------------------
+
+
+def pretty(value: Any) -> str:
+    return json.dumps(value, indent=2, ensure_ascii=False, default=str, sort_keys=True)
+
+
+def chart(bars: list[Bar], label: Callable[[Bar], str]) -> dict[str, Any]:
+    """An SVG bar chart's geometry: jobs finished per bar, succeeded below, failures above."""
+    top = max((b.total for b in bars), default=0) or 1
+    width, height = 600, 120
+    step = width / len(bars)
+    columns = []
+    for i, bar in enumerate(bars):
+        y, parts = float(height), []
+        for state in (JobState.SUCCEEDED, JobState.DEAD, JobState.CANCELLED):
+            h = bar.counts[state] / top * height
+            if h > 0:
+                y -= h
+                parts.append({"state": state.value, "y": round(y, 2), "h": round(h, 2)})
+        columns.append({
+            "x": round(i * step, 2), "w": round(max(step - 1, 1), 2), "parts": parts,
+            "title": f"{label(bar)}: " + ", ".join(
+                f"{n} {s.value}" for s, n in bar.counts.items() if n) if bar.total
+            else f"{label(bar)}: none",
+        })  # fmt: skip
+    total = {s.value: sum(b.counts[s] for b in bars) for s in bars[0].counts} if bars else {}
+    return {"width": width, "height": height, "columns": columns, "top": top, "total": total}
+
+
+def local_hm(ts: float) -> str:
+    return time.strftime("%H:%M", time.localtime(ts))
+
+
+def safe_next(target: str | None, default: str = "/") -> str:
+    """A path on this site to go back to; anything else (another site, `//host`) is refused."""
+    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return default
+    parts = urlsplit(target)
+    return default if parts.scheme or parts.netloc else target
+
+
+def create_dashboard(api: FastAPI, app: App, tokens: Tokens | None, stats: Stats,
+                     streams: Streams) -> None:  # fmt: skip
+    """Add the dashboard's pages to `api` (the JSON API's application)."""
+    sessions = Sessions()
+    templates = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(HERE / "templates"),
+        autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+    )  # fmt: skip
+    templates.filters.update(pretty=pretty, span=render.span, when=render.when)
+    api.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+
+    def session_of(request: Request) -> Session | None:
+        return sessions.read(request.cookies.get(SESSION_COOKIE))
+
+    def page(
+        request: Request, template: str, session: Session, title: str, *,
+        stream: str = "/ui/events", **context: Any,
+    ) -> HTMLResponse:  # fmt: skip
+        now = app.clock.now()
+        flash = unquote(request.cookies.get(FLASH_COOKIE, ""))[:300]
+        html = templates.get_template(template).render(
+            request=request, session=session, csrf=sessions.csrf(session), title=title,
+            path=request.url.path, here=str(request.url.path) + (
+                f"?{request.url.query}" if request.url.query else ""),
+            stream=stream, flash=flash, now=now, ago=lambda ts: render.ago(ts, now),
+            signed_in=tokens is not None, JobState=JobState, **context,
+        )  # fmt: skip
+        response = HTMLResponse(html, headers={"Cache-Control": "no-store"})
+        if flash:
+            response.delete_cookie(FLASH_COOKIE, path="/")
+        if tokens is None and request.cookies.get(SESSION_COOKIE) is None:
+            set_session(response, session, request)
+        return response
+
+    def set_session(response: Response, session: Session | str, request: Request) -> None:
+        value = session if isinstance(session, str) else sessions.issue(session.role)
+        response.set_cookie(
+            SESSION_COOKIE, value, max_age=SESSION_S, path="/", httponly=True,
+            samesite="strict", secure=request.url.scheme == "https",
+        )  # fmt: skip
+
+    def viewer(request: Request) -> Session:
+        """The signed-in session (or, without tokens, an admin one); else to the sign-in page."""
+        found = session_of(request)
+        if found is not None:
+            return found
+        if tokens is None:
+            cookie = sessions.issue("admin")
+            request.state.new_session = cookie
+            session = sessions.read(cookie)
+            assert session is not None
+            return session
+        raise SignedIn(303, "sign in")
+
+    def actor(request: Request, csrf: str) -> Session:
+        """An admin session whose form carries its CSRF token, posted from this origin."""
+        origin = request.headers.get("origin") or request.headers.get("referer")
+        if origin is not None:
+            parts = urlsplit(origin)
+            if f"{parts.scheme}://{parts.netloc}" != f"{request.url.scheme}://{request.url.netloc}":
+                raise SignedIn(403, "this action must come from the dashboard's own pages")
+        session = session_of(request)
+        if session is None:
+            raise SignedIn(403, "sign in first")
+        if not hmac.compare_digest(csrf.encode(), sessions.csrf(session).encode()):
+            raise SignedIn(403, "the form is stale or was not sent by this dashboard; reload it")
+        if not session.admin:
+            raise SignedIn(403, "this needs an admin token")
+        return session
+
+    def done(request: Request, message: str, back: str | None, default: str) -> Response:
+        response = RedirectResponse(safe_next(back, default), status_code=303)
+        response.set_cookie(FLASH_COOKIE, quote(message[:300]), max_age=30, path="/",
+                            httponly=True, samesite="strict")  # fmt: skip
+        return response
+
+    @api.exception_handler(SignedIn)
+    def _signed_in(request: Request, exc: SignedIn) -> Response:
+        if exc.status == 303:
+            target = "/signin?" + urlencode({"next": request.url.path})
+            return RedirectResponse(target, status_code=303)
+        html = templates.get_template("error.html").render(message=str(exc), status=exc.status)
+        return HTMLResponse(html, status_code=exc.status)
+
+    # -- signing in -----------------------------------------------------------------------
+
+    @api.get("/signin", include_in_schema=False)
+    def signin_page(request: Request, next: str = "/") -> Response:
+        html = templates.get_template("signin.html").render(
+            next=safe_next(next), error=None, tokens=tokens is not None
+        )
+        return HTMLResponse(html, headers={"Cache-Control": "no-store"})
+
+    @api.post("/signin", include_in_schema=False)
+    def signin(request: Request, token: str = Form(""), next: str = Form("/")) -> Response:
+        origin = request.headers.get("origin")
+        if origin is not None and urlsplit(origin).netloc != request.url.netloc:
+            raise SignedIn(403, "sign in from the dashboard's own page")
+        role = None if tokens is None else tokens.role_of(token.strip())
+        if tokens is not None and role is None:
+            html = templates.get_template("signin.html").render(
+                next=safe_next(next), error="That token is not known.", tokens=True
+            )
+            return HTMLResponse(html, status_code=401)
+        response = RedirectResponse(safe_next(next), status_code=303)
+        set_session(response, sessions.issue(role or "admin"), request)
+        return response
+
+    @api.post("/signout", include_in_schema=False)
+    def signout(request: Request, csrf: str = Form("")) -> Response:
+        session = session_of(request)
+        if session is not None and hmac.compare_digest(csrf, sessions.csrf(session)):
+            response = RedirectResponse("/signin", status_code=303)
+            response.delete_cookie(SESSION_COOKIE, path="/")
+            return response
+        raise SignedIn(403, "the form is stale; reload the page")
+
+    # -- pages ----------------------------------------------------------------------------
+
+    @api.get("/", include_in_schema=False)
+    def overview(request: Request) -> Response:
+        session = viewer(request)
+        snap = stats.snapshot()
+        workers = [w for w in app.list_workers()
+                   if not w.is_lost(snap.taken_at, app.settings.lease_seconds)]  # fmt: skip
+        return with_session(request, page(
+            request, "overview.html", session, "Overview", snap=snap, workers=workers,
+            hour=chart(snap.minutes, lambda b: local_hm(b.start)),
+            day=chart(snap.hours, lambda b: f"{local_hm(b.start)} to {local_hm(b.start + 3600)}"),
+        ))  # fmt: skip
+
+    @api.get("/queues", include_in_schema=False)
+    def queues(request: Request) -> Response:
+        session = viewer(request)
+        snap = stats.snapshot()
+        return with_session(request, page(request, "queues.html", session, "Queues", snap=snap))
+
+    @api.post("/queues/{name}/{action}", include_in_schema=False)
+    def steer_queue(request: Request, name: str, action: str, csrf: str = Form(""),
+                    back: str = Form("/queues")) -> Response:  # fmt: skip
+        actor(request, csrf)
+        if action not in ("pause", "resume"):
+            raise SignedIn(404, f"no action {action!r} for queues")
+        changed = (app.pause_queue if action == "pause" else app.resume_queue)(name)
+        stats.forget()
+        verb = "paused" if action == "pause" else "resumed"
+        message = f"Queue {name} {verb}." if changed else f"Queue {name} was {verb} already."
+        return done(request, message, back, "/queues")
+
+    @api.get("/jobs", include_in_schema=False)
+    def jobs(
+        request: Request, state: str = "", queue: str = "", task: str = "", search: str = "",
+        error_type: str = "", before_id: int | None = None, limit: int = PAGE,
+    ) -> Response:  # fmt: skip
+        session = viewer(request)
+        wanted = JobState(state) if state in {s.value for s in JobState} else None
+        limit = min(max(limit, 1), MAX_PAGE)
+        found, after = find_jobs(
+            app, state=wanted, queue=queue or None, task=task or None, search=search[:200] or None,
+            error_type=error_type or None, limit=limit, before_id=before_id,
+        )  # fmt: skip
+        snap = stats.snapshot()
+        filters = {"state": state, "queue": queue, "task": task, "search": search,
+                   "error_type": error_type}  # fmt: skip
+        older = None if after is None else "/jobs?" + urlencode(
+            {**{k: v for k, v in filters.items() if v}, "before_id": after})  # fmt: skip
+        return with_session(request, page(
+            request, "jobs.html", session, "Jobs", jobs=found, filters=filters, older=older,
+            paged=before_id is not None, snap=snap, tasks=sorted(app.tasks),
+            stream="/ui/events" + (f"?queue={quote(queue)}" if queue else ""),
+            info=lambda j: render.job_info(j, snap.taken_at), max_bulk=MAX_BULK,
+        ))  # fmt: skip
+
+    @api.post("/jobs/bulk", include_in_schema=False)
+    async def bulk_jobs(request: Request) -> Response:
+        form = await request.form()
+        actor(request, str(form.get("csrf", "")))
+        action = str(form.get("action", ""))
+        if action not in ("retry", "cancel", "purge"):
+            raise SignedIn(400, "choose retry, cancel or purge")
+        ids = [int(str(i)) for i in form.getlist("ids") if str(i).isdigit()][:MAX_BULK]
+        back = str(form.get("back", "/jobs"))
+        if not ids:
+            return done(request, "No jobs were selected.", back, "/jobs")
+        count = await asyncio.to_thread(bulk, app, action, ids)
+        stats.forget()
+        verb = {"retry": "retried", "cancel": "cancelled or asked to stop", "purge": "purged"}
+        return done(request, f"{count} of {len(ids)} jobs {verb[action]}.", back, "/jobs")
+
+    @api.get("/jobs/{job_id}", include_in_schema=False)
+    def job_page(request: Request, job_id: int) -> Response:
+        session = viewer(request)
+        try:
+            job = app.get_job(job_id)
+        except JobNotFound:
+            return with_session(
+                request, page(request, "missing.html", session, f"Job {job_id}", job_id=job_id), 404
+            )
+        shown = render.redacted(job)
+        return with_session(request, page(
+            request, "job.html", session, f"Job {job.id}", job=job, shown=shown,
+            history=app.job_history(job.id), stream=f"/ui/events?job_id={job.id}",
+            retryable=job.state in RETRYABLE_STATES,
+            cancellable=job.state not in FINISHED_STATES and not job.cancel_requested,
+        ))  # fmt: skip
+
+    @api.post("/jobs/{job_id}/{action}", include_in_schema=False)
+    def steer_job(request: Request, job_id: int, action: str, csrf: str = Form(""),
+                  back: str = Form("")) -> Response:  # fmt: skip
+        actor(request, csrf)
+        default = f"/jobs/{job_id}"
+        try:
+            if action == "retry":
+                app.retry_job(job_id)
+                message = f"Job {job_id} is queued again."
+            elif action == "cancel":
+                job = app.cancel_job(job_id, note="cancelled from the dashboard")
+                message = (f"Job {job_id} cancelled." if job.state is JobState.CANCELLED
+                           else f"Job {job_id} was asked to stop.")  # fmt: skip
+            else:
+                raise SignedIn(404, f"no action {action!r} for jobs")
+        except (InvalidTransition, JobNotFound) as exc:
+            message = str(exc)
+        stats.forget()
+        return done(request, message, back, default)
+
+    @api.get("/dlq", include_in_schema=False)
+    def dead_letter(request: Request, task: str = "", error_type: str = "",
+                    before_id: int | None = None) -> Response:  # fmt: skip
+        session = viewer(request)
+        groups = app.dead_groups()
+        found, after = find_jobs(
+            app, state=JobState.DEAD, task=task or None, error_type=error_type or None,
+            limit=PAGE, before_id=before_id,
+        )  # fmt: skip
+        filters = {k: v for k, v in {"task": task, "error_type": error_type}.items() if v}
+        older = None if after is None else "/dlq?" + urlencode({**filters, "before_id": after})
+        return with_session(request, page(
+            request, "dlq.html", session, "Dead-letter queue", groups=groups, jobs=found,
+            filters=filters, older=older, total=sum(g.count for g in groups),
+            last_error=render.last_error,
+        ))  # fmt: skip
+
+    @api.post("/dlq/{action}", include_in_schema=False)
+    def steer_dead(request: Request, action: str, csrf: str = Form(""), task: str = Form(""),
+                   error_type: str = Form(""), back: str = Form("/dlq")) -> Response:  # fmt: skip
+        actor(request, csrf)
+        if action not in ("retry", "purge"):
+            raise SignedIn(404, f"no action {action!r} for the dead-letter queue")
+        body = GroupBody(task=task or None, error_type=error_type or None)
+        result = group_action(app, action, body)
+        stats.forget()
+        what = " ".join(p for p in (task, error_type) if p) or "all dead jobs"
+        verb = "retried" if action == "retry" else "purged"
+        more = " More remain: repeat to go on." if result["more"] else ""
+        return done(request, f"{result['affected']} jobs ({what}) {verb}.{more}", back, "/dlq")
+
+    @api.get("/workers", include_in_schema=False)
+    def workers(request: Request) -> Response:
+        session = viewer(request)
+        now, lease = app.clock.now(), app.settings.lease_seconds
+        found = [(w, w.is_lost(now, lease),
+                  w.beat_age if w.beat_age is not None else now - w.last_beat)
+                 for w in app.list_workers()]  # fmt: skip
+        return with_session(request, page(request, "workers.html", session, "Workers",
+                                          workers=found))  # fmt: skip
+
+    @api.get("/cron", include_in_schema=False)
+    def cron(request: Request) -> Response:
+        session = viewer(request)
+        now = app.clock.now()
+        records = app.periodic_ticks() if app.periodics else {}
+        entries = [render.cron_dict(e, records.get(e.name), now) for e in app.periodics.values()]
+        return with_session(request, page(request, "cron.html", session, "Cron", entries=entries))
+
+    @api.get("/circuits", include_in_schema=False)
+    def circuits(request: Request) -> Response:
+        session = viewer(request)
+        shown = render.circuits_dict(app.circuits, app.circuit_states(), app.circuit_log(limit=50))
+        return with_session(request, page(
+            request, "circuits.html", session, "Circuits", circuits=shown["circuits"],
+            log=shown["log"],
+        ))  # fmt: skip
+
+    @api.post("/circuits/{name}/close", include_in_schema=False)
+    def close_circuit(request: Request, name: str, csrf: str = Form("")) -> Response:
+        actor(request, csrf)
+        changed = app.close_circuit(name, reason="closed from the dashboard")
+        message = f"Circuit {name} closed." if changed else f"Circuit {name} was closed already."
+        return done(request, message, "/circuits", "/circuits")
+
+    @api.get("/ui/events", include_in_schema=False)
+    async def changes(request: Request, job_id: int | None = None,
+                      queue: str | None = None) -> Response:  # fmt: skip
+        viewer(request)
+        return streams.response(change_stream(app, job_id, queue, request.is_disconnected))
+
+    def with_session(request: Request, response: Response, status: int | None = None) -> Response:
+        cookie = getattr(request.state, "new_session", None)
+        if cookie is not None:
+            set_session(response, cookie, request)
+        if status is not None:
+            response.status_code = status
+        return response
+
+    @api.exception_handler(ConveyorError)
+    def _conveyor_error(request: Request, exc: ConveyorError) -> Response:
+        return HTMLResponse(
+            templates.get_template("error.html").render(message=str(exc), status=400),
+            status_code=400,
+        )
+
+
+async def change_stream(
+    app: App, job_id: int | None, queue: str | None, gone: Callable[[], Awaitable[bool]],
+    poll: float = 1.0,
+) -> AsyncIterator[str]:  # fmt: skip
+    """`event: change` when the job, the queue or anything changed, at most once a second."""
+    backend = app.backend
+    subscription = await backend.subscribe()
+    try:
+        cursor = await backend.event_cursor()
+        yield "retry: 2000\n\n"
+        quiet = 0.0
+        while not await gone():
+            found, _ = await backend.read_events(cursor, job_id, queue, limit=1)
+            if found:
+                cursor = await backend.event_cursor()
+                yield "event: change\ndata: {}\n\n"
+                quiet = 0.0
+                await asyncio.sleep(CHANGE_EVERY_S)
+                continue
+            await subscription.wait(poll)
+            quiet += poll
+            if quiet >= 15:
+                quiet = 0.0
+                yield ": keepalive\n\n"
+    finally:
+        await subscription.close()

@@ -1,0 +1,145 @@
+"""Prometheus metrics for `conveyor serve`: `GET /metrics` in the Prometheus text format.
+
+Counters and histograms come from the store's event stream: each scrape reads every state
+change since the one before, so they count what every worker of the cluster finished since
+this process started. Gauges are read from the store at each scrape. Every API instance has
+a registry of its own.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from fastapi import FastAPI, params
+from fastapi.responses import Response
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+from conveyor.app import App
+from conveyor.circuit import CircuitState
+from conveyor.errors import BackendUnavailable, ConfigurationError
+from conveyor.events import Cursor, Event
+from conveyor.job import JobState
+
+#: Job latencies, from a few milliseconds to four hours (seconds).
+LATENCY_BUCKETS = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+    600.0, 1800.0, 3600.0, 7200.0, 14400.0, float("inf"),
+)  # fmt: skip
+#: State changes read from the store per round trip while a scrape catches up.
+EVENT_PAGE = 1000
+
+
+class JobMetrics:
+    """The metrics of one app in a registry of their own; `scrape` brings them up to date."""
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self.registry = CollectorRegistry()
+        self.finished = Counter(
+            "conveyor_jobs_finished", "Jobs that reached a finished state.",
+            ["queue", "task", "state"], registry=self.registry,
+        )  # fmt: skip
+        self.queue_wait = Histogram(
+            "conveyor_job_queue_wait_seconds",
+            "How long a finished job's last attempt waited after it was due.",
+            ["queue", "task"], buckets=LATENCY_BUCKETS, registry=self.registry,
+        )  # fmt: skip
+        self.run_time = Histogram(
+            "conveyor_job_run_seconds", "How long a finished job's last attempt ran.",
+            ["queue", "task"], buckets=LATENCY_BUCKETS, registry=self.registry,
+        )  # fmt: skip
+        self.jobs = Gauge(
+            "conveyor_jobs", "Jobs in the store now, per queue and state.", ["queue", "state"],
+            registry=self.registry,
+        )  # fmt: skip
+        self.workers = Gauge(
+            "conveyor_workers", "Workers that heartbeat within a lease.", registry=self.registry
+        )
+        self.circuit_open = Gauge(
+            "conveyor_circuit_open", "1 while a circuit holds its jobs (open or half-open).",
+            ["circuit"], registry=self.registry,
+        )  # fmt: skip
+        # queues seen since start: one that empties out shows zeros instead of vanishing
+        self._queues: set[str] = set()
+        # one scrape at a time: two reading from the same cursor would count twice
+        self._lock = threading.Lock()
+        self._cursor = self._stream_end()
+
+    def _stream_end(self) -> Cursor | None:
+        """Where the event stream ends now; None while the store cannot say (unreachable, or
+        its schema not current yet): counting then starts at the first scrape."""
+        try:
+            return self.app.backend.sync.event_cursor()
+        except (BackendUnavailable, ConfigurationError):
+            return None
+
+    def scrape(self) -> bytes:
+        """Read what happened since the last scrape and the store's state now; the text."""
+        with self._lock:
+            self._read_events()
+            self._read_gauges()
+            return generate_latest(self.registry)
+
+    def _read_events(self) -> None:
+        store = self.app.backend.sync
+        end = store.event_cursor()
+        if self._cursor is None:
+            self._cursor = end
+            return
+        # progress reports are not counted: skip past them instead of reading them
+        cursor = Cursor(self._cursor.history, end.progress)
+        while cursor.history < end.history:
+            events, after = store.read_events(cursor, None, None, EVENT_PAGE)
+            for event in events:
+                if event.finished:
+                    self._observe(event)
+            if after.history == cursor.history:
+                break  # the rest was purged meanwhile
+            cursor = after
+        self._cursor = cursor
+
+    def _observe(self, event: Event) -> None:
+        assert event.state is not None
+        # a job purged before this scrape read its events has no queue or task any more
+        queue, task = event.queue or "", event.task or ""
+        self.finished.labels(queue, task, event.state.value).inc()
+        if event.wait is not None:
+            self.queue_wait.labels(queue, task).observe(event.wait)
+        if event.run_time is not None:
+            self.run_time.labels(queue, task).observe(event.run_time)
+
+    def _read_gauges(self) -> None:
+        stats = self.app.queue_stats()
+        self._queues.update(stats)
+        self.jobs.clear()
+        for queue in sorted(self._queues):
+            counts = stats.get(queue, {})
+            for state in JobState:
+                self.jobs.labels(queue, state.value).set(counts.get(state, 0))
+        now, lease = self.app.clock.now(), self.app.settings.lease_seconds
+        self.workers.set(sum(1 for w in self.app.list_workers() if not w.is_lost(now, lease)))
+        circuits = {name: 0 for name in self.app.circuits}
+        for info in self.app.circuit_states():
+            circuits[info.name] = int(info.state is not CircuitState.CLOSED)
+        self.circuit_open.clear()
+        for name, is_open in circuits.items():
+            self.circuit_open.labels(name).set(is_open)
+
+
+def add_metrics(api: FastAPI, app: App, dependency: params.Depends) -> JobMetrics:
+    """Serve `app`'s metrics at `GET /metrics`, behind `dependency` (the read role)."""
+    metrics = JobMetrics(app)
+
+    @api.get("/metrics", dependencies=[dependency], include_in_schema=False)
+    def scrape() -> Response:
+        """The Prometheus text format; Prometheus sends `Authorization: Bearer <token>`."""
+        return Response(metrics.scrape(), media_type=CONTENT_TYPE_LATEST)
+
+    return metrics
