@@ -264,6 +264,8 @@ def main() -> int:
     if dead:
         console.print("Every attempt's error and traceback, and the job's history:")
         console.print(f"  .venv/bin/python -m conveyor --app {APP} dlq show {dead[0].id}")
+    console.print("The same jobs in the web dashboard, at http://127.0.0.1:8000:")
+    console.print(f"  .venv/bin/python -m conveyor serve {APP}")
     demo_app.app.close()
     return 0
 

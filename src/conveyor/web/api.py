@@ -7,9 +7,10 @@ request needs `Authorization: Bearer <token>`: `read` for GETs, `admin` for the 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Literal
 
 from fastapi import Depends, FastAPI, Header, Query, Request
@@ -158,19 +159,19 @@ def parse_cursor(text: str | None) -> Cursor | None:
 
 
 async def event_stream(
-    app: App, job_id: int | None, queue: str | None, start: Cursor | None,
-    gone: Callable[[], Awaitable[bool]], poll: float = 1.0,
-) -> AsyncIterator[str]:  # fmt: skip
+    app: App, job_id: int | None, queue: str | None, start: Cursor | None, poll: float = 1.0
+) -> AsyncIterator[str]:
     """Server-Sent Events: each job event as `event: state|progress` with JSON data; the last
     of each batch carries the stream's position as its id, so a reconnecting EventSource
-    resumes after it (`Last-Event-ID`). A comment every KEEPALIVE_S keeps idle streams open."""
+    resumes after it (`Last-Event-ID`). A comment every KEEPALIVE_S keeps idle streams open.
+    It runs until the client goes (the response then cancels it)."""
     backend = app.backend
     subscription = await backend.subscribe()
     try:
         cursor = start or await backend.event_cursor()
         yield f"retry: 2000\nid: {cursor.history}.{cursor.progress}\n\n"
         quiet = 0.0
-        while not await gone():
+        while True:
             found, cursor = await backend.read_events(cursor, job_id, queue)
             for n, event in enumerate(found, start=1):
                 position = f"id: {cursor.history}.{cursor.progress}\n" if n == len(found) else ""
@@ -226,7 +227,16 @@ class NewJobBody(BaseModel):
 def create_api(app: App, tokens: Tokens | None, *, dashboard: bool = True) -> FastAPI:
     """The API of `app`. Without `tokens` every request is allowed (`conveyor serve` permits
     that only on a loopback address)."""
-    api = FastAPI(title="conveyor", openapi_url="/api/openapi.json", docs_url=None, redoc_url=None)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        await app.backend.release()  # what is bound to the server's event loop
+
+    api = FastAPI(
+        title="conveyor", openapi_url="/api/openapi.json", docs_url=None, redoc_url=None,
+        lifespan=lifespan,
+    )  # fmt: skip
     api.add_middleware(Guard, max_body=MAX_BODY_BYTES)
     stats = Stats(app)
     streams = Streams()
@@ -432,9 +442,7 @@ def create_api(app: App, tokens: Tokens | None, *, dashboard: bool = True) -> Fa
     ) -> StreamingResponse:  # fmt: skip
         """Server-Sent Events from now on (or after `Last-Event-ID`): every state change and
         progress report, of one job, one queue, or all."""
-        stream = event_stream(app, job_id, queue, parse_cursor(last_event_id),
-                              request.is_disconnected)  # fmt: skip
-        return streams.response(stream)
+        return streams.response(event_stream(app, job_id, queue, parse_cursor(last_event_id)))
 
     add_metrics(api, app, read)
     if dashboard:

@@ -20,7 +20,7 @@ import json
 import os
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -441,7 +441,7 @@ def create_dashboard(api: FastAPI, app: App, tokens: Tokens | None, stats: Stats
     async def changes(request: Request, job_id: int | None = None,
                       queue: str | None = None) -> Response:  # fmt: skip
         viewer(request)
-        return streams.response(change_stream(app, job_id, queue, request.is_disconnected))
+        return streams.response(change_stream(app, job_id, queue))
 
     def with_session(request: Request, response: Response, status: int | None = None) -> Response:
         cookie = getattr(request.state, "new_session", None)
@@ -460,9 +460,8 @@ def create_dashboard(api: FastAPI, app: App, tokens: Tokens | None, stats: Stats
 
 
 async def change_stream(
-    app: App, job_id: int | None, queue: str | None, gone: Callable[[], Awaitable[bool]],
-    poll: float = 1.0,
-) -> AsyncIterator[str]:  # fmt: skip
+    app: App, job_id: int | None, queue: str | None, poll: float = 1.0
+) -> AsyncIterator[str]:
     """`event: change` when the job, the queue or anything changed, at most once a second."""
     backend = app.backend
     subscription = await backend.subscribe()
@@ -470,7 +469,7 @@ async def change_stream(
         cursor = await backend.event_cursor()
         yield "retry: 2000\n\n"
         quiet = 0.0
-        while not await gone():
+        while True:
             found, _ = await backend.read_events(cursor, job_id, queue, limit=1)
             if found:
                 cursor = await backend.event_cursor()
