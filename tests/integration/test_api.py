@@ -147,6 +147,18 @@ def test_bad_input_is_refused_with_a_json_error_and_nothing_is_stored(
     assert tasks.queue_stats() == {}
     missing = client.get("/api/jobs/999", headers=admin)
     assert (missing.status_code, missing.json()["error"]) == (404, "no job with id 999")
+    for method, path, body in [
+        ("GET", "/api/jobs/9223372036854775808", None),
+        ("GET", "/api/jobs?before_id=9223372036854775808", None),
+        ("POST", "/api/jobs/bulk", {"action": "purge", "ids": [2**63]}),
+        ("POST", "/api/dlq/retry", {"queue": "a\u0000"}),
+    ]:
+        answer = client.request(method, path, json=body, headers=admin)
+        assert answer.status_code == 422, (path, answer.text)
+    for path in ["/api/jobs?queue=%00", "/api/dlq/groups?queue=a%00b", "/api/circuits/%00/close"]:
+        answer = client.request("POST" if "close" in path else "GET", path, headers=admin)
+        assert answer.status_code == 400, (path, answer.text)
+        assert answer.json()["error"] == "the path or query string holds a NUL character"
     assert client.get("/api/nowhere", headers=admin).json() == {
         "error": "Not Found", "detail": None,
     }  # fmt: skip

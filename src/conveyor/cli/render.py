@@ -90,6 +90,7 @@ def history_dict(entry: HistoryEntry) -> dict[str, Any]:
 def worker_dict(worker: WorkerInfo, now: float, lease_seconds: float) -> dict[str, Any]:
     out = dataclasses.asdict(worker)
     out["lost"] = worker.is_lost(now, lease_seconds)
+    out["heartbeat_age"] = now - worker.last_beat if worker.beat_age is None else worker.beat_age
     return out
 
 

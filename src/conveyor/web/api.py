@@ -11,9 +11,9 @@ import contextlib
 import dataclasses
 import json
 from collections.abc import AsyncIterator, Callable
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import Depends, FastAPI, Header, Query, Request
+from fastapi import Depends, FastAPI, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
@@ -42,6 +42,8 @@ MAX_BULK = 1000
 MAX_GROUP = 10_000
 #: A text search looks at this many of the newest jobs that match the other filters, at most.
 SEARCH_SCAN = 20_000
+#: The largest job id (a signed 64-bit integer).
+MAX_ID = 2**63 - 1
 #: Event streams open at once, per server.
 MAX_STREAMS = 100
 #: An idle event stream sends a comment this often, so proxies keep it open.
@@ -70,6 +72,8 @@ def find_jobs(
         jobs = app.list_jobs(limit=limit, before_id=before_id, **filters)
         return jobs, jobs[-1].id if len(jobs) == limit else None
     if search.strip().isdigit():
+        if int(search) > MAX_ID:
+            return [], None
         try:
             job = app.get_job(int(search))
         except JobNotFound:
@@ -103,19 +107,41 @@ def job_json(job: Job, *, history: bool = False) -> dict[str, Any]:
     return out
 
 
+JobId = Annotated[int, Field(ge=1, le=MAX_ID)]
+#: Text a store can hold: no NUL characters.
+Text = Annotated[str, Field(pattern=r"^[^\x00]*$")]
+
+
+class ErrorBody(BaseModel):
+    """Every error: one sentence, and what there is to say about it."""
+
+    error: str
+    detail: Any = None
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody, "description": text}
+    for status, text in [
+        (400, "Bad request"), (401, "No or unknown token"), (403, "The token's role may not"),
+        (404, "No such job, task or path"), (409, "Not in this state"),
+        (413, "Body too large"), (422, "Invalid input"), (503, "Store unreachable or busy"),
+    ]
+}  # fmt: skip
+
+
 class BulkBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     action: Literal["retry", "cancel", "purge"]
-    ids: list[int] = Field(min_length=1, max_length=MAX_BULK)
+    ids: list[JobId] = Field(min_length=1, max_length=MAX_BULK)
 
 
 class GroupBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    task: str | None = None
-    error_type: str | None = None
-    queue: str | None = None
+    task: Text | None = None
+    error_type: Text | None = None
+    queue: Text | None = None
 
 
 def bulk(app: App, action: str, ids: list[int]) -> int:
@@ -215,13 +241,13 @@ class Streams:
 class NewJobBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    task: str = Field(min_length=1, max_length=255)
+    task: Text = Field(min_length=1, max_length=255)
     args: list[Any] = Field(default_factory=list)
     kwargs: dict[str, Any] = Field(default_factory=dict)
     priority: int | str | None = None
     delay: float | None = None
-    queue: str | None = None
-    unique_key: str | None = None
+    queue: Text | None = None
+    unique_key: Text | None = None
 
 
 def create_api(app: App, tokens: Tokens | None, *, dashboard: bool = True) -> FastAPI:
@@ -235,7 +261,7 @@ def create_api(app: App, tokens: Tokens | None, *, dashboard: bool = True) -> Fa
 
     api = FastAPI(
         title="conveyor", openapi_url="/api/openapi.json", docs_url=None, redoc_url=None,
-        lifespan=lifespan,
+        lifespan=lifespan, responses=ERRORS,
     )  # fmt: skip
     api.add_middleware(Guard, max_body=MAX_BODY_BYTES)
     stats = Stats(app)
@@ -329,7 +355,7 @@ def create_api(app: App, tokens: Tokens | None, *, dashboard: bool = True) -> Fa
         error_type: str | None = Query(None, max_length=255),
         search: str | None = Query(None, max_length=200),
         limit: int = Query(50, ge=1, le=MAX_PAGE),
-        before_id: int | None = Query(None, ge=1),
+        before_id: int | None = Query(None, ge=1, le=MAX_ID),
     ) -> dict[str, Any]:
         """Newest first; `next` is the `before_id` of the next page (None: the last page).
         `search`: a job id, or text in the task name or the (redacted) arguments."""
@@ -348,22 +374,23 @@ def create_api(app: App, tokens: Tokens | None, *, dashboard: bool = True) -> Fa
                 "affected": bulk(app, body.action, ids)}  # fmt: skip
 
     @api.get("/api/jobs/{job_id}", dependencies=[read])
-    def get_job(job_id: int) -> dict[str, Any]:
+    def get_job(job_id: int = Path(ge=1, le=MAX_ID)) -> dict[str, Any]:
         return job_json(app.get_job(job_id), history=True)
 
     @api.post("/api/jobs/{job_id}/cancel", dependencies=[admin])
-    def cancel_job(job_id: int) -> dict[str, Any]:
+    def cancel_job(job_id: int = Path(ge=1, le=MAX_ID)) -> dict[str, Any]:
         return job_json(app.cancel_job(job_id, note="cancelled over HTTP"))
 
     @api.post("/api/jobs/{job_id}/retry", dependencies=[admin])
-    def retry_job(job_id: int) -> dict[str, Any]:
+    def retry_job(job_id: int = Path(ge=1, le=MAX_ID)) -> dict[str, Any]:
         return job_json(app.retry_job(job_id))
 
     @api.get("/api/dlq", dependencies=[read])
     def dead_letter(
         queue: str | None = None, task: str | None = None,
         error_type: str | None = Query(None, max_length=255),
-        limit: int = Query(50, ge=1, le=MAX_PAGE), before_id: int | None = Query(None, ge=1),
+        limit: int = Query(50, ge=1, le=MAX_PAGE),
+        before_id: int | None = Query(None, ge=1, le=MAX_ID),
     ) -> dict[str, Any]:  # fmt: skip
         jobs, after = find_jobs(
             app, state=JobState.DEAD, queue=queue, task=task, error_type=error_type,
@@ -437,8 +464,8 @@ def create_api(app: App, tokens: Tokens | None, *, dashboard: bool = True) -> Fa
 
     @api.get("/api/events", dependencies=[read], response_class=StreamingResponse)
     async def events(
-        request: Request, job_id: int | None = Query(None, ge=1), queue: str | None = None,
-        last_event_id: str | None = Header(None, max_length=64),
+        request: Request, job_id: int | None = Query(None, ge=1, le=MAX_ID),
+        queue: str | None = None, last_event_id: str | None = Header(None, max_length=64),
     ) -> StreamingResponse:  # fmt: skip
         """Server-Sent Events from now on (or after `Last-Event-ID`): every state change and
         progress report, of one job, one queue, or all."""

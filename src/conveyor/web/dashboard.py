@@ -27,7 +27,8 @@ from typing import Any
 from urllib.parse import quote, unquote, urlencode, urlsplit
 
 import jinja2
-from fastapi import FastAPI, Form, Request
+from fastapi import FastAPI, Form, Query, Request
+from fastapi import Path as InPath
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
@@ -37,6 +38,7 @@ from conveyor.errors import ConveyorError, InvalidTransition, JobNotFound
 from conveyor.job import FINISHED_STATES, RETRYABLE_STATES, JobState
 from conveyor.web.api import (
     MAX_BULK,
+    MAX_ID,
     MAX_PAGE,
     GroupBody,
     Streams,
@@ -298,7 +300,8 @@ def create_dashboard(api: FastAPI, app: App, tokens: Tokens | None, stats: Stats
     @api.get("/jobs", include_in_schema=False)
     def jobs(
         request: Request, state: str = "", queue: str = "", task: str = "", search: str = "",
-        error_type: str = "", before_id: int | None = None, limit: int = PAGE,
+        error_type: str = "", limit: int = PAGE,
+        before_id: int | None = Query(None, ge=1, le=MAX_ID),
     ) -> Response:  # fmt: skip
         session = viewer(request)
         wanted = JobState(state) if state in {s.value for s in JobState} else None
@@ -336,7 +339,7 @@ def create_dashboard(api: FastAPI, app: App, tokens: Tokens | None, stats: Stats
         return done(request, f"{count} of {len(ids)} jobs {verb[action]}.", back, "/jobs")
 
     @api.get("/jobs/{job_id}", include_in_schema=False)
-    def job_page(request: Request, job_id: int) -> Response:
+    def job_page(request: Request, job_id: int = InPath(ge=1, le=MAX_ID)) -> Response:
         session = viewer(request)
         try:
             job = app.get_job(job_id)
@@ -353,8 +356,10 @@ def create_dashboard(api: FastAPI, app: App, tokens: Tokens | None, stats: Stats
         ))  # fmt: skip
 
     @api.post("/jobs/{job_id}/{action}", include_in_schema=False)
-    def steer_job(request: Request, job_id: int, action: str, csrf: str = Form(""),
-                  back: str = Form("")) -> Response:  # fmt: skip
+    def steer_job(
+        request: Request, action: str, job_id: int = InPath(ge=1, le=MAX_ID),
+        csrf: str = Form(""), back: str = Form(""),
+    ) -> Response:  # fmt: skip
         actor(request, csrf)
         default = f"/jobs/{job_id}"
         try:
@@ -374,7 +379,7 @@ def create_dashboard(api: FastAPI, app: App, tokens: Tokens | None, stats: Stats
 
     @api.get("/dlq", include_in_schema=False)
     def dead_letter(request: Request, task: str = "", error_type: str = "",
-                    before_id: int | None = None) -> Response:  # fmt: skip
+                    before_id: int | None = Query(None, ge=1, le=MAX_ID)) -> Response:  # fmt: skip
         session = viewer(request)
         groups = app.dead_groups()
         found, after = find_jobs(
@@ -407,9 +412,7 @@ def create_dashboard(api: FastAPI, app: App, tokens: Tokens | None, stats: Stats
     def workers(request: Request) -> Response:
         session = viewer(request)
         now, lease = app.clock.now(), app.settings.lease_seconds
-        found = [(w, w.is_lost(now, lease),
-                  w.beat_age if w.beat_age is not None else now - w.last_beat)
-                 for w in app.list_workers()]  # fmt: skip
+        found = [render.worker_dict(w, now, lease) for w in app.list_workers()]
         return with_session(request, page(request, "workers.html", session, "Workers",
                                           workers=found))  # fmt: skip
 
@@ -438,7 +441,7 @@ def create_dashboard(api: FastAPI, app: App, tokens: Tokens | None, stats: Stats
         return done(request, message, "/circuits", "/circuits")
 
     @api.get("/ui/events", include_in_schema=False)
-    async def changes(request: Request, job_id: int | None = None,
+    async def changes(request: Request, job_id: int | None = Query(None, ge=1, le=MAX_ID),
                       queue: str | None = None) -> Response:  # fmt: skip
         viewer(request)
         return streams.response(change_stream(app, job_id, queue))

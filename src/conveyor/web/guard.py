@@ -1,7 +1,8 @@
 """What every response of `conveyor serve` carries, and what every request may not exceed.
 
 A pure ASGI middleware: it refuses a body larger than `max_body` bytes with 413 (by its
-Content-Length, and by counting when it has none), and adds the security headers — a strict
+Content-Length, and by counting when it has none) and a NUL character in the path or query
+string with 400 (no store can hold it), and adds the security headers — a strict
 Content-Security-Policy (scripts, styles and connections from this origin only, no inline
 script or style, no framing), no MIME sniffing, no referrer sent to other sites.
 """
@@ -43,7 +44,11 @@ class Guard:
             return
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.max_body):
-            await self._too_large(send)
+            await self._refuse(send, 413, "the request body is too large",
+                               {"max_bytes": self.max_body})  # fmt: skip
+            return
+        if "\x00" in scope["path"] or b"%00" in scope["query_string"].lower():
+            await self._refuse(send, 400, "the path or query string holds a NUL character")
             return
         seen = 0
         started = False
@@ -69,15 +74,13 @@ class Guard:
         except BodyTooLarge:
             if started:
                 raise
-            await self._too_large(send)
+            await self._refuse(send, 413, "the request body is too large",
+                               {"max_bytes": self.max_body})  # fmt: skip
 
-    async def _too_large(self, send: Send) -> None:
-        body: dict[str, Any] = {
-            "error": "the request body is too large", "detail": {"max_bytes": self.max_body},
-        }  # fmt: skip
-        data = json.dumps(body).encode()
+    async def _refuse(self, send: Send, status: int, error: str, detail: Any = None) -> None:
+        data = json.dumps({"error": error, "detail": detail}).encode()
         await send({
-            "type": "http.response.start", "status": 413,
+            "type": "http.response.start", "status": status,
             "headers": [(b"content-type", b"application/json"),
                         (b"content-length", str(len(data)).encode()), *HEADERS],
         })  # fmt: skip
