@@ -120,10 +120,12 @@ def worker(
 @click.option("--log-level", default="INFO", show_default=True)
 @click.pass_obj
 def serve(ref: AppRef, app_spec_arg: str | None, host: str, port: int, log_level: str) -> None:
-    """Serve the HTTP API of MODULE:APP: /api/..., /health, the schema at /api/openapi.json.
+    """Serve MODULE:APP over HTTP: the dashboard at /, the JSON API under /api (schema at
+    /api/openapi.json), /metrics and /health.
 
-    With CONVEYOR_API_TOKENS (or CONVEYOR_API_TOKENS_FILE) every request needs a bearer
-    token; without, only a loopback address may be bound."""
+    With CONVEYOR_API_TOKENS (or CONVEYOR_API_TOKENS_FILE) every request needs a token (a
+    bearer token for the API, a sign-in for the dashboard); without, only a loopback address
+    may be bound."""
     import uvicorn
 
     from conveyor.logging import configure_logging
