@@ -57,6 +57,8 @@ DAY = 86_400.0
 #: The PostgreSQL schema the store lives in unless told otherwise; dropped before (a leftover
 #: of an interrupted run) and after.
 SCHEMA = "bench_dash"
+#: A server without tokens answers only to this machine.
+LOCAL = "http://127.0.0.1"
 #: Jobs written per INSERT transaction while filling.
 FILL_BATCH = 50_000
 #: A page whose median load takes longer than this is marked slow.
@@ -841,12 +843,12 @@ def time_pages(app: conveyor.App, store: Store, facts: Facts, repeat: int,
     first, rest = results[0], results[1:]
     for run in range(repeat):  # a fresh server: nothing cached, a day of throughput to read
         progress(f"{store.name}: first load after start, {run + 1} of {repeat}")
-        with TestClient(create_api(app, None)) as client:
+        with TestClient(create_api(app, None), base_url=LOCAL) as client:
             first.cold.seconds.append(_get(client, "/"))
         first.raw.seconds.append(_raw(store, first.page.raw, params))
     api = create_api(app, None)
     stats = api.state.stats
-    with TestClient(api) as client:
+    with TestClient(api, base_url=LOCAL) as client:
         for result in rest:  # warm-up: templates, the throughput cache, prepared statements
             _get(client, result.page.path)
         found = len(client.get(f"/api/jobs?search={NEEDLE}").json()["jobs"])

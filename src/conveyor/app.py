@@ -430,9 +430,9 @@ class App:
         """Every state change of the job, oldest first."""
         return self.backend.sync.job_history(job_id)
 
-    def queue_stats(self) -> dict[str, dict[JobState, int]]:
-        """`{queue: {state: count}}` for every queue that has jobs."""
-        return self.backend.sync.queue_stats()
+    def queue_stats(self, state: StateFilter = None) -> dict[str, dict[JobState, int]]:
+        """`{queue: {state: count}}` for every queue that has jobs (in `state`, if given)."""
+        return self.backend.sync.queue_stats(_states(state))
 
     def dead_groups(self, queue: str | None = None) -> list[DeadGroup]:
         """The dead-letter queue grouped by task and the type of the last error, biggest group

@@ -15,6 +15,33 @@ _NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 _encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 
 
+#: The deepest nesting of lists and objects stored: deeper data breaks readers (JSON parsers and
+#: serializers stop around 255 levels), so it is refused at the edge.
+MAX_DEPTH = 100
+
+
+def _depth(text: str) -> int:
+    """How deeply the JSON `text` nests lists and objects."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth -= 1
+    return deepest
+
+
 def _try_encode(value: Any) -> tuple[str, None] | tuple[None, str]:
     """`value` as JSON that reads back the same everywhere, or why it cannot be."""
     try:
@@ -31,6 +58,8 @@ def _try_encode(value: Any) -> tuple[str, None] | tuple[None, str]:
         text.encode("utf-8")
     except UnicodeEncodeError:
         return None, "it contains a lone surrogate, which is not valid Unicode text"
+    if text.count("[") + text.count("{") > MAX_DEPTH and _depth(text) > MAX_DEPTH:
+        return None, f"it nests lists and objects more than {MAX_DEPTH} levels deep"
     return text, None
 
 

@@ -436,7 +436,87 @@ def test_the_redaction_hook_decides_what_is_shown(make_app: Any) -> None:
     def charge(card: str, password: str) -> None: ...
 
     job = charge.enqueue(card="4242", password="pw")
-    with TestClient(create_api(app, None)) as client:
+    with TestClient(create_api(app, None), base_url="http://localhost:8000") as client:
         shown = client.get(f"/api/jobs/{job.id}").json()
     assert shown["kwargs"] == {"card": "<card>", "password": "pw"}
     assert app.get_job(job.id).kwargs == {"card": "4242", "password": "pw"}
+
+
+def test_a_server_without_tokens_answers_only_to_this_machine(app: conveyor.App) -> None:
+    api = create_api(app, None)
+    with TestClient(api, base_url="http://rebound.example.com:8000") as stranger:
+        refused = stranger.get("/api/jobs")
+        assert refused.status_code == 421  # a DNS-rebinding page is not this machine
+        assert refused.json()["error"] == "this server answers only to 127.0.0.1 and localhost"
+    for base in ("http://127.0.0.1:8000", "http://localhost", "http://[::1]:8000"):
+        with TestClient(api, base_url=base) as local:
+            assert local.get("/api/jobs").status_code == 200, base
+
+
+def test_cross_site_posts_are_refused(client: TestClient, tasks: conveyor.App) -> None:
+    job = tasks.tasks["add"].enqueue(1, 1)
+    for headers in ({"Origin": "https://evil.example"}, {"Sec-Fetch-Site": "cross-site"}):
+        answer = client.post(f"/api/jobs/{job.id}/cancel", headers={**bearer(ADMIN), **headers})
+        assert (answer.status_code, answer.json()["error"]) == (
+            403, "cross-site requests are refused",
+        )  # fmt: skip
+    assert tasks.get_job(job.id).state is JobState.QUEUED
+    same = client.post(f"/api/jobs/{job.id}/cancel",
+                       headers={**bearer(ADMIN), "Origin": "http://testserver"})  # fmt: skip
+    assert same.json()["state"] == "cancelled"
+
+
+def test_more_bad_input_is_refused_at_the_edge(client: TestClient, tasks: conveyor.App) -> None:
+    admin = bearer(ADMIN)
+    deep: Any = "bottom"
+    for _ in range(300):
+        deep = [deep]
+    nested = client.post("/api/jobs", json={"task": "add", "args": [deep, 1]}, headers=admin)
+    assert nested.status_code == 422 and "levels deep" in nested.json()["error"]
+
+    def chunks() -> Iterator[bytes]:
+        yield b'{"task": "add", "args": ["'
+        for _ in range(40):
+            yield b"x" * 65536
+        yield b'", 1]}'
+
+    chunked = client.post("/api/jobs", content=chunks(), headers=admin)
+    assert (chunked.status_code, chunked.json()["error"]) == (413, "the request body is too large")
+    assert tasks.queue_stats() == {}
+    for weird in ("²", "9" * 30):
+        assert client.get("/api/jobs", params={"search": weird}, headers=admin).json() == {
+            "jobs": [], "next": None,
+        }  # fmt: skip
+    planted = {"Cookie": "conveyor_session=admin.1.x.é".encode("latin-1")}
+    spoiled = client.get("/jobs", headers=planted, follow_redirects=False)
+    assert spoiled.status_code == 303 and spoiled.headers["location"].startswith("/signin")
+
+
+def test_search_reads_text_as_written(client: TestClient, tasks: conveyor.App) -> None:
+    job = tasks.tasks["add"].enqueue("Zürich", 'say "hi"')
+    for text in ("zürich", 'say "hi"'):
+        found = client.get("/api/jobs", params={"search": text}, headers=bearer(READER)).json()
+        assert [j["id"] for j in found["jobs"]] == [job.id], text
+
+
+def test_periodic_arguments_are_redacted_too(make_app: Any) -> None:
+    app = make_app()
+
+    @app.periodic("*/5 * * * *", kwargs={"api_key": "SUPERSECRET", "region": "eu"})
+    def sync(api_key: str, region: str) -> None: ...
+
+    with TestClient(create_api(app, None), base_url="http://127.0.0.1") as client:
+        [entry] = client.get("/api/cron").json()
+    assert entry["kwargs"] == {"api_key": "***", "region": "eu"}
+
+
+def test_a_store_without_its_schema_answers_503_in_json(tmp_path: Path) -> None:
+    app = conveyor.App(f"sqlite:///{tmp_path / 'new.db'}", auto_migrate=False)
+    try:
+        with TestClient(create_api(app, None), base_url="http://127.0.0.1") as client:
+            for path in ("/api/jobs", "/health"):
+                answer = client.get(path)
+                assert answer.status_code == 503, path
+                assert answer.headers["content-type"] == "application/json"
+    finally:
+        app.close()

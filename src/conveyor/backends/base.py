@@ -66,7 +66,10 @@ class Store(Protocol):
     def find_unique(self, key: str) -> Job | None:
         """The unfinished job holding a unique key, if any."""
 
-    def queue_stats(self) -> dict[str, dict[JobState, int]]: ...
+    def queue_stats(
+        self, states: Iterable[JobState] | None = None
+    ) -> dict[str, dict[JobState, int]]:
+        """`{queue: {state: count}}`, of every state or only these (an index range each)."""
 
     def dead_groups(self, queue: str | None = None) -> list[DeadGroup]:
         """The dead jobs counted by task and type of their last error, biggest group first."""

@@ -413,7 +413,8 @@ def cron(ref: AppRef, as_json: bool) -> None:
     app = _app(ref)
     now = app.clock.now()
     records = app.periodic_ticks() if app.periodics else {}
-    found = [render.cron_dict(e, records.get(e.name), now) for e in app.periodics.values()]
+    found = [render.cron_dict(e, records.get(e.name), now, app.redact)
+             for e in app.periodics.values()]  # fmt: skip
     if as_json:
         render.emit_json(found)
     elif not found:

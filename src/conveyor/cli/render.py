@@ -24,7 +24,7 @@ from rich.text import Text
 from conveyor.circuit import Circuit, CircuitEvent, CircuitInfo
 from conveyor.cron import Periodic, TickRecord
 from conveyor.job import HistoryEntry, Job, JobState, WorkerInfo
-from conveyor.redact import secrets
+from conveyor.redact import Redactor, secrets
 
 STATE_STYLES: Mapping[JobState, str] = {
     JobState.WAITING: "dim",
@@ -275,7 +275,9 @@ def queues_table(queues: Mapping[str, Mapping[str, Any]]) -> Table:
     return table
 
 
-def cron_dict(entry: Periodic, record: TickRecord | None, now: float) -> dict[str, Any]:
+def cron_dict(
+    entry: Periodic, record: TickRecord | None, now: float, redact: Redactor = secrets
+) -> dict[str, Any]:
     """A periodic entry as JSON: its schedule, next tick and what it last fired."""
     return {
         "name": entry.name,
@@ -283,8 +285,8 @@ def cron_dict(entry: Periodic, record: TickRecord | None, now: float) -> dict[st
         "tz": entry.schedule.tz,
         "task": entry.task.name,
         "queue": entry.task.queue,
-        "args": list(entry.args),
-        "kwargs": dict(entry.kwargs),
+        "args": redact(list(entry.args)),
+        "kwargs": redact(dict(entry.kwargs)),
         "catch_up": entry.catch_up,
         "next_tick": entry.schedule.next_after(now),
         "last_tick": None if record is None else record.tick,

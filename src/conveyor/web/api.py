@@ -10,7 +10,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-from collections.abc import AsyncIterator, Callable
+import re
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Header, Path, Query, Request
@@ -23,6 +24,8 @@ from conveyor.app import App
 from conveyor.cli import render
 from conveyor.errors import (
     BackendUnavailable,
+    ConfigurationError,
+    ConveyorError,
     InvalidTransition,
     JobNotFound,
     UnknownTask,
@@ -44,8 +47,8 @@ MAX_GROUP = 10_000
 SEARCH_SCAN = 20_000
 #: The largest job id (a signed 64-bit integer).
 MAX_ID = 2**63 - 1
-#: Event streams open at once, per server.
-MAX_STREAMS = 100
+#: Event streams open at once, per server (on PostgreSQL each holds a LISTEN connection).
+MAX_STREAMS = 50
 #: An idle event stream sends a comment this often, so proxies keep it open.
 KEEPALIVE_S = 15.0
 
@@ -54,6 +57,35 @@ class ApiError(Exception):
     def __init__(self, status: int, error: str, detail: Any = None) -> None:
         super().__init__(error)
         self.status, self.error, self.detail = status, error, detail
+
+
+def cross_site(request: Request) -> bool:
+    """A browser sent this from another site's page."""
+    if request.headers.get("sec-fetch-site") == "cross-site":
+        return True
+    origin = request.headers.get("origin")
+    return origin is not None and origin != f"{request.url.scheme}://{request.url.netloc}"
+
+
+def as_id(text: str) -> int | None:
+    """A job id written in ASCII digits, or None."""
+    text = text.strip()
+    if not re.fullmatch(r"[0-9]{1,19}", text) or int(text) > MAX_ID:
+        return None
+    return int(text)
+
+
+def leaves(value: Any) -> Iterator[str]:
+    """Every key and scalar value in `value`, as text."""
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            yield str(key)
+            yield from leaves(item)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            yield from leaves(item)
+    else:
+        yield str(value)
 
 
 def find_jobs(
@@ -72,15 +104,17 @@ def find_jobs(
         jobs = app.list_jobs(limit=limit, before_id=before_id, **filters)
         return jobs, jobs[-1].id if len(jobs) == limit else None
     if search.strip().isdigit():
-        if int(search) > MAX_ID:
-            return [], None
+        job_id = as_id(search)
         try:
-            job = app.get_job(int(search))
+            job = app.get_job(job_id) if job_id is not None else None
         except JobNotFound:
-            return [], None
-        wanted = (state in (None, job.state) and queue in (None, job.queue)
-                  and task in (None, job.task))  # fmt: skip
-        return ([job] if wanted else []), None
+            job = None
+        last = job.errors[-1].get("type") if job is not None and job.errors else None
+        wanted = job is not None and (
+            state in (None, job.state) and queue in (None, job.queue)
+            and task in (None, job.task) and error_type in (None, last)
+        )  # fmt: skip
+        return ([job] if wanted and job is not None else []), None
     needle, found, scanned, cursor = search.casefold(), [], 0, before_id
     while scanned < SEARCH_SCAN:
         page = app.list_jobs(limit=500, before_id=cursor, **filters)
@@ -88,7 +122,7 @@ def find_jobs(
             scanned += 1
             cursor = job.id
             shown = render.redacted(job)
-            text = json.dumps([job.task, shown.args, shown.kwargs], default=str)
+            text = "\n".join(leaves([job.task, shown.args, shown.kwargs]))
             if needle in text.casefold():
                 found.append(job)
                 if len(found) == limit:
@@ -179,9 +213,10 @@ def bar_json(bar: Bar) -> dict[str, Any]:
 def parse_cursor(text: str | None) -> Cursor | None:
     """An event id as sent (`<history>.<progress>`), or None if it is not one."""
     history, sep, progress = (text or "").partition(".")
-    if not (sep and history.isdigit() and progress.isdigit()):
+    after = as_id(history), as_id(progress)
+    if not sep or after[0] is None or after[1] is None:
         return None
-    return Cursor(int(history), int(progress))
+    return Cursor(after[0], after[1])
 
 
 async def event_stream(
@@ -194,7 +229,12 @@ async def event_stream(
     backend = app.backend
     subscription = await backend.subscribe()
     try:
-        cursor = start or await backend.event_cursor()
+        end = await backend.event_cursor()
+        # a position past the end (made up, or of another store) would never see an event
+        beyond = start is not None and (
+            start.history > end.history or start.progress > end.progress
+        )
+        cursor = end if start is None or beyond else start
         yield f"retry: 2000\nid: {cursor.history}.{cursor.progress}\n\n"
         quiet = 0.0
         while True:
@@ -250,6 +290,13 @@ class NewJobBody(BaseModel):
     unique_key: Text | None = None
 
 
+def conveyor_error_json(exc: ConveyorError) -> JSONResponse:
+    """Any other conveyor error: a store whose schema is not current is unavailable (503);
+    the rest are bad requests."""
+    status = 503 if isinstance(exc, ConfigurationError) else 400
+    return JSONResponse({"error": str(exc), "detail": None}, status_code=status)
+
+
 def create_api(app: App, tokens: Tokens | None, *, dashboard: bool = True) -> FastAPI:
     """The API of `app`. Without `tokens` every request is allowed (`conveyor serve` permits
     that only on a loopback address)."""
@@ -263,7 +310,7 @@ def create_api(app: App, tokens: Tokens | None, *, dashboard: bool = True) -> Fa
         title="conveyor", openapi_url="/api/openapi.json", docs_url=None, redoc_url=None,
         lifespan=lifespan, responses=ERRORS,
     )  # fmt: skip
-    api.add_middleware(Guard, max_body=MAX_BODY_BYTES)
+    api.add_middleware(Guard, max_body=MAX_BODY_BYTES, loopback_only=tokens is None)
     stats = Stats(app)
     streams = Streams()
     api.state.conveyor = app
@@ -271,6 +318,8 @@ def create_api(app: App, tokens: Tokens | None, *, dashboard: bool = True) -> Fa
 
     def role(needed: str) -> Callable[[Request], None]:
         def check(request: Request) -> None:
+            if request.method not in ("GET", "HEAD") and cross_site(request):
+                raise ApiError(403, "cross-site requests are refused", "call it from a program")
             if {"token", "access_token"} & set(request.query_params):
                 raise ApiError(400, "tokens are never accepted in a query string",
                                "send Authorization: Bearer <token>")  # fmt: skip
@@ -305,6 +354,10 @@ def create_api(app: App, tokens: Tokens | None, *, dashboard: bool = True) -> Fa
     def _invalid(request: Request, exc: ValidationError) -> JSONResponse:
         status = 404 if isinstance(exc, UnknownTask) else 422
         return JSONResponse({"error": str(exc), "detail": None}, status_code=status)
+
+    @api.exception_handler(ConveyorError)
+    def _conveyor_error(request: Request, exc: ConveyorError) -> JSONResponse:
+        return conveyor_error_json(exc)
 
     @api.exception_handler(BackendUnavailable)
     def _unavailable(request: Request, exc: BackendUnavailable) -> JSONResponse:
@@ -450,7 +503,8 @@ def create_api(app: App, tokens: Tokens | None, *, dashboard: bool = True) -> Fa
     def cron() -> list[dict[str, Any]]:
         now = app.clock.now()
         records = app.periodic_ticks() if app.periodics else {}
-        return [render.cron_dict(e, records.get(e.name), now) for e in app.periodics.values()]
+        return [render.cron_dict(e, records.get(e.name), now, app.redact)
+                for e in app.periodics.values()]  # fmt: skip
 
     @api.get("/api/circuits", dependencies=[read])
     def circuits() -> dict[str, Any]:
@@ -471,7 +525,7 @@ def create_api(app: App, tokens: Tokens | None, *, dashboard: bool = True) -> Fa
         progress report, of one job, one queue, or all."""
         return streams.response(event_stream(app, job_id, queue, parse_cursor(last_event_id)))
 
-    add_metrics(api, app, read)
+    add_metrics(api, app, read, stats)
     if dashboard:
         from conveyor.web.dashboard import create_dashboard
 

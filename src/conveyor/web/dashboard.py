@@ -27,6 +27,7 @@ from typing import Any
 from urllib.parse import quote, unquote, urlencode, urlsplit
 
 import jinja2
+import pydantic
 from fastapi import FastAPI, Form, Query, Request
 from fastapi import Path as InPath
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -42,7 +43,9 @@ from conveyor.web.api import (
     MAX_PAGE,
     GroupBody,
     Streams,
+    as_id,
     bulk,
+    conveyor_error_json,
     find_jobs,
     group_action,
 )
@@ -76,6 +79,11 @@ class SignedIn(Exception):
         self.status = status
 
 
+def equal(given: str, expected: str) -> bool:
+    """In constant time; `given` may hold any text a client sent."""
+    return hmac.compare_digest(given.encode("utf-8", "replace"), expected.encode())
+
+
 class Sessions:
     """Session cookies signed with HMAC-SHA256: `role.expiry.nonce.signature`. The key comes
     from CONVEYOR_SECRET_KEY (so several servers share sessions), else it is made at start."""
@@ -96,7 +104,7 @@ class Sessions:
         if len(parts) != 4:
             return None
         role, expiry, nonce, signature = parts
-        if not hmac.compare_digest(self._sign(f"{role}.{expiry}.{nonce}"), signature):
+        if not equal(signature, self._sign(f"{role}.{expiry}.{nonce}")):
             return None
         if not expiry.isdigit() or int(expiry) < time.time() or role not in ("read", "admin"):
             return None
@@ -178,8 +186,6 @@ def create_dashboard(api: FastAPI, app: App, tokens: Tokens | None, stats: Stats
         response = HTMLResponse(html, headers={"Cache-Control": "no-store"})
         if flash:
             response.delete_cookie(FLASH_COOKIE, path="/")
-        if tokens is None and request.cookies.get(SESSION_COOKIE) is None:
-            set_session(response, session, request)
         return response
 
     def set_session(response: Response, session: Session | str, request: Request) -> None:
@@ -212,7 +218,9 @@ def create_dashboard(api: FastAPI, app: App, tokens: Tokens | None, stats: Stats
         session = session_of(request)
         if session is None:
             raise SignedIn(403, "sign in first")
-        if not hmac.compare_digest(csrf.encode(), sessions.csrf(session).encode()):
+        if not hmac.compare_digest(
+            csrf.encode("utf-8", "replace"), sessions.csrf(session).encode()
+        ):
             raise SignedIn(403, "the form is stale or was not sent by this dashboard; reload it")
         if not session.admin:
             raise SignedIn(403, "this needs an admin token")
@@ -259,7 +267,7 @@ def create_dashboard(api: FastAPI, app: App, tokens: Tokens | None, stats: Stats
     @api.post("/signout", include_in_schema=False)
     def signout(request: Request, csrf: str = Form("")) -> Response:
         session = session_of(request)
-        if session is not None and hmac.compare_digest(csrf, sessions.csrf(session)):
+        if session is not None and equal(csrf, sessions.csrf(session)):
             response = RedirectResponse("/signin", status_code=303)
             response.delete_cookie(SESSION_COOKIE, path="/")
             return response
@@ -318,7 +326,8 @@ def create_dashboard(api: FastAPI, app: App, tokens: Tokens | None, stats: Stats
         return with_session(request, page(
             request, "jobs.html", session, "Jobs", jobs=found, filters=filters, older=older,
             paged=before_id is not None, snap=snap, tasks=sorted(app.tasks),
-            stream="/ui/events" + (f"?queue={quote(queue)}" if queue else ""),
+            # a search reads many jobs: it is not repeated live
+            stream="" if search else "/ui/events" + (f"?queue={quote(queue)}" if queue else ""),
             info=lambda j: render.job_info(j, snap.taken_at), max_bulk=MAX_BULK,
         ))  # fmt: skip
 
@@ -329,7 +338,7 @@ def create_dashboard(api: FastAPI, app: App, tokens: Tokens | None, stats: Stats
         action = str(form.get("action", ""))
         if action not in ("retry", "cancel", "purge"):
             raise SignedIn(400, "choose retry, cancel or purge")
-        ids = [int(str(i)) for i in form.getlist("ids") if str(i).isdigit()][:MAX_BULK]
+        ids = [i for i in (as_id(str(v)) for v in form.getlist("ids")) if i is not None][:MAX_BULK]
         back = str(form.get("back", "/jobs"))
         if not ids:
             return done(request, "No jobs were selected.", back, "/jobs")
@@ -400,7 +409,10 @@ def create_dashboard(api: FastAPI, app: App, tokens: Tokens | None, stats: Stats
         actor(request, csrf)
         if action not in ("retry", "purge"):
             raise SignedIn(404, f"no action {action!r} for the dead-letter queue")
-        body = GroupBody(task=task or None, error_type=error_type or None)
+        try:
+            body = GroupBody(task=task or None, error_type=error_type or None)
+        except pydantic.ValidationError:
+            raise SignedIn(400, "the task and error type may not hold NUL characters") from None
         result = group_action(app, action, body)
         stats.forget()
         what = " ".join(p for p in (task, error_type) if p) or "all dead jobs"
@@ -421,7 +433,8 @@ def create_dashboard(api: FastAPI, app: App, tokens: Tokens | None, stats: Stats
         session = viewer(request)
         now = app.clock.now()
         records = app.periodic_ticks() if app.periodics else {}
-        entries = [render.cron_dict(e, records.get(e.name), now) for e in app.periodics.values()]
+        entries = [render.cron_dict(e, records.get(e.name), now, app.redact)
+                   for e in app.periodics.values()]  # fmt: skip
         return with_session(request, page(request, "cron.html", session, "Cron", entries=entries))
 
     @api.get("/circuits", include_in_schema=False)
@@ -456,6 +469,8 @@ def create_dashboard(api: FastAPI, app: App, tokens: Tokens | None, stats: Stats
 
     @api.exception_handler(ConveyorError)
     def _conveyor_error(request: Request, exc: ConveyorError) -> Response:
+        if request.url.path.startswith(("/api/", "/health", "/metrics")):
+            return conveyor_error_json(exc)
         return HTMLResponse(
             templates.get_template("error.html").render(message=str(exc), status=400),
             status_code=400,

@@ -1,8 +1,10 @@
 """What every response of `conveyor serve` carries, and what every request may not exceed.
 
 A pure ASGI middleware: it refuses a body larger than `max_body` bytes with 413 (by its
-Content-Length, and by counting when it has none) and a NUL character in the path or query
-string with 400 (no store can hold it), and adds the security headers — a strict
+Content-Length, and by counting when it has none), a NUL character in the path or query
+string with 400 (no store can hold it), and — on a server without tokens, which only loopback
+may reach — a Host header naming anything but this machine (a DNS-rebinding page would
+otherwise be "same-origin" with it); and it adds the security headers — a strict
 Content-Security-Policy (scripts, styles and connections from this origin only, no inline
 script or style, no framing), no MIME sniffing, no referrer sent to other sites.
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 #: The largest request body accepted.
@@ -30,19 +33,38 @@ HEADERS = [
 ]
 
 
-class BodyTooLarge(Exception):
-    pass
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "[::1]", "::1"})
+
+
+class BodyTooLarge(HTTPException):
+    def __init__(self) -> None:
+        super().__init__(413, "the request body is too large")
+
+
+def host_name(host: bytes) -> str:
+    """`localhost` of `localhost:8000`, `[::1]` of `[::1]:8000`."""
+    text = host.decode("latin-1").strip().lower()
+    if text.startswith("["):
+        return text.partition("]")[0] + "]"
+    return text.rpartition(":")[0] if text.count(":") == 1 else text
 
 
 class Guard:
-    def __init__(self, app: ASGIApp, max_body: int = MAX_BODY_BYTES) -> None:
-        self.app, self.max_body = app, max_body
+    def __init__(
+        self, app: ASGIApp, max_body: int = MAX_BODY_BYTES, loopback_only: bool = False
+    ) -> None:
+        self.app, self.max_body, self.loopback_only = app, max_body, loopback_only
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        length = dict(scope["headers"]).get(b"content-length")
+        headers = dict(scope["headers"])
+        if self.loopback_only and host_name(headers.get(b"host", b"")) not in LOOPBACK_HOSTS:
+            await self._refuse(send, 421, "this server answers only to 127.0.0.1 and localhost",
+                               "it has no API tokens: it serves this machine only")  # fmt: skip
+            return
+        length = headers.get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.max_body):
             await self._refuse(send, 413, "the request body is too large",
                                {"max_bytes": self.max_body})  # fmt: skip

@@ -26,6 +26,7 @@ from conveyor.circuit import CircuitState
 from conveyor.errors import BackendUnavailable, ConfigurationError
 from conveyor.events import Cursor, Event
 from conveyor.job import JobState
+from conveyor.web.stats import Stats
 
 #: Job latencies, from a few milliseconds to four hours (seconds).
 LATENCY_BUCKETS = (
@@ -39,8 +40,8 @@ EVENT_PAGE = 1000
 class JobMetrics:
     """The metrics of one app in a registry of their own; `scrape` brings them up to date."""
 
-    def __init__(self, app: App) -> None:
-        self.app = app
+    def __init__(self, app: App, stats: Stats) -> None:
+        self.app, self.stats = app, stats
         self.registry = CollectorRegistry()
         self.finished = Counter(
             "conveyor_jobs_finished", "Jobs that reached a finished state.",
@@ -116,15 +117,14 @@ class JobMetrics:
             self.run_time.labels(queue, task).observe(event.run_time)
 
     def _read_gauges(self) -> None:
-        stats = self.app.queue_stats()
-        self._queues.update(stats)
+        snapshot = self.stats.snapshot()
+        self._queues.update(snapshot.queues)
         self.jobs.clear()
         for queue in sorted(self._queues):
-            counts = stats.get(queue, {})
+            counts = snapshot.queues.get(queue, {}).get("jobs", {})
             for state in JobState:
-                self.jobs.labels(queue, state.value).set(counts.get(state, 0))
-        now, lease = self.app.clock.now(), self.app.settings.lease_seconds
-        self.workers.set(sum(1 for w in self.app.list_workers() if not w.is_lost(now, lease)))
+                self.jobs.labels(queue, state.value).set(counts.get(state.value, 0))
+        self.workers.set(snapshot.live_workers)
         circuits = {name: 0 for name in self.app.circuits}
         for info in self.app.circuit_states():
             circuits[info.name] = int(info.state is not CircuitState.CLOSED)
@@ -133,9 +133,10 @@ class JobMetrics:
             self.circuit_open.labels(name).set(is_open)
 
 
-def add_metrics(api: FastAPI, app: App, dependency: params.Depends) -> JobMetrics:
-    """Serve `app`'s metrics at `GET /metrics`, behind `dependency` (the read role)."""
-    metrics = JobMetrics(app)
+def add_metrics(api: FastAPI, app: App, dependency: params.Depends, stats: Stats) -> JobMetrics:
+    """Serve `app`'s metrics at `GET /metrics`, behind `dependency` (the read role); the
+    gauges of jobs and workers come from the shared snapshot (`stats`)."""
+    metrics = JobMetrics(app, stats)
 
     @api.get("/metrics", dependencies=[dependency], include_in_schema=False)
     def scrape() -> Response:

@@ -2,9 +2,11 @@
 
 Every page and API call that shows counts reads one shared snapshot; a snapshot older than its
 time to live is taken again (by one caller; the others wait for it). Counts come from indexes:
-jobs per queue and state from the (queue, state) index, throughput from the (state,
-finished_at) index. Throughput of minutes that ended is kept, so a refresh reads only the last
-two minutes' finished jobs, not a day's.
+jobs per state and queue from the (state, queue) index — the unfinished and dead ones at every
+snapshot, the succeeded and cancelled ones (most of a big table) once a minute — throughput from
+the (state, finished_at) index. Throughput of minutes that ended is kept, so a refresh reads
+only the last two minutes' finished jobs; the day before the last two hours is read once, in the
+background, when the first snapshot is taken.
 """
 
 from __future__ import annotations
@@ -19,13 +21,20 @@ from typing import Any
 
 from conveyor.app import App
 from conveyor.cli import render
+from conveyor.errors import ConveyorError
 from conveyor.job import JobState
+from conveyor.logging import get_logger
+
+log = get_logger(__name__)
 
 DAY = 86_400
 #: A minute this long past is complete: every job that finished in it has been written.
 SETTLED_AFTER_S = 120
 #: The states a throughput chart shows.
 DONE_STATES = (JobState.SUCCEEDED, JobState.DEAD, JobState.CANCELLED)
+#: The states that hold most of a big table: counted at most this often.
+BULK_STATES = (JobState.SUCCEEDED, JobState.CANCELLED)
+BULK_EVERY_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -53,6 +62,8 @@ class Snapshot:
     hours: list[Bar]
     live_workers: int
     totals: dict[str, int] = field(default_factory=dict)
+    #: False while the day before the last two hours is still being read
+    day_complete: bool = True
 
 
 class Stats:
@@ -68,6 +79,9 @@ class Stats:
         self._per_minute: dict[float, dict[tuple[str, JobState], int]] = {}
         #: buckets from here on are read again at each refresh
         self._settled = 0.0
+        self._day_complete = False
+        self._bulk: dict[str, dict[JobState, int]] = {}
+        self._bulk_taken = -math.inf
 
     def snapshot(self) -> Snapshot:
         with self._lock:
@@ -84,13 +98,14 @@ class Stats:
         """The next snapshot is taken afresh (something was just changed by hand)."""
         with self._lock:
             self._snapshot = None
+            self._bulk_taken = -math.inf
 
     def _take(self) -> Snapshot:
         app = self.app
         now = app.clock.now()
         self._read_throughput(now)
         since = app.queued_since()
-        queues = render.queues_dict(app.queue_stats(), app.paused_queues(), app.queue_limits())
+        queues = render.queues_dict(self._counts(), app.paused_queues(), app.queue_limits())
         recent: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(
             (s.value for s in DONE_STATES), 0))  # fmt: skip
         for start, counts in self._per_minute.items():
@@ -108,11 +123,24 @@ class Stats:
         totals = {s.value: sum(q["jobs"][s.value] for q in queues.values()) for s in JobState}
         return Snapshot(
             now, dict(sorted(queues.items())), self._bars(now, 60, 60), self._bars(now, 3600, 24),
-            live, totals,
+            live, totals, self._day_complete,
         )  # fmt: skip
+
+    def _counts(self) -> dict[str, dict[JobState, int]]:
+        counts = self.app.queue_stats([s for s in JobState if s not in BULK_STATES])
+        if time.monotonic() - self._bulk_taken >= BULK_EVERY_S:
+            self._bulk = self.app.queue_stats(BULK_STATES)
+            self._bulk_taken = time.monotonic()
+        for queue, by_state in self._bulk.items():
+            counts.setdefault(queue, {}).update(by_state)
+        return counts
 
     def _read_throughput(self, now: float) -> None:
         first = math.floor((now - DAY) / 3600) * 3600
+        if not self._settled:  # the first snapshot: the last two hours now, the rest later
+            self._settled = math.floor((now - 7200) / 3600) * 3600
+            threading.Thread(target=self._read_day, args=(first, self._settled), daemon=True,
+                             name="conveyor-day-throughput").start()  # fmt: skip
         since = max(first, self._settled)
         fresh: dict[float, dict[tuple[str, JobState], int]] = defaultdict(dict)
         for row in self.app.finished_counts(since, 60):
@@ -120,6 +148,22 @@ class Stats:
         self._per_minute = {b: c for b, c in self._per_minute.items() if first <= b < since}
         self._per_minute.update(fresh)
         self._settled = math.floor((now - SETTLED_AFTER_S) / 60) * 60
+
+    def _read_day(self, first: float, until: float) -> None:
+        """The finished jobs from `first` to `until`: read once, in the background."""
+        try:
+            found: dict[float, dict[tuple[str, JobState], int]] = defaultdict(dict)
+            for row in self.app.finished_counts(first, 60):
+                if row.bucket < until:
+                    found[row.bucket][(row.queue, row.state)] = row.count
+        except ConveyorError as exc:
+            log.warning("dashboard.day_throughput_failed", error=str(exc))
+            return
+        with self._lock:
+            for bucket, counts in found.items():
+                self._per_minute.setdefault(bucket, counts)
+            self._day_complete = True
+            self._snapshot = None
 
     def _bars(self, now: float, seconds: int, count: int) -> list[Bar]:
         last = math.floor(now / seconds) * seconds

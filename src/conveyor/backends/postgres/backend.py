@@ -998,9 +998,16 @@ class PostgresStore:
         rows = self.b.run_sync(self.b.statement_plan(self.q.find_unique, params))
         return Job.from_row(rows[0]) if rows else None
 
-    def queue_stats(self) -> dict[str, dict[JobState, int]]:
+    def queue_stats(
+        self, states: Iterable[JobState] | None = None
+    ) -> dict[str, dict[JobState, int]]:
         stats: dict[str, dict[JobState, int]] = {}
-        for row in self.b.run_sync(self.b.statement_plan(self.q.queue_stats)):
+        if states is None:
+            plan = self.b.statement_plan(self.q.queue_stats)
+        else:
+            params = {"states": [s.value for s in states]}
+            plan = self.b.statement_plan(self.q.queue_stats_in_states, params)
+        for row in self.b.run_sync(plan):
             stats.setdefault(row["queue"], {})[JobState(row["state"])] = int(row["n"])
         return stats
 

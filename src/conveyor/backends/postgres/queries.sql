@@ -524,7 +524,12 @@ SELECT job_id, extract(epoch FROM at)::float8 AS at, from_state, to_state, worke
 FROM {schema}.job_history WHERE job_id = %(id)s ORDER BY id
 
 -- name: queue_stats
-SELECT queue, state, count(*) AS n FROM {schema}.jobs GROUP BY queue, state
+SELECT queue, state, count(*) AS n FROM {schema}.jobs GROUP BY state, queue
+
+-- name: queue_stats_in_states
+SELECT queue, state, count(*) AS n FROM {schema}.jobs
+WHERE state = ANY(%(states)s::text[])
+GROUP BY state, queue
 
 -- name: dead_groups
 -- The dead-letter queue by task and the type of the last error, biggest group first.

@@ -625,9 +625,17 @@ class SqliteStore:
     def job_history(self, job_id: int) -> list[HistoryEntry]:
         return [HistoryEntry.from_row(r) for r in self._read(Q.job_history, (job_id,))]
 
-    def queue_stats(self) -> dict[str, dict[JobState, int]]:
+    def queue_stats(
+        self, states: Iterable[JobState] | None = None
+    ) -> dict[str, dict[JobState, int]]:
         stats: dict[str, dict[JobState, int]] = {}
-        for row in self._read(Q.queue_stats):
+        if states is None:
+            rows = self._read(Q.queue_stats)
+        else:
+            rows = self._read(
+                Q.queue_stats_in_states, {"states": _json_list([s.value for s in states])}
+            )
+        for row in rows:
             stats.setdefault(row["queue"], {})[JobState(row["state"])] = row["n"]
         return stats
 

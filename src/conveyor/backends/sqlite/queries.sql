@@ -132,7 +132,7 @@ SELECT EXISTS (SELECT 1 FROM conveyor_jobs INDEXED BY conveyor_jobs_queued_concu
 
 -- name: limited_queues
 -- Queues with a limit, not paused, and how many more of their jobs may start.
-SELECT name, concurrency - (SELECT count(*) FROM conveyor_jobs INDEXED BY conveyor_jobs_queue_state
+SELECT name, concurrency - (SELECT count(*) FROM conveyor_jobs INDEXED BY conveyor_jobs_state_queue
                             WHERE queue = q.name AND state = 'running') AS free
 FROM conveyor_queues AS q
 WHERE concurrency IS NOT NULL AND paused_at IS NULL
@@ -352,7 +352,12 @@ LIMIT :limit
 SELECT * FROM conveyor_job_history WHERE job_id = ? ORDER BY id
 
 -- name: queue_stats
-SELECT queue, state, count(*) AS n FROM conveyor_jobs GROUP BY queue, state
+SELECT queue, state, count(*) AS n FROM conveyor_jobs GROUP BY state, queue
+
+-- name: queue_stats_in_states
+SELECT queue, state, count(*) AS n FROM conveyor_jobs INDEXED BY conveyor_jobs_state_queue
+WHERE state IN (SELECT value FROM json_each(:states))
+GROUP BY state, queue
 
 -- name: dead_groups
 -- The dead-letter queue by task and the type of the last error, biggest group first.

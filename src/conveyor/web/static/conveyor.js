@@ -19,9 +19,13 @@
 
   let pending = null;
   let busy = false;
+  let again = false;
   const refresh = async () => {
     pending = null;
-    if (busy) return;
+    if (busy) {
+      again = true; // a change came in while this page was being fetched: fetch it once more
+      return;
+    }
     busy = true;
     try {
       const response = await fetch(window.location.href, { credentials: "same-origin" });
@@ -43,19 +47,29 @@
       document.body.dataset.refreshed = String(Date.now());
     } finally {
       busy = false;
+      if (again) {
+        again = false;
+        soon(0);
+      }
     }
   };
   const soon = (ms) => { if (pending === null) pending = window.setTimeout(refresh, ms); };
 
   wire(document);
   if (!stream || !window.EventSource) return;
-  const source = new EventSource(stream);
-  source.addEventListener("open", () => { live.textContent = "live"; live.classList.add("on"); });
-  source.addEventListener("error", () => {
-    live.textContent = "reconnecting…";
-    live.classList.remove("on");
-  });
-  source.addEventListener("change", () => soon(150));
+  const listen = () => {
+    const source = new EventSource(stream);
+    source.addEventListener("open", () => { live.textContent = "live"; live.classList.add("on"); });
+    source.addEventListener("change", () => soon(150));
+    source.addEventListener("error", () => {
+      live.textContent = "reconnecting…";
+      live.classList.remove("on");
+      // EventSource retries by itself, except after an answer that is not a stream (the
+      // server was full, or restarted): then try again a little later
+      if (source.readyState === EventSource.CLOSED) window.setTimeout(listen, 5000);
+    });
+  };
+  listen();
   // heartbeats and counts move without job events: look again now and then
   window.setInterval(() => soon(0), 10000);
 })();
