@@ -203,8 +203,8 @@ def layout(n: int, rng: random.Random) -> Layout:
 
 
 def needle_positions(n: int) -> frozenset[int]:
-    """The jobs whose arguments hold NEEDLE: three among the newest 20,000 (all a search looks
-    at), seven spread over the rest."""
+    """The jobs whose arguments hold NEEDLE: three among the newest 20,000, seven spread over
+    the rest (a search's first page looks at the newest 200,000 ids)."""
     newest = [n - 1 - 4_000 * k for k in range(1, 4)]
     spread = [int(n * f) for f in (0.05, 0.2, 0.35, 0.5, 0.65, 0.8, 0.9)]
     return frozenset(p for p in newest + spread if 0 <= p < n)
@@ -768,7 +768,8 @@ def pages(facts: Facts) -> list[Page]:
 
 def statements(facts: Facts, now: float) -> list[Statement]:
     listing: dict[str, Any] = {"queue": None, "task": None, "error_type": None,
-                               "before_id": None, "limit": 50}  # fmt: skip
+                               "before_id": None, "after_id": None, "contains": None,
+                               "limit": 50}  # fmt: skip
     day = math.floor((now - DAY) / 3600) * 3600
     settled = math.floor((now - 120) / 60) * 60
     snapshot = "the snapshot: /, /queues, /jobs*, /api/overview"
@@ -779,9 +780,15 @@ def statements(facts: Facts, now: float) -> list[Statement]:
         ),
         Statement(
             "list_jobs",
-            "before_id, limit 500",
-            "/jobs?search= (up to 40 of these)",
-            {**listing, "before_id": facts.newest_id - 10_000, "limit": 500},
+            "a window of ids narrowed by text, limit 500",
+            "/jobs?search=",
+            {
+                **listing,
+                "before_id": facts.newest_id + 1,
+                "after_id": facts.newest_id - 200_000,
+                "contains": NEEDLE,
+                "limit": 500,
+            },
         ),
         Statement(
             "list_jobs_in_states", "dead", "/jobs?state=dead, /dlq", {"states": ["dead"], **listing}
@@ -1027,7 +1034,7 @@ def print_report(report: Report, console: Console) -> None:
     holding = len(needle_positions(report.jobs))
     console.print(
         f"search: {holding} jobs hold '{NEEDLE}'; conveyor's search found {report.search_found} "
-        f"(it looks at the newest 20,000 jobs only), the raw LIKE {report.search_raw}",
+        f"on its first page (the newest 200,000 ids), the raw LIKE {report.search_raw}",
         highlight=False,
     )
     console.print()

@@ -414,15 +414,19 @@ class App:
         limit: int = 100,
         before_id: int | None = None,
         error_type: str | None = None,
+        *,
+        after_id: int | None = None,
+        contains: str | None = None,
     ) -> list[Job]:
-        """Jobs, newest first, filtered by state(s), queue, task and the type of the last
-        error (`"TimeoutError"`); `before_id` pages on."""
+        """Jobs, newest first, filtered by state(s), queue, task, the type of the last error
+        (`"TimeoutError"`) and ASCII text in the task name or arguments (`contains`, ignoring
+        case); ids between `after_id` and `before_id` (`before_id` pages on)."""
         if limit < 1:
             raise ValidationError(f"limit must be >= 1, got {limit}")
         return self._bind(
             self.backend.sync.list_jobs(
                 states=_states(state), queue=queue, task=task, limit=limit, before_id=before_id,
-                error_type=error_type,
+                error_type=error_type, after_id=after_id, contains=contains,
             )
         )  # fmt: skip
 

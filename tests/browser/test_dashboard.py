@@ -153,6 +153,15 @@ def test_retry_a_dead_job_from_the_dead_letter_page(
     assert tasks.get_job(dead.id).state is JobState.QUEUED
     expect(page.locator("table.groups td.num")).to_have_text("1")
 
+    # bulk: tick jobs on the jobs page, then one button for all of them
+    page.goto(f"{base}/jobs?state=dead")
+    page.locator("input.select-all").check()
+    expect(page.locator("input[name=ids]:checked")).to_have_count(1)
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.click("form.bulk button:has-text('Retry')")
+    expect(page.locator(".flash")).to_have_text("1 of 1 jobs retried.")
+    assert tasks.queue_stats()["default"] == {JobState.QUEUED: 2}
+
 
 def test_pause_a_queue_and_a_reader_cannot(
     tasks: conveyor.App, serve: Serve, page: Page, shots: Callable[[Page, str], None]
@@ -195,10 +204,10 @@ def test_a_cross_origin_post_is_refused(tasks: conveyor.App, serve: Serve, page:
 
     # the session cookie alone, without the page's CSRF token, changes nothing either
     cookie = next(c for c in page.context.cookies() if c["name"] == "conveyor_session")
-    forged = httpx.post(f"{base}/queues/default/pause", data={"csrf": "guessed"},
-                        cookies={"conveyor_session": cookie["value"]})  # fmt: skip
-    assert forged.status_code == 403 and "stale" in forged.text
-    assert httpx.get(f"{base}/queues", cookies={"conveyor_session": cookie["value"]}).is_success
+    with httpx.Client(base_url=base, cookies={"conveyor_session": cookie["value"]}) as session:
+        forged = session.post("/queues/default/pause", data={"csrf": "guessed"})
+        assert forged.status_code == 403 and "stale" in forged.text
+        assert session.get("/queues").is_success
     assert tasks.paused_queues() == []
 
 

@@ -520,3 +520,22 @@ def test_a_store_without_its_schema_answers_503_in_json(tmp_path: Path) -> None:
                 assert answer.headers["content-type"] == "application/json"
     finally:
         app.close()
+
+
+def test_a_dashboard_session_ends_with_its_token(
+    tasks: conveyor.App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CONVEYOR_SECRET_KEY", "k" * 40)  # servers that share sessions
+    with TestClient(create_api(tasks, Tokens.parse(TOKENS))) as first:
+        signed = first.post("/signin", data={"token": READER, "next": "/jobs"},
+                            follow_redirects=False)  # fmt: skip
+        assert (signed.status_code, signed.headers["location"]) == (303, "/jobs")
+        cookie = signed.cookies["conveyor_session"]
+    for tokens, status in [(TOKENS, 200), (f"admin:{ADMIN}", 303)]:
+        with TestClient(create_api(tasks, Tokens.parse(tokens))) as server:
+            server.cookies.set("conveyor_session", cookie)
+            page = server.get("/jobs", follow_redirects=False)
+            assert page.status_code == status, tokens
+    monkeypatch.setenv("CONVEYOR_SECRET_KEY", "short")
+    with pytest.raises(conveyor.ConfigurationError, match="at least 32 characters"):
+        create_api(tasks, Tokens.parse(TOKENS))

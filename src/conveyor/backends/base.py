@@ -57,9 +57,12 @@ class Store(Protocol):
         limit: int = 100,
         before_id: int | None = None,
         error_type: str | None = None,
+        after_id: int | None = None,
+        contains: str | None = None,
     ) -> list[Job]:
-        """Newest first; `before_id` pages backwards; `error_type`: the type of the last
-        error."""
+        """Newest first, with ids between `after_id` and `before_id` (both excluded);
+        `error_type`: the type of the last error; `contains`: ASCII text in the task name or
+        the stored arguments, ignoring case."""
 
     def job_history(self, job_id: int) -> list[HistoryEntry]: ...
 

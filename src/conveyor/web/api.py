@@ -43,8 +43,11 @@ MAX_PAGE = 500
 #: The most jobs one bulk action names, and the most one dead-letter group action touches.
 MAX_BULK = 1000
 MAX_GROUP = 10_000
-#: A text search looks at this many of the newest jobs that match the other filters, at most.
-SEARCH_SCAN = 20_000
+#: A text search looks at this many of the newest job ids at a time (a `next` cursor goes on);
+#: the store itself narrows the window down when the text has a plain-ASCII part of 3
+#: characters or more, else it is read through, SEARCH_SCAN ids at a time.
+SEARCH_WINDOW = 200_000
+SEARCH_SCAN = 10_000
 #: The largest job id (a signed 64-bit integer).
 MAX_ID = 2**63 - 1
 #: Event streams open at once, per server (on PostgreSQL each holds a LISTEN connection).
@@ -97,9 +100,14 @@ def find_jobs(
 
     `search` matches a job id exactly, or text in the task name or the arguments as a person
     sees them (redacted: a secret cannot be found by guessing it), case-insensitively; it looks
-    at the newest SEARCH_SCAN jobs matching the other filters from `before_id` on, at most, and
-    `next` goes on from where it stopped."""
-    filters = {"state": state, "queue": queue, "task": task, "error_type": error_type}
+    at a window of the newest job ids below `before_id` (SEARCH_WINDOW or SEARCH_SCAN), and
+    `next` goes on below it."""
+    filters: dict[str, Any] = {
+        "state": state,
+        "queue": queue,
+        "task": task,
+        "error_type": error_type,
+    }
     if not search:
         jobs = app.list_jobs(limit=limit, before_id=before_id, **filters)
         return jobs, jobs[-1].id if len(jobs) == limit else None
@@ -115,21 +123,35 @@ def find_jobs(
             and task in (None, job.task) and error_type in (None, last)
         )  # fmt: skip
         return ([job] if wanted and job is not None else []), None
-    needle, found, scanned, cursor = search.casefold(), [], 0, before_id
-    while scanned < SEARCH_SCAN:
-        page = app.list_jobs(limit=500, before_id=cursor, **filters)
+    needle = search.casefold()
+    # the store narrows the window down by the longest plain-ASCII part of the text (kept
+    # verbatim in stored JSON); the redacted text of what it finds decides
+    fragments = re.findall(r"[a-z0-9 _.,:;@/+=#%&*()<>!?-]{3,}", needle)
+    hint = max(fragments, key=len) if fragments else None
+    newest = app.list_jobs(limit=1, before_id=before_id)
+    if not newest:
+        return [], None
+    top = newest[0].id + 1
+    floor = max(top - (SEARCH_WINDOW if hint else SEARCH_SCAN), 0)
+    found: list[Job] = []
+    cursor = top
+    while True:
+        page = app.list_jobs(
+            limit=500,
+            before_id=cursor,
+            after_id=floor,
+            contains=hint,
+            **filters,
+        )
         for job in page:
-            scanned += 1
             cursor = job.id
             shown = render.redacted(job)
-            text = "\n".join(leaves([job.task, shown.args, shown.kwargs]))
-            if needle in text.casefold():
+            if needle in "\n".join(leaves([job.task, shown.args, shown.kwargs])).casefold():
                 found.append(job)
                 if len(found) == limit:
                     return found, job.id
         if len(page) < 500:
-            return found, None
-    return found, cursor
+            return found, floor + 1 if floor > 0 else None
 
 
 def job_json(job: Job, *, history: bool = False) -> dict[str, Any]:

@@ -35,7 +35,7 @@ from fastapi.staticfiles import StaticFiles
 
 from conveyor.app import App
 from conveyor.cli import render
-from conveyor.errors import ConveyorError, InvalidTransition, JobNotFound
+from conveyor.errors import ConfigurationError, ConveyorError, InvalidTransition, JobNotFound
 from conveyor.job import FINISHED_STATES, RETRYABLE_STATES, JobState
 from conveyor.web.api import (
     MAX_BULK,
@@ -49,13 +49,15 @@ from conveyor.web.api import (
     find_jobs,
     group_action,
 )
-from conveyor.web.auth import Tokens
+from conveyor.web.auth import Tokens, digest
 from conveyor.web.stats import Bar, Stats
 
 HERE = Path(__file__).parent
 SESSION_COOKIE = "conveyor_session"
 FLASH_COOKIE = "conveyor_flash"
 SESSION_S = 12 * 3600
+#: The shortest CONVEYOR_SECRET_KEY accepted.
+MIN_KEY_LENGTH = 32
 #: A dashboard's live stream says "changed" at most this often.
 CHANGE_EVERY_S = 1.0
 PAGE = 50
@@ -79,35 +81,55 @@ class SignedIn(Exception):
         self.status = status
 
 
+def tag_of(token_digest: bytes) -> str:
+    return token_digest.hex()[:16]
+
+
 def equal(given: str, expected: str) -> bool:
     """In constant time; `given` may hold any text a client sent."""
     return hmac.compare_digest(given.encode("utf-8", "replace"), expected.encode())
 
 
 class Sessions:
-    """Session cookies signed with HMAC-SHA256: `role.expiry.nonce.signature`. The key comes
-    from CONVEYOR_SECRET_KEY (so several servers share sessions), else it is made at start."""
+    """Session cookies signed with HMAC-SHA256: `role.expiry.nonce.tag.signature`, where `tag`
+    names the token signed in with (a prefix of its digest): a session ends when its token is
+    taken out of the server's tokens. The key comes from CONVEYOR_SECRET_KEY (so several
+    servers share sessions), else it is made at start."""
 
-    def __init__(self, key: bytes | None = None) -> None:
+    def __init__(self, tokens: Tokens | None, key: bytes | None = None) -> None:
         configured = os.environ.get("CONVEYOR_SECRET_KEY")
+        if configured is not None and len(configured) < MIN_KEY_LENGTH:
+            raise ConfigurationError(
+                f"CONVEYOR_SECRET_KEY must be at least {MIN_KEY_LENGTH} characters"
+            )
         self.key = key or (configured.encode() if configured else secrets.token_bytes(32))
+        #: the role of each token's tag; None: no tokens, every session is an admin's
+        self.tags: dict[str, str] | None = None
+        if tokens is not None:
+            self.tags = {}
+            for role, digest in tokens.entries:
+                if self.tags.get(tag_of(digest)) != "admin":
+                    self.tags[tag_of(digest)] = role
 
     def _sign(self, text: str) -> str:
         return hmac.new(self.key, text.encode(), hashlib.sha256).hexdigest()
 
-    def issue(self, role: str) -> str:
-        body = f"{role}.{int(time.time()) + SESSION_S}.{secrets.token_urlsafe(16)}"
+    def issue(self, role: str, token: str | None = None) -> str:
+        tag = "-" if token is None else tag_of(digest(token))
+        body = f"{role}.{int(time.time()) + SESSION_S}.{secrets.token_urlsafe(16)}.{tag}"
         return f"{body}.{self._sign(body)}"
 
     def read(self, cookie: str | None) -> Session | None:
         parts = (cookie or "").split(".")
-        if len(parts) != 4:
+        if len(parts) != 5:
             return None
-        role, expiry, nonce, signature = parts
-        if not equal(signature, self._sign(f"{role}.{expiry}.{nonce}")):
+        role, expiry, nonce, tag, signature = parts
+        if not equal(signature, self._sign(f"{role}.{expiry}.{nonce}.{tag}")):
             return None
         if not expiry.isdigit() or int(expiry) < time.time() or role not in ("read", "admin"):
             return None
+        if self.tags is not None and self.tags.get(tag) != role:
+            return None  # its token is no longer known (or no longer has this role)
         return Session(role, nonce)
 
     def csrf(self, session: Session) -> str:
@@ -159,7 +181,7 @@ def safe_next(target: str | None, default: str = "/") -> str:
 def create_dashboard(api: FastAPI, app: App, tokens: Tokens | None, stats: Stats,
                      streams: Streams) -> None:  # fmt: skip
     """Add the dashboard's pages to `api` (the JSON API's application)."""
-    sessions = Sessions()
+    sessions = Sessions(tokens)
     templates = jinja2.Environment(
         loader=jinja2.FileSystemLoader(HERE / "templates"),
         autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
@@ -261,7 +283,8 @@ def create_dashboard(api: FastAPI, app: App, tokens: Tokens | None, stats: Stats
             )
             return HTMLResponse(html, status_code=401)
         response = RedirectResponse(safe_next(next), status_code=303)
-        set_session(response, sessions.issue(role or "admin"), request)
+        set_session(response, sessions.issue(role or "admin", token.strip() if role else None),
+                    request)  # fmt: skip
         return response
 
     @api.post("/signout", include_in_schema=False)

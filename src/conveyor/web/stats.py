@@ -95,10 +95,10 @@ class Stats:
             return self._snapshot
 
     def forget(self) -> None:
-        """The next snapshot is taken afresh (something was just changed by hand)."""
+        """The next snapshot is taken afresh (something was just changed by hand); the
+        succeeded and cancelled counts keep their minute."""
         with self._lock:
             self._snapshot = None
-            self._bulk_taken = -math.inf
 
     def _take(self) -> Snapshot:
         app = self.app

@@ -961,10 +961,13 @@ class PostgresStore:
         limit: int = 100,
         before_id: int | None = None,
         error_type: str | None = None,
+        after_id: int | None = None,
+        contains: str | None = None,
     ) -> list[Job]:
         params: dict[str, Any] = {
             "queue": queue, "task": task, "limit": limit, "before_id": before_id,
-            "error_type": error_type,
+            "error_type": error_type, "after_id": after_id,
+            "contains": None if contains is None else contains.lower(),
         }  # fmt: skip
         if states is None:
             sql = self.q.list_jobs

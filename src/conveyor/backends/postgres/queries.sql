@@ -506,6 +506,9 @@ WHERE (%(queue)s::text IS NULL OR queue = %(queue)s)
   AND (%(task)s::text IS NULL OR task = %(task)s)
   AND (%(error_type)s::text IS NULL OR errors -> -1 ->> 'type' = %(error_type)s)
   AND (%(before_id)s::bigint IS NULL OR id < %(before_id)s)
+  AND (%(after_id)s::bigint IS NULL OR id > %(after_id)s)
+  AND (%(contains)s::text IS NULL
+       OR strpos(lower(task || ' ' || args::text || ' ' || kwargs::text), %(contains)s) > 0)
 ORDER BY id DESC
 LIMIT %(limit)s
 
@@ -516,6 +519,9 @@ WHERE state = ANY(%(states)s::text[])
   AND (%(task)s::text IS NULL OR task = %(task)s)
   AND (%(error_type)s::text IS NULL OR errors -> -1 ->> 'type' = %(error_type)s)
   AND (%(before_id)s::bigint IS NULL OR id < %(before_id)s)
+  AND (%(after_id)s::bigint IS NULL OR id > %(after_id)s)
+  AND (%(contains)s::text IS NULL
+       OR strpos(lower(task || ' ' || args::text || ' ' || kwargs::text), %(contains)s) > 0)
 ORDER BY id DESC
 LIMIT %(limit)s
 

@@ -334,7 +334,8 @@ SELECT * FROM conveyor_jobs
 WHERE (:queue IS NULL OR queue = :queue)
   AND (:task IS NULL OR task = :task)
   AND (:error_type IS NULL OR json_extract(errors, '$[#-1].type') = :error_type)
-  AND (:before_id IS NULL OR id < :before_id)
+  AND id < coalesce(:before_id, 9223372036854775807) AND id > coalesce(:after_id, 0)
+  AND (:contains IS NULL OR instr(lower(task || ' ' || args || ' ' || kwargs), :contains) > 0)
 ORDER BY id DESC
 LIMIT :limit
 
@@ -344,7 +345,8 @@ WHERE state IN (SELECT value FROM json_each(:states))
   AND (:queue IS NULL OR queue = :queue)
   AND (:task IS NULL OR task = :task)
   AND (:error_type IS NULL OR json_extract(errors, '$[#-1].type') = :error_type)
-  AND (:before_id IS NULL OR id < :before_id)
+  AND id < coalesce(:before_id, 9223372036854775807) AND id > coalesce(:after_id, 0)
+  AND (:contains IS NULL OR instr(lower(task || ' ' || args || ' ' || kwargs), :contains) > 0)
 ORDER BY id DESC
 LIMIT :limit
 
