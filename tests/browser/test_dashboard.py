@@ -123,6 +123,8 @@ def test_sign_in_and_watch_a_job_finish_live(
     page.goto(f"{base}/")
     expect(page.locator(".card", has_text="live workers")).to_be_visible()
     expect(page.locator("figure.chart figcaption").first).to_contain_text("9 succeeded")
+    succeeded = page.locator("table.queues a[href='/jobs?queue=default&state=succeeded']")
+    expect(succeeded).to_have_text("9")
     shots(page, "overview")
     page.goto(f"{base}/jobs")
     expect(page.locator("table.jobs tbody tr")).to_have_count(9)

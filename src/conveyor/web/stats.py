@@ -3,7 +3,8 @@
 Every page and API call that shows counts reads one shared snapshot; a snapshot older than its
 time to live is taken again (by one caller; the others wait for it). Counts come from indexes:
 jobs per state and queue from the (state, queue) index — the unfinished and dead ones at every
-snapshot, the succeeded and cancelled ones (most of a big table) once a minute — throughput from
+snapshot, the succeeded and cancelled ones (most of a big table) again only after a hundred
+times as long as counting them took, and at least once a minute — throughput from
 the (state, finished_at) index. Throughput of minutes that ended is kept, so a refresh reads
 only the last two minutes' finished jobs; the day before the last two hours is read once, in the
 background, when the first snapshot is taken.
@@ -32,7 +33,8 @@ DAY = 86_400
 SETTLED_AFTER_S = 120
 #: The states a throughput chart shows.
 DONE_STATES = (JobState.SUCCEEDED, JobState.DEAD, JobState.CANCELLED)
-#: The states that hold most of a big table: counted at most this often.
+#: The states that hold most of a big table: counted again after a hundred times as long as
+#: counting them took (every snapshot on a small store), and at least once a minute.
 BULK_STATES = (JobState.SUCCEEDED, JobState.CANCELLED)
 BULK_EVERY_S = 60.0
 
@@ -82,6 +84,7 @@ class Stats:
         self._day_complete = False
         self._bulk: dict[str, dict[JobState, int]] = {}
         self._bulk_taken = -math.inf
+        self._bulk_took = 0.0
 
     def snapshot(self) -> Snapshot:
         with self._lock:
@@ -128,9 +131,11 @@ class Stats:
 
     def _counts(self) -> dict[str, dict[JobState, int]]:
         counts = self.app.queue_stats([s for s in JobState if s not in BULK_STATES])
-        if time.monotonic() - self._bulk_taken >= BULK_EVERY_S:
+        started = time.monotonic()
+        if started - self._bulk_taken >= min(BULK_EVERY_S, 100 * self._bulk_took):
             self._bulk = self.app.queue_stats(BULK_STATES)
             self._bulk_taken = time.monotonic()
+            self._bulk_took = self._bulk_taken - started
         for queue, by_state in self._bulk.items():
             counts.setdefault(queue, {}).update(by_state)
         return counts
