@@ -148,7 +148,8 @@ WITH picked AS (
 )
 UPDATE {schema}.jobs AS j
 SET state = 'running', attempt = j.attempt + 1, worker_id = %(worker_id)s,
-    started_at = coalesce(to_timestamp(%(now)s::float8), now()),
+    started_at = greatest(coalesce(to_timestamp(%(now)s::float8), statement_timestamp()),
+                          j.created_at),
     lease_until = coalesce(to_timestamp(%(now)s::float8), now())
                   + make_interval(secs => %(lease)s),
     state_changed_at = coalesce(to_timestamp(%(now)s::float8), now()), note = NULL
@@ -172,7 +173,8 @@ WITH picked AS (
 )
 UPDATE {schema}.jobs AS j
 SET state = 'running', attempt = j.attempt + 1, worker_id = %(worker_id)s,
-    started_at = coalesce(to_timestamp(%(now)s::float8), now()),
+    started_at = greatest(coalesce(to_timestamp(%(now)s::float8), statement_timestamp()),
+                          j.created_at),
     lease_until = coalesce(to_timestamp(%(now)s::float8), now())
                   + make_interval(secs => %(lease)s),
     state_changed_at = coalesce(to_timestamp(%(now)s::float8), now()), note = NULL
@@ -203,7 +205,8 @@ WITH candidates AS (
 )
 UPDATE {schema}.jobs AS j
 SET state = 'running', attempt = j.attempt + 1, worker_id = %(worker_id)s,
-    started_at = coalesce(to_timestamp(%(now)s::float8), now()),
+    started_at = greatest(coalesce(to_timestamp(%(now)s::float8), statement_timestamp()),
+                          j.created_at),
     lease_until = coalesce(to_timestamp(%(now)s::float8), now())
                   + make_interval(secs => %(lease)s),
     state_changed_at = coalesce(to_timestamp(%(now)s::float8), now()), note = NULL
@@ -372,12 +375,15 @@ LEFT JOIN lq ON lq.name = f.queue
 LEFT JOIN hc ON hc.name = f.circuit
 
 -- name: claim_ids
--- Start the jobs a limited claim picked, and note the starts of rate-limited ones.
-WITH c AS (SELECT coalesce(to_timestamp(%(now)s::float8), now()) AS now),
+-- Start the jobs a limited claim picked, and note the starts of rate-limited ones. A start is
+-- stamped with this statement's time (now() is the transaction's, which may have begun before
+-- the job was enqueued), never before the job was made.
+WITH c AS (SELECT coalesce(to_timestamp(%(now)s::float8), statement_timestamp()) AS now),
 claimed AS (
     UPDATE {schema}.jobs AS j
     SET state = 'running', attempt = j.attempt + 1, worker_id = %(worker_id)s,
-        started_at = c.now, lease_until = c.now + make_interval(secs => %(lease)s),
+        started_at = greatest(c.now, j.created_at),
+        lease_until = c.now + make_interval(secs => %(lease)s),
         state_changed_at = c.now, note = NULL
     FROM c
     WHERE j.id = ANY (%(ids)s) AND j.state = 'queued'
