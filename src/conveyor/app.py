@@ -457,6 +457,11 @@ class App:
     def list_workers(self) -> list[WorkerInfo]:
         return self.backend.sync.list_workers()
 
+    def live_workers(self) -> list[WorkerInfo]:
+        """The workers that heartbeat within a lease."""
+        now, lease = self.clock.now(), self.settings.lease_seconds
+        return [w for w in self.list_workers() if not w.is_lost(now, lease)]
+
     def periodic_ticks(self) -> dict[str, TickRecord]:
         """Per periodic entry the store has seen: its latest tick dealt with, and the latest
         job it fired, with that job's state."""

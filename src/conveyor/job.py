@@ -221,10 +221,13 @@ class WorkerInfo:
             beat_age=beat_age,
         )
 
+    def heartbeat_age(self, now: float) -> float:
+        """Seconds since the last heartbeat, by the store's clock where it has one."""
+        return now - self.last_beat if self.beat_age is None else self.beat_age
+
     def is_lost(self, now: float, lease_seconds: float) -> bool:
-        """No heartbeat for longer than a lease (by the store's clock, where it has one)."""
-        age = now - self.last_beat if self.beat_age is None else self.beat_age
-        return age > lease_seconds
+        """No heartbeat for longer than a lease."""
+        return self.heartbeat_age(now) > lease_seconds
 
 
 @dataclass(frozen=True, slots=True)

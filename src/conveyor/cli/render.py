@@ -90,7 +90,7 @@ def history_dict(entry: HistoryEntry) -> dict[str, Any]:
 def worker_dict(worker: WorkerInfo, now: float, lease_seconds: float) -> dict[str, Any]:
     out = dataclasses.asdict(worker)
     out["lost"] = worker.is_lost(now, lease_seconds)
-    out["heartbeat_age"] = now - worker.last_beat if worker.beat_age is None else worker.beat_age
+    out["heartbeat_age"] = worker.heartbeat_age(now)
     return out
 
 
@@ -412,7 +412,7 @@ def workers_table(workers: Iterable[WorkerInfo], now: float, lease_seconds: floa
         table.add_row(
             Text(w.id), Text(w.host), str(w.pid), Text(",".join(w.queues) if w.queues else "*"),
             str(w.concurrency), running, ago(w.started_at, now),
-            ago(now - w.beat_age if w.beat_age is not None else w.last_beat, now),
+            ago(now - w.heartbeat_age(now), now),
             Text("lost", style="bold red") if lost else Text("alive", style="green"),
         )  # fmt: skip
     return table

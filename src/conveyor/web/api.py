@@ -34,7 +34,7 @@ from conveyor.errors import (
 from conveyor.events import Cursor
 from conveyor.job import FINISHED_STATES, RETRYABLE_STATES, Job, JobState
 from conveyor.web.auth import Tokens
-from conveyor.web.guard import MAX_BODY_BYTES, Guard
+from conveyor.web.guard import MAX_BODY_BYTES, Guard, cross_site
 from conveyor.web.metrics import add_metrics
 from conveyor.web.stats import Bar, Stats
 
@@ -60,14 +60,6 @@ class ApiError(Exception):
     def __init__(self, status: int, error: str, detail: Any = None) -> None:
         super().__init__(error)
         self.status, self.error, self.detail = status, error, detail
-
-
-def cross_site(request: Request) -> bool:
-    """A browser sent this from another site's page."""
-    if request.headers.get("sec-fetch-site") == "cross-site":
-        return True
-    origin = request.headers.get("origin")
-    return origin is not None and origin != f"{request.url.scheme}://{request.url.netloc}"
 
 
 def as_id(text: str) -> int | None:
@@ -402,11 +394,9 @@ def create_api(app: App, tokens: Tokens | None, *, dashboard: bool = True) -> Fa
         try:
             version = app.schema_version()
             current = version == app.backend.sync.latest_version()
-            workers = app.list_workers() if current else []
+            live = len(app.live_workers()) if current else 0
         except BackendUnavailable as exc:
             return JSONResponse({"ok": False, "store": str(exc)}, status_code=503)
-        now, lease = app.clock.now(), app.settings.lease_seconds
-        live = sum(1 for w in workers if not w.is_lost(now, lease))
         body = {"ok": current, "store": "reachable", "schema_version": version,
                 "migrations_current": current, "live_workers": live}  # fmt: skip
         return JSONResponse(body, status_code=200 if current else 503)

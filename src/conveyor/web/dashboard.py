@@ -50,6 +50,7 @@ from conveyor.web.api import (
     group_action,
 )
 from conveyor.web.auth import Tokens, digest
+from conveyor.web.guard import cross_site
 from conveyor.web.stats import Bar, Stats
 
 HERE = Path(__file__).parent
@@ -194,8 +195,9 @@ def create_dashboard(api: FastAPI, app: App, tokens: Tokens | None, stats: Stats
 
     def page(
         request: Request, template: str, session: Session, title: str, *,
-        stream: str = "/ui/events", **context: Any,
+        stream: str = "/ui/events", status: int = 200, **context: Any,
     ) -> HTMLResponse:  # fmt: skip
+        """A page for `session`; a session `viewer` just issued goes out as its cookie."""
         now = app.clock.now()
         flash = unquote(request.cookies.get(FLASH_COOKIE, ""))[:300]
         html = templates.get_template(template).render(
@@ -205,13 +207,15 @@ def create_dashboard(api: FastAPI, app: App, tokens: Tokens | None, stats: Stats
             stream=stream, flash=flash, now=now, ago=lambda ts: render.ago(ts, now),
             signed_in=tokens is not None, JobState=JobState, **context,
         )  # fmt: skip
-        response = HTMLResponse(html, headers={"Cache-Control": "no-store"})
+        response = HTMLResponse(html, status_code=status, headers={"Cache-Control": "no-store"})
         if flash:
             response.delete_cookie(FLASH_COOKIE, path="/")
+        issued = getattr(request.state, "new_session", None)
+        if issued is not None:
+            set_session(response, issued, request)
         return response
 
-    def set_session(response: Response, session: Session | str, request: Request) -> None:
-        value = session if isinstance(session, str) else sessions.issue(session.role)
+    def set_session(response: Response, value: str, request: Request) -> None:
         response.set_cookie(
             SESSION_COOKIE, value, max_age=SESSION_S, path="/", httponly=True,
             samesite="strict", secure=request.url.scheme == "https",
@@ -232,17 +236,12 @@ def create_dashboard(api: FastAPI, app: App, tokens: Tokens | None, stats: Stats
 
     def actor(request: Request, csrf: str) -> Session:
         """An admin session whose form carries its CSRF token, posted from this origin."""
-        origin = request.headers.get("origin") or request.headers.get("referer")
-        if origin is not None:
-            parts = urlsplit(origin)
-            if f"{parts.scheme}://{parts.netloc}" != f"{request.url.scheme}://{request.url.netloc}":
-                raise SignedIn(403, "this action must come from the dashboard's own pages")
+        if cross_site(request):
+            raise SignedIn(403, "this action must come from the dashboard's own pages")
         session = session_of(request)
         if session is None:
             raise SignedIn(403, "sign in first")
-        if not hmac.compare_digest(
-            csrf.encode("utf-8", "replace"), sessions.csrf(session).encode()
-        ):
+        if not equal(csrf, sessions.csrf(session)):
             raise SignedIn(403, "the form is stale or was not sent by this dashboard; reload it")
         if not session.admin:
             raise SignedIn(403, "this needs an admin token")
@@ -273,8 +272,7 @@ def create_dashboard(api: FastAPI, app: App, tokens: Tokens | None, stats: Stats
 
     @api.post("/signin", include_in_schema=False)
     def signin(request: Request, token: str = Form(""), next: str = Form("/")) -> Response:
-        origin = request.headers.get("origin")
-        if origin is not None and urlsplit(origin).netloc != request.url.netloc:
+        if cross_site(request):
             raise SignedIn(403, "sign in from the dashboard's own page")
         role = None if tokens is None else tokens.role_of(token.strip())
         if tokens is not None and role is None:
@@ -302,19 +300,17 @@ def create_dashboard(api: FastAPI, app: App, tokens: Tokens | None, stats: Stats
     def overview(request: Request) -> Response:
         session = viewer(request)
         snap = stats.snapshot()
-        workers = [w for w in app.list_workers()
-                   if not w.is_lost(snap.taken_at, app.settings.lease_seconds)]  # fmt: skip
-        return with_session(request, page(
-            request, "overview.html", session, "Overview", snap=snap, workers=workers,
+        return page(
+            request, "overview.html", session, "Overview", snap=snap, workers=snap.workers,
             hour=chart(snap.minutes, lambda b: local_hm(b.start)),
             day=chart(snap.hours, lambda b: f"{local_hm(b.start)} to {local_hm(b.start + 3600)}"),
-        ))  # fmt: skip
+        )  # fmt: skip
 
     @api.get("/queues", include_in_schema=False)
     def queues(request: Request) -> Response:
         session = viewer(request)
         snap = stats.snapshot()
-        return with_session(request, page(request, "queues.html", session, "Queues", snap=snap))
+        return page(request, "queues.html", session, "Queues", snap=snap)
 
     @api.post("/queues/{name}/{action}", include_in_schema=False)
     def steer_queue(request: Request, name: str, action: str, csrf: str = Form(""),
@@ -346,13 +342,13 @@ def create_dashboard(api: FastAPI, app: App, tokens: Tokens | None, stats: Stats
                    "error_type": error_type}  # fmt: skip
         older = None if after is None else "/jobs?" + urlencode(
             {**{k: v for k, v in filters.items() if v}, "before_id": after})  # fmt: skip
-        return with_session(request, page(
+        return page(
             request, "jobs.html", session, "Jobs", jobs=found, filters=filters, older=older,
             paged=before_id is not None, snap=snap, tasks=sorted(app.tasks),
             # a search reads many jobs: it is not repeated live
             stream="" if search else "/ui/events" + (f"?queue={quote(queue)}" if queue else ""),
             info=lambda j: render.job_info(j, snap.taken_at), max_bulk=MAX_BULK,
-        ))  # fmt: skip
+        )  # fmt: skip
 
     @api.post("/jobs/bulk", include_in_schema=False)
     async def bulk_jobs(request: Request) -> Response:
@@ -376,16 +372,15 @@ def create_dashboard(api: FastAPI, app: App, tokens: Tokens | None, stats: Stats
         try:
             job = app.get_job(job_id)
         except JobNotFound:
-            return with_session(
-                request, page(request, "missing.html", session, f"Job {job_id}", job_id=job_id), 404
-            )
+            return page(request, "missing.html", session, f"Job {job_id}", job_id=job_id,
+                        status=404)  # fmt: skip
         shown = render.redacted(job)
-        return with_session(request, page(
+        return page(
             request, "job.html", session, f"Job {job.id}", job=job, shown=shown,
             history=app.job_history(job.id), stream=f"/ui/events?job_id={job.id}",
             retryable=job.state in RETRYABLE_STATES,
             cancellable=job.state not in FINISHED_STATES and not job.cancel_requested,
-        ))  # fmt: skip
+        )  # fmt: skip
 
     @api.post("/jobs/{job_id}/{action}", include_in_schema=False)
     def steer_job(
@@ -420,11 +415,11 @@ def create_dashboard(api: FastAPI, app: App, tokens: Tokens | None, stats: Stats
         )  # fmt: skip
         filters = {k: v for k, v in {"task": task, "error_type": error_type}.items() if v}
         older = None if after is None else "/dlq?" + urlencode({**filters, "before_id": after})
-        return with_session(request, page(
+        return page(
             request, "dlq.html", session, "Dead-letter queue", groups=groups, jobs=found,
             filters=filters, older=older, total=sum(g.count for g in groups),
             last_error=render.last_error,
-        ))  # fmt: skip
+        )  # fmt: skip
 
     @api.post("/dlq/{action}", include_in_schema=False)
     def steer_dead(request: Request, action: str, csrf: str = Form(""), task: str = Form(""),
@@ -448,8 +443,8 @@ def create_dashboard(api: FastAPI, app: App, tokens: Tokens | None, stats: Stats
         session = viewer(request)
         now, lease = app.clock.now(), app.settings.lease_seconds
         found = [render.worker_dict(w, now, lease) for w in app.list_workers()]
-        return with_session(request, page(request, "workers.html", session, "Workers",
-                                          workers=found))  # fmt: skip
+        return page(request, "workers.html", session, "Workers",
+                                          workers=found)  # fmt: skip
 
     @api.get("/cron", include_in_schema=False)
     def cron(request: Request) -> Response:
@@ -458,16 +453,16 @@ def create_dashboard(api: FastAPI, app: App, tokens: Tokens | None, stats: Stats
         records = app.periodic_ticks() if app.periodics else {}
         entries = [render.cron_dict(e, records.get(e.name), now, app.redact)
                    for e in app.periodics.values()]  # fmt: skip
-        return with_session(request, page(request, "cron.html", session, "Cron", entries=entries))
+        return page(request, "cron.html", session, "Cron", entries=entries)
 
     @api.get("/circuits", include_in_schema=False)
     def circuits(request: Request) -> Response:
         session = viewer(request)
         shown = render.circuits_dict(app.circuits, app.circuit_states(), app.circuit_log(limit=50))
-        return with_session(request, page(
+        return page(
             request, "circuits.html", session, "Circuits", circuits=shown["circuits"],
             log=shown["log"],
-        ))  # fmt: skip
+        )  # fmt: skip
 
     @api.post("/circuits/{name}/close", include_in_schema=False)
     def close_circuit(request: Request, name: str, csrf: str = Form("")) -> Response:
@@ -481,14 +476,6 @@ def create_dashboard(api: FastAPI, app: App, tokens: Tokens | None, stats: Stats
                       queue: str | None = None) -> Response:  # fmt: skip
         viewer(request)
         return streams.response(change_stream(app, job_id, queue))
-
-    def with_session(request: Request, response: Response, status: int | None = None) -> Response:
-        cookie = getattr(request.state, "new_session", None)
-        if cookie is not None:
-            set_session(response, cookie, request)
-        if status is not None:
-            response.status_code = status
-        return response
 
     @api.exception_handler(ConveyorError)
     def _conveyor_error(request: Request, exc: ConveyorError) -> Response:

@@ -23,7 +23,7 @@ from typing import Any
 from conveyor.app import App
 from conveyor.cli import render
 from conveyor.errors import ConveyorError
-from conveyor.job import JobState
+from conveyor.job import JobState, WorkerInfo
 from conveyor.logging import get_logger
 
 log = get_logger(__name__)
@@ -62,10 +62,15 @@ class Snapshot:
     minutes: list[Bar]
     #: the last day, a bar per hour, oldest first
     hours: list[Bar]
-    live_workers: int
+    #: the workers that heartbeat within a lease
+    workers: list[WorkerInfo]
     totals: dict[str, int] = field(default_factory=dict)
     #: False while the day before the last two hours is still being read
     day_complete: bool = True
+
+    @property
+    def live_workers(self) -> int:
+        return len(self.workers)
 
 
 class Stats:
@@ -121,8 +126,7 @@ class Stats:
             oldest = since.get(name)
             shown["oldest_queued_s"] = None if oldest is None else max(now - oldest, 0.0)
             shown["finished_5m"] = dict(recent[name])
-        lease = app.settings.lease_seconds
-        live = sum(1 for w in app.list_workers() if not w.is_lost(now, lease))
+        live = app.live_workers()
         totals = {s.value: sum(q["jobs"][s.value] for q in queues.values()) for s in JobState}
         return Snapshot(
             now, dict(sorted(queues.items())), self._bars(now, 60, 60), self._bars(now, 3600, 24),
