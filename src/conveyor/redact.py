@@ -9,6 +9,7 @@ through `secrets` too (see `conveyor.logging`).
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -24,10 +25,16 @@ HIDDEN = "***"
 Redactor = Callable[[Any], Any]
 
 
+@functools.lru_cache(maxsize=4096)
+def secret_key(key: str) -> bool:
+    """Whether values under `key` are hidden (keys repeat: the answer is remembered)."""
+    return SECRET_KEY.search(key) is not None
+
+
 def secrets(value: Any) -> Any:
     """`value` with the values under secret-looking keys replaced by `***`, at any depth."""
     if isinstance(value, Mapping):
-        return {k: HIDDEN if SECRET_KEY.search(str(k)) else secrets(v) for k, v in value.items()}
+        return {k: HIDDEN if secret_key(str(k)) else secrets(v) for k, v in value.items()}
     if isinstance(value, list):
         return [secrets(v) for v in value]
     if isinstance(value, tuple):
