@@ -18,9 +18,13 @@ class SystemClock:
     def now(self) -> float:
         return time.time()
 
+    def monotonic(self) -> float:
+        """Seconds on a clock that never jumps (for how long something took or lasted)."""
+        return time.monotonic()
+
 
 class FrozenClock:
-    """A clock that only moves when told to; for tests."""
+    """A clock that only moves when told to; for tests. Its monotonic time moves with it."""
 
     def __init__(self, start: float | None = None) -> None:
         self._now = time.time() if start is None else start
@@ -28,8 +32,17 @@ class FrozenClock:
     def now(self) -> float:
         return self._now
 
+    def monotonic(self) -> float:
+        return self._now
+
     def advance(self, seconds: float) -> None:
         self._now += seconds
 
     def set(self, when: float) -> None:
         self._now = when
+
+
+def monotonic(clock: Clock) -> float:
+    """The clock's monotonic time: its own if it keeps one, else the system's."""
+    own = getattr(clock, "monotonic", None)
+    return float(own()) if own is not None else time.monotonic()

@@ -88,6 +88,9 @@ class Settings:
     postgres_listen: bool = True
     poll_interval: float = 1.0
     connect_timeout: float = 5.0
+    #: the longest one statement may take (PostgreSQL: on the server, and the client cuts the
+    #: connection a second later); then the call fails with BackendUnavailable
+    statement_timeout: float = 30.0
     retention_succeeded: float = 7 * 86400.0
     retention_failed: float = 30 * 86400.0
     #: notifiers as JSON (see conveyor.notify.from_config); App(notifiers=...) takes objects
@@ -149,6 +152,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "postgres_listen": lambda v: v if isinstance(v, bool) else _bool(str(v)),
     "poll_interval": _positive(float),
     "connect_timeout": _positive(float),
+    "statement_timeout": _positive(float),
     "retention_succeeded": _duration,
     "retention_failed": _duration,
     "alerts": str,

@@ -10,12 +10,15 @@ from typing import TYPE_CHECKING, Any
 
 from conveyor.errors import BackendUnavailable, ValidationError
 from conveyor.logging import get_logger
+from conveyor.payload import storable_text
 
 if TYPE_CHECKING:
     from conveyor.backends.base import Backend
     from conveyor.job import Job
 
 
+#: Which reason to stop a job wins when several come (see `Context.request_cancel`).
+_RANK = {"cancelled": 2, "lease lost": 1}
 #: How long a sync task's progress report waits for the worker's loop before giving up.
 PROGRESS_WAIT_S = 30.0
 #: At most one progress write per job this often (a few a second).
@@ -72,8 +75,10 @@ class Context:
         return self.cancel_reason is not None
 
     def request_cancel(self, reason: str) -> None:
-        # A user's cancel wins over a later shutdown: the job must not be handed back.
-        if self.cancel_reason != "cancelled":
+        # A user's cancel wins over anything later (the job must not be handed back or
+        # retried); a lost lease wins over a shutdown (the job is no longer this worker's to
+        # hand back).
+        if _RANK.get(reason, 0) >= _RANK.get(self.cancel_reason or "", 0):
             self.cancel_reason = reason
 
     def progress(
@@ -92,6 +97,10 @@ class Context:
         for value, what in ((stage, "stage"), (message, "message")):
             if value is not None and (not isinstance(value, str) or len(value) > 500):
                 raise ValidationError(f"{what} must be text of at most 500 characters")
+        if stage is not None:
+            stage = storable_text(stage)
+        if message is not None:
+            message = storable_text(message)
         self.job.progress = float(percent)
         if stage is not None:
             self.job.stage = stage

@@ -163,6 +163,8 @@ class Outcome:
     lease_expired_before: float | None = None
     #: the attempt does not count (a downstream failure behind a circuit)
     refund: bool = False
+    #: for a rescue: the leader that decided it; the write applies only while it still leads
+    leader: str | None = None
 
     @property
     def refunds_attempt(self) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from collections.abc import MutableMapping
 from typing import Any
 
@@ -59,3 +60,47 @@ def configure_logging(level: str = "INFO", fmt: str = "logfmt", *, cache: bool =
     )
     # The connection pool's own notes ("error connecting …") repeat what conveyor's events say.
     logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
+
+
+class Outage:
+    """Logs a run of failures once when it starts (`<event>_failed`, a warning) and once when
+    it ends (`<event>_recovered`, with how long it lasted and how many tries failed), not at
+    every retry. An error that is not `BackendUnavailable` is logged at error level, with its
+    traceback, and a change of error type is logged again."""
+
+    def __init__(self, logger: Any, event: str, **fields: Any) -> None:
+        self._log = logger
+        self._event = event
+        self._fields = fields
+        self._since: float | None = None
+        self._failures = 0
+        self._kind: type[BaseException] | None = None
+
+    @property
+    def failing(self) -> bool:
+        return self._since is not None
+
+    def failed(self, exc: BaseException, **fields: Any) -> None:
+        from conveyor.errors import BackendUnavailable
+
+        self._failures += 1
+        if self._since is not None and type(exc) is self._kind:
+            return
+        if self._since is None:
+            self._since = time.monotonic()
+        self._kind = type(exc)
+        if isinstance(exc, BackendUnavailable):
+            self._log.warning(f"{self._event}_failed", **self._fields, **fields, error=str(exc))
+        else:
+            self._log.error(
+                f"{self._event}_failed", **self._fields, **fields, error=repr(exc), exc_info=exc
+            )
+
+    def recovered(self) -> None:
+        if self._since is None:
+            return
+        self._log.info(
+            f"{self._event}_recovered", **self._fields,
+            after_s=round(time.monotonic() - self._since, 3), failures=self._failures,
+        )  # fmt: skip
+        self._since, self._failures, self._kind = None, 0, None

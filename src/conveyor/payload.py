@@ -11,7 +11,11 @@ from typing import Any
 from conveyor.errors import PayloadTooLarge, ValidationError, describe
 
 # An escaped NUL: \u0000 after an even number of backslashes (an odd run is a literal "\").
-_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+_NUL = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")
+# A surrogate code point on its own: not Unicode text, cannot be written as UTF-8.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+#: What stands in for a character no store keeps (U+FFFD REPLACEMENT CHARACTER).
+REPLACEMENT = "\ufffd"
 _encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 
 
@@ -54,13 +58,46 @@ def _try_encode(value: Any) -> tuple[str, None] | tuple[None, str]:
     # everywhere. A lone surrogate cannot be written as UTF-8 at all.
     if "\\u0000" in text and _NUL.search(text):
         return None, "it contains a NUL character (\\x00), which conveyor does not store"
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
+    if not text.isascii() and _SURROGATE.search(text):
         return None, "it contains a lone surrogate, which is not valid Unicode text"
     if text.count("[") + text.count("{") > MAX_DEPTH and _depth(text) > MAX_DEPTH:
         return None, f"it nests lists and objects more than {MAX_DEPTH} levels deep"
     return text, None
+
+
+def storable_text(text: str) -> str:
+    """`text` as every store keeps it: NUL characters (which PostgreSQL refuses) and lone
+    surrogates (which are not Unicode text) become U+FFFD. Everything a task writes — error
+    messages and tracebacks, results, progress stages and messages, notes — goes through this
+    (or `encode_result`) before it is written, on every backend."""
+    if "\x00" in text:
+        text = text.replace("\x00", REPLACEMENT)
+    if not text.isascii():
+        text = _SURROGATE.sub(REPLACEMENT, text)
+    return text
+
+
+def encode_result(value: Any, what: str) -> str:
+    """A task's result as JSON, made storable: NUL characters and lone surrogates in its text
+    become U+FFFD (see `storable_text`). A value that is no JSON at all is a ValidationError."""
+    try:
+        text = _encoder.encode(value)
+    except (TypeError, ValueError) as exc:
+        raise ValidationError(f"{what} cannot be stored as JSON: {exc}") from None
+    except RecursionError:
+        raise ValidationError(
+            f"{what} cannot be stored as JSON: it nests too deeply (or refers to itself)"
+        ) from None
+    if "\\u0000" in text:
+        text = _NUL.sub(lambda m: m.group(1) + REPLACEMENT, text)
+    if not text.isascii():
+        text = _SURROGATE.sub(REPLACEMENT, text)
+    if text.count("[") + text.count("{") > MAX_DEPTH and _depth(text) > MAX_DEPTH:
+        raise ValidationError(
+            f"{what} cannot be stored as JSON: it nests lists and objects more than "
+            f"{MAX_DEPTH} levels deep"
+        )
+    return text
 
 
 def _problem(value: Any) -> str | None:

@@ -115,7 +115,7 @@ async def test_heartbeat_keeps_the_lease_alive(
         started_at=clock.now(), last_beat=clock.now(), running=[job.id],
     )  # fmt: skip
     clock.advance(20)
-    await app.backend.heartbeat(worker, [job.id], clock.now() + 30)
+    await app.backend.heartbeat(worker, [(job.id, 1)], clock.now() + 30)
     clock.advance(20)  # 40 s after the claim, 20 s after the beat
 
     assert await rescue_expired_leases(app, app.backend) == 0

@@ -8,6 +8,7 @@ Every test gets a schema of its own, dropped afterwards. The server is never sto
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sqlite3
 import subprocess
 import sys
@@ -27,6 +28,7 @@ import conveyor.clock
 from conftest import POSTGRES_URL, drop_schema, postgres_available  # tests/conftest.py
 from conveyor import JobState
 from conveyor.backends.postgres.backend import MIGRATIONS
+from conveyor.job import Outcome
 
 worker_module = sys.modules["conveyor.worker.worker"]
 
@@ -118,18 +120,6 @@ def schema_dump(schema: str) -> dict[str, list[tuple[Any, ...]]]:
             ns,
         ),
     }
-
-
-def advisory_lock_holders(key: str) -> list[int]:
-    """The sessions holding the (bigint) advisory lock `pg_advisory_lock(hashtext(key))`."""
-    rows = sql(
-        """SELECT pid FROM pg_locks
-           WHERE locktype = 'advisory' AND granted AND objsubid = 1
-             AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
-             AND ((classid::bigint << 32) | objid::bigint) = hashtext(%s)::bigint""",
-        [key],
-    )
-    return [r[0] for r in rows]
 
 
 async def until(check: Callable[[], Any], what: str, timeout: float = DEADLINE_S) -> None:
@@ -377,6 +367,7 @@ def test_migrate_applies_once(new_app: Callable[..., conveyor.App], schema: str)
         "circuit_log",
         "alerts",
         "job_progress",
+        "leaders",
         "migrations",
     }
 
@@ -821,28 +812,41 @@ async def test_without_listen_the_worker_polls_and_says_so_once(
 # -- leadership ------------------------------------------------------------------------------
 
 
+def leader_row(schema: str) -> tuple[str, int] | None:
+    """The maintenance leadership as the store has it: (holder, server backend pid)."""
+    rows = sql(f"SELECT holder, pid FROM {schema}.leaders WHERE name = 'maintenance'")
+    return (rows[0][0], rows[0][1]) if rows else None
+
+
+async def lead(app: conveyor.App, holder: str, lease: float = 30.0) -> bool:
+    now = time.time()
+    try:
+        return await app.backend.try_lead("maintenance", holder, now + lease, now)
+    except conveyor.BackendUnavailable:
+        return False
+
+
 async def test_one_leader_at_a_time_and_the_next_takes_over_when_its_session_ends(
     new_app: Callable[..., conveyor.App], schema: str
 ) -> None:
     first, second = new_app(), new_app()
     first.migrate()
-    key = f"conveyor:{schema}:maintenance"
-
-    async def lead(app: conveyor.App, holder: str) -> bool:
-        now = time.time()
-        return await app.backend.try_lead("maintenance", holder, now + 30, now)
 
     assert await lead(first, "first")
     assert not await lead(second, "second")
     assert await lead(first, "first")  # keeps it
     assert not await lead(second, "second")
-    assert len(advisory_lock_holders(key)) == 1
+    holder = leader_row(schema)
+    assert holder is not None and holder[0] == "first"
 
     await first.close_async()  # the leader goes away; its session ends with it
-    await until(lambda: not advisory_lock_holders(key), "the lock to be released", timeout=2)
+    await until(
+        lambda: not scalar("SELECT count(*) FROM pg_stat_activity WHERE pid = %s", [holder[1]]),
+        "the leader's session to end", timeout=2,
+    )  # fmt: skip
     assert await lead(second, "second")  # at once, not a lease later
     assert not await lead(first, "first")
-    assert len(advisory_lock_holders(key)) == 1
+    assert leader_row(schema) is not None and leader_row(schema)[0] == "second"  # type: ignore[index]
 
 
 async def test_a_leader_whose_session_dies_is_replaced_at_once(
@@ -850,20 +854,61 @@ async def test_a_leader_whose_session_dies_is_replaced_at_once(
 ) -> None:
     first, second = new_app(), new_app()
     first.migrate()
-    key = f"conveyor:{schema}:maintenance"
-
-    async def lead(app: conveyor.App, holder: str) -> bool:
-        now = time.time()
-        try:
-            return await app.backend.try_lead("maintenance", holder, now + 30, now)
-        except conveyor.BackendUnavailable:
-            return False
 
     assert await lead(first, "first")
-    [pid] = advisory_lock_holders(key)
-    assert scalar("SELECT pg_terminate_backend(%s, 5000)", [pid])  # the leader's session dies
+    holder = leader_row(schema)
+    assert holder is not None
+    assert scalar("SELECT pg_terminate_backend(%s, 5000)", [holder[1]])  # its session dies
 
     assert await lead(second, "second")
     assert not await lead(first, "first")  # the old leader notices it lost
     assert not await lead(first, "first")
-    assert len(advisory_lock_holders(key)) == 1
+    assert leader_row(schema) is not None and leader_row(schema)[0] == "second"  # type: ignore[index]
+
+
+async def test_a_leader_that_stops_renewing_loses_the_lead_within_a_lease(
+    new_app: Callable[..., conveyor.App], schema: str
+) -> None:
+    """A leader frozen (or cut off) keeps its session, but cannot renew its lease: the next
+    worker takes over once the lease has run out on the server's clock, and the old leader,
+    when it wakes, is told it no longer leads."""
+    first, second = new_app(), new_app()
+    first.migrate()
+    assert await lead(first, "first", lease=0.5)
+    assert not await lead(second, "second", lease=0.5)  # the lease still stands
+    await asyncio.sleep(0.6)  # the leader is frozen: no renewal
+    assert await lead(second, "second", lease=0.5)
+    assert not await lead(first, "first", lease=0.5)  # awake again: a follower now
+
+
+async def test_a_replaced_leader_can_no_longer_rescue_or_fire_cron(
+    new_app: Callable[..., conveyor.App], schema: str
+) -> None:
+    """The writes a leader decided before it froze apply only while it still leads: the store
+    refuses them once another has taken over."""
+    first, second = new_app(), new_app()
+    first.migrate()
+
+    @first.task(name="work", backoff=conveyor.fixed(0))
+    def work() -> None: ...
+
+    job = work.enqueue()
+    now = time.time()
+    [claimed] = await first.backend.claim("ghost", None, 1, now + 0.2, now)
+    assert await lead(first, "first", lease=0.5)
+    await asyncio.sleep(0.6)
+    assert await lead(second, "second", lease=30)  # the first froze; the second took over
+
+    stale_rescue = Outcome(
+        job.id, "ghost", 1, JobState.RETRYING, time.time(), run_at=time.time(),
+        error={"type": "WorkerLost", "message": "worker lost"},
+        lease_expired_before=(claimed.lease_until or 0) + 0.001, leader="first",
+    )  # fmt: skip
+    assert await first.backend.complete([stale_rescue]) == []
+    assert job.refresh().state is JobState.RUNNING
+    assert await first.backend.fire_periodic("entry", 60.0, None, time.time(), "first") is None
+    assert first.periodic_ticks() == {}
+
+    fresh_rescue = dataclasses.replace(stale_rescue, leader="second")
+    assert await second.backend.complete([fresh_rescue]) == [job.id]
+    assert job.refresh().state is JobState.RETRYING

@@ -118,11 +118,35 @@ def test_two_apps_on_one_file_see_each_others_jobs(tmp_path: Path) -> None:
     b.close()
 
 
-async def test_leadership_is_a_lease_that_runs_out(tmp_path: Path) -> None:
-    app = conveyor.App(f"sqlite:///{tmp_path}/jobs.db")
-    backend, now = app.backend, 1_800_000_000.0
+async def test_leadership_moves_once_the_lease_is_seen_unrenewed_for_a_lease(
+    tmp_path: Path,
+) -> None:
+    """SQLite has no clock of its own: a follower takes the lead over once it has watched the
+    leader's row go unrenewed for a whole lease on its own monotonic clock, whatever the wall
+    clocks say."""
+    clock = conveyor.FrozenClock(1_800_000_000.0)
+    app = conveyor.App(f"sqlite:///{tmp_path}/jobs.db", clock=clock)
+    backend, now = app.backend, clock.now()
     assert await backend.try_lead("maintenance", "a", now + 30, now)
-    assert not await backend.try_lead("maintenance", "b", now + 60, now + 29)
-    assert await backend.try_lead("maintenance", "b", now + 61, now + 31)  # a's lease ran out
-    assert not await backend.try_lead("maintenance", "a", now + 62, now + 32)
+    # b's wall clock is an hour ahead: a's lease looks long gone to it, but it has only just
+    # seen the row, so it does not take over
+    assert not await backend.try_lead("maintenance", "b", now + 3630, now + 3600)
+    clock.advance(29)
+    assert not await backend.try_lead("maintenance", "b", now + 3659, now + 3629)
+    clock.advance(2)  # 31 s without a renewal, as b has seen it
+    assert await backend.try_lead("maintenance", "b", now + 3661, now + 3631)
+    assert not await backend.try_lead("maintenance", "a", now + 61, now + 31)
+    await app.close_async()
+
+
+async def test_a_renewed_lease_is_never_taken_whatever_the_clocks_say(tmp_path: Path) -> None:
+    clock = conveyor.FrozenClock(1_800_000_000.0)
+    app = conveyor.App(f"sqlite:///{tmp_path}/jobs.db", clock=clock)
+    backend, now = app.backend, clock.now()
+    for second in range(0, 120, 10):
+        # a renews every ten seconds with a wall clock an hour behind; b looks in between
+        assert await backend.try_lead("maintenance", "a", now - 3600 + second + 30, now - 3600)
+        clock.advance(5)
+        assert not await backend.try_lead("maintenance", "b", now + second + 30, now + second)
+        clock.advance(5)
     await app.close_async()

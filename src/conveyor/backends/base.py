@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from conveyor.circuit import Action, CircuitEvent, CircuitInfo
@@ -26,6 +27,15 @@ from conveyor.job import (
     Outcome,
     WorkerInfo,
 )
+
+
+@dataclass(frozen=True, slots=True)
+class Beat:
+    """What a heartbeat learned: which of the worker's attempts got a new lease (the others
+    were taken from it: rescued, or finished elsewhere), and which jobs someone asked to cancel."""
+
+    extended: set[tuple[int, int]]
+    cancel: set[int]
 
 
 class Store(Protocol):
@@ -243,23 +253,25 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     async def complete(self, outcomes: Sequence[Outcome]) -> list[int]:
         """Write a batch of outcomes; each applies only while that attempt of the job is still
-        `running` under that worker (and, for rescues, its lease has run out). A job whose
-        cancel was asked for while it ran ends `cancelled` instead of being retried or handed
-        back. Returns the ids of the jobs whose outcome applied."""
+        `running` under that worker (and, for rescues, its lease is still the one that ran out,
+        and the rescuing leader still leads). A job whose cancel was asked for while it ran
+        ends `cancelled` instead of being retried or handed back. Returns the ids of the jobs
+        whose outcome applied."""
 
     @abc.abstractmethod
     async def heartbeat(
-        self, worker: WorkerInfo, running: Sequence[int], lease_until: float
-    ) -> set[int]:
-        """Register or refresh the worker and extend its jobs' leases; return the ids of its
-        running jobs that someone asked to cancel."""
+        self, worker: WorkerInfo, running: Sequence[tuple[int, int]], lease_until: float
+    ) -> Beat:
+        """Register or refresh the worker and extend the leases of its running attempts
+        (`(job id, attempt)` pairs) that are still its own."""
 
     @abc.abstractmethod
     async def deregister_worker(self, worker_id: str) -> None: ...
 
     @abc.abstractmethod
     async def find_expired(self, now: float, limit: int) -> list[Job]:
-        """Running jobs whose lease ran out before `now`."""
+        """Running jobs whose worker is lost: their lease ran out before `now` (on a store
+        without a clock of its own, their worker has also not been seen to beat for a lease)."""
 
     @abc.abstractmethod
     async def prune_workers(self, older_than: float, now: float) -> int:
@@ -267,7 +279,8 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     async def try_lead(self, name: str, holder: str, until: float, now: float) -> bool:
-        """Take or keep the named leadership until `until`; True if `holder` has it."""
+        """Take or keep the named leadership for `until - now` seconds; True if `holder` has
+        it. A holder that does not renew in time loses it to the next that tries."""
 
     @abc.abstractmethod
     async def resign(self, name: str, holder: str) -> None: ...
@@ -308,11 +321,12 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     async def fire_periodic(
-        self, name: str, tick: float, job: NewJob | None, now: float
+        self, name: str, tick: float, job: NewJob | None, now: float, leader: str | None = None
     ) -> Job | None:
         """Record that the entry's `tick` was dealt with and store `job` in the same
-        transaction — unless the tick was recorded already: then store nothing and return
-        None. `job=None` records a tick skipped (or the first one seen) without a job."""
+        transaction — unless the tick was recorded already, or `leader` no longer leads: then
+        store nothing and return None. `job=None` records a tick skipped (or the first one
+        seen) without a job."""
 
     @abc.abstractmethod
     async def periodic_ticks(self) -> dict[str, TickRecord]: ...

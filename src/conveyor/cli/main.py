@@ -111,6 +111,35 @@ def worker(
             command.append("--burst")
         sys.exit(Supervisor(command, processes).run())
     app.run_worker(queues=queue_list, concurrency=concurrency, burst=burst, grace=grace)
+    _exit_even_if_stuck()
+
+
+#: After the worker stopped, how long a thread still inside a call to the store may keep the
+#: process from exiting.
+STUCK_THREAD_WAIT_S = 2.0
+
+
+def _exit_even_if_stuck() -> None:
+    """The worker has stopped and written what it could. A thread still inside a call to a
+    store that does not answer (a hung server, a file system that stalls) would keep the
+    process alive until the call's own timeout: exit without it. Nothing is lost — the jobs
+    of outcomes not written are rescued when their leases run out."""
+    import os
+    import threading
+    import time
+
+    from conveyor.logging import get_logger
+
+    deadline = time.monotonic() + STUCK_THREAD_WAIT_S
+    for thread in threading.enumerate():
+        if thread is not threading.current_thread() and not thread.daemon:
+            thread.join(max(0.0, deadline - time.monotonic()))
+    stuck = [t.name for t in threading.enumerate() if t.is_alive() and not t.daemon]
+    if len(stuck) > 1:  # this thread is one of them
+        get_logger("conveyor.worker").warning("worker.exit_forced", stuck_threads=stuck)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 @main.command()

@@ -6,8 +6,7 @@ from __future__ import annotations
 import abc
 import asyncio
 
-from conveyor.errors import BackendUnavailable
-from conveyor.logging import get_logger
+from conveyor.logging import Outage, get_logger
 
 log = get_logger("conveyor.services")
 
@@ -32,13 +31,14 @@ class Service(abc.ABC):
     async def run(self) -> None:
         if self.wait_first:
             await self._sleep()
+        outage = Outage(log, f"{self.name}.round")
         while not self._stop.is_set():
             try:
                 await self.run_once()
-            except BackendUnavailable as exc:  # the store is away: the next round tries again
-                log.warning(f"{self.name}.failed", error=str(exc))
-            except Exception as exc:  # a failed round is logged; the next one tries again
-                log.error(f"{self.name}.failed", error=str(exc), exc_info=exc)
+            except Exception as exc:  # logged once a run of failures; the next round tries again
+                outage.failed(exc)
+            else:
+                outage.recovered()
             self.rounds += 1
             async with self._round_done:
                 self._round_done.notify_all()

@@ -1,8 +1,14 @@
-"""Maintenance, run by one elected leader among all workers: the leadership is a lease row that
-the leader renews every round and anyone may take once it has run out."""
+"""Maintenance, run by one elected leader among all workers: the leadership is a lease that the
+leader renews every round and anyone may take once it has run out.
+
+A leader knows how long its lease lasts on its own monotonic clock (from the moment it asked to
+renew it): past that, it does no leader work until it has renewed — so a leader frozen past its
+lease (a pause, a hung connection) wakes up a follower. Its writes are fenced in the store too:
+a rescue or a cron fire applies only while the store still names it leader."""
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
 
 from conveyor.backends.base import Backend
@@ -33,19 +39,35 @@ class Maintenance(Service):
         self.app = app
         self.backend = backend
         self.worker_id = worker_id
-        self.is_leader = False
+        self._leading = False
+        #: while leading: until when the lease lasts, on this process's monotonic clock
+        self._lease_ends = 0.0
         self._pruned_at: float | None = None
+
+    @property
+    def is_leader(self) -> bool:
+        """Whether this worker leads now: it won the lease, and the lease has not run out on
+        its own clock since it asked for it."""
+        return self._leading and time.monotonic() < self._lease_ends
 
     async def run_once(self) -> None:
         now = self.app.clock.now()
         lease = self.app.settings.lease_seconds
-        leading = await self.backend.try_lead(LEADERSHIP, self.worker_id, now + lease, now)
-        if leading != self.is_leader:
+        asked = time.monotonic()
+        was_leader = self.is_leader
+        try:
+            leading = await self.backend.try_lead(LEADERSHIP, self.worker_id, now + lease, now)
+        except BaseException:
+            self._leading = False
+            if was_leader:
+                log.warning("leader.lost", worker_id=self.worker_id, reason="store unavailable")
+            raise
+        self._leading, self._lease_ends = leading, asked + lease
+        if leading != was_leader:
             log.info("leader.elected" if leading else "leader.lost", worker_id=self.worker_id)
-        self.is_leader = leading
         if not leading:
             return
-        await rescue_expired_leases(self.app, self.backend)
+        await rescue_expired_leases(self.app, self.backend, leader=self.worker_id)
         await self.backend.prune_workers(max(FORGET_WORKERS_AFTER_S, 10 * lease), now)
         if self._pruned_at is None or now - self._pruned_at >= PRUNE_EVERY_S:
             await self.prune_finished_jobs(now)
@@ -70,6 +92,6 @@ class Maintenance(Service):
         return pruned
 
     async def resign(self) -> None:
-        if self.is_leader:
+        if self._leading:
+            self._leading = False
             await self.backend.resign(LEADERSHIP, self.worker_id)
-            self.is_leader = False

@@ -16,14 +16,18 @@ if TYPE_CHECKING:
 log = get_logger("conveyor.services")
 
 BATCH = 500
+#: A rescue applies only if the job's lease is still the one found expired (never renewed
+#: since): earlier than what was seen plus this (less than any renewal adds).
+SEEN_LEASE_SLACK_S = 0.001
 
 
 class WorkerLost(Exception):
     """The worker running the job stopped heartbeating before the job finished."""
 
 
-async def rescue_expired_leases(app: App, backend: Backend) -> int:
-    """Fail every running job whose lease has run out; returns how many were rescued."""
+async def rescue_expired_leases(app: App, backend: Backend, leader: str | None = None) -> int:
+    """Fail every running job whose worker is lost; returns how many were rescued. With
+    `leader`, each write applies only while that leader still leads."""
     now = app.clock.now()
     fallback = exponential(app.settings.retry_base_delay, app.settings.retry_cap)
     rescued = 0
@@ -52,7 +56,9 @@ async def rescue_expired_leases(app: App, backend: Backend) -> int:
                     },
                     run_at=now + decision.delay,
                     note=f"worker lost: {job.worker_id}",
-                    lease_expired_before=now,
+                    # the lease found expired, not a time: clocks may disagree, a lease cannot
+                    lease_expired_before=(job.lease_until or now) + SEEN_LEASE_SLACK_S,
+                    leader=leader,
                 )
             )
         applied = set(await backend.complete(outcomes))

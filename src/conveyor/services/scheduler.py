@@ -29,12 +29,19 @@ class Scheduler(Service):
     name = "scheduler"
 
     def __init__(
-        self, app: App, backend: Backend, is_leader: Callable[[], bool], interval: float
+        self,
+        app: App,
+        backend: Backend,
+        is_leader: Callable[[], bool],
+        interval: float,
+        leader_id: str | None = None,
     ) -> None:
         super().__init__(interval)
         self.app = app
         self.backend = backend
         self.is_leader = is_leader
+        #: the leader's id: a fire applies only while the store still names it leader
+        self.leader_id = leader_id
         #: the latest tick dealt with per entry, as the store said when this worker took the lead
         self._last: dict[str, float] | None = None
 
@@ -59,15 +66,17 @@ class Scheduler(Service):
         fields = {"name": entry.name, "tick": _iso(tick)}
         if last is None:
             # First sight of the entry: its schedule starts now; no earlier tick was missed.
-            await self.backend.fire_periodic(entry.name, tick, None, now)
+            await self.backend.fire_periodic(entry.name, tick, None, now, self.leader_id)
             log.info("cron.started", **fields, next=_iso(entry.schedule.next_after(now)))
         elif entry.catch_up or now - tick <= max(MISSED_AFTER_S, 3 * self.interval):
             job = self.app.build_job(entry.task, CallOptions(), entry.args, entry.kwargs)
-            stored = await self.backend.fire_periodic(entry.name, tick, job, now)
+            stored = await self.backend.fire_periodic(
+                entry.name, tick, job, now, self.leader_id
+            )
             if stored is not None:
                 log.info("cron.fired", **fields, job_id=stored.id, late_s=round(now - tick, 3))
         else:
-            await self.backend.fire_periodic(entry.name, tick, None, now)
+            await self.backend.fire_periodic(entry.name, tick, None, now, self.leader_id)
             log.info("cron.skipped", **fields, reason="missed while no worker ran")
         self._last[entry.name] = tick
 

@@ -1,14 +1,22 @@
 """Writes outcomes in batches: whatever finished while the last write was in flight goes in the
-next one, so a busy worker writes many outcomes per transaction and an idle one writes at once."""
+next one, so a busy worker writes many outcomes per transaction and an idle one writes at once.
+
+A batch the store cannot take for now (`BackendUnavailable`) is tried again, with backoff, for
+as long as the worker runs. A batch the store refuses for another reason is split until the
+outcome at fault stands alone: that one is written without what its task wrote (result, error
+text), and is given up only if even that fails — so one bad outcome never holds back the others.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Callable
 
 from conveyor.backends.base import Backend
 from conveyor.errors import BackendUnavailable
-from conveyor.logging import get_logger
+from conveyor.job import Outcome
+from conveyor.logging import Outage, get_logger
 from conveyor.worker.executor import Finished
 
 log = get_logger("conveyor.worker")
@@ -29,6 +37,7 @@ class Completer:
         self._idle = asyncio.Event()
         self._idle.set()
         self._closed = False
+        self._outage = Outage(log, "outcomes.write")
 
     def add(self, finished: Finished) -> None:
         self._pending.append(finished)
@@ -40,9 +49,10 @@ class Completer:
         return len(self._inflight) + len(self._pending)
 
     @property
-    def pending_ids(self) -> list[int]:
-        """Jobs whose outcome is not written yet: they are still leased to this worker."""
-        return [f.job.id for f in self._inflight] + [f.job.id for f in self._pending]
+    def pending(self) -> list[tuple[int, int]]:
+        """The attempts whose outcome is not written yet: they are still leased to this
+        worker, as `(job id, attempt)`."""
+        return [(f.job.id, f.job.attempt) for f in (*self._inflight, *self._pending)]
 
     async def run(self) -> None:
         """Write batches until `close()` and everything added has been written."""
@@ -60,19 +70,44 @@ class Completer:
                 return
 
     async def _write(self, batch: list[Finished]) -> list[int]:
-        # An outcome is never dropped: a failed write is retried, while the heartbeat keeps the
-        # jobs' leases alive. If the worker must stop first, the leases run out and the jobs are
-        # rescued: nothing is lost.
+        # An outcome is never dropped for an outage: the write is tried again, while the
+        # heartbeat keeps the jobs' leases alive. If the worker must stop first, the leases run
+        # out and the jobs are rescued: nothing is lost.
         attempt = 0
         while True:
             try:
-                return await self._backend.complete([f.outcome for f in batch])
-            except Exception as exc:
+                applied = await self._backend.complete([f.outcome for f in batch])
+            except BackendUnavailable as exc:
                 delay = RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)]
-                level = log.warning if isinstance(exc, BackendUnavailable) else log.error
-                level("outcomes.write_failed", count=len(batch), error=repr(exc), retry_in_s=delay)
+                self._outage.failed(exc, count=len(batch), retry_in_s=delay)
                 attempt += 1
                 await asyncio.sleep(delay)
+                continue
+            except Exception as exc:
+                return await self._isolate(batch, exc)
+            self._outage.recovered()
+            return applied
+
+    async def _isolate(self, batch: list[Finished], exc: Exception) -> list[int]:
+        """The store refused the batch: write its halves apart until the bad outcome is alone."""
+        if len(batch) > 1:
+            half = len(batch) // 2
+            return [*await self._write(batch[:half]), *await self._write(batch[half:])]
+        [finished] = batch
+        bare = _without_task_output(finished.outcome, exc)
+        if bare != finished.outcome:
+            log.error(
+                "job.outcome_unstorable", job_id=finished.job.id, task=finished.job.task,
+                attempt=finished.job.attempt, error=repr(exc),
+            )  # fmt: skip
+            return await self._write([dataclasses.replace(finished, outcome=bare)])
+        # Not even the bare outcome is taken: give it up. The job's lease runs out and the
+        # leader rescues it, as if this worker had died.
+        log.error(
+            "outcomes.write_failed", job_id=finished.job.id, task=finished.job.task,
+            attempt=finished.job.attempt, error=repr(exc),
+        )  # fmt: skip
+        return []
 
     async def flush(self) -> None:
         """Return once everything added so far is written."""
@@ -81,3 +116,16 @@ class Completer:
     def close(self) -> None:
         self._closed = True
         self._wake.set()
+
+
+def _without_task_output(outcome: Outcome, exc: Exception) -> Outcome:
+    """The outcome with nothing the task wrote: no result, an error that only says why."""
+    error = outcome.error
+    if error is not None:
+        error = {
+            **error,
+            "message": f"the error could not be stored ({type(exc).__name__})",
+            "traceback": None,
+        }
+    note = None if outcome.note is None else "the outcome could not be stored as written"
+    return dataclasses.replace(outcome, result=None, error=error, note=note)

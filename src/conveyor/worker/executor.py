@@ -1,5 +1,9 @@
 """One claimed job in, exactly one `Outcome` out: returned, raised, retried, discarded, timed out,
-cancelled, or handed back on shutdown."""
+cancelled, stopped for a lost lease, or handed back on shutdown.
+
+Everything the task wrote (its result, its error's message and traceback, the reasons it gave)
+is made storable here — NUL characters and lone surrogates become U+FFFD — so no backend is ever
+handed text it cannot keep."""
 
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ from conveyor.context import Context
 from conveyor.errors import TaskTimeout, UnknownTask, ValidationError
 from conveyor.job import Job, JobState, Outcome
 from conveyor.logging import get_logger
-from conveyor.payload import encode
+from conveyor.payload import encode_result, storable_text
 from conveyor.retry import RetryPolicy, decide, downstream_down, exponential
 from conveyor.worker.threads import TaskThreads, Work
 
@@ -27,6 +31,13 @@ log = get_logger("conveyor.worker")
 #: Why a running job is being stopped.
 CANCELLED = "cancelled"
 SHUTDOWN = "shutdown"
+#: its lease ran out before a heartbeat could renew it, or the store gave the job to another
+LEASE_LOST = "lease lost"
+
+
+class LeaseLost(Exception):
+    """The worker could not keep the job's lease: the store did not hear from it in time, or
+    gave the job to another worker. The attempt counts, as when a worker is lost."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,9 +81,9 @@ def error_entry(exc: BaseException, worker_id: str, at: float, attempt: int) -> 
     except Exception:
         trace = f"{name}: {_safe_text(exc)} (the traceback could not be formatted)"
     return {
-        "type": name,
-        "message": _safe_text(exc),
-        "traceback": trace,
+        "type": storable_text(name),
+        "message": storable_text(_safe_text(exc)),
+        "traceback": storable_text(trace),
         "at": at,
         "worker": worker_id,
         "attempt": attempt,
@@ -142,13 +153,14 @@ class Executor:
             ctx.request_cancel("timeout")
             return self._failed(job, task.retry, TaskTimeout(f"timed out after {task.timeout}s"))
         except BaseException as exc:
-            if ctx.cancel_reason == CANCELLED:
+            if ctx.cancel_reason in (CANCELLED, LEASE_LOST):
                 return self._stopped(job, ctx)
             return self._failed(job, task.retry, exc, circuit)
-        if ctx.cancel_reason == CANCELLED:
+        if ctx.cancel_reason in (CANCELLED, LEASE_LOST):
+            # Returned after it was asked to stop: whether it finished is unknown.
             return self._stopped(job, ctx)
         try:
-            result_json = encode(result, f"the result of {job.task}")
+            result_json = encode_result(result, f"the result of {job.task}")
         except ValidationError as exc:
             # The work is done; running it again would repeat its effects. Straight to dead.
             return self._outcome(job, JobState.DEAD, error=exc, note="result could not be stored")
@@ -161,6 +173,11 @@ class Executor:
     def _stopped(self, job: Job, ctx: Context) -> Outcome:
         if ctx.cancel_reason == SHUTDOWN:
             return self.hand_back(job)
+        if ctx.cancel_reason == LEASE_LOST:
+            task = self.app.tasks.get(job.task)
+            backoff = (task.retry if task else self._fallback_policy).backoff
+            # Like a lost worker: retried whatever retry_on says, the attempt counts.
+            return self._failed(job, RetryPolicy(backoff=backoff), LeaseLost(LEASE_LOST))
         return self._make(job, JobState.CANCELLED, note="cancelled")
 
     def _failed(
@@ -200,4 +217,7 @@ class Executor:
 
     def _make(self, job: Job, state: JobState, at: float | None = None, **fields: Any) -> Outcome:
         at = self.app.clock.now() if at is None else at
+        note = fields.get("note")
+        if note is not None:  # reasons may be the task's own words (Retry, Discard)
+            fields["note"] = storable_text(note)
         return Outcome(job.id, self.worker_id, job.attempt, state, at, **fields)

@@ -1,4 +1,12 @@
-"""The fetch loop, the slots, the heartbeat and the shutdown of one worker process."""
+"""The fetch loop, the slots, the heartbeat and the shutdown of one worker process.
+
+A worker keeps going whatever the store does: an error that means the store cannot serve now
+(`BackendUnavailable`) makes it back off and try again — logged once when the outage starts
+and once when it ends — and it never exits for it, not even when the store is down as it
+starts. It keeps its leases honestly: it claims nothing while its last heartbeat that reached
+the store is older than half a lease, and it stops (as a cancel would) every job whose lease
+it could not renew in time or that the store says was taken from it, so a worker cut off from
+the store does not run on as a zombie while the job runs again elsewhere."""
 
 from __future__ import annotations
 
@@ -8,6 +16,7 @@ import os
 import signal
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
@@ -16,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from conveyor.context import Context
 from conveyor.errors import BackendUnavailable, ValidationError
 from conveyor.job import Job, JobState, WorkerInfo
-from conveyor.logging import get_logger
+from conveyor.logging import Outage, get_logger
 from conveyor.services import circuits
 from conveyor.services.base import Service
 from conveyor.services.leader import Maintenance
@@ -24,7 +33,7 @@ from conveyor.services.scheduler import Scheduler
 from conveyor.services.watch import Watch
 from conveyor.task import check_queue
 from conveyor.worker.completer import Completer
-from conveyor.worker.executor import CANCELLED, SHUTDOWN, Executor, Finished
+from conveyor.worker.executor import CANCELLED, LEASE_LOST, SHUTDOWN, Executor, Finished
 from conveyor.worker.threads import TaskThreads
 
 if TYPE_CHECKING:
@@ -42,6 +51,12 @@ PROBE_ROUND_S = 1.0
 #: How often the leader checks the alert rules on queues and workers.
 WATCH_ROUND_S = 15.0
 CLAIM_RETRY_DELAYS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0)
+#: After the grace period (and a cancelled task's ABANDON_AFTER_S), how long the outcomes still
+#: unwritten get to reach the store before the worker exits without them (their leases run
+#: out and the leader rescues the jobs: nothing is lost).
+WRITE_AFTER_GRACE_S = 5.0
+#: How long each last call to the store on the way out (resign, deregister, close) may take.
+GOODBYE_S = 2.0
 
 
 def _interval(lease: float, fraction: float) -> float:
@@ -54,6 +69,9 @@ class Active:
     ctx: Context
     task: asyncio.Task[None]
     is_async: bool
+    #: until when the job's lease surely lasts, on this process's monotonic clock (the store
+    #: stamped it no earlier than the claim or heartbeat that set it was sent)
+    lease_ends: float
 
 
 class Heartbeat(Service):
@@ -68,6 +86,20 @@ class Heartbeat(Service):
 
     async def run_once(self) -> None:
         await self.worker.beat()
+
+
+class LeaseKeeper(Service):
+    """Stops the jobs whose lease ran out on this worker's clock before a heartbeat could renew
+    it (a hung or unreachable store), without waiting for the store to answer."""
+
+    name = "leases"
+
+    def __init__(self, worker: Worker, interval: float) -> None:
+        super().__init__(interval)
+        self.worker = worker
+
+    async def run_once(self) -> None:
+        self.worker.drop_lapsed_leases()
 
 
 class Worker:
@@ -100,6 +132,8 @@ class Worker:
         self._stopping: asyncio.Event | None = None
         self._hand_back_now: asyncio.Event | None = None
         self.processed = 0
+        #: when the last heartbeat that reached the store was sent (monotonic)
+        self._beat_sent_at = -math.inf
 
     # -- running ----------------------------------------------------------------------------
 
@@ -124,16 +158,19 @@ class Worker:
         self._give_up = asyncio.Event()
         self._slot_free = asyncio.Event()
         self._written = asyncio.Event()
+        self._beat_heard = asyncio.Event()
         self.backend: Backend = self.app.backend
         lease = self.app.settings.lease_seconds
         self._threads = TaskThreads(self.concurrency)
         self._executor = Executor(self.app, self.id, self._threads)
         self.completer = Completer(self.backend, self._on_written)
         self.heartbeat = Heartbeat(self, _interval(lease, 0.25))
+        self.lease_keeper = LeaseKeeper(self, _interval(lease, 0.1))
         self.maintenance = Maintenance(self.app, self.backend, self.id, _interval(lease, 0.33))
         self.scheduler = Scheduler(
-            self.app, self.backend, lambda: self.maintenance.is_leader, _interval(lease, 0.33)
-        )
+            self.app, self.backend, lambda: self.maintenance.is_leader, _interval(lease, 0.33),
+            leader_id=self.id,
+        )  # fmt: skip
         self.prober = circuits.CircuitProber(
             self.app, self.backend, lambda: self.maintenance.is_leader, PROBE_ROUND_S
         )
@@ -141,28 +178,50 @@ class Worker:
         if handle_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self.stop)
-        await self.beat()
-        for queue, limit in self.app.declared_queues.items():
-            await self.backend.set_queue_concurrency(queue, limit)
-        log.info(
-            "worker.started", worker_id=self.id, queues=self.queues or "*",
-            concurrency=self.concurrency, burst=self.burst, backend=self.backend.url,
-        )  # fmt: skip
-        services = [
-            loop.create_task(self.completer.run()),
-            loop.create_task(self.heartbeat.run()),
-            loop.create_task(self.maintenance.run()),
-            loop.create_task(self.scheduler.run()),
-            loop.create_task(self.prober.run()),
-            loop.create_task(self.watch.run()),
-        ]
+        services: list[asyncio.Task[None]] = []
         try:
+            if not await self._start_up():
+                return  # stopped before the store could be reached
+            log.info(
+                "worker.started", worker_id=self.id, queues=self.queues or "*",
+                concurrency=self.concurrency, burst=self.burst, backend=self.backend.url,
+            )  # fmt: skip
+            services = [
+                loop.create_task(self.completer.run()),
+                loop.create_task(self.heartbeat.run()),
+                loop.create_task(self.lease_keeper.run()),
+                loop.create_task(self.maintenance.run()),
+                loop.create_task(self.scheduler.run()),
+                loop.create_task(self.prober.run()),
+                loop.create_task(self.watch.run()),
+            ]
             await self._fetch_loop()
         finally:
             await self._shutdown(services)
             if handle_signals:
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     loop.remove_signal_handler(sig)
+
+    async def _start_up(self) -> bool:
+        """Register with the store (and declare the app's queue limits): until the store
+        answers, wait and try again, as the fetch loop does. False if stopped meanwhile."""
+        assert self._stopping is not None
+        outage = Outage(log, "worker.store", worker_id=self.id)
+        failures = 0
+        while not self._stopping.is_set():
+            try:
+                await self.beat()
+                for queue, limit in self.app.declared_queues.items():
+                    await self.backend.set_queue_concurrency(queue, limit)
+            except BackendUnavailable as exc:
+                delay = CLAIM_RETRY_DELAYS[min(failures, len(CLAIM_RETRY_DELAYS) - 1)]
+                failures += 1
+                outage.failed(exc, retry_in_s=delay)
+                await self._wait_any(asyncio.sleep(delay))
+                continue
+            outage.recovered()
+            return True
+        return False
 
     @property
     def stopping(self) -> bool:
@@ -193,24 +252,48 @@ class Worker:
     async def _fetch_loop(self) -> None:
         assert self._stopping is not None
         failures = 0
+        outage = Outage(log, "worker.claim", worker_id=self.id)
         while not self._stopping.is_set():
             self._slot_free.clear()
             free = self.concurrency - len(self._active)
             if free <= 0:
                 await self._slot_free.wait()  # stop() sets it too
                 continue
+            if not self._lease_is_fresh():
+                await self._wait_for_heartbeat()
+                continue
             try:
                 done = await self._fetch(free)
-            except BackendUnavailable as exc:
-                # The store is briefly out of reach: running jobs go on; claiming resumes later.
+            except Exception as exc:
+                # The store is out of reach (or a claim failed some other way): running jobs
+                # go on; claiming resumes later. The worker never exits for it.
                 delay = CLAIM_RETRY_DELAYS[min(failures, len(CLAIM_RETRY_DELAYS) - 1)]
                 failures += 1
-                log.warning("worker.claim_failed", error=str(exc), retry_in_s=delay)
+                outage.failed(exc, retry_in_s=delay)
                 await self._wait_any(asyncio.sleep(delay))
                 continue
             failures = 0
+            outage.recovered()
             if done:
                 return
+
+    def _lease_is_fresh(self) -> bool:
+        """Whether the last heartbeat that reached the store is recent enough to claim on:
+        within half a lease. Older, and this worker may be cut off (its leases running out
+        unseen): jobs it claimed now would only be rescued and run again elsewhere."""
+        age = time.monotonic() - self._beat_sent_at
+        return age <= self.app.settings.lease_seconds / 2
+
+    async def _wait_for_heartbeat(self) -> None:
+        age = time.monotonic() - self._beat_sent_at
+        log.warning(
+            "worker.claims_paused", worker_id=self.id, last_heartbeat_s=round(age, 3),
+            reason="no heartbeat reached the store for half a lease",
+        )  # fmt: skip
+        self._beat_heard.clear()
+        await self._wait_any(self._beat_heard.wait())
+        if not self.stopping:
+            log.info("worker.claims_resumed", worker_id=self.id)
 
     async def _fetch(self, free: int) -> bool:
         """Claim and start up to `free` jobs, or wait for work; True when a burst is over."""
@@ -218,6 +301,7 @@ class Worker:
         self._written.clear()
         now = self.app.clock.now()
         lease = self.app.settings.lease_seconds
+        asked = time.monotonic()
         jobs = await self.backend.claim(self.id, self.queues, free, now + lease, now)
         if self._stopping.is_set():
             # Stopped while the claim was in flight: these never start.
@@ -225,12 +309,12 @@ class Worker:
                 self.completer.add(Finished(job, self._executor.hand_back(job), 0.0))
             return True
         for job in jobs:
-            self._start(job)
+            self._start(job, asked + lease)
         if len(jobs) == free:
             return False
         now = self.app.clock.now()
         due_in = await self.backend.next_due_in(self.queues, now)
-        last_look = self.burst and not self._active and not self.completer.pending_ids
+        last_look = self.burst and not self._active and not self.completer.pending
         if last_look and self._written.is_set():
             return False  # outcomes landed after the claim: they may have released jobs
         # Queued jobs no claim took: held back by a limit (runnable once a slot frees or a
@@ -259,13 +343,13 @@ class Worker:
             for t in tasks:
                 t.cancel()
 
-    def _start(self, job: Job) -> None:
+    def _start(self, job: Job, lease_ends: float) -> None:
         job.app = self.app
         ctx = Context(job, self.id, self.backend, self._loop, self.app.clock.now)
         task_def = self.app.tasks.get(job.task)
         runner = self._loop.create_task(self._execute(job, ctx))
         self._active[job.id, job.attempt] = Active(
-            job, ctx, runner, task_def is not None and task_def.is_async
+            job, ctx, runner, task_def is not None and task_def.is_async, lease_ends
         )
 
     async def _execute(self, job: Job, ctx: Context) -> None:
@@ -290,29 +374,62 @@ class Worker:
     def cancel_running(self, job_id: int) -> None:
         for active in [a for (id_, _), a in self._active.items() if id_ == job_id]:
             log.info("job.cancel_requested", job_id=job_id, task=active.job.task)
-            active.ctx.request_cancel(CANCELLED)
-            if active.is_async:
-                active.task.cancel()
+            self._stop_job(active, CANCELLED)
+
+    def _stop_job(self, active: Active, reason: str) -> None:
+        """Ask a running job to stop: its task sees `ctx.cancelled`; an async one is cancelled
+        (a sync one runs until it looks, or returns)."""
+        active.ctx.request_cancel(reason)
+        if active.is_async:
+            active.task.cancel()
+
+    def _lose_lease(self, active: Active, why: str) -> None:
+        if active.ctx.cancel_reason in (CANCELLED, LEASE_LOST):
+            return
+        log.warning(
+            "job.lease_lost", job_id=active.job.id, task=active.job.task,
+            attempt=active.job.attempt, worker_id=self.id, reason=why,
+        )  # fmt: skip
+        self._stop_job(active, LEASE_LOST)
+
+    def drop_lapsed_leases(self) -> None:
+        """Stop every job whose lease has run out on this worker's clock (no heartbeat renewed
+        it in time): the leader may be rescuing it already."""
+        now = time.monotonic()
+        for active in list(self._active.values()):
+            if active.lease_ends <= now:
+                self._lose_lease(active, "no heartbeat renewed the lease in time")
 
     # -- heartbeat and outcomes -------------------------------------------------------------
 
     async def beat(self) -> None:
         now = self.app.clock.now()
-        running = sorted({job_id for job_id, _ in self._active} | set(self.completer_pending()))
+        lease = self.app.settings.lease_seconds
+        asked = time.monotonic()
+        mine = list(self._active)
+        running = sorted({*mine, *self.completer_pending()})
         info = WorkerInfo(
             id=self.id, host=self.host, pid=self.pid, queues=self.queues,
             concurrency=self.concurrency, started_at=self.started_at, last_beat=now,
-            running=running,
+            running=sorted({job_id for job_id, _ in running}),
         )  # fmt: skip
-        to_cancel = await self.backend.heartbeat(
-            info, running, now + self.app.settings.lease_seconds
-        )
-        for job_id in to_cancel:
+        beat = await self.backend.heartbeat(info, running, now + lease)
+        self._beat_sent_at = asked
+        self._beat_heard.set()
+        for key in mine:
+            active = self._active.get(key)
+            if active is None:
+                continue  # finished meanwhile
+            if key in beat.extended:
+                active.lease_ends = max(active.lease_ends, asked + lease)
+            else:
+                self._lose_lease(active, "the store gave the job to another worker")
+        for job_id in beat.cancel:
             self.cancel_running(job_id)
 
-    def completer_pending(self) -> list[int]:
+    def completer_pending(self) -> list[tuple[int, int]]:
         completer = getattr(self, "completer", None)
-        return [] if completer is None else completer.pending_ids
+        return [] if completer is None else completer.pending
 
     def _on_written(self, batch: list[Finished], applied: list[int]) -> None:
         self.processed += len(batch)
@@ -335,6 +452,9 @@ class Worker:
     # -- shutdown ---------------------------------------------------------------------------
 
     async def _shutdown(self, services: list[asyncio.Task[None]]) -> None:
+        """Let running jobs finish within the grace period, hand back the rest, write the
+        outcomes, say goodbye to the store. Bounded whatever the store does: the grace period,
+        ABANDON_AFTER_S, WRITE_AFTER_GRACE_S and a few GOODBYE_S calls at most."""
         assert self._hand_back_now is not None
         if self._active and not self._hand_back_now.is_set():
             running = [a.task for a in self._active.values()]
@@ -352,29 +472,41 @@ class Worker:
             self._active.pop((active.job.id, active.job.attempt))
             self.completer.add(Finished(active.job, self._executor.hand_back(active.job), 0.0))
         self.completer.close()
-        interrupt = asyncio.ensure_future(self._give_up.wait())
-        await _wait_all_or([services[0]], interrupt, timeout=None)
-        if not services[0].done():
-            # The store is unreachable and a third signal said not to wait: the unwritten
-            # jobs' leases run out and the leader rescues them. Nothing is lost.
-            log.error("outcomes.unwritten", worker_id=self.id, count=self.completer.unwritten)
-            services[0].cancel()
-        self.heartbeat.stop()
-        self.maintenance.stop()
-        self.scheduler.stop()
-        self.prober.stop()
-        self.watch.stop()
-        await asyncio.gather(*services, return_exceptions=True)
-        try:
-            await self.maintenance.resign()
-            await self.backend.deregister_worker(self.id)
-        except BackendUnavailable as exc:
-            log.warning("worker.deregister_failed", worker_id=self.id, error=str(exc))
-        await self.backend.release()
+        if services:
+            interrupt = asyncio.ensure_future(self._give_up.wait())
+            await _wait_all_or([services[0]], interrupt, timeout=WRITE_AFTER_GRACE_S)
+            if not services[0].done():
+                # The store does not take them (or a third signal said not to wait): the
+                # unwritten jobs' leases run out and the leader rescues them. Nothing is lost.
+                log.error("outcomes.unwritten", worker_id=self.id, count=self.completer.unwritten)
+        for service in (self.heartbeat, self.lease_keeper, self.maintenance, self.scheduler,
+                        self.prober, self.watch):  # fmt: skip
+            service.stop()
+        if services:
+            # A service in the middle of a call to a hung store is not waited for.
+            await asyncio.wait(services, timeout=GOODBYE_S)
+            for task in services:
+                task.cancel()
+        await self._goodbye("resign", self.maintenance.resign())
+        await self._goodbye("deregister", self.backend.deregister_worker(self.id))
+        await self._goodbye("release", self.backend.release())
         self._threads.shutdown()
         log.info(
             "worker.stopped", worker_id=self.id, processed=self.processed, handed_back=len(leftover)
         )
+
+    async def _goodbye(self, what: str, call: Awaitable[None]) -> None:
+        """One last call to the store, given GOODBYE_S at most; its failure is only logged."""
+        task = asyncio.ensure_future(call)
+        done, _ = await asyncio.wait([task], timeout=GOODBYE_S)
+        if not done:
+            task.cancel()
+            log.warning(f"worker.{what}_failed", worker_id=self.id, error="no answer in time")
+            return
+        error = task.exception()
+        if error is not None:
+            level = log.warning if isinstance(error, BackendUnavailable) else log.error
+            level(f"worker.{what}_failed", worker_id=self.id, error=str(error))
 
 
 async def _wait_all_or(

@@ -3,7 +3,8 @@
 Each operation is written once, as a plan: a generator that yields statements and receives
 their rows. A blocking driver runs plans on a `psycopg_pool.ConnectionPool` for the sync API,
 an async driver on an `AsyncConnectionPool` for the worker, and transactional enqueue runs the
-insert plan on the caller's own connection, inside the caller's transaction.
+insert plan on the caller's own connection, inside the caller's transaction. How connections
+are bounded and pooled, and which errors mean an outage, is `pools.py`'s.
 """
 
 from __future__ import annotations
@@ -14,15 +15,24 @@ import math
 import time
 from collections.abc import Generator, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import psycopg
 import psycopg_pool
 from psycopg.rows import dict_row
 from psycopg.types.string import TextLoader
 
-from conveyor.backends.base import Backend, dependency_depths
+from conveyor.backends.base import Backend, Beat, dependency_depths
 from conveyor.backends.postgres.listener import Listener, SyncListener
+from conveyor.backends.postgres.pools import (
+    DEADLINE_MARGIN_S,
+    WATCHDOG,
+    AsyncPools,
+    SyncPools,
+    connect_kwargs,
+    needs_new_connections,
+    unavailable,
+)
 from conveyor.backends.sql import Migration, Queries, load_migrations
 from conveyor.circuit import Action, CircuitEvent, CircuitInfo, CircuitRow, transition
 from conveyor.clock import Clock, SystemClock
@@ -75,8 +85,12 @@ class Stmt:
 Plan = Generator[Stmt | list[Stmt], Any, T]
 
 
-def _unavailable(exc: Exception) -> BackendUnavailable:
-    return BackendUnavailable(f"PostgreSQL: {str(exc).strip() or type(exc).__name__}")
+def _reraise(exc: BaseException) -> NoReturn:
+    """Raise `exc` as BackendUnavailable if it means an outage, else as it is."""
+    error = unavailable(exc)
+    if error is None:
+        raise exc
+    raise error from exc
 
 
 def _in_claim_order(jobs: Iterable[Job]) -> list[Job]:
@@ -109,9 +123,9 @@ class PostgresBackend(Backend):
         self.clock = clock
         self._db_time = isinstance(clock, SystemClock)
         self._checked = False
-        self._pool: psycopg_pool.ConnectionPool[Any] | None = None
-        self._apool: psycopg_pool.AsyncConnectionPool[Any] | None = None
-        self._apool_loop: asyncio.AbstractEventLoop | None = None
+        self._deadline = settings.statement_timeout + DEADLINE_MARGIN_S
+        self._pools = SyncPools(self._make_pool, settings.connect_timeout)
+        self._apools = AsyncPools(self._make_apool, settings.connect_timeout)
         self._leader_conn: psycopg.AsyncConnection[Any] | None = None
         self._promoted_at = 0.0
         self._claims_short = True
@@ -135,10 +149,8 @@ class PostgresBackend(Backend):
 
     def _connect_kwargs(self) -> dict[str, Any]:
         return {
-            "autocommit": True,
+            **connect_kwargs(self.settings.connect_timeout, self.settings.statement_timeout),
             "row_factory": dict_row,
-            "connect_timeout": max(1, round(self.settings.connect_timeout)),
-            "application_name": "conveyor",
         }
 
     def _pool_options(self, name: str) -> dict[str, Any]:
@@ -146,47 +158,44 @@ class PostgresBackend(Backend):
             "kwargs": self._connect_kwargs(),
             "min_size": 1,
             "max_size": self.settings.postgres_pool_size,
+            # how long a caller waits for a free connection (a busy pool, not an outage)
             "timeout": self.settings.connect_timeout,
             "open": False,
             "name": name,
         }
 
-    def pool(self) -> psycopg_pool.ConnectionPool[Any]:
-        if self._pool is None:
-            pool: psycopg_pool.ConnectionPool[Any] = psycopg_pool.ConnectionPool(
-                self.url, configure=_json_as_text, **self._pool_options("conveyor-sync")
-            )
-            # Wait for the first connection: a request that found none would make the pool
-            # grow to two, and a pool hands its connections out in turn, which costs a
-            # one-by-one caller about a tenth of its speed. A timeout here is an outage
-            # (the caller resets the pool).
-            self._pool = pool
-            pool.open(wait=True, timeout=self.settings.connect_timeout)
-        return self._pool
+    def _make_pool(self) -> psycopg_pool.ConnectionPool[Any]:
+        return psycopg_pool.ConnectionPool(
+            self.url, configure=self._configure, **self._pool_options("conveyor-sync")
+        )
 
-    async def apool(self) -> psycopg_pool.AsyncConnectionPool[Any]:
-        if self._apool is not None and self._apool_loop is not asyncio.get_running_loop():
-            self._apool = None  # made on another event loop, which owns it
-        if self._apool is None:
-            pool: psycopg_pool.AsyncConnectionPool[Any] = psycopg_pool.AsyncConnectionPool(
-                self.url, configure=_json_as_text_async, **self._pool_options("conveyor-async")
-            )
-            self._apool = pool  # as in pool(): wait for the first connection
-            self._apool_loop = asyncio.get_running_loop()
-            await pool.open(wait=True, timeout=self.settings.connect_timeout)
-        return self._apool
+    def _make_apool(self) -> psycopg_pool.AsyncConnectionPool[Any]:
+        return psycopg_pool.AsyncConnectionPool(
+            self.url, configure=self._configure_async, **self._pool_options("conveyor-async")
+        )
 
-    def _reset_pool(self) -> None:
-        """Forget a pool that met a broken server: its connections may all be dead, and its
-        reconnect backoff grows with the outage. The next call starts a fresh pool."""
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.close(timeout=0)
+    def _session_sql(self) -> str:
+        return self.q.session_settings.replace(
+            "{statement_timeout_ms}", str(round(self.settings.statement_timeout * 1000))
+        )
 
-    async def _reset_apool(self) -> None:
-        pool, self._apool = self._apool, None
-        if pool is not None:
-            await pool.close(timeout=0)
+    def _configure(self, conn: psycopg.Connection[Any]) -> None:
+        _json_as_text(conn)
+        conn.execute(self._session_sql())
+
+    async def _configure_async(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        _json_as_text(conn)
+        await conn.execute(self._session_sql())
+
+    async def _connect_async(self) -> psycopg.AsyncConnection[Any]:
+        """A connection of its own (not pooled), set up as pooled ones are."""
+        conn = await psycopg.AsyncConnection.connect(self.url, **self._connect_kwargs())
+        try:
+            await self._configure_async(conn)
+        except BaseException:
+            await conn.close()
+            raise
+        return conn
 
     # -- drivers ----------------------------------------------------------------------------
 
@@ -197,27 +206,46 @@ class PostgresBackend(Backend):
         atomic: bool = False,
         connection: psycopg.Connection[Any] | None = None,
         check: bool = True,
+        deadline: bool = True,
     ) -> T:
-        """Run a plan on a pooled connection, or on the caller's (inside their transaction)."""
+        """Run a plan on a pooled connection, or on the caller's (inside their transaction).
+        Every error that means an outage is BackendUnavailable."""
         if check and not self._checked:
             self.check_schema()
-        try:
-            if connection is not None:
+        if connection is not None:
+            try:
                 return _drive_sync(connection, plan)
+            except psycopg.Error as exc:
+                _reraise(exc)
+        for first_try in (True, False):
+            pool = self._pools.get()
             # getconn/putconn rather than pool.connection(): the connections are in autocommit,
             # so the commit its context manager ends with is a wasted call on the hottest path
-            pool = self.pool()
-            conn = pool.getconn()
+            try:
+                conn = pool.getconn()
+            except psycopg_pool.PoolClosed as exc:
+                if first_try:
+                    continue  # replaced while we waited: the new pool serves us
+                raise BackendUnavailable(f"PostgreSQL: {exc}") from exc
+            except psycopg_pool.PoolTimeout as exc:
+                _reraise(exc)
+            timer = WATCHDOG.arm(conn, self._deadline) if deadline else None
             try:
                 if atomic:
                     with conn.transaction():
                         return _drive_sync(conn, plan)
                 return _drive_sync(conn, plan)
+            except psycopg.Error as exc:
+                if timer is not None and WATCHDOG.disarm(timer):
+                    raise timer.error() from exc
+                if needs_new_connections(exc):
+                    self._pools.recycle(pool)
+                _reraise(exc)
             finally:
+                if timer is not None and WATCHDOG.disarm(timer):
+                    conn.close()  # cut by the watchdog: the pool must not hand it out again
                 pool.putconn(conn)
-        except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
-            self._reset_pool()
-            raise _unavailable(exc) from exc
+        raise AssertionError("unreachable")
 
     async def run_async(
         self,
@@ -228,21 +256,51 @@ class PostgresBackend(Backend):
     ) -> T:
         if not self._checked:
             await asyncio.to_thread(self.check_schema)
-        try:
-            if connection is not None:
+        if connection is not None:
+            try:
                 return await _drive_async(connection, plan)
-            pool = await self.apool()
-            conn = await pool.getconn()
+            except psycopg.Error as exc:
+                _reraise(exc)
+        for first_try in (True, False):
+            pool = await self._apools.get()
+            try:
+                conn = await pool.getconn()
+            except psycopg_pool.PoolClosed as exc:
+                if first_try:
+                    continue
+                raise BackendUnavailable(f"PostgreSQL: {exc}") from exc
+            except psycopg_pool.PoolTimeout as exc:
+                _reraise(exc)
+            timer = WATCHDOG.arm(conn, self._deadline)
             try:
                 if atomic:
                     async with conn.transaction():
                         return await _drive_async(conn, plan)
                 return await _drive_async(conn, plan)
+            except psycopg.Error as exc:
+                if WATCHDOG.disarm(timer):
+                    raise timer.error() from exc
+                if needs_new_connections(exc):
+                    await self._apools.recycle(pool)
+                _reraise(exc)
             finally:
+                if WATCHDOG.disarm(timer):
+                    await conn.close()
                 await pool.putconn(conn)
-        except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
-            await self._reset_apool()
-            raise _unavailable(exc) from exc
+        raise AssertionError("unreachable")
+
+    async def _on_own_connection(self, conn: psycopg.AsyncConnection[Any], stmt: Stmt) -> Any:
+        """One statement on a connection of its own, under the same deadline as pooled ones."""
+        timer = WATCHDOG.arm(conn, self._deadline)
+        try:
+            cur = await conn.execute(stmt.sql, stmt.params)
+            return await cur.fetchall() if cur.description is not None else cur.rowcount
+        except psycopg.Error as exc:
+            if WATCHDOG.disarm(timer):
+                raise timer.error() from exc
+            _reraise(exc)
+        finally:
+            WATCHDOG.disarm(timer)
 
     # -- schema -----------------------------------------------------------------------------
 
@@ -289,6 +347,7 @@ class PostgresBackend(Backend):
         return int(rows[-1]["version"]) if rows else 0
 
     def _migrate_plan(self, down_to: int | None = None) -> Plan[list[int]]:
+        yield Stmt(self.q.no_statement_timeout)
         # One migrator at a time, across every process and machine.
         yield Stmt(self.q.lock_migrations, {"key": f"conveyor-migrate:{self.schema}"})
         yield from self._ours_plan()
@@ -314,7 +373,10 @@ class PostgresBackend(Backend):
         return changed
 
     def migrate_sync(self, down_to: int | None = None) -> list[int]:
-        changed = self.run_sync(self._migrate_plan(down_to), atomic=True, check=False)
+        # A migration may rewrite a big table: no statement timeout, on either side.
+        changed = self.run_sync(
+            self._migrate_plan(down_to), atomic=True, check=False, deadline=False
+        )
         self._checked = down_to is None
         return changed
 
@@ -325,12 +387,8 @@ class PostgresBackend(Backend):
         if self._listener is not None:
             await self._listener.close()
             self._listener = None
-        if self._leader_conn is not None:
-            await self._leader_conn.close()
-            self._leader_conn = None
-        if self._apool is not None and self._apool_loop is asyncio.get_running_loop():
-            await self._apool.close()
-        self._apool = None
+        await self._close_leader_conn()
+        await self._apools.close()
 
     async def close(self) -> None:
         await self.release()
@@ -570,7 +628,8 @@ class PostgresBackend(Backend):
                 "refunds": [1 if o.refunds_attempt else 0 for o in outcomes],
                 "notes": [o.note for o in outcomes],
                 "rescues": [o.lease_expired_before is not None for o in outcomes],
-                "expired": [self.now(o.lease_expired_before) for o in outcomes],
+                "expired": [o.lease_expired_before for o in outcomes],
+                "leaders": [o.leader for o in outcomes],
             },
         )
         maybe_left = [o.job_id for o in outcomes if o.state in _NOT_FINISHED]
@@ -589,25 +648,29 @@ class PostgresBackend(Backend):
         return [int(r["id"]) for r in rows]
 
     def heartbeat_plan(
-        self, worker: WorkerInfo, running: Sequence[int], lease_until: float
-    ) -> Plan[set[int]]:
+        self, worker: WorkerInfo, running: Sequence[tuple[int, int]], lease_until: float
+    ) -> Plan[Beat]:
         now = self.now(worker.last_beat)
+        ids = _ids(job_id for job_id, _ in running)
         register = {
             "id": worker.id, "host": worker.host, "pid": worker.pid,
             "queues": None if worker.queues is None else json.dumps(worker.queues),
             "concurrency": worker.concurrency, "started_at": worker.started_at, "now": now,
-            "running": json.dumps(_ids(running)),
+            "running": json.dumps(sorted(set(ids))),
         }  # fmt: skip
         extend = {
             "now": now, "lease": max(0.0, lease_until - worker.last_beat),
-            "worker_id": worker.id, "ids": _ids(running),
+            "worker_id": worker.id, "ids": ids, "attempts": [a for _, a in running],
         }  # fmt: skip
-        *_, cancel = yield [
+        _, extended, cancel = yield [
             Stmt(self.q.upsert_worker, register),
             Stmt(self.q.extend_leases, extend),
             Stmt(self.q.cancel_requested, {"worker_id": worker.id}),
         ]
-        return {int(r["id"]) for r in cancel}
+        return Beat(
+            extended={(int(r["id"]), int(r["attempt"])) for r in extended},
+            cancel={int(r["id"]) for r in cancel},
+        )
 
     def get_job_plan(self, job_id: int) -> Plan[Job | None]:
         rows = yield Stmt(self.q.get_job, {"id": job_id})
@@ -625,10 +688,12 @@ class PostgresBackend(Backend):
         return [Job.from_row(r) for r in rows]
 
     def fire_periodic_plan(
-        self, name: str, tick: float, job: NewJob | None, now: float
+        self, name: str, tick: float, job: NewJob | None, now: float, leader: str | None
     ) -> Plan[Job | None]:
         tick_key = {"name": name, "tick": tick}
-        recorded = yield Stmt(self.q.record_tick, {**tick_key, "now": self.now(now)})
+        recorded = yield Stmt(
+            self.q.record_tick, {**tick_key, "now": self.now(now), "leader": leader}
+        )
         if recorded == 0 or job is None:
             return None
         [stored] = yield from self.enqueue_plan([job])
@@ -806,8 +871,8 @@ class PostgresBackend(Backend):
         return await self.run_async(self.complete_plan(outcomes), atomic=atomic)
 
     async def heartbeat(
-        self, worker: WorkerInfo, running: Sequence[int], lease_until: float
-    ) -> set[int]:
+        self, worker: WorkerInfo, running: Sequence[tuple[int, int]], lease_until: float
+    ) -> Beat:
         return await self.run_async(self.heartbeat_plan(worker, running, lease_until))
 
     async def deregister_worker(self, worker_id: str) -> None:
@@ -823,32 +888,40 @@ class PostgresBackend(Backend):
         return int(count)
 
     async def try_lead(self, name: str, holder: str, until: float, now: float) -> bool:
-        """Leadership is a session-level advisory lock on a connection of its own: it lasts as
-        long as that session, and a leader that dies frees it with its connection."""
-        key = f"conveyor:{self.schema}:{name}"
+        """Leadership is a lease row on the server's clock, taken and renewed on a connection of
+        the leader's own (see `take_lead`): a leader that cannot renew it in time loses it, and
+        one whose session is gone is replaced at once. Followers keep no connection open."""
+        params = {"name": name, "holder": holder, "lease": max(0.0, until - now)}
         try:
-            if self._leader_conn is not None and not self._leader_conn.closed:
-                await self._leader_conn.execute(self.q.ping)
-                return True
-            self._leader_conn = None
-            conn = await psycopg.AsyncConnection.connect(self.url, **self._connect_kwargs())
-            cur = await conn.execute(self.q.try_lock, {"key": key})
-            row = await cur.fetchone()
-            if row is not None and row["locked"]:
-                self._leader_conn = conn
-                return True
-            await conn.close()
-            return False
-        except psycopg.OperationalError as exc:
-            if self._leader_conn is not None:
-                await self._leader_conn.close()
-                self._leader_conn = None
-            raise _unavailable(exc) from exc
+            if self._leader_conn is None or self._leader_conn.closed:
+                self._leader_conn = await self._connect_async()
+            rows = await self._on_own_connection(
+                self._leader_conn, Stmt(self.q.take_lead, params)
+            )
+        except psycopg.Error as exc:
+            await self._close_leader_conn()
+            _reraise(exc)
+        except BaseException:
+            await self._close_leader_conn()
+            raise
+        if rows:
+            return True
+        await self._close_leader_conn()
+        return False
 
     async def resign(self, name: str, holder: str) -> None:
-        if self._leader_conn is not None:
-            conn, self._leader_conn = self._leader_conn, None
-            await conn.close()  # the lock goes with the session
+        try:
+            if self._leader_conn is not None and not self._leader_conn.closed:
+                await self._on_own_connection(
+                    self._leader_conn, Stmt(self.q.resign, {"name": name, "holder": holder})
+                )
+        finally:
+            await self._close_leader_conn()
+
+    async def _close_leader_conn(self) -> None:
+        conn, self._leader_conn = self._leader_conn, None
+        if conn is not None:
+            await conn.close()
 
     async def next_due_in(self, queues: Sequence[str] | None, now: float) -> float | None:
         return await self.run_async(self.next_due_in_plan(queues, now))
@@ -899,9 +972,10 @@ class PostgresBackend(Backend):
         )  # fmt: skip
 
     async def fire_periodic(
-        self, name: str, tick: float, job: NewJob | None, now: float
+        self, name: str, tick: float, job: NewJob | None, now: float, leader: str | None = None
     ) -> Job | None:
-        return await self.run_async(self.fire_periodic_plan(name, tick, job, now), atomic=True)
+        plan = self.fire_periodic_plan(name, tick, job, now, leader)
+        return await self.run_async(plan, atomic=True)
 
     async def periodic_ticks(self) -> dict[str, TickRecord]:
         return await self.run_async(self.periodic_ticks_plan())
@@ -932,9 +1006,7 @@ class PostgresStore:
         return self.b.run_sync(self.b._schema_version_plan(), check=False)
 
     def close(self) -> None:
-        if self.b._pool is not None:
-            self.b._pool.close()
-            self.b._pool = None
+        self.b._pools.close()
 
     def enqueue(
         self, jobs: Sequence[NewJob], connection: psycopg.Connection[Any] | None = None
@@ -1145,14 +1217,9 @@ class PostgresStore:
 # -- drivers --------------------------------------------------------------------------------
 
 
-def _json_as_text(conn: psycopg.Connection[Any]) -> None:
+def _json_as_text(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> None:
     # JSON columns come back as text, decoded in one place (Job.from_row) for every backend:
     # a JSON string and the text of a JSON document would otherwise look alike.
-    for name in ("json", "jsonb"):
-        conn.adapters.register_loader(name, TextLoader)
-
-
-async def _json_as_text_async(conn: psycopg.AsyncConnection[Any]) -> None:
     for name in ("json", "jsonb"):
         conn.adapters.register_loader(name, TextLoader)
 

@@ -443,11 +443,17 @@ SET state = o.state,
                 ELSE o.note END
 FROM unnest(%(ids)b::bigint[], %(worker_ids)b::text[], %(attempts)b::int[], %(states)b::text[],
             %(results)b::text[], %(errors)b::text[], %(ats)b::float8[], %(delays)b::float8[],
-            %(refunds)b::int[], %(notes)b::text[], %(rescues)b::bool[], %(expired)b::float8[])
-     AS o(id, worker_id, attempt, state, result, error, at, delay, refund, note, rescue, expired)
+            %(refunds)b::int[], %(notes)b::text[], %(rescues)b::bool[], %(expired)b::float8[],
+            %(leaders)b::text[])
+     AS o(id, worker_id, attempt, state, result, error, at, delay, refund, note, rescue, expired,
+          leader)
 WHERE j.id = o.id AND j.state = 'running' AND j.worker_id = o.worker_id
   AND j.attempt = o.attempt
-  AND (NOT o.rescue OR j.lease_until < coalesce(to_timestamp(o.expired), now()))
+  AND (NOT o.rescue OR j.lease_until < to_timestamp(o.expired))
+  -- a rescue decided by a leader applies only while that leader's lease stands
+  AND (o.leader IS NULL
+       OR EXISTS (SELECT FROM {schema}.leaders AS l
+                  WHERE l.holder = o.leader AND l.until >= now()))
 RETURNING j.id, j.state
 
 -- name: cancel_requested_leftovers
@@ -466,9 +472,13 @@ VALUES (%(id)s, %(host)s, %(pid)s, %(queues)s::json, %(concurrency)s,
 ON CONFLICT (id) DO UPDATE SET last_beat = excluded.last_beat, running = excluded.running
 
 -- name: extend_leases
-UPDATE {schema}.jobs
+-- The attempts still running under this worker get a new lease; the rest were taken from it.
+UPDATE {schema}.jobs AS j
 SET lease_until = coalesce(to_timestamp(%(now)s::float8), now()) + make_interval(secs => %(lease)s)
-WHERE state = 'running' AND worker_id = %(worker_id)s AND id = ANY(%(ids)s::bigint[])
+FROM unnest(%(ids)s::bigint[], %(attempts)s::int[]) AS r(id, attempt)
+WHERE j.id = r.id AND j.attempt = r.attempt AND j.state = 'running'
+  AND j.worker_id = %(worker_id)s
+RETURNING j.id, j.attempt
 
 -- name: cancel_requested
 SELECT id FROM {schema}.jobs
@@ -487,8 +497,22 @@ WHERE state = 'running' AND lease_until < coalesce(to_timestamp(%(now)s::float8)
 ORDER BY lease_until
 LIMIT %(limit)s
 
--- name: try_lock
-SELECT pg_try_advisory_lock(hashtext(%(key)s)) AS locked
+-- name: take_lead
+-- Take the named leadership or renew it: a lease on the server's clock. Anyone takes it once the
+-- lease has run out, or at once when the session that holds it is gone (its leader died). Run on
+-- the leader's own connection, whose server backend the row names. Always on the server's
+-- clock (never a test's frozen one): a lease is about who is alive now.
+INSERT INTO {schema}.leaders AS l (name, holder, until, pid)
+VALUES (%(name)s, %(holder)s, now() + make_interval(secs => %(lease)s), pg_backend_pid())
+ON CONFLICT (name) DO UPDATE
+SET holder = excluded.holder, until = excluded.until, pid = excluded.pid
+WHERE l.holder = excluded.holder
+   OR l.until < now()
+   OR NOT EXISTS (SELECT FROM pg_stat_activity AS a WHERE a.pid = l.pid)
+RETURNING holder
+
+-- name: resign
+DELETE FROM {schema}.leaders WHERE name = %(name)s AND holder = %(holder)s
 
 -- name: next_due_in
 SELECT extract(epoch FROM min(run_at) - coalesce(to_timestamp(%(now)s::float8), now()))::float8
@@ -713,8 +737,14 @@ DELETE FROM {schema}.migrations WHERE version = %(version)s
 -- name: listen
 LISTEN {channel}
 
--- name: ping
-SELECT 1
+-- name: session_settings
+-- On every new connection: no statement runs longer than this (the client cuts the connection
+-- a little later, if the server cannot even do that).
+SET statement_timeout = {statement_timeout_ms}
+
+-- name: no_statement_timeout
+-- Migrations may rewrite big tables: for the rest of their transaction, no limit.
+SET LOCAL statement_timeout = 0
 
 -- name: pause_queue
 INSERT INTO {schema}.queues (name, paused_at)
@@ -735,8 +765,11 @@ SELECT pg_notify('{schema}_jobs', name) FROM resumed
 SELECT name FROM {schema}.queues WHERE paused_at IS NOT NULL ORDER BY name
 
 -- name: record_tick
+-- A tick fired by a leader is recorded only while that leader's lease stands.
 INSERT INTO {schema}.cron_ticks (name, tick, fired_at)
-VALUES (%(name)s, to_timestamp(%(tick)s::float8), coalesce(to_timestamp(%(now)s::float8), now()))
+SELECT %(name)s, to_timestamp(%(tick)s::float8), coalesce(to_timestamp(%(now)s::float8), now())
+WHERE %(leader)s::text IS NULL
+   OR EXISTS (SELECT FROM {schema}.leaders WHERE holder = %(leader)s AND until >= now())
 ON CONFLICT DO NOTHING
 
 -- name: set_tick_job

@@ -20,10 +20,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
-from conveyor.backends.base import Backend, dependency_depths
+from conveyor.backends.base import Backend, Beat, dependency_depths
 from conveyor.backends.sql import Queries, load_migrations
 from conveyor.circuit import Action, CircuitEvent, CircuitInfo, CircuitRow, transition
-from conveyor.clock import Clock
+from conveyor.clock import Clock, monotonic
 from conveyor.config import Settings
 from conveyor.cron import TickRecord
 from conveyor.errors import (
@@ -44,6 +44,9 @@ from conveyor.job import (
     WorkerInfo,
 )
 from conveyor.limits import Candidate, best_buckets, pick
+from conveyor.logging import get_logger
+
+log = get_logger("conveyor.sqlite")
 
 Q = Queries.load("conveyor.backends.sqlite", "queries.sql")
 MIGRATIONS = load_migrations("conveyor.backends.sqlite.migrations")
@@ -77,12 +80,64 @@ def _ids_json(ids: Iterable[int]) -> str:
     return json.dumps([int(i) for i in ids])
 
 
-def _unavailable(exc: sqlite3.OperationalError) -> BackendUnavailable:
+#: SQLite's result codes that mean the file cannot serve now: busy or locked past the busy
+#: timeout, out of memory, a read-only file, an I/O error, a full disk, a file that cannot be
+#: opened, a locking protocol error.
+UNAVAILABLE_CODES = frozenset({5, 6, 7, 8, 10, 13, 14, 15})
+
+
+def unavailable(exc: BaseException) -> BackendUnavailable | None:
+    """`exc` as BackendUnavailable if it means the store cannot serve now, else None."""
+    if not isinstance(exc, sqlite3.Error):
+        return None
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is None:  # raised before SQLite was asked (a closed connection, say)
+        busy = "locked" in str(exc) or "busy" in str(exc)
+        return BackendUnavailable(f"SQLite: {exc}") if busy else None
+    if code & 0xFF not in UNAVAILABLE_CODES:
+        return None
     return BackendUnavailable(f"SQLite: {exc}")
+
+
+def _unavailable(exc: sqlite3.Error) -> BackendUnavailable:
+    return unavailable(exc) or BackendUnavailable(f"SQLite: {exc}")
 
 
 class _Connection(sqlite3.Connection):
     """A plain connection that can be weakly referenced."""
+
+
+class Sightings:
+    """How long a value in the store (a worker's last beat, a leader's lease) has gone unchanged,
+    on this process's monotonic clock.
+
+    SQLite has no clock of its own: every process stamps times with its own wall clock, which
+    can be off, or jump. So whether a worker is alive is judged by its beat being seen to
+    change, never by comparing one process's wall time with another's. A value seen for the
+    first time counts as just changed: a newcomer gives everyone one lease of doubt.
+    """
+
+    def __init__(self, monotonic: Callable[[], float]) -> None:
+        self._monotonic = monotonic
+        self._seen: dict[str, tuple[Any, float]] = {}
+        self._lock = threading.Lock()
+
+    def unchanged_for(self, key: str, value: Any) -> float:
+        """Seconds since `key` was last seen with another value (0: it just changed)."""
+        now = self._monotonic()
+        with self._lock:
+            seen = self._seen.get(key)
+            if seen is None or seen[0] != value:
+                self._seen[key] = (value, now)
+                return 0.0
+            return now - seen[1]
+
+    def workers(self, beats: Iterable[sqlite3.Row]) -> dict[str, tuple[float, float]]:
+        """Per registered worker: its last beat as stored, and how long it has not changed."""
+        return {
+            r["id"]: (r["last_beat"], self.unchanged_for(f"worker:{r['id']}", r["last_beat"]))
+            for r in beats
+        }
 
 
 class SqliteStore:
@@ -98,6 +153,10 @@ class SqliteStore:
         self._all: weakref.WeakSet[sqlite3.Connection] = weakref.WeakSet()
         self._lock = threading.Lock()
         self._checked = False
+        self._sightings = Sightings(lambda: monotonic(self._clock))
+
+    def use_clock(self, clock: Clock) -> None:
+        self._clock = clock
 
     # -- connections and transactions -------------------------------------------------------
 
@@ -116,11 +175,10 @@ class SqliteStore:
         conn.row_factory = sqlite3.Row
         try:
             tables = {row[0] for row in conn.execute(Q.list_tables)}
-        except sqlite3.OperationalError as exc:
-            conn.close()
-            raise _unavailable(exc) from exc
         except sqlite3.DatabaseError as exc:
             conn.close()
+            if (error := unavailable(exc)) is not None:
+                raise error from exc
             raise NotAConveyorDatabase(f"{self.path!r} is not a SQLite database ({exc})") from None
         if tables and "conveyor_migrations" not in tables:
             # Checked before any pragma: a file that is not ours is left exactly as it was.
@@ -131,12 +189,16 @@ class SqliteStore:
                 "give conveyor a database file of its own"
             )
         self._use_wal(conn)
-        conn.execute(f"PRAGMA synchronous = {self._settings.sqlite_synchronous}")
-        # Statement journals (for triggers) in memory: on disk they cost a temp file per write.
-        conn.execute("PRAGMA temp_store = MEMORY")
-        # Finishing a job releases (or cancels) the jobs waiting on it, whose finishing does the
-        # same in turn: a trigger that fires itself through another table.
-        conn.execute("PRAGMA recursive_triggers = ON")
+        try:
+            conn.execute(f"PRAGMA synchronous = {self._settings.sqlite_synchronous}")
+            # Statement journals (for triggers) in memory: on disk they cost a temp file a write.
+            conn.execute("PRAGMA temp_store = MEMORY")
+            # Finishing a job releases (or cancels) the jobs waiting on it, whose finishing does
+            # the same in turn: a trigger that fires itself through another table.
+            conn.execute("PRAGMA recursive_triggers = ON")
+        except sqlite3.Error as exc:
+            conn.close()
+            raise _unavailable(exc) from exc
         with self._lock:
             self._all.add(conn)
         return conn
@@ -151,7 +213,7 @@ class SqliteStore:
             try:
                 conn.execute("PRAGMA journal_mode = WAL")
                 return
-            except sqlite3.OperationalError as exc:
+            except sqlite3.Error as exc:
                 if "locked" not in str(exc) or time.monotonic() > deadline:
                     conn.close()
                     raise _unavailable(exc) from exc
@@ -169,28 +231,29 @@ class SqliteStore:
 
     @contextlib.contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction (`BEGIN IMMEDIATE`: the only writer). Errors that mean the
+        file cannot serve now (busy, disk full, I/O) are BackendUnavailable; nothing of the
+        transaction stays."""
         conn = self._conn()
         try:
             conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as exc:
+        except sqlite3.Error as exc:
             raise _unavailable(exc) from exc
         try:
             yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        try:
             conn.execute("COMMIT")
-        except sqlite3.OperationalError as exc:
-            conn.execute("ROLLBACK")
-            raise _unavailable(exc) from exc
+        except BaseException as exc:
+            _rollback(conn)
+            if (error := unavailable(exc)) is not None:
+                raise error from exc
+            raise
 
     def _read(self, sql: str, params: Any = ()) -> list[sqlite3.Row]:
         try:
             return self._conn().execute(sql, params).fetchall()
-        except sqlite3.OperationalError as exc:
-            if "locked" in str(exc) or "busy" in str(exc):
-                raise _unavailable(exc) from exc
+        except sqlite3.Error as exc:
+            if (error := unavailable(exc)) is not None:
+                raise error from exc
             raise
 
     def close(self) -> None:
@@ -225,7 +288,7 @@ class SqliteStore:
         applied_now: list[int] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as exc:
+        except sqlite3.Error as exc:
             raise _unavailable(exc) from exc
         try:
             conn.execute(Q.create_migrations_table)
@@ -239,10 +302,12 @@ class SqliteStore:
                     Q.record_migration, (migration.version, migration.name, self._clock.now())
                 )
                 applied_now.append(migration.version)
-        except BaseException:
-            conn.execute("ROLLBACK")
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            _rollback(conn)
+            if (error := unavailable(exc)) is not None:
+                raise error from exc
             raise
-        conn.execute("COMMIT")
         return applied_now
 
     def migrate(self) -> list[int]:
@@ -484,6 +549,7 @@ class SqliteStore:
                         "at": o.at,
                         "note": o.note,
                         "lease_expired_before": o.lease_expired_before,
+                        "leader": o.leader,
                     },
                 )
                 if cursor.rowcount:
@@ -497,7 +563,10 @@ class SqliteStore:
                 )
         return applied
 
-    def heartbeat(self, worker: WorkerInfo, running: Sequence[int], lease_until: float) -> set[int]:
+    def heartbeat(
+        self, worker: WorkerInfo, running: Sequence[tuple[int, int]], lease_until: float
+    ) -> Beat:
+        ids = sorted({job_id for job_id, _ in running})
         with self._write() as conn:
             conn.execute(
                 Q.upsert_worker,
@@ -505,34 +574,82 @@ class SqliteStore:
                     "id": worker.id, "host": worker.host, "pid": worker.pid,
                     "queues": _json_list(worker.queues), "concurrency": worker.concurrency,
                     "started_at": worker.started_at, "last_beat": worker.last_beat,
-                    "running": _ids_json(running),
+                    "running": _ids_json(ids),
                 },
             )  # fmt: skip
+            extended: set[tuple[int, int]] = set()
             if running:
-                conn.execute(
+                rows = conn.execute(
                     Q.extend_leases,
-                    {"lease_until": lease_until, "worker_id": worker.id, "ids": _ids_json(running)},
-                )
-            rows = conn.execute(Q.cancel_requested, {"worker_id": worker.id}).fetchall()
-        return {r[0] for r in rows}
+                    {
+                        "lease_until": lease_until, "worker_id": worker.id,
+                        "ids": _ids_json(ids),
+                        "attempts": json.dumps([f"{i}:{a}" for i, a in running]),
+                    },
+                ).fetchall()  # fmt: skip
+                extended = {(r["id"], r["attempt"]) for r in rows}
+            cancel = {r[0] for r in conn.execute(Q.cancel_requested, {"worker_id": worker.id})}
+            # Every beat also looks at everyone else's: the liveness the leader judges by.
+            self._sightings.workers(conn.execute(Q.worker_beats))
+        return Beat(extended=extended, cancel=cancel)
 
     def deregister_worker(self, worker_id: str) -> None:
         with self._write() as conn:
             conn.execute(Q.delete_worker, (worker_id,))
 
     def prune_workers(self, older_than: float, now: float) -> int:
+        """Forget workers whose beat has not changed for `older_than` seconds, as this process
+        has seen it (not by their wall clocks: a clock ahead would forget live workers)."""
+        quiet = self._sightings.workers(self._read(Q.worker_beats))
+        gone = [wid for wid, (_, silent) in quiet.items() if silent >= older_than]
+        if not gone:
+            return 0
         with self._write() as conn:
-            return conn.execute(Q.prune_workers, (now - older_than,)).rowcount
+            return conn.execute(Q.prune_workers, {"ids": json.dumps(gone)}).rowcount
 
     def find_expired(self, now: float, limit: int) -> list[Job]:
-        return [Job.from_row(r) for r in self._read(Q.find_expired, {"now": now, "limit": limit})]
+        """Running jobs whose worker is lost: not seen to beat for a whole lease (of the job:
+        the worker's own lease setting, and never less than this App's). A job whose lease ran
+        out by this process's clock is one only if its worker is not seen beating either (a
+        clock ahead would otherwise take every job); a job of a worker seen to stop beating is
+        one whatever its lease says (that worker's clock may have been behind). Jobs of
+        workers without a row (gone without a word) go by their lease alone."""
+        beats = self._sightings.workers(self._read(Q.worker_beats))
+        own_lease = self._settings.lease_seconds
+
+        def lost(job: Job) -> bool:
+            if job.worker_id not in beats:
+                return True
+            last_beat, silent = beats[job.worker_id]
+            lease = max(own_lease, (job.lease_until or 0.0) - last_beat)
+            return silent >= lease
+
+        expired = {
+            job.id: job
+            for job in map(Job.from_row, self._read(Q.find_expired, {"now": now, "limit": limit}))
+            if lost(job)
+        }
+        quiet = [wid for wid, (_, silent) in beats.items() if silent >= own_lease]
+        if quiet:
+            params = {"workers": json.dumps(quiet), "limit": limit}
+            for job in map(Job.from_row, self._read(Q.find_running_of, params)):
+                if lost(job):
+                    expired.setdefault(job.id, job)
+        return sorted(expired.values(), key=lambda j: j.lease_until or 0.0)[:limit]
 
     def try_lead(self, name: str, holder: str, until: float, now: float) -> bool:
+        """The leadership is a row its holder renews; another takes it over once it has watched
+        the row go unrenewed for a whole lease (`until - now`), on its own monotonic clock —
+        not by comparing the row's time with its own wall clock, which may be off."""
+        row = {"name": name, "holder": holder, "until": until}
         with self._write() as conn:
-            row = conn.execute(
-                Q.try_lead, {"name": name, "holder": holder, "until": until, "now": now}
-            ).fetchone()
-        return row is not None
+            found = conn.execute(Q.get_leader, {"name": name}).fetchone()
+            if found is not None and found["holder"] != holder:
+                renewed = (found["holder"], found["until"])
+                if self._sightings.unchanged_for(f"leader:{name}", renewed) < until - now:
+                    return False
+            conn.execute(Q.put_leader, row)
+        return True
 
     def resign(self, name: str, holder: str) -> None:
         with self._write() as conn:
@@ -579,10 +696,13 @@ class SqliteStore:
         with self._write() as conn:
             return conn.execute(Q.prune_progress, {"before": now - older_than}).rowcount
 
-    def fire_periodic(self, name: str, tick: float, job: NewJob | None, now: float) -> Job | None:
+    def fire_periodic(
+        self, name: str, tick: float, job: NewJob | None, now: float, leader: str | None = None
+    ) -> Job | None:
         tick_key = {"name": name, "tick": tick}
         with self._write() as conn:
-            if conn.execute(Q.record_tick, {**tick_key, "now": now}).rowcount == 0 or not job:
+            recorded = conn.execute(Q.record_tick, {**tick_key, "now": now, "leader": leader})
+            if recorded.rowcount == 0 or not job:
                 return None
             [stored] = self._insert(conn, [job])
             conn.execute(Q.set_tick_job, {**tick_key, "job_id": stored.id})
@@ -790,6 +910,18 @@ class SqliteStore:
         return int(conn.execute(Q.data_version).fetchone()[0])
 
 
+def _rollback(conn: sqlite3.Connection) -> None:
+    """Undo the open transaction, if SQLite has not done so itself (it does on a full disk or
+    an I/O error): a second ROLLBACK would fail and hide the error that matters."""
+    if not conn.in_transaction:
+        return
+    try:
+        conn.execute("ROLLBACK")
+    except sqlite3.Error as exc:
+        # The connection is no good now; the error being raised is the one to report.
+        log.warning("sqlite.rollback_failed", error=str(exc))
+
+
 def _statements(script: str) -> list[str]:
     """Split a migration into statements, keeping trigger bodies whole."""
     statements: list[str] = []
@@ -814,6 +946,9 @@ class SqliteBackend(Backend):
         self.sync = self.store
         self._executor: ThreadPoolExecutor | None = None
         self._watch: Watch | None = None
+
+    def use_clock(self, clock: Clock) -> None:
+        self.store.use_clock(clock)
 
     async def _run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         if self._executor is None:
@@ -856,8 +991,8 @@ class SqliteBackend(Backend):
         return await self._run(self.store.complete, outcomes)
 
     async def heartbeat(
-        self, worker: WorkerInfo, running: Sequence[int], lease_until: float
-    ) -> set[int]:
+        self, worker: WorkerInfo, running: Sequence[tuple[int, int]], lease_until: float
+    ) -> Beat:
         return await self._run(self.store.heartbeat, worker, running, lease_until)
 
     async def deregister_worker(self, worker_id: str) -> None:
@@ -931,9 +1066,9 @@ class SqliteBackend(Backend):
         return watch
 
     async def fire_periodic(
-        self, name: str, tick: float, job: NewJob | None, now: float
+        self, name: str, tick: float, job: NewJob | None, now: float, leader: str | None = None
     ) -> Job | None:
-        return await self._run(self.store.fire_periodic, name, tick, job, now)
+        return await self._run(self.store.fire_periodic, name, tick, job, now, leader)
 
     async def periodic_ticks(self) -> dict[str, TickRecord]:
         return await self._run(self.store.periodic_ticks)

@@ -273,6 +273,8 @@ SET state = :state,
                 ELSE :note END
 WHERE id = :job_id AND state = 'running' AND worker_id = :worker_id AND attempt = :attempt
   AND (:lease_expired_before IS NULL OR lease_until < :lease_expired_before)
+  -- a rescue decided by a leader applies only while it leads (nobody has taken over)
+  AND (:leader IS NULL OR EXISTS (SELECT 1 FROM conveyor_leaders WHERE holder = :leader))
 
 -- name: cancel_requested_leftovers
 -- Jobs asked to stop that were retried or handed back instead: they end cancelled.
@@ -288,10 +290,16 @@ VALUES (:id, :host, :pid, :queues, :concurrency, :started_at, :last_beat, :runni
 ON CONFLICT (id) DO UPDATE SET last_beat = excluded.last_beat, running = excluded.running
 
 -- name: extend_leases
+-- The attempts still running under this worker get a new lease; the rest were taken from it.
 UPDATE conveyor_jobs
 SET lease_until = :lease_until
 WHERE state = 'running' AND worker_id = :worker_id
   AND id IN (SELECT value FROM json_each(:ids))
+  AND id || ':' || attempt IN (SELECT value FROM json_each(:attempts))
+RETURNING id, attempt
+
+-- name: worker_beats
+SELECT id, last_beat FROM conveyor_workers
 
 -- name: cancel_requested
 SELECT id FROM conveyor_jobs
@@ -301,7 +309,7 @@ WHERE state = 'running' AND worker_id = :worker_id AND cancel_requested = 1
 DELETE FROM conveyor_workers WHERE id = ?
 
 -- name: prune_workers
-DELETE FROM conveyor_workers WHERE last_beat < ?
+DELETE FROM conveyor_workers WHERE id IN (SELECT value FROM json_each(:ids))
 
 -- name: find_expired
 SELECT * FROM conveyor_jobs INDEXED BY conveyor_jobs_leased
@@ -309,11 +317,19 @@ WHERE state = 'running' AND lease_until < :now
 ORDER BY lease_until
 LIMIT :limit
 
--- name: try_lead
+-- name: find_running_of
+-- The running jobs of workers seen to stop beating (whatever their leases say).
+SELECT * FROM conveyor_jobs INDEXED BY conveyor_jobs_leased
+WHERE state = 'running' AND worker_id IN (SELECT value FROM json_each(:workers))
+ORDER BY lease_until
+LIMIT :limit
+
+-- name: get_leader
+SELECT holder, until FROM conveyor_leaders WHERE name = :name
+
+-- name: put_leader
 INSERT INTO conveyor_leaders (name, holder, until) VALUES (:name, :holder, :until)
 ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, until = excluded.until
-WHERE conveyor_leaders.holder = excluded.holder OR conveyor_leaders.until < :now
-RETURNING holder
 
 -- name: resign
 DELETE FROM conveyor_leaders WHERE name = ? AND holder = ?
@@ -512,7 +528,10 @@ UPDATE conveyor_queues SET paused_at = NULL WHERE name = :name AND paused_at IS 
 SELECT name FROM conveyor_queues WHERE paused_at IS NOT NULL ORDER BY name
 
 -- name: record_tick
-INSERT INTO conveyor_cron_ticks (name, tick, job_id, fired_at) VALUES (:name, :tick, NULL, :now)
+-- A tick fired by a leader is recorded only while it leads (nobody has taken over).
+INSERT INTO conveyor_cron_ticks (name, tick, job_id, fired_at)
+SELECT :name, :tick, NULL, :now
+WHERE :leader IS NULL OR EXISTS (SELECT 1 FROM conveyor_leaders WHERE holder = :leader)
 ON CONFLICT DO NOTHING
 
 -- name: set_tick_job
