@@ -97,4 +97,15 @@ def describe(value: Any) -> str:
 
 
 class BackendUnavailable(ConveyorError):
-    """The store could not be reached or stayed locked past the timeout; nothing was written."""
+    """The store cannot serve now: it could not be reached, did not answer in time, refused to
+    write (read-only, disk full, too many connections) or stayed locked past the timeout. The
+    driver's own error is the cause (`__cause__`).
+
+    Nothing was written — except that an enqueue cut off while its commit was on the way may
+    have been stored after all: retry it with the same `unique_key` to be sure to store it
+    once (see docs/reliability.md)."""
+
+
+class LeaseLost(ConveyorError):
+    """A worker could not keep a job's lease: no heartbeat reached the store in time, or the
+    store gave the job to another worker. The job was stopped there; the attempt counts."""

@@ -499,7 +499,7 @@ def test_server_restart_mid_drain_loses_nothing_and_runs_nothing_twice(
     for worker in workers:
         assert worker.proc.poll() is None, f"worker died in the restart\n{worker.tail()}"
         # Each one saw the server go: its LISTEN connection broke.
-        assert worker.events("listener.disconnected"), worker.tail()
+        assert worker.events("listener.connection_failed"), worker.tail()
 
     # Every job succeeded (a claim whose answer the restart swallowed is rescued after its
     # lease and counts a lost attempt; its task still ran only once).

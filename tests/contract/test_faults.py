@@ -188,3 +188,49 @@ async def test_reclaimed_job_does_not_get_the_old_attempts_outcome(
     # result "run 1"), and attempt 2's outcome is silently dropped.
     assert state_while_attempt_2_runs is JobState.RUNNING, state_while_attempt_2_runs
     assert job.result == "run 2", job.result
+
+
+# -- text no store keeps, written by a task, holds back the whole batch ------------------------
+
+POISON = "bad\x00text\ud800!"  # a NUL (PostgreSQL refuses it) and a lone surrogate (not UTF-8)
+STORED = "bad\ufffdtext\ufffd!"
+
+
+def test_what_a_task_writes_is_made_storable_and_holds_back_nothing(app: conveyor.App) -> None:
+    """Error messages, tracebacks, results, stages and reasons with a NUL or a lone surrogate
+    are stored with U+FFFD in their place, on every backend; the jobs finishing beside them in
+    the same batch are written as usual, and a burst worker ends."""
+
+    @app.task(max_attempts=1)
+    def raises() -> None:
+        raise ValueError(POISON)
+
+    @app.task
+    def returns() -> dict[str, str]:
+        return {POISON: POISON}
+
+    @app.task(pass_context=True)
+    def reports(ctx: conveyor.Context) -> None:
+        ctx.progress(50, stage=POISON, message=POISON)
+
+    @app.task
+    def discards() -> None:
+        raise conveyor.Discard(POISON)
+
+    @app.task
+    def plain(n: int) -> int:
+        return n
+
+    poison = [raises.enqueue(), returns.enqueue(), reports.enqueue(), discards.enqueue()]
+    ordinary = plain.enqueue_many([(n,) for n in range(20)])
+    app.run_worker(burst=True, concurrency=8)
+
+    failed, returned, reported, discarded = (job.refresh() for job in poison)
+    assert failed.state is JobState.DEAD
+    assert failed.errors[0]["message"] == STORED
+    assert STORED in failed.errors[0]["traceback"]
+    assert (returned.state, returned.result) == (JobState.SUCCEEDED, {STORED: STORED})
+    assert (reported.state, reported.stage) == (JobState.SUCCEEDED, STORED)
+    assert discarded.state is JobState.DEAD
+    assert app.job_history(discarded.id)[-1].note == f"discarded: {STORED}"
+    assert [job.refresh().state for job in ordinary] == [JobState.SUCCEEDED] * 20

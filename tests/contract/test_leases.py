@@ -219,3 +219,120 @@ async def test_running_worker_rescues_a_lost_workers_job(make_app: object) -> No
     job.refresh()
     assert job.attempt == 2
     assert job.errors[0]["message"] == "worker lost"
+
+
+async def test_a_heartbeat_tells_which_attempts_are_still_the_workers(
+    make_app: object, clock: conveyor.FrozenClock
+) -> None:
+    app = make_app(lease_seconds=30, clock=clock)  # type: ignore[operator]
+
+    @app.task(backoff=conveyor.fixed(0))
+    def work() -> None: ...
+
+    kept, taken = work.enqueue(), work.enqueue()
+    await claim_as(app, "w")
+
+    def info() -> conveyor.WorkerInfo:
+        return conveyor.WorkerInfo(
+            id="w", host="h", pid=1, queues=None, concurrency=2, started_at=clock.now(),
+            last_beat=clock.now(), running=[kept.id, taken.id],
+        )  # fmt: skip
+
+    beat = await app.backend.heartbeat(info(), [(kept.id, 1), (taken.id, 1)], clock.now() + 30)
+    assert beat.extended == {(kept.id, 1), (taken.id, 1)}
+    # `taken` finished elsewhere meanwhile (an old attempt's beat must not renew a new one)
+    done = Outcome(taken.id, "w", 1, JobState.SUCCEEDED, clock.now(), result="1")
+    assert await app.backend.complete([done]) == [taken.id]
+    beat = await app.backend.heartbeat(info(), [(kept.id, 1), (taken.id, 1)], clock.now() + 30)
+    assert beat.extended == {(kept.id, 1)}
+    assert beat.cancel == set()
+    kept.cancel()
+    beat = await app.backend.heartbeat(info(), [(kept.id, 1), (kept.id, 0)], clock.now() + 30)
+    assert beat.extended == {(kept.id, 1)}  # not attempt 0: no such attempt runs
+    assert beat.cancel == {kept.id}
+
+
+async def test_a_replaced_leader_can_no_longer_rescue_or_fire(
+    make_app: object, clock: conveyor.FrozenClock
+) -> None:
+    """A leader that froze past its lease is replaced; when it wakes, the rescues and cron
+    fires it had decided change nothing: the store checks that it still leads."""
+    first = make_app(lease_seconds=30, clock=clock)  # type: ignore[operator]
+    second = make_app(lease_seconds=30, clock=clock)  # type: ignore[operator]
+
+    @first.task(name="work", backoff=conveyor.fixed(0))
+    def work() -> None: ...
+
+    job = work.enqueue()
+    [claimed] = await claim_as(first, "ghost")
+
+    async def lead(app: conveyor.App, holder: str) -> bool:
+        now = clock.now()
+        return await app.backend.try_lead("maintenance", holder, now + 0.3, now)
+
+    assert await lead(first, "first")
+    assert not await lead(second, "second")
+    clock.advance(0.4)  # the first leader is frozen: no renewal, on any clock
+    await asyncio.sleep(0.4)
+    assert await lead(second, "second")
+
+    rescue = Outcome(
+        job.id, "ghost", 1, JobState.RETRYING, clock.now(), run_at=clock.now(),
+        error={"type": "WorkerLost", "message": "worker lost"},
+        lease_expired_before=(claimed.lease_until or 0) + 31, leader="first",
+    )  # fmt: skip
+    assert await first.backend.complete([rescue]) == []
+    assert job.refresh().state is JobState.RUNNING
+    assert await first.backend.fire_periodic("entry", 60.0, None, clock.now(), "first") is None
+    assert first.periodic_ticks() == {}
+
+    taken_over = Outcome(**{**_fields(rescue), "leader": "second"})
+    assert await second.backend.complete([taken_over]) == [job.id]
+    assert job.refresh().state is JobState.RETRYING
+    await second.backend.fire_periodic("entry", 60.0, None, clock.now(), "second")
+    assert set(second.periodic_ticks()) == {"entry"}
+    await second.backend.resign("maintenance", "second")
+
+
+def _fields(outcome: Outcome) -> dict[str, object]:
+    return {name: getattr(outcome, name) for name in Outcome.__dataclass_fields__}
+
+
+async def test_a_worker_stops_a_job_the_store_gave_to_another(
+    make_app: object, clock: conveyor.FrozenClock
+) -> None:
+    """The store rescued a job from a worker it thought lost, but the worker lives on (it was
+    cut off, or paused). At its next heartbeat the worker learns the job is no longer its own
+    and stops it, as a cancel would: the task sees it, and no outcome of that attempt lands."""
+    app = make_app(lease_seconds=300, clock=clock)  # type: ignore[operator]
+    started, stopped = asyncio.Event(), asyncio.Event()
+
+    @app.task(backoff=conveyor.fixed(3600), pass_context=True)
+    async def long_call(ctx: conveyor.Context) -> None:
+        started.set()
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            stopped.set()
+            raise
+
+    job = long_call.enqueue()
+    worker = conveyor.Worker(app)
+    with capture_logs() as logs:
+        task = asyncio.create_task(worker.run_async())
+        try:
+            await asyncio.wait_for(started.wait(), 10)
+            clock.advance(301)  # the next heartbeat is a minute of real time away
+            assert await rescue_expired_leases(app, app.backend) == 1
+            worker.heartbeat.kick()
+            await asyncio.wait_for(stopped.wait(), 10)
+        finally:
+            worker.stop()
+            await asyncio.wait_for(task, 20)
+    job.refresh()
+    assert (job.state, job.attempt) == (JobState.RETRYING, 1)
+    assert [e["type"] for e in job.errors] == ["WorkerLost"]
+    lost = [e for e in logs if e["event"] == "job.lease_lost"]
+    assert [(e["job_id"], e["attempt"]) for e in lost] == [(job.id, 1)]
+    discarded = [e for e in logs if e["event"] == "job.outcome_discarded"]
+    assert [e["job_id"] for e in discarded] == [job.id]

@@ -8,7 +8,6 @@ Every test gets a schema of its own, dropped afterwards. The server is never sto
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import sqlite3
 import subprocess
 import sys
@@ -28,7 +27,6 @@ import conveyor.clock
 from conftest import POSTGRES_URL, drop_schema, postgres_available  # tests/conftest.py
 from conveyor import JobState
 from conveyor.backends.postgres.backend import MIGRATIONS
-from conveyor.job import Outcome
 
 worker_module = sys.modules["conveyor.worker.worker"]
 
@@ -879,36 +877,3 @@ async def test_a_leader_that_stops_renewing_loses_the_lead_within_a_lease(
     await asyncio.sleep(0.6)  # the leader is frozen: no renewal
     assert await lead(second, "second", lease=0.5)
     assert not await lead(first, "first", lease=0.5)  # awake again: a follower now
-
-
-async def test_a_replaced_leader_can_no_longer_rescue_or_fire_cron(
-    new_app: Callable[..., conveyor.App], schema: str
-) -> None:
-    """The writes a leader decided before it froze apply only while it still leads: the store
-    refuses them once another has taken over."""
-    first, second = new_app(), new_app()
-    first.migrate()
-
-    @first.task(name="work", backoff=conveyor.fixed(0))
-    def work() -> None: ...
-
-    job = work.enqueue()
-    now = time.time()
-    [claimed] = await first.backend.claim("ghost", None, 1, now + 0.2, now)
-    assert await lead(first, "first", lease=0.5)
-    await asyncio.sleep(0.6)
-    assert await lead(second, "second", lease=30)  # the first froze; the second took over
-
-    stale_rescue = Outcome(
-        job.id, "ghost", 1, JobState.RETRYING, time.time(), run_at=time.time(),
-        error={"type": "WorkerLost", "message": "worker lost"},
-        lease_expired_before=(claimed.lease_until or 0) + 0.001, leader="first",
-    )  # fmt: skip
-    assert await first.backend.complete([stale_rescue]) == []
-    assert job.refresh().state is JobState.RUNNING
-    assert await first.backend.fire_periodic("entry", 60.0, None, time.time(), "first") is None
-    assert first.periodic_ticks() == {}
-
-    fresh_rescue = dataclasses.replace(stale_rescue, leader="second")
-    assert await second.backend.complete([fresh_rescue]) == [job.id]
-    assert job.refresh().state is JobState.RETRYING

@@ -150,3 +150,106 @@ async def test_a_renewed_lease_is_never_taken_whatever_the_clocks_say(tmp_path: 
         assert not await backend.try_lead("maintenance", "b", now + second + 30, now + second)
         clock.advance(5)
     await app.close_async()
+
+
+def test_a_full_database_is_an_outage_that_ends_when_space_is_freed(tmp_path: Path) -> None:
+    """SQLite rolls a transaction back itself when the disk (here: the file's page limit) is
+    full; the error the user sees is that one, as BackendUnavailable — never a failed second
+    rollback — and nothing of the refused call is stored."""
+    app = conveyor.App(f"sqlite:///{tmp_path}/jobs.db")
+
+    @app.task(name="t")
+    def t(payload: str) -> None: ...
+
+    app.migrate()
+    conn = app.backend.sync._conn()
+    pages = conn.execute("PRAGMA page_count").fetchone()[0]
+    conn.execute(f"PRAGMA max_page_count = {pages + 2}")
+    stored = 0
+    with pytest.raises(conveyor.BackendUnavailable, match="database or disk is full") as full:
+        for _ in range(1000):
+            t.enqueue("x" * 2000)
+            stored += 1
+    assert "cannot rollback" not in str(full.value)
+    assert isinstance(full.value.__cause__, sqlite3.OperationalError)
+    assert app.queue_stats() == {"default": {conveyor.JobState.QUEUED: stored}}
+    conn.execute("PRAGMA max_page_count = 1073741823")
+    assert t.enqueue("x").id
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    app.close()
+
+
+async def test_a_clock_ahead_never_rescues_a_worker_that_still_beats(tmp_path: Path) -> None:
+    """Two processes on one file, one with its clock an hour ahead of the other. The one ahead
+    sees every lease of the other as long gone, but leaves the jobs of a worker whose beat it
+    sees change; once that worker stops beating, its jobs are rescued within a lease, whatever
+    their leases say."""
+    url = f"sqlite:///{tmp_path}/jobs.db"
+    behind = conveyor.FrozenClock(1_800_000_000.0)
+    ahead = conveyor.FrozenClock(behind.now() + 3600)
+    worker_app = conveyor.App(url, clock=behind, lease_seconds=30)
+    leader_app = conveyor.App(url, clock=ahead, lease_seconds=30)
+
+    @worker_app.task(name="t", backoff=conveyor.fixed(0))
+    def t() -> None: ...
+
+    job = t.enqueue()
+    now = behind.now()
+    [claimed] = await worker_app.backend.claim("w", None, 1, now + 30, now)
+
+    async def beat() -> None:
+        info = conveyor.WorkerInfo(
+            id="w", host="h", pid=1, queues=None, concurrency=1, started_at=now,
+            last_beat=behind.now(), running=[job.id],
+        )  # fmt: skip
+        await worker_app.backend.heartbeat(info, [(job.id, 1)], behind.now() + 30)
+
+    await beat()
+    for _ in range(10):  # a minute of beats every 6 s, as the leader (ahead) looks in between
+        for clock in (behind, ahead):
+            clock.advance(3)
+        assert await leader_app.backend.find_expired(ahead.now(), 10) == []
+        await beat()
+    # The worker dies right after its last beat, which the leader sees at its next look; a
+    # lease after that look, the job is rescued.
+    for clock in (behind, ahead):
+        clock.advance(3)
+    assert await leader_app.backend.find_expired(ahead.now(), 10) == []
+    for clock in (behind, ahead):
+        clock.advance(29)
+    assert await leader_app.backend.find_expired(ahead.now(), 10) == []
+    for clock in (behind, ahead):
+        clock.advance(2)
+    assert [j.id for j in await leader_app.backend.find_expired(ahead.now(), 10)] == [claimed.id]
+    await worker_app.close_async()
+    await leader_app.close_async()
+
+
+async def test_a_dead_worker_whose_clock_was_ahead_is_rescued_within_a_lease(
+    tmp_path: Path,
+) -> None:
+    """Its leases read an hour ahead, so no look at the lease alone finds them run out: its beat
+    seen to stop does."""
+    url = f"sqlite:///{tmp_path}/jobs.db"
+    normal = conveyor.FrozenClock(1_800_000_000.0)
+    ahead = conveyor.FrozenClock(normal.now() + 3600)
+    worker_app = conveyor.App(url, clock=ahead, lease_seconds=30)
+    leader_app = conveyor.App(url, clock=normal, lease_seconds=30)
+
+    @worker_app.task(name="t")
+    def t() -> None: ...
+
+    t.enqueue()
+    now = ahead.now()
+    [claimed] = await worker_app.backend.claim("w", None, 1, now + 30, now)
+    info = conveyor.WorkerInfo(
+        id="w", host="h", pid=1, queues=None, concurrency=1, started_at=now, last_beat=now,
+        running=[claimed.id],
+    )  # fmt: skip
+    await worker_app.backend.heartbeat(info, [(claimed.id, 1)], now + 30)
+    assert await leader_app.backend.find_expired(normal.now(), 10) == []  # first sight
+    for clock in (normal, ahead):  # the worker is gone: its beat stays where it was
+        clock.advance(31)
+    assert [j.id for j in await leader_app.backend.find_expired(normal.now(), 10)] == [claimed.id]
+    await worker_app.close_async()
+    await leader_app.close_async()

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from conveyor.circuit import is_downstream_failure
 from conveyor.context import Context
-from conveyor.errors import TaskTimeout, UnknownTask, ValidationError
+from conveyor.errors import LeaseLost, TaskTimeout, UnknownTask, ValidationError
 from conveyor.job import Job, JobState, Outcome
 from conveyor.logging import get_logger
 from conveyor.payload import encode_result, storable_text
@@ -33,11 +33,6 @@ CANCELLED = "cancelled"
 SHUTDOWN = "shutdown"
 #: its lease ran out before a heartbeat could renew it, or the store gave the job to another
 LEASE_LOST = "lease lost"
-
-
-class LeaseLost(Exception):
-    """The worker could not keep the job's lease: the store did not hear from it in time, or
-    gave the job to another worker. The attempt counts, as when a worker is lost."""
 
 
 @dataclass(frozen=True, slots=True)

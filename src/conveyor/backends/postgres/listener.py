@@ -11,7 +11,8 @@ from typing import Any
 
 import psycopg
 
-from conveyor.logging import get_logger
+from conveyor.backends.postgres.pools import unavailable
+from conveyor.logging import Outage, get_logger
 
 log = get_logger("conveyor.postgres")
 
@@ -87,37 +88,39 @@ class Listener:
 
     async def _run(self) -> None:
         failures = 0
+        outage = Outage(log, "listener.connection", channel=self._channel)
         while True:
+            if failures:
+                delay = RECONNECT_DELAYS[min(failures - 1, len(RECONNECT_DELAYS) - 1)]
+                await asyncio.sleep(delay)
             try:
                 conn = await psycopg.AsyncConnection.connect(self._url, **self._kwargs)
-            except psycopg.OperationalError as exc:
-                delay = RECONNECT_DELAYS[min(failures, len(RECONNECT_DELAYS) - 1)]
+            except psycopg.Error as exc:
                 failures += 1
-                log.warning("listener.connect_failed", error=str(exc).strip(), retry_in_s=delay)
-                await asyncio.sleep(delay)
+                outage.failed(unavailable(exc) or exc)
                 continue
             try:
-                try:
-                    await conn.execute(self._listen_sql)
-                except psycopg.Error as exc:
-                    log.warning(
-                        "listener.polling", reason=f"LISTEN failed: {exc}".strip(),
-                        interval_s=self._poll_interval,
-                    )  # fmt: skip
-                    return
-                if failures:
-                    log.info("listener.reconnected", channel=self._channel)
+                await conn.execute(self._listen_sql)
+                outage.recovered()
                 failures = 0
                 self._listening = True
                 self._event.set()  # anything may have happened while we were away
                 async for _ in conn.notifies():
                     self._event.set()
-            except psycopg.OperationalError as exc:
-                log.warning("listener.disconnected", error=str(exc).strip())
+            except psycopg.Error as exc:
+                error = unavailable(exc)
+                if error is None and not self._listening:
+                    # LISTEN itself is refused (PgBouncer in transaction mode, say): poll.
+                    log.warning(
+                        "listener.polling", reason=f"LISTEN failed: {exc}".strip(),
+                        interval_s=self._poll_interval,
+                    )  # fmt: skip
+                    return
+                failures += 1
+                outage.failed(error or exc)  # the server went away, or cannot serve now
             finally:
                 self._listening = False
                 await conn.close()
-            await asyncio.sleep(RECONNECT_DELAYS[0])
 
     async def close(self) -> None:
         if self._task is not None:

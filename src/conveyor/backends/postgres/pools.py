@@ -82,6 +82,8 @@ def unavailable(exc: BaseException) -> BackendUnavailable | None:
 
 def needs_new_connections(exc: BaseException) -> bool:
     """Whether the pool should be replaced after `exc` (see RECONNECT_STATES)."""
+    if isinstance(exc, psycopg_pool.PoolTimeout):
+        return False  # a busy pool: its connections are fine
     if isinstance(exc, psycopg.InterfaceError):
         return True
     if not isinstance(exc, psycopg.OperationalError | psycopg.InternalError):

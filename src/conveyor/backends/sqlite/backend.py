@@ -226,7 +226,12 @@ class SqliteStore:
             conn = self.connect()
             self._local.conn = conn
         if check and not self._checked:
-            self._check_schema(conn)
+            try:
+                self._check_schema(conn)
+            except sqlite3.Error as exc:
+                if (error := unavailable(exc)) is not None:
+                    raise error from exc
+                raise
         return conn
 
     @contextlib.contextmanager
