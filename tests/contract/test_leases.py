@@ -266,15 +266,15 @@ async def test_a_replaced_leader_can_no_longer_rescue_or_fire(
     job = work.enqueue()
     [claimed] = await claim_as(first, "ghost")
 
-    async def lead(app: conveyor.App, holder: str) -> bool:
+    async def lead(app: conveyor.App, holder: str, lease: float) -> bool:
         now = clock.now()
-        return await app.backend.try_lead("maintenance", holder, now + 0.3, now)
+        return await app.backend.try_lead("maintenance", holder, now + lease, now)
 
-    assert await lead(first, "first")
-    assert not await lead(second, "second")
+    assert await lead(first, "first", 0.3)
+    assert not await lead(second, "second", 30)
     clock.advance(0.4)  # the first leader is frozen: no renewal, on any clock
     await asyncio.sleep(0.4)
-    assert await lead(second, "second")
+    assert await lead(second, "second", 30)
 
     rescue = Outcome(
         job.id, "ghost", 1, JobState.RETRYING, clock.now(), run_at=clock.now(),

@@ -145,6 +145,10 @@ class Worker:
                 self.run_async(handle_signals=threading.current_thread() is threading.main_thread())
             )
             loop.run_until_complete(loop.shutdown_asyncgens())
+            # Idle threads of the loop's executor exit now; one inside a call to a store that
+            # does not answer is not waited for.
+            shutdown = loop.shutdown_default_executor()
+            loop.run_until_complete(asyncio.wait([loop.create_task(shutdown)], timeout=GOODBYE_S))
         finally:
             # Not asyncio.run(): it would wait for a task that ignores its cancellation forever.
             # Such a task's job has been handed back already; the task is left behind.

@@ -612,6 +612,9 @@ class PostgresBackend(Backend):
         return _in_claim_order(Job.from_row(r) for r in claimed), bool(found[0]["present"])
 
     def complete_plan(self, outcomes: Sequence[Outcome]) -> Plan[list[int]]:
+        # In id order, as every statement that writes several running jobs: two such
+        # statements then lock their rows in the same order and cannot deadlock.
+        outcomes = sorted(outcomes, key=lambda o: o.job_id)
         update = Stmt(
             self.q.complete,
             {
@@ -651,6 +654,7 @@ class PostgresBackend(Backend):
         self, worker: WorkerInfo, running: Sequence[tuple[int, int]], lease_until: float
     ) -> Plan[Beat]:
         now = self.now(worker.last_beat)
+        running = sorted(running)
         ids = _ids(job_id for job_id, _ in running)
         register = {
             "id": worker.id, "host": worker.host, "pid": worker.pid,

@@ -473,12 +473,27 @@ ON CONFLICT (id) DO UPDATE SET last_beat = excluded.last_beat, running = exclude
 
 -- name: extend_leases
 -- The attempts still running under this worker get a new lease; the rest were taken from it.
-UPDATE {schema}.jobs AS j
-SET lease_until = coalesce(to_timestamp(%(now)s::float8), now()) + make_interval(secs => %(lease)s)
-FROM unnest(%(ids)s::bigint[], %(attempts)s::int[]) AS r(id, attempt)
-WHERE j.id = r.id AND j.attempt = r.attempt AND j.state = 'running'
-  AND j.worker_id = %(worker_id)s
-RETURNING j.id, j.attempt
+-- A row locked right now (its outcome is being written, it is being cancelled) is passed over
+-- rather than waited for — a wait here could deadlock with the worker's own outcome write —
+-- and counted as still the worker's if it was when the statement began.
+WITH mine AS (
+    SELECT j.id, j.attempt FROM {schema}.jobs AS j
+    JOIN unnest(%(ids)s::bigint[], %(attempts)s::int[]) AS r(id, attempt)
+      ON j.id = r.id AND j.attempt = r.attempt
+    WHERE j.state = 'running' AND j.worker_id = %(worker_id)s
+), locked AS (
+    SELECT j.id FROM {schema}.jobs AS j JOIN mine ON j.id = mine.id
+    WHERE j.state = 'running' AND j.worker_id = %(worker_id)s
+    FOR UPDATE OF j SKIP LOCKED
+), extended AS (
+    UPDATE {schema}.jobs AS j
+    SET lease_until = coalesce(to_timestamp(%(now)s::float8), now())
+                      + make_interval(secs => %(lease)s)
+    FROM locked WHERE j.id = locked.id
+    RETURNING j.id
+)
+SELECT id, attempt FROM mine
+WHERE id IN (SELECT id FROM extended) OR id NOT IN (SELECT id FROM locked)
 
 -- name: cancel_requested
 SELECT id FROM {schema}.jobs

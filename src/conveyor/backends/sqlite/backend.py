@@ -976,6 +976,11 @@ class SqliteBackend(Backend):
         if self._watch is not None:
             await self._watch.close()
             self._watch = None
+        if self._executor is not None:
+            # Its thread exits once idle; a call still in it is not waited for (the next call
+            # makes a new one).
+            executor, self._executor = self._executor, None
+            executor.shutdown(wait=False)
 
     async def enqueue(self, jobs: Sequence[NewJob], connection: Any = None) -> list[Job]:
         return await self._run(self.store.enqueue, jobs, connection)
