@@ -270,11 +270,12 @@ async def test_a_replaced_leader_can_no_longer_rescue_or_fire(
         now = clock.now()
         return await app.backend.try_lead("maintenance", holder, now + lease, now)
 
-    assert await lead(first, "first", 0.3)
-    assert not await lead(second, "second", 30)
-    clock.advance(0.4)  # the first leader is frozen: no renewal, on any clock
-    await asyncio.sleep(0.4)
-    assert await lead(second, "second", 30)
+    assert await lead(first, "first", 1.5)
+    assert not await lead(second, "second", 1.5)
+    clock.advance(1.6)  # the first leader is frozen: no renewal, on any clock
+    await asyncio.sleep(1.6)
+    assert await lead(second, "second", 1.5)
+    assert await lead(second, "second", 30)  # and renews it for longer than this test takes
 
     rescue = Outcome(
         job.id, "ghost", 1, JobState.RETRYING, clock.now(), run_at=clock.now(),
@@ -322,9 +323,11 @@ async def test_a_worker_stops_a_job_the_store_gave_to_another(
         task = asyncio.create_task(worker.run_async())
         try:
             await asyncio.wait_for(started.wait(), 10)
-            clock.advance(301)  # the next heartbeat is a minute of real time away
-            assert await rescue_expired_leases(app, app.backend) == 1
-            worker.heartbeat.kick()
+            worker.heartbeat.stop()  # the worker is cut off: no beat gets through
+            clock.advance(301)
+            await rescue_expired_leases(app, app.backend)  # or the worker's own leader does
+            assert (await app.get_job_async(job.id)).state is JobState.RETRYING
+            await worker.beat()  # it is back
             await asyncio.wait_for(stopped.wait(), 10)
         finally:
             worker.stop()
