@@ -16,8 +16,9 @@ $(STAMP): pyproject.toml requirements-dev.txt
 demo: $(STAMP)
 	$(BIN)/python examples/demo.py
 
+# PYTEST_ARGS='-m "not faults"' leaves out the fault suite (tests/faults) on a quick local run.
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks
