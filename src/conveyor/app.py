@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
+import threading
 from collections.abc import AsyncGenerator, Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar, overload
 
@@ -148,6 +149,7 @@ class App:
         #: circuits by name, as `app.circuit` declared them
         self.circuits: dict[str, Circuit] = {}
         self._backend: Backend | None = None
+        self._backend_lock = threading.Lock()
         if notifiers is None:
             notifiers = from_config(self.settings.alerts) if self.settings.alerts else []
         #: alerts: circuit changes, dead jobs, backlogs, missing workers (see conveyor.notify)
@@ -177,7 +179,12 @@ class App:
     @property
     def backend(self) -> Backend:
         if self._backend is None:
-            self._backend = open_backend(self.settings.database_url, self.settings, self._clock)
+            # Once, however many threads ask at once: each backend has pools of its own.
+            with self._backend_lock:
+                if self._backend is None:
+                    self._backend = open_backend(
+                        self.settings.database_url, self.settings, self._clock
+                    )
         return self._backend
 
     # -- tasks ------------------------------------------------------------------------------

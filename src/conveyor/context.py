@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import math
 import time
 from collections.abc import Awaitable, Callable, Generator
 from typing import TYPE_CHECKING, Any
@@ -41,6 +42,9 @@ class Context:
         self._backend = backend
         self._loop = loop
         self.cancel_reason: str | None = None
+        #: until when the worker surely holds the job's lease, on the monotonic clock (the
+        #: worker moves it at every renewal)
+        self.lease_ends = math.inf
         self._log: Any = None
         self._now = now
         # progress throttling: the latest report, when and with which stage the last went out
@@ -73,6 +77,10 @@ class Context:
     def cancelled(self) -> bool:
         """True once someone asked this job to stop (a sync task should poll it and return)."""
         return self.cancel_reason is not None
+
+    def lease_lapsed(self) -> bool:
+        """Whether the job's lease has run out before the worker could renew it."""
+        return time.monotonic() >= self.lease_ends
 
     def request_cancel(self, reason: str) -> None:
         # A user's cancel wins over anything later (the job must not be handed back or

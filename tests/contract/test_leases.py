@@ -339,3 +339,37 @@ async def test_a_worker_stops_a_job_the_store_gave_to_another(
     assert [(e["job_id"], e["attempt"]) for e in lost] == [(job.id, 1)]
     discarded = [e for e in logs if e["event"] == "job.outcome_discarded"]
     assert [e["job_id"] for e in discarded] == [job.id]
+
+
+async def test_a_claim_whose_answer_never_arrived_is_handed_back(make_app: object) -> None:
+    """A claim cut off by a timeout may still be carried out by the server later, for a worker
+    that gave up on it. The worker's next heartbeat finds jobs running under its name that it
+    does not run, and hands them back at once, the attempt not counted — instead of leaving
+    them to wait out their lease and lose an attempt."""
+    app = make_app(lease_seconds=300)  # type: ignore[operator]
+
+    @app.task(queue="elsewhere")
+    def work() -> None: ...
+
+    job = work.enqueue()
+    worker = conveyor.Worker(app, queues=["mine"])  # it never claims `elsewhere` itself
+    with capture_logs() as logs:
+        task = asyncio.create_task(worker.run_async())
+        try:
+            while not hasattr(worker, "completer"):
+                await asyncio.sleep(0.01)
+            now = app.clock.now()
+            [late] = await app.backend.claim(worker.id, ["elsewhere"], 1, now + 300, now)
+            for _ in range(20):  # a beat with a claim of its own in flight leaves them be
+                await worker.beat()
+                await worker.completer.flush()
+                if (await app.get_job_async(job.id)).state is JobState.QUEUED:
+                    break
+                await asyncio.sleep(0.05)
+        finally:
+            worker.stop()
+            await asyncio.wait_for(task, 20)
+    job.refresh()
+    assert (job.state, job.attempt) == (JobState.QUEUED, 0)
+    assert app.job_history(job.id)[-1].note == "claimed too late: handed back"
+    assert [e["jobs"] for e in logs if e["event"] == "worker.unknown_claims"] == [[late.id]]

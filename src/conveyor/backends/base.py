@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from conveyor.circuit import Action, CircuitEvent, CircuitInfo
@@ -32,10 +32,27 @@ from conveyor.job import (
 @dataclass(frozen=True, slots=True)
 class Beat:
     """What a heartbeat learned: which of the worker's attempts got a new lease (the others
-    were taken from it: rescued, or finished elsewhere), and which jobs someone asked to cancel."""
+    were taken from it: rescued, or finished elsewhere), which jobs someone asked to cancel, and
+    which attempts the store has running under the worker that it did not name (claimed for it
+    by a claim whose answer never reached it)."""
 
     extended: set[tuple[int, int]]
     cancel: set[int]
+    unknown: set[tuple[int, int]] = field(default_factory=set)
+
+    @classmethod
+    def read(
+        cls, extended: set[tuple[int, int]], named: Iterable[tuple[int, int]],
+        running: Iterable[Mapping[str, Any]],
+    ) -> Beat:  # fmt: skip
+        """From the store's rows of what runs under the worker (id, attempt, cancel_requested)."""
+        mine = set(named)
+        rows = [(int(r["id"]), int(r["attempt"]), bool(r["cancel_requested"])) for r in running]
+        return cls(
+            extended=extended,
+            cancel={job_id for job_id, _, cancel in rows if cancel},
+            unknown={(job_id, attempt) for job_id, attempt, _ in rows} - mine,
+        )
 
 
 class Store(Protocol):

@@ -85,6 +85,18 @@ def error_entry(exc: BaseException, worker_id: str, at: float, attempt: int) -> 
     }
 
 
+class NotStarted(Exception):
+    """The job was stopped before its task began."""
+
+
+def _not_to_start(ctx: Context) -> bool:
+    """Whether a job about to begin must not: it was asked to stop, or its lease has lapsed
+    (a worker that was paused past it: the job may be running elsewhere by now)."""
+    if ctx.cancel_reason is None and ctx.lease_lapsed():
+        ctx.request_cancel(LEASE_LOST)
+    return ctx.cancel_reason is not None
+
+
 class Executor:
     def __init__(self, app: App, worker_id: str, threads: TaskThreads) -> None:
         self.app = app
@@ -112,15 +124,24 @@ class Executor:
             )
             return self._failed(job, self._fallback_policy, exc)
         circuit = None if task.circuit is None else task.circuit.name
+        if _not_to_start(ctx):
+            return self._not_started(job, ctx)
         log.info("job.started", job_id=job.id, task=job.task, queue=job.queue, attempt=job.attempt)
         args = (ctx, *job.args) if task.pass_context else tuple(job.args)
         work: Work | None = None
         deadline: asyncio.Timeout | None = None
+
+        def in_thread() -> Any:
+            # A thread may come free only after the lease ran out (the worker was paused).
+            if _not_to_start(ctx):
+                raise NotStarted()
+            return task.fn(*args, **job.kwargs)
+
         try:
             if task.is_async:
                 call = task.fn(*args, **job.kwargs)
             else:
-                work = self.threads.submit(lambda: task.fn(*args, **job.kwargs))
+                work = self.threads.submit(in_thread)
                 # shield: a cancelled wait must not mark a running thread's future cancelled
                 call = asyncio.shield(asyncio.wrap_future(work.future))
             if task.timeout is None:
@@ -140,6 +161,8 @@ class Executor:
             if work is not None:
                 self.threads.abandon(work)
             return self._stopped(job, ctx)
+        except NotStarted:
+            return self._not_started(job, ctx)
         except TimeoutError as exc:
             if deadline is None or not deadline.expired():
                 return self._failed(job, task.retry, exc, circuit)
@@ -161,9 +184,15 @@ class Executor:
             return self._outcome(job, JobState.DEAD, error=exc, note="result could not be stored")
         return self._make(job, JobState.SUCCEEDED, result=result_json)
 
-    def hand_back(self, job: Job) -> Outcome:
-        """Back to `queued`, the attempt not counted: the worker is shutting down."""
-        return self._make(job, JobState.QUEUED, note="handed back on shutdown")
+    def hand_back(self, job: Job, note: str = "handed back on shutdown") -> Outcome:
+        """Back to `queued`, the attempt not counted: the worker is shutting down (or never
+        knew it had the job)."""
+        return self._make(job, JobState.QUEUED, note=note)
+
+    def _not_started(self, job: Job, ctx: Context) -> Outcome:
+        if ctx.cancel_reason == LEASE_LOST:  # it never ran: the attempt does not count
+            return self.hand_back(job, note="lease lost before it began: handed back")
+        return self._stopped(job, ctx)
 
     def _stopped(self, job: Job, ctx: Context) -> Outcome:
         if ctx.cancel_reason == SHUTDOWN:

@@ -69,9 +69,6 @@ class Active:
     ctx: Context
     task: asyncio.Task[None]
     is_async: bool
-    #: until when the job's lease surely lasts, on this process's monotonic clock (the store
-    #: stamped it no earlier than the claim or heartbeat that set it was sent)
-    lease_ends: float
 
 
 class Heartbeat(Service):
@@ -134,6 +131,9 @@ class Worker:
         self.processed = 0
         #: when the last heartbeat that reached the store was sent (monotonic)
         self._beat_sent_at = -math.inf
+        #: claims begun, and whether one is in flight (see `beat`)
+        self._claims = 0
+        self._claiming = False
 
     # -- running ----------------------------------------------------------------------------
 
@@ -306,7 +306,12 @@ class Worker:
         now = self.app.clock.now()
         lease = self.app.settings.lease_seconds
         asked = time.monotonic()
-        jobs = await self.backend.claim(self.id, self.queues, free, now + lease, now)
+        self._claims += 1
+        self._claiming = True
+        try:
+            jobs = await self.backend.claim(self.id, self.queues, free, now + lease, now)
+        finally:
+            self._claiming = False
         if self._stopping.is_set():
             # Stopped while the claim was in flight: these never start.
             for job in jobs:
@@ -348,12 +353,15 @@ class Worker:
                 t.cancel()
 
     def _start(self, job: Job, lease_ends: float) -> None:
+        """Run a claimed job; its lease lasts until `lease_ends` (monotonic: the store stamped
+        it no earlier than the claim was sent)."""
         job.app = self.app
         ctx = Context(job, self.id, self.backend, self._loop, self.app.clock.now)
+        ctx.lease_ends = lease_ends
         task_def = self.app.tasks.get(job.task)
         runner = self._loop.create_task(self._execute(job, ctx))
         self._active[job.id, job.attempt] = Active(
-            job, ctx, runner, task_def is not None and task_def.is_async, lease_ends
+            job, ctx, runner, task_def is not None and task_def.is_async
         )
 
     async def _execute(self, job: Job, ctx: Context) -> None:
@@ -399,9 +407,8 @@ class Worker:
     def drop_lapsed_leases(self) -> None:
         """Stop every job whose lease has run out on this worker's clock (no heartbeat renewed
         it in time): the leader may be rescuing it already."""
-        now = time.monotonic()
         for active in list(self._active.values()):
-            if active.lease_ends <= now:
+            if active.ctx.lease_lapsed():
                 self._lose_lease(active, "no heartbeat renewed the lease in time")
 
     # -- heartbeat and outcomes -------------------------------------------------------------
@@ -410,6 +417,7 @@ class Worker:
         now = self.app.clock.now()
         lease = self.app.settings.lease_seconds
         asked = time.monotonic()
+        claims, claiming = self._claims, self._claiming
         mine = list(self._active)
         running = sorted({*mine, *self.completer_pending()})
         info = WorkerInfo(
@@ -425,11 +433,30 @@ class Worker:
             if active is None:
                 continue  # finished meanwhile
             if key in beat.extended:
-                active.lease_ends = max(active.lease_ends, asked + lease)
+                active.ctx.lease_ends = max(active.ctx.lease_ends, asked + lease)
             else:
                 self._lose_lease(active, "the store gave the job to another worker")
         for job_id in beat.cancel:
             self.cancel_running(job_id)
+        if beat.unknown and not claiming and not self._claiming and self._claims == claims:
+            # No claim was in flight: these came from one whose answer never reached this
+            # worker (cut off by a timeout while the server went on). Give them back now,
+            # the attempt not counted, rather than let them wait out their lease.
+            await self._hand_back_unknown(beat.unknown)
+
+    async def _hand_back_unknown(self, unknown: set[tuple[int, int]]) -> None:
+        log.warning(
+            "worker.unknown_claims", worker_id=self.id, jobs=sorted(i for i, _ in unknown),
+            reason="claimed for this worker by a claim whose answer never arrived",
+        )  # fmt: skip
+        for job_id, attempt in sorted(unknown):
+            job = await self.backend.get_job(job_id)
+            if job is None or (job.state, job.worker_id, job.attempt) != (
+                JobState.RUNNING, self.id, attempt,
+            ):  # fmt: skip
+                continue
+            outcome = self._executor.hand_back(job, note="claimed too late: handed back")
+            self.completer.add(Finished(job, outcome, 0.0))
 
     def completer_pending(self) -> list[tuple[int, int]]:
         completer = getattr(self, "completer", None)

@@ -633,6 +633,7 @@ class PostgresBackend(Backend):
                 "rescues": [o.lease_expired_before is not None for o in outcomes],
                 "expired": [o.lease_expired_before for o in outcomes],
                 "leaders": [o.leader for o in outcomes],
+                "rescued": [o.job_id for o in outcomes if o.lease_expired_before is not None],
             },
         )
         maybe_left = [o.job_id for o in outcomes if o.state in _NOT_FINISHED]
@@ -666,15 +667,12 @@ class PostgresBackend(Backend):
             "now": now, "lease": max(0.0, lease_until - worker.last_beat),
             "worker_id": worker.id, "ids": ids, "attempts": [a for _, a in running],
         }  # fmt: skip
-        _, extended, cancel = yield [
+        _, extended, mine = yield [
             Stmt(self.q.upsert_worker, register),
             Stmt(self.q.extend_leases, extend),
-            Stmt(self.q.cancel_requested, {"worker_id": worker.id}),
+            Stmt(self.q.running_of_worker, {"worker_id": worker.id}),
         ]
-        return Beat(
-            extended={(int(r["id"]), int(r["attempt"])) for r in extended},
-            cancel={int(r["id"]) for r in cancel},
-        )
+        return Beat.read({(int(r["id"]), int(r["attempt"])) for r in extended}, running, mine)
 
     def get_job_plan(self, job_id: int) -> Plan[Job | None]:
         rows = yield Stmt(self.q.get_job, {"id": job_id})

@@ -202,7 +202,7 @@ WATCHDOG = Watchdog()
 
 
 class _Slot(Generic[P]):
-    """The current pool of one kind, and when it was last replaced or failed to open."""
+    """The current pool of one kind, when it was last replaced, and the last failed open."""
 
     def __init__(self) -> None:
         self.pool: P | None = None
@@ -216,9 +216,10 @@ class _Slot(Generic[P]):
     def take(self, pool: P) -> None:
         self.pool, self.pid, self.failed = pool, os.getpid(), None
 
-    def fail_fast(self) -> None:
-        """An open failed a moment ago: say so again at once instead of waiting in turn."""
-        if self.failed is not None and time.monotonic() - self.failed[0] < RECYCLE_EVERY_S:
+    def fail_fast(self, arrived: float) -> None:
+        """An open failed while this caller waited for its turn: give it that answer rather
+        than a second wait of its own (callers that come later try again)."""
+        if self.failed is not None and self.failed[0] >= arrived:
             raise BackendUnavailable(str(self.failed[1])) from self.failed[1]
 
     def forget(self, pool: P) -> bool:
@@ -244,11 +245,12 @@ class SyncPools:
         pool = self._slot.current()
         if pool is not None:
             return pool
+        arrived = time.monotonic()
         with self._lock:
             pool = self._slot.current()
             if pool is not None:
                 return pool
-            self._slot.fail_fast()
+            self._slot.fail_fast(arrived)
             fresh = self._make()
             try:
                 # Wait for the first connection: a request that found none would make the pool
@@ -302,11 +304,12 @@ class AsyncPools:
         if pool is not None:
             return pool
         assert self._lock is not None
+        arrived = time.monotonic()
         async with self._lock:
             pool = self._slot.current()
             if pool is not None:
                 return pool
-            self._slot.fail_fast()
+            self._slot.fail_fast(arrived)
             fresh = self._make()
             try:
                 await fresh.open(wait=True, timeout=self._timeout)

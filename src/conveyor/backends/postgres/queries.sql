@@ -150,7 +150,8 @@ UPDATE {schema}.jobs AS j
 SET state = 'running', attempt = j.attempt + 1, worker_id = %(worker_id)s,
     started_at = greatest(coalesce(to_timestamp(%(now)s::float8), statement_timestamp()),
                           j.created_at),
-    lease_until = coalesce(to_timestamp(%(now)s::float8), now())
+    -- from when the row is taken (a claim held up on its way still gets a whole lease)
+    lease_until = coalesce(to_timestamp(%(now)s::float8), clock_timestamp())
                   + make_interval(secs => %(lease)s),
     state_changed_at = coalesce(to_timestamp(%(now)s::float8), now()), note = NULL
 FROM picked
@@ -175,7 +176,8 @@ UPDATE {schema}.jobs AS j
 SET state = 'running', attempt = j.attempt + 1, worker_id = %(worker_id)s,
     started_at = greatest(coalesce(to_timestamp(%(now)s::float8), statement_timestamp()),
                           j.created_at),
-    lease_until = coalesce(to_timestamp(%(now)s::float8), now())
+    -- from when the row is taken (a claim held up on its way still gets a whole lease)
+    lease_until = coalesce(to_timestamp(%(now)s::float8), clock_timestamp())
                   + make_interval(secs => %(lease)s),
     state_changed_at = coalesce(to_timestamp(%(now)s::float8), now()), note = NULL
 FROM picked
@@ -207,7 +209,8 @@ UPDATE {schema}.jobs AS j
 SET state = 'running', attempt = j.attempt + 1, worker_id = %(worker_id)s,
     started_at = greatest(coalesce(to_timestamp(%(now)s::float8), statement_timestamp()),
                           j.created_at),
-    lease_until = coalesce(to_timestamp(%(now)s::float8), now())
+    -- from when the row is taken (a claim held up on its way still gets a whole lease)
+    lease_until = coalesce(to_timestamp(%(now)s::float8), clock_timestamp())
                   + make_interval(secs => %(lease)s),
     state_changed_at = coalesce(to_timestamp(%(now)s::float8), now()), note = NULL
 FROM picked
@@ -383,7 +386,8 @@ claimed AS (
     UPDATE {schema}.jobs AS j
     SET state = 'running', attempt = j.attempt + 1, worker_id = %(worker_id)s,
         started_at = greatest(c.now, j.created_at),
-        lease_until = c.now + make_interval(secs => %(lease)s),
+        lease_until = coalesce(to_timestamp(%(now)s::float8), clock_timestamp())
+                      + make_interval(secs => %(lease)s),
         state_changed_at = c.now, note = NULL
     FROM c
     WHERE j.id = ANY (%(ids)s) AND j.state = 'queued'
@@ -422,6 +426,11 @@ SELECT name, concurrency FROM {schema}.queues WHERE concurrency IS NOT NULL ORDE
 -- name: complete
 -- A batch of outcomes in one statement. Each applies only to the very attempt it is about,
 -- while it is still running under that worker (and, for a rescue, once its lease ran out).
+WITH free AS (
+    -- A rescue passes over a job whose row another session holds (a hung one, say): the next
+    -- round tries again. It never waits, so one stuck session cannot hold back every rescue.
+    SELECT id FROM {schema}.jobs WHERE id = ANY(%(rescued)b::bigint[]) FOR UPDATE SKIP LOCKED
+)
 UPDATE {schema}.jobs AS j
 SET state = o.state,
     result = o.result::json,
@@ -449,7 +458,7 @@ FROM unnest(%(ids)b::bigint[], %(worker_ids)b::text[], %(attempts)b::int[], %(st
           leader)
 WHERE j.id = o.id AND j.state = 'running' AND j.worker_id = o.worker_id
   AND j.attempt = o.attempt
-  AND (NOT o.rescue OR j.lease_until < to_timestamp(o.expired))
+  AND (NOT o.rescue OR (j.lease_until < to_timestamp(o.expired) AND j.id IN (SELECT id FROM free)))
   -- a rescue decided by a leader applies only while that leader's lease stands
   AND (o.leader IS NULL
        OR EXISTS (SELECT FROM {schema}.leaders AS l
@@ -495,9 +504,10 @@ WITH mine AS (
 SELECT id, attempt FROM mine
 WHERE id IN (SELECT id FROM extended) OR id NOT IN (SELECT id FROM locked)
 
--- name: cancel_requested
-SELECT id FROM {schema}.jobs
-WHERE state = 'running' AND worker_id = %(worker_id)s AND cancel_requested
+-- name: running_of_worker
+-- What the store has running under a worker: the heartbeat compares it with what it runs.
+SELECT id, attempt, cancel_requested FROM {schema}.jobs
+WHERE state = 'running' AND worker_id = %(worker_id)s
 
 -- name: delete_worker
 DELETE FROM {schema}.workers WHERE id = %(id)s

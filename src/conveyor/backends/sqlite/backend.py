@@ -593,10 +593,10 @@ class SqliteStore:
                     },
                 ).fetchall()  # fmt: skip
                 extended = {(r["id"], r["attempt"]) for r in rows}
-            cancel = {r[0] for r in conn.execute(Q.cancel_requested, {"worker_id": worker.id})}
+            mine = conn.execute(Q.running_of_worker, {"worker_id": worker.id}).fetchall()
             # Every beat also looks at everyone else's: the liveness the leader judges by.
             self._sightings.workers(conn.execute(Q.worker_beats))
-        return Beat(extended=extended, cancel=cancel)
+        return Beat.read(extended, running, mine)
 
     def deregister_worker(self, worker_id: str) -> None:
         with self._write() as conn:

@@ -301,9 +301,10 @@ RETURNING id, attempt
 -- name: worker_beats
 SELECT id, last_beat FROM conveyor_workers
 
--- name: cancel_requested
-SELECT id FROM conveyor_jobs
-WHERE state = 'running' AND worker_id = :worker_id AND cancel_requested = 1
+-- name: running_of_worker
+-- What the store has running under a worker: the heartbeat compares it with what it runs.
+SELECT id, attempt, cancel_requested FROM conveyor_jobs INDEXED BY conveyor_jobs_leased
+WHERE state = 'running' AND worker_id = :worker_id
 
 -- name: delete_worker
 DELETE FROM conveyor_workers WHERE id = ?
