@@ -72,7 +72,8 @@ class Active:
 
 
 class Heartbeat(Service):
-    """Keeps the worker registered and its jobs' leases alive; picks up cancel requests."""
+    """Keeps the worker registered and its jobs' leases alive; picks up cancel requests. A beat
+    that failed is tried again soon, not a whole interval later: the leases are running out."""
 
     name = "heartbeat"
     wait_first = True  # the worker beats once itself before it starts claiming
@@ -80,9 +81,15 @@ class Heartbeat(Service):
     def __init__(self, worker: Worker, interval: float) -> None:
         super().__init__(interval)
         self.worker = worker
+        self._failing = False
 
     async def run_once(self) -> None:
+        self._failing = True
         await self.worker.beat()
+        self._failing = False
+
+    def next_interval(self) -> float:
+        return self.interval / 5 if self._failing else self.interval
 
 
 class LeaseKeeper(Service):
@@ -131,9 +138,12 @@ class Worker:
         self.processed = 0
         #: when the last heartbeat that reached the store was sent (monotonic)
         self._beat_sent_at = -math.inf
-        #: claims begun, and whether one is in flight (see `beat`)
-        self._claims = 0
-        self._claiming = False
+        #: claims begun and ended (one at a time), and what the last heartbeat saw of them and
+        #: of the jobs the store runs under this worker's name unknown to it (see `beat`)
+        self._claims_begun = 0
+        self._claims_ended = 0
+        self._last_beat_claims = 0
+        self._last_unknown: set[tuple[int, int]] = set()
 
     # -- running ----------------------------------------------------------------------------
 
@@ -306,12 +316,11 @@ class Worker:
         now = self.app.clock.now()
         lease = self.app.settings.lease_seconds
         asked = time.monotonic()
-        self._claims += 1
-        self._claiming = True
+        self._claims_begun += 1
         try:
             jobs = await self.backend.claim(self.id, self.queues, free, now + lease, now)
         finally:
-            self._claiming = False
+            self._claims_ended += 1
         if self._stopping.is_set():
             # Stopped while the claim was in flight: these never start.
             for job in jobs:
@@ -417,7 +426,9 @@ class Worker:
         now = self.app.clock.now()
         lease = self.app.settings.lease_seconds
         asked = time.monotonic()
-        claims, claiming = self._claims, self._claiming
+        # Every claim begun before the last heartbeat has ended by now: its jobs are ours.
+        settled = self._claims_ended >= self._last_beat_claims
+        claims_begun = self._claims_begun
         mine = list(self._active)
         running = sorted({*mine, *self.completer_pending()})
         info = WorkerInfo(
@@ -438,11 +449,15 @@ class Worker:
                 self._lose_lease(active, "the store gave the job to another worker")
         for job_id in beat.cancel:
             self.cancel_running(job_id)
-        if beat.unknown and not claiming and not self._claiming and self._claims == claims:
-            # No claim was in flight: these came from one whose answer never reached this
-            # worker (cut off by a timeout while the server went on). Give them back now,
-            # the attempt not counted, rather than let them wait out their lease.
-            await self._hand_back_unknown(beat.unknown)
+        # Running under this worker's name, unknown to it at this heartbeat and at the one
+        # before, with every claim begun before that one ended since: they came from a claim
+        # whose answer never reached this worker (cut off by a timeout while the server went
+        # on). Give them back now, the attempt not counted, rather than let them wait out their
+        # lease. (Unknown at one heartbeat only, they may be a claim's answer still on its way.)
+        orphans = beat.unknown & self._last_unknown if settled else set()
+        self._last_unknown, self._last_beat_claims = beat.unknown, claims_begun
+        if orphans:
+            await self._hand_back_unknown(orphans)
 
     async def _hand_back_unknown(self, unknown: set[tuple[int, int]]) -> None:
         log.warning(

@@ -253,7 +253,9 @@ class PostgresBackend(Backend):
         *,
         atomic: bool = False,
         connection: psycopg.AsyncConnection[Any] | None = None,
+        deadline: float | None = None,
     ) -> T:
+        """As `run_sync`, on the async pool; `deadline` shortens the client's wait (seconds)."""
         if not self._checked:
             await asyncio.to_thread(self.check_schema)
         if connection is not None:
@@ -271,7 +273,7 @@ class PostgresBackend(Backend):
                 raise BackendUnavailable(f"PostgreSQL: {exc}") from exc
             except psycopg_pool.PoolTimeout as exc:
                 _reraise(exc)
-            timer = WATCHDOG.arm(conn, self._deadline)
+            timer = WATCHDOG.arm(conn, min(self._deadline, deadline or math.inf))
             try:
                 if atomic:
                     async with conn.transaction():
@@ -875,7 +877,11 @@ class PostgresBackend(Backend):
     async def heartbeat(
         self, worker: WorkerInfo, running: Sequence[tuple[int, int]], lease_until: float
     ) -> Beat:
-        return await self.run_async(self.heartbeat_plan(worker, running, lease_until))
+        # A beat that hangs is cut off at a quarter of the lease (if the statement timeout is
+        # longer) and tried again on another connection before the leases run out.
+        lease = max(0.0, lease_until - worker.last_beat)
+        plan = self.heartbeat_plan(worker, running, lease_until)
+        return await self.run_async(plan, deadline=max(lease / 4, 1.0))
 
     async def deregister_worker(self, worker_id: str) -> None:
         await self.run_async(self.statement_plan(self.q.delete_worker, {"id": worker_id}))
