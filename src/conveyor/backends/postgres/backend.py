@@ -617,6 +617,12 @@ class PostgresBackend(Backend):
         # In id order, as every statement that writes several running jobs: two such
         # statements then lock their rows in the same order and cannot deadlock.
         outcomes = sorted(outcomes, key=lambda o: o.job_id)
+        rescues = [o.job_id for o in outcomes if o.lease_expired_before is not None]
+        if rescues:  # run atomically (see `complete`): the rows stay locked for the update
+            free = {r["id"] for r in (yield Stmt(self.q.lock_rescued, {"ids": rescues}))}
+            outcomes = [o for o in outcomes if o.lease_expired_before is None or o.job_id in free]
+            if not outcomes:
+                return []
         update = Stmt(
             self.q.complete,
             {
@@ -635,7 +641,6 @@ class PostgresBackend(Backend):
                 "rescues": [o.lease_expired_before is not None for o in outcomes],
                 "expired": [o.lease_expired_before for o in outcomes],
                 "leaders": [o.leader for o in outcomes],
-                "rescued": [o.job_id for o in outcomes if o.lease_expired_before is not None],
             },
         )
         maybe_left = [o.job_id for o in outcomes if o.state in _NOT_FINISHED]
@@ -871,7 +876,9 @@ class PostgresBackend(Backend):
     async def complete(self, outcomes: Sequence[Outcome]) -> list[int]:
         if not outcomes:
             return []
-        atomic = any(o.state in _NOT_FINISHED for o in outcomes)
+        atomic = any(
+            o.state in _NOT_FINISHED or o.lease_expired_before is not None for o in outcomes
+        )
         return await self.run_async(self.complete_plan(outcomes), atomic=atomic)
 
     async def heartbeat(

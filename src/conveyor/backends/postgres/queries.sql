@@ -426,11 +426,6 @@ SELECT name, concurrency FROM {schema}.queues WHERE concurrency IS NOT NULL ORDE
 -- name: complete
 -- A batch of outcomes in one statement. Each applies only to the very attempt it is about,
 -- while it is still running under that worker (and, for a rescue, once its lease ran out).
-WITH free AS (
-    -- A rescue passes over a job whose row another session holds (a hung one, say): the next
-    -- round tries again. It never waits, so one stuck session cannot hold back every rescue.
-    SELECT id FROM {schema}.jobs WHERE id = ANY(%(rescued)b::bigint[]) FOR UPDATE SKIP LOCKED
-)
 UPDATE {schema}.jobs AS j
 SET state = o.state,
     result = o.result::json,
@@ -458,12 +453,20 @@ FROM unnest(%(ids)b::bigint[], %(worker_ids)b::text[], %(attempts)b::int[], %(st
           leader)
 WHERE j.id = o.id AND j.state = 'running' AND j.worker_id = o.worker_id
   AND j.attempt = o.attempt
-  AND (NOT o.rescue OR (j.lease_until < to_timestamp(o.expired) AND j.id IN (SELECT id FROM free)))
+  AND (NOT o.rescue OR j.lease_until < to_timestamp(o.expired))
   -- a rescue decided by a leader applies only while that leader's lease stands
   AND (o.leader IS NULL
        OR EXISTS (SELECT FROM {schema}.leaders AS l
                   WHERE l.holder = o.leader AND l.until >= now()))
 RETURNING j.id, j.state
+
+-- name: lock_rescued
+-- Before rescues, in their transaction: a job whose row another session holds (a hung one, say)
+-- is passed over, and tried again next round. A rescue never waits, so one stuck session cannot
+-- hold back every rescue.
+SELECT id FROM {schema}.jobs
+WHERE id = ANY(%(ids)s::bigint[]) AND state = 'running'
+FOR UPDATE SKIP LOCKED
 
 -- name: cancel_requested_leftovers
 -- Jobs asked to stop that were retried or handed back instead: they end cancelled.
