@@ -276,7 +276,10 @@ def test_enqueue_rate_recovers_after_a_7s_stall(scenario: Scenario) -> None:
     # Connected before the storm: 1,000 threads leave a 2-core machine little room to connect.
     with scenario.cluster.connect(autocommit=False) as lock:
         procs = storm(scenario, processes, threads, 0, "until")
-        time.sleep(3)  # the storm's steady rate, before the stall
+        # the storm's steady rate, before the stall (a loaded machine is slow to get going)
+        if not poll_until(lambda: scenario.journal().enqueued, 60):
+            scenario.give_up("no enqueue of the storm succeeded within 60s")
+        time.sleep(3)
         lock.execute(f'LOCK TABLE "{scenario.schema}".jobs IN ACCESS EXCLUSIVE MODE')
         stall_began = time.monotonic()
         time.sleep(STALL_S)
