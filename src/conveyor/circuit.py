@@ -22,6 +22,7 @@ from typing import Any
 from conveyor.config import QUEUE_NAME, parse_duration
 from conveyor.errors import DownstreamDown, TaskTimeout, ValidationError, describe
 from conveyor.job import epoch_seconds
+from conveyor.redact import url as shown_url
 
 #: HTTP statuses that mean "the service behind this one is down", not "your request is bad".
 DOWN_STATUSES = frozenset({502, 503, 504})
@@ -143,7 +144,8 @@ def _get(url: str) -> None:
     request = urllib.request.Request(url, method="GET", headers={"User-Agent": "conveyor-probe"})
     with urllib.request.urlopen(request, timeout=PROBE_TIMEOUT_S) as response:
         if response.status >= 400:
-            raise DownstreamDown(f"{url} answered {response.status}")
+            # the reason is logged: the URL without its credentials and query values
+            raise DownstreamDown(f"{shown_url(url)} answered {response.status}")
 
 
 def _status(exc: BaseException) -> int | None:

@@ -1,16 +1,23 @@
-"""Structured logs: stable event names with key=value fields (`job.succeeded job_id=7 ...`)."""
+"""Structured logs: stable event names with key=value fields (`job.succeeded job_id=7 ...`).
+
+A logfmt or console event is one line, whatever a job put in its fields: control characters
+(newlines included) and bidi controls are written escaped (`\\x1b`, `\\n`), see
+`conveyor.terminal`; the traceback the console format prints below an event keeps its lines,
+indented. The JSON format escapes them the JSON way.
+"""
 
 from __future__ import annotations
 
 import logging
 import sys
 import time
-from collections.abc import MutableMapping
+from collections.abc import Callable, Collection, MutableMapping
 from typing import Any
 
 import structlog
 
 from conveyor.redact import HIDDEN, secret_key, secrets
+from conveyor.terminal import printable
 
 
 def get_logger(name: str) -> Any:
@@ -29,6 +36,41 @@ def redact_secrets(
     return event
 
 
+#: Values the renderers write as they are, with no text of a job's in them.
+_SCALARS = (int, float, bool, type(None))
+
+
+def printable_fields(
+    shown: Callable[[Any], str], keep: str = "", indented: Collection[str] = ()
+) -> Callable[[Any, str, MutableMapping[str, Any]], MutableMapping[str, Any]]:
+    """A processor that escapes the control characters of every field of an event (as
+    `conveyor.terminal.printable`), newline and tab included unless `keep` names them, so no
+    field can drive a terminal or start a line of its own. `shown` is how the renderer turns a
+    value that is not text into text (`str`, `repr`); such a value is replaced by its escaped
+    text only when that has something to escape.
+
+    The fields in `indented` (a traceback the console format prints below the event) keep
+    their lines, each indented, so none of them, whatever an exception message says, reads
+    as an event of its own."""
+
+    def processor(
+        logger: Any, method: str, event: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
+        for key, value in event.items():
+            if type(value) in _SCALARS:
+                continue
+            text = value if isinstance(value, str) else shown(value)
+            if key in indented:
+                event[key] = "  " + printable(text, "\n\t").replace("\n", "\n  ")
+                continue
+            escaped = printable(text, keep)
+            if escaped is not text:  # printable hands back what needs no escaping
+                event[key] = escaped
+        return event
+
+    return processor
+
+
 def configure_logging(level: str = "INFO", fmt: str = "logfmt", *, cache: bool = True) -> None:
     """Set up structlog for a `conveyor` command: logfmt (default), json or console.
 
@@ -36,14 +78,18 @@ def configure_logging(level: str = "INFO", fmt: str = "logfmt", *, cache: bool =
     hot path; a process that reconfigures logging later (a test suite) passes False.
     """
     renderer: Any
+    # JSON escapes control characters itself; logfmt escapes newlines itself (as \n)
+    escape: list[Any] = []
     if fmt == "json":
         renderer = structlog.processors.JSONRenderer()
     elif fmt == "console":
         renderer = structlog.dev.ConsoleRenderer()
+        escape = [printable_fields(repr, indented=("exception", "stack"))]
     elif fmt == "logfmt":
         renderer = structlog.processors.LogfmtRenderer(
             key_order=["timestamp", "level", "event"], drop_missing=True
         )
+        escape = [printable_fields(str, keep="\n")]
     else:
         raise ValueError(f"unknown log format {fmt!r} (use logfmt, json or console)")
     structlog.configure(
@@ -52,6 +98,7 @@ def configure_logging(level: str = "INFO", fmt: str = "logfmt", *, cache: bool =
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
+            *escape,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),

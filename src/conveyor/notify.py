@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from conveyor.errors import BackendUnavailable, ConfigurationError
 from conveyor.logging import get_logger
+from conveyor.redact import hide_repeats, job_hidden_strings
 
 if TYPE_CHECKING:
     from conveyor.app import App
@@ -116,9 +117,8 @@ class Webhook(Routed):
             if response.status >= 300:
                 raise OSError(f"the webhook answered {response.status}")
 
-    def __repr__(self) -> str:  # no headers: they may hold secrets
-        host = urllib.parse.urlsplit(self.url).netloc
-        return f"Webhook({host})"
+    def __repr__(self) -> str:  # no headers, no credentials: they may hold secrets
+        return f"Webhook({urllib.parse.urlsplit(self.url).hostname})"
 
 
 class Email(Routed):
@@ -311,6 +311,8 @@ class Alerter:
 
     def job_dead(self, job: Job, error: Mapping[str, Any] | None) -> None:
         what = "an error" if not error else f"{error.get('type')}: {error.get('message')}"
+        # an alert goes to people: what the App's redaction hid of the arguments stays out
+        what = hide_repeats(what, job_hidden_strings(job, self.app.redact))
         self.raise_alert(
             "job.dead", f"{job.task} job {job.id} is dead after {what}", f"job.dead:{job.task}",
             job_id=job.id, task=job.task, queue=job.queue, error=what,

@@ -1,7 +1,10 @@
 """How jobs, queues and workers look: rich tables for people, plain JSON for scripts.
 
-User data (arguments, error messages, stage names) is always wrapped in `Text`, so brackets in
-it are printed as they are rather than read as rich markup.
+A job is shown as `redacted` gives it (see `conveyor.redact`). Text from jobs, workers and the
+store (arguments, results, error messages, tracebacks, stage names, notes) goes into `plain`:
+wrapped in `Text`, so brackets in it are printed as they are rather than read as rich markup,
+and through `conveyor.terminal.printable`, so control characters in it are shown escaped
+(`\\x1b`) rather than obeyed by the terminal.
 """
 
 from __future__ import annotations
@@ -24,7 +27,9 @@ from rich.text import Text
 from conveyor.circuit import Circuit, CircuitEvent, CircuitInfo
 from conveyor.cron import Periodic, TickRecord
 from conveyor.job import HistoryEntry, Job, JobState, WorkerInfo
-from conveyor.redact import Redactor, secrets
+from conveyor.redact import Redactor, secrets, shown_job
+from conveyor.redact import url as shown_url
+from conveyor.terminal import json_printable, printable
 
 STATE_STYLES: Mapping[JobState, str] = {
     JobState.WAITING: "dim",
@@ -51,19 +56,26 @@ def console() -> Console:
 
 
 def emit_json(value: Any) -> None:
-    """Plain JSON on stdout, for scripts."""
-    click.echo(json.dumps(value, indent=2, ensure_ascii=False, default=str))
+    """Plain JSON on stdout, for scripts: the values exact, the characters a terminal would
+    obey (DEL, C1, bidi controls) written as `\\uXXXX`."""
+    click.echo(json_printable(json.dumps(value, indent=2, ensure_ascii=False, default=str)))
+
+
+def plain(text: str, style: str = "", keep: str = "") -> Text:
+    """Text from a job, a worker or the store as a person sees it in a table or a detail view:
+    never read as markup, its control characters escaped (newline and tab too, unless in
+    `keep`)."""
+    return Text(printable(text, keep), style=style)
 
 
 # -- values -------------------------------------------------------------------------------
 
 
 def redacted(job: Job) -> Job:
-    """The job as a person may see it: args, kwargs and meta through the App's `redact`."""
-    redact = secrets if job.app is None else job.app.redact
-    return dataclasses.replace(
-        job, args=redact(job.args), kwargs=redact(job.kwargs), meta=redact(job.meta)
-    )
+    """The job as a person may see it: args, kwargs, meta and result through the App's
+    `redact`, and what that hid of the arguments taken out of the result, errors, stage and
+    unique key (`conveyor.redact.shown_job`). Every view of a job starts here."""
+    return shown_job(job, secrets if job.app is None else job.app.redact)
 
 
 def job_dict(job: Job) -> dict[str, Any]:
@@ -170,6 +182,11 @@ def short_type(error: Mapping[str, Any]) -> str:
 
 
 def last_error(job: Job) -> str:
+    """`Type: message` of the job's last error, as a person may see it (redacted)."""
+    return _last_error(redacted(job))
+
+
+def _last_error(job: Job) -> str:
     if not job.errors:
         return ""
     error = job.errors[-1]
@@ -185,15 +202,16 @@ def progress_text(job: Job) -> str:
 
 
 def job_info(job: Job, now: float) -> str:
-    """The one thing worth knowing about a job in a listing, by state."""
+    """The one thing worth knowing about a job in a listing, by state (redacted)."""
+    job = redacted(job)
     if job.state in (JobState.SCHEDULED, JobState.RETRYING):
         info = f"runs {ago(job.run_at, now)}"
-        return f"{info} · {last_error(job)}" if job.errors else info
+        return f"{info} · {_last_error(job)}" if job.errors else info
     if job.state is JobState.RUNNING:
         parts = [progress_text(job), "cancel requested" if job.cancel_requested else ""]
         return " · ".join(p for p in parts if p) or f"on {job.worker_id}"
     if job.state is JobState.DEAD:
-        return last_error(job)
+        return _last_error(job)
     if job.state is JobState.SUCCEEDED and job.started_at and job.finished_at:
         return f"took {span(job.finished_at - job.started_at)}"
     return ""
@@ -221,9 +239,9 @@ def jobs_table(jobs: Sequence[Job], now: float, title: str | None = None) -> Tab
     table.add_column("Info", overflow="fold")
     for job in jobs:
         table.add_row(
-            str(job.id), Text(job.task), Text(job.queue), str(job.priority),
+            str(job.id), plain(job.task), plain(job.queue), str(job.priority),
             state_text(job.state), f"{job.attempt}/{job.max_attempts}",
-            ago(job.created_at, now), Text(job_info(job, now)),
+            ago(job.created_at, now), plain(job_info(job, now)),
         )  # fmt: skip
     return table
 
@@ -240,10 +258,10 @@ def dead_table(jobs: Sequence[Job], now: float) -> Table:
     for job in map(redacted, jobs):
         error = job.errors[-1] if job.errors else {}
         table.add_row(
-            str(job.id), Text(job.task), Text(job.queue), f"{job.attempt}/{job.max_attempts}",
+            str(job.id), plain(job.task), plain(job.queue), f"{job.attempt}/{job.max_attempts}",
             ago(job.finished_at, now),
-            Text.assemble((short_type(error), "red"), f": {error.get('message', '')}"),
-            Text(compact_json(job.args, 60)),
+            Text.assemble(plain(short_type(error), "red"), plain(f": {error.get('message', '')}")),
+            plain(compact_json(job.args, 60)),
         )  # fmt: skip
     return table
 
@@ -260,7 +278,7 @@ def queues_table(queues: Mapping[str, Mapping[str, Any]]) -> Table:
     totals = dict.fromkeys((s.value for s in JobState), 0)
     for name, queue in queues.items():
         counts = queue["jobs"]
-        label = Text(name)
+        label = plain(name)
         if queue["paused"]:
             label.append(" paused", style="bold yellow")
         if queue.get("concurrency") is not None:
@@ -314,7 +332,7 @@ def cron_table(entries: Sequence[Mapping[str, Any]], now: float) -> Table:
             else:
                 last_job.append("purged", style="dim")
         table.add_row(
-            Text(e["name"]), Text(f"{e['schedule']} ({e['tz']})"),
+            plain(e["name"]), plain(f"{e['schedule']} ({e['tz']})"),
             f"{when} ({ago(e['next_tick'], now)})", ago(e["last_fired_tick"], now), last_job,
         )  # fmt: skip
     return table
@@ -339,7 +357,7 @@ def circuits_dict(
             "reason": info.reason if info else None,
             "failure_threshold": spec.failure_threshold if spec else None,
             "probe": None if spec is None or spec.probe is None
-            else spec.probe if isinstance(spec.probe, str) else "callable",
+            else shown_url(spec.probe) if isinstance(spec.probe, str) else "callable",
         })  # fmt: skip
     events = [
         {"name": e.name, "at": e.at, "event": e.event, "reason": e.reason, "held": e.held,
@@ -366,9 +384,9 @@ def circuits_table(circuits: Sequence[Mapping[str, Any]], now: float) -> Table:
         failures = f"{c['failures']}/{threshold}" if threshold else str(c["failures"])
         open_since = ago(c["opened_at"], now) if c["state"] != "closed" else "-"
         table.add_row(
-            Text(c["name"]), Text(c["state"].replace("_", "-"), style=_CIRCUIT_STYLES[c["state"]]),
+            plain(c["name"]), Text(c["state"].replace("_", "-"), style=_CIRCUIT_STYLES[c["state"]]),
             failures, str(c["held"]), open_since, ago(c["probed_at"], now),
-            Text(c["reason"] or ""),
+            plain(c["reason"] or ""),
         )  # fmt: skip
     return table
 
@@ -384,10 +402,10 @@ def circuit_log_table(events: Sequence[Mapping[str, Any]], now: float) -> Table:
     for e in events:
         open_for = "-" if e["open_for"] is None else span(e["open_for"])
         table.add_row(
-            f"{when(e['at'])} ({ago(e['at'], now)})", Text(e["name"]),
+            f"{when(e['at'])} ({ago(e['at'], now)})", plain(e["name"]),
             Text(e["event"].replace("_", "-"), style=_CIRCUIT_STYLES.get(
                 {"opened": "open"}.get(e["event"], e["event"]), "")),
-            str(e["held"]), open_for, Text(e["reason"] or ""),
+            str(e["held"]), open_for, plain(e["reason"] or ""),
         )  # fmt: skip
     return table
 
@@ -410,7 +428,7 @@ def workers_table(workers: Iterable[WorkerInfo], now: float, lease_seconds: floa
             shown = ", ".join(str(i) for i in w.running[:5])
             running += f" ({shown}{', …' if len(w.running) > 5 else ''})"
         table.add_row(
-            Text(w.id), Text(w.host), str(w.pid), Text(",".join(w.queues) if w.queues else "*"),
+            plain(w.id), plain(w.host), str(w.pid), plain(",".join(w.queues) if w.queues else "*"),
             str(w.concurrency), running, ago(w.started_at, now),
             ago(now - w.heartbeat_age(now), now),
             Text("lost", style="bold red") if lost else Text("alive", style="green"),
@@ -422,16 +440,18 @@ def workers_table(workers: Iterable[WorkerInfo], now: float, lease_seconds: floa
 
 
 def job_detail(job: Job, history: Sequence[HistoryEntry], now: float) -> RenderableType:
-    """Everything about one job: fields, payload, result, errors with tracebacks, history."""
+    """Everything about one job, as a person may see it (redacted): fields, payload, result,
+    errors with tracebacks, history."""
+    job = redacted(job)
     title = Text.assemble(
-        (f"Job {job.id}", "bold"), "  ", (job.task, "bold cyan"), "  ", state_text(job.state)
+        (f"Job {job.id}", "bold"), "  ", plain(job.task, "bold cyan"), "  ", state_text(job.state)
     )
     fields = Table.grid(padding=(0, 2))
     fields.add_column(style="bold", no_wrap=True)
     fields.add_column(overflow="fold")
 
     def row(name: str, value: str | Text) -> None:
-        fields.add_row(name, value if isinstance(value, Text) else Text(value))
+        fields.add_row(name, value if isinstance(value, Text) else plain(value))
 
     def stamp(ts: float | None) -> str:
         return "-" if ts is None else f"{when(ts)}  ({ago(ts, now)})"
@@ -452,30 +472,29 @@ def job_detail(job: Job, history: Sequence[HistoryEntry], now: float) -> Rendera
     row("stage", job.stage or "-")
     if job.cancel_requested:
         row("cancel", Text("requested", style="yellow"))
-    shown = redacted(job)
-    row("args", compact_json(shown.args))
-    row("kwargs", compact_json(shown.kwargs))
+    row("args", compact_json(job.args))
+    row("kwargs", compact_json(job.kwargs))
     row("result", "-" if job.result is None and job.state is not JobState.SUCCEEDED
         else compact_json(job.result))  # fmt: skip
     if job.meta:
-        row("meta", compact_json(shown.meta))
+        row("meta", compact_json(job.meta))
 
     parts: list[RenderableType] = [title, Padding(fields, (0, 0, 0, 2))]
     parts.append(Text(f"\nErrors ({len(job.errors)})", style="bold"))
     if not job.errors:
         parts.append(Padding(Text("none", style="dim"), (0, 0, 0, 2)))
     for i, error in enumerate(job.errors, 1):
+        # a message or a traceback may have lines of its own: newlines and tabs stay
         head = Text.assemble(
             (f"#{i}", "bold"),
             f"  attempt {error.get('attempt', '?')}  {when(error.get('at'))}  ",
-            (f"{error.get('type', 'Error')}: {error.get('message', '')}", "red"),
-            f"  (worker {error.get('worker') or '-'})",
+            plain(f"{error.get('type', 'Error')}: {error.get('message', '')}", "red", "\n\t"),
+            plain(f"  (worker {error.get('worker') or '-'})"),
         )
         parts.append(Padding(head, (0, 0, 0, 2)))
         tb = error.get("traceback")
-        parts.append(
-            Padding(Text(tb.rstrip("\n") if tb else "(no traceback)", style="dim"), (0, 0, 0, 6))
-        )
+        trace = plain(tb.rstrip("\n"), "dim", "\n\t") if tb else Text("(no traceback)", "dim")
+        parts.append(Padding(trace, (0, 0, 0, 6)))
     parts.append(Text("\nHistory", style="bold"))
     parts.append(Padding(history_timeline(history), (0, 0, 0, 2)))
     return Group(*parts)
@@ -497,5 +516,5 @@ def history_timeline(history: Sequence[HistoryEntry]) -> RenderableType:
             state_text(entry.to_state),
         )
         extra = " · ".join(x for x in (entry.note, entry.worker_id) if x)
-        grid.add_row(when(entry.at), f"+{span(entry.at - first)}", move, Text(extra))
+        grid.add_row(when(entry.at), f"+{span(entry.at - first)}", move, plain(extra))
     return grid

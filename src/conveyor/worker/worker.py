@@ -26,6 +26,7 @@ from conveyor.context import Context
 from conveyor.errors import BackendUnavailable, ValidationError
 from conveyor.job import Job, JobState, WorkerInfo
 from conveyor.logging import Outage, get_logger
+from conveyor.redact import hide_repeats, job_hidden_strings, secrets
 from conveyor.services import circuits
 from conveyor.services.base import Service
 from conveyor.services.leader import Maintenance
@@ -573,20 +574,21 @@ def _log_outcome(finished: Finished) -> None:
         "job_id": job.id, "task": job.task, "queue": job.queue, "attempt": job.attempt,
         "duration_ms": round(finished.duration * 1000, 3),
     }  # fmt: skip
-    error = outcome.error
     if outcome.state is JobState.SUCCEEDED:
         log.info("job.succeeded", **fields)
-    elif outcome.state is JobState.RETRYING:
-        assert outcome.run_at is not None
-        log.warning(
-            "job.retry_scheduled", **fields, delay_s=round(outcome.run_at - outcome.at, 3),
-            error_type=error and error["type"], error=error and error["message"],
-        )  # fmt: skip
-    elif outcome.state is JobState.DEAD:
-        log.error(
-            "job.dead", **fields, error_type=error and error["type"],
-            error=error and error["message"], reason=outcome.note,
-        )  # fmt: skip
+    elif outcome.state in (JobState.RETRYING, JobState.DEAD):
+        # what the App's redaction hid of the arguments stays out of the log line too
+        hidden = job_hidden_strings(job, secrets if job.app is None else job.app.redact)
+        if outcome.state is JobState.RETRYING:
+            assert outcome.run_at is not None
+            fields["delay_s"] = round(outcome.run_at - outcome.at, 3)
+        error = outcome.error
+        fields["error_type"] = error and error["type"]
+        fields["error"] = error and hide_repeats(error["message"], hidden)
+        if outcome.state is JobState.RETRYING:
+            log.warning("job.retry_scheduled", **fields)
+        else:
+            log.error("job.dead", **fields, reason=hide_repeats(outcome.note, hidden))
     elif outcome.state is JobState.CANCELLED:
         log.info("job.cancelled", **fields)
     else:
