@@ -476,6 +476,14 @@ class App:
         job it fired, with that job's state."""
         return self.backend.sync.periodic_ticks()
 
+    def revoke_session(self, nonce: str, until: float) -> None:
+        """Refuse a dashboard session from now on, in every server sharing this store (the
+        dashboard's sign-out)."""
+        self.backend.sync.revoke_session(nonce, until, self.clock.now())
+
+    def session_revoked(self, nonce: str) -> bool:
+        return self.backend.sync.session_revoked(nonce)
+
     def paused_queues(self) -> list[str]:
         """The names of the paused queues, sorted."""
         return self.backend.sync.paused_queues()

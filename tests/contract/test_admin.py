@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 import conveyor
@@ -255,3 +257,23 @@ async def test_the_leader_prunes_finished_jobs_after_their_retention(
     await maintenance.prune_finished_jobs(clock.now())
     assert app.list_jobs() == []
     await maintenance.resign()
+
+
+def test_a_revoked_session_is_refused_by_every_app_sharing_the_store(
+    make_app: Callable[..., conveyor.App],
+) -> None:
+    signing_out, other_server = make_app(), make_app()
+    now = signing_out.clock.now()
+    assert not other_server.session_revoked("nonce-1")
+    signing_out.revoke_session("nonce-1", until=now + 3600)
+    signing_out.revoke_session("nonce-1", until=now + 3600)  # signing out twice is harmless
+    assert other_server.session_revoked("nonce-1")
+    assert not other_server.session_revoked("nonce-2")
+
+
+def test_revoked_sessions_are_forgotten_once_they_would_have_expired(app: conveyor.App) -> None:
+    now = app.clock.now()
+    app.revoke_session("expired", until=now - 1)
+    app.revoke_session("current", until=now + 3600)  # each revocation sweeps the expired ones
+    assert not app.session_revoked("expired")
+    assert app.session_revoked("current")

@@ -366,6 +366,7 @@ def test_migrate_applies_once(new_app: Callable[..., conveyor.App], schema: str)
         "alerts",
         "job_progress",
         "leaders",
+        "revoked_sessions",
         "migrations",
     }
 

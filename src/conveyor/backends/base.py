@@ -168,6 +168,13 @@ class Store(Protocol):
     def paused_queues(self) -> list[str]:
         """The names of the paused queues, sorted."""
 
+    def revoke_session(self, nonce: str, until: float, now: float) -> None:
+        """Refuse the dashboard session `nonce` from now on, in every server sharing the store;
+        kept until `until` (when it would have expired anyway)."""
+
+    def session_revoked(self, nonce: str) -> bool:
+        """Whether the dashboard session `nonce` was revoked (signed out)."""
+
     def set_queue_concurrency(self, queue: str, concurrency: int | None) -> None:
         """Let at most `concurrency` jobs of the queue run at once, cluster-wide (None: no
         limit)."""

@@ -1117,6 +1117,14 @@ class PostgresStore:
         rows = self.b.run_sync(self.b.statement_plan(self.q.paused_queues))
         return [r["name"] for r in rows]
 
+    def revoke_session(self, nonce: str, until: float, now: float) -> None:
+        params = {"nonce": nonce, "until": until}
+        self.b.run_sync(self.b.statement_plan(self.q.revoke_session, params))
+
+    def session_revoked(self, nonce: str) -> bool:
+        plan = self.b.statement_plan(self.q.session_revoked, {"nonce": nonce})
+        return bool(self.b.run_sync(plan))
+
     def change_circuit(
         self, name: str, action: Action, now: float, *, threshold: int = 5,
         reason: str | None = None, half_open_jobs: int = 1,

@@ -903,3 +903,13 @@ SELECT count(*) AS depth,
        extract(epoch FROM coalesce(to_timestamp(%(now)s::float8), now())
                           - min(state_changed_at))::float8 AS age
 FROM {schema}.jobs WHERE queue = %(queue)s AND state = 'queued'
+
+-- name: revoke_session
+-- Also forgets the sessions that have expired since: their cookies are refused anyway.
+WITH gone AS (DELETE FROM {schema}.revoked_sessions WHERE until < now())
+INSERT INTO {schema}.revoked_sessions (nonce, until)
+VALUES (%(nonce)s, to_timestamp(%(until)s::float8))
+ON CONFLICT (nonce) DO NOTHING
+
+-- name: session_revoked
+SELECT 1 AS revoked FROM {schema}.revoked_sessions WHERE nonce = %(nonce)s

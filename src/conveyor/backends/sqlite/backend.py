@@ -789,6 +789,14 @@ class SqliteStore:
     def paused_queues(self) -> list[str]:
         return [r["name"] for r in self._read(Q.paused_queues)]
 
+    def revoke_session(self, nonce: str, until: float, now: float) -> None:
+        with self._write() as conn:
+            conn.execute(Q.forget_revoked_sessions, {"now": now})
+            conn.execute(Q.revoke_session, {"nonce": nonce, "until": until})
+
+    def session_revoked(self, nonce: str) -> bool:
+        return bool(self._read(Q.session_revoked, {"nonce": nonce}))
+
     def change_circuit(
         self, name: str, action: Action, now: float, *, threshold: int = 5,
         reason: str | None = None, half_open_jobs: int = 1,

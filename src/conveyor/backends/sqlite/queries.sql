@@ -603,3 +603,14 @@ WHERE conveyor_alerts.sent_at <= :now - :every
 -- A queue's queued jobs, and since when the oldest of them has been waiting.
 SELECT count(*) AS depth, min(state_changed_at) AS since FROM conveyor_jobs
 WHERE queue = :queue AND state = 'queued'
+
+-- name: forget_revoked_sessions
+-- Sessions that have expired since they were revoked: their cookies are refused anyway.
+DELETE FROM conveyor_revoked_sessions WHERE until < :now
+
+-- name: revoke_session
+INSERT INTO conveyor_revoked_sessions (nonce, until) VALUES (:nonce, :until)
+ON CONFLICT (nonce) DO NOTHING
+
+-- name: session_revoked
+SELECT 1 AS revoked FROM conveyor_revoked_sessions WHERE nonce = :nonce
