@@ -12,6 +12,11 @@ from conveyor.errors import ConfigurationError
 
 QUEUE_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 
+#: `conveyor serve`: seconds a connection has to send a complete request, and the connections
+#: open at once (see `conveyor.web.server`).
+SERVE_REQUEST_TIMEOUT_S = 20.0
+SERVE_CONNECTION_LIMIT = 256
+
 _UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 _DURATION = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([smhdw]?)\s*", re.IGNORECASE)
 

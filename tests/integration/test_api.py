@@ -21,6 +21,9 @@ from conveyor import JobState
 from conveyor.circuit import Action, CircuitState
 from conveyor.web import Tokens, create_api
 
+#: A test client on this machine (a server without tokens answers no other).
+LOOPBACK = ("127.0.0.1", 50000)
+
 ADMIN = "admin-token-0123456789abcdef"
 READER = "read-token-0123456789abcdef"
 TOKENS = f"admin:{ADMIN},read:{READER}"
@@ -218,7 +221,9 @@ def test_tokens_are_checked_when_read() -> None:
     for text, message in [
         ("admin", "role:token"),
         ("owner:" + "x" * 20, "role:token"),
-        ("admin:short", "at least 16"),
+        ("admin:short", "at least 24 characters"),
+        ("admin:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", "at least 10 different"),
+        ("read:changeme-changeme-changeme", "read token is too weak"),
         (" , ", "names no token"),
     ]:
         with pytest.raises(conveyor.ConfigurationError, match=message):
@@ -242,6 +247,14 @@ def test_a_file_of_hashed_tokens(tmp_path: Path) -> None:
     path.write_text(f"admin:{ADMIN}\n")
     with pytest.raises(conveyor.ConfigurationError, match="sha256"):
         Tokens.from_file(path)
+    with pytest.raises(conveyor.ConfigurationError, match=r"cannot read .*missing"):
+        Tokens.from_file(tmp_path / "missing")
+
+
+def test_weak_tokens_are_refused_with_a_way_to_make_one() -> None:
+    with pytest.raises(conveyor.ConfigurationError) as refused:
+        Tokens.parse("admin:changeme-changeme")
+    assert "secrets.token_urlsafe(32)" in str(refused.value)
 
 
 # -- conveyor serve, a real server ----------------------------------------------------------
@@ -436,7 +449,9 @@ def test_the_redaction_hook_decides_what_is_shown(make_app: Any) -> None:
     def charge(card: str, password: str) -> None: ...
 
     job = charge.enqueue(card="4242", password="pw")
-    with TestClient(create_api(app, None), base_url="http://localhost:8000") as client:
+    with TestClient(
+        create_api(app, None), base_url="http://localhost:8000", client=LOOPBACK
+    ) as client:
         shown = client.get(f"/api/jobs/{job.id}").json()
     assert shown["kwargs"] == {"card": "<card>", "password": "pw"}
     assert app.get_job(job.id).kwargs == {"card": "4242", "password": "pw"}
@@ -444,12 +459,12 @@ def test_the_redaction_hook_decides_what_is_shown(make_app: Any) -> None:
 
 def test_a_server_without_tokens_answers_only_to_this_machine(app: conveyor.App) -> None:
     api = create_api(app, None)
-    with TestClient(api, base_url="http://rebound.example.com:8000") as stranger:
+    with TestClient(api, base_url="http://rebound.example.com:8000", client=LOOPBACK) as stranger:
         refused = stranger.get("/api/jobs")
         assert refused.status_code == 421  # a DNS-rebinding page is not this machine
         assert refused.json()["error"] == "this server answers only to 127.0.0.1 and localhost"
     for base in ("http://127.0.0.1:8000", "http://localhost", "http://[::1]:8000"):
-        with TestClient(api, base_url=base) as local:
+        with TestClient(api, base_url=base, client=LOOPBACK) as local:
             assert local.get("/api/jobs").status_code == 200, base
 
 
@@ -505,7 +520,7 @@ def test_periodic_arguments_are_redacted_too(make_app: Any) -> None:
     @app.periodic("*/5 * * * *", kwargs={"api_key": "SUPERSECRET", "region": "eu"})
     def sync(api_key: str, region: str) -> None: ...
 
-    with TestClient(create_api(app, None), base_url="http://127.0.0.1") as client:
+    with TestClient(create_api(app, None), base_url="http://127.0.0.1", client=LOOPBACK) as client:
         [entry] = client.get("/api/cron").json()
     assert entry["kwargs"] == {"api_key": "***", "region": "eu"}
 
@@ -513,7 +528,9 @@ def test_periodic_arguments_are_redacted_too(make_app: Any) -> None:
 def test_a_store_without_its_schema_answers_503_in_json(tmp_path: Path) -> None:
     app = conveyor.App(f"sqlite:///{tmp_path / 'new.db'}", auto_migrate=False)
     try:
-        with TestClient(create_api(app, None), base_url="http://127.0.0.1") as client:
+        with TestClient(
+            create_api(app, None), base_url="http://127.0.0.1", client=LOOPBACK
+        ) as client:
             for path in ("/api/jobs", "/health"):
                 answer = client.get(path)
                 assert answer.status_code == 503, path

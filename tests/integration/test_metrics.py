@@ -17,6 +17,9 @@ import conveyor
 from conveyor.circuit import Action
 from conveyor.web import Tokens, create_api
 
+#: A test client on this machine (a server without tokens answers no other).
+LOOPBACK = ("127.0.0.1", 50000)
+
 ADMIN = "admin-token-0123456789abcdef"
 READER = "read-token-0123456789abcdef"
 TOKENS = f"admin:{ADMIN},read:{READER}"
@@ -176,7 +179,9 @@ def test_metrics_need_a_read_token_and_use_a_registry_of_their_own(
             "conveyor_circuit_open",
         }  # fmt: skip
     # a second API of the same app in the same process: no clash, and nothing global
-    with TestClient(create_api(tasks, None), base_url="http://127.0.0.1") as second:
+    with TestClient(
+        create_api(tasks, None), base_url="http://127.0.0.1", client=LOOPBACK
+    ) as second:
         assert second.get("/metrics").status_code == 200
     assert not [m for m in REGISTRY.collect() if m.name.startswith("conveyor_")]
     assert "/metrics" not in client.get("/api/openapi.json").json()["paths"]

@@ -10,6 +10,7 @@ import click
 
 from conveyor.cli.commands import COMMANDS
 from conveyor.cli.loading import AppRef, app_spec, load_app
+from conveyor.config import SERVE_CONNECTION_LIMIT, SERVE_REQUEST_TIMEOUT_S
 from conveyor.errors import ConveyorError
 
 __all__ = ["load_app", "main"]
@@ -147,18 +148,32 @@ def _exit_even_if_stuck() -> None:
 @click.option("--host", default="127.0.0.1", show_default=True, help="The address to bind.")
 @click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
 @click.option("--log-level", default="INFO", show_default=True)
+@click.option("--request-timeout", type=click.FloatRange(min=1), default=SERVE_REQUEST_TIMEOUT_S,
+              show_default=True, metavar="SECONDS",
+              help="Close a connection that has not sent a complete request in this time.")
+@click.option("--limit-concurrency", type=click.IntRange(min=8), default=SERVE_CONNECTION_LIMIT,
+              show_default=True, metavar="N", help="Connections open at once; more are closed.")
+@click.option("--forwarded-allow-ips", envvar="CONVEYOR_FORWARDED_ALLOW_IPS", metavar="IPS",
+              help="Comma-separated addresses of reverse proxies whose X-Forwarded-For and "
+              "X-Forwarded-Proto are believed ('*': any). Default: none.")
+@click.option("--public-url", envvar="CONVEYOR_PUBLIC_URL", metavar="URL",
+              help="The URL browsers use to reach the server (behind a proxy), e.g. "
+              "https://jobs.example.com: its origin is the one actions may come from, and "
+              "https makes the cookies Secure.")
 @click.pass_obj
-def serve(ref: AppRef, app_spec_arg: str | None, host: str, port: int, log_level: str) -> None:
+def serve(
+    ref: AppRef, app_spec_arg: str | None, host: str, port: int, log_level: str,
+    request_timeout: float, limit_concurrency: int, forwarded_allow_ips: str | None,
+    public_url: str | None,
+) -> None:  # fmt: skip
     """Serve MODULE:APP over HTTP: the dashboard at /, the JSON API under /api (schema at
     /api/openapi.json), /metrics and /health.
 
     With CONVEYOR_API_TOKENS (or CONVEYOR_API_TOKENS_FILE) every request needs a token (a
     bearer token for the API, a sign-in for the dashboard); without, only a loopback address
-    may be bound."""
-    import uvicorn
-
+    may be bound, and only this machine's own clients are answered (no proxy)."""
     from conveyor.logging import configure_logging
-    from conveyor.web import Tokens, create_api
+    from conveyor.web import Tokens, create_api, server
 
     configure_logging(log_level, "logfmt")
     tokens = Tokens.from_environment()
@@ -167,10 +182,13 @@ def serve(ref: AppRef, app_spec_arg: str | None, host: str, port: int, log_level
             f"refusing to serve on {host} without API tokens: set CONVEYOR_API_TOKENS "
             "(role:token,...) or bind 127.0.0.1"
         )
+    if public_url is not None and not public_url.lower().startswith(("http://", "https://")):
+        raise click.BadParameter("an http:// or https:// URL", param_hint="--public-url")
     app = load_app(app_spec(app_spec_arg or ref.spec))
-    uvicorn.run(
-        create_api(app, tokens), host=host, port=port, log_level=log_level.lower(),
-        access_log=False,
+    server.run(
+        create_api(app, tokens, public_url=public_url), host=host, port=port,
+        log_level=log_level, request_timeout=request_timeout, limit=limit_concurrency,
+        forwarded_allow_ips=forwarded_allow_ips or None,
     )  # fmt: skip
 
 

@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 from fastapi import Depends, FastAPI, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from conveyor.app import App
@@ -33,8 +33,8 @@ from conveyor.errors import (
 )
 from conveyor.events import Cursor
 from conveyor.job import FINISHED_STATES, RETRYABLE_STATES, Job, JobState
-from conveyor.web.auth import Tokens
-from conveyor.web.guard import MAX_BODY_BYTES, Guard, cross_site
+from conveyor.web.auth import Throttle, Tokens
+from conveyor.web.guard import MAX_BODY_BYTES, GuardedAPI
 from conveyor.web.metrics import add_metrics
 from conveyor.web.stats import Bar, Stats
 
@@ -57,9 +57,17 @@ KEEPALIVE_S = 15.0
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, error: str, detail: Any = None) -> None:
+    def __init__(
+        self, status: int, error: str, detail: Any = None, retry_after: int | None = None
+    ) -> None:
         super().__init__(error)
         self.status, self.error, self.detail = status, error, detail
+        self.headers = {} if retry_after is None else {"Retry-After": str(retry_after)}
+
+
+def client_of(request: Request) -> str:
+    """The client's address (a trusted proxy's `X-Forwarded-For` already applied)."""
+    return request.client.host if request.client is not None else "-"
 
 
 def as_id(text: str) -> int | None:
@@ -148,7 +156,7 @@ def find_jobs(
 
 def job_json(job: Job, *, history: bool = False) -> dict[str, Any]:
     out = render.job_dict(job)
-    out["status_message"] = job.status_message
+    out["status_message"] = render.redacted(job).status_message
     out["held_by"] = job.held_by
     if history and job.app is not None:
         out["history"] = [render.history_dict(h) for h in job.app.job_history(job.id)]
@@ -298,8 +306,9 @@ class NewJobBody(BaseModel):
     task: Text = Field(min_length=1, max_length=255)
     args: list[Any] = Field(default_factory=list)
     kwargs: dict[str, Any] = Field(default_factory=dict)
-    priority: int | str | None = None
-    delay: float | None = None
+    # strict, as the library: `true` is not a priority of 1 nor a delay of one second
+    priority: StrictInt | StrictStr | None = None
+    delay: StrictFloat | None = None
     queue: Text | None = None
     unique_key: Text | None = None
 
@@ -311,29 +320,33 @@ def conveyor_error_json(exc: ConveyorError) -> JSONResponse:
     return JSONResponse({"error": str(exc), "detail": None}, status_code=status)
 
 
-def create_api(app: App, tokens: Tokens | None, *, dashboard: bool = True) -> FastAPI:
+def create_api(
+    app: App, tokens: Tokens | None, *, dashboard: bool = True, public_url: str | None = None
+) -> FastAPI:
     """The API of `app`. Without `tokens` every request is allowed (`conveyor serve` permits
-    that only on a loopback address)."""
+    that only on a loopback address, and `Guard` only from this machine). `public_url`: the
+    address browsers use (behind a proxy), for the cross-site checks and the cookies."""
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
         await app.backend.release()  # what is bound to the server's event loop
 
-    api = FastAPI(
+    api = GuardedAPI(
         title="conveyor", openapi_url="/api/openapi.json", docs_url=None, redoc_url=None,
         lifespan=lifespan, responses=ERRORS,
     )  # fmt: skip
-    api.add_middleware(Guard, max_body=MAX_BODY_BYTES, loopback_only=tokens is None)
+    api.guard = {"max_body": MAX_BODY_BYTES, "loopback_only": tokens is None,
+                 "public_url": public_url}  # fmt: skip
     stats = Stats(app)
     streams = Streams()
+    throttle = Throttle()
     api.state.conveyor = app
-    api.state.stats, api.state.streams = stats, streams
+    api.state.stats, api.state.streams, api.state.throttle = stats, streams, throttle
+    api.state.public_url = public_url
 
     def role(needed: str) -> Callable[[Request], None]:
         def check(request: Request) -> None:
-            if request.method not in ("GET", "HEAD") and cross_site(request):
-                raise ApiError(403, "cross-site requests are refused", "call it from a program")
             if {"token", "access_token"} & set(request.query_params):
                 raise ApiError(400, "tokens are never accepted in a query string",
                                "send Authorization: Bearer <token>")  # fmt: skip
@@ -342,8 +355,14 @@ def create_api(app: App, tokens: Tokens | None, *, dashboard: bool = True) -> Fa
             scheme, _, token = request.headers.get("authorization", "").partition(" ")
             if scheme.lower() != "bearer" or not token.strip():
                 raise ApiError(401, "this needs a bearer token", "Authorization: Bearer <token>")
+            client = client_of(request)
+            wait = throttle.retry_after(client)
+            if wait is not None:
+                raise ApiError(429, "too many unknown tokens from this address; wait",
+                               {"retry_after_s": wait}, retry_after=wait)  # fmt: skip
             found = tokens.role_of(token.strip())
             if found is None:
+                throttle.failed(client)
                 raise ApiError(401, "unknown token")
             if needed == "admin" and found != "admin":
                 raise ApiError(403, "this needs an admin token")
@@ -354,7 +373,8 @@ def create_api(app: App, tokens: Tokens | None, *, dashboard: bool = True) -> Fa
 
     @api.exception_handler(ApiError)
     def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse({"error": exc.error, "detail": exc.detail}, status_code=exc.status)
+        return JSONResponse({"error": exc.error, "detail": exc.detail}, status_code=exc.status,
+                            headers=exc.headers)  # fmt: skip
 
     @api.exception_handler(JobNotFound)
     def _not_found(request: Request, exc: JobNotFound) -> JSONResponse:
@@ -387,6 +407,10 @@ def create_api(app: App, tokens: Tokens | None, *, dashboard: bool = True) -> Fa
     def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return JSONResponse({"error": str(exc.detail), "detail": None},
                             status_code=exc.status_code)  # fmt: skip
+
+    @api.exception_handler(Exception)
+    def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse({"error": "internal server error", "detail": None}, status_code=500)
 
     @api.get("/health")
     def health() -> JSONResponse:
@@ -541,5 +565,5 @@ def create_api(app: App, tokens: Tokens | None, *, dashboard: bool = True) -> Fa
     if dashboard:
         from conveyor.web.dashboard import create_dashboard
 
-        create_dashboard(api, app, tokens, stats, streams)
+        create_dashboard(api, app, tokens, stats, streams, throttle, public_url)
     return api

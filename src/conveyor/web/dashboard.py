@@ -1,10 +1,13 @@
 """The web dashboard: server-rendered pages, live by Server-Sent Events, no build step.
 
 Sign-in: a token (read or admin, as for the API) is exchanged for a signed session cookie
-(HttpOnly, SameSite=Strict). Every action is a POST carrying the session's CSRF token, from
-this origin; a GET never changes anything. Without API tokens (loopback only) every visitor is
-an admin, still with a session, so the CSRF check holds. Pages escape everything (Jinja2
-autoescaping) and load only this origin's script and style (see `guard.CSP`).
+(HttpOnly, SameSite=Strict; over https `Secure` and named `__Host-…`). Sign-out revokes the
+session in the store, so no server sharing it accepts the cookie again; taking a token out of
+the server's tokens ends its sessions. Unknown tokens are throttled per client address, as on
+the API. Every action is a POST carrying the session's CSRF token, from this origin (`Guard`
+refuses other origins); a GET never changes anything. Without API tokens (this machine only)
+every visitor is an admin, still with a session, so the CSRF check holds. Pages escape
+everything (Jinja2 autoescaping) and load only this origin's script and style (see `guard.CSP`).
 
 Live updates: each page listens to `/ui/events` (of the page's job or queue, or everything),
 which sends at most one `change` a second however busy the store is; the page then fetches
@@ -30,7 +33,7 @@ import jinja2
 import pydantic
 from fastapi import FastAPI, Form, Query, Request
 from fastapi import Path as InPath
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from conveyor.app import App
@@ -45,12 +48,12 @@ from conveyor.web.api import (
     Streams,
     as_id,
     bulk,
+    client_of,
     conveyor_error_json,
     find_jobs,
     group_action,
 )
-from conveyor.web.auth import Tokens, digest
-from conveyor.web.guard import cross_site
+from conveyor.web.auth import Throttle, Tokens, digest
 from conveyor.web.stats import Bar, Stats
 
 HERE = Path(__file__).parent
@@ -68,6 +71,7 @@ PAGE = 50
 class Session:
     role: str
     nonce: str
+    expires: float
 
     @property
     def admin(self) -> bool:
@@ -121,6 +125,8 @@ class Sessions:
         return f"{body}.{self._sign(body)}"
 
     def read(self, cookie: str | None) -> Session | None:
+        """The session of a cookie signed here, unexpired, whose token is still known (it may
+        have been revoked since: see `App.session_revoked`)."""
         parts = (cookie or "").split(".")
         if len(parts) != 5:
             return None
@@ -131,10 +137,19 @@ class Sessions:
             return None
         if self.tags is not None and self.tags.get(tag) != role:
             return None  # its token is no longer known (or no longer has this role)
-        return Session(role, nonce)
+        return Session(role, nonce, float(expiry))
 
     def csrf(self, session: Session) -> str:
         return self._sign(f"csrf.{session.nonce}")[:40]
+
+    def sign_flash(self, message: str) -> str:
+        text = quote(message[:300])
+        return f"{text}.{self._sign(f'flash.{text}')}"
+
+    def read_flash(self, cookie: str | None) -> str:
+        """A message this server set (not one planted by another page or site), or ''."""
+        text, _, signature = (cookie or "").rpartition(".")
+        return unquote(text) if text and equal(signature, self._sign(f"flash.{text}")) else ""
 
 
 # -- what pages show ----------------------------------------------------------------------
@@ -180,9 +195,11 @@ def safe_next(target: str | None, default: str = "/") -> str:
 
 
 def create_dashboard(api: FastAPI, app: App, tokens: Tokens | None, stats: Stats,
-                     streams: Streams) -> None:  # fmt: skip
+                     streams: Streams, throttle: Throttle,
+                     public_url: str | None = None) -> None:  # fmt: skip
     """Add the dashboard's pages to `api` (the JSON API's application)."""
     sessions = Sessions(tokens)
+    public_https = (public_url or "").lower().startswith("https:")
     templates = jinja2.Environment(
         loader=jinja2.FileSystemLoader(HERE / "templates"),
         autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
@@ -190,8 +207,19 @@ def create_dashboard(api: FastAPI, app: App, tokens: Tokens | None, stats: Stats
     templates.filters.update(pretty=pretty, span=render.span, when=render.when)
     api.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
 
+    def secure(request: Request) -> bool:
+        """Whether the browser reached us over https (directly, by a trusted proxy, or by the
+        configured public URL): cookies are then `Secure` and `__Host-` named."""
+        return public_https or request.url.scheme == "https"
+
+    def cookie_name(request: Request, name: str) -> str:
+        return f"__Host-{name}" if secure(request) else name
+
     def session_of(request: Request) -> Session | None:
-        return sessions.read(request.cookies.get(SESSION_COOKIE))
+        found = sessions.read(request.cookies.get(cookie_name(request, SESSION_COOKIE)))
+        if found is None or app.session_revoked(found.nonce):
+            return None
+        return found
 
     def page(
         request: Request, template: str, session: Session, title: str, *,
@@ -199,7 +227,7 @@ def create_dashboard(api: FastAPI, app: App, tokens: Tokens | None, stats: Stats
     ) -> HTMLResponse:  # fmt: skip
         """A page for `session`; a session `viewer` just issued goes out as its cookie."""
         now = app.clock.now()
-        flash = unquote(request.cookies.get(FLASH_COOKIE, ""))[:300]
+        flash = sessions.read_flash(request.cookies.get(cookie_name(request, FLASH_COOKIE)))
         html = templates.get_template(template).render(
             request=request, session=session, csrf=sessions.csrf(session), title=title,
             path=request.url.path, here=str(request.url.path) + (
@@ -209,7 +237,8 @@ def create_dashboard(api: FastAPI, app: App, tokens: Tokens | None, stats: Stats
         )  # fmt: skip
         response = HTMLResponse(html, status_code=status, headers={"Cache-Control": "no-store"})
         if flash:
-            response.delete_cookie(FLASH_COOKIE, path="/")
+            response.delete_cookie(cookie_name(request, FLASH_COOKIE), path="/",
+                                   secure=secure(request))  # fmt: skip
         issued = getattr(request.state, "new_session", None)
         if issued is not None:
             set_session(response, issued, request)
@@ -217,8 +246,8 @@ def create_dashboard(api: FastAPI, app: App, tokens: Tokens | None, stats: Stats
 
     def set_session(response: Response, value: str, request: Request) -> None:
         response.set_cookie(
-            SESSION_COOKIE, value, max_age=SESSION_S, path="/", httponly=True,
-            samesite="strict", secure=request.url.scheme == "https",
+            cookie_name(request, SESSION_COOKIE), value, max_age=SESSION_S, path="/",
+            httponly=True, samesite="strict", secure=secure(request),
         )  # fmt: skip
 
     def viewer(request: Request) -> Session:
@@ -235,9 +264,7 @@ def create_dashboard(api: FastAPI, app: App, tokens: Tokens | None, stats: Stats
         raise SignedIn(303, "sign in")
 
     def actor(request: Request, csrf: str) -> Session:
-        """An admin session whose form carries its CSRF token, posted from this origin."""
-        if cross_site(request):
-            raise SignedIn(403, "this action must come from the dashboard's own pages")
+        """An admin session whose form carries its CSRF token (from this origin: `Guard`)."""
         session = session_of(request)
         if session is None:
             raise SignedIn(403, "sign in first")
@@ -249,8 +276,9 @@ def create_dashboard(api: FastAPI, app: App, tokens: Tokens | None, stats: Stats
 
     def done(request: Request, message: str, back: str | None, default: str) -> Response:
         response = RedirectResponse(safe_next(back, default), status_code=303)
-        response.set_cookie(FLASH_COOKIE, quote(message[:300]), max_age=30, path="/",
-                            httponly=True, samesite="strict")  # fmt: skip
+        response.set_cookie(cookie_name(request, FLASH_COOKIE), sessions.sign_flash(message),
+                            max_age=30, path="/", httponly=True, samesite="strict",
+                            secure=secure(request))  # fmt: skip
         return response
 
     @api.exception_handler(SignedIn)
@@ -258,8 +286,7 @@ def create_dashboard(api: FastAPI, app: App, tokens: Tokens | None, stats: Stats
         if exc.status == 303:
             target = "/signin?" + urlencode({"next": request.url.path})
             return RedirectResponse(target, status_code=303)
-        html = templates.get_template("error.html").render(message=str(exc), status=exc.status)
-        return HTMLResponse(html, status_code=exc.status)
+        return error_page(str(exc), exc.status)
 
     # -- signing in -----------------------------------------------------------------------
 
@@ -272,14 +299,21 @@ def create_dashboard(api: FastAPI, app: App, tokens: Tokens | None, stats: Stats
 
     @api.post("/signin", include_in_schema=False)
     def signin(request: Request, token: str = Form(""), next: str = Form("/")) -> Response:
-        if cross_site(request):
-            raise SignedIn(403, "sign in from the dashboard's own page")
+        def again(error: str, status: int, headers: dict[str, str] | None = None) -> Response:
+            html = templates.get_template("signin.html").render(
+                next=safe_next(next), error=error, tokens=True
+            )
+            return HTMLResponse(html, status_code=status, headers=headers)
+
+        client = client_of(request)
+        wait = None if tokens is None else throttle.retry_after(client)
+        if wait is not None:
+            return again(f"Too many unknown tokens from this address: try again in {wait} s.",
+                         429, {"Retry-After": str(wait)})  # fmt: skip
         role = None if tokens is None else tokens.role_of(token.strip())
         if tokens is not None and role is None:
-            html = templates.get_template("signin.html").render(
-                next=safe_next(next), error="That token is not known.", tokens=True
-            )
-            return HTMLResponse(html, status_code=401)
+            throttle.failed(client)
+            return again("That token is not known.", 401)
         response = RedirectResponse(safe_next(next), status_code=303)
         set_session(response, sessions.issue(role or "admin", token.strip() if role else None),
                     request)  # fmt: skip
@@ -289,8 +323,11 @@ def create_dashboard(api: FastAPI, app: App, tokens: Tokens | None, stats: Stats
     def signout(request: Request, csrf: str = Form("")) -> Response:
         session = session_of(request)
         if session is not None and equal(csrf, sessions.csrf(session)):
+            app.revoke_session(session.nonce, session.expires)
             response = RedirectResponse("/signin", status_code=303)
-            response.delete_cookie(SESSION_COOKIE, path="/")
+            response.delete_cookie(cookie_name(request, SESSION_COOKIE), path="/",
+                                   secure=secure(request), httponly=True,
+                                   samesite="strict")  # fmt: skip
             return response
         raise SignedIn(403, "the form is stale; reload the page")
 
@@ -474,17 +511,27 @@ def create_dashboard(api: FastAPI, app: App, tokens: Tokens | None, stats: Stats
     @api.get("/ui/events", include_in_schema=False)
     async def changes(request: Request, job_id: int | None = Query(None, ge=1, le=MAX_ID),
                       queue: str | None = None) -> Response:  # fmt: skip
-        viewer(request)
+        await asyncio.to_thread(viewer, request)  # it reads the store
         return streams.response(change_stream(app, job_id, queue))
+
+    def error_page(message: str, status: int) -> HTMLResponse:
+        html = templates.get_template("error.html").render(message=message, status=status)
+        return HTMLResponse(html, status_code=status)
+
+    def for_programs(request: Request) -> bool:
+        return request.url.path.startswith(("/api/", "/health", "/metrics"))
 
     @api.exception_handler(ConveyorError)
     def _conveyor_error(request: Request, exc: ConveyorError) -> Response:
-        if request.url.path.startswith(("/api/", "/health", "/metrics")):
+        if for_programs(request):
             return conveyor_error_json(exc)
-        return HTMLResponse(
-            templates.get_template("error.html").render(message=str(exc), status=400),
-            status_code=400,
-        )
+        return error_page(str(exc), 400)
+
+    @api.exception_handler(Exception)
+    def _unexpected(request: Request, exc: Exception) -> Response:
+        if for_programs(request):
+            return JSONResponse({"error": "internal server error", "detail": None}, 500)
+        return error_page("Something went wrong on the server; it is in the server's log.", 500)
 
 
 async def change_stream(
