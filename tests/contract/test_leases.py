@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 from structlog.testing import capture_logs
@@ -373,3 +374,37 @@ async def test_a_claim_whose_answer_never_arrived_is_handed_back(make_app: objec
     assert (job.state, job.attempt) == (JobState.QUEUED, 0)
     assert app.job_history(job.id)[-1].note == "claimed too late: handed back"
     assert [e["jobs"] for e in logs if e["event"] == "worker.unknown_claims"] == [[late.id]]
+
+
+async def test_a_job_whose_lease_lapsed_before_it_began_is_handed_back_at_once(
+    make_app: object,
+) -> None:
+    """A worker paused right after a claim (a long GC pause, a slow machine) finds the lease of
+    a job it has not begun already lapsed, and stops it before its first step. The job must go
+    back to the queue at once, the attempt not counted — not stay `running` under this worker,
+    its lease renewed by every heartbeat, until the worker stops."""
+    app = make_app(lease_seconds=300)  # type: ignore[operator]
+
+    @app.task(queue="elsewhere")
+    async def work() -> None: ...
+
+    job = work.enqueue()
+    worker = conveyor.Worker(app, queues=["mine"])  # it never claims `elsewhere` itself
+    task = asyncio.create_task(worker.run_async())
+    try:
+        while not hasattr(worker, "completer"):
+            await asyncio.sleep(0.01)
+        [claimed] = await claim_as(app, worker.id, 1)
+        worker._start(claimed, lease_ends=time.monotonic() - 1)  # paused past it, as claimed
+        worker.drop_lapsed_leases()  # before the job's first step
+        for _ in range(100):
+            await worker.completer.flush()
+            if (await app.get_job_async(job.id)).state is not JobState.RUNNING:
+                break
+            await asyncio.sleep(0.05)
+        job.refresh()
+        assert (job.state, job.attempt) == (JobState.QUEUED, 0)  # while the worker still runs
+        assert app.job_history(job.id)[-1].note == "lease lost before it began: handed back"
+    finally:
+        worker.stop()
+        await asyncio.wait_for(task, 20)

@@ -125,7 +125,7 @@ class Executor:
             return self._failed(job, self._fallback_policy, exc)
         circuit = None if task.circuit is None else task.circuit.name
         if _not_to_start(ctx):
-            return self._not_started(job, ctx)
+            return self.not_started(job, ctx)
         log.info("job.started", job_id=job.id, task=job.task, queue=job.queue, attempt=job.attempt)
         args = (ctx, *job.args) if task.pass_context else tuple(job.args)
         work: Work | None = None
@@ -162,7 +162,7 @@ class Executor:
                 self.threads.abandon(work)
             return self._stopped(job, ctx)
         except NotStarted:
-            return self._not_started(job, ctx)
+            return self.not_started(job, ctx)
         except TimeoutError as exc:
             if deadline is None or not deadline.expired():
                 return self._failed(job, task.retry, exc, circuit)
@@ -189,7 +189,8 @@ class Executor:
         knew it had the job)."""
         return self._make(job, JobState.QUEUED, note=note)
 
-    def _not_started(self, job: Job, ctx: Context) -> Outcome:
+    def not_started(self, job: Job, ctx: Context) -> Outcome:
+        """The outcome of a job stopped before its task began."""
         if ctx.cancel_reason == LEASE_LOST:  # it never ran: the attempt does not count
             return self.hand_back(job, note="lease lost before it began: handed back")
         return self._stopped(job, ctx)

@@ -370,9 +370,25 @@ class Worker:
         ctx.lease_ends = lease_ends
         task_def = self.app.tasks.get(job.task)
         runner = self._loop.create_task(self._execute(job, ctx))
+        runner.add_done_callback(lambda _: self._never_ran(job, ctx))
         self._active[job.id, job.attempt] = Active(
             job, ctx, runner, task_def is not None and task_def.is_async
         )
+
+    def _never_ran(self, job: Job, ctx: Context) -> None:
+        """A runner cancelled before its first step (its lease lapsed, or a stop came, the
+        moment it was claimed) never enters `_execute`, whose `finally` gives every job its
+        outcome and its slot back: do that here, or the job would stay `running` under this
+        worker, its lease renewed by every heartbeat, until the worker stops."""
+        if self._active.pop((job.id, job.attempt), None) is None:
+            return  # `_execute` ran and dealt with it
+        self._slot_free.set()
+        outcome = (
+            self._executor.hand_back(job, note="never started: handed back")
+            if ctx.cancel_reason is None
+            else self._executor.not_started(job, ctx)
+        )
+        self.completer.add(Finished(job, outcome, 0.0))
 
     async def _execute(self, job: Job, ctx: Context) -> None:
         key = (job.id, job.attempt)
