@@ -3,7 +3,8 @@ enqueuer. All on the suite's throwaway cluster (never a shared server): the faul
 processes, restart the server, make it read-only and exhaust its connections.
 
 4. Hung backends: the server processes serving one worker's connections (found by their
-   application_name, `conveyor:<worker pid>`) are stopped for 20 s. Only that worker's jobs in
+   application_name, `conveyor:<worker pid>`) are stopped for 20 s, each at a moment it is not
+   running a statement (a hung connection; see `stop_at_rest`). Only that worker's jobs in
    flight may run twice, it must not claim batch after batch that then get rescued, and it must
    not exit. The same for the leader's backends: leadership moves, rescues go on. Victim jobs
    whose rows a stopped server process holds locked (it was writing them when it stopped)
@@ -107,6 +108,31 @@ def hung_sessions(cluster: Cluster, pids: list[int]) -> list[str]:
     ]
 
 
+#: Tries to catch a server process at rest (see `stop_at_rest`).
+REST_TRIES = 500
+
+
+def stop_at_rest(cluster: Cluster, pid: int) -> bool:
+    """SIGSTOP server process `pid` at a moment it is not in the middle of running a statement
+    (idle, waiting for its client, or waiting for a row lock): what a hung connection does to
+    it. A process frozen mid-statement may hold one of PostgreSQL's internal page locks, which
+    every session touching that page then waits for with no timeout: the whole server hangs,
+    a fault of another kind. False if it was never caught at rest (it stays stopped)."""
+    with cluster.connect() as conn:
+        for _ in range(REST_TRIES):
+            os.kill(pid, signal.SIGSTOP)
+            wait_stopped([pid])
+            row = conn.execute(
+                "SELECT state, wait_event_type FROM pg_stat_activity WHERE pid = %(pid)s",
+                {"pid": pid},
+            ).fetchone()
+            if row is None or row[0] != "active" or row[1] in ("Lock", "Client"):
+                return True
+            os.kill(pid, signal.SIGCONT)
+            time.sleep(0.001)
+    return False
+
+
 def hang_backends(scenario: Scenario, victim: WorkerProcess, what: str) -> list[Fault]:
     """SIGSTOP the server processes of `victim`'s connections for HANG_S, then SIGCONT.
 
@@ -123,10 +149,10 @@ def hang_backends(scenario: Scenario, victim: WorkerProcess, what: str) -> list[
             "conveyor must set application_name to conveyor:<os.getpid()> on every connection"
         )
     scenario.wait_busy(victim, at_least=3)
-    for pid in pids:
-        os.kill(pid, signal.SIGSTOP)
     try:
-        wait_stopped(pids)
+        scenario.extra["stopped_mid_statement"] = sum(
+            not stop_at_rest(cluster, pid) for pid in pids
+        )
         started = time.monotonic()
         running = scenario.running_jobs([victim.pid]) or {}
         locked = locked_rows(scenario, running)
