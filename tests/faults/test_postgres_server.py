@@ -17,6 +17,7 @@ processes, restart the server, make it read-only and exhaust its connections.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -114,23 +115,32 @@ REST_TRIES = 500
 
 def stop_at_rest(cluster: Cluster, pid: int) -> bool:
     """SIGSTOP server process `pid` at a moment it is not in the middle of running a statement
-    (idle, waiting for its client, or waiting for a row lock): what a hung connection does to
-    it. A process frozen mid-statement may hold one of PostgreSQL's internal page locks, which
-    every session touching that page then waits for with no timeout: the whole server hangs,
-    a fault of another kind. False if it was never caught at rest (it stays stopped)."""
-    with cluster.connect() as conn:
+    (idle, waiting for its client, or waiting for a row lock) and not committing: what a hung
+    connection does to it. A process frozen mid-statement may hold one of PostgreSQL's internal
+    page locks, and one frozen while committing a transaction that notified holds the server's
+    one notification lock; every session needing either then waits with no timeout: the whole
+    server hangs, a fault of another kind. False if it was never caught at rest (it stays
+    stopped)."""
+    with cluster.connect() as conn, contextlib.suppress(ProcessLookupError):  # gone: no hang
         for _ in range(REST_TRIES):
             os.kill(pid, signal.SIGSTOP)
             wait_stopped([pid])
             row = conn.execute(
-                "SELECT state, wait_event_type FROM pg_stat_activity WHERE pid = %(pid)s",
+                "SELECT a.state, a.wait_event_type, EXISTS ("
+                "  SELECT FROM pg_locks l WHERE l.pid = a.pid AND l.granted"
+                "  AND l.locktype = 'object' AND l.classid = 'pg_database'::regclass"
+                "  AND l.objid = 0) "
+                "FROM pg_stat_activity a WHERE a.pid = %(pid)s",
                 {"pid": pid},
             ).fetchone()
-            if row is None or row[0] != "active" or row[1] in ("Lock", "Client"):
+            if row is None or (
+                not row[2] and (row[0] != "active" or row[1] in ("Lock", "Client"))
+            ):
                 return True
             os.kill(pid, signal.SIGCONT)
             time.sleep(0.001)
-    return False
+        return False
+    return True
 
 
 def hang_backends(scenario: Scenario, victim: WorkerProcess, what: str) -> list[Fault]:
@@ -170,7 +180,8 @@ def hang_backends(scenario: Scenario, victim: WorkerProcess, what: str) -> list[
         scenario.expect_alive(scenario.workers, "while its server backends hung")
     finally:
         for pid in pids:
-            os.kill(pid, signal.SIGCONT)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
     for fault in faults:
         fault.ended = time.monotonic()
     return faults
