@@ -362,3 +362,14 @@ def test_an_event_stream_outlives_the_request_timeout(served: Served) -> None:
                 if line.startswith("data:"):
                     assert f'"job_id": {made.json()["id"]}' in line
                     break
+
+
+def test_guessing_from_many_addresses_is_throttled_overall() -> None:
+    from conveyor.web.auth import Throttle
+
+    throttle = Throttle(per_client=10, overall=5)
+    for n in range(5):  # one guess each from five addresses: none reaches its own limit
+        assert throttle.retry_after(f"203.0.113.{n}") is None
+        throttle.failed(f"203.0.113.{n}")
+    assert throttle.retry_after("203.0.113.0") is not None  # every address that failed waits
+    assert throttle.retry_after("198.51.100.9") is None  # one that never guessed wrong does not

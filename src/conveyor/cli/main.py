@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import sys
 from typing import Any
 
@@ -174,10 +173,11 @@ def serve(
     may be bound, and only this machine's own clients are answered (no proxy)."""
     from conveyor.logging import configure_logging
     from conveyor.web import Tokens, create_api, server
+    from conveyor.web.guard import is_loopback
 
     configure_logging(log_level, "logfmt")
     tokens = Tokens.from_environment()
-    if tokens is None and not _loopback(host):
+    if tokens is None and not is_loopback(host):
         raise click.UsageError(
             f"refusing to serve on {host} without API tokens: set CONVEYOR_API_TOKENS "
             "(role:token,...) or bind 127.0.0.1"
@@ -190,15 +190,6 @@ def serve(
         log_level=log_level, request_timeout=request_timeout, limit=limit_concurrency,
         forwarded_allow_ips=forwarded_allow_ips or None,
     )  # fmt: skip
-
-
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 for _command in COMMANDS:

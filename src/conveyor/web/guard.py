@@ -30,7 +30,6 @@ from urllib.parse import urlsplit
 
 from fastapi import FastAPI
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from conveyor.logging import get_logger
@@ -52,7 +51,7 @@ HEADERS = [
 ]
 #: Headers a reverse proxy adds: a server without tokens refuses requests carrying any.
 PROXY_HEADERS = (b"forwarded", b"x-forwarded-for", b"x-real-ip", b"via")
-#: Where the server's own origin is kept in a request's scope, for `cross_site`.
+#: Where the server's own origin (its public URL's) is kept in a request's scope.
 ORIGIN_KEY = "conveyor.origin"
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "[::1]", "::1"})
@@ -64,15 +63,6 @@ def origin_of(url: str) -> str:
     """`https://example.com:8443` of any URL (scheme and host lower-cased)."""
     parts = urlsplit(url.strip())
     return f"{parts.scheme.lower()}://{parts.netloc.lower().rpartition('@')[2]}"
-
-
-def cross_site(request: Request) -> bool:
-    """A browser sent this from a page of another site (or origin): by `Sec-Fetch-Site`, or
-    an `Origin` (else `Referer`) that is not this server's. Programs send neither."""
-    if request.headers.get("sec-fetch-site") in ("cross-site", "same-site"):
-        return True
-    sender = request.headers.get("origin") or request.headers.get("referer")
-    return sender is not None and origin_of(sender) != own_origin(request.scope)
 
 
 def own_origin(scope: Scope) -> str:
