@@ -9,7 +9,7 @@ import threading
 from collections.abc import AsyncGenerator, Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar, overload
 
-from conveyor.backends import Backend, check_url, open_backend
+from conveyor.backends import Backend, JobFilter, check_url, open_backend
 from conveyor.backends.base import Subscription
 from conveyor.circuit import Action, Circuit, CircuitEvent, CircuitInfo, Probe
 from conveyor.clock import Clock, SystemClock
@@ -434,8 +434,11 @@ class App:
             raise ValidationError(f"limit must be >= 1, got {limit}")
         return self._bind(
             self.backend.sync.list_jobs(
-                states=_states(state), queue=queue, task=task, limit=limit, before_id=before_id,
-                error_type=error_type, after_id=after_id, contains=contains,
+                JobFilter.of(
+                    _states(state), queue=queue, task=task, before_id=before_id,
+                    error_type=error_type, after_id=after_id, contains=contains,
+                ),
+                limit,
             )
         )  # fmt: skip
 
@@ -521,10 +524,8 @@ class App:
         bad = [s.value for s in states if s not in CANCELLABLE_STATES]
         if bad:
             raise ValidationError(f"only jobs not started yet can be cancelled in bulk, not {bad}")
-        return self.backend.sync.cancel_jobs(
-            states=states, queue=None if queue is None else check_queue(queue), task=task,
-            now=self.clock.now(), note=note,
-        )  # fmt: skip
+        where = JobFilter.of(states, queue=None if queue is None else check_queue(queue), task=task)
+        return self.backend.sync.cancel_jobs(where, self.clock.now(), note)
 
     def _cancel_if_unfinished(self, job_id: int, note: str) -> bool:
         try:
@@ -677,10 +678,8 @@ class App:
 
     def retry_job(self, job_id: int) -> Job:
         """Put a dead or cancelled job back in its queue, with its attempts starting again."""
-        done = self.backend.sync.retry_jobs(
-            job_ids=[job_id], states=RETRYABLE_STATES, queue=None, task=None,
-            now=self.clock.now(), note="retried by hand",
-        )  # fmt: skip
+        where = JobFilter.of(RETRYABLE_STATES, ids=[job_id])
+        done = self.backend.sync.retry_jobs(where, self.clock.now(), "retried by hand")
         if not done:
             job = self.get_job(job_id)
             if job.state in RETRYABLE_STATES and job.unique_key is not None:
@@ -711,8 +710,8 @@ class App:
             raise ValidationError(f"only dead or cancelled jobs can be retried, not {bad}")
         return len(
             self.backend.sync.retry_jobs(
-                job_ids=job_ids, states=states, queue=queue, task=task, now=self.clock.now(),
-                note="retried by hand (bulk)",
+                JobFilter.of(states, ids=job_ids, queue=queue, task=task),
+                self.clock.now(), "retried by hand (bulk)",
             )
         )  # fmt: skip
 
@@ -732,14 +731,8 @@ class App:
         unfinished = [s.value for s in states if s not in FINISHED_STATES]
         if unfinished:
             raise ValidationError(f"only finished jobs can be purged, not {unfinished}")
-        return self.backend.sync.purge(
-            states=states,
-            older_than=_seconds(older_than, "older_than"),
-            now=self.clock.now(),
-            queue=queue,
-            task=task,
-            job_ids=job_ids,
-        )
+        where = JobFilter.of(states, ids=job_ids, queue=queue, task=task)
+        return self.backend.sync.purge(where, _seconds(older_than, "older_than"), self.clock.now())
 
     # -- schema, workers, lifetime ----------------------------------------------------------
 

@@ -14,7 +14,7 @@ from conveyor.logging import get_logger
 from conveyor.payload import storable_text
 
 if TYPE_CHECKING:
-    from conveyor.backends.base import Backend
+    from conveyor.backends.faces import Backend
     from conveyor.job import Job
 
 

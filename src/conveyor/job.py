@@ -39,6 +39,8 @@ CANCELLABLE_STATES = frozenset(
     {JobState.WAITING, JobState.SCHEDULED, JobState.QUEUED, JobState.RETRYING}
 )
 RETRYABLE_STATES = frozenset({JobState.DEAD, JobState.CANCELLED})
+#: Where a running job goes when it is not finished: retried, or handed back.
+LEFT_STATES = frozenset({JobState.RETRYING, JobState.QUEUED})
 
 _S = JobState
 #: Every transition a job may make; the history table holds nothing else.
@@ -113,6 +115,14 @@ class NewJob:
         return self.concurrency_key is not None or self.rate_key is not None
 
     @property
+    def plain(self) -> bool:
+        """Nothing but the basic columns: no dependencies, unique key, limit or circuit."""
+        return not (
+            self.waits or self.limited or self.unique_key is not None
+            or self.on_dependency_failure is not None or self.circuit is not None
+        )  # fmt: skip
+
+    @property
     def state(self) -> JobState:
         if self.depends_on or self.depends_on_batch:
             return JobState.WAITING
@@ -169,6 +179,35 @@ class Outcome:
     @property
     def refunds_attempt(self) -> bool:
         return self.refund or self.state is JobState.QUEUED
+
+    # What the outcome writes, decided here once for every backend (the stores only write it).
+
+    @property
+    def finished_at(self) -> float | None:
+        """When the job finished, if this outcome finishes it."""
+        return self.at if self.state.is_finished else None
+
+    @property
+    def progress(self) -> float | None:
+        """The progress to record (None: the job keeps what it reported): a job that
+        succeeded is done."""
+        return 100.0 if self.state is JobState.SUCCEEDED else None
+
+    @property
+    def keeps_cancel_request(self) -> bool:
+        """A cancel asked for while the job ran outlives a retry or a hand-back: the job then
+        ends cancelled instead (`LEFT_STATES`)."""
+        return self.state in LEFT_STATES
+
+    @property
+    def keeps_requester_note(self) -> bool:
+        """A job stopped on request keeps the requester's note (who asked)."""
+        return self.state is JobState.CANCELLED
+
+    @property
+    def delay(self) -> float | None:
+        """For a retry: how long after `at` it runs again."""
+        return None if self.run_at is None else max(0.0, self.run_at - self.at)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,8 +1,10 @@
-"""The backend seam: one method per operation on the store, in an async and a sync spelling.
+"""The backend seam: one list of operations (`Operations`), and what a backend provides to run
+them (`Engine`).
 
-Domain decisions (whether to retry, when, what counts as lost) are made above this seam, once;
-a backend only writes them, atomically. Every method that changes a job's state records the
-transition in the history table.
+Domain decisions (whether to retry, when, what counts as lost, what an outcome writes) are made
+above this seam, once; a backend only writes them, atomically, with the duties `Operations`
+lists. The faces that callers use (`Store`, blocking; `Backend`, async) are generic: see
+`conveyor.backends.faces`.
 """
 
 from __future__ import annotations
@@ -10,8 +12,9 @@ from __future__ import annotations
 import abc
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
+from conveyor.backends.plan import Call
 from conveyor.circuit import Action, CircuitEvent, CircuitInfo
 from conveyor.clock import Clock
 from conveyor.cron import TickRecord
@@ -27,6 +30,8 @@ from conveyor.job import (
     Outcome,
     WorkerInfo,
 )
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,169 +60,293 @@ class Beat:
         )
 
 
-class Store(Protocol):
-    """The operations the public API needs, as blocking calls (the sync facade uses these)."""
+@dataclass(frozen=True, slots=True)
+class JobFilter:
+    """Which jobs an operation is about: listing, cancelling, retrying and purging all take
+    one. `None` means "any"; `states` and `ids` are sets to match."""
 
-    def migrate(self) -> list[int]:
-        """Apply pending migrations; return the versions applied."""
+    states: frozenset[JobState] | None = None
+    queue: str | None = None
+    task: str | None = None
+    ids: tuple[int, ...] | None = None
+    #: the type of the job's last error ("TimeoutError")
+    error_type: str | None = None
+    #: ASCII text in the task name or the stored arguments, ignoring case
+    contains: str | None = None
+    #: only ids below / above these (both excluded): paging
+    before_id: int | None = None
+    after_id: int | None = None
 
-    def schema_version(self) -> int:
+    @classmethod
+    def of(
+        cls, states: Iterable[JobState] | None = None, ids: Iterable[int] | None = None,
+        **fields: Any,
+    ) -> JobFilter:  # fmt: skip
+        return cls(
+            states=None if states is None else frozenset(states),
+            ids=None if ids is None else tuple(int(i) for i in ids),
+            **fields,
+        )
+
+    def bulk(self, action: str) -> JobFilter:
+        """The filter, checked for a bulk change (one statement): states, queue, task and ids
+        only — a narrower filter must not be widened by being ignored."""
+        unsupported = [
+            name for name in ("error_type", "contains", "before_id", "after_id")
+            if getattr(self, name) is not None
+        ]  # fmt: skip
+        if unsupported:
+            raise ValidationError(f"{action} filters by state, queue, task and ids only, not by "
+                                  f"{', '.join(unsupported)}")  # fmt: skip
+        if not self.states:
+            raise ValidationError(f"{action} needs the states of the jobs it changes")
+        return self
+
+    @property
+    def state_names(self) -> list[str] | None:
+        """The states as stored, in a stable order."""
+        return None if self.states is None else sorted(s.value for s in self.states)
+
+
+class Operations(abc.ABC):
+    """Every operation on a store, declared once, as a `Call` (a plan and how to run it).
+
+    A backend implements this list; the generic faces in `conveyor.backends.faces` run each
+    call blocking (`Store`, for the sync API) or async (`Backend`, for workers and services).
+    `now` is the caller's clock; a store with a clock of its own (PostgreSQL) uses its own
+    unless the App was given a clock (tests).
+
+    What a backend must do atomically, with each operation that changes a job's state (on SQL
+    stores, triggers carry these duties; a store without triggers does them in the same
+    transaction or script):
+
+    - **history**: every state change writes a history row (job, time, from, to, worker, note),
+      and nothing else does; the pairs written are exactly `job.TRANSITIONS`;
+    - **dependents**: a job that succeeds releases the jobs waiting only on it (`waiting` →
+      `queued`); one that ends dead or cancelled cancels its dependents (or releases them, as
+      their `on_dependency_failure` says), on down the chain;
+    - **counts**: the per-queue, per-state counts the dashboard reads stay exact;
+    - **wake-ups**: a job becoming runnable wakes idle workers of its queue (`wait_for_change`
+      returns), and every state change or progress report wakes event subscribers;
+    - **fencing**: an outcome, heartbeat or progress report applies only to the very attempt
+      still running under that worker; a rescue or cron record decided by a leader applies
+      only while that leader still leads.
+    """
+
+    #: the newest migration this conveyor knows for the store
+    latest_version: int
+
+    @abc.abstractmethod
+    def migrate(self, down_to: int | None = None) -> Call[list[int]]:
+        """Apply pending migrations (or, with `down_to`, undo those above it; 0 removes the
+        whole schema); the versions changed."""
+
+    @abc.abstractmethod
+    def schema_version(self) -> Call[int]:
         """The newest migration applied to the store (0: none)."""
 
-    def latest_version(self) -> int:
-        """The newest migration this conveyor knows."""
-
-    def close(self) -> None: ...
-
-    def enqueue(self, jobs: Sequence[NewJob], connection: Any = None) -> list[Job]:
+    @abc.abstractmethod
+    def enqueue(self, jobs: Sequence[NewJob], connection: Any = None) -> Call[list[Job]]:
         """Insert the jobs in one transaction, all or none; with `connection`, inside the
         caller's own transaction (where the backend supports it)."""
 
-    def get_job(self, job_id: int) -> Job | None: ...
+    @abc.abstractmethod
+    def get_job(self, job_id: int) -> Call[Job | None]: ...
 
-    def list_jobs(
-        self,
-        *,
-        states: Iterable[JobState] | None = None,
-        queue: str | None = None,
-        task: str | None = None,
-        limit: int = 100,
-        before_id: int | None = None,
-        error_type: str | None = None,
-        after_id: int | None = None,
-        contains: str | None = None,
-    ) -> list[Job]:
-        """Newest first, with ids between `after_id` and `before_id` (both excluded);
-        `error_type`: the type of the last error; `contains`: ASCII text in the task name or
-        the stored arguments, ignoring case."""
+    @abc.abstractmethod
+    def list_jobs(self, where: JobFilter, limit: int) -> Call[list[Job]]:
+        """Newest first."""
 
-    def job_history(self, job_id: int) -> list[HistoryEntry]: ...
+    @abc.abstractmethod
+    def job_history(self, job_id: int) -> Call[list[HistoryEntry]]: ...
 
-    def find_unique(self, key: str) -> Job | None:
+    @abc.abstractmethod
+    def find_unique(self, key: str) -> Call[Job | None]:
         """The unfinished job holding a unique key, if any."""
 
+    @abc.abstractmethod
     def queue_stats(
-        self, states: Iterable[JobState] | None = None
-    ) -> dict[str, dict[JobState, int]]:
-        """`{queue: {state: count}}`, of every state or only these (an index range each)."""
+        self, states: Iterable[JobState] | None
+    ) -> Call[dict[str, dict[JobState, int]]]:
+        """`{queue: {state: count}}`, of every state or only these."""
 
-    def dead_groups(self, queue: str | None = None) -> list[DeadGroup]:
+    @abc.abstractmethod
+    def dead_groups(self, queue: str | None) -> Call[list[DeadGroup]]:
         """The dead jobs counted by task and type of their last error, biggest group first."""
 
-    def finished_counts(self, since: float, bucket: int) -> list[FinishedCount]:
-        """Jobs that finished at or after `since`, counted per queue, state and `bucket`
-        seconds."""
+    @abc.abstractmethod
+    def finished_counts(self, since: float, bucket: int) -> Call[list[FinishedCount]]:
+        """Jobs that finished at or after `since`, per queue, state and `bucket` seconds."""
 
-    def queued_since(self) -> dict[str, float]:
+    @abc.abstractmethod
+    def queued_since(self) -> Call[dict[str, float]]:
         """Per queue with queued jobs, since when the oldest of them has been queued."""
 
-    def list_workers(self) -> list[WorkerInfo]: ...
+    @abc.abstractmethod
+    def list_workers(self) -> Call[list[WorkerInfo]]: ...
 
-    def cancel_job(self, job_id: int, now: float, note: str) -> Job | None:
+    @abc.abstractmethod
+    def cancel_job(self, job_id: int, now: float, note: str) -> Call[Job | None]:
         """Cancel a job that has not started; ask a running one to stop. None if no such job."""
 
-    def cancel_jobs(
-        self,
-        *,
-        states: Iterable[JobState],
-        queue: str | None,
-        task: str | None,
-        now: float,
-        note: str,
-    ) -> int:
-        """Cancel every job in these (not yet started) states of the queue or task, in one
-        statement; return the count."""
+    @abc.abstractmethod
+    def cancel_jobs(self, where: JobFilter, now: float, note: str) -> Call[int]:
+        """Cancel every matching job (of states not yet started) in one statement; the count."""
 
-    def retry_jobs(
-        self,
-        *,
-        job_ids: Sequence[int] | None,
-        states: Iterable[JobState],
-        queue: str | None,
-        task: str | None,
-        now: float,
-        note: str,
-    ) -> list[int]:
-        """Move matching jobs back to `queued` with attempts starting again; return their ids."""
+    @abc.abstractmethod
+    def retry_jobs(self, where: JobFilter, now: float, note: str) -> Call[list[int]]:
+        """Move matching jobs back to `queued` with attempts starting again; their ids."""
 
-    def purge(
-        self,
-        *,
-        states: Iterable[JobState],
-        older_than: float,
-        now: float,
-        queue: str | None = None,
-        task: str | None = None,
-        job_ids: Sequence[int] | None = None,
-    ) -> int:
-        """Delete finished jobs (and their history) that finished more than `older_than`
-        seconds before `now` (the store's own clock, where it has one); with `job_ids`, only
-        those."""
+    @abc.abstractmethod
+    def purge(self, where: JobFilter, older_than: float, now: float) -> Call[int]:
+        """Delete matching finished jobs (and their history) that finished more than
+        `older_than` seconds before `now`; the count."""
 
+    @abc.abstractmethod
     def set_progress(
         self, job_id: int, worker_id: str, attempt: int, progress: float, stage: str | None,
         message: str | None, now: float,
-    ) -> bool:  # fmt: skip
+    ) -> Call[bool]:  # fmt: skip
         """Record progress of the given running attempt (and the report, for the event
         stream); False if it is no longer running."""
 
-    def set_queue_paused(self, queue: str, paused: bool, now: float) -> bool:
+    @abc.abstractmethod
+    def set_queue_paused(self, queue: str, paused: bool, now: float) -> Call[bool]:
         """Pause a queue (nothing new starts from it, on any worker) or resume it; False if it
         already was. Resuming wakes idle workers."""
 
-    def paused_queues(self) -> list[str]:
-        """The names of the paused queues, sorted."""
+    @abc.abstractmethod
+    def paused_queues(self) -> Call[list[str]]: ...
 
-    def revoke_session(self, nonce: str, until: float, now: float) -> None:
+    @abc.abstractmethod
+    def revoke_session(self, nonce: str, until: float, now: float) -> Call[None]:
         """Refuse the dashboard session `nonce` from now on, in every server sharing the store;
         kept until `until` (when it would have expired anyway)."""
 
-    def session_revoked(self, nonce: str) -> bool:
-        """Whether the dashboard session `nonce` was revoked (signed out)."""
+    @abc.abstractmethod
+    def session_revoked(self, nonce: str) -> Call[bool]: ...
 
-    def set_queue_concurrency(self, queue: str, concurrency: int | None) -> None:
+    @abc.abstractmethod
+    def set_queue_concurrency(self, queue: str, concurrency: int | None) -> Call[None]:
         """Let at most `concurrency` jobs of the queue run at once, cluster-wide (None: no
         limit)."""
 
-    def queue_limits(self) -> dict[str, int]:
-        """The queues with a concurrency limit, and their limits."""
+    @abc.abstractmethod
+    def queue_limits(self) -> Call[dict[str, int]]: ...
 
+    @abc.abstractmethod
     def change_circuit(
-        self, name: str, action: Action, now: float, *, threshold: int = 5,
-        reason: str | None = None, half_open_jobs: int = 1,
-    ) -> CircuitEvent | None:  # fmt: skip
-        """Apply `action` to the circuit by `circuit.transition`, atomically; return the
-        event recorded if its state changed. Held jobs released wake idle workers."""
+        self, name: str, action: Action, now: float, threshold: int, reason: str | None,
+        half_open_jobs: int,
+    ) -> Call[CircuitEvent | None]:  # fmt: skip
+        """Apply `action` to the circuit by `circuit.transition`, atomically; the event
+        recorded if its state changed. Held jobs released wake idle workers."""
 
-    def record_probe(self, name: str, now: float) -> None: ...
+    @abc.abstractmethod
+    def record_probe(self, name: str, now: float) -> Call[None]: ...
 
-    def backlog(self, queue: str, now: float) -> tuple[int, float | None]:
-        """How many jobs are queued in `queue`, and how long the oldest has waited (None:
-        none queued)."""
+    @abc.abstractmethod
+    def circuits(self) -> Call[list[CircuitInfo]]:
+        """Every circuit the store has seen, with its held jobs."""
 
-    def claim_alert(self, key: str, every: float, now: float) -> bool:
+    @abc.abstractmethod
+    def circuit_log(self, name: str | None, limit: int) -> Call[list[CircuitEvent]]:
+        """The latest opens, half-opens and closes, newest first."""
+
+    @abc.abstractmethod
+    def backlog(self, queue: str, now: float) -> Call[tuple[int, float | None]]:
+        """How many jobs are queued in `queue`, and how long the oldest has waited."""
+
+    @abc.abstractmethod
+    def claim_alert(self, key: str, every: float, now: float) -> Call[bool]:
         """Take the right to send the alert `key`: True unless it was sent within `every`
         seconds before `now`, by anyone."""
 
-    def circuits(self) -> list[CircuitInfo]:
-        """Every circuit the store has seen, with its held jobs."""
-
-    def circuit_log(self, name: str | None = None, limit: int = 100) -> list[CircuitEvent]:
-        """The latest opens, half-opens and closes, newest first."""
-
-    def subscribe(self) -> SyncSubscription:
-        """A blocking wake-up for one waiter: returns soon after the store changed."""
-
-    def event_cursor(self) -> Cursor:
+    @abc.abstractmethod
+    def event_cursor(self) -> Call[Cursor]:
         """Where the event stream ends now."""
 
+    @abc.abstractmethod
     def read_events(
-        self, after: Cursor, job_id: int | None, queue: str | None, limit: int = 500
-    ) -> tuple[list[Event], Cursor]:
+        self, after: Cursor, job_id: int | None, queue: str | None, limit: int
+    ) -> Call[tuple[list[Event], Cursor]]:
         """Events after `after` (of one job or queue), in order, and the cursor after them."""
 
-    def periodic_ticks(self) -> dict[str, TickRecord]:
+    @abc.abstractmethod
+    def prune_progress(self, older_than: float, now: float) -> Call[int]:
+        """Forget progress reports older than that (the jobs keep their latest)."""
+
+    @abc.abstractmethod
+    def claim(
+        self, worker_id: str, queues: Sequence[str] | None, limit: int, lease_until: float,
+        now: float,
+    ) -> Call[list[Job]]:  # fmt: skip
+        """Promote due scheduled/retrying jobs, then atomically move up to `limit` queued jobs
+        to `running` (priority, then run_at, then id), attempt + 1, leased to the worker —
+        within every limit, circuit and pause."""
+
+    @abc.abstractmethod
+    def complete(self, outcomes: Sequence[Outcome]) -> Call[list[int]]:
+        """Write a batch of outcomes, each as `Outcome.changes` says, each only while that
+        attempt of the job is still `running` under that worker (and, for rescues, its lease is
+        still the one that ran out, and the rescuing leader still leads). A job whose cancel
+        was asked for while it ran ends `cancelled` instead of being retried or handed back.
+        The ids of the jobs whose outcome applied."""
+
+    @abc.abstractmethod
+    def heartbeat(
+        self, worker: WorkerInfo, running: Sequence[tuple[int, int]], lease_until: float
+    ) -> Call[Beat]:
+        """Register or refresh the worker and extend the leases of its running attempts
+        (`(job id, attempt)` pairs) that are still its own."""
+
+    @abc.abstractmethod
+    def deregister_worker(self, worker_id: str) -> Call[None]: ...
+
+    @abc.abstractmethod
+    def find_expired(self, now: float, limit: int) -> Call[list[Job]]:
+        """Running jobs whose worker is lost: their lease ran out before `now` (on a store
+        without a clock of its own, their worker has also not been seen to beat for a lease)."""
+
+    @abc.abstractmethod
+    def prune_workers(self, older_than: float, now: float) -> Call[int]:
+        """Forget workers not heard from for more than `older_than` seconds."""
+
+    @abc.abstractmethod
+    def try_lead(self, name: str, holder: str, until: float, now: float) -> Call[bool]:
+        """Take or keep the named leadership for `until - now` seconds; True if `holder` has
+        it. A holder that does not renew in time loses it to the next that tries."""
+
+    @abc.abstractmethod
+    def resign(self, name: str, holder: str) -> Call[None]: ...
+
+    @abc.abstractmethod
+    def next_due_in(self, queues: Sequence[str] | None, now: float) -> Call[float | None]:
+        """Seconds until the next scheduled or retrying job in these queues is due (zero or
+        less: due now; None: nothing pending)."""
+
+    @abc.abstractmethod
+    def held_back(self, queues: Sequence[str] | None, now: float) -> Call[float | None]:
+        """None when no queued job waits in these (unpaused) queues; else the seconds until
+        the next rate window opens (infinity: none is closed; the jobs wait for a slot, or for
+        another worker that is taking them)."""
+
+    @abc.abstractmethod
+    def fire_periodic(
+        self, name: str, tick: float, job: NewJob | None, now: float, leader: str | None
+    ) -> Call[Job | None]:
+        """Record that the entry's `tick` was dealt with and store `job` in the same
+        transaction — unless the tick was recorded already, or `leader` no longer leads: then
+        store nothing and return None. `job=None` records a tick skipped (or the first one
+        seen) without a job."""
+
+    @abc.abstractmethod
+    def periodic_ticks(self) -> Call[dict[str, TickRecord]]:
         """Per periodic entry the store has seen, its latest tick and latest fired job."""
+
+    @abc.abstractmethod
+    def prune_ticks(self, older_than: float, now: float) -> Call[int]:
+        """Forget ticks older than that, except each entry's latest."""
 
 
 class SyncSubscription(Protocol):
@@ -233,20 +362,47 @@ class Subscription(Protocol):
     async def close(self) -> None: ...
 
 
-class Backend(abc.ABC):
-    """The async operations the worker and services use, plus `sync`, the blocking twin."""
+class Engine(abc.ABC):
+    """A backend: its operations, the drivers that run them, and its wake-ups.
+
+    A new backend is an `Engine` subclass (with an `Operations` subclass) registered for its
+    URL schemes in `conveyor.backends.BACKENDS`; the faces, the worker and everything above
+    them are the same for every backend.
+    """
 
     url: str
-    sync: Store
+    ops: Operations
+
+    @abc.abstractmethod
+    def run(self, call: Call[T]) -> T:
+        """Run a call, blocking. Every error that means the store cannot serve now is
+        `BackendUnavailable`."""
+
+    @abc.abstractmethod
+    async def arun(self, call: Call[T]) -> T:
+        """Run a call on the event loop."""
 
     def use_clock(self, clock: Clock) -> None:  # noqa: B027 - most backends need nothing
         """The App's clock changed (tests freeze time after the backend was opened)."""
 
-    @abc.abstractmethod
-    async def migrate(self) -> list[int]: ...
+    async def try_lead(self, name: str, holder: str, until: float, now: float) -> bool:
+        """Leadership, where a backend holds it on a session of its own (it may override)."""
+        return await self.arun(self.ops.try_lead(name, holder, until, now))
+
+    async def resign(self, name: str, holder: str) -> None:
+        await self.arun(self.ops.resign(name, holder))
 
     @abc.abstractmethod
-    async def close(self) -> None: ...
+    async def wait_for_change(self, timeout: float) -> None:
+        """Return soon after the store may have new runnable work, or after `timeout`."""
+
+    @abc.abstractmethod
+    async def subscribe(self) -> Subscription:
+        """A wake-up of its own for one event subscriber."""
+
+    @abc.abstractmethod
+    def subscribe_blocking(self) -> SyncSubscription:
+        """A blocking wake-up for one waiter: returns soon after the store changed."""
 
     @abc.abstractmethod
     async def release(self) -> None:
@@ -254,134 +410,8 @@ class Backend(abc.ABC):
         the backend stays usable and opens them again when needed."""
 
     @abc.abstractmethod
-    async def enqueue(self, jobs: Sequence[NewJob], connection: Any = None) -> list[Job]: ...
-
-    @abc.abstractmethod
-    async def get_job(self, job_id: int) -> Job | None: ...
-
-    @abc.abstractmethod
-    async def cancel_job(self, job_id: int, now: float, note: str) -> Job | None: ...
-
-    @abc.abstractmethod
-    async def claim(
-        self,
-        worker_id: str,
-        queues: Sequence[str] | None,
-        limit: int,
-        lease_until: float,
-        now: float,
-    ) -> list[Job]:
-        """Promote due scheduled/retrying jobs, then atomically move up to `limit` queued jobs
-        to `running` (priority, then run_at, then id), attempt + 1, leased to the worker."""
-
-    @abc.abstractmethod
-    async def complete(self, outcomes: Sequence[Outcome]) -> list[int]:
-        """Write a batch of outcomes; each applies only while that attempt of the job is still
-        `running` under that worker (and, for rescues, its lease is still the one that ran out,
-        and the rescuing leader still leads). A job whose cancel was asked for while it ran
-        ends `cancelled` instead of being retried or handed back. Returns the ids of the jobs
-        whose outcome applied."""
-
-    @abc.abstractmethod
-    async def heartbeat(
-        self, worker: WorkerInfo, running: Sequence[tuple[int, int]], lease_until: float
-    ) -> Beat:
-        """Register or refresh the worker and extend the leases of its running attempts
-        (`(job id, attempt)` pairs) that are still its own."""
-
-    @abc.abstractmethod
-    async def deregister_worker(self, worker_id: str) -> None: ...
-
-    @abc.abstractmethod
-    async def find_expired(self, now: float, limit: int) -> list[Job]:
-        """Running jobs whose worker is lost: their lease ran out before `now` (on a store
-        without a clock of its own, their worker has also not been seen to beat for a lease)."""
-
-    @abc.abstractmethod
-    async def prune_workers(self, older_than: float, now: float) -> int:
-        """Forget workers not heard from for more than `older_than` seconds."""
-
-    @abc.abstractmethod
-    async def try_lead(self, name: str, holder: str, until: float, now: float) -> bool:
-        """Take or keep the named leadership for `until - now` seconds; True if `holder` has
-        it. A holder that does not renew in time loses it to the next that tries."""
-
-    @abc.abstractmethod
-    async def resign(self, name: str, holder: str) -> None: ...
-
-    @abc.abstractmethod
-    async def next_due_in(self, queues: Sequence[str] | None, now: float) -> float | None:
-        """Seconds until the next scheduled or retrying job in these queues is due (zero or
-        less: due now; None: nothing pending)."""
-
-    @abc.abstractmethod
-    async def held_back(self, queues: Sequence[str] | None, now: float) -> float | None:
-        """None when no queued job waits in these (unpaused) queues; else the seconds until
-        the next rate window opens (infinity: none is closed; the jobs wait for a slot, or for
-        another worker that is taking them)."""
-
-    @abc.abstractmethod
-    async def set_queue_concurrency(self, queue: str, concurrency: int | None) -> None: ...
-
-    @abc.abstractmethod
-    async def change_circuit(
-        self, name: str, action: Action, now: float, *, threshold: int = 5,
-        reason: str | None = None, half_open_jobs: int = 1,
-    ) -> CircuitEvent | None: ...  # fmt: skip
-
-    @abc.abstractmethod
-    async def record_probe(self, name: str, now: float) -> None: ...
-
-    @abc.abstractmethod
-    async def circuits(self) -> list[CircuitInfo]: ...
-
-    @abc.abstractmethod
-    async def wait_for_change(self, timeout: float) -> None:
-        """Return soon after the store may have new runnable work, or after `timeout`."""
-
-    @abc.abstractmethod
-    async def purge(self, *, states: Iterable[JobState], older_than: float, now: float) -> int:
-        """Delete finished jobs in these states (with their history) older than that."""
-
-    @abc.abstractmethod
-    async def fire_periodic(
-        self, name: str, tick: float, job: NewJob | None, now: float, leader: str | None = None
-    ) -> Job | None:
-        """Record that the entry's `tick` was dealt with and store `job` in the same
-        transaction — unless the tick was recorded already, or `leader` no longer leads: then
-        store nothing and return None. `job=None` records a tick skipped (or the first one
-        seen) without a job."""
-
-    @abc.abstractmethod
-    async def periodic_ticks(self) -> dict[str, TickRecord]: ...
-
-    @abc.abstractmethod
-    async def prune_ticks(self, older_than: float, now: float) -> int:
-        """Forget ticks older than that, except each entry's latest."""
-
-    @abc.abstractmethod
-    async def event_cursor(self) -> Cursor:
-        """Where the event stream ends now."""
-
-    @abc.abstractmethod
-    async def read_events(
-        self, after: Cursor, job_id: int | None, queue: str | None, limit: int = 500
-    ) -> tuple[list[Event], Cursor]:
-        """Events after `after` (of one job or queue), in order, and the cursor after them."""
-
-    @abc.abstractmethod
-    async def subscribe(self) -> Subscription:
-        """A wake-up of its own for one event subscriber."""
-
-    @abc.abstractmethod
-    async def prune_progress(self, older_than: float, now: float) -> int:
-        """Forget progress reports older than that (the jobs keep their latest)."""
-
-    @abc.abstractmethod
-    async def set_progress(
-        self, job_id: int, worker_id: str, attempt: int, progress: float, stage: str | None,
-        message: str | None, now: float,
-    ) -> bool: ...  # fmt: skip
+    def close(self) -> None:
+        """Close every connection (blocking); the backend opens them again when needed."""
 
 
 #: How deep dependencies may chain. A job that finishes releases (or cancels) its dependents

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from conveyor.backends.base import Backend
+from conveyor.backends.faces import Backend
 from conveyor.circuit import Action, Circuit, CircuitEvent, CircuitState
 from conveyor.errors import BackendUnavailable
 from conveyor.job import JobState, Outcome

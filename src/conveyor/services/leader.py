@@ -11,7 +11,8 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from conveyor.backends.base import Backend
+from conveyor.backends.base import JobFilter
+from conveyor.backends.faces import Backend
 from conveyor.job import JobState
 from conveyor.logging import get_logger
 from conveyor.services.base import Service
@@ -77,14 +78,10 @@ class Maintenance(Service):
         """Delete succeeded jobs after `retention_succeeded`, dead and cancelled ones after
         `retention_failed`, with their history."""
         settings = self.app.settings
-        pruned = await self.backend.purge(
-            states=[JobState.SUCCEEDED], older_than=settings.retention_succeeded, now=now
-        )
-        pruned += await self.backend.purge(
-            states=[JobState.DEAD, JobState.CANCELLED],
-            older_than=settings.retention_failed,
-            now=now,
-        )
+        succeeded = JobFilter.of([JobState.SUCCEEDED])
+        pruned = await self.backend.purge(succeeded, settings.retention_succeeded, now)
+        failed = JobFilter.of([JobState.DEAD, JobState.CANCELLED])
+        pruned += await self.backend.purge(failed, settings.retention_failed, now)
         if pruned:
             log.info("jobs.pruned", count=pruned)
         await self.backend.prune_ticks(settings.retention_failed, now)

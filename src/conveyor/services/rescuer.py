@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from conveyor.backends.base import Backend
+from conveyor.backends.faces import Backend
 from conveyor.job import Outcome
 from conveyor.logging import get_logger
 from conveyor.retry import RetryPolicy, decide, exponential

@@ -9,7 +9,7 @@ import datetime as dt
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from conveyor.backends.base import Backend
+from conveyor.backends.faces import Backend
 from conveyor.cron import Periodic
 from conveyor.logging import get_logger
 from conveyor.services.base import Service

@@ -13,7 +13,7 @@ import asyncio
 import dataclasses
 from collections.abc import Callable
 
-from conveyor.backends.base import Backend
+from conveyor.backends.faces import Backend
 from conveyor.errors import BackendUnavailable
 from conveyor.job import Outcome
 from conveyor.logging import Outage, get_logger

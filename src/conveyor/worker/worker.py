@@ -39,7 +39,7 @@ from conveyor.worker.threads import TaskThreads
 
 if TYPE_CHECKING:
     from conveyor.app import App
-    from conveyor.backends.base import Backend
+    from conveyor.backends.faces import Backend
 
 log = get_logger("conveyor.worker")
 

@@ -424,8 +424,9 @@ ON CONFLICT (name) DO UPDATE SET concurrency = excluded.concurrency
 SELECT name, concurrency FROM {schema}.queues WHERE concurrency IS NOT NULL ORDER BY name
 
 -- name: complete
--- A batch of outcomes in one statement. Each applies only to the very attempt it is about,
--- while it is still running under that worker (and, for a rescue, once its lease ran out).
+-- A batch of outcomes in one statement, each a plain guarded write of what `Outcome` decided.
+-- Each applies only to the very attempt it is about, while it is still running under that
+-- worker (and, for a rescue, once its lease ran out).
 UPDATE {schema}.jobs AS j
 SET state = o.state,
     result = o.result::json,
@@ -434,23 +435,20 @@ SET state = o.state,
     run_at = CASE WHEN o.delay IS NULL THEN j.run_at
                   ELSE coalesce(to_timestamp(o.at), now()) + make_interval(secs => o.delay) END,
     attempt = j.attempt - o.refund,
-    finished_at = CASE WHEN o.state IN ('succeeded', 'dead', 'cancelled')
-                       THEN coalesce(to_timestamp(o.at), now()) END,
-    progress = CASE WHEN o.state = 'succeeded' THEN 100 ELSE j.progress END,
+    finished_at = CASE WHEN o.finishes THEN coalesce(to_timestamp(o.at), now()) END,
+    progress = coalesce(o.progress, j.progress),
     lease_until = NULL,
-    -- a cancel asked for while the job ran outlives a retry or a hand-back (see below)
-    cancel_requested = CASE WHEN o.state IN ('retrying', 'queued') THEN j.cancel_requested
-                            ELSE false END,
+    cancel_requested = o.keeps_cancel_request AND j.cancel_requested,
     state_changed_at = coalesce(to_timestamp(o.at), now()),
-    -- a job stopped on request keeps the requester's note (who asked)
-    note = CASE WHEN o.state = 'cancelled' AND j.cancel_requested THEN coalesce(j.note, o.note)
+    note = CASE WHEN o.keeps_requester_note AND j.cancel_requested THEN coalesce(j.note, o.note)
                 ELSE o.note END
 FROM unnest(%(ids)b::bigint[], %(worker_ids)b::text[], %(attempts)b::int[], %(states)b::text[],
             %(results)b::text[], %(errors)b::text[], %(ats)b::float8[], %(delays)b::float8[],
             %(refunds)b::int[], %(notes)b::text[], %(rescues)b::bool[], %(expired)b::float8[],
-            %(leaders)b::text[])
+            %(leaders)b::text[], %(finishes)b::bool[], %(progresses)b::float8[],
+            %(keeps_cancel)b::bool[], %(keeps_note)b::bool[])
      AS o(id, worker_id, attempt, state, result, error, at, delay, refund, note, rescue, expired,
-          leader)
+          leader, finishes, progress, keeps_cancel_request, keeps_requester_note)
 WHERE j.id = o.id AND j.state = 'running' AND j.worker_id = o.worker_id
   AND j.attempt = o.attempt
   AND (NOT o.rescue OR j.lease_until < to_timestamp(o.expired))
@@ -636,6 +634,7 @@ UPDATE {schema}.jobs
 SET state = 'cancelled', finished_at = coalesce(to_timestamp(%(now)s::float8), now()),
     state_changed_at = coalesce(to_timestamp(%(now)s::float8), now()), note = %(note)s
 WHERE state = ANY(%(states)s::text[])
+  AND (%(ids)s::bigint[] IS NULL OR id = ANY(%(ids)s::bigint[]))
   AND (%(queue)s::text IS NULL OR queue = %(queue)s)
   AND (%(task)s::text IS NULL OR task = %(task)s)
 
@@ -740,7 +739,7 @@ SELECT pg_advisory_xact_lock(hashtext(%(key)s))
 CREATE SCHEMA IF NOT EXISTS {schema}
 
 -- name: list_tables
-SELECT table_name FROM information_schema.tables WHERE table_schema = %(schema)s
+SELECT table_name AS name FROM information_schema.tables WHERE table_schema = %(schema)s
 
 -- name: migrations_columns
 SELECT column_name FROM information_schema.columns
@@ -904,9 +903,10 @@ SELECT count(*) AS depth,
                           - min(state_changed_at))::float8 AS age
 FROM {schema}.jobs WHERE queue = %(queue)s AND state = 'queued'
 
+-- name: forget_revoked_sessions
+DELETE FROM {schema}.revoked_sessions WHERE until < coalesce(to_timestamp(%(now)s::float8), now())
+
 -- name: revoke_session
--- Also forgets the sessions that have expired since: their cookies are refused anyway.
-WITH gone AS (DELETE FROM {schema}.revoked_sessions WHERE until < now())
 INSERT INTO {schema}.revoked_sessions (nonce, until)
 VALUES (%(nonce)s, to_timestamp(%(until)s::float8))
 ON CONFLICT (nonce) DO NOTHING

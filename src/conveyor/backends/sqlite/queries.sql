@@ -15,13 +15,14 @@ INSERT INTO conveyor_jobs (queue, task, args, kwargs, meta, priority, state, max
                            concurrency_max, rate_key, rate_max, rate_period, circuit)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 
--- name: dependency_depths
+-- name: lock_dependencies
+-- (the transaction is the one writer: nothing else can change them before it commits)
 SELECT id, dependency_depth FROM conveyor_jobs WHERE id IN (SELECT value FROM json_each(:ids))
 
--- name: insert_dependency
+-- name: insert_dependencies
 INSERT OR IGNORE INTO conveyor_job_dependencies (job_id, depends_on) VALUES (?, ?)
 
--- name: touch_dependencies
+-- name: release_waiting
 -- Sets off conveyor_dependency_touched for these jobs: dependencies that already finished
 -- release (or cancel) them at once.
 UPDATE conveyor_job_dependencies SET depends_on = depends_on
@@ -244,7 +245,7 @@ SELECT EXISTS (SELECT 1 FROM conveyor_jobs
                  AND (circuit IS NULL OR circuit NOT IN (SELECT name FROM conveyor_circuits
                                                          WHERE state = 'open')))
        AS held,
-       (SELECT min(until) FROM conveyor_rate_starts WHERE until > :now) AS opens
+       (SELECT min(until) FROM conveyor_rate_starts WHERE until > :now) - :now AS opens_in
 
 -- name: set_queue_concurrency
 INSERT INTO conveyor_queues (name, concurrency) VALUES (:name, :concurrency)
@@ -254,7 +255,8 @@ ON CONFLICT (name) DO UPDATE SET concurrency = excluded.concurrency
 SELECT name, concurrency FROM conveyor_queues WHERE concurrency IS NOT NULL ORDER BY name
 
 -- name: complete
--- Applies only to the very attempt the outcome is about, while it is still running.
+-- A plain guarded write of what `Outcome` decided; it applies only to the very attempt the
+-- outcome is about, while it is still running.
 UPDATE conveyor_jobs
 SET state = :state,
     result = :result,
@@ -263,15 +265,13 @@ SET state = :state,
     run_at = coalesce(:run_at, run_at),
     attempt = attempt - :refund,
     finished_at = :finished_at,
-    progress = CASE WHEN :state = 'succeeded' THEN 100 ELSE progress END,
+    progress = coalesce(:progress, progress),
     lease_until = NULL,
-    -- a cancel asked for while the job ran outlives a retry or a hand-back (see below)
-    cancel_requested = CASE WHEN :state IN ('retrying', 'queued') THEN cancel_requested ELSE 0 END,
+    cancel_requested = CASE WHEN :keeps_cancel_request THEN cancel_requested ELSE 0 END,
     state_changed_at = :at,
-    -- a job stopped on request keeps the requester's note (who asked)
-    note = CASE WHEN :state = 'cancelled' AND cancel_requested THEN coalesce(note, :note)
+    note = CASE WHEN :keeps_requester_note AND cancel_requested THEN coalesce(note, :note)
                 ELSE :note END
-WHERE id = :job_id AND state = 'running' AND worker_id = :worker_id AND attempt = :attempt
+WHERE id = :id AND state = 'running' AND worker_id = :worker_id AND attempt = :attempt
   AND (:lease_expired_before IS NULL OR lease_until < :lease_expired_before)
   -- a rescue decided by a leader applies only while it leads (nobody has taken over)
   AND (:leader IS NULL OR EXISTS (SELECT 1 FROM conveyor_leaders WHERE holder = :leader))
@@ -307,7 +307,7 @@ SELECT id, attempt, cancel_requested FROM conveyor_jobs INDEXED BY conveyor_jobs
 WHERE state = 'running' AND worker_id = :worker_id
 
 -- name: delete_worker
-DELETE FROM conveyor_workers WHERE id = ?
+DELETE FROM conveyor_workers WHERE id = :id
 
 -- name: prune_workers
 DELETE FROM conveyor_workers WHERE id IN (SELECT value FROM json_each(:ids))
@@ -333,18 +333,19 @@ INSERT INTO conveyor_leaders (name, holder, until) VALUES (:name, :holder, :unti
 ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, until = excluded.until
 
 -- name: resign
-DELETE FROM conveyor_leaders WHERE name = ? AND holder = ?
+DELETE FROM conveyor_leaders WHERE name = :name AND holder = :holder
 
--- name: next_run_at
-SELECT min(run_at) FROM conveyor_jobs INDEXED BY conveyor_jobs_due WHERE state IN ('scheduled', 'retrying')
+-- name: next_due_in
+SELECT min(run_at) - :now AS due_in FROM conveyor_jobs INDEXED BY conveyor_jobs_due
+WHERE state IN ('scheduled', 'retrying')
 
--- name: next_run_at_in_queues
+-- name: next_due_in_queues
 SELECT min((SELECT min(run_at) FROM conveyor_jobs INDEXED BY conveyor_jobs_due_queue
-            WHERE queue = q.value AND state IN ('scheduled', 'retrying')))
+            WHERE queue = q.value AND state IN ('scheduled', 'retrying'))) - :now AS due_in
 FROM json_each(:queues) AS q
 
 -- name: get_job
-SELECT * FROM conveyor_jobs WHERE id = ?
+SELECT * FROM conveyor_jobs WHERE id = :id
 
 -- name: list_jobs
 SELECT * FROM conveyor_jobs
@@ -368,7 +369,7 @@ ORDER BY id DESC
 LIMIT :limit
 
 -- name: job_history
-SELECT * FROM conveyor_job_history WHERE job_id = ? ORDER BY id
+SELECT * FROM conveyor_job_history WHERE job_id = :id ORDER BY id
 
 -- name: queue_stats
 SELECT queue, state, count(*) AS n FROM conveyor_jobs GROUP BY state, queue
@@ -400,24 +401,26 @@ SELECT queue, min(state_changed_at) AS since FROM conveyor_jobs
 WHERE state = 'queued' GROUP BY queue
 
 -- name: list_workers
-SELECT * FROM conveyor_workers ORDER BY started_at, id
+-- (no clock of its own: a reader judges a beat's age by its own clock)
+SELECT *, NULL AS beat_age FROM conveyor_workers ORDER BY started_at, id
 
 -- name: cancel_pending
 UPDATE conveyor_jobs
 SET state = 'cancelled', finished_at = :now, state_changed_at = :now, note = :note
-WHERE id = :job_id AND state IN ('waiting', 'scheduled', 'queued', 'retrying')
+WHERE id = :id AND state IN ('waiting', 'scheduled', 'queued', 'retrying')
 
 -- name: cancel_jobs
 UPDATE conveyor_jobs
 SET state = 'cancelled', finished_at = :now, state_changed_at = :now, note = :note
 WHERE state IN (SELECT value FROM json_each(:states))
+  AND (:ids IS NULL OR id IN (SELECT value FROM json_each(:ids)))
   AND (:queue IS NULL OR queue = :queue)
   AND (:task IS NULL OR task = :task)
 
 -- name: request_cancel
 UPDATE conveyor_jobs
 SET cancel_requested = 1, note = :note
-WHERE id = :job_id AND state = 'running'
+WHERE id = :id AND state = 'running'
 
 -- name: retry_jobs
 UPDATE conveyor_jobs
@@ -447,7 +450,7 @@ RETURNING id
 DELETE FROM conveyor_job_history
 WHERE job_id IN (SELECT id FROM conveyor_jobs
                  WHERE state IN (SELECT value FROM json_each(:states))
-                   AND finished_at <= :before
+                   AND finished_at <= :now - :age
                    AND (:ids IS NULL OR id IN (SELECT value FROM json_each(:ids)))
                    AND (:queue IS NULL OR queue = :queue)
                    AND (:task IS NULL OR task = :task))
@@ -455,7 +458,7 @@ WHERE job_id IN (SELECT id FROM conveyor_jobs
 -- name: purge
 DELETE FROM conveyor_jobs
 WHERE state IN (SELECT value FROM json_each(:states))
-  AND finished_at <= :before
+  AND finished_at <= :now - :age
   AND (:ids IS NULL OR id IN (SELECT value FROM json_each(:ids)))
   AND (:queue IS NULL OR queue = :queue)
   AND (:task IS NULL OR task = :task)
@@ -463,11 +466,11 @@ WHERE state IN (SELECT value FROM json_each(:states))
 -- name: set_progress
 UPDATE conveyor_jobs
 SET progress = :progress, stage = coalesce(:stage, stage)
-WHERE id = :job_id AND state = 'running' AND worker_id = :worker_id AND attempt = :attempt
+WHERE id = :id AND state = 'running' AND worker_id = :worker_id AND attempt = :attempt
 
 -- name: record_progress
 INSERT INTO conveyor_job_progress (job_id, at, progress, stage, message)
-VALUES (:job_id, :now, :progress, :stage, :message)
+VALUES (:id, :now, :progress, :stage, :message)
 
 -- name: event_cursor
 SELECT (SELECT coalesce(max(id), 0) FROM conveyor_job_history) AS history,
@@ -494,7 +497,7 @@ ORDER BY p.id
 LIMIT :limit
 
 -- name: prune_progress
-DELETE FROM conveyor_job_progress WHERE at < :before
+DELETE FROM conveyor_job_progress WHERE at < :now - :age
 
 -- name: data_version
 PRAGMA data_version
@@ -513,10 +516,10 @@ CREATE TABLE IF NOT EXISTS conveyor_migrations (
 SELECT version FROM conveyor_migrations ORDER BY version
 
 -- name: record_migration
-INSERT INTO conveyor_migrations (version, name, applied_at) VALUES (?, ?, ?)
+INSERT INTO conveyor_migrations (version, name, applied_at) VALUES (:version, :name, :now)
 
 -- name: forget_migration
-DELETE FROM conveyor_migrations WHERE version = ?
+DELETE FROM conveyor_migrations WHERE version = :version
 
 -- name: pause_queue
 INSERT INTO conveyor_queues (name, paused_at) VALUES (:name, :now)
@@ -552,12 +555,17 @@ ORDER BY t.name
 -- name: prune_ticks
 -- Old ticks go; each entry's latest stays, to carry on from.
 DELETE FROM conveyor_cron_ticks
-WHERE tick < :before
+WHERE tick < :now - :age
   AND tick < (SELECT max(tick) FROM conveyor_cron_ticks AS latest
               WHERE latest.name = conveyor_cron_ticks.name)
 
--- name: get_circuit
-SELECT * FROM conveyor_circuits WHERE name = :name
+-- name: ensure_circuit
+INSERT INTO conveyor_circuits (name) VALUES (:name) ON CONFLICT (name) DO NOTHING
+
+-- name: lock_circuit
+-- The circuit's row (nulls if it has none), and the time to date a change with. The
+-- transaction it runs in is the one writer: nothing changes the row before it commits.
+SELECT :now AS now, c.* FROM (SELECT 1) LEFT JOIN conveyor_circuits AS c ON c.name = :name
 
 -- name: put_circuit
 INSERT INTO conveyor_circuits (name, state, failures, opened_at, reason, probed_at, half_open_jobs)
@@ -569,9 +577,13 @@ ON CONFLICT (name) DO UPDATE SET
 
 -- name: held_by_circuit
 -- The jobs behind a circuit still to run (and, with :running, those running now).
-SELECT count(*) FROM conveyor_jobs INDEXED BY conveyor_jobs_circuit_state
+SELECT count(*) AS held FROM conveyor_jobs INDEXED BY conveyor_jobs_circuit_state
 WHERE circuit = :name
   AND (state IN ('scheduled', 'queued', 'retrying') OR (:running AND state = 'running'))
+
+-- name: wake_held
+-- Every commit wakes the workers watching the file: nothing more to do.
+SELECT 0 WHERE :name IS NULL
 
 -- name: log_circuit
 INSERT INTO conveyor_circuit_log (name, at, event, reason, held, open_for)
@@ -600,8 +612,8 @@ ON CONFLICT (key) DO UPDATE SET sent_at = excluded.sent_at
 WHERE conveyor_alerts.sent_at <= :now - :every
 
 -- name: backlog
--- A queue's queued jobs, and since when the oldest of them has been waiting.
-SELECT count(*) AS depth, min(state_changed_at) AS since FROM conveyor_jobs
+-- A queue's queued jobs, and how long the oldest of them has been waiting.
+SELECT count(*) AS depth, :now - min(state_changed_at) AS age FROM conveyor_jobs
 WHERE queue = :queue AND state = 'queued'
 
 -- name: forget_revoked_sessions
