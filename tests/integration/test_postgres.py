@@ -438,10 +438,10 @@ def test_migrating_down_to_zero_and_up_again_gives_a_fresh_install(
     }  # fmt: skip
 
     app.get_task("record").enqueue("before")
-    assert app.backend.sync.migrate_down(1) == VERSIONS[:0:-1]  # type: ignore[attr-defined]
+    assert app.backend.sync.migrate(down_to=1) == VERSIONS[:0:-1]
     assert app.schema_version() == 1
     assert "queues" not in tables(schema)
-    assert app.backend.sync.migrate_down(0) == [1]  # type: ignore[attr-defined]
+    assert app.backend.sync.migrate(down_to=0) == [1]
     assert app.schema_version() == 0
     assert tables(schema) == {"migrations"}  # the bookkeeping stays, empty
     assert scalar(f"SELECT count(*) FROM {schema}.migrations") == 0

@@ -25,7 +25,7 @@ def app(tmp_path: Path) -> Iterator[conveyor.App]:
 
 
 def _path(app: conveyor.App) -> str:
-    return app.backend.sync.path  # type: ignore[attr-defined]
+    return app.backend.engine.path  # type: ignore[attr-defined, no-any-return]
 
 
 # -- a store hiccup during ctx.progress fails the job and burns an attempt -------------------
@@ -123,13 +123,13 @@ def test_nan_run_at_is_a_validation_error(app: conveyor.App) -> None:
 # -- the idle path of a queue-restricted worker scans every scheduled job of every queue ------
 
 
-def test_next_run_at_in_queues_uses_the_queue_in_its_index(app: conveyor.App) -> None:
+def test_next_due_in_queues_uses_the_queue_in_its_index(app: conveyor.App) -> None:
     app.migrate()
     conn = sqlite3.connect(_path(app))
     plan = [
         r[3]
         for r in conn.execute(
-            "EXPLAIN QUERY PLAN " + Q.next_run_at_in_queues, {"queues": '["fast"]'}
+            "EXPLAIN QUERY PLAN " + Q.next_due_in_queues, {"queues": '["fast"]', "now": 0.0}
         )
     ]
     conn.close()

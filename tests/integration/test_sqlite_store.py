@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 import conveyor
-from conveyor.backends.sqlite.backend import MIGRATIONS, SqliteStore
+from conveyor.backends import open_backend
+from conveyor.backends.sqlite.backend import MIGRATIONS
 
 
 def schema(path: Path) -> list[tuple[str, str, str]]:
@@ -83,11 +84,11 @@ def test_the_schema_is_created_on_first_use_and_is_wal(tmp_path: Path) -> None:
 
 def test_migrations_down_and_up_again_give_the_same_schema(tmp_path: Path) -> None:
     path = tmp_path / "jobs.db"
-    store = SqliteStore(f"sqlite:///{path}", conveyor.App().settings, conveyor.SystemClock())
+    store = open_backend(f"sqlite:///{path}", conveyor.App().settings, conveyor.SystemClock()).sync
     store.migrate()
     fresh = schema(path)
 
-    assert store.migrate_down(0) == [m.version for m in reversed(MIGRATIONS)]
+    assert store.migrate(down_to=0) == [m.version for m in reversed(MIGRATIONS)]
     assert [name for _, name, _ in schema(path)] == ["conveyor_migrations"]
     store.migrate()
     assert schema(path) == fresh
@@ -162,7 +163,7 @@ def test_a_full_database_is_an_outage_that_ends_when_space_is_freed(tmp_path: Pa
     def t(payload: str) -> None: ...
 
     app.migrate()
-    conn = app.backend.sync._conn()
+    conn = app.backend.engine._conn()  # type: ignore[attr-defined]
     pages = conn.execute("PRAGMA page_count").fetchone()[0]
     conn.execute(f"PRAGMA max_page_count = {pages + 2}")
     stored = 0

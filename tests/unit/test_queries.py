@@ -8,21 +8,27 @@ from pathlib import Path
 import pytest
 
 import conveyor.backends.sqlite.backend as sqlite_backend
+import conveyor.backends.sqlops as sqlops
 from conveyor.backends.sql import Queries, load_migrations
 
 
+def _used(*modules: object) -> set[str]:
+    """The queries named in these modules' source (`q.name` or `Q.name`)."""
+    used: set[str] = set()
+    for module in modules:
+        source = Path(str(getattr(module, "__file__", ""))).read_text()
+        used |= set(re.findall(r"\b[qQ]\.([a-z_]+)", source))
+    return used - {"names", "substitute"}
+
+
 def test_every_sqlite_query_used_exists_and_none_is_unused() -> None:
-    source = Path(sqlite_backend.__file__).read_text()
-    used = set(re.findall(r"\bQ\.([a-z_]+)", source)) - {"names"}
-    assert used == set(sqlite_backend.Q.names)
+    assert _used(sqlite_backend, sqlops) == set(sqlite_backend.Q.names)
 
 
 def test_every_postgres_query_used_exists_and_none_is_unused() -> None:
     import conveyor.backends.postgres.backend as postgres_backend
 
-    source = Path(postgres_backend.__file__).read_text()
-    used = set(re.findall(r"\bq\.([a-z_]+)", source)) - {"names", "substitute"}
-    assert used == set(postgres_backend.QUERIES.names)
+    assert _used(postgres_backend, sqlops) == set(postgres_backend.QUERIES.names)
 
 
 def test_a_missing_query_is_a_clear_error() -> None:
