@@ -69,7 +69,7 @@ class Scheduler(Service):
             await self.backend.fire_periodic(entry.name, tick, None, now, self.leader_id)
             log.info("cron.started", **fields, next=_iso(entry.schedule.next_after(now)))
         elif entry.catch_up or now - tick <= max(MISSED_AFTER_S, 3 * self.interval):
-            job = self.app.build_job(entry.task, CallOptions(), entry.args, entry.kwargs)
+            job = entry.task.build_job(CallOptions(), entry.args, entry.kwargs)
             stored = await self.backend.fire_periodic(
                 entry.name, tick, job, now, self.leader_id
             )
