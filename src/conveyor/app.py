@@ -31,7 +31,6 @@ from conveyor.job import (
 )
 from conveyor.limits import check_limit
 from conveyor.notify import Alerter, BacklogRule, Notifier, NoWorkerRule, from_config
-from conveyor.payload import check_size, encode, encode_arguments
 from conveyor.redact import Redactor, secrets
 from conveyor.retry import BackoffLike, RetryPolicy, as_backoff, exponential
 from conveyor.services.circuits import announce
@@ -294,7 +293,7 @@ class App:
                 raise ValueError(f"a periodic entry named {entry_name!r} is already declared")
             task = self.task(name=entry_name, **task_options)(fn)
             try:
-                self.build_job(task, CallOptions(), args, call_kwargs)  # the arguments must fit
+                task.build_job(CallOptions(), args, call_kwargs)  # the arguments must fit
             except ValidationError:
                 del self.tasks[entry_name]
                 raise
@@ -313,43 +312,6 @@ class App:
             raise UnknownTask(f"unknown task {name!r} (known: {known})") from None
 
     # -- enqueue ----------------------------------------------------------------------------
-
-    def build_job(
-        self,
-        task: Task[Any, Any],
-        options: CallOptions,
-        args: Sequence[Any],
-        kwargs: Mapping[str, Any],
-    ) -> NewJob:
-        """Validate one call and encode it; raises before anything is stored."""
-        if options.unique_for is not None and options.unique_key is None:
-            raise ValidationError("unique_for needs a unique_key")
-        args_json, kwargs_json = encode_arguments(task.name, task.signature, args, kwargs)
-        meta_json = "{}" if not options.meta else encode(dict(options.meta), "meta")
-        check_size(task.name, self.settings.max_payload_bytes, args_json, kwargs_json, meta_json)
-        now = self.clock.now()
-        if options.run_at is not None:
-            run_at = max(options.run_at, now)
-        else:
-            run_at = now + (options.delay or 0.0)
-        return NewJob(
-            queue=options.queue or task.queue,
-            task=task.name,
-            args=args_json,
-            kwargs=kwargs_json,
-            meta=meta_json,
-            priority=options.priority or task.priority,
-            max_attempts=options.max_attempts or task.max_attempts,
-            run_at=run_at,
-            created_at=now,
-            values=(list(args), dict(kwargs), dict(options.meta or {})),
-            unique_key=options.unique_key,
-            unique_for=options.unique_for,
-            depends_on=options.depends_on or (),
-            on_dependency_failure=options.on_dependency_failure,
-            **task.limit_fields(options, args, kwargs),
-            circuit=None if task.circuit is None else task.circuit.name,
-        )
 
     def _bind(self, jobs: list[Job]) -> list[Job]:
         for job in jobs:
@@ -371,9 +333,7 @@ class App:
         kwargs: Mapping[str, Any] | None,
         options: dict[str, Any],
     ) -> NewJob:
-        return self.build_job(
-            self.get_task(task), CallOptions.build(**options), args or (), kwargs or {}
-        )
+        return self.get_task(task).build_job(CallOptions.build(**options), args or (), kwargs or {})
 
     def enqueue(
         self,

@@ -12,7 +12,7 @@ from conveyor.config import QUEUE_NAME
 from conveyor.errors import MAX_DELAY_S, ValidationError, describe
 from conveyor.job import PRIORITY_NAMES, Job, NewJob
 from conveyor.limits import Rate, bucket, check_key_value, check_limit
-from conveyor.payload import task_signature
+from conveyor.payload import check_size, encode, encode_arguments, task_signature
 from conveyor.retry import RetryPolicy
 
 if TYPE_CHECKING:
@@ -294,6 +294,41 @@ class Task(Generic[P, R]):
             raise ValidationError(f"rate_key needs a rate_limit= on task {self.name}")
         return fields
 
+    def build_job(
+        self, options: CallOptions, args: Sequence[Any], kwargs: Mapping[str, Any]
+    ) -> NewJob:
+        """One call of this task as a job to store: validated and encoded, or refused before
+        anything is stored."""
+        if options.unique_for is not None and options.unique_key is None:
+            raise ValidationError("unique_for needs a unique_key")
+        args_json, kwargs_json = encode_arguments(self.name, self.signature, args, kwargs)
+        meta_json = "{}" if not options.meta else encode(dict(options.meta), "meta")
+        max_bytes = self.app.settings.max_payload_bytes
+        check_size(self.name, max_bytes, args_json, kwargs_json, meta_json)
+        now = self.app.clock.now()
+        if options.run_at is not None:
+            run_at = max(options.run_at, now)
+        else:
+            run_at = now + (options.delay or 0.0)
+        return NewJob(
+            queue=options.queue or self.queue,
+            task=self.name,
+            args=args_json,
+            kwargs=kwargs_json,
+            meta=meta_json,
+            priority=options.priority or self.priority,
+            max_attempts=options.max_attempts or self.max_attempts,
+            run_at=run_at,
+            created_at=now,
+            values=(list(args), dict(kwargs), dict(options.meta or {})),
+            unique_key=options.unique_key,
+            unique_for=options.unique_for,
+            depends_on=options.depends_on or (),
+            on_dependency_failure=options.on_dependency_failure,
+            **self.limit_fields(options, args, kwargs),
+            circuit=None if self.circuit is None else self.circuit.name,
+        )
+
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         result: R = self.fn(*args, **kwargs)
         return result
@@ -353,20 +388,17 @@ class Call:
         return Call(self.task, self.options.merged(CallOptions.build(**options)))
 
     def enqueue(self, *args: Any, **kwargs: Any) -> Job:
-        app = self.task.app
-        job = app.build_job(self.task, self.options, args, kwargs)
-        return app.insert_sync([job], self.options.connection)[0]
+        job = self.task.build_job(self.options, args, kwargs)
+        return self.task.app.insert_sync([job], self.options.connection)[0]
 
     async def enqueue_async(self, *args: Any, **kwargs: Any) -> Job:
-        app = self.task.app
-        job = app.build_job(self.task, self.options, args, kwargs)
-        return (await app.insert_async([job], self.options.connection))[0]
+        job = self.task.build_job(self.options, args, kwargs)
+        return (await self.task.app.insert_async([job], self.options.connection))[0]
 
     def s(self, *args: Any, **kwargs: Any) -> Signature:
         return Signature(self.task, args, kwargs, self.options)
 
     def _build_many(self, calls: Iterable[Any]) -> list[NewJob]:
-        app = self.task.app
         jobs = []
         for call in calls:
             if isinstance(call, Signature):
@@ -375,9 +407,9 @@ class Call:
                         f"enqueue_many of {self.task.name} got a signature of {call.task.name}"
                     )
                 options = self.options.merged(call.options)
-                jobs.append(app.build_job(self.task, options, call.args, call.kwargs))
+                jobs.append(self.task.build_job(options, call.args, call.kwargs))
             else:
-                jobs.append(app.build_job(self.task, self.options, *split_call(call)))
+                jobs.append(self.task.build_job(self.options, *split_call(call)))
         return jobs
 
     def enqueue_many(self, calls: Iterable[Any]) -> list[Job]:

@@ -27,11 +27,9 @@ class Workflow:
         self.steps = list(steps)
 
     def _build(self) -> list[NewJob]:
-        app = self.steps[0][0].task.app
         jobs = []
         for signature, after in self.steps:
-            job = app.build_job(signature.task, signature.options, signature.args,
-                                signature.kwargs)  # fmt: skip
+            job = signature.task.build_job(signature.options, signature.args, signature.kwargs)
             jobs.append(dataclasses.replace(job, depends_on_batch=after) if after else job)
         return jobs
 

@@ -229,7 +229,7 @@ def test_ids_are_never_reused_after_a_purge(
 async def test_the_leader_prunes_finished_jobs_after_their_retention(
     make_app: object, clock: conveyor.FrozenClock
 ) -> None:
-    from conveyor.services.leader import Maintenance
+    from conveyor.services.pruner import Pruner
 
     app = make_app(clock=clock, retention_succeeded="7d", retention_failed="30d")  # type: ignore[operator]
 
@@ -243,20 +243,19 @@ async def test_the_leader_prunes_finished_jobs_after_their_retention(
     clock.advance(8 * 86400)
     fresh = await run.enqueue_async(False)
     await app.run_worker_async(burst=True)
-    maintenance = Maintenance(app, app.backend, "leader", interval=1)
+    pruner = Pruner(app, app.backend, interval=1)
 
-    await maintenance.run_once()
+    await pruner.run_once()
     remaining = {j.id for j in app.list_jobs()}
     assert remaining == {dead.id, fresh.id}
     assert app.job_history(ok.id) == []
 
     clock.advance(21 * 86400)  # the dead job is 29 days old, the fresh one 21
-    await maintenance.prune_finished_jobs(clock.now())
+    await pruner.prune_finished_jobs(clock.now())
     assert {j.id for j in app.list_jobs()} == {dead.id}
     clock.advance(2 * 86400)
-    await maintenance.prune_finished_jobs(clock.now())
+    await pruner.prune_finished_jobs(clock.now())
     assert app.list_jobs() == []
-    await maintenance.resign()
 
 
 def test_a_revoked_session_is_refused_by_every_app_sharing_the_store(

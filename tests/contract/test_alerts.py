@@ -253,7 +253,7 @@ async def test_backlog_and_missing_worker_rules(
     send.enqueue(1)
     worker = conveyor.Worker(app, queues=["default"])  # serves neither queue
     async with running(worker):
-        await until(lambda: hasattr(worker, "watch") and worker.maintenance.is_leader)
+        await until(lambda: hasattr(worker, "maintainer") and worker.maintainer.running)
         worker.watch.kick()
         await worker.watch.wait_rounds(1)
         await until(lambda: app.alerts.flush(5) and receiver.events() == ["queue.backlog"])

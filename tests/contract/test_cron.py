@@ -12,6 +12,7 @@ from structlog.testing import capture_logs
 
 import conveyor
 from conveyor import JobState
+from conveyor.services.elector import LEADERSHIP
 from conveyor.services.scheduler import Scheduler
 
 from .test_worker import running, until
@@ -22,8 +23,8 @@ HOUR = 3600.0
 
 
 def scheduler(app: conveyor.App) -> Scheduler:
-    """A scheduler that leads: the tests drive its rounds by hand."""
-    return Scheduler(app, app.backend, lambda: True, interval=10.0)
+    """A scheduler as the leader runs it: the tests drive its rounds by hand."""
+    return Scheduler(app, app.backend, interval=10.0)
 
 
 def declare(app: conveyor.App, runs: list[int], **options: Any) -> None:
@@ -112,7 +113,7 @@ async def test_the_leader_in_a_worker_fires_on_the_tick(
     declare(app, runs)
     worker = conveyor.Worker(app)
     async with running(worker):
-        await until(lambda: hasattr(worker, "maintenance") and worker.maintenance.is_leader)
+        await until(lambda: hasattr(worker, "maintainer") and worker.maintainer.running)
         worker.scheduler.kick()
         await worker.scheduler.wait_rounds(1)  # the schedule starts
         clock.advance(HOUR)
@@ -123,10 +124,24 @@ async def test_the_leader_in_a_worker_fires_on_the_tick(
 async def test_only_the_leader_fires(make_app: Any, clock: conveyor.FrozenClock) -> None:
     app = make_app(clock=clock)
     declare(app, [])
-    follower = Scheduler(app, app.backend, lambda: False, interval=10.0)
-    await follower.run_once()
-    clock.advance(HOUR)
-    await follower.run_once()
+
+    async def lead_elsewhere() -> None:
+        now = clock.now()
+        assert await app.backend.try_lead(LEADERSHIP, "elsewhere", now + HOUR, now)
+
+    await lead_elsewhere()
+    worker = conveyor.Worker(app)
+    try:
+        async with running(worker):
+            await until(lambda: hasattr(worker, "elector") and worker.elector.rounds >= 1)
+            clock.advance(HOUR)
+            await lead_elsewhere()  # the leader renews in time
+            worker.elector.kick()
+            await worker.elector.wait_rounds(1)
+            assert not worker.elector.is_leader and not worker.maintainer.running
+    finally:
+        await app.backend.resign(LEADERSHIP, "elsewhere")
+    assert worker.scheduler.rounds == 0
     assert fired(app) == [] and app.periodic_ticks() == {}
 
 

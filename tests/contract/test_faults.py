@@ -171,9 +171,9 @@ async def test_reclaimed_job_does_not_get_the_old_attempts_outcome(
     worker = conveyor.Worker(app, concurrency=4)
     async with running(worker):
         await until(lambda: len(runs) == 1)
-        # The worker's own maintenance has had its first round; the next is 10 s away, so the
+        # The worker's own rescuer has had its first round; the next is 10 s away, so the
         # rescue below is this test's alone.
-        await until(lambda: worker.maintenance.rounds >= 1)
+        await until(lambda: worker.rescuer.rounds >= 1)
         clock.advance(31)
         assert await rescue_expired_leases(app, app.backend) == 1
         await until(lambda: len(runs) == 2)  # the same worker runs attempt 2

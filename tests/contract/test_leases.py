@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
 
 import pytest
 from structlog.testing import capture_logs
@@ -11,8 +13,11 @@ from structlog.testing import capture_logs
 import conveyor
 from conveyor import JobState
 from conveyor.job import Outcome
-from conveyor.services.leader import Maintenance
-from conveyor.services.rescuer import rescue_expired_leases
+from conveyor.services.elector import Elector
+from conveyor.services.maintainer import Maintainer
+from conveyor.services.rescuer import Rescuer, rescue_expired_leases
+
+from .test_worker import until
 
 
 async def claim_as(app: conveyor.App, worker_id: str, limit: int = 10) -> list[conveyor.Job]:
@@ -185,20 +190,42 @@ async def test_only_the_leader_rescues(make_app: object, clock: conveyor.FrozenC
     await claim_as(app, "ghost")
     clock.advance(31)
     other = make_app(lease_seconds=30, clock=clock)  # type: ignore[operator]
-    leader = Maintenance(app, app.backend, "leader", interval=1)
-    follower = Maintenance(other, other.backend, "follower", interval=1)
-    await leader.run_once()
-    assert leader.is_leader
-    assert job.refresh().state is JobState.RETRYING
+    async with (
+        leadership(app, "leader") as (leader, rescuer),
+        leadership(other, "follower") as (follower, idle),
+    ):
+        await leader.run_once()
+        assert leader.is_leader
+        await until(lambda: rescuer.rounds >= 1)
+        assert job.refresh().state is JobState.RETRYING
 
-    await claim_as(app, "ghost-2")
-    clock.advance(20)
-    await leader.run_once()  # renews its leadership
-    clock.advance(15)  # ghost-2's lease has run out; the leader's has not
-    await follower.run_once()
-    assert not follower.is_leader
-    assert job.refresh().state is JobState.RUNNING
-    await leader.resign()
+        await claim_as(app, "ghost-2")
+        clock.advance(20)
+        await leader.run_once()  # renews its leadership
+        clock.advance(15)  # ghost-2's lease has run out; the leader's has not
+        await follower.run_once()
+        assert not follower.is_leader
+        await asyncio.sleep(0.1)
+        assert idle.rounds == 0
+        assert job.refresh().state is JobState.RUNNING
+
+
+@contextlib.asynccontextmanager
+async def leadership(app: conveyor.App, holder: str) -> AsyncIterator[tuple[Elector, Rescuer]]:
+    """An elector whose rounds the test drives, and the rescuer run while it leads (a minute
+    apart: the test sees its first round only)."""
+    rescuer = Rescuer(app, app.backend, interval=60, leader_id=holder)
+    maintainer = Maintainer([rescuer])
+    elector = Elector(
+        app, app.backend, holder, interval=60, on_change=maintainer.leadership_changed
+    )
+    running = asyncio.create_task(maintainer.run())
+    try:
+        yield elector, rescuer
+    finally:
+        maintainer.stop()
+        await running
+        await elector.resign()
 
 
 async def test_running_worker_rescues_a_lost_workers_job(make_app: object) -> None:

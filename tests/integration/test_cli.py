@@ -619,7 +619,7 @@ def test_cron_lists_schedules_next_ticks_and_last_jobs(project: Project) -> None
         "0 * * * *", "Europe/Paris", [1, 2], None,
     )  # fmt: skip
 
-    leader = Scheduler(app, app.backend, lambda: True, interval=10.0)
+    leader = Scheduler(app, app.backend, interval=10.0)
     asyncio.run(leader.run_once())
     app.clock.advance(61)  # 09:00:01 UTC, 10:00 in Paris
     asyncio.run(leader.run_once())

@@ -620,19 +620,17 @@ async def test_an_idle_worker_on_a_fast_clock_does_not_spin(
 async def test_a_leader_on_a_fast_clock_keeps_live_workers_registered(
     app: conveyor.App, monkeypatch: pytest.MonkeyPatch, skew: float
 ) -> None:
-    """Maintenance forgets workers not heard from for an hour; a leader whose clock is two
+    """The leader forgets workers not heard from for an hour; a leader whose clock is two
     hours fast must not take a worker that beat a moment ago for one of those."""
     skew_machine_clock(monkeypatch, skew)
     worker = conveyor.Worker(app)
     task = asyncio.create_task(worker.run_async())
     try:
         await until(
-            lambda: (
-                getattr(worker, "maintenance", None) is not None and worker.maintenance.rounds >= 1
-            ),
-            "a maintenance round",
+            lambda: getattr(worker, "pruner", None) is not None and worker.pruner.rounds >= 1,
+            "a pruner round",
         )
-        assert worker.maintenance.is_leader
+        assert worker.elector.is_leader
         listed = await asyncio.to_thread(app.list_workers)
     finally:
         worker.stop()
@@ -645,7 +643,7 @@ async def test_worker_registration_times_come_from_the_database_clock(
     new_app: Callable[..., conveyor.App], monkeypatch: pytest.MonkeyPatch, skew: float
 ) -> None:
     skew_machine_clock(monkeypatch, skew)
-    # Leases this long keep maintenance from forgetting any worker within the skew.
+    # Leases this long keep the leader from forgetting any worker within the skew.
     app = new_app(lease_seconds=SKEW_S)
     app.migrate()
     start = await asyncio.to_thread(server_now)
@@ -703,12 +701,10 @@ async def test_a_leader_on_a_fast_clock_keeps_finished_jobs_within_their_retenti
     task = asyncio.create_task(worker.run_async())
     try:
         await until(
-            lambda: (
-                getattr(worker, "maintenance", None) is not None and worker.maintenance.rounds >= 1
-            ),
-            "a maintenance round",
+            lambda: getattr(worker, "pruner", None) is not None and worker.pruner.rounds >= 1,
+            "a pruner round",
         )
-        assert worker.maintenance.is_leader
+        assert worker.elector.is_leader
     finally:
         worker.stop()
         await task

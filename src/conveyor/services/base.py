@@ -29,6 +29,7 @@ class Service(abc.ABC):
         """One round of the service's work."""
 
     async def run(self) -> None:
+        self.reset()
         if self.wait_first:
             await self._sleep()
         outage = Outage(log, f"{self.name}.round")
@@ -55,6 +56,10 @@ class Service(abc.ABC):
             stop.cancel()
             kick.cancel()
         self._kick.clear()
+
+    def reset(self) -> None:  # noqa: B027 - most services keep nothing between runs
+        """Forget what earlier runs learnt: called as `run` begins (a leader-only service runs
+        again each time its worker takes the lead)."""
 
     def next_interval(self) -> float:
         """How long to sleep before the next round."""

@@ -3,7 +3,6 @@ downstream, and the elected leader probes open circuits on their schedules."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from conveyor.backends.faces import Backend
@@ -64,16 +63,13 @@ class CircuitProber(Service):
 
     name = "prober"
 
-    def __init__(
-        self, app: App, backend: Backend, is_leader: Callable[[], bool], interval: float
-    ) -> None:
+    def __init__(self, app: App, backend: Backend, interval: float) -> None:
         super().__init__(interval)
         self.app = app
         self.backend = backend
-        self.is_leader = is_leader
 
     async def run_once(self) -> None:
-        if not self.app.circuits or not self.is_leader():
+        if not self.app.circuits:
             return
         for info in await self.backend.circuits():
             circuit = self.app.circuits.get(info.name)

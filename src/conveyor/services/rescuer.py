@@ -9,6 +9,7 @@ from conveyor.backends.faces import Backend
 from conveyor.job import Outcome
 from conveyor.logging import get_logger
 from conveyor.retry import RetryPolicy, decide, exponential
+from conveyor.services.base import Service
 
 if TYPE_CHECKING:
     from conveyor.app import App
@@ -19,6 +20,24 @@ BATCH = 500
 #: A rescue applies only if the job's lease is still the one found expired (never renewed
 #: since): earlier than what was seen plus this (less than any renewal adds).
 SEEN_LEASE_SLACK_S = 0.001
+
+
+class Rescuer(Service):
+    """On the leader: every round, rescue the jobs of the workers lost since the last."""
+
+    name = "rescuer"
+
+    def __init__(
+        self, app: App, backend: Backend, interval: float, leader_id: str | None = None
+    ) -> None:
+        super().__init__(interval)
+        self.app = app
+        self.backend = backend
+        #: the leader's id: a rescue applies only while the store still names it leader
+        self.leader_id = leader_id
+
+    async def run_once(self) -> None:
+        await rescue_expired_leases(self.app, self.backend, leader=self.leader_id)
 
 
 class WorkerLost(Exception):

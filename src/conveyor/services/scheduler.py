@@ -6,7 +6,6 @@ at the tick or a stale cache cannot fire a tick twice."""
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from conveyor.backends.faces import Backend
@@ -29,25 +28,21 @@ class Scheduler(Service):
     name = "scheduler"
 
     def __init__(
-        self,
-        app: App,
-        backend: Backend,
-        is_leader: Callable[[], bool],
-        interval: float,
-        leader_id: str | None = None,
+        self, app: App, backend: Backend, interval: float, leader_id: str | None = None
     ) -> None:
         super().__init__(interval)
         self.app = app
         self.backend = backend
-        self.is_leader = is_leader
         #: the leader's id: a fire applies only while the store still names it leader
         self.leader_id = leader_id
         #: the latest tick dealt with per entry, as the store said when this worker took the lead
         self._last: dict[str, float] | None = None
 
+    def reset(self) -> None:
+        self._last = None  # read the store again on taking the lead
+
     async def run_once(self) -> None:
-        if not self.app.periodics or not self.is_leader():
-            self._last = None  # read the store again on taking the lead
+        if not self.app.periodics:
             return
         if self._last is None:
             ticks = await self.backend.periodic_ticks()
@@ -69,10 +64,8 @@ class Scheduler(Service):
             await self.backend.fire_periodic(entry.name, tick, None, now, self.leader_id)
             log.info("cron.started", **fields, next=_iso(entry.schedule.next_after(now)))
         elif entry.catch_up or now - tick <= max(MISSED_AFTER_S, 3 * self.interval):
-            job = self.app.build_job(entry.task, CallOptions(), entry.args, entry.kwargs)
-            stored = await self.backend.fire_periodic(
-                entry.name, tick, job, now, self.leader_id
-            )
+            job = entry.task.build_job(CallOptions(), entry.args, entry.kwargs)
+            stored = await self.backend.fire_periodic(entry.name, tick, job, now, self.leader_id)
             if stored is not None:
                 log.info("cron.fired", **fields, job_id=stored.id, late_s=round(now - tick, 3))
         else:
@@ -81,7 +74,7 @@ class Scheduler(Service):
         self._last[entry.name] = tick
 
     def next_interval(self) -> float:
-        """Sleep until the next tick of any entry (or one interval, to check the lead again)."""
+        """Sleep until the next tick of any entry (or one interval at most)."""
         now = self.app.clock.now()
         upcoming = [e.schedule.next_after(now) - now for e in self.app.periodics.values()]
         return max(0.0, min([self.interval, *upcoming]))

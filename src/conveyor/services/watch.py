@@ -4,7 +4,6 @@ queues no live worker serves."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from conveyor.services.base import Service
@@ -16,17 +15,18 @@ if TYPE_CHECKING:
 class Watch(Service):
     name = "watch"
 
-    def __init__(self, app: App, is_leader: Callable[[], bool], interval: float) -> None:
+    def __init__(self, app: App, interval: float) -> None:
         super().__init__(interval)
         self.app = app
-        self.is_leader = is_leader
         #: per queue with a rule, since when no live worker has served it (this leader's view)
         self._missing_since: dict[str, float] = {}
 
+    def reset(self) -> None:
+        self._missing_since.clear()  # a new leader starts watching afresh
+
     async def run_once(self) -> None:
         alerts = self.app.alerts
-        if not (alerts.backlog_rules or alerts.no_worker_rules) or not self.is_leader():
-            self._missing_since.clear()
+        if not (alerts.backlog_rules or alerts.no_worker_rules):
             return
         store = self.app.backend.sync
         now = self.app.clock.now()

@@ -29,7 +29,10 @@ from conveyor.logging import Outage, get_logger
 from conveyor.redact import hide_repeats, job_hidden_strings, secrets
 from conveyor.services import circuits
 from conveyor.services.base import Service
-from conveyor.services.leader import Maintenance
+from conveyor.services.elector import Elector
+from conveyor.services.maintainer import Maintainer
+from conveyor.services.pruner import Pruner
+from conveyor.services.rescuer import Rescuer
 from conveyor.services.scheduler import Scheduler
 from conveyor.services.watch import Watch
 from conveyor.task import check_queue
@@ -181,15 +184,21 @@ class Worker:
         self.completer = Completer(self.backend, self._on_written)
         self.heartbeat = Heartbeat(self, _interval(lease, 0.25))
         self.lease_keeper = LeaseKeeper(self, _interval(lease, 0.1))
-        self.maintenance = Maintenance(self.app, self.backend, self.id, _interval(lease, 0.33))
-        self.scheduler = Scheduler(
-            self.app, self.backend, lambda: self.maintenance.is_leader, _interval(lease, 0.33),
-            leader_id=self.id,
-        )  # fmt: skip
-        self.prober = circuits.CircuitProber(
-            self.app, self.backend, lambda: self.maintenance.is_leader, PROBE_ROUND_S
+        # The leader-only services run while this worker leads, and only then; their writes
+        # carry its id, so that the store applies them only while it still names it leader.
+        maintenance_round = _interval(lease, 0.33)
+        self.rescuer = Rescuer(self.app, self.backend, maintenance_round, leader_id=self.id)
+        self.pruner = Pruner(self.app, self.backend, maintenance_round)
+        self.scheduler = Scheduler(self.app, self.backend, maintenance_round, leader_id=self.id)
+        self.prober = circuits.CircuitProber(self.app, self.backend, PROBE_ROUND_S)
+        self.watch = Watch(self.app, WATCH_ROUND_S)
+        self.maintainer = Maintainer(
+            [self.rescuer, self.pruner, self.scheduler, self.prober, self.watch]
         )
-        self.watch = Watch(self.app, lambda: self.maintenance.is_leader, WATCH_ROUND_S)
+        self.elector = Elector(
+            self.app, self.backend, self.id, maintenance_round,
+            on_change=self.maintainer.leadership_changed,
+        )  # fmt: skip
         if handle_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self.stop)
@@ -205,10 +214,8 @@ class Worker:
                 loop.create_task(self.completer.run()),
                 loop.create_task(self.heartbeat.run()),
                 loop.create_task(self.lease_keeper.run()),
-                loop.create_task(self.maintenance.run()),
-                loop.create_task(self.scheduler.run()),
-                loop.create_task(self.prober.run()),
-                loop.create_task(self.watch.run()),
+                loop.create_task(self.elector.run()),
+                loop.create_task(self.maintainer.run()),
             ]
             await self._fetch_loop()
         finally:
@@ -542,15 +549,14 @@ class Worker:
                 # The store does not take them (or a third signal said not to wait): the
                 # unwritten jobs' leases run out and the leader rescues them. Nothing is lost.
                 log.error("outcomes.unwritten", worker_id=self.id, count=self.completer.unwritten)
-        for service in (self.heartbeat, self.lease_keeper, self.maintenance, self.scheduler,
-                        self.prober, self.watch):  # fmt: skip
+        for service in (self.heartbeat, self.lease_keeper, self.elector, self.maintainer):
             service.stop()
         if services:
             # A service in the middle of a call to a hung store is not waited for.
             await asyncio.wait(services, timeout=GOODBYE_S)
             for task in services:
                 task.cancel()
-        await self._goodbye("resign", self.maintenance.resign())
+        await self._goodbye("resign", self.elector.resign())
         await self._goodbye("deregister", self.backend.deregister_worker(self.id))
         await self._goodbye("release", self.backend.release())
         self._threads.shutdown()
