@@ -20,8 +20,8 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from conveyor import views
 from conveyor.app import App
-from conveyor.cli import render
 from conveyor.errors import (
     BackendUnavailable,
     ConfigurationError,
@@ -145,7 +145,7 @@ def find_jobs(
         )
         for job in page:
             cursor = job.id
-            shown = render.redacted(job)
+            shown = views.redacted(job)
             if needle in "\n".join(leaves([job.task, shown.args, shown.kwargs])).casefold():
                 found.append(job)
                 if len(found) == limit:
@@ -155,11 +155,11 @@ def find_jobs(
 
 
 def job_json(job: Job, *, history: bool = False) -> dict[str, Any]:
-    out = render.job_dict(job)
-    out["status_message"] = render.redacted(job).status_message
+    out = views.job_dict(job)
+    out["status_message"] = views.redacted(job).status_message
     out["held_by"] = job.held_by
     if history and job.app is not None:
-        out["history"] = [render.history_dict(h) for h in job.app.job_history(job.id)]
+        out["history"] = [views.history_dict(h) for h in job.app.job_history(job.id)]
     return out
 
 
@@ -533,18 +533,18 @@ def create_api(
     def workers() -> list[dict[str, Any]]:
         """Registered workers, with the age of their last heartbeat and their running jobs."""
         now, lease = app.clock.now(), app.settings.lease_seconds
-        return [render.worker_dict(w, now, lease) for w in app.list_workers()]
+        return [views.worker_dict(w, now, lease) for w in app.list_workers()]
 
     @api.get("/api/cron", dependencies=[read])
     def cron() -> list[dict[str, Any]]:
         now = app.clock.now()
         records = app.periodic_ticks() if app.periodics else {}
-        return [render.cron_dict(e, records.get(e.name), now, app.redact)
+        return [views.cron_dict(e, records.get(e.name), now, app.redact)
                 for e in app.periodics.values()]  # fmt: skip
 
     @api.get("/api/circuits", dependencies=[read])
     def circuits() -> dict[str, Any]:
-        return render.circuits_dict(app.circuits, app.circuit_states(), app.circuit_log(limit=50))
+        return views.circuits_dict(app.circuits, app.circuit_states(), app.circuit_log(limit=50))
 
     @api.post("/api/circuits/{name}/close", dependencies=[admin])
     def close_circuit(name: str) -> dict[str, Any]:

@@ -36,8 +36,8 @@ from fastapi import Path as InPath
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
+from conveyor import views
 from conveyor.app import App
-from conveyor.cli import render
 from conveyor.errors import ConfigurationError, ConveyorError, InvalidTransition, JobNotFound
 from conveyor.job import FINISHED_STATES, RETRYABLE_STATES, JobState
 from conveyor.web.api import (
@@ -204,7 +204,7 @@ def create_dashboard(api: FastAPI, app: App, tokens: Tokens | None, stats: Stats
         loader=jinja2.FileSystemLoader(HERE / "templates"),
         autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
     )  # fmt: skip
-    templates.filters.update(pretty=pretty, span=render.span, when=render.when)
+    templates.filters.update(pretty=pretty, span=views.span, when=views.when)
     api.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
 
     def secure(request: Request) -> bool:
@@ -232,7 +232,7 @@ def create_dashboard(api: FastAPI, app: App, tokens: Tokens | None, stats: Stats
             request=request, session=session, csrf=sessions.csrf(session), title=title,
             path=request.url.path, here=str(request.url.path) + (
                 f"?{request.url.query}" if request.url.query else ""),
-            stream=stream, flash=flash, now=now, ago=lambda ts: render.ago(ts, now),
+            stream=stream, flash=flash, now=now, ago=lambda ts: views.ago(ts, now),
             signed_in=tokens is not None, JobState=JobState, **context,
         )  # fmt: skip
         response = HTMLResponse(html, status_code=status, headers={"Cache-Control": "no-store"})
@@ -384,7 +384,7 @@ def create_dashboard(api: FastAPI, app: App, tokens: Tokens | None, stats: Stats
             paged=before_id is not None, snap=snap, tasks=sorted(app.tasks),
             # a search reads many jobs: it is not repeated live
             stream="" if search else "/ui/events" + (f"?queue={quote(queue)}" if queue else ""),
-            info=lambda j: render.job_info(j, snap.taken_at), max_bulk=MAX_BULK,
+            info=lambda j: views.job_info(j, snap.taken_at), max_bulk=MAX_BULK,
         )  # fmt: skip
 
     @api.post("/jobs/bulk", include_in_schema=False)
@@ -411,7 +411,7 @@ def create_dashboard(api: FastAPI, app: App, tokens: Tokens | None, stats: Stats
         except JobNotFound:
             return page(request, "missing.html", session, f"Job {job_id}", job_id=job_id,
                         status=404)  # fmt: skip
-        shown = render.redacted(job)
+        shown = views.redacted(job)
         return page(
             request, "job.html", session, f"Job {job.id}", job=job, shown=shown,
             history=app.job_history(job.id), stream=f"/ui/events?job_id={job.id}",
@@ -455,7 +455,7 @@ def create_dashboard(api: FastAPI, app: App, tokens: Tokens | None, stats: Stats
         return page(
             request, "dlq.html", session, "Dead-letter queue", groups=groups, jobs=found,
             filters=filters, older=older, total=sum(g.count for g in groups),
-            last_error=render.last_error,
+            last_error=views.last_error,
         )  # fmt: skip
 
     @api.post("/dlq/{action}", include_in_schema=False)
@@ -479,7 +479,7 @@ def create_dashboard(api: FastAPI, app: App, tokens: Tokens | None, stats: Stats
     def workers(request: Request) -> Response:
         session = viewer(request)
         now, lease = app.clock.now(), app.settings.lease_seconds
-        found = [render.worker_dict(w, now, lease) for w in app.list_workers()]
+        found = [views.worker_dict(w, now, lease) for w in app.list_workers()]
         return page(request, "workers.html", session, "Workers",
                                           workers=found)  # fmt: skip
 
@@ -488,14 +488,14 @@ def create_dashboard(api: FastAPI, app: App, tokens: Tokens | None, stats: Stats
         session = viewer(request)
         now = app.clock.now()
         records = app.periodic_ticks() if app.periodics else {}
-        entries = [render.cron_dict(e, records.get(e.name), now, app.redact)
+        entries = [views.cron_dict(e, records.get(e.name), now, app.redact)
                    for e in app.periodics.values()]  # fmt: skip
         return page(request, "cron.html", session, "Cron", entries=entries)
 
     @api.get("/circuits", include_in_schema=False)
     def circuits(request: Request) -> Response:
         session = viewer(request)
-        shown = render.circuits_dict(app.circuits, app.circuit_states(), app.circuit_log(limit=50))
+        shown = views.circuits_dict(app.circuits, app.circuit_states(), app.circuit_log(limit=50))
         return page(
             request, "circuits.html", session, "Circuits", circuits=shown["circuits"],
             log=shown["log"],
