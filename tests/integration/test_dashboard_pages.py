@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 import conveyor
 from conveyor import JobState
 from conveyor.circuit import Action, CircuitState
-from conveyor.web import api as web_api
+from conveyor.web import common as web_common
 from conveyor.web import create_api
 
 #: A test client on this machine (a server without tokens answers no other).
@@ -163,7 +163,7 @@ def test_the_day_of_throughput_is_read_in_the_background(
 def test_a_search_goes_on_below_its_window(
     client: TestClient, tasks: conveyor.App, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(web_api, "SEARCH_WINDOW", 3)
+    monkeypatch.setattr(web_common, "SEARCH_WINDOW", 3)
     wanted = [tasks.tasks["add"].enqueue("needle", i).id for i in range(2)]
     for i in range(4):
         tasks.tasks["add"].enqueue("hay", i)

@@ -11,6 +11,7 @@ from typing import Any
 import click
 from rich.text import Text
 
+from conveyor import views
 from conveyor.app import App
 from conveyor.cli import render
 from conveyor.cli.loading import AppRef
@@ -42,7 +43,7 @@ def _split_states(values: tuple[str, ...]) -> list[str] | None:
 
 def _print_jobs(app: App, jobs: list[Job], limit: int, as_json: bool, dead: bool = False) -> None:
     if as_json:
-        render.emit_json([render.job_dict(j) for j in jobs])
+        render.emit_json([views.job_dict(j) for j in jobs])
         return
     out = render.console()
     if not jobs:
@@ -61,8 +62,8 @@ def _show_job(app: App, job_id: int, as_json: bool) -> None:
     job = app.get_job(job_id)
     history = app.job_history(job_id)
     if as_json:
-        out = render.job_dict(job)
-        out["history"] = [render.history_dict(h) for h in history]
+        out = views.job_dict(job)
+        out["history"] = [views.history_dict(h) for h in history]
         render.emit_json(out)
         return
     render.console().print(render.job_detail(job, history, app.clock.now()))
@@ -117,7 +118,7 @@ def enqueue(
     job = app.enqueue(task, args=args, kwargs=kwargs,
                       **{k: v for k, v in options.items() if v is not None})  # fmt: skip
     if as_json:
-        render.emit_json(render.job_dict(job))
+        render.emit_json(views.job_dict(job))
         return
     if job.deduplicated:
         line = Text.assemble(
@@ -131,7 +132,7 @@ def enqueue(
         f" on queue {job.queue}, priority {job.priority}, ", render.state_text(job.state),
     )  # fmt: skip
     if job.state is JobState.SCHEDULED:
-        line.append(f" (runs {render.ago(job.run_at, app.clock.now())})")
+        line.append(f" (runs {views.ago(job.run_at, app.clock.now())})")
     render.console().print(line)
 
 
@@ -339,7 +340,7 @@ def queues(ctx: click.Context, as_json: bool) -> None:
     ref = ctx.find_object(AppRef)
     assert ref is not None, "main() puts the AppRef on the context"
     app = _app(ref)
-    found = render.queues_dict(app.queue_stats(), app.paused_queues(), app.queue_limits())
+    found = views.queues_dict(app.queue_stats(), app.paused_queues(), app.queue_limits())
     if as_json:
         render.emit_json(found)
     elif not found:
@@ -382,7 +383,7 @@ def circuits(ctx: click.Context, as_json: bool) -> None:
     ref = ctx.find_object(AppRef)
     assert ref is not None, "main() puts the AppRef on the context"
     app = _app(ref)
-    found = render.circuits_dict(app.circuits, app.circuit_states(), app.circuit_log(limit=20))
+    found = views.circuits_dict(app.circuits, app.circuit_states(), app.circuit_log(limit=20))
     if as_json:
         render.emit_json(found)
     elif not found["circuits"]:
@@ -413,7 +414,7 @@ def cron(ref: AppRef, as_json: bool) -> None:
     app = _app(ref)
     now = app.clock.now()
     records = app.periodic_ticks() if app.periodics else {}
-    found = [render.cron_dict(e, records.get(e.name), now, app.redact)
+    found = [views.cron_dict(e, records.get(e.name), now, app.redact)
              for e in app.periodics.values()]  # fmt: skip
     if as_json:
         render.emit_json(found)
@@ -433,7 +434,7 @@ def workers(ref: AppRef, as_json: bool) -> None:
     now = app.clock.now()
     lease = app.settings.lease_seconds
     if as_json:
-        render.emit_json([render.worker_dict(w, now, lease) for w in found])
+        render.emit_json([views.worker_dict(w, now, lease) for w in found])
     elif not found:
         render.console().print("no workers registered", style="dim")
     else:

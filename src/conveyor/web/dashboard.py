@@ -31,21 +31,22 @@ from urllib.parse import quote, unquote, urlencode, urlsplit
 
 import jinja2
 import pydantic
-from fastapi import FastAPI, Form, Query, Request
+from fastapi import APIRouter, FastAPI, Form, Query, Request
 from fastapi import Path as InPath
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
+from conveyor import views
 from conveyor.app import App
-from conveyor.cli import render
 from conveyor.errors import ConfigurationError, ConveyorError, InvalidTransition, JobNotFound
 from conveyor.job import FINISHED_STATES, RETRYABLE_STATES, JobState
-from conveyor.web.api import (
+from conveyor.web.auth import Tokens, digest
+from conveyor.web.common import (
     MAX_BULK,
     MAX_ID,
     MAX_PAGE,
     GroupBody,
-    Streams,
+    Shared,
     as_id,
     bulk,
     client_of,
@@ -53,8 +54,7 @@ from conveyor.web.api import (
     find_jobs,
     group_action,
 )
-from conveyor.web.auth import Throttle, Tokens, digest
-from conveyor.web.stats import Bar, Stats
+from conveyor.web.stats import Bar
 
 HERE = Path(__file__).parent
 SESSION_COOKIE = "conveyor_session"
@@ -194,18 +194,20 @@ def safe_next(target: str | None, default: str = "/") -> str:
     return default if parts.scheme or parts.netloc else target
 
 
-def create_dashboard(api: FastAPI, app: App, tokens: Tokens | None, stats: Stats,
-                     streams: Streams, throttle: Throttle,
-                     public_url: str | None = None) -> None:  # fmt: skip
-    """Add the dashboard's pages to `api` (the JSON API's application)."""
+def create_dashboard(api: FastAPI, shared: Shared) -> None:
+    """Add the dashboard to `api` (the JSON API's application): its static files, its pages,
+    and error pages for everything but the API's paths."""
+    app, tokens, stats, streams = shared.app, shared.tokens, shared.stats, shared.streams
+    throttle, public_url = shared.throttle, shared.public_url
     sessions = Sessions(tokens)
     public_https = (public_url or "").lower().startswith("https:")
     templates = jinja2.Environment(
         loader=jinja2.FileSystemLoader(HERE / "templates"),
         autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
     )  # fmt: skip
-    templates.filters.update(pretty=pretty, span=render.span, when=render.when)
+    templates.filters.update(pretty=pretty, span=views.span, when=views.when)
     api.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+    routes = APIRouter()
 
     def secure(request: Request) -> bool:
         """Whether the browser reached us over https (directly, by a trusted proxy, or by the
@@ -232,7 +234,7 @@ def create_dashboard(api: FastAPI, app: App, tokens: Tokens | None, stats: Stats
             request=request, session=session, csrf=sessions.csrf(session), title=title,
             path=request.url.path, here=str(request.url.path) + (
                 f"?{request.url.query}" if request.url.query else ""),
-            stream=stream, flash=flash, now=now, ago=lambda ts: render.ago(ts, now),
+            stream=stream, flash=flash, now=now, ago=lambda ts: views.ago(ts, now),
             signed_in=tokens is not None, JobState=JobState, **context,
         )  # fmt: skip
         response = HTMLResponse(html, status_code=status, headers={"Cache-Control": "no-store"})
@@ -290,14 +292,14 @@ def create_dashboard(api: FastAPI, app: App, tokens: Tokens | None, stats: Stats
 
     # -- signing in -----------------------------------------------------------------------
 
-    @api.get("/signin", include_in_schema=False)
+    @routes.get("/signin", include_in_schema=False)
     def signin_page(request: Request, next: str = "/") -> Response:
         html = templates.get_template("signin.html").render(
             next=safe_next(next), error=None, tokens=tokens is not None
         )
         return HTMLResponse(html, headers={"Cache-Control": "no-store"})
 
-    @api.post("/signin", include_in_schema=False)
+    @routes.post("/signin", include_in_schema=False)
     def signin(request: Request, token: str = Form(""), next: str = Form("/")) -> Response:
         def again(error: str, status: int, headers: dict[str, str] | None = None) -> Response:
             html = templates.get_template("signin.html").render(
@@ -319,7 +321,7 @@ def create_dashboard(api: FastAPI, app: App, tokens: Tokens | None, stats: Stats
                     request)  # fmt: skip
         return response
 
-    @api.post("/signout", include_in_schema=False)
+    @routes.post("/signout", include_in_schema=False)
     def signout(request: Request, csrf: str = Form("")) -> Response:
         session = session_of(request)
         if session is not None and equal(csrf, sessions.csrf(session)):
@@ -333,7 +335,7 @@ def create_dashboard(api: FastAPI, app: App, tokens: Tokens | None, stats: Stats
 
     # -- pages ----------------------------------------------------------------------------
 
-    @api.get("/", include_in_schema=False)
+    @routes.get("/", include_in_schema=False)
     def overview(request: Request) -> Response:
         session = viewer(request)
         snap = stats.snapshot()
@@ -343,13 +345,13 @@ def create_dashboard(api: FastAPI, app: App, tokens: Tokens | None, stats: Stats
             day=chart(snap.hours, lambda b: f"{local_hm(b.start)} to {local_hm(b.start + 3600)}"),
         )  # fmt: skip
 
-    @api.get("/queues", include_in_schema=False)
+    @routes.get("/queues", include_in_schema=False)
     def queues(request: Request) -> Response:
         session = viewer(request)
         snap = stats.snapshot()
         return page(request, "queues.html", session, "Queues", snap=snap)
 
-    @api.post("/queues/{name}/{action}", include_in_schema=False)
+    @routes.post("/queues/{name}/{action}", include_in_schema=False)
     def steer_queue(request: Request, name: str, action: str, csrf: str = Form(""),
                     back: str = Form("/queues")) -> Response:  # fmt: skip
         actor(request, csrf)
@@ -361,7 +363,7 @@ def create_dashboard(api: FastAPI, app: App, tokens: Tokens | None, stats: Stats
         message = f"Queue {name} {verb}." if changed else f"Queue {name} was {verb} already."
         return done(request, message, back, "/queues")
 
-    @api.get("/jobs", include_in_schema=False)
+    @routes.get("/jobs", include_in_schema=False)
     def jobs(
         request: Request, state: str = "", queue: str = "", task: str = "", search: str = "",
         error_type: str = "", limit: int = PAGE,
@@ -384,10 +386,10 @@ def create_dashboard(api: FastAPI, app: App, tokens: Tokens | None, stats: Stats
             paged=before_id is not None, snap=snap, tasks=sorted(app.tasks),
             # a search reads many jobs: it is not repeated live
             stream="" if search else "/ui/events" + (f"?queue={quote(queue)}" if queue else ""),
-            info=lambda j: render.job_info(j, snap.taken_at), max_bulk=MAX_BULK,
+            info=lambda j: views.job_info(j, snap.taken_at), max_bulk=MAX_BULK,
         )  # fmt: skip
 
-    @api.post("/jobs/bulk", include_in_schema=False)
+    @routes.post("/jobs/bulk", include_in_schema=False)
     async def bulk_jobs(request: Request) -> Response:
         form = await request.form()
         actor(request, str(form.get("csrf", "")))
@@ -403,7 +405,7 @@ def create_dashboard(api: FastAPI, app: App, tokens: Tokens | None, stats: Stats
         verb = {"retry": "retried", "cancel": "cancelled or asked to stop", "purge": "purged"}
         return done(request, f"{count} of {len(ids)} jobs {verb[action]}.", back, "/jobs")
 
-    @api.get("/jobs/{job_id}", include_in_schema=False)
+    @routes.get("/jobs/{job_id}", include_in_schema=False)
     def job_page(request: Request, job_id: int = InPath(ge=1, le=MAX_ID)) -> Response:
         session = viewer(request)
         try:
@@ -411,7 +413,7 @@ def create_dashboard(api: FastAPI, app: App, tokens: Tokens | None, stats: Stats
         except JobNotFound:
             return page(request, "missing.html", session, f"Job {job_id}", job_id=job_id,
                         status=404)  # fmt: skip
-        shown = render.redacted(job)
+        shown = views.redacted(job)
         return page(
             request, "job.html", session, f"Job {job.id}", job=job, shown=shown,
             history=app.job_history(job.id), stream=f"/ui/events?job_id={job.id}",
@@ -419,7 +421,7 @@ def create_dashboard(api: FastAPI, app: App, tokens: Tokens | None, stats: Stats
             cancellable=job.state not in FINISHED_STATES and not job.cancel_requested,
         )  # fmt: skip
 
-    @api.post("/jobs/{job_id}/{action}", include_in_schema=False)
+    @routes.post("/jobs/{job_id}/{action}", include_in_schema=False)
     def steer_job(
         request: Request, action: str, job_id: int = InPath(ge=1, le=MAX_ID),
         csrf: str = Form(""), back: str = Form(""),
@@ -441,7 +443,7 @@ def create_dashboard(api: FastAPI, app: App, tokens: Tokens | None, stats: Stats
         stats.forget()
         return done(request, message, back, default)
 
-    @api.get("/dlq", include_in_schema=False)
+    @routes.get("/dlq", include_in_schema=False)
     def dead_letter(request: Request, task: str = "", error_type: str = "",
                     before_id: int | None = Query(None, ge=1, le=MAX_ID)) -> Response:  # fmt: skip
         session = viewer(request)
@@ -455,10 +457,10 @@ def create_dashboard(api: FastAPI, app: App, tokens: Tokens | None, stats: Stats
         return page(
             request, "dlq.html", session, "Dead-letter queue", groups=groups, jobs=found,
             filters=filters, older=older, total=sum(g.count for g in groups),
-            last_error=render.last_error,
+            last_error=views.last_error,
         )  # fmt: skip
 
-    @api.post("/dlq/{action}", include_in_schema=False)
+    @routes.post("/dlq/{action}", include_in_schema=False)
     def steer_dead(request: Request, action: str, csrf: str = Form(""), task: str = Form(""),
                    error_type: str = Form(""), back: str = Form("/dlq")) -> Response:  # fmt: skip
         actor(request, csrf)
@@ -475,44 +477,46 @@ def create_dashboard(api: FastAPI, app: App, tokens: Tokens | None, stats: Stats
         more = " More remain: repeat to go on." if result["more"] else ""
         return done(request, f"{result['affected']} jobs ({what}) {verb}.{more}", back, "/dlq")
 
-    @api.get("/workers", include_in_schema=False)
+    @routes.get("/workers", include_in_schema=False)
     def workers(request: Request) -> Response:
         session = viewer(request)
         now, lease = app.clock.now(), app.settings.lease_seconds
-        found = [render.worker_dict(w, now, lease) for w in app.list_workers()]
+        found = [views.worker_dict(w, now, lease) for w in app.list_workers()]
         return page(request, "workers.html", session, "Workers",
                                           workers=found)  # fmt: skip
 
-    @api.get("/cron", include_in_schema=False)
+    @routes.get("/cron", include_in_schema=False)
     def cron(request: Request) -> Response:
         session = viewer(request)
         now = app.clock.now()
         records = app.periodic_ticks() if app.periodics else {}
-        entries = [render.cron_dict(e, records.get(e.name), now, app.redact)
+        entries = [views.cron_dict(e, records.get(e.name), now, app.redact)
                    for e in app.periodics.values()]  # fmt: skip
         return page(request, "cron.html", session, "Cron", entries=entries)
 
-    @api.get("/circuits", include_in_schema=False)
+    @routes.get("/circuits", include_in_schema=False)
     def circuits(request: Request) -> Response:
         session = viewer(request)
-        shown = render.circuits_dict(app.circuits, app.circuit_states(), app.circuit_log(limit=50))
+        shown = views.circuits_dict(app.circuits, app.circuit_states(), app.circuit_log(limit=50))
         return page(
             request, "circuits.html", session, "Circuits", circuits=shown["circuits"],
             log=shown["log"],
         )  # fmt: skip
 
-    @api.post("/circuits/{name}/close", include_in_schema=False)
+    @routes.post("/circuits/{name}/close", include_in_schema=False)
     def close_circuit(request: Request, name: str, csrf: str = Form("")) -> Response:
         actor(request, csrf)
         changed = app.close_circuit(name, reason="closed from the dashboard")
         message = f"Circuit {name} closed." if changed else f"Circuit {name} was closed already."
         return done(request, message, "/circuits", "/circuits")
 
-    @api.get("/ui/events", include_in_schema=False)
+    @routes.get("/ui/events", include_in_schema=False)
     async def changes(request: Request, job_id: int | None = Query(None, ge=1, le=MAX_ID),
                       queue: str | None = None) -> Response:  # fmt: skip
         await asyncio.to_thread(viewer, request)  # it reads the store
         return streams.response(change_stream(app, job_id, queue))
+
+    api.include_router(routes)
 
     def error_page(message: str, status: int) -> HTMLResponse:
         html = templates.get_template("error.html").render(message=message, status=status)

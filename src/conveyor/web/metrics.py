@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 
-from fastapi import FastAPI, params
+from fastapi import APIRouter
 from fastapi.responses import Response
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -26,6 +26,7 @@ from conveyor.circuit import CircuitState
 from conveyor.errors import BackendUnavailable, ConfigurationError
 from conveyor.events import Cursor, Event
 from conveyor.job import JobState
+from conveyor.web.common import Shared
 from conveyor.web.stats import Stats
 
 #: Job latencies, from a few milliseconds to four hours (seconds).
@@ -133,14 +134,15 @@ class JobMetrics:
             self.circuit_open.labels(name).set(is_open)
 
 
-def add_metrics(api: FastAPI, app: App, dependency: params.Depends, stats: Stats) -> JobMetrics:
-    """Serve `app`'s metrics at `GET /metrics`, behind `dependency` (the read role); the
-    gauges of jobs and workers come from the shared snapshot (`stats`)."""
-    metrics = JobMetrics(app, stats)
+def router(shared: Shared) -> APIRouter:
+    """`GET /metrics`: the metrics of `shared.app`, behind the read role; the gauges of jobs and
+    workers come from the shared snapshot (`shared.stats`)."""
+    metrics = JobMetrics(shared.app, shared.stats)
+    routes = APIRouter()
 
-    @api.get("/metrics", dependencies=[dependency], include_in_schema=False)
+    @routes.get("/metrics", dependencies=[shared.read], include_in_schema=False)
     def scrape() -> Response:
         """The Prometheus text format; Prometheus sends `Authorization: Bearer <token>`."""
         return Response(metrics.scrape(), media_type=CONTENT_TYPE_LATEST)
 
-    return metrics
+    return routes

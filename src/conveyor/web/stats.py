@@ -20,8 +20,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from conveyor import views
 from conveyor.app import App
-from conveyor.cli import render
 from conveyor.errors import ConveyorError
 from conveyor.job import JobState, WorkerInfo
 from conveyor.logging import get_logger
@@ -113,7 +113,7 @@ class Stats:
         now = app.clock.now()
         self._read_throughput(now)
         since = app.queued_since()
-        queues = render.queues_dict(self._counts(), app.paused_queues(), app.queue_limits())
+        queues = views.queues_dict(self._counts(), app.paused_queues(), app.queue_limits())
         recent: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(
             (s.value for s in DONE_STATES), 0))  # fmt: skip
         for start, counts in self._per_minute.items():
@@ -121,7 +121,7 @@ class Stats:
                 for (queue, state), n in counts.items():
                     recent[queue][state.value] += n
         for name in set(recent) - set(queues):
-            queues[name] = render.queues_dict({name: {}}, [])[name]
+            queues[name] = views.queues_dict({name: {}}, [])[name]
         for name, shown in queues.items():
             oldest = since.get(name)
             shown["oldest_queued_s"] = None if oldest is None else max(now - oldest, 0.0)
