@@ -16,10 +16,24 @@ from conveyor.job import FINISHED_STATES, JobState, epoch_seconds
 
 @dataclass(frozen=True, slots=True)
 class Cursor:
-    """Where a subscriber is: the last history row and the last progress row it has seen."""
+    """A position in the event stream. Opaque: only the backend that made it reads it. Its
+    text (`str(cursor)`) is what a client is given (an SSE event id) and may hand back."""
 
-    history: int = 0
-    progress: int = 0
+    token: str
+
+    def __str__(self) -> str:
+        return self.token
+
+    @classmethod
+    def parse(cls, text: str | None) -> Cursor | None:
+        """A cursor a client handed back, if it looks like one (the backend judges the rest)."""
+        if not text or len(text) > MAX_CURSOR_CHARS or not text.isascii() or not text.isprintable():
+            return None
+        return cls(text)
+
+
+#: The longest cursor text a client may hand back.
+MAX_CURSOR_CHARS = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,13 +103,8 @@ class Event:
         return (self.at, rank)
 
 
-def merge(history: list[Any], progress: list[Any], cursor: Cursor) -> tuple[list[Event], Cursor]:
-    """Rows read after `cursor` from both sources (each in id order) as events in time order,
-    and the cursor after them."""
+def merge(history: list[Any], progress: list[Any]) -> list[Event]:
+    """Rows of state changes and of progress reports as events in time order."""
     events = [Event.from_history(r) for r in history] + [Event.from_progress(r) for r in progress]
     events.sort(key=lambda e: e.order)
-    after = Cursor(
-        history[-1]["id"] if history else cursor.history,
-        progress[-1]["id"] if progress else cursor.progress,
-    )
-    return events, after
+    return events

@@ -11,7 +11,7 @@ import pytest
 
 import conveyor
 from conveyor import JobState
-from conveyor.events import Event
+from conveyor.events import Cursor, Event
 
 from .test_worker import running, until
 
@@ -162,3 +162,31 @@ async def test_finished_events_carry_the_wait_and_run_time_of_the_attempt_that_r
     assert (first_dead.wait, first_dead.run_time) == (None, None)
     assert last_dead.run_time is not None and last_dead.run_time < 10
     assert all(e.wait is None and e.run_time is None for e in events if not e.finished)
+
+
+async def test_a_cursor_handed_back_resumes_and_one_not_of_the_stream_starts_from_now(
+    make_app: Callable[..., Any],
+) -> None:
+    app = make_app()
+
+    @app.task(name="step")
+    def step() -> None: ...
+
+    backend = app.backend
+    first = step.enqueue()
+    start = await backend.event_cursor()
+    second = step.enqueue()
+    # a client hands the cursor's text back (an SSE Last-Event-ID): it resumes there
+    resumed = await backend.event_cursor(Cursor.parse(str(start)))
+    events, end = await backend.read_events(resumed, None, None)
+    assert [(e.job_id, e.state) for e in events] == [(second.id, JobState.QUEUED)]
+    # made up, of another store, or past the end: the stream starts from now
+    for foreign in ("nonsense", "999999999.999999999", f"{end}x"):
+        cursor = await backend.event_cursor(Cursor.parse(foreign))
+        assert cursor == end
+        assert await backend.read_events(cursor, None, None) == ([], end)
+    with pytest.raises(conveyor.ValidationError, match="not a position"):
+        await backend.read_events(Cursor("nonsense"), None, None)
+    # state changes only: progress reports are left unread, the state changes are all there
+    events, _ = await backend.read_events(start, first.id, None, progress=False)
+    assert events == []

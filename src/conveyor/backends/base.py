@@ -263,14 +263,17 @@ class Operations(abc.ABC):
         seconds before `now`, by anyone."""
 
     @abc.abstractmethod
-    def event_cursor(self) -> Call[Cursor]:
-        """Where the event stream ends now."""
+    def event_cursor(self, start: Cursor | None) -> Call[Cursor]:
+        """Where the event stream ends now — or `start`, if it is a position of this stream
+        and not past its end (one a client handed back to resume from)."""
 
     @abc.abstractmethod
     def read_events(
-        self, after: Cursor, job_id: int | None, queue: str | None, limit: int
+        self, after: Cursor, job_id: int | None, queue: str | None, limit: int, progress: bool
     ) -> Call[tuple[list[Event], Cursor]]:
-        """Events after `after` (of one job or queue), in order, and the cursor after them."""
+        """Events after `after` (of one job or queue; state changes, and progress reports if
+        `progress`), in order, and the cursor after them. A cursor not of this stream is a
+        ValidationError."""
 
     @abc.abstractmethod
     def prune_progress(self, older_than: float, now: float) -> Call[int]:

@@ -146,13 +146,14 @@ class Store:
     def claim_alert(self, key: str, every: float, now: float) -> bool:
         return self.engine.run(self.ops.claim_alert(key, every, now))
 
-    def event_cursor(self) -> Cursor:
-        return self.engine.run(self.ops.event_cursor())
+    def event_cursor(self, start: Cursor | None = None) -> Cursor:
+        return self.engine.run(self.ops.event_cursor(start))
 
     def read_events(
-        self, after: Cursor, job_id: int | None, queue: str | None, limit: int = 500
-    ) -> tuple[list[Event], Cursor]:
-        return self.engine.run(self.ops.read_events(after, job_id, queue, limit))
+        self, after: Cursor, job_id: int | None, queue: str | None, limit: int = 500,
+        progress: bool = True,
+    ) -> tuple[list[Event], Cursor]:  # fmt: skip
+        return self.engine.run(self.ops.read_events(after, job_id, queue, limit, progress))
 
     def prune_progress(self, older_than: float, now: float) -> int:
         return self.engine.run(self.ops.prune_progress(older_than, now))
@@ -329,13 +330,15 @@ class Backend:
     async def claim_alert(self, key: str, every: float, now: float) -> bool:
         return await self.engine.arun(self.ops.claim_alert(key, every, now))
 
-    async def event_cursor(self) -> Cursor:
-        return await self.engine.arun(self.ops.event_cursor())
+    async def event_cursor(self, start: Cursor | None = None) -> Cursor:
+        return await self.engine.arun(self.ops.event_cursor(start))
 
     async def read_events(
-        self, after: Cursor, job_id: int | None, queue: str | None, limit: int = 500
-    ) -> tuple[list[Event], Cursor]:
-        return await self.engine.arun(self.ops.read_events(after, job_id, queue, limit))
+        self, after: Cursor, job_id: int | None, queue: str | None, limit: int = 500,
+        progress: bool = True,
+    ) -> tuple[list[Event], Cursor]:  # fmt: skip
+        call = self.ops.read_events(after, job_id, queue, limit, progress)
+        return await self.engine.arun(call)
 
     async def prune_progress(self, older_than: float, now: float) -> int:
         return await self.engine.arun(self.ops.prune_progress(older_than, now))

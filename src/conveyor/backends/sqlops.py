@@ -24,7 +24,7 @@ from conveyor.backends.sql import Migration, Queries
 from conveyor.circuit import Action, CircuitEvent, CircuitInfo, CircuitRow, transition
 from conveyor.config import Settings
 from conveyor.cron import TickRecord
-from conveyor.errors import ConfigurationError
+from conveyor.errors import ConfigurationError, ValidationError
 from conveyor.events import Cursor, Event, merge
 from conveyor.job import (
     DeadGroup,
@@ -35,6 +35,17 @@ from conveyor.job import (
     NewJob,
     WorkerInfo,
 )
+
+
+def _cursor(history: int, progress: int) -> Cursor:
+    return Cursor(f"{history}.{progress}")
+
+
+def _positions(cursor: Cursor) -> tuple[int, int] | None:
+    history, sep, progress = str(cursor).partition(".")
+    if not (sep and history.isdigit() and progress.isdigit()):
+        return None
+    return int(history), int(progress)
 
 
 def in_claim_order(jobs: Iterable[Job]) -> list[Job]:
@@ -343,27 +354,44 @@ class SqlOperations(Operations):
 
     # -- events -----------------------------------------------------------------------------
 
-    def event_cursor(self) -> Call[Cursor]:
-        return self._read(self._event_cursor_plan())
+    # A position in the stream is the last history row and the last progress row seen,
+    # `<history id>.<progress id>`.
 
-    def _event_cursor_plan(self) -> Plan[Cursor]:
+    def event_cursor(self, start: Cursor | None) -> Call[Cursor]:
+        return self._read(self._event_cursor_plan(start))
+
+    def _event_cursor_plan(self, start: Cursor | None) -> Plan[Cursor]:
         [row] = yield Stmt(self.q.event_cursor)
-        return Cursor(int(row["history"]), int(row["progress"]))
+        end = (int(row["history"]), int(row["progress"]))
+        at = None if start is None else _positions(start)
+        # a position past the end (made up, or of another store) would never see an event
+        if at is None or at[0] > end[0] or at[1] > end[1]:
+            return _cursor(*end)
+        return _cursor(*at)
 
     def read_events(
-        self, after: Cursor, job_id: int | None, queue: str | None, limit: int
+        self, after: Cursor, job_id: int | None, queue: str | None, limit: int, progress: bool
     ) -> Call[tuple[list[Event], Cursor]]:
-        return self._read(self._read_events_plan(after, job_id, queue, limit))
+        at = _positions(after)
+        if at is None:
+            raise ValidationError(f"{str(after)!r} is not a position in this event stream")
+        return self._read(self._read_events_plan(at, job_id, queue, limit, progress))
 
     def _read_events_plan(
-        self, after: Cursor, job_id: int | None, queue: str | None, limit: int
-    ) -> Plan[tuple[list[Event], Cursor]]:
+        self, at: tuple[int, int], job_id: int | None, queue: str | None, limit: int,
+        progress: bool,
+    ) -> Plan[tuple[list[Event], Cursor]]:  # fmt: skip
         where = {"job_id": job_id, "queue": queue, "limit": limit}
-        history, progress = yield [
-            Stmt(self.q.history_events, {**where, "after": after.history}),
-            Stmt(self.q.progress_events, {**where, "after": after.progress}),
-        ]
-        return merge(history, progress, after)
+        history = Stmt(self.q.history_events, {**where, "after": at[0]})
+        if progress:
+            reported = Stmt(self.q.progress_events, {**where, "after": at[1]})
+            states, reports = yield [history, reported]
+        else:
+            states, reports = (yield history), []
+        after = _cursor(
+            int(states[-1]["id"]) if states else at[0], int(reports[-1]["id"]) if reports else at[1]
+        )
+        return merge(states, reports), after
 
     def prune_progress(self, older_than: float, now: float) -> Call[int]:
         params = {"age": older_than, "now": self.now(now)}

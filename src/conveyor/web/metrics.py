@@ -91,20 +91,17 @@ class JobMetrics:
 
     def _read_events(self) -> None:
         store = self.app.backend.sync
-        end = store.event_cursor()
         if self._cursor is None:
-            self._cursor = end
+            self._cursor = store.event_cursor()
             return
-        # progress reports are not counted: skip past them instead of reading them
-        cursor = Cursor(self._cursor.history, end.progress)
-        while cursor.history < end.history:
-            events, after = store.read_events(cursor, None, None, EVENT_PAGE)
+        # progress reports are not counted: not read
+        cursor, more = self._cursor, True
+        while more:
+            events, cursor = store.read_events(cursor, None, None, EVENT_PAGE, progress=False)
             for event in events:
                 if event.finished:
                     self._observe(event)
-            if after.history == cursor.history:
-                break  # the rest was purged meanwhile
-            cursor = after
+            more = len(events) == EVENT_PAGE
         self._cursor = cursor
 
     def _observe(self, event: Event) -> None:

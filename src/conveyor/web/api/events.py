@@ -11,19 +11,10 @@ from fastapi.responses import StreamingResponse
 
 from conveyor.app import App
 from conveyor.events import Cursor
-from conveyor.web.common import MAX_ID, Shared, as_id
+from conveyor.web.common import MAX_ID, Shared
 
 #: An idle event stream sends a comment this often, so proxies keep it open.
 KEEPALIVE_S = 15.0
-
-
-def parse_cursor(text: str | None) -> Cursor | None:
-    """An event id as sent (`<history>.<progress>`), or None if it is not one."""
-    history, sep, progress = (text or "").partition(".")
-    after = as_id(history), as_id(progress)
-    if not sep or after[0] is None or after[1] is None:
-        return None
-    return Cursor(after[0], after[1])
 
 
 async def event_stream(
@@ -36,18 +27,14 @@ async def event_stream(
     backend = app.backend
     subscription = await backend.subscribe()
     try:
-        end = await backend.event_cursor()
-        # a position past the end (made up, or of another store) would never see an event
-        beyond = start is not None and (
-            start.history > end.history or start.progress > end.progress
-        )
-        cursor = end if start is None or beyond else start
-        yield f"retry: 2000\nid: {cursor.history}.{cursor.progress}\n\n"
+        # from where the client left off, or (a position not of this stream) from now
+        cursor = await backend.event_cursor(start)
+        yield f"retry: 2000\nid: {cursor}\n\n"
         quiet = 0.0
         while True:
             found, cursor = await backend.read_events(cursor, job_id, queue)
             for n, event in enumerate(found, start=1):
-                position = f"id: {cursor.history}.{cursor.progress}\n" if n == len(found) else ""
+                position = f"id: {cursor}\n" if n == len(found) else ""
                 data = json.dumps(event.to_dict())
                 yield f"{position}event: {event.kind}\ndata: {data}\n\n"
             if found:
@@ -73,6 +60,6 @@ def router(shared: Shared) -> APIRouter:
     ) -> StreamingResponse:  # fmt: skip
         """Server-Sent Events from now on (or after `Last-Event-ID`): every state change and
         progress report, of one job, one queue, or all."""
-        return streams.response(event_stream(app, job_id, queue, parse_cursor(last_event_id)))
+        return streams.response(event_stream(app, job_id, queue, Cursor.parse(last_event_id)))
 
     return routes
