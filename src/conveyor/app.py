@@ -139,6 +139,8 @@ class App:
             }
         )
         check_url(self.settings.database_url)
+        #: the backoff of a task that names none, and of a job whose task this app lacks
+        self.default_backoff = exponential(self.settings.retry_base_delay, self.settings.retry_cap)
         self._clock: Clock = clock or SystemClock()
         self.tasks: dict[str, Task[Any, Any]] = {}
         #: periodic entries by name, as `@app.periodic` declared them
@@ -240,9 +242,7 @@ class App:
             if task_name in self.tasks:
                 raise ValueError(f"a task named {task_name!r} is already registered")
             policy = RetryPolicy(
-                backoff=as_backoff(backoff)
-                if backoff is not None
-                else exponential(self.settings.retry_base_delay, self.settings.retry_cap),
+                backoff=self.default_backoff if backoff is None else as_backoff(backoff),
                 retry_on=_exception_types(retry_on, "retry_on"),
                 give_up_on=_exception_types(give_up_on, "give_up_on"),
             )

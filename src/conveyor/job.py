@@ -41,6 +41,13 @@ CANCELLABLE_STATES = frozenset(
 RETRYABLE_STATES = frozenset({JobState.DEAD, JobState.CANCELLED})
 #: Where a running job goes when it is not finished: retried, or handed back.
 LEFT_STATES = frozenset({JobState.RETRYING, JobState.QUEUED})
+UNFINISHED_STATES = frozenset(JobState) - FINISHED_STATES
+#: Waiting for their `run_at`: promoted to queued when it comes.
+DUE_STATES = frozenset({JobState.SCHEDULED, JobState.RETRYING})
+#: Still to run (a circuit holds these while it is open).
+TO_RUN_STATES = frozenset({JobState.SCHEDULED, JobState.QUEUED, JobState.RETRYING})
+#: Behind a circuit: still to run, or running.
+HELD_STATES = TO_RUN_STATES | {JobState.RUNNING}
 
 _S = JobState
 #: Every transition a job may make; the history table holds nothing else.
@@ -208,6 +215,16 @@ class Outcome:
     def delay(self) -> float | None:
         """For a retry: how long after `at` it runs again."""
         return None if self.run_at is None else max(0.0, self.run_at - self.at)
+
+
+def error_record(
+    kind: str, message: str, traceback: str | None, at: float, worker: str | None, attempt: int
+) -> dict[str, Any]:
+    """One attempt's error, as a job's `errors` keep it (every reader expects this shape)."""
+    return {
+        "type": kind, "message": message, "traceback": traceback, "at": at, "worker": worker,
+        "attempt": attempt,
+    }  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,24 @@ from pathlib import Path
 _HEADER = re.compile(r"^-- name: ([a-z_][a-z0-9_]*)\s*$", re.MULTILINE)
 
 
+def state_lists() -> dict[str, str]:
+    """The state sets of `conveyor.job` as SQL lists, for the `{name_states}` placeholders of
+    the queries: every state set is written once, in Python."""
+    from conveyor import job
+
+    sets = {
+        "finished_states": job.FINISHED_STATES, "unfinished_states": job.UNFINISHED_STATES,
+        "cancellable_states": job.CANCELLABLE_STATES, "due_states": job.DUE_STATES,
+        "left_states": job.LEFT_STATES, "to_run_states": job.TO_RUN_STATES,
+        "held_states": job.HELD_STATES,
+    }  # fmt: skip
+    order = list(job.JobState)
+    return {
+        name: ", ".join(f"'{s.value}'" for s in sorted(states, key=order.index))
+        for name, states in sets.items()
+    }
+
+
 class Queries:
     """The statements of one `.sql` file, read as attributes: `queries.claim`."""
 
@@ -23,8 +41,9 @@ class Queries:
 
     @classmethod
     def load(cls, package: str, filename: str) -> Queries:
+        """The file's queries, with the state sets filled in."""
         text = resources.files(package).joinpath(filename).read_text(encoding="utf-8")
-        return cls(text, f"{package}/{filename}")
+        return cls(text, f"{package}/{filename}").substitute(**state_lists())
 
     def substitute(self, **names: str) -> Queries:
         """A copy with every `{name}` placeholder replaced (schema names and the like)."""

@@ -6,9 +6,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from conveyor.backends.faces import Backend
-from conveyor.job import Outcome
+from conveyor.job import Outcome, error_record
 from conveyor.logging import get_logger
-from conveyor.retry import RetryPolicy, decide, exponential
+from conveyor.retry import RetryPolicy, decide
 from conveyor.services.base import Service
 
 if TYPE_CHECKING:
@@ -48,7 +48,6 @@ async def rescue_expired_leases(app: App, backend: Backend, leader: str | None =
     """Fail every running job whose worker is lost; returns how many were rescued. With
     `leader`, each write applies only while that leader still leads."""
     now = app.clock.now()
-    fallback = exponential(app.settings.retry_base_delay, app.settings.retry_cap)
     rescued = 0
     while expired := await backend.find_expired(now, BATCH):
         outcomes = []
@@ -56,7 +55,7 @@ async def rescue_expired_leases(app: App, backend: Backend, leader: str | None =
             task = app.tasks.get(job.task)
             error = WorkerLost("worker lost")
             # A lost worker is never the task's own error: retried whatever retry_on says.
-            policy = RetryPolicy(backoff=task.retry.backoff if task else fallback)
+            policy = RetryPolicy(backoff=task.retry.backoff if task else app.default_backoff)
             decision = decide(policy, error, job.attempt, job.max_attempts)
             outcomes.append(
                 Outcome(
@@ -65,14 +64,9 @@ async def rescue_expired_leases(app: App, backend: Backend, leader: str | None =
                     attempt=job.attempt,
                     state=decision.state,
                     at=now,
-                    error={
-                        "type": "WorkerLost",
-                        "message": "worker lost",
-                        "traceback": None,
-                        "at": now,
-                        "worker": job.worker_id,
-                        "attempt": job.attempt,
-                    },
+                    error=error_record(
+                        "WorkerLost", "worker lost", None, now, job.worker_id, job.attempt
+                    ),
                     run_at=now + decision.delay,
                     note=f"worker lost: {job.worker_id}",
                     # the lease found expired, not a time: clocks may disagree, a lease cannot

@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING, Any
 from conveyor.circuit import is_downstream_failure
 from conveyor.context import Context
 from conveyor.errors import LeaseLost, TaskTimeout, UnknownTask, ValidationError
-from conveyor.job import Job, JobState, Outcome
+from conveyor.job import Job, JobState, Outcome, error_record
 from conveyor.logging import get_logger
 from conveyor.payload import encode_result, storable_text
-from conveyor.retry import RetryPolicy, decide, downstream_down, exponential
+from conveyor.retry import RetryPolicy, decide, downstream_down
 from conveyor.worker.threads import TaskThreads, Work
 
 if TYPE_CHECKING:
@@ -75,14 +75,10 @@ def error_entry(exc: BaseException, worker_id: str, at: float, attempt: int) -> 
         trace = _user_traceback(exc)
     except Exception:
         trace = f"{name}: {_safe_text(exc)} (the traceback could not be formatted)"
-    return {
-        "type": storable_text(name),
-        "message": storable_text(_safe_text(exc)),
-        "traceback": storable_text(trace),
-        "at": at,
-        "worker": worker_id,
-        "attempt": attempt,
-    }
+    return error_record(
+        storable_text(name), storable_text(_safe_text(exc)), storable_text(trace), at,
+        worker_id, attempt,
+    )  # fmt: skip
 
 
 class NotStarted(Exception):
@@ -102,9 +98,7 @@ class Executor:
         self.app = app
         self.worker_id = worker_id
         self.threads = threads
-        self._fallback_policy = RetryPolicy(
-            backoff=exponential(app.settings.retry_base_delay, app.settings.retry_cap)
-        )
+        self._fallback_policy = RetryPolicy(backoff=app.default_backoff)
 
     async def execute(self, job: Job, ctx: Context) -> Finished:
         started = time.monotonic()

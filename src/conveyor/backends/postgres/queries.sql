@@ -75,7 +75,7 @@ job AS (
                         AND f.finished_at >= c.now - make_interval(secs => j.unique_for))
     ORDER BY j.n
     ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL
-        AND state IN ('waiting', 'scheduled', 'queued', 'running', 'retrying') DO NOTHING
+        AND state IN ({unfinished_states}) DO NOTHING
     RETURNING id, queue, state, run_at, created_at, unique_key
 ), history AS (
     INSERT INTO {schema}.job_history (job_id, at, from_state, to_state)
@@ -94,7 +94,7 @@ WHERE (SELECT count(*) FROM woken) >= 0
 -- finished within that many seconds.
 SELECT * FROM {schema}.jobs
 WHERE unique_key = %(key)s
-  AND (state IN ('waiting', 'scheduled', 'queued', 'running', 'retrying')
+  AND (state IN ({unfinished_states})
        OR finished_at >= coalesce(to_timestamp(%(now)s::float8), now())
                          - make_interval(secs => %(unique_for)s::float8))
 ORDER BY finished_at IS NULL DESC, finished_at DESC
@@ -128,7 +128,7 @@ UPDATE {schema}.jobs
 SET state = 'queued', worker_id = NULL, note = NULL,
     state_changed_at = coalesce(to_timestamp(%(now)s::float8), now())
 WHERE id IN (SELECT id FROM {schema}.jobs
-             WHERE state IN ('scheduled', 'retrying')
+             WHERE state IN ({due_states})
                AND run_at <= coalesce(to_timestamp(%(now)s::float8), now())
              ORDER BY run_at
              LIMIT 1000
@@ -472,7 +472,7 @@ UPDATE {schema}.jobs
 SET state = 'cancelled', finished_at = coalesce(to_timestamp(%(now)s::float8), now()),
     cancel_requested = false, state_changed_at = coalesce(to_timestamp(%(now)s::float8), now()),
     note = 'cancelled'
-WHERE id = ANY(%(ids)s::bigint[]) AND cancel_requested AND state IN ('retrying', 'queued')
+WHERE id = ANY(%(ids)s::bigint[]) AND cancel_requested AND state IN ({left_states})
 
 -- name: upsert_worker
 INSERT INTO {schema}.workers (id, host, pid, queues, concurrency, started_at, last_beat, running)
@@ -544,14 +544,14 @@ DELETE FROM {schema}.leaders WHERE name = %(name)s AND holder = %(holder)s
 SELECT extract(epoch FROM min(run_at) - coalesce(to_timestamp(%(now)s::float8), now()))::float8
        AS due_in
 FROM {schema}.jobs
-WHERE state IN ('scheduled', 'retrying')
+WHERE state IN ({due_states})
 
 -- name: next_due_in_queues
 SELECT extract(epoch FROM min(m.at) - coalesce(to_timestamp(%(now)s::float8), now()))::float8
        AS due_in
 FROM unnest(%(queues)s::text[]) AS q(name)
 CROSS JOIN LATERAL (SELECT min(run_at) AS at FROM {schema}.jobs
-                    WHERE queue = q.name AND state IN ('scheduled', 'retrying')) AS m
+                    WHERE queue = q.name AND state IN ({due_states})) AS m
 
 -- name: get_job
 SELECT * FROM {schema}.jobs WHERE id = %(id)s
@@ -609,7 +609,7 @@ SELECT queue, state,
        floor(extract(epoch FROM finished_at) / %(bucket)s)::float8 * %(bucket)s AS bucket,
        count(*) AS n
 FROM {schema}.jobs
-WHERE state IN ('succeeded', 'dead', 'cancelled')
+WHERE state IN ({finished_states})
   AND finished_at >= to_timestamp(%(since)s::float8)
 GROUP BY queue, state, bucket
 
@@ -627,7 +627,7 @@ FROM {schema}.workers ORDER BY started_at, id
 UPDATE {schema}.jobs
 SET state = 'cancelled', finished_at = coalesce(to_timestamp(%(now)s::float8), now()),
     state_changed_at = coalesce(to_timestamp(%(now)s::float8), now()), note = %(note)s
-WHERE id = %(id)s AND state IN ('waiting', 'scheduled', 'queued', 'retrying')
+WHERE id = %(id)s AND state IN ({cancellable_states})
 
 -- name: cancel_jobs
 UPDATE {schema}.jobs
@@ -657,7 +657,7 @@ WHERE state = ANY(%(states)s::text[])
   AND (unique_key IS NULL OR (
         NOT EXISTS (SELECT FROM {schema}.jobs AS h
                     WHERE h.unique_key = jobs.unique_key
-                      AND h.state IN ('waiting', 'scheduled', 'queued', 'running', 'retrying'))
+                      AND h.state IN ({unfinished_states}))
         AND NOT EXISTS (SELECT FROM {schema}.jobs AS n
                         WHERE n.unique_key = jobs.unique_key
                           AND n.id > jobs.id
@@ -860,7 +860,7 @@ WHERE name = %(name)s
 -- The jobs behind a circuit still to run (and, with running, those running now).
 SELECT count(*) AS held FROM {schema}.jobs
 WHERE circuit = %(name)s
-  AND (state IN ('scheduled', 'queued', 'retrying') OR (%(running)s AND state = 'running'))
+  AND (state IN ({to_run_states}) OR (%(running)s AND state = 'running'))
 
 -- name: wake_held
 -- Held jobs may run again: wake idle workers of their queues.
@@ -879,7 +879,7 @@ WHERE name = %(name)s
 -- name: list_circuits
 SELECT c.*, (SELECT count(*) FROM {schema}.jobs
              WHERE circuit = c.name
-               AND state IN ('scheduled', 'queued', 'running', 'retrying')) AS held
+               AND state IN ({held_states})) AS held
 FROM {schema}.circuits AS c
 ORDER BY name
 

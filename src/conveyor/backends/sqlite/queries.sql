@@ -36,7 +36,7 @@ SELECT * FROM conveyor_jobs WHERE id IN (SELECT value FROM json_each(:ids))
 -- finished since then.
 SELECT * FROM conveyor_jobs INDEXED BY conveyor_jobs_unique
 WHERE unique_key = :key
-  AND (state IN ('waiting', 'scheduled', 'queued', 'running', 'retrying')
+  AND (state IN ({unfinished_states})
        OR finished_at >= :since)
 ORDER BY finished_at IS NULL DESC, finished_at DESC
 LIMIT 1
@@ -52,7 +52,7 @@ WHERE id BETWEEN :first AND :last
 -- name: promote_due
 UPDATE conveyor_jobs INDEXED BY conveyor_jobs_due
 SET state = 'queued', worker_id = NULL, state_changed_at = :now, note = NULL
-WHERE state IN ('scheduled', 'retrying') AND run_at <= :now
+WHERE state IN ({due_states}) AND run_at <= :now
 
 -- name: claim
 -- The plain claim: jobs without limits, from queues that are neither paused nor limited.
@@ -282,7 +282,7 @@ UPDATE conveyor_jobs
 SET state = 'cancelled', finished_at = :now, cancel_requested = 0, state_changed_at = :now,
     note = 'cancelled'
 WHERE id IN (SELECT value FROM json_each(:ids))
-  AND cancel_requested = 1 AND state IN ('retrying', 'queued')
+  AND cancel_requested = 1 AND state IN ({left_states})
 
 -- name: upsert_worker
 INSERT INTO conveyor_workers (id, host, pid, queues, concurrency, started_at, last_beat, running)
@@ -337,11 +337,11 @@ DELETE FROM conveyor_leaders WHERE name = :name AND holder = :holder
 
 -- name: next_due_in
 SELECT min(run_at) - :now AS due_in FROM conveyor_jobs INDEXED BY conveyor_jobs_due
-WHERE state IN ('scheduled', 'retrying')
+WHERE state IN ({due_states})
 
 -- name: next_due_in_queues
 SELECT min((SELECT min(run_at) FROM conveyor_jobs INDEXED BY conveyor_jobs_due_queue
-            WHERE queue = q.value AND state IN ('scheduled', 'retrying'))) - :now AS due_in
+            WHERE queue = q.value AND state IN ({due_states}))) - :now AS due_in
 FROM json_each(:queues) AS q
 
 -- name: get_job
@@ -392,7 +392,7 @@ ORDER BY n DESC, task, error_type
 -- Jobs finished since a moment, per queue, state and time bucket (an index range scan).
 SELECT queue, state, CAST(finished_at / :bucket AS INTEGER) * :bucket AS bucket, count(*) AS n
 FROM conveyor_jobs INDEXED BY conveyor_jobs_finished
-WHERE state IN ('succeeded', 'dead', 'cancelled') AND finished_at >= :since
+WHERE state IN ({finished_states}) AND finished_at >= :since
 GROUP BY queue, state, bucket
 
 -- name: queued_since
@@ -407,7 +407,7 @@ SELECT *, NULL AS beat_age FROM conveyor_workers ORDER BY started_at, id
 -- name: cancel_pending
 UPDATE conveyor_jobs
 SET state = 'cancelled', finished_at = :now, state_changed_at = :now, note = :note
-WHERE id = :id AND state IN ('waiting', 'scheduled', 'queued', 'retrying')
+WHERE id = :id AND state IN ({cancellable_states})
 
 -- name: cancel_jobs
 UPDATE conveyor_jobs
@@ -436,7 +436,7 @@ WHERE state IN (SELECT value FROM json_each(:states))
   AND (unique_key IS NULL OR (
         NOT EXISTS (SELECT 1 FROM conveyor_jobs AS h
                     WHERE h.unique_key = conveyor_jobs.unique_key
-                      AND h.state IN ('waiting', 'scheduled', 'queued', 'running', 'retrying'))
+                      AND h.state IN ({unfinished_states}))
         AND NOT EXISTS (SELECT 1 FROM conveyor_jobs AS n
                         WHERE n.unique_key = conveyor_jobs.unique_key
                           AND n.id > conveyor_jobs.id
@@ -579,7 +579,7 @@ ON CONFLICT (name) DO UPDATE SET
 -- The jobs behind a circuit still to run (and, with :running, those running now).
 SELECT count(*) AS held FROM conveyor_jobs INDEXED BY conveyor_jobs_circuit_state
 WHERE circuit = :name
-  AND (state IN ('scheduled', 'queued', 'retrying') OR (:running AND state = 'running'))
+  AND (state IN ({to_run_states}) OR (:running AND state = 'running'))
 
 -- name: wake_held
 -- Every commit wakes the workers watching the file: nothing more to do.
@@ -595,7 +595,7 @@ UPDATE conveyor_circuits SET probed_at = :now WHERE name = :name
 -- name: list_circuits
 SELECT c.*, (SELECT count(*) FROM conveyor_jobs INDEXED BY conveyor_jobs_circuit_state
              WHERE circuit = c.name
-               AND state IN ('scheduled', 'queued', 'running', 'retrying')) AS held
+               AND state IN ({held_states})) AS held
 FROM conveyor_circuits AS c
 ORDER BY name
 
