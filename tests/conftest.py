@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -13,6 +14,7 @@ import structlog
 
 import conveyor
 import conveyor.logging
+from conveyor.job import TRANSITIONS, JobState
 
 #: Every backend that exists; the contract suite runs on each.
 BACKENDS = ["sqlite", "postgres"]
@@ -45,6 +47,30 @@ def drop_schema(schema: str) -> None:
 
     with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
         conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+def check_transitions(backend: str, url: str, schema: str) -> None:
+    """Every pair of states the store's history holds is one `TRANSITIONS` allows: checked
+    after every test that made an App, on every backend."""
+    query = "SELECT DISTINCT from_state, to_state FROM {table}"
+    if backend == "sqlite":
+        conn = sqlite3.connect(url.removeprefix("sqlite:///"))
+        try:
+            rows = conn.execute(query.format(table="conveyor_job_history")).fetchall()
+        except sqlite3.OperationalError:
+            return  # no schema was made
+        finally:
+            conn.close()
+    else:
+        import psycopg
+
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as pg:
+            found = pg.execute("SELECT to_regclass(%s) IS NOT NULL", (f'"{schema}".job_history',))
+            if not found.fetchone()[0]:  # type: ignore[index]
+                return
+            rows = pg.execute(query.format(table=f'"{schema}".job_history')).fetchall()
+    seen = {(None if a is None else JobState(a), JobState(b)) for a, b in rows}
+    assert seen <= TRANSITIONS, f"history holds transitions not allowed: {seen - TRANSITIONS}"
 
 
 @pytest.fixture(params=BACKENDS)
@@ -81,6 +107,8 @@ async def make_app(backend: str, url: str) -> AsyncIterator[Callable[..., convey
         return app
 
     yield make
+    if apps:
+        check_transitions(backend, url, schema)
     for app in apps:
         await app.close_async()  # in the test's event loop, which owns its async connections
     if backend == "postgres":
