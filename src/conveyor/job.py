@@ -58,6 +58,8 @@ TRANSITIONS: frozenset[tuple[JobState | None, JobState]] = frozenset(
         (None, _S.SCHEDULED),
         (None, _S.QUEUED),
         (_S.WAITING, _S.QUEUED),
+        # released with a delay still to run (it keeps its run_at)
+        (_S.WAITING, _S.SCHEDULED),
         (_S.SCHEDULED, _S.QUEUED),
         (_S.QUEUED, _S.RUNNING),
         (_S.RUNNING, _S.SUCCEEDED),

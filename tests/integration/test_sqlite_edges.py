@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 import conveyor
-import conveyor.backends.sqlite.backend as sqlite_backend
+import conveyor.backends.sqlite.connections as sqlite_connections
 from conveyor import JobState
 from conveyor.backends.sqlite.backend import Q
 
@@ -35,7 +35,7 @@ def test_progress_during_a_store_hiccup_does_not_fail_the_job(
     app: conveyor.App, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Stands in for a write lock held longer than the (default 10 s) busy timeout.
-    monkeypatch.setattr(sqlite_backend, "BUSY_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(sqlite_connections, "BUSY_TIMEOUT_S", 0.2)
     started, locked = threading.Event(), threading.Event()
 
     @app.task(pass_context=True, max_attempts=1)
@@ -72,7 +72,7 @@ def test_progress_during_a_store_hiccup_does_not_fail_the_job(
 def test_busy_database_is_not_reported_as_foreign(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(sqlite_backend, "BUSY_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(sqlite_connections, "BUSY_TIMEOUT_S", 0.2)
     url = f"sqlite:///{tmp_path / 'jobs.db'}"
     first = conveyor.App(url)
     first.migrate()

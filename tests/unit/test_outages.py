@@ -14,8 +14,8 @@ from structlog.testing import capture_logs
 
 import conveyor
 from conveyor.backends.postgres import pools
-from conveyor.backends.sqlite.backend import Sightings
-from conveyor.backends.sqlite.backend import unavailable as sqlite_unavailable
+from conveyor.backends.sqlite.connections import unavailable as sqlite_unavailable
+from conveyor.backends.sqlite.liveness import Sightings
 from conveyor.logging import Outage
 from conveyor.payload import encode, encode_result, storable_text
 

@@ -18,18 +18,18 @@ from typing import Any, NoReturn, TypeVar
 
 import psycopg
 import psycopg_pool
-from psycopg.rows import dict_row
-from psycopg.types.string import TextLoader
 
 from conveyor.backends.base import Beat, Engine, JobFilter
 from conveyor.backends.plan import Atomic, Call, Plan, Stmt
+from conveyor.backends.postgres.drivers import drive_async, drive_sync
+from conveyor.backends.postgres.leader import LeaderSession
 from conveyor.backends.postgres.listener import Listener, SyncListener
 from conveyor.backends.postgres.pools import (
     DEADLINE_MARGIN_S,
     WATCHDOG,
     AsyncPools,
+    Connector,
     SyncPools,
-    connect_kwargs,
     needs_new_connections,
     unavailable,
 )
@@ -487,65 +487,16 @@ class PostgresEngine(Engine):
         self.schema = settings.postgres_schema
         self.channel = f"{self.schema}_jobs"
         self._deadline = settings.statement_timeout + DEADLINE_MARGIN_S
-        self._pools = SyncPools(self._make_pool, settings.connect_timeout)
-        self._apools = AsyncPools(self._make_apool, settings.connect_timeout)
-        self._leader_conn: psycopg.AsyncConnection[Any] | None = None
+        timeout_ms = str(round(settings.statement_timeout * 1000))
+        session_sql = self.q.session_settings.replace("{statement_timeout_ms}", timeout_ms)
+        self._connector = Connector(url, settings, session_sql)
+        self._pools = SyncPools(self._connector.make_pool, settings.connect_timeout)
+        self._apools = AsyncPools(self._connector.make_apool, settings.connect_timeout)
+        self._leader = LeaderSession(self._connector.connect_async, self._deadline)
         self._listener: Listener | None = None
 
     def use_clock(self, clock: Clock) -> None:
         self.ops.use_clock(clock)
-
-    # -- connections ------------------------------------------------------------------------
-
-    def _connect_kwargs(self) -> dict[str, Any]:
-        return {
-            **connect_kwargs(self.settings.connect_timeout, self.settings.statement_timeout),
-            "row_factory": dict_row,
-        }
-
-    def _pool_options(self, name: str) -> dict[str, Any]:
-        return {
-            "kwargs": self._connect_kwargs(),
-            "min_size": 1,
-            "max_size": self.settings.postgres_pool_size,
-            # how long a caller waits for a free connection (a busy pool, not an outage)
-            "timeout": self.settings.connect_timeout,
-            "open": False,
-            "name": name,
-        }
-
-    def _make_pool(self) -> psycopg_pool.ConnectionPool[Any]:
-        return psycopg_pool.ConnectionPool(
-            self.url, configure=self._configure, **self._pool_options("conveyor-sync")
-        )
-
-    def _make_apool(self) -> psycopg_pool.AsyncConnectionPool[Any]:
-        return psycopg_pool.AsyncConnectionPool(
-            self.url, configure=self._configure_async, **self._pool_options("conveyor-async")
-        )
-
-    def _session_sql(self) -> str:
-        return self.q.session_settings.replace(
-            "{statement_timeout_ms}", str(round(self.settings.statement_timeout * 1000))
-        )
-
-    def _configure(self, conn: psycopg.Connection[Any]) -> None:
-        _json_as_text(conn)
-        conn.execute(self._session_sql())
-
-    async def _configure_async(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        _json_as_text(conn)
-        await conn.execute(self._session_sql())
-
-    async def _connect_async(self) -> psycopg.AsyncConnection[Any]:
-        """A connection of its own (not pooled), set up as pooled ones are."""
-        conn = await psycopg.AsyncConnection.connect(self.url, **self._connect_kwargs())
-        try:
-            await self._configure_async(conn)
-        except BaseException:
-            await conn.close()
-            raise
-        return conn
 
     # -- drivers ----------------------------------------------------------------------------
 
@@ -568,7 +519,7 @@ class PostgresEngine(Engine):
                     "with a psycopg.AsyncConnection"
                 )
             try:
-                return _drive_sync(call.connection, call.plan)
+                return drive_sync(call.connection, call.plan)
             except psycopg.Error as exc:
                 _reraise(exc)
         deadline = self._deadline if call.deadline is None else call.deadline
@@ -588,8 +539,8 @@ class PostgresEngine(Engine):
             try:
                 if call.atomic:
                     with conn.transaction():
-                        return _drive_sync(conn, call.plan)
-                return _drive_sync(conn, call.plan)
+                        return drive_sync(conn, call.plan)
+                return drive_sync(conn, call.plan)
             except psycopg.Error as exc:
                 if timer is not None and WATCHDOG.disarm(timer):
                     raise timer.error() from exc
@@ -615,7 +566,7 @@ class PostgresEngine(Engine):
                     "enqueue() with a psycopg.Connection"
                 )
             try:
-                return await _drive_async(call.connection, call.plan)
+                return await drive_async(call.connection, call.plan)
             except psycopg.Error as exc:
                 _reraise(exc)
         for first_try in (True, False):
@@ -632,8 +583,8 @@ class PostgresEngine(Engine):
             try:
                 if call.atomic:
                     async with conn.transaction():
-                        return await _drive_async(conn, call.plan)
-                return await _drive_async(conn, call.plan)
+                        return await drive_async(conn, call.plan)
+                return await drive_async(conn, call.plan)
             except psycopg.Error as exc:
                 if WATCHDOG.disarm(timer):
                     raise timer.error() from exc
@@ -646,63 +597,31 @@ class PostgresEngine(Engine):
                 await pool.putconn(conn)
         raise AssertionError("unreachable")
 
-    async def _on_own_connection(self, conn: psycopg.AsyncConnection[Any], stmt: Stmt) -> Any:
-        """One statement on a connection of its own, under the same deadline as pooled ones."""
-        timer = WATCHDOG.arm(conn, self._deadline)
-        try:
-            cur = await conn.execute(stmt.sql, stmt.params)
-            return await cur.fetchall() if cur.description is not None else cur.rowcount
-        except psycopg.Error as exc:
-            if WATCHDOG.disarm(timer):
-                raise timer.error() from exc
-            _reraise(exc)
-        finally:
-            WATCHDOG.disarm(timer)
-
     # -- leadership, wake-ups, lifetime -----------------------------------------------------
 
     async def try_lead(self, name: str, holder: str, until: float, now: float) -> bool:
-        """Leadership is a lease row on the server's clock, taken and renewed on a connection of
+        """Leadership is a lease row on the server's clock, taken and renewed on a session of
         the leader's own (see `take_lead`): a leader that cannot renew it in time loses it, and
         one whose session is gone is replaced at once. Followers keep no connection open."""
         if not self.ops.checked:
             await asyncio.to_thread(self.check_schema)
-        try:
-            if self._leader_conn is None or self._leader_conn.closed:
-                self._leader_conn = await self._connect_async()
-            rows = await self._on_own_connection(
-                self._leader_conn, self.ops.take_lead_stmt(name, holder, until, now)
-            )
-        except psycopg.Error as exc:
-            await self._close_leader_conn()
-            _reraise(exc)
-        except BaseException:
-            await self._close_leader_conn()
-            raise
-        if rows:
-            return True
-        await self._close_leader_conn()
-        return False
+        rows = await self._leader.execute(self.ops.take_lead_stmt(name, holder, until, now))
+        if not rows:
+            await self._leader.close()
+        return bool(rows)
 
     async def resign(self, name: str, holder: str) -> None:
         try:
-            if self._leader_conn is not None and not self._leader_conn.closed:
-                await self._on_own_connection(
-                    self._leader_conn, Stmt(self.q.resign, {"name": name, "holder": holder})
-                )
+            if self._leader.open:
+                await self._leader.execute(Stmt(self.q.resign, {"name": name, "holder": holder}))
         finally:
-            await self._close_leader_conn()
-
-    async def _close_leader_conn(self) -> None:
-        conn, self._leader_conn = self._leader_conn, None
-        if conn is not None:
-            await conn.close()
+            await self._leader.close()
 
     async def wait_for_change(self, timeout: float) -> None:
         if self._listener is None:
             self._listener = Listener(
                 self.url,
-                self._connect_kwargs(),
+                self._connector.kwargs(),
                 self.channel,
                 self.q.listen,
                 listen=self.settings.postgres_listen,
@@ -714,13 +633,13 @@ class PostgresEngine(Engine):
         """LISTEN of its own for one subscriber: on the events channel (state changes and
         progress) and the jobs channel (new runnable jobs)."""
         return Listener(
-            self.url, self._connect_kwargs(), f"{self.schema}_events", self.q.listen_events,
+            self.url, self._connector.kwargs(), f"{self.schema}_events", self.q.listen_events,
             listen=self.settings.postgres_listen, poll_interval=self.settings.poll_interval,
         )  # fmt: skip
 
     def subscribe_blocking(self) -> SyncListener:
         return SyncListener(
-            self.url, self._connect_kwargs(), self.q.listen_events,
+            self.url, self._connector.kwargs(), self.q.listen_events,
             listen=self.settings.postgres_listen,
         )  # fmt: skip
 
@@ -728,78 +647,8 @@ class PostgresEngine(Engine):
         if self._listener is not None:
             await self._listener.close()
             self._listener = None
-        await self._close_leader_conn()
+        await self._leader.close()
         await self._apools.close()
 
     def close(self) -> None:
         self._pools.close()
-
-
-# -- drivers --------------------------------------------------------------------------------
-
-
-def _json_as_text(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> None:
-    # JSON columns come back as text, decoded in one place (Job.from_row) for every backend:
-    # a JSON string and the text of a JSON document would otherwise look alike.
-    for name in ("json", "jsonb"):
-        conn.adapters.register_loader(name, TextLoader)
-
-
-def _result(cur: psycopg.Cursor[Any] | psycopg.AsyncCursor[Any]) -> Any:
-    return cur.rowcount if cur.description is None else None
-
-
-def _drive_sync(conn: psycopg.Connection[Any], plan: Plan[T]) -> T:
-    try:
-        step = next(plan)
-        while True:
-            if isinstance(step, Atomic):
-                with conn.transaction():
-                    result: Any = _drive_sync(conn, step.plan)
-                step = plan.send(result)
-            elif isinstance(step, list):
-                results = []
-                with conn.pipeline():
-                    cursors = [conn.cursor(row_factory=dict_row) for _ in step]
-                    for cur, stmt in zip(cursors, step, strict=True):
-                        cur.execute(stmt.sql, stmt.params)
-                for cur in cursors:
-                    rowcount = _result(cur)
-                    results.append(cur.fetchall() if rowcount is None else rowcount)
-                step = plan.send(results)
-            else:
-                cur = conn.cursor(row_factory=dict_row)
-                cur.execute(step.sql, step.params)
-                rowcount = _result(cur)
-                step = plan.send(cur.fetchall() if rowcount is None else rowcount)
-    except StopIteration as done:
-        value: T = done.value
-        return value
-
-
-async def _drive_async(conn: psycopg.AsyncConnection[Any], plan: Plan[T]) -> T:
-    try:
-        step = next(plan)
-        while True:
-            if isinstance(step, Atomic):
-                async with conn.transaction():
-                    result: Any = await _drive_async(conn, step.plan)
-                step = plan.send(result)
-            elif isinstance(step, list):
-                results = []
-                async with conn.pipeline():
-                    cursors = [conn.cursor(row_factory=dict_row) for _ in step]
-                    for cur, stmt in zip(cursors, step, strict=True):
-                        await cur.execute(stmt.sql, stmt.params)
-                for cur in cursors:
-                    rowcount = _result(cur)
-                    results.append(await cur.fetchall() if rowcount is None else rowcount)
-                step = plan.send(results)
-            else:
-                cur = conn.cursor(row_factory=dict_row)
-                await cur.execute(step.sql, step.params)
-                rowcount = _result(cur)
-                step = plan.send(await cur.fetchall() if rowcount is None else rowcount)
-    except StopIteration as done:
-        value: T = done.value
-        return value

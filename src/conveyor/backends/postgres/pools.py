@@ -27,7 +27,10 @@ from typing import Any, Generic, TypeVar
 
 import psycopg
 import psycopg_pool
+from psycopg.rows import dict_row
 
+from conveyor.backends.postgres.drivers import json_as_text
+from conveyor.config import Settings
 from conveyor.errors import BackendUnavailable
 
 #: SQLSTATE classes of errors that say the server cannot serve now: connection exceptions (08),
@@ -333,3 +336,58 @@ class AsyncPools:
         self._loop, self._lock, self._slot = None, None, _Slot()
         if pool is not None and owned:
             await pool.close()
+
+
+class Connector:
+    """How conveyor's connections are made: bounded (`connect_kwargs`), rows as dicts, JSON as
+    text, and each new session set up (`statement_timeout`); pooled or of their own."""
+
+    def __init__(self, url: str, settings: Settings, session_sql: str) -> None:
+        self.url = url
+        self.settings = settings
+        self.session_sql = session_sql
+
+    def kwargs(self) -> dict[str, Any]:
+        return {
+            **connect_kwargs(self.settings.connect_timeout, self.settings.statement_timeout),
+            "row_factory": dict_row,
+        }
+
+    def _pool_options(self, name: str) -> dict[str, Any]:
+        return {
+            "kwargs": self.kwargs(),
+            "min_size": 1,
+            "max_size": self.settings.postgres_pool_size,
+            # how long a caller waits for a free connection (a busy pool, not an outage)
+            "timeout": self.settings.connect_timeout,
+            "open": False,
+            "name": name,
+        }
+
+    def make_pool(self) -> psycopg_pool.ConnectionPool[Any]:
+        return psycopg_pool.ConnectionPool(
+            self.url, configure=self._configure, **self._pool_options("conveyor-sync")
+        )
+
+    def make_apool(self) -> psycopg_pool.AsyncConnectionPool[Any]:
+        return psycopg_pool.AsyncConnectionPool(
+            self.url, configure=self._configure_async, **self._pool_options("conveyor-async")
+        )
+
+    def _configure(self, conn: psycopg.Connection[Any]) -> None:
+        json_as_text(conn)
+        conn.execute(self.session_sql)
+
+    async def _configure_async(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        json_as_text(conn)
+        await conn.execute(self.session_sql)
+
+    async def connect_async(self) -> psycopg.AsyncConnection[Any]:
+        """A connection of its own (not pooled), set up as pooled ones are."""
+        conn = await psycopg.AsyncConnection.connect(self.url, **self.kwargs())
+        try:
+            await self._configure_async(conn)
+        except BaseException:
+            await conn.close()
+            raise
+        return conn

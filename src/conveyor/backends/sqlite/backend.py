@@ -11,112 +11,37 @@ import asyncio
 import json
 import sqlite3
 import threading
-import time
 import weakref
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any, TypeVar
 
 from conveyor.backends.base import Engine, JobFilter
 from conveyor.backends.plan import Atomic, Call, Plan, Stmt, rows_or_count
 from conveyor.backends.sql import Queries, load_migrations
+from conveyor.backends.sqlite.connections import (
+    open_connection,
+    path_from_url,
+    rollback,
+    statements,
+    unavailable,
+    unavailable_error,
+)
+from conveyor.backends.sqlite.liveness import Sightings
+from conveyor.backends.sqlite.watch import SyncWatch, Watch
 from conveyor.backends.sqlops import SqlOperations, in_claim_order
 from conveyor.clock import Clock, monotonic
 from conveyor.config import Settings
 from conveyor.errors import (
-    BackendUnavailable,
-    ConfigurationError,
-    NotAConveyorDatabase,
     ValidationError,
 )
 from conveyor.job import Job, NewJob, Outcome, WorkerInfo
 from conveyor.limits import Candidate, best_buckets, pick
-from conveyor.logging import get_logger
-
-log = get_logger("conveyor.sqlite")
 
 Q = Queries.load("conveyor.backends.sqlite", "queries.sql")
 MIGRATIONS = load_migrations("conveyor.backends.sqlite.migrations")
-BUSY_TIMEOUT_S = 10.0
-#: How often an idle worker looks at `PRAGMA data_version` (a read of shared memory, not disk).
-WATCH_INTERVAL_S = 0.005
 
 T = TypeVar("T")
-
-
-def path_from_url(url: str) -> str:
-    """`sqlite:///relative.db` or `sqlite:////absolute/path.db` to a file path."""
-    prefix = "sqlite:///"
-    if not url.startswith(prefix):
-        raise ConfigurationError(f"a SQLite URL looks like sqlite:///path/to/file.db, got {url!r}")
-    path = url[len(prefix) :].split("?", 1)[0]
-    if not path or path == ":memory:":
-        raise ConfigurationError(
-            f"{url!r}: conveyor needs a database file that several connections can share "
-            "(use a temporary file instead of :memory:)"
-        )
-    return path
-
-
-#: SQLite's result codes that mean the file cannot serve now: busy or locked past the busy
-#: timeout, out of memory, a read-only file, an I/O error, a full disk, a file that cannot be
-#: opened, a locking protocol error.
-UNAVAILABLE_CODES = frozenset({5, 6, 7, 8, 10, 13, 14, 15})
-
-
-def unavailable(exc: BaseException) -> BackendUnavailable | None:
-    """`exc` as BackendUnavailable if it means the store cannot serve now, else None."""
-    if not isinstance(exc, sqlite3.Error):
-        return None
-    code = getattr(exc, "sqlite_errorcode", None)
-    if code is None:  # raised before SQLite was asked (a closed connection, say)
-        busy = "locked" in str(exc) or "busy" in str(exc)
-        return BackendUnavailable(f"SQLite: {exc}") if busy else None
-    if code & 0xFF not in UNAVAILABLE_CODES:
-        return None
-    return BackendUnavailable(f"SQLite: {exc}")
-
-
-def _unavailable(exc: sqlite3.Error) -> BackendUnavailable:
-    return unavailable(exc) or BackendUnavailable(f"SQLite: {exc}")
-
-
-class _Connection(sqlite3.Connection):
-    """A plain connection that can be weakly referenced."""
-
-
-class Sightings:
-    """How long a value in the store (a worker's last beat, a leader's lease) has gone unchanged,
-    on this process's monotonic clock.
-
-    SQLite has no clock of its own: every process stamps times with its own wall clock, which
-    can be off, or jump. So whether a worker is alive is judged by its beat being seen to
-    change, never by comparing one process's wall time with another's. A value seen for the
-    first time counts as just changed: a newcomer gives everyone one lease of doubt.
-    """
-
-    def __init__(self, monotonic: Callable[[], float]) -> None:
-        self._monotonic = monotonic
-        self._seen: dict[str, tuple[Any, float]] = {}
-        self._lock = threading.Lock()
-
-    def unchanged_for(self, key: str, value: Any) -> float:
-        """Seconds since `key` was last seen with another value (0: it just changed)."""
-        now = self._monotonic()
-        with self._lock:
-            seen = self._seen.get(key)
-            if seen is None or seen[0] != value:
-                self._seen[key] = (value, now)
-                return 0.0
-            return now - seen[1]
-
-    def workers(self, beats: Iterable[sqlite3.Row]) -> dict[str, tuple[float, float]]:
-        """Per registered worker: its last beat as stored, and how long it has not changed."""
-        return {
-            r["id"]: (r["last_beat"], self.unchanged_for(f"worker:{r['id']}", r["last_beat"]))
-            for r in beats
-        }
 
 
 class SqliteOperations(SqlOperations):
@@ -149,7 +74,7 @@ class SqliteOperations(SqlOperations):
         return bool((yield Stmt(self.q.list_tables)))
 
     def split(self, script: str) -> list[str]:
-        return _statements(script)
+        return statements(script)
 
     # -- enqueue ----------------------------------------------------------------------------
 
@@ -440,62 +365,11 @@ class SqliteEngine(Engine):
 
     def connect(self) -> sqlite3.Connection:
         """A new connection with conveyor's pragmas (callers own it)."""
-        parent = Path(self.path).parent
-        if not parent.exists():
-            raise ConfigurationError(f"{self.url!r}: folder {str(parent)!r} does not exist")
-        conn = sqlite3.connect(
-            self.path,
-            timeout=BUSY_TIMEOUT_S,
-            isolation_level=None,
-            check_same_thread=False,
-            factory=_Connection,
-        )
-        conn.row_factory = sqlite3.Row
-        try:
-            tables = {row[0] for row in conn.execute(Q.list_tables)}
-        except sqlite3.DatabaseError as exc:
-            conn.close()
-            if (error := unavailable(exc)) is not None:
-                raise error from exc
-            raise NotAConveyorDatabase(f"{self.path!r} is not a SQLite database ({exc})") from None
-        if tables and "conveyor_migrations" not in tables:
-            # Checked before any pragma: a file that is not ours is left exactly as it was.
-            conn.close()
-            shown = ", ".join(sorted(tables)[:5])
-            raise NotAConveyorDatabase(
-                f"{self.path!r} holds other tables ({shown}) and no conveyor schema; "
-                "give conveyor a database file of its own"
-            )
-        self._use_wal(conn)
-        try:
-            conn.execute(f"PRAGMA synchronous = {self._settings.sqlite_synchronous}")
-            # Statement journals (for triggers) in memory: on disk they cost a temp file a write.
-            conn.execute("PRAGMA temp_store = MEMORY")
-            # Finishing a job releases (or cancels) the jobs waiting on it, whose finishing does
-            # the same in turn: a trigger that fires itself through another table.
-            conn.execute("PRAGMA recursive_triggers = ON")
-        except sqlite3.Error as exc:
-            conn.close()
-            raise _unavailable(exc) from exc
+        synchronous = self._settings.sqlite_synchronous
+        conn = open_connection(self.path, self.url, synchronous, Q.list_tables)
         with self._lock:
             self._all.add(conn)
         return conn
-
-    @staticmethod
-    def _use_wal(conn: sqlite3.Connection) -> None:
-        """Switch a new file to WAL. Connections opening a fresh file at once race for the
-        switch, and SQLite answers the losers "database is locked" without waiting: try again
-        for as long as a busy wait would."""
-        deadline = time.monotonic() + BUSY_TIMEOUT_S
-        while True:
-            try:
-                conn.execute("PRAGMA journal_mode = WAL")
-                return
-            except sqlite3.Error as exc:
-                if "locked" not in str(exc) or time.monotonic() > deadline:
-                    conn.close()
-                    raise _unavailable(exc) from exc
-            time.sleep(0.01)
 
     def _conn(self, check: bool = True) -> sqlite3.Connection:
         """This thread's connection; the first use checks (and maybe migrates) the schema."""
@@ -606,111 +480,13 @@ def _transaction(conn: sqlite3.Connection, plan: Plan[T]) -> T:
     try:
         conn.execute("BEGIN IMMEDIATE")
     except sqlite3.Error as exc:
-        raise _unavailable(exc) from exc
+        raise unavailable_error(exc) from exc
     try:
         value = _drive(conn, plan)
         conn.execute("COMMIT")
     except BaseException as exc:
-        _rollback(conn)
+        rollback(conn)
         if (error := unavailable(exc)) is not None:
             raise error from exc
         raise
     return value
-
-
-def _rollback(conn: sqlite3.Connection) -> None:
-    """Undo the open transaction, if SQLite has not done so itself (it does on a full disk or
-    an I/O error): a second ROLLBACK would fail and hide the error that matters."""
-    if not conn.in_transaction:
-        return
-    try:
-        conn.execute("ROLLBACK")
-    except sqlite3.Error as exc:
-        # The connection is no good now; the error being raised is the one to report.
-        log.warning("sqlite.rollback_failed", error=str(exc))
-
-
-def _statements(script: str) -> list[str]:
-    """Split a migration into statements, keeping trigger bodies whole."""
-    statements: list[str] = []
-    buffer = ""
-    for line in script.splitlines(keepends=True):
-        buffer += line
-        if sqlite3.complete_statement(buffer):
-            if buffer.strip():
-                statements.append(buffer.strip())
-            buffer = ""
-    if buffer.strip():
-        statements.append(buffer.strip())
-    return statements
-
-
-class DataVersion:
-    """A connection of its own whose `PRAGMA data_version` changes whenever any other
-    connection, in this process or another, commits (a read of the WAL's shared memory)."""
-
-    def __init__(self, store: SqliteEngine, conn: sqlite3.Connection) -> None:
-        self.store = store
-        self._conn: sqlite3.Connection | None = conn
-        self._seen = store.data_version(conn)
-
-    def changed(self) -> bool:
-        """Whether someone committed since the last look (True when it cannot tell)."""
-        if self._conn is None:
-            return True
-        try:
-            version = self.store.data_version(self._conn)
-        except sqlite3.OperationalError:
-            return True
-        if version == self._seen:
-            return False
-        self._seen = version
-        return True
-
-    def close(self) -> None:
-        if self._conn is not None:
-            conn, self._conn = self._conn, None
-            conn.close()
-
-
-class SyncWatch:
-    """Waits, blocking, for a commit elsewhere: for one waiter (`job.wait()`)."""
-
-    def __init__(self, store: SqliteEngine) -> None:
-        self._version = DataVersion(store, store.connect())
-
-    def wait(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while not self._version.changed():
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return
-            time.sleep(min(WATCH_INTERVAL_S, remaining))
-
-    def close(self) -> None:
-        self._version.close()
-
-
-class Watch:
-    """Waits for a commit elsewhere, on the event loop: for the worker, or one subscriber."""
-
-    def __init__(self, store: SqliteEngine) -> None:
-        self.store = store
-        self._version: DataVersion | None = None
-
-    async def start(self, run: Callable[..., Any]) -> None:
-        self._version = DataVersion(self.store, await run(self.store.connect))
-
-    async def wait(self, timeout: float) -> None:
-        assert self._version is not None, "start() first"
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while not self._version.changed():
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                return
-            await asyncio.sleep(min(WATCH_INTERVAL_S, remaining))
-
-    async def close(self) -> None:
-        if self._version is not None:
-            self._version.close()
