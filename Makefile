@@ -26,8 +26,10 @@ bench: $(STAMP)
 screenshots: $(STAMP)
 	CONVEYOR_SCREENSHOTS=docs/img $(BIN)/python -m pytest -q tests/browser/test_dashboard.py -k sqlite
 
+# ruff's lint rules and its formatting, and mypy --strict on src and tests (pyproject's [tool.mypy]).
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks examples
+	$(BIN)/ruff format --check src tests benchmarks examples
 	$(BIN)/mypy
 
 clean:
