@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench lint screenshots clean
+.PHONY: demo test check bench lint screenshots clean
 
 $(STAMP): pyproject.toml requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ demo: $(STAMP)
 # PYTEST_ARGS='-m "not faults"' leaves out the fault suite (tests/faults) on a quick local run.
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The quick loop: unit and contract tests on SQLite only (no server needed), under a minute.
+check: $(STAMP)
+	CONVEYOR_TEST_BACKENDS=sqlite $(BIN)/python -m pytest -q tests/unit tests/contract $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks

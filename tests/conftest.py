@@ -15,7 +15,24 @@ import conveyor
 import conveyor.logging
 
 #: Every backend that exists; the contract suite runs on each.
-BACKENDS = ["sqlite", "postgres"]
+ALL_BACKENDS = ["sqlite", "postgres"]
+
+
+def chosen_backends() -> list[str]:
+    """The backends this run tests: all of them, or those CONVEYOR_TEST_BACKENDS names
+    (comma-separated; `make check` sets it to `sqlite`)."""
+    named = os.environ.get("CONVEYOR_TEST_BACKENDS", "")
+    chosen = [name.strip() for name in named.split(",") if name.strip()]
+    unknown = [name for name in chosen if name not in ALL_BACKENDS]
+    if unknown:
+        raise pytest.UsageError(
+            f"CONVEYOR_TEST_BACKENDS names unknown backends {', '.join(unknown)} "
+            f"(known: {', '.join(ALL_BACKENDS)})"
+        )
+    return chosen or ALL_BACKENDS
+
+
+BACKENDS = chosen_backends()
 
 POSTGRES_URL = os.environ.get(
     "CONVEYOR_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
@@ -99,9 +116,10 @@ def clock() -> conveyor.FrozenClock:
 
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Tests set the CONVEYOR_* variables they need; none leak in from the shell."""
+    """Tests set the CONVEYOR_* variables they need; none leak in from the shell (but the
+    CONVEYOR_TEST_* ones that configure the test run)."""
     for name in list(os.environ):
-        if name.startswith("CONVEYOR_") and name != "CONVEYOR_TEST_POSTGRES_URL":
+        if name.startswith("CONVEYOR_") and not name.startswith("CONVEYOR_TEST_"):
             monkeypatch.delenv(name)
 
 
