@@ -5,32 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
 from typing import Any
 
 import conveyor
 from conveyor import JobState
 from conveyor.services.rescuer import rescue_expired_leases
-
-
-@asynccontextmanager
-async def running(worker: conveyor.Worker) -> AsyncIterator[asyncio.Task[None]]:
-    task = asyncio.create_task(worker.run_async())
-    try:
-        yield task
-    finally:
-        if not task.done() and not worker.stopping:
-            worker.stop()
-        await asyncio.wait_for(task, 20)
-
-
-async def until(check: Callable[[], Any], timeout: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not check():
-        assert loop.time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
+from conveyor.testing import running_worker as running
+from conveyor.testing import wait_until as until
 
 
 async def claim_as(app: conveyor.App, worker_id: str, limit: int = 10) -> list[conveyor.Job]:
@@ -171,14 +152,13 @@ async def test_reclaimed_job_does_not_get_the_old_attempts_outcome(
     worker = conveyor.Worker(app, concurrency=4)
     async with running(worker):
         await until(lambda: len(runs) == 1)
-        # The worker's own maintenance has had its first round; the next is 10 s away, so the
-        # rescue below is this test's alone.
-        await until(lambda: worker.maintenance.rounds >= 1)
+        # The worker's own maintenance has had its first round (the worker was running by
+        # then); the next is 10 s away, so the rescue below is this test's alone.
         clock.advance(31)
         assert await rescue_expired_leases(app, app.backend) == 1
         await until(lambda: len(runs) == 2)  # the same worker runs attempt 2
         gates[0].set()  # attempt 1 returns
-        await asyncio.sleep(0.3)
+        await until(lambda: worker.processed == 1)  # and its outcome has gone to the store
         await job.refresh_async()
         state_while_attempt_2_runs = job.state
         gates[1].set()

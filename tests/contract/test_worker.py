@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
 from typing import Any
 
 from structlog.testing import capture_logs
@@ -13,25 +11,9 @@ from structlog.testing import capture_logs
 import conveyor
 from conveyor import JobState
 
-
-@asynccontextmanager
-async def running(worker: conveyor.Worker) -> AsyncIterator[asyncio.Task[None]]:
-    task = asyncio.create_task(worker.run_async())
-    try:
-        yield task
-    finally:
-        if not task.done() and not worker.stopping:
-            worker.stop()
-        await task
-
-
-async def until(check: Callable[[], Any], timeout: float = 20.0) -> None:
-    """Poll `check` until it is true; fail after `timeout` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not check():
-        assert loop.time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
+# the other contract tests import these two from here
+from conveyor.testing import running_worker as running
+from conveyor.testing import wait_until as until
 
 
 async def test_idle_worker_picks_up_a_job_enqueued_elsewhere(make_app: Any) -> None:
