@@ -14,6 +14,7 @@ import pytest
 import conveyor
 from conveyor import JobState
 from conveyor.circuit import CircuitInfo, CircuitState
+from conveyor.testing import wait_rounds
 
 from .test_worker import running, until
 
@@ -71,9 +72,9 @@ async def test_an_outage_holds_the_jobs_and_they_run_once_the_probe_answers(
     app = make_app(clock=clock)
     assemble = declare(app, downstream)
     jobs = assemble.enqueue_many([(i,) for i in range(6)])
-    async with running(conveyor.Worker(app, concurrency=1)):
+    async with running(conveyor.Worker(app, concurrency=1)) as worker:
         await until(lambda: circuit(app, "render-worker").state is CircuitState.OPEN)
-        await asyncio.sleep(0.3)  # held: nothing more reaches the downstream
+        await until(lambda: settled(app, jobs))  # no failure still on its way
         calls = downstream.calls
         assert calls == 3  # the threshold: three failures in a row
         await asyncio.sleep(0.3)
@@ -87,10 +88,11 @@ async def test_an_outage_holds_the_jobs_and_they_run_once_the_probe_answers(
         assert circuit(app, "render-worker").held == 6
 
         clock.advance(59)  # the schedule: a probe a minute after opening
-        await asyncio.sleep(1.5)
+        await wait_rounds(worker.prober, kick=True)
         assert circuit(app, "render-worker").state is CircuitState.OPEN  # not probed yet
         downstream.up = True
         clock.advance(1)
+        worker.prober.kick()
         await until(lambda: states(app, jobs)[JobState.SUCCEEDED] == 6)
     assert [app.get_job(j.id).result for j in jobs] == [0, 10, 20, 30, 40, 50]
     assert {app.get_job(j.id).attempt for j in jobs} == {1}
@@ -113,13 +115,14 @@ async def test_a_failing_probe_keeps_the_circuit_open_and_probes_on_schedule(
 
     assemble = declare(app, downstream, probe=probe, schedule=[("2m", "1m"), (None, "10m")])
     job = assemble.enqueue(1)
-    async with running(conveyor.Worker(app)) as _:
+    async with running(conveyor.Worker(app)) as worker:
         await until(lambda: circuit(app, "render-worker").state is CircuitState.OPEN)
         opened = clock.now()
         for probed, minutes in enumerate((1, 2, 12), start=1):  # each minute for two, then ten
             clock.set(opened + minutes * 60)
-            await until(lambda n=probed: len(probes) == n)  # type: ignore[misc]
-        await asyncio.sleep(1.2)
+            await wait_rounds(worker.prober, kick=True)
+            assert len(probes) == probed
+        await wait_rounds(worker.prober, kick=True)
         assert len(probes) == 3
     assert [p - opened for p in probes] == [60, 120, 720]
     assert app.get_job(job.id).held_by == "render-worker"
@@ -150,11 +153,12 @@ async def test_a_failure_while_half_open_opens_it_again(
     answers = iter([True, False, False, False])
     assemble = declare(app, downstream, probe=lambda: next(answers))
     jobs = assemble.enqueue_many([(i,) for i in range(3)])
-    async with running(conveyor.Worker(app)):
+    async with running(conveyor.Worker(app)) as worker:
         await until(lambda: circuit(app, "render-worker").state is CircuitState.OPEN)
         await until(lambda: settled(app, jobs))  # nothing still in flight
         calls = downstream.calls
         clock.advance(60)  # the probe answers, but the service still fails the first job
+        worker.prober.kick()
         await until(lambda: [e.event for e in app.circuit_log("render-worker")][:2]
                     == ["opened", "half_open"])  # fmt: skip
     assert downstream.calls == calls + 1  # one job let through while half-open, no more
