@@ -22,6 +22,7 @@ import conveyor
 from conveyor import JobState
 from conveyor.circuit import CircuitState
 from conveyor.notify import Email, Log, Webhook, from_config
+from conveyor.testing import wait_rounds
 
 from .test_worker import running, until
 
@@ -253,13 +254,11 @@ async def test_backlog_and_missing_worker_rules(
     send.enqueue(1)
     worker = conveyor.Worker(app, queues=["default"])  # serves neither queue
     async with running(worker):
-        await until(lambda: hasattr(worker, "watch") and worker.maintenance.is_leader)
-        worker.watch.kick()
-        await worker.watch.wait_rounds(1)
+        await until(lambda: worker.maintenance.is_leader)
+        await wait_rounds(worker.watch, kick=True)
         await until(lambda: app.alerts.flush(5) and receiver.events() == ["queue.backlog"])
         clock.advance(11 * 60)  # the mail job has waited 11 minutes; no worker for video
-        worker.watch.kick()
-        await worker.watch.wait_rounds(1)
+        await wait_rounds(worker.watch, kick=True)
         assert app.alerts.flush(10)
     assert sorted(receiver.events()) == ["queue.backlog", "queue.backlog", "workers.missing"]
     by_queue = {(b["event"], b["queue"]): b for b in receiver.bodies}

@@ -13,6 +13,7 @@ from structlog.testing import capture_logs
 import conveyor
 from conveyor import JobState
 from conveyor.services.scheduler import Scheduler
+from conveyor.testing import wait_rounds
 
 from .test_worker import running, until
 
@@ -112,9 +113,8 @@ async def test_the_leader_in_a_worker_fires_on_the_tick(
     declare(app, runs)
     worker = conveyor.Worker(app)
     async with running(worker):
-        await until(lambda: hasattr(worker, "maintenance") and worker.maintenance.is_leader)
-        worker.scheduler.kick()
-        await worker.scheduler.wait_rounds(1)  # the schedule starts
+        await until(lambda: worker.maintenance.is_leader)
+        await wait_rounds(worker.scheduler, kick=True)  # the schedule starts
         clock.advance(HOUR)
         worker.scheduler.kick()
         await until(lambda: runs == [7])
