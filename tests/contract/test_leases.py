@@ -13,6 +13,7 @@ from conveyor import JobState
 from conveyor.job import Outcome
 from conveyor.services.leader import Maintenance
 from conveyor.services.rescuer import rescue_expired_leases
+from conveyor.testing import running_worker
 
 
 async def claim_as(app: conveyor.App, worker_id: str, limit: int = 10) -> list[conveyor.Job]:
@@ -355,10 +356,7 @@ async def test_a_claim_whose_answer_never_arrived_is_handed_back(make_app: objec
     job = work.enqueue()
     worker = conveyor.Worker(app, queues=["mine"])  # it never claims `elsewhere` itself
     with capture_logs() as logs:
-        task = asyncio.create_task(worker.run_async())
-        try:
-            while not hasattr(worker, "completer"):
-                await asyncio.sleep(0.01)
+        async with running_worker(worker):
             now = app.clock.now()
             [late] = await app.backend.claim(worker.id, ["elsewhere"], 1, now + 300, now)
             for _ in range(20):  # a beat with a claim of its own in flight leaves them be
@@ -367,9 +365,6 @@ async def test_a_claim_whose_answer_never_arrived_is_handed_back(make_app: objec
                 if (await app.get_job_async(job.id)).state is JobState.QUEUED:
                     break
                 await asyncio.sleep(0.05)
-        finally:
-            worker.stop()
-            await asyncio.wait_for(task, 20)
     job.refresh()
     assert (job.state, job.attempt) == (JobState.QUEUED, 0)
     assert app.job_history(job.id)[-1].note == "claimed too late: handed back"
@@ -390,10 +385,7 @@ async def test_a_job_whose_lease_lapsed_before_it_began_is_handed_back_at_once(
 
     job = work.enqueue()
     worker = conveyor.Worker(app, queues=["mine"])  # it never claims `elsewhere` itself
-    task = asyncio.create_task(worker.run_async())
-    try:
-        while not hasattr(worker, "completer"):
-            await asyncio.sleep(0.01)
+    async with running_worker(worker):
         [claimed] = await claim_as(app, worker.id, 1)
         worker._start(claimed, lease_ends=time.monotonic() - 1)  # paused past it, as claimed
         worker.drop_lapsed_leases()  # before the job's first step
@@ -405,6 +397,3 @@ async def test_a_job_whose_lease_lapsed_before_it_began_is_handed_back_at_once(
         job.refresh()
         assert (job.state, job.attempt) == (JobState.QUEUED, 0)  # while the worker still runs
         assert app.job_history(job.id)[-1].note == "lease lost before it began: handed back"
-    finally:
-        worker.stop()
-        await asyncio.wait_for(task, 20)
