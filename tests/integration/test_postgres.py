@@ -27,6 +27,7 @@ import conveyor.clock
 from conftest import POSTGRES_URL, drop_schema, postgres_available  # tests/conftest.py
 from conveyor import JobState
 from conveyor.backends.postgres.backend import MIGRATIONS
+from conveyor.testing import running_worker
 
 worker_module = sys.modules["conveyor.worker.worker"]
 
@@ -623,20 +624,9 @@ async def test_a_leader_on_a_fast_clock_keeps_live_workers_registered(
     """Maintenance forgets workers not heard from for an hour; a leader whose clock is two
     hours fast must not take a worker that beat a moment ago for one of those."""
     skew_machine_clock(monkeypatch, skew)
-    worker = conveyor.Worker(app)
-    task = asyncio.create_task(worker.run_async())
-    try:
-        await until(
-            lambda: (
-                getattr(worker, "maintenance", None) is not None and worker.maintenance.rounds >= 1
-            ),
-            "a maintenance round",
-        )
+    async with running_worker(app) as worker:  # entered after a maintenance round
         assert worker.maintenance.is_leader
         listed = await asyncio.to_thread(app.list_workers)
-    finally:
-        worker.stop()
-        await task
     assert [w.id for w in listed] == [worker.id]
 
 
@@ -699,19 +689,9 @@ async def test_a_leader_on_a_fast_clock_keeps_finished_jobs_within_their_retenti
 
     job = await noop.enqueue_async()
     await app.run_worker_async(burst=True)
-    worker = conveyor.Worker(app)  # a new leader prunes in its first round
-    task = asyncio.create_task(worker.run_async())
-    try:
-        await until(
-            lambda: (
-                getattr(worker, "maintenance", None) is not None and worker.maintenance.rounds >= 1
-            ),
-            "a maintenance round",
-        )
+    # a new leader prunes in its first round, done before the block is entered
+    async with running_worker(app) as worker:
         assert worker.maintenance.is_leader
-    finally:
-        worker.stop()
-        await task
     assert (await app.get_job_async(job.id)).state is JobState.SUCCEEDED
 
 
