@@ -136,7 +136,7 @@ def subjects(inbox: Inbox) -> list[str]:
 
 
 async def test_an_outage_alerts_once_holds_the_jobs_and_they_run_when_it_is_back(
-    make_app: Callable[..., Any], clock: conveyor.FrozenClock, downstream: Server,
+    make_app: Callable[..., conveyor.App], clock: conveyor.FrozenClock, downstream: Server,
     receiver: Receiver, smtp: tuple[Inbox, int],
 ) -> None:  # fmt: skip
     inbox, port = smtp
@@ -191,7 +191,7 @@ async def test_an_outage_alerts_once_holds_the_jobs_and_they_run_when_it_is_back
 
 
 async def test_a_storm_of_failures_sends_one_alert(
-    make_app: Callable[..., Any], receiver: Receiver
+    make_app: Callable[..., conveyor.App], receiver: Receiver
 ) -> None:
     apps = [make_app(notifiers=[Webhook(receiver.server.url)]) for _ in range(2)]
     for app in apps:
@@ -211,7 +211,7 @@ async def test_a_storm_of_failures_sends_one_alert(
 
 
 async def test_a_failing_notifier_is_retried_and_never_stops_the_worker(
-    make_app: Callable[..., Any],
+    make_app: Callable[..., conveyor.App],
 ) -> None:
     receiver = Receiver(fail_first=1)
     receiver.server.start()
@@ -237,7 +237,7 @@ async def test_a_failing_notifier_is_retried_and_never_stops_the_worker(
 
 
 async def test_backlog_and_missing_worker_rules(
-    make_app: Callable[..., Any], clock: conveyor.FrozenClock, receiver: Receiver
+    make_app: Callable[..., conveyor.App], clock: conveyor.FrozenClock, receiver: Receiver
 ) -> None:
     app = make_app(clock=clock, notifiers=[Webhook(receiver.server.url)], alert_every="1h")
     app.alert_on_backlog("video", depth=3)

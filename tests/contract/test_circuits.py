@@ -18,6 +18,9 @@ from conveyor.testing import wait_rounds
 
 from .test_worker import running, until
 
+#: a task of any signature, as `@app.task` returns it
+AnyTask = conveyor.Task[Any, Any]
+
 
 class Downstream:
     """A stand-in service the tasks call: up or down, and how often it was called."""
@@ -53,7 +56,7 @@ def downstream() -> Downstream:
     return Downstream()
 
 
-def declare(app: conveyor.App, downstream: Downstream, **options: Any) -> conveyor.Task:
+def declare(app: conveyor.App, downstream: Downstream, **options: Any) -> AnyTask:
     options.setdefault("failure_threshold", 3)
     options.setdefault("probe", lambda: downstream.up)
     options.setdefault("schedule", [("1h", "1m"), (None, "10m")])
@@ -67,7 +70,7 @@ def declare(app: conveyor.App, downstream: Downstream, **options: Any) -> convey
 
 
 async def test_an_outage_holds_the_jobs_and_they_run_once_the_probe_answers(
-    make_app: Callable[..., Any], clock: conveyor.FrozenClock, downstream: Downstream
+    make_app: Callable[..., conveyor.App], clock: conveyor.FrozenClock, downstream: Downstream
 ) -> None:
     app = make_app(clock=clock)
     assemble = declare(app, downstream)
@@ -104,7 +107,7 @@ async def test_an_outage_holds_the_jobs_and_they_run_once_the_probe_answers(
 
 
 async def test_a_failing_probe_keeps_the_circuit_open_and_probes_on_schedule(
-    make_app: Callable[..., Any], clock: conveyor.FrozenClock, downstream: Downstream
+    make_app: Callable[..., conveyor.App], clock: conveyor.FrozenClock, downstream: Downstream
 ) -> None:
     app = make_app(clock=clock)
     probes: list[float] = []
@@ -129,7 +132,7 @@ async def test_a_failing_probe_keeps_the_circuit_open_and_probes_on_schedule(
 
 
 async def test_closing_by_hand_releases_the_held_jobs(
-    make_app: Callable[..., Any], downstream: Downstream
+    make_app: Callable[..., conveyor.App], downstream: Downstream
 ) -> None:
     app = make_app()
     assemble = declare(app, downstream, probe=None)
@@ -147,7 +150,7 @@ async def test_closing_by_hand_releases_the_held_jobs(
 
 
 async def test_a_failure_while_half_open_opens_it_again(
-    make_app: Callable[..., Any], clock: conveyor.FrozenClock, downstream: Downstream
+    make_app: Callable[..., conveyor.App], clock: conveyor.FrozenClock, downstream: Downstream
 ) -> None:
     app = make_app(clock=clock)
     answers = iter([True, False, False, False])
@@ -167,7 +170,7 @@ async def test_a_failure_while_half_open_opens_it_again(
 
 
 async def test_jobs_not_behind_the_circuit_keep_running(
-    make_app: Callable[..., Any], downstream: Downstream
+    make_app: Callable[..., conveyor.App], downstream: Downstream
 ) -> None:
     app = make_app()
     declare(app, downstream, probe=None)
@@ -186,7 +189,7 @@ async def test_jobs_not_behind_the_circuit_keep_running(
 
 
 async def test_an_error_of_the_job_itself_counts_as_usual(
-    make_app: Callable[..., Any], downstream: Downstream
+    make_app: Callable[..., conveyor.App], downstream: Downstream
 ) -> None:
     app = make_app()
     api = app.circuit("render-worker", failure_threshold=1)

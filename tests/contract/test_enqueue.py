@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -230,7 +231,7 @@ def test_text_and_numbers_json_cannot_carry_are_refused(
     refused(app, lambda: echo.configure(meta={"k": value}).enqueue(1), match)
 
 
-def test_payload_over_the_limit(make_app: Any) -> None:
+def test_payload_over_the_limit(make_app: Callable[..., conveyor.App]) -> None:
     app = make_app(max_payload_bytes=1000)
 
     @app.task

@@ -27,7 +27,9 @@ async def collect(stream: Any, into: list[Event], until_finished: int = 1) -> No
                 return
 
 
-async def test_state_changes_and_progress_arrive_in_order(make_app: Callable[..., Any]) -> None:
+async def test_state_changes_and_progress_arrive_in_order(
+    make_app: Callable[..., conveyor.App]
+) -> None:
     app = make_app()
 
     @app.task(name="encode", pass_context=True)
@@ -57,7 +59,9 @@ async def test_state_changes_and_progress_arrive_in_order(make_app: Callable[...
     assert [e.at for e in seen] == sorted(e.at for e in seen)
 
 
-async def test_progress_is_throttled_and_the_latest_gets_out(make_app: Callable[..., Any]) -> None:
+async def test_progress_is_throttled_and_the_latest_gets_out(
+    make_app: Callable[..., conveyor.App]
+) -> None:
     app = make_app()
     done = asyncio.Event()
 
@@ -88,7 +92,7 @@ async def test_progress_is_throttled_and_the_latest_gets_out(make_app: Callable[
     assert reports == sorted(reports)
 
 
-async def test_events_of_one_job_only(make_app: Callable[..., Any]) -> None:
+async def test_events_of_one_job_only(make_app: Callable[..., conveyor.App]) -> None:
     app = make_app()
 
     @app.task(name="echo")
@@ -106,7 +110,9 @@ async def test_events_of_one_job_only(make_app: Callable[..., Any]) -> None:
     assert app.get_job(first.id).state is JobState.SUCCEEDED
 
 
-async def test_wait_async_returns_when_the_job_finishes(make_app: Callable[..., Any]) -> None:
+async def test_wait_async_returns_when_the_job_finishes(
+    make_app: Callable[..., conveyor.App]
+) -> None:
     app = make_app()
 
     @app.task(name="slow")
@@ -129,7 +135,7 @@ async def test_wait_async_returns_when_the_job_finishes(make_app: Callable[..., 
 
 
 async def test_finished_events_carry_the_wait_and_run_time_of_the_attempt_that_ran(
-    make_app: Callable[..., Any],
+    make_app: Callable[..., conveyor.App],
 ) -> None:
     app = make_app()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from typing import Any
+from collections.abc import Callable
 
 import conveyor
 from conveyor import JobState
@@ -23,7 +23,7 @@ async def claim_as(app: conveyor.App, worker_id: str, limit: int = 10) -> list[c
 
 
 async def test_cancel_of_running_job_survives_rescue(
-    make_app: Any, clock: conveyor.FrozenClock
+    make_app: Callable[..., conveyor.App], clock: conveyor.FrozenClock
 ) -> None:
     """The user cancels a running job; its worker then dies. The rescuer must not re-queue it."""
     app = make_app(lease_seconds=30, clock=clock)
@@ -109,7 +109,7 @@ def test_buggy_backoff_callable_gets_an_outcome(app: conveyor.App) -> None:
 
 
 async def test_one_buggy_backoff_does_not_block_every_rescue(
-    make_app: Any, clock: conveyor.FrozenClock
+    make_app: Callable[..., conveyor.App], clock: conveyor.FrozenClock
 ) -> None:
     app = make_app(lease_seconds=30, clock=clock)
 
@@ -132,7 +132,7 @@ async def test_one_buggy_backoff_does_not_block_every_rescue(
 
 
 async def test_reclaimed_job_does_not_get_the_old_attempts_outcome(
-    make_app: Any, clock: conveyor.FrozenClock
+    make_app: Callable[..., conveyor.App], clock: conveyor.FrozenClock
 ) -> None:
     """The lease lapses (store locked, loop stalled) while the worker is alive; the rescuer puts the
     job back and the SAME worker claims it again. When attempt 1 then returns, its outcome must

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 import pytest
 from structlog.testing import capture_logs
@@ -42,9 +43,9 @@ async def test_claim_leases_jobs_to_one_worker(
 
 
 async def test_lost_worker_job_is_rescued_to_retrying(
-    make_app: object, clock: conveyor.FrozenClock
+    make_app: Callable[..., conveyor.App], clock: conveyor.FrozenClock
 ) -> None:
-    app = make_app(lease_seconds=30, clock=clock)  # type: ignore[operator]
+    app = make_app(lease_seconds=30, clock=clock)
 
     @app.task(backoff=conveyor.fixed(5))
     def work() -> None: ...
@@ -69,9 +70,9 @@ async def test_lost_worker_job_is_rescued_to_retrying(
 
 
 async def test_lost_worker_with_no_attempts_left_is_dead(
-    make_app: object, clock: conveyor.FrozenClock
+    make_app: Callable[..., conveyor.App], clock: conveyor.FrozenClock
 ) -> None:
-    app = make_app(lease_seconds=30, clock=clock)  # type: ignore[operator]
+    app = make_app(lease_seconds=30, clock=clock)
 
     @app.task(max_attempts=1, retry_on=(ConnectionError,))
     def work() -> None: ...
@@ -87,9 +88,9 @@ async def test_lost_worker_with_no_attempts_left_is_dead(
 
 
 async def test_worker_lost_is_retried_even_when_retry_on_is_narrow(
-    make_app: object, clock: conveyor.FrozenClock
+    make_app: Callable[..., conveyor.App], clock: conveyor.FrozenClock
 ) -> None:
-    app = make_app(lease_seconds=30, clock=clock)  # type: ignore[operator]
+    app = make_app(lease_seconds=30, clock=clock)
 
     @app.task(max_attempts=3, retry_on=(ConnectionError,))
     def work() -> None: ...
@@ -103,9 +104,9 @@ async def test_worker_lost_is_retried_even_when_retry_on_is_narrow(
 
 
 async def test_heartbeat_keeps_the_lease_alive(
-    make_app: object, clock: conveyor.FrozenClock
+    make_app: Callable[..., conveyor.App], clock: conveyor.FrozenClock
 ) -> None:
-    app = make_app(lease_seconds=30, clock=clock)  # type: ignore[operator]
+    app = make_app(lease_seconds=30, clock=clock)
 
     @app.task
     def work() -> None: ...
@@ -125,9 +126,9 @@ async def test_heartbeat_keeps_the_lease_alive(
 
 
 async def test_late_outcome_of_a_rescued_job_is_ignored(
-    make_app: object, clock: conveyor.FrozenClock
+    make_app: Callable[..., conveyor.App], clock: conveyor.FrozenClock
 ) -> None:
-    app = make_app(lease_seconds=30, clock=clock)  # type: ignore[operator]
+    app = make_app(lease_seconds=30, clock=clock)
 
     @app.task(backoff=[0])
     def work() -> None: ...
@@ -145,9 +146,9 @@ async def test_late_outcome_of_a_rescued_job_is_ignored(
 
 
 async def test_rescue_never_overrides_a_live_lease(
-    make_app: object, clock: conveyor.FrozenClock
+    make_app: Callable[..., conveyor.App], clock: conveyor.FrozenClock
 ) -> None:
-    app = make_app(lease_seconds=30, clock=clock)  # type: ignore[operator]
+    app = make_app(lease_seconds=30, clock=clock)
 
     @app.task
     def work() -> None: ...
@@ -162,9 +163,11 @@ async def test_rescue_never_overrides_a_live_lease(
     assert job.refresh().state is JobState.RUNNING
 
 
-async def test_one_leader_at_a_time(make_app: object, clock: conveyor.FrozenClock) -> None:
-    first = make_app(clock=clock)  # type: ignore[operator]
-    second = make_app(clock=clock)  # type: ignore[operator]
+async def test_one_leader_at_a_time(
+    make_app: Callable[..., conveyor.App], clock: conveyor.FrozenClock
+) -> None:
+    first = make_app(clock=clock)
+    second = make_app(clock=clock)
     now = clock.now()
     assert await first.backend.try_lead("maintenance", "a", now + 30, now)
     assert not await second.backend.try_lead("maintenance", "b", now + 30, now)
@@ -176,8 +179,10 @@ async def test_one_leader_at_a_time(make_app: object, clock: conveyor.FrozenCloc
     await second.backend.resign("maintenance", "b")
 
 
-async def test_only_the_leader_rescues(make_app: object, clock: conveyor.FrozenClock) -> None:
-    app = make_app(lease_seconds=30, clock=clock)  # type: ignore[operator]
+async def test_only_the_leader_rescues(
+    make_app: Callable[..., conveyor.App], clock: conveyor.FrozenClock
+) -> None:
+    app = make_app(lease_seconds=30, clock=clock)
 
     @app.task(backoff=[0])
     def work() -> None: ...
@@ -185,7 +190,7 @@ async def test_only_the_leader_rescues(make_app: object, clock: conveyor.FrozenC
     job = work.enqueue()
     await claim_as(app, "ghost")
     clock.advance(31)
-    other = make_app(lease_seconds=30, clock=clock)  # type: ignore[operator]
+    other = make_app(lease_seconds=30, clock=clock)
     leader = Maintenance(app, app.backend, "leader", interval=1)
     follower = Maintenance(other, other.backend, "follower", interval=1)
     await leader.run_once()
@@ -202,8 +207,10 @@ async def test_only_the_leader_rescues(make_app: object, clock: conveyor.FrozenC
     await leader.resign()
 
 
-async def test_running_worker_rescues_a_lost_workers_job(make_app: object) -> None:
-    app = make_app(lease_seconds=0.5)  # type: ignore[operator]
+async def test_running_worker_rescues_a_lost_workers_job(
+    make_app: Callable[..., conveyor.App]
+) -> None:
+    app = make_app(lease_seconds=0.5)
 
     @app.task(backoff=[0])
     def work() -> str:
@@ -224,9 +231,9 @@ async def test_running_worker_rescues_a_lost_workers_job(make_app: object) -> No
 
 
 async def test_a_heartbeat_tells_which_attempts_are_still_the_workers(
-    make_app: object, clock: conveyor.FrozenClock
+    make_app: Callable[..., conveyor.App], clock: conveyor.FrozenClock
 ) -> None:
-    app = make_app(lease_seconds=30, clock=clock)  # type: ignore[operator]
+    app = make_app(lease_seconds=30, clock=clock)
 
     @app.task(backoff=conveyor.fixed(0))
     def work() -> None: ...
@@ -255,12 +262,12 @@ async def test_a_heartbeat_tells_which_attempts_are_still_the_workers(
 
 
 async def test_a_replaced_leader_can_no_longer_rescue_or_fire(
-    make_app: object, clock: conveyor.FrozenClock
+    make_app: Callable[..., conveyor.App], clock: conveyor.FrozenClock
 ) -> None:
     """A leader that froze past its lease is replaced; when it wakes, the rescues and cron
     fires it had decided change nothing: the store checks that it still leads."""
-    first = make_app(lease_seconds=30, clock=clock)  # type: ignore[operator]
-    second = make_app(lease_seconds=30, clock=clock)  # type: ignore[operator]
+    first = make_app(lease_seconds=30, clock=clock)
+    second = make_app(lease_seconds=30, clock=clock)
 
     @first.task(name="work", backoff=conveyor.fixed(0))
     def work() -> None: ...
@@ -302,12 +309,12 @@ def _fields(outcome: Outcome) -> dict[str, object]:
 
 
 async def test_a_worker_stops_a_job_the_store_gave_to_another(
-    make_app: object, clock: conveyor.FrozenClock
+    make_app: Callable[..., conveyor.App], clock: conveyor.FrozenClock
 ) -> None:
     """The store rescued a job from a worker it thought lost, but the worker lives on (it was
     cut off, or paused). At its next heartbeat the worker learns the job is no longer its own
     and stops it, as a cancel would: the task sees it, and no outcome of that attempt lands."""
-    app = make_app(lease_seconds=300, clock=clock)  # type: ignore[operator]
+    app = make_app(lease_seconds=300, clock=clock)
     started, stopped = asyncio.Event(), asyncio.Event()
 
     @app.task(backoff=conveyor.fixed(3600), pass_context=True)
@@ -343,12 +350,14 @@ async def test_a_worker_stops_a_job_the_store_gave_to_another(
     assert [e["job_id"] for e in discarded] == [job.id]
 
 
-async def test_a_claim_whose_answer_never_arrived_is_handed_back(make_app: object) -> None:
+async def test_a_claim_whose_answer_never_arrived_is_handed_back(
+    make_app: Callable[..., conveyor.App]
+) -> None:
     """A claim cut off by a timeout may still be carried out by the server later, for a worker
     that gave up on it. The worker's next heartbeat finds jobs running under its name that it
     does not run, and hands them back at once, the attempt not counted — instead of leaving
     them to wait out their lease and lose an attempt."""
-    app = make_app(lease_seconds=300)  # type: ignore[operator]
+    app = make_app(lease_seconds=300)
 
     @app.task(queue="elsewhere")
     def work() -> None: ...
@@ -372,13 +381,13 @@ async def test_a_claim_whose_answer_never_arrived_is_handed_back(make_app: objec
 
 
 async def test_a_job_whose_lease_lapsed_before_it_began_is_handed_back_at_once(
-    make_app: object,
+    make_app: Callable[..., conveyor.App],
 ) -> None:
     """A worker paused right after a claim (a long GC pause, a slow machine) finds the lease of
     a job it has not begun already lapsed, and stops it before its first step. The job must go
     back to the queue at once, the attempt not counted — not stay `running` under this worker,
     its lease renewed by every heartbeat, until the worker stops."""
-    app = make_app(lease_seconds=300)  # type: ignore[operator]
+    app = make_app(lease_seconds=300)
 
     @app.task(queue="elsewhere")
     async def work() -> None: ...

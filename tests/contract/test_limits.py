@@ -50,7 +50,9 @@ def states(app: conveyor.App, jobs: list[conveyor.Job]) -> Counter[JobState]:
 # -- concurrency -------------------------------------------------------------------------------
 
 
-async def test_a_task_concurrency_limit_holds_across_workers(make_app: Callable[..., Any]) -> None:
+async def test_a_task_concurrency_limit_holds_across_workers(
+    make_app: Callable[..., conveyor.App]
+) -> None:
     tally = Tally()
     apps = [make_app() for _ in range(3)]
     for app in apps:
@@ -88,7 +90,7 @@ async def test_a_concurrency_key_limits_each_key_and_lets_the_others_run(
 
 
 async def test_a_queue_concurrency_limit_holds_and_other_queues_run_beside_it(
-    make_app: Callable[..., Any],
+    make_app: Callable[..., conveyor.App],
 ) -> None:
     tally = Tally()
     apps = [make_app() for _ in range(2)]
@@ -144,7 +146,7 @@ async def test_a_limited_job_of_higher_priority_starts_before_plain_ones(
 
 
 async def test_a_rate_limited_job_waits_queued_for_its_window(
-    make_app: Callable[..., Any], clock: conveyor.FrozenClock
+    make_app: Callable[..., conveyor.App], clock: conveyor.FrozenClock
 ) -> None:
     app = make_app(clock=clock)
 
@@ -171,7 +173,7 @@ async def test_a_rate_limited_job_waits_queued_for_its_window(
 
 
 async def test_a_rate_limit_is_kept_per_key(
-    make_app: Callable[..., Any], clock: conveyor.FrozenClock
+    make_app: Callable[..., conveyor.App], clock: conveyor.FrozenClock
 ) -> None:
     app = make_app(clock=clock)
 
