@@ -293,7 +293,7 @@ def test_notifiers_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None
         with pytest.raises(conveyor.ConfigurationError, match=message):
             from_config(bad)
     routed = from_config('[{"type": "log", "events": ["job.dead"]}]')[0]
-    assert isinstance(routed, Log) and routed.events == {"job.dead"}
+    assert isinstance(routed, Log) and routed.events == frozenset({"job.dead"})
     monkeypatch.setenv("CONVEYOR_ALERTS", '[{"type": "webhook", "url": "${HOOK_URL}"}]')
     app = conveyor.App("sqlite:///unused.db")
     assert [type(n) for n in app.alerts.notifiers] == [Webhook]

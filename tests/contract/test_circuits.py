@@ -207,14 +207,15 @@ async def test_an_error_of_the_job_itself_counts_as_usual(
 
 
 def test_bad_circuits_are_refused_where_they_are_declared(app: conveyor.App) -> None:
-    for options, message in [
+    cases: list[tuple[dict[str, Any], str]] = [  # options of every wrong kind
         ({"failure_threshold": 0}, "failure_threshold must be an integer >= 1"),
         ({"probe": "ftp://x"}, "probe must be an http"),
         ({"schedule": [("1h", "1m")]}, "the last probe schedule step must be"),
         ({"schedule": [(None, "1m"), (None, "5m")]}, "longer and longer"),
         ({"schedule": [("1h", "0s"), (None, "5m")]}, "must be > 0"),
         ({"schedule": [("soon", "1m"), (None, "5m")]}, "not a duration"),
-    ]:
+    ]
+    for options, message in cases:
         with pytest.raises(conveyor.ValidationError, match=message):
             app.circuit("svc", **options)
     with pytest.raises(conveyor.ValidationError, match="bad circuit name"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Callable
 
@@ -296,16 +297,12 @@ async def test_a_replaced_leader_can_no_longer_rescue_or_fire(
     assert await first.backend.fire_periodic("entry", 60.0, None, clock.now(), "first") is None
     assert first.periodic_ticks() == {}
 
-    taken_over = Outcome(**{**_fields(rescue), "leader": "second"})
+    taken_over = dataclasses.replace(rescue, leader="second")
     assert await second.backend.complete([taken_over]) == [job.id]
     assert job.refresh().state is JobState.RETRYING
     await second.backend.fire_periodic("entry", 60.0, None, clock.now(), "second")
     assert set(second.periodic_ticks()) == {"entry"}
     await second.backend.resign("maintenance", "second")
-
-
-def _fields(outcome: Outcome) -> dict[str, object]:
-    return {name: getattr(outcome, name) for name in Outcome.__dataclass_fields__}
 
 
 async def test_a_worker_stops_a_job_the_store_gave_to_another(

@@ -373,7 +373,8 @@ def test_bulk_actions_say_how_many_they_changed(client: TestClient, tasks: conve
     def act(action: str, ids: list[int]) -> dict[str, Any]:
         answer = client.post("/api/jobs/bulk", json={"action": action, "ids": ids}, headers=admin)
         assert answer.status_code == 200, answer.text
-        return answer.json()
+        body: dict[str, Any] = answer.json()
+        return body
 
     assert act("retry", [*dead, queued, 999]) == {"action": "retry", "requested": 4, "affected": 2}
     assert {tasks.get_job(i).state for i in dead} == {JobState.QUEUED}

@@ -25,7 +25,9 @@ def app(tmp_path: Path) -> Iterator[conveyor.App]:
 
 
 def _path(app: conveyor.App) -> str:
-    return app.backend.sync.path  # type: ignore[attr-defined]
+    store = app.backend.sync
+    assert isinstance(store, sqlite_backend.SqliteStore)
+    return store.path
 
 
 # -- a store hiccup during ctx.progress neither fails the job nor burns an attempt -------------

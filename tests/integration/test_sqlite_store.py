@@ -162,7 +162,9 @@ def test_a_full_database_is_an_outage_that_ends_when_space_is_freed(tmp_path: Pa
     def t(payload: str) -> None: ...
 
     app.migrate()
-    conn = app.backend.sync._conn()
+    store = app.backend.sync
+    assert isinstance(store, SqliteStore)
+    conn = store._conn()  # its own connection: the page limit holds for the store's writes
     pages = conn.execute("PRAGMA page_count").fetchone()[0]
     conn.execute(f"PRAGMA max_page_count = {pages + 2}")
     stored = 0

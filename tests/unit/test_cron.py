@@ -14,8 +14,11 @@ from conveyor.cron import Schedule
 PARIS = ZoneInfo("Europe/Paris")
 
 
-def at(*parts: int, tz: ZoneInfo = PARIS, fold: int = 0) -> float:
-    return dt.datetime(*parts, tzinfo=tz, fold=fold).timestamp()  # type: ignore[misc]
+def at(
+    year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0,
+    *, tz: ZoneInfo = PARIS, fold: int = 0,
+) -> float:
+    return dt.datetime(year, month, day, hour, minute, second, tzinfo=tz, fold=fold).timestamp()
 
 
 def local(t: float) -> str:
