@@ -439,10 +439,11 @@ def test_migrating_down_to_zero_and_up_again_gives_a_fresh_install(
     }  # fmt: skip
 
     app.get_task("record").enqueue("before")
-    assert app.backend.sync.migrate_down(1) == VERSIONS[:0:-1]  # type: ignore[attr-defined]
+    store: Any = app.backend.sync  # migrate_down is the PostgreSQL store's alone
+    assert store.migrate_down(1) == VERSIONS[:0:-1]
     assert app.schema_version() == 1
     assert "queues" not in tables(schema)
-    assert app.backend.sync.migrate_down(0) == [1]  # type: ignore[attr-defined]
+    assert store.migrate_down(0) == [1]
     assert app.schema_version() == 0
     assert tables(schema) == {"migrations"}  # the bookkeeping stays, empty
     assert scalar(f"SELECT count(*) FROM {schema}.migrations") == 0
@@ -825,7 +826,7 @@ async def test_one_leader_at_a_time_and_the_next_takes_over_when_its_session_end
     )  # fmt: skip
     assert await lead(second, "second")  # at once, not a lease later
     assert not await lead(first, "first")
-    assert leader_row(schema) is not None and leader_row(schema)[0] == "second"  # type: ignore[index]
+    assert (row := leader_row(schema)) is not None and row[0] == "second"
 
 
 async def test_a_leader_whose_session_dies_is_replaced_at_once(
@@ -842,7 +843,7 @@ async def test_a_leader_whose_session_dies_is_replaced_at_once(
     assert await lead(second, "second")
     assert not await lead(first, "first")  # the old leader notices it lost
     assert not await lead(first, "first")
-    assert leader_row(schema) is not None and leader_row(schema)[0] == "second"  # type: ignore[index]
+    assert (row := leader_row(schema)) is not None and row[0] == "second"
 
 
 async def test_a_leader_that_stops_renewing_loses_the_lead_within_a_lease(

@@ -49,7 +49,7 @@ def ticks(schedule: Schedule, start: float, n: int) -> list[str]:
 )
 def test_bad_schedules_are_refused_with_the_reason(expression: object, message: str) -> None:
     with pytest.raises(conveyor.ValidationError, match=message):
-        Schedule.parse(expression)  # type: ignore[arg-type]
+        Schedule.parse(expression)  # type: ignore[arg-type]  # deliberately bad input
 
 
 def test_an_unknown_time_zone_is_refused() -> None:
