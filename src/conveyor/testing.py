@@ -1,16 +1,6 @@
 """Helpers for tests of an app's tasks: a frozen clock, draining the queues in-process, a worker
 running beside the test, and waits on a condition or on the worker's background rounds instead
-of sleeps.
-
-    from conveyor.testing import FrozenClock, drain
-
-    def test_thumbnail(tmp_path):
-        app = App(f"sqlite:///{tmp_path / 'jobs.db'}", clock=FrozenClock())
-        ...
-        job = thumbnail.enqueue("cat.png")
-        assert drain(app) == 1
-        assert job.refresh().result == "cat.thumb.png"
-"""
+of sleeps. The guide's "Testing your tasks" shows them at work."""
 
 from __future__ import annotations
 
