@@ -13,6 +13,7 @@ import pytest
 
 import conveyor
 from conveyor import JobState
+from conveyor.testing import drain_async
 
 from .test_worker import running, until
 
@@ -37,10 +38,7 @@ class Tally:
 
 async def burst_workers(apps: list[conveyor.App], concurrency: int = 5) -> None:
     """Several workers at once, each until nothing is runnable."""
-    await asyncio.wait_for(
-        asyncio.gather(*(a.run_worker_async(concurrency=concurrency, burst=True) for a in apps)),
-        60,
-    )
+    await asyncio.gather(*(drain_async(a, concurrency=concurrency, timeout=60) for a in apps))
 
 
 def states(app: conveyor.App, jobs: list[conveyor.Job]) -> Counter[JobState]:
