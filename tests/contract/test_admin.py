@@ -169,9 +169,7 @@ def test_only_dead_or_cancelled_jobs_can_be_retried(
         app.retry_job(12345)
 
 
-def test_bulk_retry_of_the_dead_letter_queue(
-    app: conveyor.App, tasks: dict[str, AnyTask]
-) -> None:
+def test_bulk_retry_of_the_dead_letter_queue(app: conveyor.App, tasks: dict[str, AnyTask]) -> None:
     @app.task(queue="c", max_attempts=1)
     def other() -> None:
         raise RuntimeError("x")
@@ -220,9 +218,7 @@ def test_purge_deletes_old_finished_jobs_and_their_history(
         app.purge(state="queued")
 
 
-def test_ids_are_never_reused_after_a_purge(
-    app: conveyor.App, tasks: dict[str, AnyTask]
-) -> None:
+def test_ids_are_never_reused_after_a_purge(app: conveyor.App, tasks: dict[str, AnyTask]) -> None:
     first = tasks["ok"].enqueue(1)
     app.run_worker(burst=True)
     app.purge(older_than=0)

@@ -28,7 +28,7 @@ async def collect(stream: Any, into: list[Event], until_finished: int = 1) -> No
 
 
 async def test_state_changes_and_progress_arrive_in_order(
-    make_app: Callable[..., conveyor.App]
+    make_app: Callable[..., conveyor.App],
 ) -> None:
     app = make_app()
 
@@ -60,7 +60,7 @@ async def test_state_changes_and_progress_arrive_in_order(
 
 
 async def test_progress_is_throttled_and_the_latest_gets_out(
-    make_app: Callable[..., conveyor.App]
+    make_app: Callable[..., conveyor.App],
 ) -> None:
     app = make_app()
     done = asyncio.Event()
@@ -111,7 +111,7 @@ async def test_events_of_one_job_only(make_app: Callable[..., conveyor.App]) -> 
 
 
 async def test_wait_async_returns_when_the_job_finishes(
-    make_app: Callable[..., conveyor.App]
+    make_app: Callable[..., conveyor.App],
 ) -> None:
     app = make_app()
 

@@ -209,7 +209,7 @@ async def test_only_the_leader_rescues(
 
 
 async def test_running_worker_rescues_a_lost_workers_job(
-    make_app: Callable[..., conveyor.App]
+    make_app: Callable[..., conveyor.App],
 ) -> None:
     app = make_app(lease_seconds=0.5)
 
@@ -348,7 +348,7 @@ async def test_a_worker_stops_a_job_the_store_gave_to_another(
 
 
 async def test_a_claim_whose_answer_never_arrived_is_handed_back(
-    make_app: Callable[..., conveyor.App]
+    make_app: Callable[..., conveyor.App],
 ) -> None:
     """A claim cut off by a timeout may still be carried out by the server later, for a worker
     that gave up on it. The worker's next heartbeat finds jobs running under its name that it

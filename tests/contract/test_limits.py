@@ -49,7 +49,7 @@ def states(app: conveyor.App, jobs: list[conveyor.Job]) -> Counter[JobState]:
 
 
 async def test_a_task_concurrency_limit_holds_across_workers(
-    make_app: Callable[..., conveyor.App]
+    make_app: Callable[..., conveyor.App],
 ) -> None:
     tally = Tally()
     apps = [make_app() for _ in range(3)]

@@ -89,7 +89,7 @@ def test_a_bad_queue_name_is_refused_and_nothing_is_paused(app: conveyor.App) ->
 
 
 async def test_running_jobs_finish_when_their_queue_is_paused(
-    make_app: Callable[..., conveyor.App]
+    make_app: Callable[..., conveyor.App],
 ) -> None:
     app = make_app()
     started = threading.Event()

@@ -18,7 +18,7 @@ until = wait_until
 
 
 async def test_idle_worker_picks_up_a_job_enqueued_elsewhere(
-    make_app: Callable[..., conveyor.App]
+    make_app: Callable[..., conveyor.App],
 ) -> None:
     worker_app, producer = make_app(), make_app()
 
@@ -87,7 +87,7 @@ async def test_cancel_a_running_async_job(make_app: Callable[..., conveyor.App])
 
 
 async def test_cancel_a_running_sync_job_that_polls_the_flag(
-    make_app: Callable[..., conveyor.App]
+    make_app: Callable[..., conveyor.App],
 ) -> None:
     app = make_app(lease_seconds=0.4)
     started = threading.Event()

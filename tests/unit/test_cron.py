@@ -15,8 +15,15 @@ PARIS = ZoneInfo("Europe/Paris")
 
 
 def at(
-    year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0,
-    *, tz: ZoneInfo = PARIS, fold: int = 0,
+    year: int,
+    month: int,
+    day: int,
+    hour: int = 0,
+    minute: int = 0,
+    second: int = 0,
+    *,
+    tz: ZoneInfo = PARIS,
+    fold: int = 0,
 ) -> float:
     return dt.datetime(year, month, day, hour, minute, second, tzinfo=tz, fold=fold).timestamp()
 
