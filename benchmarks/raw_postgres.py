@@ -34,7 +34,8 @@ class Statements:
         self.schema = schema
 
     def __getattr__(self, name: str) -> str:
-        return getattr(_QUERIES, name).replace("{schema}", self.schema)
+        statement: str = getattr(_QUERIES, name)
+        return statement.replace("{schema}", self.schema)
 
 
 @contextlib.contextmanager

@@ -10,7 +10,7 @@ import statistics
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, TypedDict
 
 from benchmarks import raw, raw_postgres, workloads
 from benchmarks.common import BACKENDS, LOG_LEVEL, postgres_url
@@ -177,11 +177,18 @@ def cli_drain_key(processes: int, concurrency: int) -> str:
     return f"drain.cli.p{processes}.c{concurrency}"
 
 
+class Where(TypedDict):
+    """Which store a workload runs on: the keyword arguments every workload takes."""
+
+    backend: str
+    postgres: str | None
+
+
 def run(config: Config, progress: Callable[[str], None] = lambda _: None) -> Results:
     """Run every selected workload `config.repeat` times, interleaved, and gather the figures."""
     pg = config.backend == "postgres"
     results = Results(config, env=environment(config.backend, config.postgres_url))
-    where = {"backend": config.backend, "postgres": config.postgres_url}
+    where: Where = {"backend": config.backend, "postgres": config.postgres_url}
     n = config.jobs
     for round_no in range(1, config.repeat + 1):
 
@@ -364,10 +371,10 @@ def _targets(results: Results) -> None:
     wanted += [Target(key, ">=", per_s, f"≥ {per_s:,.0f}/s") for key in many]
     one_process = [drain_key(kind, c) for c in config.concurrencies for kind in ("sync", "async")]
     one_process += [cli_drain_key(1, c) for c in config.concurrencies]
-    share = f"≥ {goals.drain_share:.0%} of raw batch-{config.raw_batch}"
+    share_goal = f"≥ {goals.drain_share:.0%} of raw batch-{config.raw_batch}"
     for key in one_process:
         wanted.append(Target(key, ">=", goals.drain_per_s, f"≥ {goals.drain_per_s:,.0f}/s"))
-        wanted.append(Target(f"{key}/raw", ">=", goals.drain_share, share))
+        wanted.append(Target(f"{key}/raw", ">=", goals.drain_share, share_goal))
     for c in config.concurrencies:
         for p in (p for p in config.processes if p > 1):
             wanted.append(Target(f"{cli_drain_key(p, c)}/p1", ">", 1.0, "faster than -p 1"))

@@ -13,11 +13,30 @@ import pytest
 import structlog
 
 import conveyor
+import conveyor.backends
 import conveyor.logging
 from conveyor.job import TRANSITIONS, JobState
 
-#: Every backend that exists; the contract suite runs on each.
-BACKENDS = ["sqlite", "postgres"]
+#: Every backend that exists (the registry `open_backend` serves from); the contract suite
+#: runs on each.
+ALL_BACKENDS = [kind.name for kind in conveyor.backends.BACKENDS]
+
+
+def chosen_backends() -> list[str]:
+    """The backends this run tests: all of them, or those CONVEYOR_TEST_BACKENDS names
+    (comma-separated; `make check` sets it to `sqlite`)."""
+    named = os.environ.get("CONVEYOR_TEST_BACKENDS", "")
+    chosen = [name.strip() for name in named.split(",") if name.strip()]
+    unknown = [name for name in chosen if name not in ALL_BACKENDS]
+    if unknown:
+        raise pytest.UsageError(
+            f"CONVEYOR_TEST_BACKENDS names unknown backends {', '.join(unknown)} "
+            f"(known: {', '.join(ALL_BACKENDS)})"
+        )
+    return chosen or ALL_BACKENDS
+
+
+BACKENDS = chosen_backends()
 
 POSTGRES_URL = os.environ.get(
     "CONVEYOR_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
@@ -49,70 +68,124 @@ def drop_schema(schema: str) -> None:
         conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
-def check_transitions(backend: str, url: str, schema: str) -> None:
-    """Every pair of states the store's history holds is one `TRANSITIONS` allows: checked
-    after every test that made an App, on every backend."""
-    query = "SELECT DISTINCT from_state, to_state FROM {table}"
-    if backend == "sqlite":
+class TestStore:
+    """A backend as the tests drive it: where a test's store lives, what an App on it needs,
+    and a look at its history from outside."""
+
+    def url(self, tmp_path: Path) -> str:
+        raise NotImplementedError
+
+    def reachable(self) -> None:
+        """Fail (in CI) or skip the test if the store's server cannot be reached."""
+
+    def options(self, schema: str) -> dict[str, Any]:
+        """What every App of one test needs to share one store of its own."""
+        return {}
+
+    def prepare(self, app: conveyor.App) -> None:
+        """Before the first App of a test is handed out."""
+
+    def transitions(self, url: str, schema: str) -> list[tuple[str | None, str]]:
+        """Every distinct (from, to) pair of states the store's history holds."""
+        raise NotImplementedError
+
+    def drop(self, schema: str) -> None:
+        """After the test: the store goes."""
+
+
+HISTORY_PAIRS = "SELECT DISTINCT from_state, to_state FROM {table}"
+
+
+class SqliteTestStore(TestStore):
+    def url(self, tmp_path: Path) -> str:
+        return f"sqlite:///{tmp_path / 'jobs.db'}"
+
+    def transitions(self, url: str, schema: str) -> list[tuple[str | None, str]]:
         conn = sqlite3.connect(url.removeprefix("sqlite:///"))
         try:
-            rows = conn.execute(query.format(table="conveyor_job_history")).fetchall()
+            return conn.execute(HISTORY_PAIRS.format(table="conveyor_job_history")).fetchall()
         except sqlite3.OperationalError:
-            return  # no schema was made
+            return []  # no schema was made
         finally:
             conn.close()
-    else:
+
+
+class PostgresTestStore(TestStore):
+    """Each test gets a schema of its own, migrated before the first App is handed out and
+    dropped afterwards."""
+
+    def url(self, tmp_path: Path) -> str:
+        return POSTGRES_URL
+
+    def reachable(self) -> None:
+        postgres_available()
+
+    def options(self, schema: str) -> dict[str, Any]:
+        return {"postgres_schema": schema}
+
+    def prepare(self, app: conveyor.App) -> None:
+        app.migrate()
+
+    def transitions(self, url: str, schema: str) -> list[tuple[str | None, str]]:
         import psycopg
 
+        table = f'"{schema}".job_history'
         with psycopg.connect(POSTGRES_URL, autocommit=True) as pg:
-            found = pg.execute("SELECT to_regclass(%s) IS NOT NULL", (f'"{schema}".job_history',))
-            if not found.fetchone()[0]:  # type: ignore[index]
-                return
-            rows = pg.execute(query.format(table=f'"{schema}".job_history')).fetchall()
+            row = pg.execute("SELECT to_regclass(%s) IS NOT NULL", (table,)).fetchone()
+            if row is None or not row[0]:
+                return []
+            return pg.execute(HISTORY_PAIRS.format(table=table)).fetchall()
+
+    def drop(self, schema: str) -> None:
+        drop_schema(schema)
+
+
+#: How the tests drive each backend of the registry.
+TEST_STORES: dict[str, TestStore] = {"sqlite": SqliteTestStore(), "postgres": PostgresTestStore()}
+if missing := set(ALL_BACKENDS) - set(TEST_STORES):
+    raise pytest.UsageError(f"no TestStore in tests/conftest.py for {', '.join(sorted(missing))}")
+
+
+def check_transitions(store: TestStore, url: str, schema: str) -> None:
+    """Every pair of states the store's history holds is one `TRANSITIONS` allows: checked
+    after every test that made an App, on every backend."""
+    rows = store.transitions(url, schema)
     seen = {(None if a is None else JobState(a), JobState(b)) for a, b in rows}
     assert seen <= TRANSITIONS, f"history holds transitions not allowed: {seen - TRANSITIONS}"
 
 
 @pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest) -> str:
-    if request.param == "postgres":
-        postgres_available()
+    TEST_STORES[request.param].reachable()
     return str(request.param)
 
 
 @pytest.fixture
 def url(backend: str, tmp_path: Path) -> str:
-    if backend == "sqlite":
-        return f"sqlite:///{tmp_path / 'jobs.db'}"
-    return POSTGRES_URL
+    return TEST_STORES[backend].url(tmp_path)
 
 
 @pytest.fixture
 async def make_app(backend: str, url: str) -> AsyncIterator[Callable[..., conveyor.App]]:
-    """Apps on the test's backend, sharing one store; every one is closed afterwards.
-
-    On PostgreSQL each test gets a schema of its own, migrated before the first App is handed
-    out and dropped afterwards.
-    """
+    """Apps on the test's backend, sharing one store of the test's own; every one is closed
+    afterwards, and the history they wrote checked against `TRANSITIONS`."""
+    store = TEST_STORES[backend]
     apps: list[conveyor.App] = []
     schema = f"test_{uuid.uuid4().hex[:12]}"
 
     def make(**kwargs: Any) -> conveyor.App:
-        if backend == "postgres":
-            kwargs.setdefault("postgres_schema", schema)
-        app = conveyor.App(url, **kwargs)
-        if backend == "postgres" and not apps:
-            app.migrate()
+        app = conveyor.App(url, **{**store.options(schema), **kwargs})
+        if not apps:
+            store.prepare(app)
         apps.append(app)
         return app
 
     yield make
     if apps:
-        check_transitions(backend, url, schema)
+        check_transitions(store, url, schema)
     for app in apps:
         await app.close_async()  # in the test's event loop, which owns its async connections
-    if backend == "postgres":
-        drop_schema(schema)
+    store.drop(schema)
 
 
 @pytest.fixture
@@ -127,9 +200,10 @@ def clock() -> conveyor.FrozenClock:
 
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Tests set the CONVEYOR_* variables they need; none leak in from the shell."""
+    """Tests set the CONVEYOR_* variables they need; none leak in from the shell (but the
+    CONVEYOR_TEST_* ones that configure the test run)."""
     for name in list(os.environ):
-        if name.startswith("CONVEYOR_") and name != "CONVEYOR_TEST_POSTGRES_URL":
+        if name.startswith("CONVEYOR_") and not name.startswith("CONVEYOR_TEST_"):
             monkeypatch.delenv(name)
 
 

@@ -55,7 +55,7 @@ def parse_logfmt(line: str) -> dict[str, Any]:
 
 
 def wait_until(
-    predicate: Callable[[], T],
+    predicate: Callable[[], T | None],
     what: str,
     timeout: float = DEADLINE_S,
     on_timeout: Callable[[], str] | None = None,

@@ -72,7 +72,7 @@ def test_two_workers_drain_5000_jobs_each_exactly_once(project: Project) -> None
     assert len(expected) == JOBS
 
     def drained() -> bool:
-        stats = tasks.app.queue_stats()["default"]
+        stats: dict[JobState, int] = tasks.app.queue_stats()["default"]
         return stats.get(JobState.SUCCEEDED, 0) + stats.get(JobState.DEAD, 0) == JOBS
 
     wait_until(

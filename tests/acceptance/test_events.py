@@ -10,6 +10,7 @@ import pytest
 
 from conveyor import JobState
 from conveyor.events import Event
+from conveyor.testing import subscribe
 
 from .conftest import Project
 
@@ -36,21 +37,18 @@ async def watch(project: Project) -> None:
     tasks = project.write_tasks(TASKS)
     tasks.app.migrate()
     seen: list[Event] = []
-    stream, _ = await tasks.app._open_events(None, None)
+    async with subscribe(tasks.app) as stream:
 
-    async def collect() -> None:
-        async for event in stream:
-            seen.append(event)
-            if event.finished:
-                return
+        async def collect() -> None:
+            async for event in stream:
+                seen.append(event)
+                if event.finished:
+                    return
 
-    watcher = asyncio.create_task(collect())
-    job = tasks.transcode.enqueue(5)
-    worker = project.start_worker("-c", "2")
-    try:
+        watcher = asyncio.create_task(collect())
+        job = tasks.transcode.enqueue(5)
+        worker = project.start_worker("-c", "2")
         await asyncio.wait_for(watcher, 60)
-    finally:
-        await stream.aclose()
     assert [e.state for e in seen if e.kind == "state"] == [
         JobState.QUEUED, JobState.RUNNING, JobState.SUCCEEDED,
     ]  # fmt: skip

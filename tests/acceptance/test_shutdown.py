@@ -77,7 +77,7 @@ def wait_started(project: Project, *job_ids: int) -> None:
     """Until each job's function is running (it wrote its marker)."""
     for job_id in job_ids:
         wait_until(
-            lambda job_id=job_id: (project.root / f"started-{job_id}").exists(),
+            (project.root / f"started-{job_id}").exists,
             f"job {job_id} to start running",
             on_timeout=project.logs,
         )

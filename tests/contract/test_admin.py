@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
 import conveyor
 from conveyor import JobState
 
+#: a task of any signature, as `@app.task` returns it
+AnyTask = conveyor.Task[Any, Any]
+
 
 @pytest.fixture
-def tasks(app: conveyor.App) -> dict[str, conveyor.Task]:
+def tasks(app: conveyor.App) -> dict[str, AnyTask]:
     @app.task(queue="a")
     def ok(i: int = 0) -> int:
         return i
@@ -24,7 +28,7 @@ def tasks(app: conveyor.App) -> dict[str, conveyor.Task]:
 
 
 def test_queue_stats_count_jobs_per_queue_and_state(
-    app: conveyor.App, tasks: dict[str, conveyor.Task]
+    app: conveyor.App, tasks: dict[str, AnyTask]
 ) -> None:
     tasks["ok"].enqueue_many([(i,) for i in range(3)])
     tasks["bad"].enqueue_many([(), ()])
@@ -38,7 +42,7 @@ def test_queue_stats_count_jobs_per_queue_and_state(
 
 
 def test_list_jobs_filters_and_pages_newest_first(
-    app: conveyor.App, tasks: dict[str, conveyor.Task]
+    app: conveyor.App, tasks: dict[str, AnyTask]
 ) -> None:
     oks = tasks["ok"].enqueue_many([(i,) for i in range(5)])
     bads = tasks["bad"].enqueue_many([(), ()])
@@ -65,7 +69,7 @@ def test_get_job_of_an_unknown_id(app: conveyor.App) -> None:
         app.cancel_job(999)
 
 
-def test_cancelled_job_never_runs(app: conveyor.App, tasks: dict[str, conveyor.Task]) -> None:
+def test_cancelled_job_never_runs(app: conveyor.App, tasks: dict[str, AnyTask]) -> None:
     runs: list[int] = []
 
     @app.task
@@ -87,7 +91,7 @@ def test_cancelled_job_never_runs(app: conveyor.App, tasks: dict[str, conveyor.T
 
 
 def test_cancel_jobs_cancels_what_has_not_started_in_one_go(
-    app: conveyor.App, tasks: dict[str, conveyor.Task]
+    app: conveyor.App, tasks: dict[str, AnyTask]
 ) -> None:
     queued = tasks["ok"].enqueue_many([(i,) for i in range(3)])
     scheduled = tasks["ok"].configure(delay=3600).enqueue(9)
@@ -112,7 +116,7 @@ def test_cancel_jobs_cancels_what_has_not_started_in_one_go(
 
 
 def test_cancelling_a_finished_job_changes_nothing(
-    app: conveyor.App, tasks: dict[str, conveyor.Task]
+    app: conveyor.App, tasks: dict[str, AnyTask]
 ) -> None:
     job = tasks["ok"].enqueue(5)
     app.run_worker(burst=True)
@@ -145,7 +149,7 @@ def test_retry_a_dead_job_starts_its_attempts_again(app: conveyor.App) -> None:
     assert any(h.note == "retried by hand" for h in app.job_history(job.id))
 
 
-def test_retry_a_cancelled_job(app: conveyor.App, tasks: dict[str, conveyor.Task]) -> None:
+def test_retry_a_cancelled_job(app: conveyor.App, tasks: dict[str, AnyTask]) -> None:
     job = tasks["ok"].enqueue(1)
     job.cancel()
 
@@ -153,7 +157,7 @@ def test_retry_a_cancelled_job(app: conveyor.App, tasks: dict[str, conveyor.Task
 
 
 def test_only_dead_or_cancelled_jobs_can_be_retried(
-    app: conveyor.App, tasks: dict[str, conveyor.Task]
+    app: conveyor.App, tasks: dict[str, AnyTask]
 ) -> None:
     job = tasks["ok"].enqueue(1)
     with pytest.raises(conveyor.InvalidTransition, match="is queued; only dead or cancelled"):
@@ -165,9 +169,7 @@ def test_only_dead_or_cancelled_jobs_can_be_retried(
         app.retry_job(12345)
 
 
-def test_bulk_retry_of_the_dead_letter_queue(
-    app: conveyor.App, tasks: dict[str, conveyor.Task]
-) -> None:
+def test_bulk_retry_of_the_dead_letter_queue(app: conveyor.App, tasks: dict[str, AnyTask]) -> None:
     @app.task(queue="c", max_attempts=1)
     def other() -> None:
         raise RuntimeError("x")
@@ -186,10 +188,10 @@ def test_bulk_retry_of_the_dead_letter_queue(
 
 
 def test_purge_deletes_old_finished_jobs_and_their_history(
-    make_app: object, clock: conveyor.FrozenClock
+    make_app: Callable[..., conveyor.App], clock: conveyor.FrozenClock
 ) -> None:
     # retention far off, so that the workers' leader does not prune first
-    app = make_app(clock=clock, retention_succeeded="1000d", retention_failed="1000d")  # type: ignore[operator]
+    app = make_app(clock=clock, retention_succeeded="1000d", retention_failed="1000d")
 
     @app.task(max_attempts=1)
     def run(fail: bool) -> None:
@@ -216,9 +218,7 @@ def test_purge_deletes_old_finished_jobs_and_their_history(
         app.purge(state="queued")
 
 
-def test_ids_are_never_reused_after_a_purge(
-    app: conveyor.App, tasks: dict[str, conveyor.Task]
-) -> None:
+def test_ids_are_never_reused_after_a_purge(app: conveyor.App, tasks: dict[str, AnyTask]) -> None:
     first = tasks["ok"].enqueue(1)
     app.run_worker(burst=True)
     app.purge(older_than=0)
@@ -227,11 +227,11 @@ def test_ids_are_never_reused_after_a_purge(
 
 
 async def test_the_leader_prunes_finished_jobs_after_their_retention(
-    make_app: object, clock: conveyor.FrozenClock
+    make_app: Callable[..., conveyor.App], clock: conveyor.FrozenClock
 ) -> None:
     from conveyor.services.pruner import Pruner
 
-    app = make_app(clock=clock, retention_succeeded="7d", retention_failed="30d")  # type: ignore[operator]
+    app = make_app(clock=clock, retention_succeeded="7d", retention_failed="30d")
 
     @app.task(max_attempts=1)
     def run(fail: bool) -> None:

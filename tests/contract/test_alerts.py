@@ -22,6 +22,7 @@ import conveyor
 from conveyor import JobState
 from conveyor.circuit import CircuitState
 from conveyor.notify import Email, Log, Webhook, from_config
+from conveyor.testing import wait_rounds
 
 from .test_worker import running, until
 
@@ -135,7 +136,7 @@ def subjects(inbox: Inbox) -> list[str]:
 
 
 async def test_an_outage_alerts_once_holds_the_jobs_and_they_run_when_it_is_back(
-    make_app: Callable[..., Any], clock: conveyor.FrozenClock, downstream: Server,
+    make_app: Callable[..., conveyor.App], clock: conveyor.FrozenClock, downstream: Server,
     receiver: Receiver, smtp: tuple[Inbox, int],
 ) -> None:  # fmt: skip
     inbox, port = smtp
@@ -190,7 +191,7 @@ async def test_an_outage_alerts_once_holds_the_jobs_and_they_run_when_it_is_back
 
 
 async def test_a_storm_of_failures_sends_one_alert(
-    make_app: Callable[..., Any], receiver: Receiver
+    make_app: Callable[..., conveyor.App], receiver: Receiver
 ) -> None:
     apps = [make_app(notifiers=[Webhook(receiver.server.url)]) for _ in range(2)]
     for app in apps:
@@ -210,7 +211,7 @@ async def test_a_storm_of_failures_sends_one_alert(
 
 
 async def test_a_failing_notifier_is_retried_and_never_stops_the_worker(
-    make_app: Callable[..., Any],
+    make_app: Callable[..., conveyor.App],
 ) -> None:
     receiver = Receiver(fail_first=1)
     receiver.server.start()
@@ -236,7 +237,7 @@ async def test_a_failing_notifier_is_retried_and_never_stops_the_worker(
 
 
 async def test_backlog_and_missing_worker_rules(
-    make_app: Callable[..., Any], clock: conveyor.FrozenClock, receiver: Receiver
+    make_app: Callable[..., conveyor.App], clock: conveyor.FrozenClock, receiver: Receiver
 ) -> None:
     app = make_app(clock=clock, notifiers=[Webhook(receiver.server.url)], alert_every="1h")
     app.alert_on_backlog("video", depth=3)
@@ -254,12 +255,10 @@ async def test_backlog_and_missing_worker_rules(
     worker = conveyor.Worker(app, queues=["default"])  # serves neither queue
     async with running(worker):
         await until(lambda: hasattr(worker, "maintainer") and worker.maintainer.running)
-        worker.watch.kick()
-        await worker.watch.wait_rounds(1)
+        await wait_rounds(worker.watch, kick=True)
         await until(lambda: app.alerts.flush(5) and receiver.events() == ["queue.backlog"])
         clock.advance(11 * 60)  # the mail job has waited 11 minutes; no worker for video
-        worker.watch.kick()
-        await worker.watch.wait_rounds(1)
+        await wait_rounds(worker.watch, kick=True)
         assert app.alerts.flush(10)
     assert sorted(receiver.events()) == ["queue.backlog", "queue.backlog", "workers.missing"]
     by_queue = {(b["event"], b["queue"]): b for b in receiver.bodies}
@@ -294,7 +293,7 @@ def test_notifiers_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None
         with pytest.raises(conveyor.ConfigurationError, match=message):
             from_config(bad)
     routed = from_config('[{"type": "log", "events": ["job.dead"]}]')[0]
-    assert isinstance(routed, Log) and routed.events == {"job.dead"}
+    assert isinstance(routed, Log) and routed.events == frozenset({"job.dead"})
     monkeypatch.setenv("CONVEYOR_ALERTS", '[{"type": "webhook", "url": "${HOOK_URL}"}]')
     app = conveyor.App("sqlite:///unused.db")
     assert [type(n) for n in app.alerts.notifiers] == [Webhook]

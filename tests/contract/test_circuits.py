@@ -14,8 +14,12 @@ import pytest
 import conveyor
 from conveyor import JobState
 from conveyor.circuit import CircuitInfo, CircuitState
+from conveyor.testing import wait_rounds
 
 from .test_worker import running, until
+
+#: a task of any signature, as `@app.task` returns it
+AnyTask = conveyor.Task[Any, Any]
 
 
 class Downstream:
@@ -52,7 +56,7 @@ def downstream() -> Downstream:
     return Downstream()
 
 
-def declare(app: conveyor.App, downstream: Downstream, **options: Any) -> conveyor.Task:
+def declare(app: conveyor.App, downstream: Downstream, **options: Any) -> AnyTask:
     options.setdefault("failure_threshold", 3)
     options.setdefault("probe", lambda: downstream.up)
     options.setdefault("schedule", [("1h", "1m"), (None, "10m")])
@@ -66,14 +70,14 @@ def declare(app: conveyor.App, downstream: Downstream, **options: Any) -> convey
 
 
 async def test_an_outage_holds_the_jobs_and_they_run_once_the_probe_answers(
-    make_app: Callable[..., Any], clock: conveyor.FrozenClock, downstream: Downstream
+    make_app: Callable[..., conveyor.App], clock: conveyor.FrozenClock, downstream: Downstream
 ) -> None:
     app = make_app(clock=clock)
     assemble = declare(app, downstream)
     jobs = assemble.enqueue_many([(i,) for i in range(6)])
-    async with running(conveyor.Worker(app, concurrency=1)):
+    async with running(conveyor.Worker(app, concurrency=1)) as worker:
         await until(lambda: circuit(app, "render-worker").state is CircuitState.OPEN)
-        await asyncio.sleep(0.3)  # held: nothing more reaches the downstream
+        await until(lambda: settled(app, jobs))  # no failure still on its way
         calls = downstream.calls
         assert calls == 3  # the threshold: three failures in a row
         await asyncio.sleep(0.3)
@@ -87,10 +91,11 @@ async def test_an_outage_holds_the_jobs_and_they_run_once_the_probe_answers(
         assert circuit(app, "render-worker").held == 6
 
         clock.advance(59)  # the schedule: a probe a minute after opening
-        await asyncio.sleep(1.5)
+        await wait_rounds(worker.prober, kick=True)
         assert circuit(app, "render-worker").state is CircuitState.OPEN  # not probed yet
         downstream.up = True
         clock.advance(1)
+        worker.prober.kick()
         await until(lambda: states(app, jobs)[JobState.SUCCEEDED] == 6)
     assert [app.get_job(j.id).result for j in jobs] == [0, 10, 20, 30, 40, 50]
     assert {app.get_job(j.id).attempt for j in jobs} == {1}
@@ -102,7 +107,7 @@ async def test_an_outage_holds_the_jobs_and_they_run_once_the_probe_answers(
 
 
 async def test_a_failing_probe_keeps_the_circuit_open_and_probes_on_schedule(
-    make_app: Callable[..., Any], clock: conveyor.FrozenClock, downstream: Downstream
+    make_app: Callable[..., conveyor.App], clock: conveyor.FrozenClock, downstream: Downstream
 ) -> None:
     app = make_app(clock=clock)
     probes: list[float] = []
@@ -113,20 +118,21 @@ async def test_a_failing_probe_keeps_the_circuit_open_and_probes_on_schedule(
 
     assemble = declare(app, downstream, probe=probe, schedule=[("2m", "1m"), (None, "10m")])
     job = assemble.enqueue(1)
-    async with running(conveyor.Worker(app)) as _:
+    async with running(conveyor.Worker(app)) as worker:
         await until(lambda: circuit(app, "render-worker").state is CircuitState.OPEN)
         opened = clock.now()
         for probed, minutes in enumerate((1, 2, 12), start=1):  # each minute for two, then ten
             clock.set(opened + minutes * 60)
-            await until(lambda n=probed: len(probes) == n)  # type: ignore[misc]
-        await asyncio.sleep(1.2)
+            await wait_rounds(worker.prober, kick=True)
+            assert len(probes) == probed
+        await wait_rounds(worker.prober, kick=True)
         assert len(probes) == 3
     assert [p - opened for p in probes] == [60, 120, 720]
     assert app.get_job(job.id).held_by == "render-worker"
 
 
 async def test_closing_by_hand_releases_the_held_jobs(
-    make_app: Callable[..., Any], downstream: Downstream
+    make_app: Callable[..., conveyor.App], downstream: Downstream
 ) -> None:
     app = make_app()
     assemble = declare(app, downstream, probe=None)
@@ -144,17 +150,18 @@ async def test_closing_by_hand_releases_the_held_jobs(
 
 
 async def test_a_failure_while_half_open_opens_it_again(
-    make_app: Callable[..., Any], clock: conveyor.FrozenClock, downstream: Downstream
+    make_app: Callable[..., conveyor.App], clock: conveyor.FrozenClock, downstream: Downstream
 ) -> None:
     app = make_app(clock=clock)
     answers = iter([True, False, False, False])
     assemble = declare(app, downstream, probe=lambda: next(answers))
     jobs = assemble.enqueue_many([(i,) for i in range(3)])
-    async with running(conveyor.Worker(app)):
+    async with running(conveyor.Worker(app)) as worker:
         await until(lambda: circuit(app, "render-worker").state is CircuitState.OPEN)
         await until(lambda: settled(app, jobs))  # nothing still in flight
         calls = downstream.calls
         clock.advance(60)  # the probe answers, but the service still fails the first job
+        worker.prober.kick()
         await until(lambda: [e.event for e in app.circuit_log("render-worker")][:2]
                     == ["opened", "half_open"])  # fmt: skip
     assert downstream.calls == calls + 1  # one job let through while half-open, no more
@@ -163,7 +170,7 @@ async def test_a_failure_while_half_open_opens_it_again(
 
 
 async def test_jobs_not_behind_the_circuit_keep_running(
-    make_app: Callable[..., Any], downstream: Downstream
+    make_app: Callable[..., conveyor.App], downstream: Downstream
 ) -> None:
     app = make_app()
     declare(app, downstream, probe=None)
@@ -182,7 +189,7 @@ async def test_jobs_not_behind_the_circuit_keep_running(
 
 
 async def test_an_error_of_the_job_itself_counts_as_usual(
-    make_app: Callable[..., Any], downstream: Downstream
+    make_app: Callable[..., conveyor.App], downstream: Downstream
 ) -> None:
     app = make_app()
     api = app.circuit("render-worker", failure_threshold=1)
@@ -200,14 +207,15 @@ async def test_an_error_of_the_job_itself_counts_as_usual(
 
 
 def test_bad_circuits_are_refused_where_they_are_declared(app: conveyor.App) -> None:
-    for options, message in [
+    cases: list[tuple[dict[str, Any], str]] = [  # options of every wrong kind
         ({"failure_threshold": 0}, "failure_threshold must be an integer >= 1"),
         ({"probe": "ftp://x"}, "probe must be an http"),
         ({"schedule": [("1h", "1m")]}, "the last probe schedule step must be"),
         ({"schedule": [(None, "1m"), (None, "5m")]}, "longer and longer"),
         ({"schedule": [("1h", "0s"), (None, "5m")]}, "must be > 0"),
         ({"schedule": [("soon", "1m"), (None, "5m")]}, "not a duration"),
-    ]:
+    ]
+    for options, message in cases:
         with pytest.raises(conveyor.ValidationError, match=message):
             app.circuit("svc", **options)
     with pytest.raises(conveyor.ValidationError, match="bad circuit name"):

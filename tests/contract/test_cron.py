@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -14,6 +15,7 @@ import conveyor
 from conveyor import JobState
 from conveyor.services.elector import LEADERSHIP
 from conveyor.services.scheduler import Scheduler
+from conveyor.testing import wait_rounds
 
 from .test_worker import running, until
 
@@ -43,7 +45,7 @@ def clock() -> conveyor.FrozenClock:
 
 
 async def test_each_tick_is_fired_once_and_the_job_runs(
-    make_app: Any, clock: conveyor.FrozenClock
+    make_app: Callable[..., conveyor.App], clock: conveyor.FrozenClock
 ) -> None:
     app = make_app(clock=clock)
     runs: list[int] = []
@@ -73,7 +75,7 @@ async def test_each_tick_is_fired_once_and_the_job_runs(
 
 
 async def test_a_second_scheduler_or_a_restart_at_the_tick_fires_nothing_more(
-    make_app: Any, clock: conveyor.FrozenClock
+    make_app: Callable[..., conveyor.App], clock: conveyor.FrozenClock
 ) -> None:
     first, second = make_app(clock=clock), make_app(clock=clock)
     for app in (first, second):
@@ -88,7 +90,7 @@ async def test_a_second_scheduler_or_a_restart_at_the_tick_fires_nothing_more(
 
 @pytest.mark.parametrize("catch_up", [True, False])
 async def test_ticks_missed_while_no_worker_ran(
-    make_app: Any, clock: conveyor.FrozenClock, catch_up: bool
+    make_app: Callable[..., conveyor.App], clock: conveyor.FrozenClock, catch_up: bool
 ) -> None:
     app = make_app(clock=clock)
     declare(app, [], catch_up=catch_up)
@@ -106,7 +108,7 @@ async def test_ticks_missed_while_no_worker_ran(
 
 
 async def test_the_leader_in_a_worker_fires_on_the_tick(
-    make_app: Any, clock: conveyor.FrozenClock
+    make_app: Callable[..., conveyor.App], clock: conveyor.FrozenClock
 ) -> None:
     app = make_app(clock=clock)
     runs: list[int] = []
@@ -114,14 +116,15 @@ async def test_the_leader_in_a_worker_fires_on_the_tick(
     worker = conveyor.Worker(app)
     async with running(worker):
         await until(lambda: hasattr(worker, "maintainer") and worker.maintainer.running)
-        worker.scheduler.kick()
-        await worker.scheduler.wait_rounds(1)  # the schedule starts
+        await wait_rounds(worker.scheduler, kick=True)  # the schedule starts
         clock.advance(HOUR)
         worker.scheduler.kick()
         await until(lambda: runs == [7])
 
 
-async def test_only_the_leader_fires(make_app: Any, clock: conveyor.FrozenClock) -> None:
+async def test_only_the_leader_fires(
+    make_app: Callable[..., conveyor.App], clock: conveyor.FrozenClock
+) -> None:
     app = make_app(clock=clock)
     declare(app, [])
 
@@ -146,7 +149,7 @@ async def test_only_the_leader_fires(make_app: Any, clock: conveyor.FrozenClock)
 
 
 async def test_old_ticks_are_pruned_but_each_entrys_latest_stays(
-    make_app: Any, clock: conveyor.FrozenClock
+    make_app: Callable[..., conveyor.App], clock: conveyor.FrozenClock
 ) -> None:
     app = make_app(clock=clock)
     declare(app, [])
@@ -179,7 +182,7 @@ def test_bad_declarations_are_refused_when_the_task_is_declared(app: conveyor.Ap
 
 
 async def test_task_options_reach_the_jobs_fired(
-    make_app: Any, clock: conveyor.FrozenClock
+    make_app: Callable[..., conveyor.App], clock: conveyor.FrozenClock
 ) -> None:
     app = make_app(clock=clock)
     declare(app, [], queue="reports", priority="high", max_attempts=7)

@@ -12,6 +12,9 @@ import conveyor
 from conveyor import JobState
 from conveyor.backends.base import MAX_DEPENDENCY_DEPTH
 
+#: a task of any signature, as `@app.task` returns it
+AnyTask = conveyor.Task[Any, Any]
+
 
 @pytest.fixture
 def log() -> list[str]:
@@ -19,7 +22,7 @@ def log() -> list[str]:
 
 
 @pytest.fixture
-def step(app: conveyor.App, log: list[str]) -> conveyor.Task:
+def step(app: conveyor.App, log: list[str]) -> AnyTask:
     @app.task(name="step", max_attempts=1)
     def step(label: str, fail: bool = False) -> str:
         log.append(label)
@@ -35,7 +38,7 @@ def state(app: conveyor.App, job: conveyor.Job) -> JobState:
 
 
 def test_a_job_waits_until_everything_it_depends_on_succeeded(
-    app: conveyor.App, step: conveyor.Task, log: list[str]
+    app: conveyor.App, step: AnyTask, log: list[str]
 ) -> None:
     a, b = step.enqueue("a"), step.enqueue("b")
     report = step.configure(depends_on=[a, b.id], priority=1).enqueue("report")
@@ -49,7 +52,7 @@ def test_a_job_waits_until_everything_it_depends_on_succeeded(
 
 
 def test_a_dead_dependency_cancels_the_dependents_down_the_line(
-    app: conveyor.App, step: conveyor.Task, log: list[str]
+    app: conveyor.App, step: AnyTask, log: list[str]
 ) -> None:
     a = step.enqueue("a", fail=True)
     ok = step.enqueue("ok")
@@ -67,7 +70,7 @@ def test_a_dead_dependency_cancels_the_dependents_down_the_line(
 
 
 def test_dependencies_that_already_finished_decide_at_once(
-    app: conveyor.App, step: conveyor.Task
+    app: conveyor.App, step: AnyTask
 ) -> None:
     done, dead = step.enqueue("done"), step.enqueue("dead", fail=True)
     app.run_worker(burst=True)
@@ -81,7 +84,7 @@ def test_dependencies_that_already_finished_decide_at_once(
 
 
 def test_a_released_job_keeps_its_delay(
-    app: conveyor.App, step: conveyor.Task, clock: conveyor.FrozenClock
+    app: conveyor.App, step: AnyTask, clock: conveyor.FrozenClock
 ) -> None:
     app.clock = clock
     first = step.enqueue("first")
@@ -94,7 +97,7 @@ def test_a_released_job_keeps_its_delay(
 
 
 def test_a_waiting_job_can_be_cancelled_and_its_dependents_follow(
-    app: conveyor.App, step: conveyor.Task
+    app: conveyor.App, step: AnyTask
 ) -> None:
     a = step.configure(delay=3600).enqueue("a")
     b = step.configure(depends_on=[a]).enqueue("b")
@@ -115,7 +118,7 @@ def test_a_waiting_job_can_be_cancelled_and_its_dependents_follow(
     ],
 )
 def test_bad_dependencies_are_refused_and_nothing_is_stored(
-    app: conveyor.App, step: conveyor.Task, options: dict[str, Any], message: str
+    app: conveyor.App, step: AnyTask, options: dict[str, Any], message: str
 ) -> None:
     with pytest.raises(conveyor.ValidationError, match=message):
         step.configure(**options).enqueue("x")
@@ -125,7 +128,7 @@ def test_bad_dependencies_are_refused_and_nothing_is_stored(
 
 
 def test_a_chain_runs_in_order_and_stops_at_a_failure(
-    app: conveyor.App, step: conveyor.Task, log: list[str]
+    app: conveyor.App, step: AnyTask, log: list[str]
 ) -> None:
     jobs = conveyor.chain(step.s("one"), step.s("two", fail=True), step.s("three")).enqueue()
     assert [j.state for j in jobs] == [JobState.QUEUED, JobState.WAITING, JobState.WAITING]
@@ -135,7 +138,7 @@ def test_a_chain_runs_in_order_and_stops_at_a_failure(
 
 
 def test_a_group_fans_out_and_its_callback_fans_in(
-    app: conveyor.App, step: conveyor.Task, log: list[str]
+    app: conveyor.App, step: AnyTask, log: list[str]
 ) -> None:
     @app.task(name="collect")
     def collect() -> str:
@@ -150,7 +153,7 @@ def test_a_group_fans_out_and_its_callback_fans_in(
 
 
 def test_dependencies_chain_at_most_the_cap_deep_and_the_cascade_runs_through(
-    app: conveyor.App, step: conveyor.Task
+    app: conveyor.App, step: AnyTask
 ) -> None:
     cap = MAX_DEPENDENCY_DEPTH
     with pytest.raises(conveyor.ValidationError, match=f"at most {cap} jobs deep"):
@@ -166,7 +169,7 @@ def test_dependencies_chain_at_most_the_cap_deep_and_the_cascade_runs_through(
 
 
 def test_a_group_whose_members_share_a_unique_key_waits_for_the_one_stored(
-    app: conveyor.App, step: conveyor.Task, log: list[str]
+    app: conveyor.App, step: AnyTask, log: list[str]
 ) -> None:
     @app.task(name="collect")
     def collect() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -372,7 +373,7 @@ def test_worker_only_takes_its_queues(app: conveyor.App) -> None:
 
 
 def test_unknown_task_in_the_worker_fails_the_job_with_a_clear_error(
-    make_app: Any,
+    make_app: Callable[..., conveyor.App],
 ) -> None:
     producer = make_app()
     consumer = make_app()

@@ -5,32 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
-from typing import Any
+from collections.abc import Callable
 
 import conveyor
 from conveyor import JobState
 from conveyor.services.rescuer import rescue_expired_leases
-
-
-@asynccontextmanager
-async def running(worker: conveyor.Worker) -> AsyncIterator[asyncio.Task[None]]:
-    task = asyncio.create_task(worker.run_async())
-    try:
-        yield task
-    finally:
-        if not task.done() and not worker.stopping:
-            worker.stop()
-        await asyncio.wait_for(task, 20)
-
-
-async def until(check: Callable[[], Any], timeout: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not check():
-        assert loop.time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
+from conveyor.testing import running_worker as running
+from conveyor.testing import wait_until as until
 
 
 async def claim_as(app: conveyor.App, worker_id: str, limit: int = 10) -> list[conveyor.Job]:
@@ -38,11 +19,11 @@ async def claim_as(app: conveyor.App, worker_id: str, limit: int = 10) -> list[c
     return await app.backend.claim(worker_id, None, limit, now + app.settings.lease_seconds, now)
 
 
-# -- a cancel of a running job is forgotten when the job leaves its worker -----------------
+# -- a cancel of a running job sticks when the job leaves its worker ---------------------------
 
 
 async def test_cancel_of_running_job_survives_rescue(
-    make_app: Any, clock: conveyor.FrozenClock
+    make_app: Callable[..., conveyor.App], clock: conveyor.FrozenClock
 ) -> None:
     """The user cancels a running job; its worker then dies. The rescuer must not re-queue it."""
     app = make_app(lease_seconds=30, clock=clock)
@@ -57,13 +38,13 @@ async def test_cancel_of_running_job_survives_rescue(
     await rescue_expired_leases(app, app.backend)
 
     job.refresh()
-    # Today: retrying (then queued and run again), cancel_requested reset to False.
+    # The rescue honours the cancel request: cancelled, not retrying (and run again).
     assert job.state is JobState.CANCELLED, (job.state, job.cancel_requested)
 
 
 async def test_cancel_of_running_job_survives_shutdown_hand_back(app: conveyor.App) -> None:
     """Cancel a running sync job, then stop the worker before its next heartbeat: the job is
-    handed back to `queued` and the cancel request is erased, so the next worker runs it."""
+    cancelled, not handed back to `queued` with the request erased for the next worker to run."""
     started, release = threading.Event(), threading.Event()
 
     @app.task
@@ -84,7 +65,7 @@ async def test_cancel_of_running_job_survives_shutdown_hand_back(app: conveyor.A
     assert job.state is JobState.CANCELLED, (job.state, job.cancel_requested)
 
 
-# -- an exception escaping the executor drops the outcome; job stuck `running` ------------
+# -- whatever a task or its policy raises, the job gets an outcome, never stays `running` ------
 
 
 def test_async_task_raising_cancelled_error_gets_an_outcome(app: conveyor.App) -> None:
@@ -95,8 +76,8 @@ def test_async_task_raising_cancelled_error_gets_an_outcome(app: conveyor.App) -
     job = flaky_io.enqueue()
     app.run_worker(burst=True)
     job.refresh()
-    # Today: the burst worker returns with the job still `running`, leased to a worker that is
-    # gone; later the rescuer blames "worker lost".
+    # The task's own CancelledError is its failure: the job is dead when the burst worker
+    # returns, not left `running` under a worker that is gone for the rescuer to find.
     assert job.state is JobState.DEAD, job.state
 
 
@@ -128,7 +109,7 @@ def test_buggy_backoff_callable_gets_an_outcome(app: conveyor.App) -> None:
 
 
 async def test_one_buggy_backoff_does_not_block_every_rescue(
-    make_app: Any, clock: conveyor.FrozenClock
+    make_app: Callable[..., conveyor.App], clock: conveyor.FrozenClock
 ) -> None:
     app = make_app(lease_seconds=30, clock=clock)
 
@@ -147,11 +128,11 @@ async def test_one_buggy_backoff_does_not_block_every_rescue(
     assert ok.state is JobState.RETRYING, ok.state
 
 
-# -- the same worker re-claiming a job it still runs cross-wires the two attempts ---------
+# -- the same worker re-claiming a job it still runs keeps the two attempts apart --------------
 
 
 async def test_reclaimed_job_does_not_get_the_old_attempts_outcome(
-    make_app: Any, clock: conveyor.FrozenClock
+    make_app: Callable[..., conveyor.App], clock: conveyor.FrozenClock
 ) -> None:
     """The lease lapses (store locked, loop stalled) while the worker is alive; the rescuer puts the
     job back and the SAME worker claims it again. When attempt 1 then returns, its outcome must
@@ -178,19 +159,19 @@ async def test_reclaimed_job_does_not_get_the_old_attempts_outcome(
         assert await rescue_expired_leases(app, app.backend) == 1
         await until(lambda: len(runs) == 2)  # the same worker runs attempt 2
         gates[0].set()  # attempt 1 returns
-        await asyncio.sleep(0.3)
+        await until(lambda: worker.processed == 1)  # and its outcome has gone to the store
         await job.refresh_async()
         state_while_attempt_2_runs = job.state
         gates[1].set()
     await job.refresh_async()
     assert runs == [1, 2]
-    # Today: attempt 1's outcome lands on the row while attempt 2 still runs (state succeeded,
-    # result "run 1"), and attempt 2's outcome is silently dropped.
+    # Attempt 1's outcome is not written over attempt 2 while it runs; attempt 2's is the one
+    # that lands.
     assert state_while_attempt_2_runs is JobState.RUNNING, state_while_attempt_2_runs
     assert job.result == "run 2", job.result
 
 
-# -- text no store keeps, written by a task, holds back the whole batch ------------------------
+# -- text no store keeps, written by a task, is made storable and holds back nothing -----------
 
 POISON = "bad\x00text\ud800!"  # a NUL (PostgreSQL refuses it) and a lone surrogate (not UTF-8)
 STORED = "bad\ufffdtext\ufffd!"

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 from structlog.testing import capture_logs
@@ -16,6 +17,7 @@ from conveyor.job import Outcome
 from conveyor.services.elector import Elector
 from conveyor.services.maintainer import Maintainer
 from conveyor.services.rescuer import Rescuer, rescue_expired_leases
+from conveyor.testing import running_worker
 
 from .test_worker import until
 
@@ -46,9 +48,9 @@ async def test_claim_leases_jobs_to_one_worker(
 
 
 async def test_lost_worker_job_is_rescued_to_retrying(
-    make_app: object, clock: conveyor.FrozenClock
+    make_app: Callable[..., conveyor.App], clock: conveyor.FrozenClock
 ) -> None:
-    app = make_app(lease_seconds=30, clock=clock)  # type: ignore[operator]
+    app = make_app(lease_seconds=30, clock=clock)
 
     @app.task(backoff=conveyor.fixed(5))
     def work() -> None: ...
@@ -73,9 +75,9 @@ async def test_lost_worker_job_is_rescued_to_retrying(
 
 
 async def test_lost_worker_with_no_attempts_left_is_dead(
-    make_app: object, clock: conveyor.FrozenClock
+    make_app: Callable[..., conveyor.App], clock: conveyor.FrozenClock
 ) -> None:
-    app = make_app(lease_seconds=30, clock=clock)  # type: ignore[operator]
+    app = make_app(lease_seconds=30, clock=clock)
 
     @app.task(max_attempts=1, retry_on=(ConnectionError,))
     def work() -> None: ...
@@ -91,9 +93,9 @@ async def test_lost_worker_with_no_attempts_left_is_dead(
 
 
 async def test_worker_lost_is_retried_even_when_retry_on_is_narrow(
-    make_app: object, clock: conveyor.FrozenClock
+    make_app: Callable[..., conveyor.App], clock: conveyor.FrozenClock
 ) -> None:
-    app = make_app(lease_seconds=30, clock=clock)  # type: ignore[operator]
+    app = make_app(lease_seconds=30, clock=clock)
 
     @app.task(max_attempts=3, retry_on=(ConnectionError,))
     def work() -> None: ...
@@ -107,9 +109,9 @@ async def test_worker_lost_is_retried_even_when_retry_on_is_narrow(
 
 
 async def test_heartbeat_keeps_the_lease_alive(
-    make_app: object, clock: conveyor.FrozenClock
+    make_app: Callable[..., conveyor.App], clock: conveyor.FrozenClock
 ) -> None:
-    app = make_app(lease_seconds=30, clock=clock)  # type: ignore[operator]
+    app = make_app(lease_seconds=30, clock=clock)
 
     @app.task
     def work() -> None: ...
@@ -129,9 +131,9 @@ async def test_heartbeat_keeps_the_lease_alive(
 
 
 async def test_late_outcome_of_a_rescued_job_is_ignored(
-    make_app: object, clock: conveyor.FrozenClock
+    make_app: Callable[..., conveyor.App], clock: conveyor.FrozenClock
 ) -> None:
-    app = make_app(lease_seconds=30, clock=clock)  # type: ignore[operator]
+    app = make_app(lease_seconds=30, clock=clock)
 
     @app.task(backoff=[0])
     def work() -> None: ...
@@ -149,9 +151,9 @@ async def test_late_outcome_of_a_rescued_job_is_ignored(
 
 
 async def test_rescue_never_overrides_a_live_lease(
-    make_app: object, clock: conveyor.FrozenClock
+    make_app: Callable[..., conveyor.App], clock: conveyor.FrozenClock
 ) -> None:
-    app = make_app(lease_seconds=30, clock=clock)  # type: ignore[operator]
+    app = make_app(lease_seconds=30, clock=clock)
 
     @app.task
     def work() -> None: ...
@@ -166,9 +168,11 @@ async def test_rescue_never_overrides_a_live_lease(
     assert job.refresh().state is JobState.RUNNING
 
 
-async def test_one_leader_at_a_time(make_app: object, clock: conveyor.FrozenClock) -> None:
-    first = make_app(clock=clock)  # type: ignore[operator]
-    second = make_app(clock=clock)  # type: ignore[operator]
+async def test_one_leader_at_a_time(
+    make_app: Callable[..., conveyor.App], clock: conveyor.FrozenClock
+) -> None:
+    first = make_app(clock=clock)
+    second = make_app(clock=clock)
     now = clock.now()
     assert await first.backend.try_lead("maintenance", "a", now + 30, now)
     assert not await second.backend.try_lead("maintenance", "b", now + 30, now)
@@ -180,8 +184,10 @@ async def test_one_leader_at_a_time(make_app: object, clock: conveyor.FrozenCloc
     await second.backend.resign("maintenance", "b")
 
 
-async def test_only_the_leader_rescues(make_app: object, clock: conveyor.FrozenClock) -> None:
-    app = make_app(lease_seconds=30, clock=clock)  # type: ignore[operator]
+async def test_only_the_leader_rescues(
+    make_app: Callable[..., conveyor.App], clock: conveyor.FrozenClock
+) -> None:
+    app = make_app(lease_seconds=30, clock=clock)
 
     @app.task(backoff=[0])
     def work() -> None: ...
@@ -189,7 +195,7 @@ async def test_only_the_leader_rescues(make_app: object, clock: conveyor.FrozenC
     job = work.enqueue()
     await claim_as(app, "ghost")
     clock.advance(31)
-    other = make_app(lease_seconds=30, clock=clock)  # type: ignore[operator]
+    other = make_app(lease_seconds=30, clock=clock)
     async with (
         leadership(app, "leader") as (leader, rescuer),
         leadership(other, "follower") as (follower, idle),
@@ -228,8 +234,10 @@ async def leadership(app: conveyor.App, holder: str) -> AsyncIterator[tuple[Elec
         await elector.resign()
 
 
-async def test_running_worker_rescues_a_lost_workers_job(make_app: object) -> None:
-    app = make_app(lease_seconds=0.5)  # type: ignore[operator]
+async def test_running_worker_rescues_a_lost_workers_job(
+    make_app: Callable[..., conveyor.App],
+) -> None:
+    app = make_app(lease_seconds=0.5)
 
     @app.task(backoff=[0])
     def work() -> str:
@@ -250,9 +258,9 @@ async def test_running_worker_rescues_a_lost_workers_job(make_app: object) -> No
 
 
 async def test_a_heartbeat_tells_which_attempts_are_still_the_workers(
-    make_app: object, clock: conveyor.FrozenClock
+    make_app: Callable[..., conveyor.App], clock: conveyor.FrozenClock
 ) -> None:
-    app = make_app(lease_seconds=30, clock=clock)  # type: ignore[operator]
+    app = make_app(lease_seconds=30, clock=clock)
 
     @app.task(backoff=conveyor.fixed(0))
     def work() -> None: ...
@@ -281,12 +289,12 @@ async def test_a_heartbeat_tells_which_attempts_are_still_the_workers(
 
 
 async def test_a_replaced_leader_can_no_longer_rescue_or_fire(
-    make_app: object, clock: conveyor.FrozenClock
+    make_app: Callable[..., conveyor.App], clock: conveyor.FrozenClock
 ) -> None:
     """A leader that froze past its lease is replaced; when it wakes, the rescues and cron
     fires it had decided change nothing: the store checks that it still leads."""
-    first = make_app(lease_seconds=30, clock=clock)  # type: ignore[operator]
-    second = make_app(lease_seconds=30, clock=clock)  # type: ignore[operator]
+    first = make_app(lease_seconds=30, clock=clock)
+    second = make_app(lease_seconds=30, clock=clock)
 
     @first.task(name="work", backoff=conveyor.fixed(0))
     def work() -> None: ...
@@ -315,7 +323,7 @@ async def test_a_replaced_leader_can_no_longer_rescue_or_fire(
     assert await first.backend.fire_periodic("entry", 60.0, None, clock.now(), "first") is None
     assert first.periodic_ticks() == {}
 
-    taken_over = Outcome(**{**_fields(rescue), "leader": "second"})
+    taken_over = dataclasses.replace(rescue, leader="second")
     assert await second.backend.complete([taken_over]) == [job.id]
     assert job.refresh().state is JobState.RETRYING
     await second.backend.fire_periodic("entry", 60.0, None, clock.now(), "second")
@@ -323,17 +331,13 @@ async def test_a_replaced_leader_can_no_longer_rescue_or_fire(
     await second.backend.resign("maintenance", "second")
 
 
-def _fields(outcome: Outcome) -> dict[str, object]:
-    return {name: getattr(outcome, name) for name in Outcome.__dataclass_fields__}
-
-
 async def test_a_worker_stops_a_job_the_store_gave_to_another(
-    make_app: object, clock: conveyor.FrozenClock
+    make_app: Callable[..., conveyor.App], clock: conveyor.FrozenClock
 ) -> None:
     """The store rescued a job from a worker it thought lost, but the worker lives on (it was
     cut off, or paused). At its next heartbeat the worker learns the job is no longer its own
     and stops it, as a cancel would: the task sees it, and no outcome of that attempt lands."""
-    app = make_app(lease_seconds=300, clock=clock)  # type: ignore[operator]
+    app = make_app(lease_seconds=300, clock=clock)
     started, stopped = asyncio.Event(), asyncio.Event()
 
     @app.task(backoff=conveyor.fixed(3600), pass_context=True)
@@ -369,12 +373,14 @@ async def test_a_worker_stops_a_job_the_store_gave_to_another(
     assert [e["job_id"] for e in discarded] == [job.id]
 
 
-async def test_a_claim_whose_answer_never_arrived_is_handed_back(make_app: object) -> None:
+async def test_a_claim_whose_answer_never_arrived_is_handed_back(
+    make_app: Callable[..., conveyor.App],
+) -> None:
     """A claim cut off by a timeout may still be carried out by the server later, for a worker
     that gave up on it. The worker's next heartbeat finds jobs running under its name that it
     does not run, and hands them back at once, the attempt not counted — instead of leaving
     them to wait out their lease and lose an attempt."""
-    app = make_app(lease_seconds=300)  # type: ignore[operator]
+    app = make_app(lease_seconds=300)
 
     @app.task(queue="elsewhere")
     def work() -> None: ...
@@ -382,10 +388,7 @@ async def test_a_claim_whose_answer_never_arrived_is_handed_back(make_app: objec
     job = work.enqueue()
     worker = conveyor.Worker(app, queues=["mine"])  # it never claims `elsewhere` itself
     with capture_logs() as logs:
-        task = asyncio.create_task(worker.run_async())
-        try:
-            while not hasattr(worker, "completer"):
-                await asyncio.sleep(0.01)
+        async with running_worker(worker):
             now = app.clock.now()
             [late] = await app.backend.claim(worker.id, ["elsewhere"], 1, now + 300, now)
             for _ in range(20):  # a beat with a claim of its own in flight leaves them be
@@ -394,9 +397,6 @@ async def test_a_claim_whose_answer_never_arrived_is_handed_back(make_app: objec
                 if (await app.get_job_async(job.id)).state is JobState.QUEUED:
                     break
                 await asyncio.sleep(0.05)
-        finally:
-            worker.stop()
-            await asyncio.wait_for(task, 20)
     job.refresh()
     assert (job.state, job.attempt) == (JobState.QUEUED, 0)
     assert app.job_history(job.id)[-1].note == "claimed too late: handed back"
@@ -404,23 +404,20 @@ async def test_a_claim_whose_answer_never_arrived_is_handed_back(make_app: objec
 
 
 async def test_a_job_whose_lease_lapsed_before_it_began_is_handed_back_at_once(
-    make_app: object,
+    make_app: Callable[..., conveyor.App],
 ) -> None:
     """A worker paused right after a claim (a long GC pause, a slow machine) finds the lease of
     a job it has not begun already lapsed, and stops it before its first step. The job must go
     back to the queue at once, the attempt not counted — not stay `running` under this worker,
     its lease renewed by every heartbeat, until the worker stops."""
-    app = make_app(lease_seconds=300)  # type: ignore[operator]
+    app = make_app(lease_seconds=300)
 
     @app.task(queue="elsewhere")
     async def work() -> None: ...
 
     job = work.enqueue()
     worker = conveyor.Worker(app, queues=["mine"])  # it never claims `elsewhere` itself
-    task = asyncio.create_task(worker.run_async())
-    try:
-        while not hasattr(worker, "completer"):
-            await asyncio.sleep(0.01)
+    async with running_worker(worker):
         [claimed] = await claim_as(app, worker.id, 1)
         worker._start(claimed, lease_ends=time.monotonic() - 1)  # paused past it, as claimed
         worker.drop_lapsed_leases()  # before the job's first step
@@ -432,6 +429,3 @@ async def test_a_job_whose_lease_lapsed_before_it_began_is_handed_back_at_once(
         job.refresh()
         assert (job.state, job.attempt) == (JobState.QUEUED, 0)  # while the worker still runs
         assert app.job_history(job.id)[-1].note == "lease lost before it began: handed back"
-    finally:
-        worker.stop()
-        await asyncio.wait_for(task, 20)

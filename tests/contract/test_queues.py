@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -14,9 +15,12 @@ from conveyor import JobState
 
 from .test_worker import running, until
 
+#: a task of any signature, as `@app.task` returns it
+AnyTask = conveyor.Task[Any, Any]
+
 
 @pytest.fixture
-def tasks(app: conveyor.App) -> dict[str, conveyor.Task]:
+def tasks(app: conveyor.App) -> dict[str, AnyTask]:
     @app.task(queue="video")
     def render(i: int) -> int:
         return i
@@ -29,7 +33,7 @@ def tasks(app: conveyor.App) -> dict[str, conveyor.Task]:
 
 
 def test_a_paused_queue_starts_nothing_until_resumed(
-    app: conveyor.App, tasks: dict[str, conveyor.Task]
+    app: conveyor.App, tasks: dict[str, AnyTask]
 ) -> None:
     renders = tasks["render"].enqueue_many([(i,) for i in range(3)])
     mails = tasks["mail"].enqueue_many([(i,) for i in range(3)])
@@ -57,7 +61,7 @@ def test_pausing_twice_or_resuming_a_running_queue_changes_nothing(app: conveyor
 
 
 def test_the_paused_state_is_kept_in_the_store(
-    make_app: Any, tasks: dict[str, conveyor.Task]
+    make_app: Callable[..., conveyor.App], tasks: dict[str, AnyTask]
 ) -> None:
     first = make_app()
     first.pause_queue("video")
@@ -84,7 +88,9 @@ def test_a_bad_queue_name_is_refused_and_nothing_is_paused(app: conveyor.App) ->
     assert app.paused_queues() == []
 
 
-async def test_running_jobs_finish_when_their_queue_is_paused(make_app: Any) -> None:
+async def test_running_jobs_finish_when_their_queue_is_paused(
+    make_app: Callable[..., conveyor.App],
+) -> None:
     app = make_app()
     started = threading.Event()
     release = threading.Event()

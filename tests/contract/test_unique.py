@@ -5,6 +5,7 @@ enforces it, so concurrent enqueuers cannot race past it."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -14,13 +15,16 @@ from conveyor import JobState
 
 from .test_worker import running, until
 
+#: a task of any signature, as `@app.task` returns it
+AnyTask = conveyor.Task[Any, Any]
+
 
 def count_jobs(app: conveyor.App) -> int:
     return sum(sum(states.values()) for states in app.queue_stats().values())
 
 
 @pytest.fixture
-def thumb(app: conveyor.App) -> conveyor.Task:
+def thumb(app: conveyor.App) -> AnyTask:
     @app.task(name="thumb", max_attempts=2)
     def thumb(target: int, fail: bool = False) -> int:
         if fail:
@@ -31,7 +35,7 @@ def thumb(app: conveyor.App) -> conveyor.Task:
 
 
 def test_an_unfinished_job_with_the_key_is_returned_instead_of_a_second(
-    app: conveyor.App, thumb: conveyor.Task
+    app: conveyor.App, thumb: AnyTask
 ) -> None:
     first = thumb.configure(unique_key="thumb:123").enqueue(123)
     again = thumb.configure(unique_key="thumb:123").enqueue(123)
@@ -54,7 +58,7 @@ def test_an_unfinished_job_with_the_key_is_returned_instead_of_a_second(
 
 @pytest.mark.parametrize("state", ["scheduled", "retrying"])
 def test_the_key_holds_while_the_job_waits_its_turn(
-    app: conveyor.App, thumb: conveyor.Task, clock: conveyor.FrozenClock, state: str
+    app: conveyor.App, thumb: AnyTask, clock: conveyor.FrozenClock, state: str
 ) -> None:
     app.clock = clock
     if state == "scheduled":
@@ -68,7 +72,7 @@ def test_the_key_holds_while_the_job_waits_its_turn(
     assert again.args == [1]  # the stored job, not the new call
 
 
-async def test_the_key_holds_while_the_job_runs(make_app: Any) -> None:
+async def test_the_key_holds_while_the_job_runs(make_app: Callable[..., conveyor.App]) -> None:
     app = make_app()
     started, release = threading.Event(), threading.Event()
 
@@ -89,7 +93,7 @@ async def test_the_key_holds_while_the_job_runs(make_app: Any) -> None:
 
 
 def test_unique_for_widens_the_key_to_jobs_finished_within_the_period(
-    app: conveyor.App, thumb: conveyor.Task, clock: conveyor.FrozenClock
+    app: conveyor.App, thumb: AnyTask, clock: conveyor.FrozenClock
 ) -> None:
     app.clock = clock
     call = thumb.configure(unique_key="daily-report", unique_for=3600)
@@ -112,7 +116,7 @@ def test_unique_for_widens_the_key_to_jobs_finished_within_the_period(
 
 
 def test_enqueue_many_deduplicates_within_the_batch_and_against_the_store(
-    app: conveyor.App, thumb: conveyor.Task
+    app: conveyor.App, thumb: AnyTask
 ) -> None:
     held = thumb.configure(unique_key="a").enqueue(0)
     jobs = thumb.enqueue_many(
@@ -132,7 +136,7 @@ def test_enqueue_many_deduplicates_within_the_batch_and_against_the_store(
     assert [app.get_job(j.id).args for j in jobs] == [[0], [2], [3], [2], [5]]
 
 
-def test_concurrent_enqueuers_store_one_job(make_app: Any) -> None:
+def test_concurrent_enqueuers_store_one_job(make_app: Callable[..., conveyor.App]) -> None:
     apps = [make_app() for _ in range(6)]
     for app in apps:
         app.task(name="thumb")(lambda target: target)
@@ -173,7 +177,7 @@ def test_concurrent_enqueuers_store_one_job(make_app: Any) -> None:
     ],
 )
 def test_bad_unique_options_are_refused_and_nothing_is_stored(
-    app: conveyor.App, thumb: conveyor.Task, options: dict[str, Any], message: str
+    app: conveyor.App, thumb: AnyTask, options: dict[str, Any], message: str
 ) -> None:
     with pytest.raises(conveyor.ValidationError, match=message):
         thumb.configure(**options).enqueue(1)
@@ -181,7 +185,7 @@ def test_bad_unique_options_are_refused_and_nothing_is_stored(
 
 
 def test_retrying_a_dead_job_whose_key_is_held_is_refused(
-    app: conveyor.App, thumb: conveyor.Task
+    app: conveyor.App, thumb: AnyTask
 ) -> None:
     dead = thumb.configure(unique_key="k", max_attempts=1).enqueue(1, fail=True)
     app.run_worker(burst=True)

@@ -4,37 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
-from typing import Any
+from collections.abc import Callable
 
 from structlog.testing import capture_logs
 
 import conveyor
 from conveyor import JobState
+from conveyor.testing import running_worker, wait_until
+
+# the other contract tests import these two from here
+running = running_worker
+until = wait_until
 
 
-@asynccontextmanager
-async def running(worker: conveyor.Worker) -> AsyncIterator[asyncio.Task[None]]:
-    task = asyncio.create_task(worker.run_async())
-    try:
-        yield task
-    finally:
-        if not task.done() and not worker.stopping:
-            worker.stop()
-        await task
-
-
-async def until(check: Callable[[], Any], timeout: float = 20.0) -> None:
-    """Poll `check` until it is true; fail after `timeout` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not check():
-        assert loop.time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
-
-
-async def test_idle_worker_picks_up_a_job_enqueued_elsewhere(make_app: Any) -> None:
+async def test_idle_worker_picks_up_a_job_enqueued_elsewhere(
+    make_app: Callable[..., conveyor.App],
+) -> None:
     worker_app, producer = make_app(), make_app()
 
     @worker_app.task(name="greet")
@@ -78,7 +63,7 @@ async def test_worker_registers_and_deregisters(app: conveyor.App) -> None:
     assert events[-1] == "worker.stopped"
 
 
-async def test_cancel_a_running_async_job(make_app: Any) -> None:
+async def test_cancel_a_running_async_job(make_app: Callable[..., conveyor.App]) -> None:
     app = make_app(lease_seconds=0.4)  # heartbeats every 0.1 s pick up the request
     started = asyncio.Event()
     saw_cancel = asyncio.Event()
@@ -101,7 +86,9 @@ async def test_cancel_a_running_async_job(make_app: Any) -> None:
     assert job.attempt == 1
 
 
-async def test_cancel_a_running_sync_job_that_polls_the_flag(make_app: Any) -> None:
+async def test_cancel_a_running_sync_job_that_polls_the_flag(
+    make_app: Callable[..., conveyor.App],
+) -> None:
     app = make_app(lease_seconds=0.4)
     started = threading.Event()
 

@@ -67,9 +67,10 @@ def test_enqueue_while_the_server_is_down_raises_backend_unavailable(scenario: S
 
     def enqueue_after() -> conveyor.Job | None:
         try:
-            return tasks.work.enqueue(5)
+            job: conveyor.Job = tasks.work.enqueue(5)
         except conveyor.BackendUnavailable:
             return None
+        return job
 
     after = wait_until(enqueue_after, "enqueue to work again", 30)
     assert stored_ids(scenario) == [before.id, after.id]  # nothing of the outage was stored

@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -373,7 +373,8 @@ def test_bulk_actions_say_how_many_they_changed(client: TestClient, tasks: conve
     def act(action: str, ids: list[int]) -> dict[str, Any]:
         answer = client.post("/api/jobs/bulk", json={"action": action, "ids": ids}, headers=admin)
         assert answer.status_code == 200, answer.text
-        return answer.json()
+        body: dict[str, Any] = answer.json()
+        return body
 
     assert act("retry", [*dead, queued, 999]) == {"action": "retry", "requested": 4, "affected": 2}
     assert {tasks.get_job(i).state for i in dead} == {JobState.QUEUED}
@@ -437,7 +438,7 @@ def test_big_bodies_are_refused_and_every_answer_carries_the_security_headers(
         assert response.headers["x-content-type-options"] == "nosniff"
 
 
-def test_the_redaction_hook_decides_what_is_shown(make_app: Any) -> None:
+def test_the_redaction_hook_decides_what_is_shown(make_app: Callable[..., conveyor.App]) -> None:
     def hide_cards(value: Any) -> Any:
         if isinstance(value, dict):
             return {k: "<card>" if k == "card" else v for k, v in value.items()}
@@ -514,7 +515,7 @@ def test_search_reads_text_as_written(client: TestClient, tasks: conveyor.App) -
         assert [j["id"] for j in found["jobs"]] == [job.id], text
 
 
-def test_periodic_arguments_are_redacted_too(make_app: Any) -> None:
+def test_periodic_arguments_are_redacted_too(make_app: Callable[..., conveyor.App]) -> None:
     app = make_app()
 
     @app.periodic("*/5 * * * *", kwargs={"api_key": "SUPERSECRET", "region": "eu"})

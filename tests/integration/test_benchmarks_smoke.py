@@ -13,12 +13,13 @@ import json
 import math
 import os
 import sys
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from conftest import unreachable  # tests/conftest.py
 
 ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # `benchmarks` sits beside `src`, not inside the package
@@ -100,12 +101,6 @@ def test_command_prints_a_table_and_writes_json(
 # -- PostgreSQL -------------------------------------------------------------------------------
 
 
-def _unreachable(message: str) -> None:
-    if os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}:
-        pytest.fail(f"{message} (CI: PostgreSQL must be reachable)")
-    pytest.skip(message)
-
-
 def _bench_schemas(conn: Any) -> set[str]:
     rows = conn.execute("SELECT nspname FROM pg_namespace WHERE nspname LIKE 'bench\\_%'")
     return {name for (name,) in rows.fetchall()}
@@ -114,31 +109,17 @@ def _bench_schemas(conn: Any) -> set[str]:
 @pytest.fixture(scope="module")
 def postgres() -> Iterator[str]:
     """The test server's URL; afterwards, no schema the benchmarks made is left behind."""
-    try:
-        import psycopg
-    except ImportError as exc:
-        _unreachable(f"psycopg is not installed ({exc}); install conveyor[postgres]")
+    import psycopg
+
     try:
         conn = psycopg.connect(POSTGRES_URL, autocommit=True, connect_timeout=3)
     except psycopg.OperationalError as exc:
-        _unreachable(f"PostgreSQL at {POSTGRES_URL} is not reachable: {exc}")
+        unreachable(f"PostgreSQL at {POSTGRES_URL}", exc)
     with conn:
         before = _bench_schemas(conn)
         yield POSTGRES_URL
         left = _bench_schemas(conn) - before
     assert not left, f"benchmark schemas left behind: {sorted(left)}"
-
-
-@pytest.fixture(scope="module")
-def postgres_backend(postgres: str) -> str:
-    """`postgres`, once conveyor's PostgreSQL backend is there to measure."""
-    import conveyor
-
-    try:
-        conveyor.App(postgres, postgres_schema=f"bench_probe_{uuid.uuid4().hex[:8]}").close()
-    except (conveyor.ConfigurationError, TypeError) as exc:  # TypeError: no postgres_schema
-        pytest.skip(f"conveyor has no PostgreSQL backend to measure: {exc}")
-    return postgres
 
 
 def test_raw_psycopg_loop_inserts_and_drains_every_job(postgres: str) -> None:
@@ -152,25 +133,25 @@ def test_raw_psycopg_loop_inserts_and_drains_every_job(postgres: str) -> None:
         assert rate.seconds > 0 and math.isfinite(rate.per_second) and rate.per_second > 0
 
 
-def test_postgres_drain_by_two_worker_processes_runs_every_job(postgres_backend: str) -> None:
-    rate = workloads.drain_cli(JOBS, 2, 5, backend="postgres", postgres=postgres_backend)
+def test_postgres_drain_by_two_worker_processes_runs_every_job(postgres: str) -> None:
+    rate = workloads.drain_cli(JOBS, 2, 5, backend="postgres", postgres=postgres)
     assert rate.jobs == JOBS and rate.seconds > 0 and rate.per_second > 0
 
 
-def test_postgres_latency_is_measured_from_real_start_times(postgres_backend: str) -> None:
+def test_postgres_latency_is_measured_from_real_start_times(postgres: str) -> None:
     result = workloads.latency(rate=50.0, seconds=0.5, concurrency=4, backend="postgres",
-                               postgres=postgres_backend)  # fmt: skip
+                               postgres=postgres)  # fmt: skip
     assert result.count == 25
     assert all(0 <= s < 30 for s in result.samples)
     assert 0 <= result.percentile(50) <= result.percentile(95) <= result.percentile(99)
 
 
 def test_postgres_suite_reports_shares_targets_and_quoted_figures(
-    postgres_backend: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    postgres: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "results.json"
     code = main([
-        "--backend", "sqlite,postgres", "--postgres-url", postgres_backend,
+        "--backend", "sqlite,postgres", "--postgres-url", postgres,
         "--jobs", str(JOBS), "--repeat", "1", "--batches", "50", "--concurrency", "5",
         "--one-call", "1000", "--only", "raw,enqueue,drain", "--json", str(out),
     ])  # fmt: skip

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -133,7 +133,7 @@ async def test_workers_show_their_heartbeat_and_running_jobs(
 
 
 def test_the_day_of_throughput_is_read_in_the_background(
-    make_app: Any, clock: conveyor.FrozenClock
+    make_app: Callable[..., conveyor.App], clock: conveyor.FrozenClock
 ) -> None:
     app = make_app(clock=clock)
 

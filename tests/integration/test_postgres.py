@@ -27,6 +27,7 @@ import conveyor.clock
 from conftest import POSTGRES_URL, drop_schema, postgres_available  # tests/conftest.py
 from conveyor import JobState
 from conveyor.backends.postgres.backend import MIGRATIONS
+from conveyor.testing import running_worker
 
 worker_module = sys.modules["conveyor.worker.worker"]
 
@@ -623,18 +624,9 @@ async def test_a_leader_on_a_fast_clock_keeps_live_workers_registered(
     """The leader forgets workers not heard from for an hour; a leader whose clock is two
     hours fast must not take a worker that beat a moment ago for one of those."""
     skew_machine_clock(monkeypatch, skew)
-    worker = conveyor.Worker(app)
-    task = asyncio.create_task(worker.run_async())
-    try:
-        await until(
-            lambda: getattr(worker, "pruner", None) is not None and worker.pruner.rounds >= 1,
-            "a pruner round",
-        )
+    async with running_worker(app) as worker:  # entered after the leader's first rounds
         assert worker.elector.is_leader
         listed = await asyncio.to_thread(app.list_workers)
-    finally:
-        worker.stop()
-        await task
     assert [w.id for w in listed] == [worker.id]
 
 
@@ -697,17 +689,9 @@ async def test_a_leader_on_a_fast_clock_keeps_finished_jobs_within_their_retenti
 
     job = await noop.enqueue_async()
     await app.run_worker_async(burst=True)
-    worker = conveyor.Worker(app)  # a new leader prunes in its first round
-    task = asyncio.create_task(worker.run_async())
-    try:
-        await until(
-            lambda: getattr(worker, "pruner", None) is not None and worker.pruner.rounds >= 1,
-            "a pruner round",
-        )
+    # a new leader prunes in its first round, done before the block is entered
+    async with running_worker(app) as worker:
         assert worker.elector.is_leader
-    finally:
-        worker.stop()
-        await task
     assert (await app.get_job_async(job.id)).state is JobState.SUCCEEDED
 
 
@@ -841,7 +825,7 @@ async def test_one_leader_at_a_time_and_the_next_takes_over_when_its_session_end
     )  # fmt: skip
     assert await lead(second, "second")  # at once, not a lease later
     assert not await lead(first, "first")
-    assert leader_row(schema) is not None and leader_row(schema)[0] == "second"  # type: ignore[index]
+    assert (row := leader_row(schema)) is not None and row[0] == "second"
 
 
 async def test_a_leader_whose_session_dies_is_replaced_at_once(
@@ -858,7 +842,7 @@ async def test_a_leader_whose_session_dies_is_replaced_at_once(
     assert await lead(second, "second")
     assert not await lead(first, "first")  # the old leader notices it lost
     assert not await lead(first, "first")
-    assert leader_row(schema) is not None and leader_row(schema)[0] == "second"  # type: ignore[index]
+    assert (row := leader_row(schema)) is not None and row[0] == "second"
 
 
 async def test_a_leader_that_stops_renewing_loses_the_lead_within_a_lease(

@@ -163,9 +163,9 @@ def test_requests_the_server_cannot_parse_get_the_json_shape(served: Served) -> 
         assert b"content-security-policy:" in head.lower()
         assert b"server:" not in head.lower()
         assert body == b'{"error": "invalid HTTP request", "detail": null}'
-    answer = httpx.get(f"{served.base}/health")
-    assert "server" not in answer.headers
-    assert answer.headers["x-content-type-options"] == "nosniff"
+    response = httpx.get(f"{served.base}/health")
+    assert "server" not in response.headers
+    assert response.headers["x-content-type-options"] == "nosniff"
 
 
 def test_a_missing_tokens_file_is_one_line(tmp_path: Path) -> None:

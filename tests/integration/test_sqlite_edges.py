@@ -14,7 +14,7 @@ import pytest
 import conveyor
 import conveyor.backends.sqlite.connections as sqlite_connections
 from conveyor import JobState
-from conveyor.backends.sqlite.backend import Q
+from conveyor.backends.sqlite.backend import Q, SqliteEngine
 
 
 @pytest.fixture
@@ -25,10 +25,12 @@ def app(tmp_path: Path) -> Iterator[conveyor.App]:
 
 
 def _path(app: conveyor.App) -> str:
-    return app.backend.engine.path  # type: ignore[attr-defined, no-any-return]
+    engine = app.backend.engine
+    assert isinstance(engine, SqliteEngine)
+    return engine.path
 
 
-# -- a store hiccup during ctx.progress fails the job and burns an attempt -------------------
+# -- a store hiccup during ctx.progress neither fails the job nor burns an attempt -------------
 
 
 def test_progress_during_a_store_hiccup_does_not_fail_the_job(
@@ -61,12 +63,12 @@ def test_progress_during_a_store_hiccup_does_not_fail_the_job(
     t.join()
     blocker.close()
     job.refresh()
-    # Today: dead, errors[0].type == conveyor.errors.BackendUnavailable: the job's work was lost
-    # because a progress write met a busy store.
+    # A progress write that meets a busy store is a lost report, not a failed job: the work
+    # is not lost with it.
     assert job.state is JobState.SUCCEEDED, (job.state, [e["type"] for e in job.errors])
 
 
-# -- a busy database is reported as "not a SQLite database" -----------------------------------
+# -- a busy database is an outage, not "not a SQLite database" ---------------------------------
 
 
 def test_busy_database_is_not_reported_as_foreign(
@@ -88,13 +90,13 @@ def test_busy_database_is_not_reported_as_foreign(
     finally:
         app.close()
         holder.close()
-    # Today: NotAConveyorDatabase "'…/jobs.db' is not a SQLite database (database is locked)";
-    # a worker starting at that moment dies telling the user their file is not a database.
+    # Locked is unavailable for now (a worker starting then waits and tries again), never
+    # NotAConveyorDatabase, which would tell the user their file is not a database.
     assert not isinstance(caught.value, conveyor.errors.NotAConveyorDatabase), caught.value
     assert isinstance(caught.value, conveyor.errors.BackendUnavailable), caught.value
 
 
-# -- non-finite times are accepted at enqueue and break things later --------------------------
+# -- non-finite times are refused at enqueue, before they can break things later ---------------
 
 
 @pytest.mark.parametrize("options", [{"delay": math.inf}, {"run_at": math.inf}, {"delay": 1e300}])
@@ -104,8 +106,8 @@ def test_unrepresentable_run_time_is_refused_at_enqueue(
     @app.task(name="t")
     def t() -> None: ...
 
-    # Today: stored as scheduled at run_at=inf; `conveyor jobs show ID` then dies with
-    # OverflowError: timestamp out of range for platform time_t; `--json` emits Infinity.
+    # Refused, not stored as scheduled at run_at=inf (which `conveyor jobs show ID` cannot
+    # print: a timestamp out of range; `--json` would emit Infinity).
     with pytest.raises(conveyor.errors.ValidationError):
         t.configure(**options).enqueue()
     assert app.list_jobs() == []
@@ -115,12 +117,12 @@ def test_nan_run_at_is_a_validation_error(app: conveyor.App) -> None:
     @app.task(name="t")
     def t() -> None: ...
 
-    # Today: sqlite3.IntegrityError "NOT NULL constraint failed: conveyor_jobs.run_at".
+    # A ValidationError naming the problem, not the store's NOT NULL constraint failing.
     with pytest.raises(conveyor.errors.ValidationError):
         t.configure(run_at=math.nan).enqueue()
 
 
-# -- the idle path of a queue-restricted worker scans every scheduled job of every queue ------
+# -- the idle path of a queue-restricted worker looks only at its own queues -------------------
 
 
 def test_next_due_in_queues_uses_the_queue_in_its_index(app: conveyor.App) -> None:
@@ -133,6 +135,6 @@ def test_next_due_in_queues_uses_the_queue_in_its_index(app: conveyor.App) -> No
         )
     ]
     conn.close()
-    # Today: 'SEARCH conveyor_jobs USING INDEX conveyor_jobs_due' with no constraint: it walks
-    # every scheduled/retrying job of every queue (17 ms at 200k, on each idle wake-up).
+    # The index is searched by queue, not walked through every scheduled or retrying job of
+    # every queue (17 ms at 200k jobs, on each idle wake-up).
     assert any("queue=" in step for step in plan), plan

@@ -9,7 +9,7 @@ import pytest
 
 import conveyor
 from conveyor.backends import open_backend
-from conveyor.backends.sqlite.backend import MIGRATIONS
+from conveyor.backends.sqlite.backend import MIGRATIONS, SqliteEngine
 
 
 def schema(path: Path) -> list[tuple[str, str, str]]:
@@ -163,7 +163,9 @@ def test_a_full_database_is_an_outage_that_ends_when_space_is_freed(tmp_path: Pa
     def t(payload: str) -> None: ...
 
     app.migrate()
-    conn = app.backend.engine._conn()  # type: ignore[attr-defined]
+    engine = app.backend.engine
+    assert isinstance(engine, SqliteEngine)
+    conn = engine._conn()  # its own connection: the page limit holds for the store's writes
     pages = conn.execute("PRAGMA page_count").fetchone()[0]
     conn.execute(f"PRAGMA max_page_count = {pages + 2}")
     stored = 0

@@ -14,8 +14,18 @@ from conveyor.cron import Schedule
 PARIS = ZoneInfo("Europe/Paris")
 
 
-def at(*parts: int, tz: ZoneInfo = PARIS, fold: int = 0) -> float:
-    return dt.datetime(*parts, tzinfo=tz, fold=fold).timestamp()  # type: ignore[misc]
+def at(
+    year: int,
+    month: int,
+    day: int,
+    hour: int = 0,
+    minute: int = 0,
+    second: int = 0,
+    *,
+    tz: ZoneInfo = PARIS,
+    fold: int = 0,
+) -> float:
+    return dt.datetime(year, month, day, hour, minute, second, tzinfo=tz, fold=fold).timestamp()
 
 
 def local(t: float) -> str:
@@ -46,7 +56,7 @@ def ticks(schedule: Schedule, start: float, n: int) -> list[str]:
 )
 def test_bad_schedules_are_refused_with_the_reason(expression: object, message: str) -> None:
     with pytest.raises(conveyor.ValidationError, match=message):
-        Schedule.parse(expression)  # type: ignore[arg-type]
+        Schedule.parse(expression)  # type: ignore[arg-type]  # deliberately bad input
 
 
 def test_an_unknown_time_zone_is_refused() -> None:

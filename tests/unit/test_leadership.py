@@ -4,7 +4,7 @@ leader-only services run while the worker leads, and stop the moment it no longe
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 import pytest
@@ -89,7 +89,7 @@ async def until(check: Any, timeout: float = 5.0) -> None:
             await asyncio.sleep(0.005)
 
 
-def leader_events(logs: list[dict[str, Any]]) -> list[tuple[str, str, str | None]]:
+def leader_events(logs: Sequence[Mapping[str, Any]]) -> list[tuple[str, str, str | None]]:
     return [
         (e["event"], e["log_level"], e.get("reason"))
         for e in logs

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from conveyor.errors import ValidationError
@@ -20,7 +22,7 @@ def test_rates_read_as_starts_per_period(text: str, count: int, period: float) -
 @pytest.mark.parametrize("text", ["100", "/m", "m/5", "-1/m", "0/m", "5/0s", "5/x", 5, None])
 def test_bad_rates_are_refused(text: object) -> None:
     with pytest.raises(ValidationError, match="rate_limit"):
-        Rate.parse(text)  # type: ignore[arg-type]
+        Rate.parse(text)  # type: ignore[arg-type]  # deliberately bad input
 
 
 def test_a_bucket_names_its_task_and_key() -> None:
@@ -29,8 +31,8 @@ def test_a_bucket_names_its_task_and_key() -> None:
     assert bucket("a:b", None) != bucket("a", "b")
 
 
-def job(id: int, priority: int = 5, queue: str = "default", **limits: object) -> Candidate:
-    return Candidate(id, priority, float(id), queue, **limits)  # type: ignore[arg-type]
+def job(id: int, priority: int = 5, queue: str = "default", **limits: Any) -> Candidate:
+    return Candidate(id, priority, float(id), queue, **limits)
 
 
 def test_pick_takes_the_best_jobs_that_fit_their_buckets() -> None:

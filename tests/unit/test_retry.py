@@ -34,7 +34,7 @@ def test_fixed_and_explicit_and_callable() -> None:
 @pytest.mark.parametrize("bad", [[], [-1], "abc", 5])
 def test_bad_backoffs_are_refused(bad: object) -> None:
     with pytest.raises((ValueError, TypeError)):
-        as_backoff(bad)  # type: ignore[arg-type]
+        as_backoff(bad)  # type: ignore[arg-type]  # deliberately bad input
     with pytest.raises(ValueError):
         fixed(-1)
 

@@ -19,7 +19,9 @@ class Service(abc.ABC):
 
     def __init__(self, interval: float) -> None:
         self.interval = interval
+        #: rounds completed since the service started (a round that failed counts)
         self.rounds = 0
+        self._in_round = False
         self._round_done = asyncio.Condition()
         self._stop = asyncio.Event()
         self._kick = asyncio.Event()
@@ -34,12 +36,14 @@ class Service(abc.ABC):
             await self._sleep()
         outage = Outage(log, f"{self.name}.round")
         while not self._stop.is_set():
+            self._in_round = True
             try:
                 await self.run_once()
             except Exception as exc:  # logged once a run of failures; the next round tries again
                 outage.failed(exc)
             else:
                 outage.recovered()
+            self._in_round = False
             self.rounds += 1
             async with self._round_done:
                 self._round_done.notify_all()
@@ -72,8 +76,13 @@ class Service(abc.ABC):
     def stop(self) -> None:
         self._stop.set()
 
-    async def wait_rounds(self, n: int = 1) -> None:
-        """Test hook: return after `n` more rounds have completed."""
-        target = self.rounds + n
+    async def wait_rounds(self, n: int = 1, kick: bool = False) -> None:
+        """Test hook: return once `n` rounds begun after this call have completed. A round
+        under way does not count: it may have looked before the caller changed something.
+        `kick` starts the next round now rather than after the interval.
+        (`conveyor.testing.wait_rounds` adds a deadline.)"""
+        target = self.rounds + n + (1 if self._in_round else 0)
+        if kick:
+            self.kick()
         async with self._round_done:
             await self._round_done.wait_for(lambda: self.rounds >= target)
