@@ -150,11 +150,18 @@ def parse_args(argv: list[str] | None = None) -> tuple[list[Config], Path | None
     if args.one_call < 0:
         parser.error("--one-call must be 0 or more")
     config = Config(
-        jobs=int(jobs), batches=args.batches, concurrencies=args.concurrency, repeat=int(repeat),
-        latency_rate=args.latency_rate, latency_seconds=float(seconds),
-        latency_concurrency=args.latency_concurrency, groups=args.only,
-        postgres_url=args.postgres_url, processes=args.processes, one_call=args.one_call,
-    )  # fmt: skip
+        jobs=int(jobs),
+        batches=args.batches,
+        concurrencies=args.concurrency,
+        repeat=int(repeat),
+        latency_rate=args.latency_rate,
+        latency_seconds=float(seconds),
+        latency_concurrency=args.latency_concurrency,
+        groups=args.only,
+        postgres_url=args.postgres_url,
+        processes=args.processes,
+        one_call=args.one_call,
+    )
     return [dataclasses.replace(config, backend=b) for b in args.backend], args.json
 
 

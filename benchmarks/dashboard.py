@@ -75,30 +75,65 @@ TASK_OF = {"emails": TASKS[0], "webhooks": TASKS[1], "reports": TASKS[2]}
 QUEUE = "reports"
 #: Per task, what its dead and retrying jobs failed with: (type, message, weight).
 ERRORS: dict[str, tuple[tuple[str, str, float], ...]] = {
-    TASKS[0]: (("TimeoutError", "smtp.example.com did not answer within 30 s", 0.7),
-               ("ConnectionError", "connection refused: smtp.example.com:587", 0.3)),
-    TASKS[1]: (("ConnectionError", "connection reset by hooks.example.com", 0.6),
-               ("TimeoutError", "hooks.example.com did not answer within 10 s", 0.4)),
-    TASKS[2]: (("ValueError", "no rows for the period", 0.8),
-               ("TimeoutError", "the warehouse query ran over 300 s", 0.2)),
-}  # fmt: skip
+    TASKS[0]: (
+        ("TimeoutError", "smtp.example.com did not answer within 30 s", 0.7),
+        ("ConnectionError", "connection refused: smtp.example.com:587", 0.3),
+    ),
+    TASKS[1]: (
+        ("ConnectionError", "connection reset by hooks.example.com", 0.6),
+        ("TimeoutError", "hooks.example.com did not answer within 10 s", 0.4),
+    ),
+    TASKS[2]: (
+        ("ValueError", "no rows for the period", 0.8),
+        ("TimeoutError", "the warehouse query ran over 300 s", 0.2),
+    ),
+}
 #: The share of the jobs in each state but succeeded (the rest).
-MIX = {"queued": 0.05, "scheduled": 0.02, "cancelled": 0.01, "dead": 0.003, "retrying": 0.002,
-       "running": 0.0002}  # fmt: skip
+MIX = {
+    "queued": 0.05,
+    "scheduled": 0.02,
+    "cancelled": 0.01,
+    "dead": 0.003,
+    "retrying": 0.002,
+    "running": 0.0002,
+}
 #: Text in the arguments of a few jobs, for the search page.
 NEEDLE = "needle-7f3a9c"
 WORKERS = tuple(f"bench-host:{4100 + k}:w{k}" for k in range(4))
 
 #: The jobs columns the fill writes (the others keep their defaults), in this order.
-COLUMNS = ("queue", "task", "args", "kwargs", "priority", "state", "attempt", "max_attempts",
-           "run_at", "created_at", "started_at", "finished_at", "lease_until", "worker_id",
-           "progress", "errors", "state_changed_at", "note")  # fmt: skip
+COLUMNS = (
+    "queue",
+    "task",
+    "args",
+    "kwargs",
+    "priority",
+    "state",
+    "attempt",
+    "max_attempts",
+    "run_at",
+    "created_at",
+    "started_at",
+    "finished_at",
+    "lease_until",
+    "worker_id",
+    "progress",
+    "errors",
+    "state_changed_at",
+    "note",
+)
 #: Epoch seconds in the rows; timestamptz on PostgreSQL.
-TIMES = frozenset({"run_at", "created_at", "started_at", "finished_at", "lease_until",
-                   "state_changed_at"})  # fmt: skip
+TIMES = frozenset(
+    {"run_at", "created_at", "started_at", "finished_at", "lease_until", "state_changed_at"}
+)
 #: PostgreSQL array types the fill sends each column as.
-PG_ARRAY = {"priority": "int2", "attempt": "int4", "max_attempts": "int4", "progress": "float4",
-            **dict.fromkeys(TIMES, "float8")}  # fmt: skip
+PG_ARRAY = {
+    "priority": "int2",
+    "attempt": "int4",
+    "max_attempts": "int4",
+    "progress": "float4",
+    **dict.fromkeys(TIMES, "float8"),
+}
 PG_CAST = {"args": "::json", "kwargs": "::json", "errors": "::jsonb"}
 
 #: Each job's history as conveyor's enqueue and its triggers would have written it: enqueued,
@@ -196,8 +231,9 @@ def layout(n: int, rng: random.Random) -> Layout:
     counts = [round(n * MIX[s]) for s in others]
     positions = rng.sample(range(n - running - queued), sum(counts))
     picked: dict[int, str] = {}
-    for state, start, count in zip(others, itertools.accumulate([0, *counts]), counts,
-                                   strict=False):  # fmt: skip
+    for state, start, count in zip(
+        others, itertools.accumulate([0, *counts]), counts, strict=False
+    ):
         picked.update(dict.fromkeys(positions[start : start + count], state))
     return Layout(n, running, queued, picked)
 
@@ -235,11 +271,19 @@ def _errors(task: str, attempts: int, last_at: float, worker: str, rng: random.R
     kind, message, _ = kinds[_pick(rng, tuple(k[2] for k in kinds))]
     function = task.rsplit(".", 1)[1]
     trace = f'Traceback (most recent call last):\n  File "shop/tasks.py", line 42, in {function}\n'
-    return json.dumps([
-        {"type": kind, "message": message, "traceback": f"{trace}{kind}: {message}",
-         "at": last_at - 30.0 * (attempts - k), "worker": worker, "attempt": k}
-        for k in range(1, attempts + 1)
-    ])  # fmt: skip
+    return json.dumps(
+        [
+            {
+                "type": kind,
+                "message": message,
+                "traceback": f"{trace}{kind}: {message}",
+                "at": last_at - 30.0 * (attempts - k),
+                "worker": worker,
+                "attempt": k,
+            }
+            for k in range(1, attempts + 1)
+        ]
+    )
 
 
 def generate(n: int, now: float, seed: int = 7) -> Iterator[tuple[Any, ...]]:
@@ -263,31 +307,129 @@ def generate(n: int, now: float, seed: int = 7) -> Iterator[tuple[Any, ...]]:
             created = now - backlog + (i - head) / (n - head) * backlog
             if i - head < plan.running:
                 started = now - rng.uniform(1.0, 60.0)
-                yield (*job, "running", 1, 3, created, created, started, None, started + 60.0,
-                       worker, None, "[]", started, None)  # fmt: skip
+                yield (
+                    *job,
+                    "running",
+                    1,
+                    3,
+                    created,
+                    created,
+                    started,
+                    None,
+                    started + 60.0,
+                    worker,
+                    None,
+                    "[]",
+                    started,
+                    None,
+                )
             else:
-                yield (*job, "queued", 0, 3, created, created, None, None, None, None, None,
-                       "[]", created, None)  # fmt: skip
+                yield (
+                    *job,
+                    "queued",
+                    0,
+                    3,
+                    created,
+                    created,
+                    None,
+                    None,
+                    None,
+                    None,
+                    None,
+                    "[]",
+                    created,
+                    None,
+                )
             continue
         done = now - DAY + i / head * DAY  # finished over the day, newer ids later
         created = done - 2.5 - i / head * backlog  # waiting longer as the backlog grew
         started = done - rng.uniform(0.02, 2.0)
         state = plan.picked.get(i, "succeeded")
         if state == "succeeded":
-            yield (*job, state, 1, 3, created, created, started, done, None, worker, 100.0,
-                   "[]", done, None)  # fmt: skip
+            yield (
+                *job,
+                state,
+                1,
+                3,
+                created,
+                created,
+                started,
+                done,
+                None,
+                worker,
+                100.0,
+                "[]",
+                done,
+                None,
+            )
         elif state == "dead":
-            yield (*job, state, 3, 3, created, created, started, done, None, worker, None,
-                   _errors(task, 3, done, worker, rng), done, None)  # fmt: skip
+            yield (
+                *job,
+                state,
+                3,
+                3,
+                created,
+                created,
+                started,
+                done,
+                None,
+                worker,
+                None,
+                _errors(task, 3, done, worker, rng),
+                done,
+                None,
+            )
         elif state == "cancelled":
-            yield (*job, state, 0, 3, created, created, None, done, None, None, None, "[]",
-                   done, "cancelled from the dashboard")  # fmt: skip
+            yield (
+                *job,
+                state,
+                0,
+                3,
+                created,
+                created,
+                None,
+                done,
+                None,
+                None,
+                None,
+                "[]",
+                done,
+                "cancelled from the dashboard",
+            )
         elif state == "retrying":
-            yield (*job, state, 1, 3, now + rng.uniform(30.0, 900.0), created, started, None,
-                   None, worker, None, _errors(task, 1, done, worker, rng), done, None)  # fmt: skip
+            yield (
+                *job,
+                state,
+                1,
+                3,
+                now + rng.uniform(30.0, 900.0),
+                created,
+                started,
+                None,
+                None,
+                worker,
+                None,
+                _errors(task, 1, done, worker, rng),
+                done,
+                None,
+            )
         else:  # scheduled: due some time in the next day
-            yield (*job, state, 0, 3, now + rng.uniform(60.0, DAY), created, None, None, None,
-                   None, None, "[]", created, None)  # fmt: skip
+            yield (
+                *job,
+                state,
+                0,
+                3,
+                now + rng.uniform(60.0, DAY),
+                created,
+                None,
+                None,
+                None,
+                None,
+                None,
+                "[]",
+                created,
+                None,
+            )
 
 
 def noop(*args: Any, **kwargs: Any) -> None:
@@ -385,8 +527,11 @@ def _median_time(run: Callable[[], Any], times: int = 3) -> tuple[float, Any]:
 
 class SqliteStore:
     name = "sqlite"
-    TABLES = {"jobs": "conveyor_jobs", "history": "conveyor_job_history",
-              "workers": "conveyor_workers"}  # fmt: skip
+    TABLES = {
+        "jobs": "conveyor_jobs",
+        "history": "conveyor_job_history",
+        "workers": "conveyor_workers",
+    }
     DIALECT = {
         **TABLES,
         "hour": "CAST(finished_at / 3600 AS INTEGER)",
@@ -400,17 +545,23 @@ class SqliteStore:
         self.conn = sqlite3.connect(path, isolation_level=None)
         self.conn.execute("PRAGMA synchronous = NORMAL")  # conveyor's default, in WAL mode
         self.q = Queries.load("conveyor.backends.sqlite", "queries.sql")
-        self.raw_sql = {k: [_sqlite_placeholders(s.format(**self.DIALECT)) for s in v]
-                        for k, v in RAW_SQL.items()}  # fmt: skip
+        self.raw_sql = {
+            k: [_sqlite_placeholders(s.format(**self.DIALECT)) for s in v]
+            for k, v in RAW_SQL.items()
+        }
 
     def describe(self) -> str:
-        return (f"SQLite {sqlite3.sqlite_version} (WAL, synchronous=NORMAL; no ANALYZE, as "
-                "conveyor runs none)")  # fmt: skip
+        return (
+            f"SQLite {sqlite3.sqlite_version} (WAL, synchronous=NORMAL; no ANALYZE, as "
+            "conveyor runs none)"
+        )
 
     def fill(self, n: int, now: float, progress: Progress) -> Fill:
         conn, seconds = self.conn, {}
-        insert = (f"INSERT INTO conveyor_jobs ({', '.join(COLUMNS)}) "
-                  f"VALUES ({', '.join('?' * len(COLUMNS))})")  # fmt: skip
+        insert = (
+            f"INSERT INTO conveyor_jobs ({', '.join(COLUMNS)}) "
+            f"VALUES ({', '.join('?' * len(COLUMNS))})"
+        )
         started = time.perf_counter()
         done = 0
         for batch in _batches(generate(n, now)):
@@ -452,8 +603,9 @@ class SqliteStore:
         if "?" in text:
             params = tuple(statement.params.values())
         else:
-            params = {k: json.dumps(v) if isinstance(v, list) else v
-                      for k, v in statement.params.items()}  # fmt: skip
+            params = {
+                k: json.dumps(v) if isinstance(v, list) else v for k, v in statement.params.items()
+            }
         rows = self.conn.execute("EXPLAIN QUERY PLAN " + text, params).fetchall()
         depth: dict[int, int] = {0: -1}
         lines = []
@@ -462,8 +614,9 @@ class SqliteStore:
             lines.append("  " * depth[node] + detail)
         before = self._counters(text)
         ms, found = _median_time(lambda: self.conn.execute(text, params).fetchall())
-        scanned, sorts, steps, runs = (a - b for a, b in zip(self._counters(text), before,
-                                                             strict=True))  # fmt: skip
+        scanned, sorts, steps, runs = (
+            a - b for a, b in zip(self._counters(text), before, strict=True)
+        )
         scanned, sorts, steps = (n / max(runs, 1) for n in (scanned, sorts, steps))
         # reading a row through an index takes a few VM steps (4 at least): this many steps
         # means it read a large part of the table, whatever the plan says
@@ -480,8 +633,13 @@ class SqliteStore:
                 kind = "sort after reading most of the table" if whole else "sort of the rows found"
                 flags.append(Flag(f"{kind}: {detail}", whole))
         if through_index and not any(f.text.startswith("full scan") for f in flags):
-            flags.append(Flag(f"reads much of the table through an index ({steps / table_rows:.1f}"
-                              " VM steps per job)", True))  # fmt: skip
+            flags.append(
+                Flag(
+                    f"reads much of the table through an index ({steps / table_rows:.1f}"
+                    " VM steps per job)",
+                    True,
+                )
+            )
         work = f"{scanned:,.0f} rows scanned, {sorts:.0f} sorts, {steps:,.0f} VM steps"
         return Plan(statement, lines, flags, ms, len(found), work)
 
@@ -508,33 +666,52 @@ class PostgresStore:
         self.schema = schema
         self.conn = psycopg.connect(url, autocommit=True)
         self.q = Queries.load("conveyor.backends.postgres", "queries.sql").substitute(schema=schema)
-        self.tables = {"jobs": f"{schema}.jobs", "history": f"{schema}.job_history",
-                       "workers": f"{schema}.workers"}  # fmt: skip
-        dialect = {**self.tables, "hour": "date_trunc('hour', finished_at)",
-                   "since": "to_timestamp(%(since)s)", "args_text": "args::text",
-                   "error_type": "errors -> -1 ->> 'type'"}  # fmt: skip
-        self.raw_sql = {k: [s.format(**dialect).replace(" LIKE ", " ILIKE ") for s in v]
-                        for k, v in RAW_SQL.items()}  # fmt: skip
+        self.tables = {
+            "jobs": f"{schema}.jobs",
+            "history": f"{schema}.job_history",
+            "workers": f"{schema}.workers",
+        }
+        dialect = {
+            **self.tables,
+            "hour": "date_trunc('hour', finished_at)",
+            "since": "to_timestamp(%(since)s)",
+            "args_text": "args::text",
+            "error_type": "errors -> -1 ->> 'type'",
+        }
+        self.raw_sql = {
+            k: [s.format(**dialect).replace(" LIKE ", " ILIKE ") for s in v]
+            for k, v in RAW_SQL.items()
+        }
 
     def describe(self) -> str:
         shown = {}
-        for name in ("server_version", "shared_buffers", "work_mem",
-                     "max_parallel_workers_per_gather", "jit"):  # fmt: skip
+        for name in (
+            "server_version",
+            "shared_buffers",
+            "work_mem",
+            "max_parallel_workers_per_gather",
+            "jit",
+        ):
             row = self.conn.execute(sql.SQL("SHOW {}").format(sql.Identifier(name))).fetchone()
             shown[name] = row[0] if row else "?"
         version = shown.pop("server_version")
         settings = ", ".join(f"{k}={v}" for k, v in shown.items())
-        return (f"PostgreSQL {version} ({settings}); schema {self.schema}, VACUUM ANALYZE "
-                "after the fill (as autovacuum would)")  # fmt: skip
+        return (
+            f"PostgreSQL {version} ({settings}); schema {self.schema}, VACUUM ANALYZE "
+            "after the fill (as autovacuum would)"
+        )
 
     def fill(self, n: int, now: float, progress: Progress) -> Fill:
         conn, seconds = self.conn, {}
         columns = ", ".join(COLUMNS)
         arrays = ", ".join(f"%s::{PG_ARRAY.get(c, 'text')}[]" for c in COLUMNS)
-        values = ", ".join(f"to_timestamp({c})" if c in TIMES else c + PG_CAST.get(c, "")
-                           for c in COLUMNS)  # fmt: skip
-        insert = (f"INSERT INTO {self.schema}.jobs ({columns}) SELECT {values} "
-                  f"FROM unnest({arrays}) AS t({columns})")  # fmt: skip
+        values = ", ".join(
+            f"to_timestamp({c})" if c in TIMES else c + PG_CAST.get(c, "") for c in COLUMNS
+        )
+        insert = (
+            f"INSERT INTO {self.schema}.jobs ({columns}) SELECT {values} "
+            f"FROM unnest({arrays}) AS t({columns})"
+        )
         started = time.perf_counter()
         done = 0
         for batch in _batches(generate(n, now)):
@@ -574,8 +751,9 @@ class PostgresStore:
     def raw(self, key: str, params: dict[str, Any]) -> int:
         found = 0
         for statement in self.raw_sql[key]:
-            found += len(self.conn.execute(statement, params if "%(" in statement else None)
-                         .fetchall())  # fmt: skip
+            found += len(
+                self.conn.execute(statement, params if "%(" in statement else None).fetchall()
+            )
         return found
 
     def plan_usage(self, app: conveyor.App) -> dict[str, tuple[int, int]]:
@@ -636,8 +814,9 @@ class PostgresStore:
     def close(self) -> None:
         self.conn.close()
 
-    def _explain(self, statement: Statement, execute: sql.Composable, mode: str,
-                 table_rows: int) -> _Explained:  # fmt: skip
+    def _explain(
+        self, statement: Statement, execute: sql.Composable, mode: str, table_rows: int
+    ) -> _Explained:
         self.conn.execute(sql.SQL("SET plan_cache_mode = {}").format(sql.SQL(mode)))
         explain = sql.SQL("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) ") + execute
         [[doc]] = self.conn.execute(explain).fetchall()
@@ -647,8 +826,14 @@ class PostgresStore:
         flags: list[str] = []
         read = _rows_read(root, flags, table_rows)
         share = read / max(table_rows, 1)
-        plan = Plan(statement, lines, flags, float(doc[0]["Execution Time"]),
-                    int(root["Actual Rows"]), f"{read:,} job rows read ({share:.1%})")  # fmt: skip
+        plan = Plan(
+            statement,
+            lines,
+            flags,
+            float(doc[0]["Execution Time"]),
+            int(root["Actual Rows"]),
+            f"{read:,} job rows read ({share:.1%})",
+        )
         return _Explained(plan, _shape(root))
 
 
@@ -659,8 +844,12 @@ class _Explained:
 
 
 def _shape(node: dict[str, Any]) -> tuple[Any, ...]:
-    return (node["Node Type"], node.get("Relation Name"), node.get("Index Name"),
-            tuple(_shape(c) for c in node.get("Plans", ())))  # fmt: skip
+    return (
+        node["Node Type"],
+        node.get("Relation Name"),
+        node.get("Index Name"),
+        tuple(_shape(c) for c in node.get("Plans", ())),
+    )
 
 
 def _rows_read(node: dict[str, Any], flags: list[Flag], table_rows: int) -> int:
@@ -671,8 +860,11 @@ def _rows_read(node: dict[str, Any], flags: list[Flag], table_rows: int) -> int:
     read = sum(_rows_read(c, flags, table_rows) for c in children)
     loops = node.get("Actual Loops", 1)
     if node.get("Relation Name") == "jobs":
-        here = (node.get("Actual Rows", 0) + node.get("Rows Removed by Filter", 0)
-                + node.get("Rows Removed by Index Recheck", 0)) * loops  # fmt: skip
+        here = (
+            node.get("Actual Rows", 0)
+            + node.get("Rows Removed by Filter", 0)
+            + node.get("Rows Removed by Index Recheck", 0)
+        ) * loops
         read += here
         where = f"{kind} on jobs" + (f" using {node['Index Name']}" if "Index Name" in node else "")
         whole = here >= WHOLE * table_rows
@@ -767,9 +959,15 @@ def pages(facts: Facts) -> list[Page]:
 
 
 def statements(facts: Facts, now: float) -> list[Statement]:
-    listing: dict[str, Any] = {"queue": None, "task": None, "error_type": None,
-                               "before_id": None, "after_id": None, "contains": None,
-                               "limit": 50}  # fmt: skip
+    listing: dict[str, Any] = {
+        "queue": None,
+        "task": None,
+        "error_type": None,
+        "before_id": None,
+        "after_id": None,
+        "contains": None,
+        "limit": 50,
+    }
     day = math.floor((now - DAY) / 3600) * 3600
     settled = math.floor((now - 120) / 60) * 60
     snapshot = "the snapshot: /, /queues, /jobs*, /api/overview"
@@ -840,12 +1038,17 @@ def _raw(store: Store, key: str, params: dict[str, Any]) -> float:
     return time.perf_counter() - started
 
 
-def time_pages(app: conveyor.App, store: Store, facts: Facts, repeat: int,
-               progress: Progress) -> tuple[list[PageResult], int]:  # fmt: skip
+def time_pages(
+    app: conveyor.App, store: Store, facts: Facts, repeat: int, progress: Progress
+) -> tuple[list[PageResult], int]:
     """Every page `repeat` times, round-robin, each load beside its raw baseline; the number of
     jobs a search found."""
-    params = {"queue": QUEUE, "id": facts.dead_id, "pattern": f"%{NEEDLE}%",
-              "since": math.floor((time.time() - DAY) / 3600) * 3600}  # fmt: skip
+    params = {
+        "queue": QUEUE,
+        "id": facts.dead_id,
+        "pattern": f"%{NEEDLE}%",
+        "since": math.floor((time.time() - DAY) / 3600) * 3600,
+    }
     results = [PageResult(p) for p in pages(facts)]
     first, rest = results[0], results[1:]
     for run in range(repeat):  # a fresh server: nothing cached, a day of throughput to read
@@ -886,8 +1089,9 @@ class Report:
     search_raw: int
 
 
-def run(backend: str, jobs: int, repeat: int, postgres: str | None, schema: str,
-        progress: Progress) -> Report:  # fmt: skip
+def run(
+    backend: str, jobs: int, repeat: int, postgres: str | None, schema: str, progress: Progress
+) -> Report:
     if backend == "sqlite":
         with scratch_db("dashboard") as path:
             app = make_app(sqlite_url(path))
@@ -917,8 +1121,7 @@ def run(backend: str, jobs: int, repeat: int, postgres: str | None, schema: str,
         drop_schema(url, schema)
 
 
-def measure(app: conveyor.App, store: Store, jobs: int, repeat: int,
-            progress: Progress) -> Report:  # fmt: skip
+def measure(app: conveyor.App, store: Store, jobs: int, repeat: int, progress: Progress) -> Report:
     now = time.time()
     fill = store.fill(jobs, now, progress)
     totals: dict[str, int] = {}
@@ -926,10 +1129,11 @@ def measure(app: conveyor.App, store: Store, jobs: int, repeat: int,
         for state, n in per_queue.items():
             totals[state.value] = totals.get(state.value, 0) + n
     facts = Facts(
-        jobs=sum(totals.values()), states=totals,
+        jobs=sum(totals.values()),
+        states=totals,
         newest_id=int(store.scalar("SELECT max(id) FROM {jobs}")),
         dead_id=int(store.scalar("SELECT max(id) FROM {jobs} WHERE state = 'dead'")),
-    )  # fmt: skip
+    )
     if facts.jobs != jobs:
         raise RuntimeError(f"{store.name}: expected {jobs:,} jobs, found {facts.jobs:,}")
     results, found = time_pages(app, store, facts, repeat, progress)
@@ -937,8 +1141,9 @@ def measure(app: conveyor.App, store: Store, jobs: int, repeat: int,
     progress(f"{store.name}: query plans")
     usage = store.plan_usage(app)
     plans = [store.plan(s, facts.jobs, usage) for s in statements(facts, time.time())]
-    return Report(store.name, store.describe(), jobs, repeat, fill, facts, results, plans,
-                  found, search_raw)  # fmt: skip
+    return Report(
+        store.name, store.describe(), jobs, repeat, fill, facts, results, plans, found, search_raw
+    )
 
 
 # -- the report ---------------------------------------------------------------------------------
@@ -970,13 +1175,23 @@ def pages_table(report: Report) -> Table:
         name = Text(r.page.shown)
         if r.page.extra:
             name.append("\n(extra page)", style="dim")
-        slow = [k for k, runs in (("cold", r.cold), ("warm", r.warm))
-                if runs.seconds and runs.median_ms > SLOW_MS]  # fmt: skip
+        slow = [
+            k
+            for k, runs in (("cold", r.cold), ("warm", r.warm))
+            if runs.seconds and runs.median_ms > SLOW_MS
+        ]
         verdict = Text(f"slow ({', '.join(slow)})" if slow else "", style="red")
         ratio = Text(f"{r.ratio:,.1f}x")
         ratio.append(f"\nof {r.page.versus}", style="dim")
-        table.add_row(name, _figure(r.cold), _figure(r.warm), _figure(r.raw),
-                      Text(RAW_LABELS[r.page.raw], style="dim"), ratio, verdict)  # fmt: skip
+        table.add_row(
+            name,
+            _figure(r.cold),
+            _figure(r.warm),
+            _figure(r.raw),
+            Text(RAW_LABELS[r.page.raw], style="dim"),
+            ratio,
+            verdict,
+        )
     return table
 
 
@@ -994,13 +1209,22 @@ def plans_table(report: Report) -> Table:
         verdict = Text("\n".join(flags) or "no", style="red" if flags else "green")
         if generic is not None:
             worse = [f.text for f in generic.flags if f.whole]
-            verdict.append(f"\ngeneric plan: {'; '.join(worse) or 'no'}",
-                           style="red" if worse else "dim")  # fmt: skip
+            verdict.append(
+                f"\ngeneric plan: {'; '.join(worse) or 'no'}", style="red" if worse else "dim"
+            )
         if plan.used is not None:
-            verdict.append(f"\nconveyor's connections: {plan.used[0]} generic, "
-                           f"{plan.used[1]} custom plans", style="dim")  # fmt: skip
-        table.add_row(plan.statement.label, Text(plan.statement.pages, style="dim"),
-                      f"{plan.ms:,.1f}", f"{plan.rows:,}", plan.work, verdict)  # fmt: skip
+            verdict.append(
+                f"\nconveyor's connections: {plan.used[0]} generic, {plan.used[1]} custom plans",
+                style="dim",
+            )
+        table.add_row(
+            plan.statement.label,
+            Text(plan.statement.pages, style="dim"),
+            f"{plan.ms:,.1f}",
+            f"{plan.rows:,}",
+            plan.work,
+            verdict,
+        )
     return table
 
 
@@ -1009,13 +1233,15 @@ def print_plans(report: Report, console: Console) -> None:
         for which, shown in (("", plan), ("generic plan of ", plan.generic)):
             if shown is None:
                 continue
-            console.rule(f"{which}{plan.statement.label}: {plan.statement.pages}", align="left",
-                         style="dim")  # fmt: skip
+            console.rule(
+                f"{which}{plan.statement.label}: {plan.statement.pages}", align="left", style="dim"
+            )
             console.print("\n".join(shown.lines), markup=False, highlight=False)
             for flag in shown.flags:
                 mark, style = ("WHOLE TABLE", "bold red") if flag.whole else ("note", "yellow")
-                console.print(f"  -> {mark}: {flag.text}", style=style, markup=False,
-                              highlight=False)  # fmt: skip
+                console.print(
+                    f"  -> {mark}: {flag.text}", style=style, markup=False, highlight=False
+                )
 
 
 def print_report(report: Report, console: Console) -> None:
@@ -1076,8 +1302,9 @@ def _count(text: str) -> int:
 
 def _backends(text: str) -> tuple[str, ...]:
     aliases = {"postgresql": "postgres", "pg": "postgres"}
-    chosen = tuple(dict.fromkeys(aliases.get(p.strip(), p.strip()) for p in text.split(",")
-                                 if p.strip()))  # fmt: skip
+    chosen = tuple(
+        dict.fromkeys(aliases.get(p.strip(), p.strip()) for p in text.split(",") if p.strip())
+    )
     if not chosen or any(b not in BACKENDS for b in chosen):
         raise argparse.ArgumentTypeError(f"choose from {', '.join(BACKENDS)}; got {text!r}")
     return chosen
@@ -1089,15 +1316,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="The dashboard and JSON API on a store of many jobs: page loads beside the "
         "bare SQL, and the plans of the statements they run.",
     )
-    parser.add_argument("--jobs", type=_count, default=1_000_000,
-                        help="jobs to fill the store with (default 1,000,000)")  # fmt: skip
-    parser.add_argument("--backends", type=_backends, default=BACKENDS,
-                        help="comma-separated: sqlite, postgres (default both)")  # fmt: skip
-    parser.add_argument("--repeat", type=_count, default=7,
-                        help="loads of each page; the median is reported (default 7)")  # fmt: skip
-    parser.add_argument("--postgres-url", metavar="URL",
-                        help="default $CONVEYOR_TEST_POSTGRES_URL, else "
-                        f"{DEFAULT_POSTGRES_URL}")  # fmt: skip
+    parser.add_argument(
+        "--jobs",
+        type=_count,
+        default=1_000_000,
+        help="jobs to fill the store with (default 1,000,000)",
+    )
+    parser.add_argument(
+        "--backends",
+        type=_backends,
+        default=BACKENDS,
+        help="comma-separated: sqlite, postgres (default both)",
+    )
+    parser.add_argument(
+        "--repeat",
+        type=_count,
+        default=7,
+        help="loads of each page; the median is reported (default 7)",
+    )
+    parser.add_argument(
+        "--postgres-url",
+        metavar="URL",
+        help=f"default $CONVEYOR_TEST_POSTGRES_URL, else {DEFAULT_POSTGRES_URL}",
+    )
     parser.add_argument(
         "--schema",
         default=SCHEMA,
@@ -1115,8 +1356,14 @@ def main(argv: list[str] | None = None) -> int:
     status_console = Console(stderr=True)
     for backend in args.backends:
         with status_console.status(f"{backend}: starting") as status:
-            report = run(backend, args.jobs, args.repeat, args.postgres_url, args.schema,
-                         progress=lambda text: status.update(text))  # fmt: skip
+            report = run(
+                backend,
+                args.jobs,
+                args.repeat,
+                args.postgres_url,
+                args.schema,
+                progress=lambda text: status.update(text),
+            )
         print_report(report, console)
         console.print()
     return 0

@@ -79,9 +79,13 @@ def drain(jobs: int, per_transaction: int) -> Rate:
                 conn.execute("BEGIN IMMEDIATE")
                 rows = conn.execute(
                     Q.claim,
-                    {"worker_id": WORKER_ID, "now": now, "lease_until": now + 30,
-                     "limit": per_transaction},
-                ).fetchall()  # fmt: skip
+                    {
+                        "worker_id": WORKER_ID,
+                        "now": now,
+                        "lease_until": now + 30,
+                        "limit": per_transaction,
+                    },
+                ).fetchall()
                 conn.execute("COMMIT")
                 if not rows:
                     break

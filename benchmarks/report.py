@@ -79,21 +79,37 @@ def throughput_table(results: Results) -> Table:
 
     row("enqueue.one", "enqueue one by one", "raw.insert.1", "insert, 1 per txn")
     for batch in config.batches:
-        row(f"enqueue.many.{batch}", f"enqueue_many, {batch:,} per call",
-            f"raw.insert.{batch}", f"insert, {batch:,} per txn")  # fmt: skip
+        row(
+            f"enqueue.many.{batch}",
+            f"enqueue_many, {batch:,} per call",
+            f"raw.insert.{batch}",
+            f"insert, {batch:,} per txn",
+        )
     row(f"enqueue.call.{config.one_call}", f"enqueue_many, one call of {config.one_call:,}")
     raw_drain = f"raw.drain.{config.raw_batch}"
     for c in config.concurrencies:
         for kind in ("sync", "async"):
-            row(drain_key(kind, c), f"drain, {kind} no-op, concurrency {c}",
-                raw_drain, f"drain, {config.raw_batch} per txn")  # fmt: skip
+            row(
+                drain_key(kind, c),
+                f"drain, {kind} no-op, concurrency {c}",
+                raw_drain,
+                f"drain, {config.raw_batch} per txn",
+            )
     for c in config.concurrencies:
-        row(drain_key("keyed", c), f"drain, async no-op limited per key, concurrency {c}",
-            raw_drain, f"drain, {config.raw_batch} per txn")  # fmt: skip
+        row(
+            drain_key("keyed", c),
+            f"drain, async no-op limited per key, concurrency {c}",
+            raw_drain,
+            f"drain, {config.raw_batch} per txn",
+        )
     for c in config.concurrencies:
         for p in config.processes:
-            row(cli_drain_key(p, c), f"drain, CLI -p {p}, concurrency {c}",
-                raw_drain, f"drain, {config.raw_batch} per txn")  # fmt: skip
+            row(
+                cli_drain_key(p, c),
+                f"drain, CLI -p {p}, concurrency {c}",
+                raw_drain,
+                f"drain, {config.raw_batch} per txn",
+            )
     raw_drains = sorted((k for k in m if k.startswith("raw.drain.")), key=lambda k: int(k[10:]))
     if raw_drains:
         table.add_section()
@@ -117,8 +133,12 @@ def latency_table(results: Results) -> Table | None:
     table.add_column("conveyor", justify="right")
     table.add_column("target")
     table.add_column("")
-    for key, label in (("latency.p50", "p50"), ("latency.p95", "p95"),
-                       ("latency.p99", "p99"), ("latency.max", "max")):  # fmt: skip
+    for key, label in (
+        ("latency.p50", "p50"),
+        ("latency.p95", "p95"),
+        ("latency.p99", "p99"),
+        ("latency.max", "max"),
+    ):
         targets, verdicts = _targets(results, [key])
         table.add_row(label, _figure(m[key], unit="", digits=1), targets, verdicts)
     return table

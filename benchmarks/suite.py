@@ -126,10 +126,13 @@ class Results:
     def _target_json(self, target: Target) -> dict[str, Any]:
         measured = self.value(target.subject)
         return {
-            "subject": target.subject, "label": target.label, "op": target.op,
-            "value": target.value, "measured": measured,
+            "subject": target.subject,
+            "label": target.label,
+            "op": target.op,
+            "value": target.value,
+            "measured": measured,
             "met": None if measured is None else target.met(measured),
-        }  # fmt: skip
+        }
 
 
 def environment(backend: str = "sqlite", url: str | None = None) -> dict[str, Any]:
@@ -143,8 +146,9 @@ def environment(backend: str = "sqlite", url: str | None = None) -> dict[str, An
         "implementation": sys.implementation.name,
     }
     if backend == "sqlite":
-        env.update(sqlite=sqlite3.sqlite_version, sqlite_journal_mode="WAL",
-                   sqlite_synchronous="NORMAL")  # fmt: skip
+        env.update(
+            sqlite=sqlite3.sqlite_version, sqlite_journal_mode="WAL", sqlite_synchronous="NORMAL"
+        )
     else:
         env.update(_postgres_settings(url or postgres_url()))
     return env
@@ -162,11 +166,13 @@ def _postgres_settings(url: str) -> dict[str, Any]:
         assert row is not None
         version, synchronous_commit, fsync, shared_buffers, unix_socket = row
         return {
-            "postgres": version, "postgres_synchronous_commit": synchronous_commit,
-            "postgres_fsync": fsync, "postgres_shared_buffers": shared_buffers,
+            "postgres": version,
+            "postgres_synchronous_commit": synchronous_commit,
+            "postgres_fsync": fsync,
+            "postgres_shared_buffers": shared_buffers,
             "postgres_connection": "unix socket" if unix_socket else "TCP",
             "psycopg": psycopg.__version__,
-        }  # fmt: skip
+        }
 
 
 def drain_key(kind: str, concurrency: int) -> str:
@@ -199,19 +205,31 @@ def run(config: Config, progress: Callable[[str], None] = lambda _: None) -> Res
             _raw_round(results, step)
         if "enqueue" in config.groups:
             step("enqueue one by one")
-            results.record("enqueue.one", "enqueue one by one (task.enqueue)", "jobs/s",
-                           workloads.enqueue_one_by_one(n, **where).per_second)  # fmt: skip
+            results.record(
+                "enqueue.one",
+                "enqueue one by one (task.enqueue)",
+                "jobs/s",
+                workloads.enqueue_one_by_one(n, **where).per_second,
+            )
             for batch in config.batches:
                 step(f"enqueue_many, {batch:,} per call")
                 rate = workloads.enqueue_many(n, batch, **where)
-                results.record(f"enqueue.many.{batch}", f"enqueue_many, {batch:,} per call",
-                               "jobs/s", rate.per_second)  # fmt: skip
+                results.record(
+                    f"enqueue.many.{batch}",
+                    f"enqueue_many, {batch:,} per call",
+                    "jobs/s",
+                    rate.per_second,
+                )
             if pg and config.one_call:
                 size = config.one_call
                 step(f"enqueue_many, one call of {size:,}")
                 rate = workloads.enqueue_many(size, size, **where)
-                results.record(f"enqueue.call.{size}", f"enqueue_many, one call of {size:,}",
-                               "jobs/s", rate.per_second)  # fmt: skip
+                results.record(
+                    f"enqueue.call.{size}",
+                    f"enqueue_many, one call of {size:,}",
+                    "jobs/s",
+                    rate.per_second,
+                )
         if "drain" in config.groups:
             for concurrency in config.concurrencies:
                 for kind, fn in (("sync", workloads.drain_sync), ("async", workloads.drain_async)):
@@ -219,8 +237,9 @@ def run(config: Config, progress: Callable[[str], None] = lambda _: None) -> Res
                     results.record(
                         drain_key(kind, concurrency),
                         f"drain, {kind} no-op, 1 worker process, concurrency {concurrency}",
-                        "jobs/s", fn(n, concurrency, **where).per_second,
-                    )  # fmt: skip
+                        "jobs/s",
+                        fn(n, concurrency, **where).per_second,
+                    )
             for concurrency in config.concurrencies if pg else ():
                 for processes in config.processes:
                     step(f"conveyor worker -p {processes} -c {concurrency} --burst, {n:,} jobs")
@@ -228,8 +247,9 @@ def run(config: Config, progress: Callable[[str], None] = lambda _: None) -> Res
                     results.record(
                         cli_drain_key(processes, concurrency),
                         f"drain, conveyor worker -p {processes} -c {concurrency} --burst",
-                        "jobs/s", rate.per_second,
-                    )  # fmt: skip
+                        "jobs/s",
+                        rate.per_second,
+                    )
         if "limits" in config.groups:
             for concurrency in config.concurrencies:
                 step(f"drain of {n:,} async no-op jobs limited per key, concurrency {concurrency}")
@@ -237,16 +257,18 @@ def run(config: Config, progress: Callable[[str], None] = lambda _: None) -> Res
                     drain_key("keyed", concurrency),
                     f"drain, async no-op limited to {KEYED_LIMIT} at once per key "
                     f"({KEYED_TENANTS} keys), 1 worker process, concurrency {concurrency}",
-                    "jobs/s", workloads.drain_keyed(n, concurrency, **where).per_second,
-                )  # fmt: skip
+                    "jobs/s",
+                    workloads.drain_keyed(n, concurrency, **where).per_second,
+                )
         if "latency" in config.groups:
             step(f"latency at {config.latency_rate:g} jobs/s for {config.latency_seconds:g} s")
             lat = workloads.latency(
                 config.latency_rate, config.latency_seconds, config.latency_concurrency, **where
             )
             for p in (50, 95, 99):
-                results.record(f"latency.p{p}", f"enqueue-to-start p{p}", "ms",
-                               lat.percentile(p) * 1000)  # fmt: skip
+                results.record(
+                    f"latency.p{p}", f"enqueue-to-start p{p}", "ms", lat.percentile(p) * 1000
+                )
             results.record("latency.max", "enqueue-to-start max", "ms", max(lat.samples) * 1000)
             results.record("latency.jobs", "latency jobs", "jobs", lat.count)
             results.record("latency.rate", "latency offered rate", "jobs/s", lat.offered_rate)
@@ -280,12 +302,17 @@ def _raw_round(results: Results, step: Callable[[str], None]) -> None:
     results.record("raw.insert.1", "raw insert, 1 per transaction", "jobs/s", insert(n, 1))
     for batch in (b for b in config.batches if b != 1):  # 1 is measured above
         step(f"raw {name} insert, {batch:,} per transaction")
-        results.record(f"raw.insert.{batch}", f"raw insert, {batch:,} per transaction",
-                       "jobs/s", insert(n, batch))  # fmt: skip
+        results.record(
+            f"raw.insert.{batch}",
+            f"raw insert, {batch:,} per transaction",
+            "jobs/s",
+            insert(n, batch),
+        )
     for per in sorted({1, config.raw_batch}):
         step(f"raw {name} drain, {per} per transaction")
-        results.record(f"raw.drain.{per}", f"raw drain, {per} per transaction", "jobs/s",
-                       drain(n, per))  # fmt: skip
+        results.record(
+            f"raw.drain.{per}", f"raw drain, {per} per transaction", "jobs/s", drain(n, per)
+        )
 
 
 def _ratios(results: Results) -> None:
@@ -326,13 +353,25 @@ class Goals:
 
 
 GOALS = {
-    "sqlite": Goals(drain_per_s=5_000, drain_share=0.10, enqueue_one_per_s=5_000,
-                    enqueue_one_share=None, enqueue_many_per_s=50_000, latency_p50_ms=10,
-                    latency_p99_ms=25),
-    "postgres": Goals(drain_per_s=6_500, drain_share=0.20, enqueue_one_per_s=None,
-                      enqueue_one_share=0.75, enqueue_many_per_s=50_000, latency_p50_ms=3,
-                      latency_p99_ms=10),
-}  # fmt: skip
+    "sqlite": Goals(
+        drain_per_s=5_000,
+        drain_share=0.10,
+        enqueue_one_per_s=5_000,
+        enqueue_one_share=None,
+        enqueue_many_per_s=50_000,
+        latency_p50_ms=10,
+        latency_p99_ms=25,
+    ),
+    "postgres": Goals(
+        drain_per_s=6_500,
+        drain_share=0.20,
+        enqueue_one_per_s=None,
+        enqueue_one_share=0.75,
+        enqueue_many_per_s=50_000,
+        latency_p50_ms=3,
+        latency_p99_ms=10,
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -378,8 +417,10 @@ def _targets(results: Results) -> None:
     for c in config.concurrencies:
         for p in (p for p in config.processes if p > 1):
             wanted.append(Target(f"{cli_drain_key(p, c)}/p1", ">", 1.0, "faster than -p 1"))
-    wanted.append(Target("latency.p50", "<=", goals.latency_p50_ms,
-                         f"≤ {goals.latency_p50_ms:g} ms"))  # fmt: skip
-    wanted.append(Target("latency.p99", "<=", goals.latency_p99_ms,
-                         f"≤ {goals.latency_p99_ms:g} ms"))  # fmt: skip
+    wanted.append(
+        Target("latency.p50", "<=", goals.latency_p50_ms, f"≤ {goals.latency_p50_ms:g} ms")
+    )
+    wanted.append(
+        Target("latency.p99", "<=", goals.latency_p99_ms, f"≤ {goals.latency_p99_ms:g} ms")
+    )
     results.targets = [t for t in wanted if results.value(t.subject) is not None]

@@ -135,9 +135,13 @@ def _drain_in_child(db: Database, concurrency: int, results: Connection) -> None
 
 
 def drain(
-    jobs: int, task_name: str = SYNC_NOOP, concurrency: int = 10, *, backend: str = "sqlite",
+    jobs: int,
+    task_name: str = SYNC_NOOP,
+    concurrency: int = 10,
+    *,
+    backend: str = "sqlite",
     postgres: str | None = None,
-) -> Rate:  # fmt: skip
+) -> Rate:
     """Pre-enqueue `jobs` no-op jobs, then time `app.run_worker(burst=True)` in a worker
     process of its own until every job has succeeded."""
     with scratch(backend, "drain", postgres) as db:
@@ -179,9 +183,14 @@ def drain_keyed(
 
 
 def drain_cli(
-    jobs: int, processes: int, concurrency: int = 10, task_name: str = ASYNC_NOOP, *,
-    backend: str = "sqlite", postgres: str | None = None,
-) -> Rate:  # fmt: skip
+    jobs: int,
+    processes: int,
+    concurrency: int = 10,
+    task_name: str = ASYNC_NOOP,
+    *,
+    backend: str = "sqlite",
+    postgres: str | None = None,
+) -> Rate:
     """Pre-enqueue `jobs` no-op jobs, then run `conveyor worker ... --processes N --burst`
     until it exits. The time is the store's own: from the first job's `started_at` to the
     last job's `finished_at`, so interpreter start-up and imports, which differ with the
@@ -216,10 +225,18 @@ def _start_worker(
         p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH", "")) if p
     )
     command = [
-        sys.executable, "-m", "conveyor", "worker", "benchmarks.worker_app:app",
-        "--concurrency", str(concurrency), "--processes", str(processes),
-        "--log-level", "WARNING",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "conveyor",
+        "worker",
+        "benchmarks.worker_app:app",
+        "--concurrency",
+        str(concurrency),
+        "--processes",
+        str(processes),
+        "--log-level",
+        "WARNING",
+    ]
     if burst:
         command.append("--burst")
     return subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, stdin=subprocess.DEVNULL)
@@ -246,9 +263,13 @@ def _stop_worker(worker: subprocess.Popen[bytes]) -> None:
 
 
 def latency(
-    rate: float = 30.0, seconds: float = 10.0, concurrency: int = 10, *,
-    backend: str = "sqlite", postgres: str | None = None,
-) -> Latencies:  # fmt: skip
+    rate: float = 30.0,
+    seconds: float = 10.0,
+    concurrency: int = 10,
+    *,
+    backend: str = "sqlite",
+    postgres: str | None = None,
+) -> Latencies:
     """Enqueue one job at a time at `rate` jobs/s for `seconds` while a `conveyor worker`
     subprocess runs them; each job's latency is `started_at - created_at`. On SQLite both are
     stamped from this machine's clock (the enqueuing process and the worker process); on

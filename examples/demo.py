@@ -35,9 +35,15 @@ URGENT_AFTER_S = 2.5
 DEADLINE_S = 90.0
 FINISHED = {"succeeded", "dead", "cancelled"}
 STATE_STYLES = {
-    "waiting": "dim", "scheduled": "cyan", "queued": "blue", "running": "yellow",
-    "retrying": "magenta", "succeeded": "green", "dead": "bold red", "cancelled": "dim",
-}  # fmt: skip
+    "waiting": "dim",
+    "scheduled": "cyan",
+    "queued": "blue",
+    "running": "yellow",
+    "retrying": "magenta",
+    "succeeded": "green",
+    "dead": "bold red",
+    "cancelled": "dim",
+}
 
 for old in ROOT.glob("conveyor-demo.db*"):
     old.unlink()
@@ -60,8 +66,10 @@ def conveyor_command(*args: str) -> list[str]:
 def start_worker(log: IO[bytes]) -> subprocess.Popen[bytes]:
     worker = subprocess.Popen(
         conveyor_command("worker", APP, "-c", str(CONCURRENCY), "--grace", "10"),
-        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-    )  # fmt: skip
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 20
     while not demo_app.app.list_workers():
         if worker.poll() is not None or time.monotonic() > deadline:
@@ -124,9 +132,12 @@ def progress_cell(job: conveyor.Job, width: int) -> RenderableType:
             return ProgressBar(total=None, width=width + 5, pulse=True)
         return Text("")
     bar = ProgressBar(
-        total=100, completed=job.progress, width=width,
-        complete_style="red" if state == "dead" else "yellow", finished_style="green",
-    )  # fmt: skip
+        total=100,
+        completed=job.progress,
+        width=width,
+        complete_style="red" if state == "dead" else "yellow",
+        finished_style="green",
+    )
     cell = Table.grid(padding=(0, 1))
     cell.add_row(bar, Text(f"{job.progress:3.0f}%"))
     return cell
@@ -136,20 +147,26 @@ def view(jobs: list[conveyor.Job], stats: dict[str, int], elapsed: float, log: P
     now = time.time()
     wide = console.width >= 100
     table = Table(
-        title=f"conveyor demo · {elapsed:4.1f}s", title_justify="left", box=box.SIMPLE_HEAD,
-        padding=(0, 1), collapse_padding=True,
-    )  # fmt: skip
+        title=f"conveyor demo · {elapsed:4.1f}s",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        padding=(0, 1),
+        collapse_padding=True,
+    )
     table.add_column("ID", justify="right", no_wrap=True)
     for name in ("Task", "Pri", "State", "Att", "Progress"):
         table.add_column(name, no_wrap=True)
     table.add_column("Stage / note", ratio=1)
     for job in jobs:
         table.add_row(
-            str(job.id), job.task, str(job.priority),
+            str(job.id),
+            job.task,
+            str(job.priority),
             Text(job.state.value, style=STATE_STYLES[job.state.value]),
-            f"{job.attempt}/{job.max_attempts}", progress_cell(job, 20 if wide else 10),
+            f"{job.attempt}/{job.max_attempts}",
+            progress_cell(job, 20 if wide else 10),
             Text.assemble(note(job, now), no_wrap=True, overflow="ellipsis"),
-        )  # fmt: skip
+        )
     counts = Text("  ")
     for state, n in stats.items():
         if n:
@@ -236,8 +253,11 @@ def main() -> int:
             START = time.time()
             say(0.0, f"worker started (pid {worker.pid}); logs in {log_path}")
             n = enqueue_backlog()
-            say(0.0, f"enqueued {n} jobs: renders with progress, thumbnails, a flaky sync, "
-                "a card charge that always fails, a reminder delayed 6s")  # fmt: skip
+            say(
+                0.0,
+                f"enqueued {n} jobs: renders with progress, thumbnails, a flaky sync, "
+                "a card charge that always fails, a reminder delayed 6s",
+            )
             if console.is_terminal:
                 with Live(console=console, refresh_per_second=8, transient=True) as live:
                     took = watch(live, log_path)

@@ -217,8 +217,9 @@ def _fresh_logging(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """
     configure = conveyor.logging.configure_logging
     monkeypatch.setattr(
-        conveyor.logging, "configure_logging",
+        conveyor.logging,
+        "configure_logging",
         lambda *args, **kwargs: configure(*args, **{**kwargs, "cache": False}),
-    )  # fmt: skip
+    )
     yield
     structlog.reset_defaults()

@@ -395,12 +395,17 @@ class App:
         return self._bind(
             self.backend.sync.list_jobs(
                 JobFilter.of(
-                    _states(state), queue=queue, task=task, before_id=before_id,
-                    error_type=error_type, after_id=after_id, contains=contains,
+                    _states(state),
+                    queue=queue,
+                    task=task,
+                    before_id=before_id,
+                    error_type=error_type,
+                    after_id=after_id,
+                    contains=contains,
                 ),
                 limit,
             )
-        )  # fmt: skip
+        )
 
     def job_history(self, job_id: int) -> list[HistoryEntry]:
         """Every state change of the job, oldest first."""
@@ -519,9 +524,12 @@ class App:
         if name in self.circuits:
             raise ValueError(f"a circuit named {name!r} is already declared")
         declared = Circuit.declare(
-            name, failure_threshold=failure_threshold, probe=probe, schedule=schedule,
+            name,
+            failure_threshold=failure_threshold,
+            probe=probe,
+            schedule=schedule,
             half_open_jobs=half_open_jobs,
-        )  # fmt: skip
+        )
         self.circuits[name] = declared
         return declared
 
@@ -596,9 +604,12 @@ class App:
         return self._events(job_id, queue, poll, (subscription, cursor)), subscription
 
     async def _events(
-        self, job_id: int | None, queue: str | None, poll: float,
+        self,
+        job_id: int | None,
+        queue: str | None,
+        poll: float,
         start: tuple[Subscription, Cursor] | None,
-    ) -> AsyncGenerator[Event, None]:  # fmt: skip
+    ) -> AsyncGenerator[Event, None]:
         backend = self.backend
         if start is None:
             subscription = await backend.subscribe()  # before the cursor: nothing slips by
@@ -671,9 +682,10 @@ class App:
         return len(
             self.backend.sync.retry_jobs(
                 JobFilter.of(states, ids=job_ids, queue=queue, task=task),
-                self.clock.now(), "retried by hand (bulk)",
+                self.clock.now(),
+                "retried by hand (bulk)",
             )
-        )  # fmt: skip
+        )
 
     def purge(
         self,

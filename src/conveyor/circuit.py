@@ -102,8 +102,10 @@ class Circuit:
             raise ValidationError(
                 f"bad circuit name {describe(name)}: use 1-128 characters of A-Z a-z 0-9 _ . : -"
             )
-        for value, what in ((failure_threshold, "failure_threshold"),
-                            (half_open_jobs, "half_open_jobs")):  # fmt: skip
+        for value, what in (
+            (failure_threshold, "failure_threshold"),
+            (half_open_jobs, "half_open_jobs"),
+        ):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValidationError(f"{what} must be an integer >= 1, got {value!r}")
         if probe is not None and not (
@@ -112,9 +114,12 @@ class Circuit:
         ):
             raise ValidationError(f"probe must be an http(s) URL or a callable, got {probe!r}")
         return cls(
-            name, failure_threshold, probe,
-            DEFAULT_SCHEDULE if schedule is None else parse_schedule(schedule), half_open_jobs,
-        )  # fmt: skip
+            name,
+            failure_threshold,
+            probe,
+            DEFAULT_SCHEDULE if schedule is None else parse_schedule(schedule),
+            half_open_jobs,
+        )
 
     def probe_every(self, open_for: float) -> float:
         """Seconds between probes once the circuit has been open `open_for` seconds."""
@@ -197,8 +202,9 @@ class CircuitInfo:
     @classmethod
     def from_row(cls, row: Any) -> CircuitInfo:
         r = CircuitRow.from_row(row)
-        return cls(row["name"], r.state, r.failures, r.opened_at, r.reason, r.probed_at,
-                   int(row["held"]))  # fmt: skip
+        return cls(
+            row["name"], r.state, r.failures, r.opened_at, r.reason, r.probed_at, int(row["held"])
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,12 +222,19 @@ class CircuitEvent:
 
     @classmethod
     def from_row(cls, row: Any) -> CircuitEvent:
-        return cls(row["name"], epoch_seconds(row["at"]), row["event"], row["reason"],
-                   row["held"], row["open_for"])  # fmt: skip
+        return cls(
+            row["name"],
+            epoch_seconds(row["at"]),
+            row["event"],
+            row["reason"],
+            row["held"],
+            row["open_for"],
+        )
 
     @classmethod
-    def after(cls, name: str, before: CircuitRow, now: CircuitRow, event: str, at: float,
-              held: int) -> CircuitEvent:  # fmt: skip
+    def after(
+        cls, name: str, before: CircuitRow, now: CircuitRow, event: str, at: float, held: int
+    ) -> CircuitEvent:
         open_for = None
         if event == "closed" and before.opened_at is not None:
             open_for = max(at - before.opened_at, 0.0)
@@ -229,9 +242,13 @@ class CircuitEvent:
 
     def params(self) -> dict[str, Any]:
         return {
-            "name": self.name, "at": self.at, "event": self.event, "reason": self.reason,
-            "held": self.held, "open_for": self.open_for,
-        }  # fmt: skip
+            "name": self.name,
+            "at": self.at,
+            "event": self.event,
+            "reason": self.reason,
+            "held": self.held,
+            "open_for": self.open_for,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,16 +265,24 @@ class CircuitRow:
     @classmethod
     def from_row(cls, row: Any) -> CircuitRow:
         return cls(
-            CircuitState(row["state"]), row["failures"], epoch_seconds(row["opened_at"]),
-            row["reason"], epoch_seconds(row["probed_at"]), row["half_open_jobs"],
-        )  # fmt: skip
+            CircuitState(row["state"]),
+            row["failures"],
+            epoch_seconds(row["opened_at"]),
+            row["reason"],
+            epoch_seconds(row["probed_at"]),
+            row["half_open_jobs"],
+        )
 
     def params(self, name: str) -> dict[str, Any]:
         return {
-            "name": name, "state": self.state.value, "failures": self.failures,
-            "opened_at": self.opened_at, "reason": self.reason, "probed_at": self.probed_at,
+            "name": name,
+            "state": self.state.value,
+            "failures": self.failures,
+            "opened_at": self.opened_at,
+            "reason": self.reason,
+            "probed_at": self.probed_at,
             "half_open_jobs": self.half_open_jobs,
-        }  # fmt: skip
+        }
 
 
 class Action(enum.StrEnum):
@@ -272,9 +297,14 @@ class Action(enum.StrEnum):
 
 
 def transition(
-    row: CircuitRow, action: Action, now: float, *, threshold: int = 5,
-    reason: str | None = None, half_open_jobs: int = 1,
-) -> tuple[CircuitRow, str | None]:  # fmt: skip
+    row: CircuitRow,
+    action: Action,
+    now: float,
+    *,
+    threshold: int = 5,
+    reason: str | None = None,
+    half_open_jobs: int = 1,
+) -> tuple[CircuitRow, str | None]:
     """The one place a circuit's rules live: the row after `action`, and the event to record
     ("opened", "half_open", "closed") if the state changed."""
     state = row.state
@@ -285,13 +315,15 @@ def transition(
         ):
             opened = CircuitRow(CircuitState.OPEN, failures, now, reason, now, row.half_open_jobs)
             return opened, "opened"
-        return CircuitRow(state, failures, row.opened_at, row.reason, row.probed_at,
-                          row.half_open_jobs), None  # fmt: skip
+        return CircuitRow(
+            state, failures, row.opened_at, row.reason, row.probed_at, row.half_open_jobs
+        ), None
     if action is Action.ANSWERED:
         if state is not CircuitState.OPEN:
             return row, None
-        return CircuitRow(CircuitState.HALF_OPEN, 0, row.opened_at, reason, now,
-                          half_open_jobs), "half_open"  # fmt: skip
+        return CircuitRow(
+            CircuitState.HALF_OPEN, 0, row.opened_at, reason, now, half_open_jobs
+        ), "half_open"
     if action is Action.SUCCESS and state is CircuitState.OPEN:
         # a job claimed before the circuit opened: the probe, not this, says when it is back
         return row, None

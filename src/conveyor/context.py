@@ -59,9 +59,11 @@ class Context:
         """A structured logger bound to the job's id, task, queue and attempt."""
         if self._log is None:
             self._log = get_logger("conveyor.task").bind(
-                job_id=self.job.id, task=self.job.task, queue=self.job.queue,
+                job_id=self.job.id,
+                task=self.job.task,
+                queue=self.job.queue,
                 attempt=self.job.attempt,
-            )  # fmt: skip
+            )
         return self._log
 
     @property
@@ -150,9 +152,14 @@ class Context:
         # Progress is a report, not the job's work: a store hiccup is logged, never raised.
         try:
             await self._backend.set_progress(
-                self.job.id, self.worker_id, self.job.attempt, percent, stage, message,
+                self.job.id,
+                self.worker_id,
+                self.job.attempt,
+                percent,
+                stage,
+                message,
                 self._now(),
-            )  # fmt: skip
+            )
         except BackendUnavailable as exc:
             self.log.warning("job.progress_failed", error=str(exc))
 

@@ -65,22 +65,37 @@ class Event:
         # The job row holds its latest attempt only: its times belong to this event while the
         # job is still where this event left it (not retried and finished again since).
         if (
-            state in FINISHED_STATES and row["from_state"] == JobState.RUNNING
-            and started is not None and finished == at
-        ):  # fmt: skip
+            state in FINISHED_STATES
+            and row["from_state"] == JobState.RUNNING
+            and started is not None
+            and finished == at
+        ):
             wait = max(0.0, started - epoch_seconds(row["run_at"]))
             run_time = max(0.0, finished - started)
         return cls(
-            "state", row["job_id"], at, row["queue"], row["task"], state=state,
-            note=row["note"], wait=wait, run_time=run_time,
-        )  # fmt: skip
+            "state",
+            row["job_id"],
+            at,
+            row["queue"],
+            row["task"],
+            state=state,
+            note=row["note"],
+            wait=wait,
+            run_time=run_time,
+        )
 
     @classmethod
     def from_progress(cls, row: Any) -> Event:
         return cls(
-            "progress", row["job_id"], epoch_seconds(row["at"]), row["queue"], row["task"],
-            progress=row["progress"], stage=row["stage"], message=row["message"],
-        )  # fmt: skip
+            "progress",
+            row["job_id"],
+            epoch_seconds(row["at"]),
+            row["queue"],
+            row["task"],
+            progress=row["progress"],
+            stage=row["stage"],
+            message=row["message"],
+        )
 
     @property
     def finished(self) -> bool:
@@ -89,11 +104,19 @@ class Event:
     def to_dict(self) -> dict[str, Any]:
         """The event as JSON-ready fields (None fields left out)."""
         fields = {
-            "kind": self.kind, "job_id": self.job_id, "at": self.at, "queue": self.queue,
-            "task": self.task, "state": None if self.state is None else self.state.value,
-            "progress": self.progress, "stage": self.stage, "message": self.message,
-            "note": self.note, "wait": self.wait, "run_time": self.run_time,
-        }  # fmt: skip
+            "kind": self.kind,
+            "job_id": self.job_id,
+            "at": self.at,
+            "queue": self.queue,
+            "task": self.task,
+            "state": None if self.state is None else self.state.value,
+            "progress": self.progress,
+            "stage": self.stage,
+            "message": self.message,
+            "note": self.note,
+            "wait": self.wait,
+            "run_time": self.run_time,
+        }
         return {k: v for k, v in fields.items() if v is not None}
 
     @property

@@ -127,9 +127,12 @@ class NewJob:
     def plain(self) -> bool:
         """Nothing but the basic columns: no dependencies, unique key, limit or circuit."""
         return not (
-            self.waits or self.limited or self.unique_key is not None
-            or self.on_dependency_failure is not None or self.circuit is not None
-        )  # fmt: skip
+            self.waits
+            or self.limited
+            or self.unique_key is not None
+            or self.on_dependency_failure is not None
+            or self.circuit is not None
+        )
 
     @property
     def state(self) -> JobState:
@@ -153,11 +156,20 @@ class NewJob:
         else:
             args, kwargs, meta = self.values
         return Job(
-            id=job_id, queue=self.queue, task=self.task, args=args, kwargs=kwargs,
-            priority=self.priority, state=self.state, attempt=0, max_attempts=self.max_attempts,
-            run_at=self.run_at, created_at=self.created_at, meta=meta,
+            id=job_id,
+            queue=self.queue,
+            task=self.task,
+            args=args,
+            kwargs=kwargs,
+            priority=self.priority,
+            state=self.state,
+            attempt=0,
+            max_attempts=self.max_attempts,
+            run_at=self.run_at,
+            created_at=self.created_at,
+            meta=meta,
             unique_key=self.unique_key,
-        )  # fmt: skip
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,9 +236,13 @@ def error_record(
 ) -> dict[str, Any]:
     """One attempt's error, as a job's `errors` keep it (every reader expects this shape)."""
     return {
-        "type": kind, "message": message, "traceback": traceback, "at": at, "worker": worker,
+        "type": kind,
+        "message": message,
+        "traceback": traceback,
+        "at": at,
+        "worker": worker,
         "attempt": attempt,
-    }  # fmt: skip
+    }
 
 
 @dataclass(frozen=True, slots=True)
@@ -303,9 +319,12 @@ class DeadGroup:
     @classmethod
     def from_row(cls, row: Row) -> DeadGroup:
         return cls(
-            row["task"], row["error_type"], int(row["n"]), int(row["newest_id"]),
+            row["task"],
+            row["error_type"],
+            int(row["n"]),
+            int(row["newest_id"]),
             float(row["newest_at"]),
-        )  # fmt: skip
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -105,9 +105,16 @@ class Candidate:
     @classmethod
     def from_row(cls, row: Any) -> Candidate:
         return cls(
-            row["id"], row["priority"], row["run_at"], row["queue"], row["concurrency_key"],
-            row["concurrency_max"], row["rate_key"], row["rate_max"], row["circuit"],
-        )  # fmt: skip
+            row["id"],
+            row["priority"],
+            row["run_at"],
+            row["queue"],
+            row["concurrency_key"],
+            row["concurrency_max"],
+            row["rate_key"],
+            row["rate_max"],
+            row["circuit"],
+        )
 
     @property
     def order(self) -> tuple[int, float, int]:

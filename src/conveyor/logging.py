@@ -147,7 +147,9 @@ class Outage:
         if self._since is None:
             return
         self._log.info(
-            f"{self._event}_recovered", **self._fields,
-            after_s=round(time.monotonic() - self._since, 3), failures=self._failures,
-        )  # fmt: skip
+            f"{self._event}_recovered",
+            **self._fields,
+            after_s=round(time.monotonic() - self._since, 3),
+            failures=self._failures,
+        )
         self._since, self._failures, self._kind = None, 0, None

@@ -160,8 +160,9 @@ class Email(Routed):
                 if smtp.has_extn("starttls"):
                     smtp.starttls()
             if url.username:
-                smtp.login(urllib.parse.unquote(url.username),
-                           urllib.parse.unquote(url.password or ""))  # fmt: skip
+                smtp.login(
+                    urllib.parse.unquote(url.username), urllib.parse.unquote(url.password or "")
+                )
             smtp.send_message(message)
 
     def __repr__(self) -> str:
@@ -290,9 +291,12 @@ class Alerter:
                 notifier.send(alert)
             except Exception as exc:  # a notifier's failure is logged, retried, contained
                 log.warning(
-                    "alert.send_failed", notifier=repr(notifier), key=alert.key,
-                    attempt=attempt, error=f"{type(exc).__name__}: {exc}",
-                )  # fmt: skip
+                    "alert.send_failed",
+                    notifier=repr(notifier),
+                    key=alert.key,
+                    attempt=attempt,
+                    error=f"{type(exc).__name__}: {exc}",
+                )
                 continue
             log.info("alert.sent", notifier=repr(notifier), key=alert.key, alert_event=alert.event)
             return
@@ -314,40 +318,57 @@ class Alerter:
         # an alert goes to people: what the App's redaction hid of the arguments stays out
         what = hide_repeats(what, job_hidden_strings(job, self.app.redact))
         self.raise_alert(
-            "job.dead", f"{job.task} job {job.id} is dead after {what}", f"job.dead:{job.task}",
-            job_id=job.id, task=job.task, queue=job.queue, error=what,
-        )  # fmt: skip
+            "job.dead",
+            f"{job.task} job {job.id} is dead after {what}",
+            f"job.dead:{job.task}",
+            job_id=job.id,
+            task=job.task,
+            queue=job.queue,
+            error=what,
+        )
 
     def backlog(self, rule: BacklogRule, depth: int, age: float | None) -> None:
         oldest = "" if age is None else f", the oldest waiting {_duration(age)}"
         self.raise_alert(
-            "queue.backlog", f"queue {rule.queue} is backing up: {depth} jobs queued{oldest}",
-            f"queue.backlog:{rule.queue}", queue=rule.queue, depth=depth, oldest_age_s=age,
-        )  # fmt: skip
+            "queue.backlog",
+            f"queue {rule.queue} is backing up: {depth} jobs queued{oldest}",
+            f"queue.backlog:{rule.queue}",
+            queue=rule.queue,
+            depth=depth,
+            oldest_age_s=age,
+        )
 
     def workers_missing(self, rule: NoWorkerRule, missing_for: float) -> None:
         self.raise_alert(
             "workers.missing",
             f"no live worker has served queue {rule.queue} for {_duration(missing_for)}",
-            f"workers.missing:{rule.queue}", queue=rule.queue, missing_for_s=missing_for,
-        )  # fmt: skip
+            f"workers.missing:{rule.queue}",
+            queue=rule.queue,
+            missing_for_s=missing_for,
+        )
 
     def circuit_changed(self, change: CircuitEvent) -> None:
         if change.event == "opened":
             jobs = "job" if change.held == 1 else "jobs"
             self.raise_alert(
-                "circuit.opened", f"{change.name} is down: {change.held} {jobs} held",
-                f"circuit.opened:{change.name}", circuit=change.name, reason=change.reason,
+                "circuit.opened",
+                f"{change.name} is down: {change.held} {jobs} held",
+                f"circuit.opened:{change.name}",
+                circuit=change.name,
+                reason=change.reason,
                 held=change.held,
-            )  # fmt: skip
+            )
         elif change.event == "closed":
             minutes = f" after {_duration(change.open_for)}" if change.open_for else ""
             self.raise_alert(
                 "circuit.closed",
                 f"{change.name} is back{minutes}: {change.held} held jobs run again",
-                f"circuit.closed:{change.name}", circuit=change.name, reason=change.reason,
-                held=change.held, open_for_s=change.open_for,
-            )  # fmt: skip
+                f"circuit.closed:{change.name}",
+                circuit=change.name,
+                reason=change.reason,
+                held=change.held,
+                open_for_s=change.open_for,
+            )
 
 
 def _duration(seconds: float) -> str:

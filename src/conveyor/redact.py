@@ -122,9 +122,10 @@ def _changed(original: Any, shown: Any) -> Iterator[str]:
             else:
                 yield from _strings(value)
     elif (
-        isinstance(original, list | tuple) and isinstance(shown, list | tuple)
+        isinstance(original, list | tuple)
+        and isinstance(shown, list | tuple)
         and len(original) == len(shown)
-    ):  # fmt: skip
+    ):
         for item, shown_item in zip(original, shown, strict=True):
             yield from _changed(item, shown_item)
     else:
@@ -192,9 +193,14 @@ def shown_job(job: Job, redact: Redactor = secrets) -> Job:
     args, kwargs, meta = redact(job.args), redact(job.kwargs), redact(job.meta)
     hidden = hidden_strings([job.args, job.kwargs, job.meta], [args, kwargs, meta])
     shown = {
-        "args": args, "kwargs": kwargs, "meta": meta, "result": redact(job.result),
-        "errors": job.errors, "stage": job.stage, "unique_key": job.unique_key,
-    }  # fmt: skip
+        "args": args,
+        "kwargs": kwargs,
+        "meta": meta,
+        "result": redact(job.result),
+        "errors": job.errors,
+        "stage": job.stage,
+        "unique_key": job.unique_key,
+    }
     # most jobs repeat no hidden string anywhere (one search of their JSON says so); else
     # only the parts that do are walked
     if hidden and _repeats_any(list(shown.values()), hidden):

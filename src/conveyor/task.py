@@ -253,9 +253,9 @@ class Task(Generic[P, R]):
         parameters = None if self.signature is None else self.signature.parameters
         if parameters is not None and (
             name not in parameters
-            or parameters[name].kind in (inspect.Parameter.VAR_POSITIONAL,
-                                         inspect.Parameter.VAR_KEYWORD)
-        ):  # fmt: skip
+            or parameters[name].kind
+            in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+        ):
             raise ValidationError(f"{what}={name!r}: {self.name} has no argument named {name!r}")
         return name
 

@@ -108,23 +108,34 @@ def circuits_dict(
     circuits = []
     for name in sorted(set(declared) | set(known)):
         info, spec = known.get(name), declared.get(name)
-        circuits.append({
-            "name": name,
-            "state": info.state.value if info else "closed",
-            "failures": info.failures if info else 0,
-            "held": info.held if info else 0,
-            "opened_at": info.opened_at if info else None,
-            "probed_at": info.probed_at if info else None,
-            "reason": info.reason if info else None,
-            "failure_threshold": spec.failure_threshold if spec else None,
-            "probe": None if spec is None or spec.probe is None
-            else shown_url(spec.probe) if isinstance(spec.probe, str) else "callable",
-        })  # fmt: skip
+        circuits.append(
+            {
+                "name": name,
+                "state": info.state.value if info else "closed",
+                "failures": info.failures if info else 0,
+                "held": info.held if info else 0,
+                "opened_at": info.opened_at if info else None,
+                "probed_at": info.probed_at if info else None,
+                "reason": info.reason if info else None,
+                "failure_threshold": spec.failure_threshold if spec else None,
+                "probe": None
+                if spec is None or spec.probe is None
+                else shown_url(spec.probe)
+                if isinstance(spec.probe, str)
+                else "callable",
+            }
+        )
     events = [
-        {"name": e.name, "at": e.at, "event": e.event, "reason": e.reason, "held": e.held,
-         "open_for": e.open_for}
+        {
+            "name": e.name,
+            "at": e.at,
+            "event": e.event,
+            "reason": e.reason,
+            "held": e.held,
+            "open_for": e.open_for,
+        }
         for e in log
-    ]  # fmt: skip
+    ]
     return {"circuits": circuits, "log": events}
 
 

@@ -50,11 +50,18 @@ async def watch(project: Project) -> None:
         worker = project.start_worker("-c", "2")
         await asyncio.wait_for(watcher, 60)
     assert [e.state for e in seen if e.kind == "state"] == [
-        JobState.QUEUED, JobState.RUNNING, JobState.SUCCEEDED,
-    ]  # fmt: skip
+        JobState.QUEUED,
+        JobState.RUNNING,
+        JobState.SUCCEEDED,
+    ]
     reports = [(e.progress, e.stage) for e in seen if e.kind == "progress"]
-    assert reports == [(20.0, "part 1"), (40.0, "part 2"), (60.0, "part 3"), (80.0, "part 4"),
-                       (100.0, "part 5")]  # fmt: skip
+    assert reports == [
+        (20.0, "part 1"),
+        (40.0, "part 2"),
+        (60.0, "part 3"),
+        (80.0, "part 4"),
+        (100.0, "part 5"),
+    ]
     kinds = [e.kind for e in seen]
     assert kinds.index("progress") > 1 and kinds[-1] == "state"  # after running, before the end
     assert {e.job_id for e in seen} == {job.id}

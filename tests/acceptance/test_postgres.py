@@ -171,8 +171,10 @@ def test_eight_workers_drain_100000_jobs_each_exactly_once(postgres_project: Pro
         on_timeout=lambda: f"{tasks.app.queue_stats()}\n{project.logs()}",
     )
     drained_s = time.monotonic() - started - enqueued_s
-    print(f"enqueue_many({RACE_JOBS}): {enqueued_s:.1f}s; drain by {RACE_WORKERS} workers: "
-          f"{drained_s:.1f}s ({RACE_JOBS / drained_s:.0f} jobs/s)")  # fmt: skip
+    print(
+        f"enqueue_many({RACE_JOBS}): {enqueued_s:.1f}s; drain by {RACE_WORKERS} workers: "
+        f"{drained_s:.1f}s ({RACE_JOBS / drained_s:.0f} jobs/s)"
+    )
     for worker in workers:
         worker.send(signal.SIGTERM)
     for worker in workers:
@@ -284,8 +286,11 @@ def test_sigkilled_leader_mid_job_is_replaced_and_its_job_rescued(
     assert len(done.errors) == 1, done.errors
     error = done.errors[0]
     assert (error["type"], error["message"], error["worker"], error["attempt"]) == (
-        "WorkerLost", "worker lost", a_id, 1,
-    )  # fmt: skip
+        "WorkerLost",
+        "worker lost",
+        a_id,
+        1,
+    )
     assert attempts_run(project, job.id) == [f"1 {worker_a.pid}", f"2 {worker_b.pid}"]
     assert transitions(tasks.app, job.id) == [
         (None, "queued"),

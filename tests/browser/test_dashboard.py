@@ -89,9 +89,12 @@ def sign_in(page: Page, base: str, token: str) -> None:
 
 
 def test_sign_in_and_watch_a_job_finish_live(
-    tasks: conveyor.App, serve: Serve, page: Page, run_jobs: Callable[[], None],
+    tasks: conveyor.App,
+    serve: Serve,
+    page: Page,
+    run_jobs: Callable[[], None],
     shots: Callable[[Page, str], None],
-) -> None:  # fmt: skip
+) -> None:
     api = create_api(tasks, TOKENS)
     base = serve(api)
     page.goto(f"{base}/jobs")
@@ -132,9 +135,12 @@ def test_sign_in_and_watch_a_job_finish_live(
 
 
 def test_retry_a_dead_job_from_the_dead_letter_page(
-    tasks: conveyor.App, serve: Serve, page: Page, run_jobs: Callable[[], None],
+    tasks: conveyor.App,
+    serve: Serve,
+    page: Page,
+    run_jobs: Callable[[], None],
     shots: Callable[[Page, str], None],
-) -> None:  # fmt: skip
+) -> None:
     dead = tasks.tasks["fail"].enqueue("card declined")
     tasks.tasks["fail"].enqueue("card declined again")
     run_jobs()
@@ -149,7 +155,8 @@ def test_retry_a_dead_job_from_the_dead_letter_page(
     shots(page, "dlq")
 
     row = page.locator("table.jobs tbody tr", has_text=str(dead.id)).filter(
-        has=page.locator(f"a[href='/jobs/{dead.id}']"))  # fmt: skip
+        has=page.locator(f"a[href='/jobs/{dead.id}']")
+    )
     row.locator("button:has-text('Retry')").click()
     expect(page.locator(".flash")).to_have_text(f"Job {dead.id} is queued again.")
     assert tasks.get_job(dead.id).state is JobState.QUEUED

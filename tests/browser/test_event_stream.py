@@ -35,8 +35,9 @@ def messages(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
             message["data"] = json.loads(value)
 
 
-def events_until(stream: Iterator[dict[str, Any]], done: Callable[[dict[str, Any]], bool]
-                 ) -> tuple[list[dict[str, Any]], str | None]:  # fmt: skip
+def events_until(
+    stream: Iterator[dict[str, Any]], done: Callable[[dict[str, Any]], bool]
+) -> tuple[list[dict[str, Any]], str | None]:
     seen, last_id = [], None
     for message in stream:
         last_id = message.get("id", last_id)
@@ -61,8 +62,9 @@ def test_a_queue_s_events_stream_live_and_resume(
     base = serve(create_api(app, TOKENS))
     assert httpx.get(f"{base}/api/events").status_code == 401
     timeout = httpx.Timeout(10.0)
-    with httpx.stream("GET", f"{base}/api/events", params={"queue": "mail"}, headers=HEADERS,
-                      timeout=timeout) as response:  # fmt: skip
+    with httpx.stream(
+        "GET", f"{base}/api/events", params={"queue": "mail"}, headers=HEADERS, timeout=timeout
+    ) as response:
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
         stream = messages(response.iter_lines())
@@ -72,17 +74,25 @@ def test_a_queue_s_events_stream_live_and_resume(
         worker.run_worker(burst=True)
         seen, last_id = events_until(stream, lambda e: e.get("state") == "succeeded")
     assert [(e["job_id"], e["state"]) for e in seen] == [
-        (job.id, "queued"), (job.id, "running"), (job.id, "succeeded"),
-    ]  # fmt: skip
+        (job.id, "queued"),
+        (job.id, "running"),
+        (job.id, "succeeded"),
+    ]
     assert seen[-1]["run_time"] >= 0 and seen[-1]["queue"] == "mail"
     assert last_id is not None and last_id != start
 
     # a client that lost the stream gets what it missed, from where it was
     resumed_headers = {**HEADERS, "Last-Event-ID": start}
-    with httpx.stream("GET", f"{base}/api/events", params={"job_id": job.id},
-                      headers=resumed_headers, timeout=timeout) as response:  # fmt: skip
-        again, _ = events_until(messages(response.iter_lines()),
-                                lambda e: e.get("state") == "succeeded")  # fmt: skip
+    with httpx.stream(
+        "GET",
+        f"{base}/api/events",
+        params={"job_id": job.id},
+        headers=resumed_headers,
+        timeout=timeout,
+    ) as response:
+        again, _ = events_until(
+            messages(response.iter_lines()), lambda e: e.get("state") == "succeeded"
+        )
     assert [e["state"] for e in again] == ["queued", "running", "succeeded"]
 
 

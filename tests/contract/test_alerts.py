@@ -136,9 +136,12 @@ def subjects(inbox: Inbox) -> list[str]:
 
 
 async def test_an_outage_alerts_once_holds_the_jobs_and_they_run_when_it_is_back(
-    make_app: Callable[..., conveyor.App], clock: conveyor.FrozenClock, downstream: Server,
-    receiver: Receiver, smtp: tuple[Inbox, int],
-) -> None:  # fmt: skip
+    make_app: Callable[..., conveyor.App],
+    clock: conveyor.FrozenClock,
+    downstream: Server,
+    receiver: Receiver,
+    smtp: tuple[Inbox, int],
+) -> None:
     inbox, port = smtp
     notifiers = [
         Webhook(receiver.server.url + "/hook", headers={"Authorization": "Bearer s3cret"}),
@@ -171,8 +174,7 @@ async def test_an_outage_alerts_once_holds_the_jobs_and_they_run_when_it_is_back
 
         downstream.start()
         clock.advance(60)  # the first probe of the default schedule
-        await until(lambda: Counter(app.get_job(j.id).state for j in jobs)[JobState.SUCCEEDED]
-                    == 6)  # fmt: skip
+        await until(lambda: Counter(app.get_job(j.id).state for j in jobs)[JobState.SUCCEEDED] == 6)
         await until(lambda: receiver.events() == ["circuit.opened", "circuit.closed"])
     assert app.alerts.flush(10)
     assert [app.get_job(j.id).result for j in jobs] == ["ok"] * 6

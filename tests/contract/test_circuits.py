@@ -162,8 +162,11 @@ async def test_a_failure_while_half_open_opens_it_again(
         calls = downstream.calls
         clock.advance(60)  # the probe answers, but the service still fails the first job
         worker.prober.kick()
-        await until(lambda: [e.event for e in app.circuit_log("render-worker")][:2]
-                    == ["opened", "half_open"])  # fmt: skip
+        await until(
+            lambda: (
+                [e.event for e in app.circuit_log("render-worker")][:2] == ["opened", "half_open"]
+            )
+        )
     assert downstream.calls == calls + 1  # one job let through while half-open, no more
     assert circuit(app, "render-worker").state is CircuitState.OPEN
     assert {app.get_job(j.id).attempt for j in jobs} == {0}

@@ -119,9 +119,15 @@ async def test_heartbeat_keeps_the_lease_alive(
     job = work.enqueue()
     await claim_as(app, "alive")
     worker = conveyor.WorkerInfo(
-        id="alive", host="h", pid=1, queues=None, concurrency=1,
-        started_at=clock.now(), last_beat=clock.now(), running=[job.id],
-    )  # fmt: skip
+        id="alive",
+        host="h",
+        pid=1,
+        queues=None,
+        concurrency=1,
+        started_at=clock.now(),
+        last_beat=clock.now(),
+        running=[job.id],
+    )
     clock.advance(20)
     await app.backend.heartbeat(worker, [(job.id, 1)], clock.now() + 30)
     clock.advance(20)  # 40 s after the claim, 20 s after the beat
@@ -161,9 +167,14 @@ async def test_rescue_never_overrides_a_live_lease(
     job = work.enqueue()
     await claim_as(app, "alive")
     stale = Outcome(
-        job.id, "alive", 1, JobState.RETRYING, clock.now(), run_at=clock.now(),
+        job.id,
+        "alive",
+        1,
+        JobState.RETRYING,
+        clock.now(),
+        run_at=clock.now(),
         lease_expired_before=clock.now(),
-    )  # fmt: skip
+    )
     assert await app.backend.complete([stale]) == []
     assert job.refresh().state is JobState.RUNNING
 
@@ -270,9 +281,15 @@ async def test_a_heartbeat_tells_which_attempts_are_still_the_workers(
 
     def info() -> conveyor.WorkerInfo:
         return conveyor.WorkerInfo(
-            id="w", host="h", pid=1, queues=None, concurrency=2, started_at=clock.now(),
-            last_beat=clock.now(), running=[kept.id, taken.id],
-        )  # fmt: skip
+            id="w",
+            host="h",
+            pid=1,
+            queues=None,
+            concurrency=2,
+            started_at=clock.now(),
+            last_beat=clock.now(),
+            running=[kept.id, taken.id],
+        )
 
     beat = await app.backend.heartbeat(info(), [(kept.id, 1), (taken.id, 1)], clock.now() + 30)
     assert beat.extended == {(kept.id, 1), (taken.id, 1)}
@@ -314,10 +331,16 @@ async def test_a_replaced_leader_can_no_longer_rescue_or_fire(
     assert await lead(second, "second", 30)  # and renews it for longer than this test takes
 
     rescue = Outcome(
-        job.id, "ghost", 1, JobState.RETRYING, clock.now(), run_at=clock.now(),
+        job.id,
+        "ghost",
+        1,
+        JobState.RETRYING,
+        clock.now(),
+        run_at=clock.now(),
         error={"type": "WorkerLost", "message": "worker lost"},
-        lease_expired_before=(claimed.lease_until or 0) + 31, leader="first",
-    )  # fmt: skip
+        lease_expired_before=(claimed.lease_until or 0) + 31,
+        leader="first",
+    )
     assert await first.backend.complete([rescue]) == []
     assert job.refresh().state is JobState.RUNNING
     assert await first.backend.fire_periodic("entry", 60.0, None, clock.now(), "first") is None

@@ -107,8 +107,10 @@ async def test_cancel_a_running_sync_job_that_polls_the_flag(
     assert job.result is None
     last = app.job_history(job.id)[-1]  # who asked, and when it took effect
     assert (last.from_state, last.to_state, last.note) == (
-        JobState.RUNNING, JobState.CANCELLED, "cancelled by alice",
-    )  # fmt: skip
+        JobState.RUNNING,
+        JobState.CANCELLED,
+        "cancelled by alice",
+    )
 
 
 async def test_graceful_stop_lets_running_jobs_finish(app: conveyor.App) -> None:

@@ -225,10 +225,15 @@ def _overdue(
                 overdue.append(f"    job {job_id} (attempt {fault.jobs[job_id]}): {shown}\n{lines}")
         if overdue:
             known = [s for s in fault.stays().values() if s is not None]
-            worst = "some still running" if len(known) < len(fault.jobs) else (
-                f"the longest {max(known):.2f}s")  # fmt: skip
-            late.append(f"  {fault.describe()}: {len(overdue)} of {len(fault.jobs)} victim jobs "
-                        f"past the bound, {worst}\n" + "\n".join(overdue[:3]))  # fmt: skip
+            worst = (
+                "some still running"
+                if len(known) < len(fault.jobs)
+                else (f"the longest {max(known):.2f}s")
+            )
+            late.append(
+                f"  {fault.describe()}: {len(overdue)} of {len(fault.jobs)} victim jobs "
+                f"past the bound, {worst}\n" + "\n".join(overdue[:3])
+            )
     return stays, late
 
 
@@ -279,9 +284,12 @@ def check(
         ("DUPLICATED outside any fault's victims", unexcused),
         ("FENCED (outcome stored from a run that lost its attempt)", fenced),
         ("EARLY RESTARTS (a healthy run taken over)", early),
-        ("STALE STARTS (a body started after a later attempt of its job had: its worker ran an "
-         "attempt it had lost)", stale),
-    ]  # fmt: skip
+        (
+            "STALE STARTS (a body started after a later attempt of its job had: its worker ran an "
+            "attempt it had lost)",
+            stale,
+        ),
+    ]
     problems = [_section(title, ids, journal, jobs) for title, ids in sections if ids]
     if late:
         problems.append(

@@ -576,8 +576,7 @@ class Scenario:
         victims now (or `jobs`), and the monitor watches them leave `running`."""
         pids = frozenset(w.pid for w in victims)
         found = self.running_jobs(pids) if jobs is None else jobs
-        fault = Fault(kind, pids, started, ended, server_wide, dict(found or {}),
-                      from_end=from_end)  # fmt: skip
+        fault = Fault(kind, pids, started, ended, server_wide, dict(found or {}), from_end=from_end)
         self.faults.append(fault)
         assert self.monitor is not None
         self.monitor.watch(fault)
@@ -602,8 +601,13 @@ class Scenario:
         at = time.monotonic()
         if self.backend == "sqlite" and self.write_lock_held():
             self.extra["stopped_holding_the_write_lock"] = True
-            return self.fault(f"{kind} holding the SQLite write lock", self.alive(), at,
-                              server_wide=True, jobs=self.running_jobs())  # fmt: skip
+            return self.fault(
+                f"{kind} holding the SQLite write lock",
+                self.alive(),
+                at,
+                server_wide=True,
+                jobs=self.running_jobs(),
+            )
         return self.fault(kind, [worker], at)
 
     def write_lock_held(self, for_s: float = 1.0) -> bool:

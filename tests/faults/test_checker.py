@@ -251,8 +251,15 @@ def test_a_server_wide_fault_counts_from_its_end() -> None:
 
 def test_a_process_fault_may_count_its_bound_from_its_end() -> None:
     # Rows held locked by a stopped server process: nobody can rescue them before it runs.
-    locked = Fault("rows locked", frozenset({10}), started=2.0, ended=22.0, jobs={1: 1},
-                   left={1: 23.0}, from_end=True)  # fmt: skip
+    locked = Fault(
+        "rows locked",
+        frozenset({10}),
+        started=2.0,
+        ended=22.0,
+        jobs={1: 1},
+        left={1: 23.0},
+        from_end=True,
+    )
     assert locked.stays() == {1: 1.0}
     assert locked.at == 2.0  # but only runs in flight when it began are hit
 

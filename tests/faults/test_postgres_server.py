@@ -133,9 +133,7 @@ def stop_at_rest(cluster: Cluster, pid: int) -> bool:
                 "FROM pg_stat_activity a WHERE a.pid = %(pid)s",
                 {"pid": pid},
             ).fetchone()
-            if row is None or (
-                not row[2] and (row[0] != "active" or row[1] in ("Lock", "Client"))
-            ):
+            if row is None or (not row[2] and (row[0] != "active" or row[1] in ("Lock", "Client"))):
                 return True
             os.kill(pid, signal.SIGCONT)
             time.sleep(0.001)
@@ -170,9 +168,14 @@ def hang_backends(scenario: Scenario, victim: WorkerProcess, what: str) -> list[
         held = {j: a for j, a in running.items() if j in locked}
         faults = [
             scenario.fault(f"hung server backends ({what})", [victim], started, jobs=free),
-            scenario.fault(f"rows locked by the hung backends ({what})", [victim], started,
-                           jobs=held, from_end=True),
-        ]  # fmt: skip
+            scenario.fault(
+                f"rows locked by the hung backends ({what})",
+                [victim],
+                started,
+                jobs=held,
+                from_end=True,
+            ),
+        ]
         scenario.extra["hung_backends"] = len(pids)
         scenario.extra["hung_sessions"] = hung_sessions(cluster, pids)
         scenario.extra["locked_by_hung_backends"] = len(locked)

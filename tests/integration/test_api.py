@@ -112,14 +112,19 @@ def test_every_endpoint_wants_the_right_role(
 
 def test_enqueue_and_read_a_job(client: TestClient, tasks: conveyor.App) -> None:
     made = client.post(
-        "/api/jobs", headers=bearer(ADMIN),
+        "/api/jobs",
+        headers=bearer(ADMIN),
         json={"task": "add", "args": [2, 3], "priority": "high", "queue": "math"},
-    )  # fmt: skip
+    )
     assert made.status_code == 201, made.text
     job = made.json()
     assert (job["task"], job["args"], job["priority"], job["queue"], job["state"]) == (
-        "add", [2, 3], 3, "math", "queued",
-    )  # fmt: skip
+        "add",
+        [2, 3],
+        3,
+        "math",
+        "queued",
+    )
     assert job["status_message"] == "Queued"
     tasks.run_worker(queues=["math"], burst=True)
     found = client.get(f"/api/jobs/{job['id']}", headers=bearer(READER)).json()
@@ -163,8 +168,9 @@ def test_bad_input_is_refused_with_a_json_error_and_nothing_is_stored(
         assert answer.status_code == 400, (path, answer.text)
         assert answer.json()["error"] == "the path or query string holds a NUL character"
     assert client.get("/api/nowhere", headers=admin).json() == {
-        "error": "Not Found", "detail": None,
-    }  # fmt: skip
+        "error": "Not Found",
+        "detail": None,
+    }
 
 
 def test_secrets_in_arguments_are_not_shown(client: TestClient, tasks: conveyor.App) -> None:
@@ -230,8 +236,10 @@ def test_tokens_are_checked_when_read() -> None:
             Tokens.parse(text)
     tokens = Tokens.parse(TOKENS)
     assert (tokens.role_of(ADMIN), tokens.role_of(READER), tokens.role_of("x")) == (
-        "admin", "read", None,
-    )  # fmt: skip
+        "admin",
+        "read",
+        None,
+    )
 
 
 def test_a_file_of_hashed_tokens(tmp_path: Path) -> None:
@@ -283,8 +291,11 @@ def serve(root: Path, *args: str, env: dict[str, str]) -> subprocess.Popen[bytes
     environ.update(env, PYTHONPATH=str(root))
     return subprocess.Popen(
         [sys.executable, "-m", "conveyor", "serve", "served:app", *args],
-        cwd=root, env=environ, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+        cwd=root,
+        env=environ,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
 
 
 def test_conveyor_serve_answers_over_http(tmp_path: Path) -> None:
@@ -305,8 +316,9 @@ def test_conveyor_serve_answers_over_http(tmp_path: Path) -> None:
                 assert time.monotonic() < deadline, "conveyor serve did not answer"
                 time.sleep(0.1)
         assert health.json()["ok"] is True
-        made = httpx.post(f"{base}/api/jobs", json={"task": "add", "args": [1, 2]},
-                          headers=bearer(ADMIN))  # fmt: skip
+        made = httpx.post(
+            f"{base}/api/jobs", json={"task": "add", "args": [1, 2]}, headers=bearer(ADMIN)
+        )
         assert made.status_code == 201
         assert (
             httpx.get(f"{base}/api/jobs", headers=bearer(READER)).json()["jobs"][0]["id"]
@@ -381,8 +393,11 @@ def test_bulk_actions_say_how_many_they_changed(client: TestClient, tasks: conve
     assert act("cancel", [*dead, queued])["affected"] == 3
     assert act("purge", [*dead, queued, queued])["affected"] == 3
     assert tasks.list_jobs() == []
-    for body in ({"action": "retry", "ids": []}, {"action": "explode", "ids": [1]},
-                 {"action": "retry", "ids": list(range(1, 1002))}):  # fmt: skip
+    for body in (
+        {"action": "retry", "ids": []},
+        {"action": "explode", "ids": [1]},
+        {"action": "retry", "ids": list(range(1, 1002))},
+    ):
         refused = client.post("/api/jobs/bulk", json=body, headers=admin)
         assert refused.status_code == 422, body
 
@@ -394,12 +409,14 @@ def test_the_dead_letter_queue_by_task_and_error(client: TestClient, tasks: conv
     tasks.run_worker(burst=True)
     groups = client.get("/api/dlq/groups", headers=bearer(READER)).json()["groups"]
     assert [(g["task"], g["error_type"], g["count"]) for g in groups] == [
-        ("fail", "ValueError", 3), ("fail", "KeyError", 1),
-    ]  # fmt: skip
+        ("fail", "ValueError", 3),
+        ("fail", "KeyError", 1),
+    ]
     listed = client.get("/api/dlq", params={"error_type": "KeyError"}, headers=admin).json()
     assert [j["args"] for j in listed["jobs"]] == [["key"]]
-    retried = client.post("/api/dlq/retry", json={"task": "fail", "error_type": "ValueError"},
-                          headers=admin).json()  # fmt: skip
+    retried = client.post(
+        "/api/dlq/retry", json={"task": "fail", "error_type": "ValueError"}, headers=admin
+    ).json()
     assert retried == {"action": "retry", "affected": 3, "more": False}
     assert tasks.queue_stats()["default"] == {JobState.QUEUED: 3, JobState.DEAD: 1}
     purged = client.post("/api/dlq/purge", json={}, headers=admin).json()
@@ -418,8 +435,10 @@ def test_the_overview_counts_queues_and_throughput(client: TestClient, tasks: co
     assert sum(b["succeeded"] for b in shown["last_hour"]) == 3
     assert sum(b["dead"] for b in shown["last_day"]) == 1
     assert shown["queues"]["default"]["finished_5m"] == {
-        "succeeded": 3, "dead": 1, "cancelled": 0,
-    }  # fmt: skip
+        "succeeded": 3,
+        "dead": 1,
+        "cancelled": 0,
+    }
     assert shown["queues"]["later"]["oldest_queued_s"] >= 0
     assert shown["queues"]["default"]["oldest_queued_s"] is None
 
@@ -474,11 +493,13 @@ def test_cross_site_posts_are_refused(client: TestClient, tasks: conveyor.App) -
     for headers in ({"Origin": "https://evil.example"}, {"Sec-Fetch-Site": "cross-site"}):
         answer = client.post(f"/api/jobs/{job.id}/cancel", headers={**bearer(ADMIN), **headers})
         assert (answer.status_code, answer.json()["error"]) == (
-            403, "cross-site requests are refused",
-        )  # fmt: skip
+            403,
+            "cross-site requests are refused",
+        )
     assert tasks.get_job(job.id).state is JobState.QUEUED
-    same = client.post(f"/api/jobs/{job.id}/cancel",
-                       headers={**bearer(ADMIN), "Origin": "http://testserver"})  # fmt: skip
+    same = client.post(
+        f"/api/jobs/{job.id}/cancel", headers={**bearer(ADMIN), "Origin": "http://testserver"}
+    )
     assert same.json()["state"] == "cancelled"
 
 
@@ -501,8 +522,9 @@ def test_more_bad_input_is_refused_at_the_edge(client: TestClient, tasks: convey
     assert tasks.queue_stats() == {}
     for weird in ("²", "9" * 30):
         assert client.get("/api/jobs", params={"search": weird}, headers=admin).json() == {
-            "jobs": [], "next": None,
-        }  # fmt: skip
+            "jobs": [],
+            "next": None,
+        }
     planted = {"Cookie": "conveyor_session=admin.1.x.é".encode("latin-1")}
     spoiled = client.get("/jobs", headers=planted, follow_redirects=False)
     assert spoiled.status_code == 303 and spoiled.headers["location"].startswith("/signin")
@@ -545,8 +567,9 @@ def test_a_dashboard_session_ends_with_its_token(
 ) -> None:
     monkeypatch.setenv("CONVEYOR_SECRET_KEY", "k" * 40)  # servers that share sessions
     with TestClient(create_api(tasks, Tokens.parse(TOKENS))) as first:
-        signed = first.post("/signin", data={"token": READER, "next": "/jobs"},
-                            follow_redirects=False)  # fmt: skip
+        signed = first.post(
+            "/signin", data={"token": READER, "next": "/jobs"}, follow_redirects=False
+        )
         assert (signed.status_code, signed.headers["location"]) == (303, "/jobs")
         cookie = signed.cookies["conveyor_session"]
     for tokens, status in [(TOKENS, 200), (f"admin:{ADMIN}", 303)]:

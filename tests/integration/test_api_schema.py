@@ -122,8 +122,14 @@ def api(app: conveyor.App) -> FastAPI:
     held = login.enqueue("ann", "hunter2")  # 21
     assert app.get_job(held.id).held_by == "render-worker"
     states = {name: app.get_job(job_id).state.value for name, job_id in JOB_IDS.items()}
-    assert states == {"succeeded": "succeeded", "dead": "dead", "queued": "queued",
-                      "paused": "queued", "cancelled": "cancelled", "held": "queued"}  # fmt: skip
+    assert states == {
+        "succeeded": "succeeded",
+        "dead": "dead",
+        "queued": "queued",
+        "paused": "queued",
+        "cancelled": "cancelled",
+        "held": "queued",
+    }
     return create_api(app, Tokens.parse(TOKENS))
 
 

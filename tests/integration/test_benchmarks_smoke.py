@@ -63,18 +63,28 @@ def test_latency_is_measured_from_real_start_times() -> None:
 
 
 def test_suite_reports_medians_ratios_and_targets() -> None:
-    config = Config(jobs=JOBS, batches=(50,), concurrencies=(5,), repeat=2,
-                    groups=("enqueue", "drain", "raw"))  # fmt: skip
+    config = Config(
+        jobs=JOBS, batches=(50,), concurrencies=(5,), repeat=2, groups=("enqueue", "drain", "raw")
+    )
     results = run(config)
     assert set(results.metrics) == {
-        "raw.insert.1", "raw.insert.50", "raw.drain.1", "raw.drain.100",
-        "enqueue.one", "enqueue.many.50", "drain.sync.c5", "drain.async.c5",
-    }  # fmt: skip
+        "raw.insert.1",
+        "raw.insert.50",
+        "raw.drain.1",
+        "raw.drain.100",
+        "enqueue.one",
+        "enqueue.many.50",
+        "drain.sync.c5",
+        "drain.async.c5",
+    }
     for metric in results.metrics.values():
         assert len(metric.runs) == 2 and metric.median > 0
     assert set(results.ratios) == {
-        "enqueue.one/raw", "enqueue.many.50/raw", "drain.sync.c5/raw", "drain.async.c5/raw",
-    }  # fmt: skip
+        "enqueue.one/raw",
+        "enqueue.many.50/raw",
+        "drain.sync.c5/raw",
+        "drain.async.c5/raw",
+    }
     share = results.ratios["drain.sync.c5/raw"]
     assert share.against == "raw.drain.100" and share.median > 0
     assert {t.subject for t in results.targets} >= {"enqueue.one", "drain.sync.c5/raw"}
@@ -84,10 +94,24 @@ def test_command_prints_a_table_and_writes_json(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "results.json"
-    code = main([
-        "--jobs", str(JOBS), "--repeat", "1", "--batches", "100", "--concurrency", "10",
-        "--latency-seconds", "0.5", "--only", "enqueue,latency", "--json", str(out),
-    ])  # fmt: skip
+    code = main(
+        [
+            "--jobs",
+            str(JOBS),
+            "--repeat",
+            "1",
+            "--batches",
+            "100",
+            "--concurrency",
+            "10",
+            "--latency-seconds",
+            "0.5",
+            "--only",
+            "enqueue,latency",
+            "--json",
+            str(out),
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert "enqueue one by one" in printed and "p99" in printed and "WARNING" in printed
@@ -125,9 +149,11 @@ def postgres() -> Iterator[str]:
 def test_raw_psycopg_loop_inserts_and_drains_every_job(postgres: str) -> None:
     # each raw workload checks its table's final states itself and raises on a mismatch
     rates = [
-        raw_postgres.insert(JOBS, 1, postgres), raw_postgres.insert(JOBS, 50, postgres),
-        raw_postgres.drain(JOBS, 1, postgres), raw_postgres.drain(JOBS, 100, postgres),
-    ]  # fmt: skip
+        raw_postgres.insert(JOBS, 1, postgres),
+        raw_postgres.insert(JOBS, 50, postgres),
+        raw_postgres.drain(JOBS, 1, postgres),
+        raw_postgres.drain(JOBS, 100, postgres),
+    ]
     for rate in rates:
         assert rate.jobs == JOBS
         assert rate.seconds > 0 and math.isfinite(rate.per_second) and rate.per_second > 0
@@ -139,8 +165,9 @@ def test_postgres_drain_by_two_worker_processes_runs_every_job(postgres: str) ->
 
 
 def test_postgres_latency_is_measured_from_real_start_times(postgres: str) -> None:
-    result = workloads.latency(rate=50.0, seconds=0.5, concurrency=4, backend="postgres",
-                               postgres=postgres)  # fmt: skip
+    result = workloads.latency(
+        rate=50.0, seconds=0.5, concurrency=4, backend="postgres", postgres=postgres
+    )
     assert result.count == 25
     assert all(0 <= s < 30 for s in result.samples)
     assert 0 <= result.percentile(50) <= result.percentile(95) <= result.percentile(99)
@@ -150,11 +177,28 @@ def test_postgres_suite_reports_shares_targets_and_quoted_figures(
     postgres: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "results.json"
-    code = main([
-        "--backend", "sqlite,postgres", "--postgres-url", postgres,
-        "--jobs", str(JOBS), "--repeat", "1", "--batches", "50", "--concurrency", "5",
-        "--one-call", "1000", "--only", "raw,enqueue,drain", "--json", str(out),
-    ])  # fmt: skip
+    code = main(
+        [
+            "--backend",
+            "sqlite,postgres",
+            "--postgres-url",
+            postgres,
+            "--jobs",
+            str(JOBS),
+            "--repeat",
+            "1",
+            "--batches",
+            "50",
+            "--concurrency",
+            "5",
+            "--one-call",
+            "1000",
+            "--only",
+            "raw,enqueue,drain",
+            "--json",
+            str(out),
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert "conveyor on SQLite" in printed and "conveyor on PostgreSQL" in printed
@@ -166,16 +210,29 @@ def test_postgres_suite_reports_shares_targets_and_quoted_figures(
     assert pg["backend"] == "postgres" and pg["environment"]["postgres"]
     assert "postgres_url" not in pg["config"]  # it may carry a password
     assert set(pg["metrics"]) == {
-        "raw.insert.1", "raw.insert.50", "raw.drain.1", "raw.drain.100",
-        "enqueue.one", "enqueue.many.50", "enqueue.call.1000",
-        "drain.sync.c5", "drain.async.c5", "drain.cli.p1.c5", "drain.cli.p2.c5",
-    }  # fmt: skip
+        "raw.insert.1",
+        "raw.insert.50",
+        "raw.drain.1",
+        "raw.drain.100",
+        "enqueue.one",
+        "enqueue.many.50",
+        "enqueue.call.1000",
+        "drain.sync.c5",
+        "drain.async.c5",
+        "drain.cli.p1.c5",
+        "drain.cli.p2.c5",
+    }
     for metric in pg["metrics"].values():
         assert metric["runs"] and all(r > 0 and math.isfinite(r) for r in metric["runs"])
     assert set(pg["ratios"]) == {
-        "enqueue.one/raw", "enqueue.many.50/raw", "drain.sync.c5/raw", "drain.async.c5/raw",
-        "drain.cli.p1.c5/raw", "drain.cli.p2.c5/raw", "drain.cli.p2.c5/p1",
-    }  # fmt: skip
+        "enqueue.one/raw",
+        "enqueue.many.50/raw",
+        "drain.sync.c5/raw",
+        "drain.async.c5/raw",
+        "drain.cli.p1.c5/raw",
+        "drain.cli.p2.c5/raw",
+        "drain.cli.p2.c5/p1",
+    }
     assert pg["ratios"]["drain.sync.c5/raw"]["against"] == "raw.drain.100"
     assert pg["ratios"]["enqueue.one/raw"]["against"] == "raw.insert.1"
     targets = {t["subject"]: t for t in pg["targets"]}

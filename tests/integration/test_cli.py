@@ -113,17 +113,24 @@ class Project:
     def run(self, *args: str) -> subprocess.CompletedProcess[str]:
         """`python -m conveyor ARGS...` as a subprocess, to completion."""
         return subprocess.run(
-            [sys.executable, "-m", "conveyor", *args], cwd=self.root, env=self.env(),
-            capture_output=True, text=True, timeout=DEADLINE_S,
-        )  # fmt: skip
+            [sys.executable, "-m", "conveyor", *args],
+            cwd=self.root,
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            timeout=DEADLINE_S,
+        )
 
     def start(self, *args: str, log: str = "worker.log") -> subprocess.Popen[bytes]:
         """`python -m conveyor ARGS...` in the background, its output to a log file."""
         with (self.root / log).open("wb") as out:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "conveyor", *args], cwd=self.root, env=self.env(),
-                stdout=out, stderr=subprocess.STDOUT,
-            )  # fmt: skip
+                [sys.executable, "-m", "conveyor", *args],
+                cwd=self.root,
+                env=self.env(),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
         self.procs.append(proc)
         return proc
 
@@ -199,14 +206,22 @@ def test_enqueue_stores_the_job_and_says_so(project: Project) -> None:
 
 def test_enqueue_options_and_json(project: Project) -> None:
     out = project.cli_json(
-        "enqueue", "add", "--args", "[1]", "--kwargs", '{"y": 2}', "--priority", "high",
-        "--delay", "1h", "--queue", "mail",
-    )  # fmt: skip
+        "enqueue",
+        "add",
+        "--args",
+        "[1]",
+        "--kwargs",
+        '{"y": 2}',
+        "--priority",
+        "high",
+        "--delay",
+        "1h",
+        "--queue",
+        "mail",
+    )
 
     assert out["state"] == "scheduled"
-    assert (out["args"], out["kwargs"], out["priority"], out["queue"]) == (
-        [1], {"y": 2}, 3, "mail"
-    )  # fmt: skip
+    assert (out["args"], out["kwargs"], out["priority"], out["queue"]) == ([1], {"y": 2}, 3, "mail")
     assert out["run_at"] - out["created_at"] == pytest.approx(3600)
     stored = project.app.get_job(out["id"])
     assert stored.state is JobState.SCHEDULED and stored.queue == "mail"
@@ -237,15 +252,21 @@ def test_enqueue_with_a_unique_key_returns_the_holder(project: Project) -> None:
 @pytest.mark.parametrize(
     ("args", "code", "message"),
     [
-        (["enqueue", "add", "--args", "[1, 2]", "--unique-for", "1h"], 1,
-         "unique_for needs a unique_key"),
+        (
+            ["enqueue", "add", "--args", "[1, 2]", "--unique-for", "1h"],
+            1,
+            "unique_for needs a unique_key",
+        ),
         (["enqueue", "add", "--args", "[1, 2]", "--unique-key", ""], 1, "unique_key must be"),
         (["enqueue", "add", "--args", "[1,"], 2, "--args': not valid JSON"),
         (["enqueue", "add", "--args", '{"x": 1}'], 2, "must be an array"),
         (["enqueue", "add", "--kwargs", "[1]"], 2, "must be an object"),
         (["enqueue", "nope"], 1, "Error: unknown task 'nope' (known: add, boom, nap, report)"),
-        (["enqueue", "add", "--args", "[1, 2]", "--priority", "11"], 1,
-         "priority must be an integer from 1 (highest) to 10, got 11"),
+        (
+            ["enqueue", "add", "--args", "[1, 2]", "--priority", "11"],
+            1,
+            "priority must be an integer from 1 (highest) to 10, got 11",
+        ),
         (["enqueue", "add", "--args", "[1, 2]", "--priority", "urgent"], 1, "unknown priority"),
         (["enqueue", "add", "--args", "[1, 2]", "--queue", "no spaces"], 1, "bad queue name"),
         (["enqueue", "add", "--args", "[1]"], 1, "'y'"),
@@ -261,7 +282,7 @@ def test_enqueue_with_a_unique_key_returns_the_holder(project: Project) -> None:
         (["dlq", "retry", "1", "--all"], 2, "give job ids, or --all"),
         (["prune", "--older-than", "a week"], 2, "is not a duration"),
     ],
-)  # fmt: skip
+)
 def test_bad_input_gets_a_clear_error_and_nothing_is_stored(
     project: Project, args: list[str], code: int, message: str
 ) -> None:
@@ -280,8 +301,9 @@ def test_the_app_comes_from_the_option_or_the_environment(project: Project) -> N
     assert missing.exit_code == 2
     assert "name the app as MODULE:APP (or set CONVEYOR_APP)" in missing.output
 
-    from_env = runner.invoke(main, ["enqueue", "add", "--args", "[1, 2]"],
-                             env={"CONVEYOR_APP": project.spec})  # fmt: skip
+    from_env = runner.invoke(
+        main, ["enqueue", "add", "--args", "[1, 2]"], env={"CONVEYOR_APP": project.spec}
+    )
     assert from_env.exit_code == 0, from_env.output
     assert len(project.app.list_jobs()) == 1
 
@@ -335,8 +357,10 @@ def test_jobs_list_shows_a_table_and_filters(project: Project) -> None:
     result = project.cli("jobs", "list")
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
-    row = {name: next(line for line in lines if line.strip().startswith(f"{job.id} "))
-           for name, job in jobs.items()}  # fmt: skip
+    row = {
+        name: next(line for line in lines if line.strip().startswith(f"{job.id} "))
+        for name, job in jobs.items()
+    }
     assert "succeeded" in row["add"] and "add" in row["add"]
     assert "dead" in row["boom"] and "2/2" in row["boom"]
     # Text from a job is printed as it is, not read as markup.
@@ -374,8 +398,14 @@ def test_jobs_show_prints_fields_errors_with_tracebacks_and_history(project: Pro
     assert "raise ValueError(message)" in out
     assert out.count("ValueError: the [red]printer[/red] is on fire") >= 4
     timeline = out[out.index("History") :]
-    steps = ["(new) → queued", "queued → running", "running → retrying", "retrying → queued",
-             "queued → running", "running → dead"]  # fmt: skip
+    steps = [
+        "(new) → queued",
+        "queued → running",
+        "running → retrying",
+        "retrying → queued",
+        "queued → running",
+        "running → dead",
+    ]
     position = 0
     for step in steps:
         position = timeline.index(step, position) + len(step)
@@ -394,8 +424,10 @@ def test_jobs_show_json_includes_the_history(project: Project) -> None:
     assert out["state"] == "succeeded" and out["result"] == {"pages": 12}
     assert out["stage"] == "render"
     assert [(h["from"], h["to"]) for h in out["history"]] == [
-        (None, "queued"), ("queued", "running"), ("running", "succeeded")
-    ]  # fmt: skip
+        (None, "queued"),
+        ("queued", "running"),
+        ("running", "succeeded"),
+    ]
     dead = project.cli_json("dlq", "show", str(jobs["boom"].id))
     assert [e["type"] for e in dead["errors"]] == ["ValueError", "ValueError"]
     assert "raise ValueError(message)" in dead["errors"][0]["traceback"]
@@ -544,10 +576,10 @@ def test_circuits_lists_state_and_changes_and_closes_by_hand(project: Project) -
     found = project.cli_json("circuits")
     assert [(c["name"], c["state"], c["failures"]) for c in found["circuits"]] == [
         ("render", "open", 1),
-    ]  # fmt: skip
+    ]
     assert [(e["event"], e["reason"]) for e in found["log"]] == [
         ("opened", "ConnectionRefusedError"),
-    ]  # fmt: skip
+    ]
     table = project.cli("circuits").output
     assert "render" in table and "open" in table and "Latest changes" in table
 
@@ -583,8 +615,9 @@ def test_queues_pause_and_resume(project: Project) -> None:
     assert found["video"]["jobs"]["queued"] == 0  # paused before it has any jobs
     table = project.cli("queues").output
     assert next(line for line in table.splitlines() if "mail" in line).split()[:2] == [
-        "mail", "paused",
-    ]  # fmt: skip
+        "mail",
+        "paused",
+    ]
 
     project.app.run_worker(burst=True)
     assert project.app.get_job(job.id).state is JobState.QUEUED
@@ -616,8 +649,11 @@ def test_cron_lists_schedules_next_ticks_and_last_jobs(project: Project) -> None
     [entry] = project.cli_json("cron")
     assert entry["next_tick"] == dt.datetime(2027, 3, 1, 9, 0, tzinfo=dt.UTC).timestamp()
     assert (entry["schedule"], entry["tz"], entry["args"], entry["last_job_id"]) == (
-        "0 * * * *", "Europe/Paris", [1, 2], None,
-    )  # fmt: skip
+        "0 * * * *",
+        "Europe/Paris",
+        [1, 2],
+        None,
+    )
 
     leader = Scheduler(app, app.backend, interval=10.0)
     asyncio.run(leader.run_once())
@@ -685,7 +721,7 @@ def test_python_m_conveyor_is_the_same_command(project: Project) -> None:
     listed = project.run("--app", project.spec, "jobs", "list", "--json")
     assert [(j["id"], j["state"], j["result"]) for j in json.loads(listed.stdout)] == [
         (job["id"], "succeeded", 5)
-    ]  # fmt: skip
+    ]
 
     bad = project.run("--app", project.spec, "enqueue", "nope")
     assert bad.returncode == 1
@@ -771,8 +807,10 @@ def test_a_second_signal_reaches_the_children_and_they_hand_back_at_once(
     wait_until(lambda: states(project.app) == {"running": 2}, "both long jobs to start")
 
     supervisor.send_signal(signal.SIGTERM)
-    wait_until(lambda: project.log().count("event=worker.stopping") == 2,
-               "both children to start a graceful stop")  # fmt: skip
+    wait_until(
+        lambda: project.log().count("event=worker.stopping") == 2,
+        "both children to start a graceful stop",
+    )
     assert supervisor.poll() is None  # still waiting for the 120-second jobs
 
     supervisor.send_signal(signal.SIGTERM)

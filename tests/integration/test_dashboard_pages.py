@@ -92,8 +92,9 @@ def test_a_circuit_is_closed_from_its_page(client: TestClient, tasks: conveyor.A
         "render-worker", Action.FAILURE, tasks.clock.now(), threshold=1, reason="refused"
     )
     page = client.get("/circuits")
-    closed = client.post("/circuits/render-worker/close", data={"csrf": csrf_of(page.text)},
-                         follow_redirects=False)  # fmt: skip
+    closed = client.post(
+        "/circuits/render-worker/close", data={"csrf": csrf_of(page.text)}, follow_redirects=False
+    )
     assert (closed.status_code, closed.headers["location"]) == (303, "/circuits")
     assert tasks.circuit_states()[0].state is CircuitState.CLOSED
     assert tasks.circuit_log("render-worker")[0].reason == "closed from the dashboard"

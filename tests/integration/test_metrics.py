@@ -110,8 +110,12 @@ def test_finished_jobs_are_counted_with_their_wait_and_run_time(
     with TestClient(create_api(tasks, Tokens.parse(TOKENS))) as client:
         before = scrape(client)
         assert value(before, "conveyor_jobs", queue="math", state="succeeded") == 1
-        assert value(before, "conveyor_jobs_finished_total", queue="math", task="add",
-                     state="succeeded") is None  # fmt: skip
+        assert (
+            value(
+                before, "conveyor_jobs_finished_total", queue="math", task="add", state="succeeded"
+            )
+            is None
+        )
 
         for n in range(3):
             tasks.tasks["add"].enqueue(n, n)
@@ -124,8 +128,7 @@ def test_finished_jobs_are_counted_with_their_wait_and_run_time(
         after = scrape(client)
 
         def finished(queue: str, task: str, state: str) -> float | None:
-            return value(after, "conveyor_jobs_finished_total", queue=queue, task=task,
-                         state=state)  # fmt: skip
+            return value(after, "conveyor_jobs_finished_total", queue=queue, task=task, state=state)
 
         assert finished("math", "add", "succeeded") == 3
         assert finished("math", "nap", "succeeded") == 2
@@ -134,14 +137,16 @@ def test_finished_jobs_are_counted_with_their_wait_and_run_time(
         for metric in ("conveyor_job_queue_wait_seconds", "conveyor_job_run_seconds"):
             counts = {
                 (dict(labels)["queue"], dict(labels)["task"]): v
-                for (name, labels), v in after.items() if name == f"{metric}_count"
-            }  # fmt: skip
+                for (name, labels), v in after.items()
+                if name == f"{metric}_count"
+            }
             assert counts == {("math", "add"): 3, ("math", "nap"): 2, ("default", "explode"): 2}
             assert value(after, f"{metric}_bucket", queue="math", task="nap", le="+Inf") == 2
         naps_ran = value(after, "conveyor_job_run_seconds_sum", queue="math", task="nap")
         assert naps_ran is not None and 2 * NAP_S <= naps_ran < 30
-        assert value(after, "conveyor_job_run_seconds_bucket", queue="math", task="nap",
-                     le="0.1") == 0  # fmt: skip
+        assert (
+            value(after, "conveyor_job_run_seconds_bucket", queue="math", task="nap", le="0.1") == 0
+        )
 
         again = scrape(client)  # nothing new happened: nothing counted twice
         finished_now = {k: v for k, v in again.items() if k[0].startswith("conveyor_job")}
@@ -174,10 +179,13 @@ def test_metrics_need_a_read_token_and_use_a_registry_of_their_own(
         assert answer.status_code == 200
         assert answer.headers["content-type"] == CONTENT_TYPE_LATEST
         assert {f.name for f in text_string_to_metric_families(answer.text)} >= {
-            "conveyor_jobs_finished", "conveyor_job_queue_wait_seconds",
-            "conveyor_job_run_seconds", "conveyor_jobs", "conveyor_workers",
+            "conveyor_jobs_finished",
+            "conveyor_job_queue_wait_seconds",
+            "conveyor_job_run_seconds",
+            "conveyor_jobs",
+            "conveyor_workers",
             "conveyor_circuit_open",
-        }  # fmt: skip
+        }
     # a second API of the same app in the same process: no clash, and nothing global
     with TestClient(
         create_api(tasks, None), base_url="http://127.0.0.1", client=LOOPBACK

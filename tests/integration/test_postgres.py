@@ -435,8 +435,10 @@ def test_migrating_down_to_zero_and_up_again_gives_a_fresh_install(
     fresh = schema_dump(schema)
     assert {r[0] for r in fresh["triggers"]} == {"jobs"}
     assert {r[0] for r in fresh["functions"]} == {
-        "record_updated", "release_waiting", "release_dependents",
-    }  # fmt: skip
+        "record_updated",
+        "release_waiting",
+        "release_dependents",
+    }
 
     app.get_task("record").enqueue("before")
     assert app.backend.sync.migrate(down_to=1) == VERSIONS[:0:-1]
@@ -456,8 +458,10 @@ def test_migrating_down_to_zero_and_up_again_gives_a_fresh_install(
     app.run_worker(burst=True)
     assert runs == ["after"]
     assert [h.to_state for h in app.job_history(job.id)] == [
-        JobState.QUEUED, JobState.RUNNING, JobState.SUCCEEDED,
-    ]  # fmt: skip
+        JobState.QUEUED,
+        JobState.RUNNING,
+        JobState.SUCCEEDED,
+    ]
 
 
 FOREIGN_SCHEMAS = {
@@ -821,8 +825,9 @@ async def test_one_leader_at_a_time_and_the_next_takes_over_when_its_session_end
     await first.close_async()  # the leader goes away; its session ends with it
     await until(
         lambda: not scalar("SELECT count(*) FROM pg_stat_activity WHERE pid = %s", [holder[1]]),
-        "the leader's session to end", timeout=2,
-    )  # fmt: skip
+        "the leader's session to end",
+        timeout=2,
+    )
     assert await lead(second, "second")  # at once, not a lease later
     assert not await lead(first, "first")
     assert (row := leader_row(schema)) is not None and row[0] == "second"

@@ -94,10 +94,14 @@ def test_a_read_only_database_is_an_outage_and_new_connections_end_it(
     app = make_app(database)
     app.migrate()
     before = app.enqueue("noop")
-    sql(f'ALTER DATABASE "{conninfo_to_dict(database)["dbname"]}" '
-        "SET default_transaction_read_only = on")  # fmt: skip
-    sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
-        [conninfo_to_dict(database)["dbname"]])  # fmt: skip
+    sql(
+        f'ALTER DATABASE "{conninfo_to_dict(database)["dbname"]}" '
+        "SET default_transaction_read_only = on"
+    )
+    sql(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+        [conninfo_to_dict(database)["dbname"]],
+    )
 
     failures = []
     for _ in range(3):
@@ -108,8 +112,10 @@ def test_a_read_only_database_is_an_outage_and_new_connections_end_it(
     assert any(isinstance(f.__cause__, psycopg.errors.ReadOnlySqlTransaction) for f in failures)
     assert any("read-only" in str(f) for f in failures)
 
-    sql(f'ALTER DATABASE "{conninfo_to_dict(database)["dbname"]}" '
-        "RESET default_transaction_read_only")  # fmt: skip
+    sql(
+        f'ALTER DATABASE "{conninfo_to_dict(database)["dbname"]}" '
+        "RESET default_transaction_read_only"
+    )
     deadline = time.monotonic() + 10
     while True:
         try:

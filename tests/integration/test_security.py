@@ -63,10 +63,21 @@ class Served:
         environ = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
         environ.update(env or {}, PYTHONPATH=str(root))
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "conveyor", "serve", "served:app", "--port", str(self.port),
-             *args],
-            cwd=root, env=environ, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "conveyor",
+                "serve",
+                "served:app",
+                "--port",
+                str(self.port),
+                *args,
+            ],
+            cwd=root,
+            env=environ,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
         self.base = f"http://127.0.0.1:{self.port}"
         deadline = time.monotonic() + 30
         while True:
@@ -93,8 +104,14 @@ class Served:
 
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[Served]:
-    server = Served(tmp_path, "--request-timeout", "1", "--limit-concurrency", "8",
-                    env={"CONVEYOR_API_TOKENS": TOKENS})  # fmt: skip
+    server = Served(
+        tmp_path,
+        "--request-timeout",
+        "1",
+        "--limit-concurrency",
+        "8",
+        env={"CONVEYOR_API_TOKENS": TOKENS},
+    )
     yield server
     server.stop()
 
@@ -175,22 +192,32 @@ def test_a_missing_tokens_file_is_one_line(tmp_path: Path) -> None:
     environ = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
     environ.update(CONVEYOR_API_TOKENS_FILE=str(tmp_path / "nope"), PYTHONPATH=str(tmp_path))
     done = subprocess.run(
-        [sys.executable, "-m", "conveyor", "serve", "served:app"], cwd=tmp_path, env=environ,
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        [sys.executable, "-m", "conveyor", "serve", "served:app"],
+        cwd=tmp_path,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 1
     assert "Traceback" not in done.stderr
     assert f"cannot read {tmp_path / 'nope'}" in done.stderr.strip().splitlines()[-1]
 
 
 def test_behind_a_trusted_tls_proxy_sign_in_works_and_cookies_are_secure(tmp_path: Path) -> None:
-    server = Served(tmp_path, "--forwarded-allow-ips", "127.0.0.1",
-                    env={"CONVEYOR_API_TOKENS": TOKENS})  # fmt: skip
-    proxied = {"X-Forwarded-Proto": "https", "X-Forwarded-For": "203.0.113.7",
-               "Host": "jobs.example.com", "Origin": "https://jobs.example.com"}  # fmt: skip
+    server = Served(
+        tmp_path, "--forwarded-allow-ips", "127.0.0.1", env={"CONVEYOR_API_TOKENS": TOKENS}
+    )
+    proxied = {
+        "X-Forwarded-Proto": "https",
+        "X-Forwarded-For": "203.0.113.7",
+        "Host": "jobs.example.com",
+        "Origin": "https://jobs.example.com",
+    }
     try:
-        signed = httpx.post(f"{server.base}/signin", data={"token": ADMIN, "next": "/jobs"},
-                            headers=proxied)  # fmt: skip
+        signed = httpx.post(
+            f"{server.base}/signin", data={"token": ADMIN, "next": "/jobs"}, headers=proxied
+        )
         assert signed.status_code == 303, signed.text
         cookie = signed.headers["set-cookie"]
         assert cookie.startswith("__Host-conveyor_session=") and "Secure" in cookie
@@ -245,16 +272,20 @@ def test_guessing_tokens_is_throttled_per_address(tasks: conveyor.App) -> None:
 def test_sign_out_ends_the_session_on_every_server(
     secured: TestClient, tasks: conveyor.App
 ) -> None:
-    signed = secured.post("/signin", data={"token": ADMIN, "next": "/jobs"},
-                          follow_redirects=False)  # fmt: skip
+    signed = secured.post("/signin", data={"token": ADMIN, "next": "/jobs"}, follow_redirects=False)
     cookie = signed.cookies["conveyor_session"]
     page = secured.get("/jobs")
     assert page.status_code == 200
-    other_origin = secured.post("/signout", data={"csrf": csrf_of(page.text)},
-                                headers={"Origin": "https://evil.example"})  # fmt: skip
+    other_origin = secured.post(
+        "/signout", data={"csrf": csrf_of(page.text)}, headers={"Origin": "https://evil.example"}
+    )
     assert other_origin.status_code == 403
-    assert secured.post("/signout", data={"csrf": csrf_of(page.text)},
-                        follow_redirects=False).status_code == 303  # fmt: skip
+    assert (
+        secured.post(
+            "/signout", data={"csrf": csrf_of(page.text)}, follow_redirects=False
+        ).status_code
+        == 303
+    )
     with TestClient(create_api(tasks, Tokens.parse(TOKENS))) as another_server:
         for client in (secured, another_server):
             client.cookies.set("conveyor_session", cookie)  # the old cookie, kept by an attacker
@@ -268,13 +299,13 @@ def test_a_public_https_url_makes_cookies_secure_and_names_the_origin(
     api = create_api(tasks, Tokens.parse(TOKENS), public_url="https://jobs.example.com")
     with TestClient(api, base_url="http://10.0.0.5:8000") as client:
         here = {"Origin": "https://jobs.example.com"}
-        signed = client.post("/signin", data={"token": ADMIN}, headers=here,
-                             follow_redirects=False)  # fmt: skip
+        signed = client.post("/signin", data={"token": ADMIN}, headers=here, follow_redirects=False)
         assert signed.status_code == 303
         assert "Secure" in signed.headers["set-cookie"]
         assert signed.headers["set-cookie"].startswith("__Host-conveyor_session=")
-        forged = client.post("/signin", data={"token": ADMIN},
-                             headers={"Origin": "http://10.0.0.5:8000"})  # fmt: skip
+        forged = client.post(
+            "/signin", data={"token": ADMIN}, headers={"Origin": "http://10.0.0.5:8000"}
+        )
         assert forged.status_code == 403
 
 
@@ -304,8 +335,9 @@ def test_a_server_without_tokens_refuses_proxies_strangers_and_other_pages(
 
 def test_redirects_never_reflect_the_host_header(secured: TestClient) -> None:
     for path in ("/static", "/api/jobs/"):
-        answer = secured.get(path, headers={"Host": "evil.example", **bearer(READER)},
-                             follow_redirects=False)  # fmt: skip
+        answer = secured.get(
+            path, headers={"Host": "evil.example", **bearer(READER)}, follow_redirects=False
+        )
         assert answer.is_redirect, path
         assert answer.headers["location"].startswith("/"), answer.headers["location"]
         assert "evil.example" not in answer.headers["location"]
@@ -319,12 +351,14 @@ def test_a_planted_flash_cookie_is_not_shown(secured: TestClient) -> None:
 
 def test_booleans_are_not_numbers_over_http(secured: TestClient, tasks: conveyor.App) -> None:
     for options in ({"priority": True}, {"delay": True}, {"delay": False}):
-        answer = secured.post("/api/jobs", json={"task": "add", "args": [1, 2], **options},
-                              headers=bearer(ADMIN))  # fmt: skip
+        answer = secured.post(
+            "/api/jobs", json={"task": "add", "args": [1, 2], **options}, headers=bearer(ADMIN)
+        )
         assert answer.status_code == 422, options
     assert tasks.queue_stats() == {}
-    fine = secured.post("/api/jobs", json={"task": "add", "args": [1, 2], "delay": 1},
-                        headers=bearer(ADMIN))  # fmt: skip
+    fine = secured.post(
+        "/api/jobs", json={"task": "add", "args": [1, 2], "delay": 1}, headers=bearer(ADMIN)
+    )
     assert fine.status_code == 201
 
 
@@ -336,8 +370,9 @@ def test_an_unexpected_error_answers_in_json_with_the_security_headers(
 
     monkeypatch.setattr(tasks, "list_workers", broken)
     api = create_api(tasks, None)
-    with TestClient(api, base_url="http://127.0.0.1", client=LOOPBACK,
-                    raise_server_exceptions=False) as client:  # fmt: skip
+    with TestClient(
+        api, base_url="http://127.0.0.1", client=LOOPBACK, raise_server_exceptions=False
+    ) as client:
         answer = client.get("/api/workers")
         assert answer.status_code == 500
         assert answer.json() == {"error": "internal server error", "detail": None}
@@ -352,16 +387,15 @@ def test_an_event_stream_outlives_the_request_timeout(served: Served) -> None:
         httpx.Client(base_url=served.base, timeout=10) as client,
         client.stream("GET", "/api/events", headers=bearer(READER)) as stream,
     ):
-            lines = stream.iter_lines()
-            assert next(lines).startswith("retry:")
-            time.sleep(2.5)  # more than twice the request timeout, with nothing sent
-            made = client.post("/api/jobs", json={"task": "add", "args": [1, 2]},
-                               headers=bearer(ADMIN))  # fmt: skip
-            assert made.status_code == 201
-            for line in lines:
-                if line.startswith("data:"):
-                    assert f'"job_id": {made.json()["id"]}' in line
-                    break
+        lines = stream.iter_lines()
+        assert next(lines).startswith("retry:")
+        time.sleep(2.5)  # more than twice the request timeout, with nothing sent
+        made = client.post("/api/jobs", json={"task": "add", "args": [1, 2]}, headers=bearer(ADMIN))
+        assert made.status_code == 201
+        for line in lines:
+            if line.startswith("data:"):
+                assert f'"job_id": {made.json()["id"]}' in line
+                break
 
 
 def test_guessing_from_many_addresses_is_throttled_overall() -> None:

@@ -202,9 +202,15 @@ async def test_a_clock_ahead_never_rescues_a_worker_that_still_beats(tmp_path: P
 
     async def beat() -> None:
         info = conveyor.WorkerInfo(
-            id="w", host="h", pid=1, queues=None, concurrency=1, started_at=now,
-            last_beat=behind.now(), running=[job.id],
-        )  # fmt: skip
+            id="w",
+            host="h",
+            pid=1,
+            queues=None,
+            concurrency=1,
+            started_at=now,
+            last_beat=behind.now(),
+            running=[job.id],
+        )
         await worker_app.backend.heartbeat(info, [(job.id, 1)], behind.now() + 30)
 
     await beat()
@@ -246,9 +252,15 @@ async def test_a_dead_worker_whose_clock_was_ahead_is_rescued_within_a_lease(
     now = ahead.now()
     [claimed] = await worker_app.backend.claim("w", None, 1, now + 30, now)
     info = conveyor.WorkerInfo(
-        id="w", host="h", pid=1, queues=None, concurrency=1, started_at=now, last_beat=now,
+        id="w",
+        host="h",
+        pid=1,
+        queues=None,
+        concurrency=1,
+        started_at=now,
+        last_beat=now,
         running=[claimed.id],
-    )  # fmt: skip
+    )
     await worker_app.backend.heartbeat(info, [(claimed.id, 1)], now + 30)
     assert await leader_app.backend.find_expired(normal.now(), 10) == []  # first sight
     for clock in (normal, ahead):  # the worker is gone: its beat stays where it was

@@ -110,9 +110,13 @@ class Project:
         """`python -m conveyor ARGS...` as a subprocess, to completion."""
         path = os.pathsep.join(p for p in (str(self.root), os.environ.get("PYTHONPATH")) if p)
         return subprocess.run(
-            [sys.executable, "-m", "conveyor", *args], cwd=self.root, capture_output=True,
-            text=True, timeout=60, env={**os.environ, "PYTHONPATH": path},
-        )  # fmt: skip
+            [sys.executable, "-m", "conveyor", *args],
+            cwd=self.root,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "PYTHONPATH": path},
+        )
 
 
 @pytest.fixture
@@ -173,8 +177,10 @@ def test_the_cli_shows_results_and_errors_without_the_hidden_secrets(project: Pr
     assert_hidden(login)
     assert "hi ann, yours is ***" in login
     assert project.cli_json("jobs", "show", str(jobs.login.id))["result"] == {
-        "user": "ann", "password": "***", "greeting": "hi ann, yours is ***",
-    }  # fmt: skip
+        "user": "ann",
+        "password": "***",
+        "greeting": "hi ann, yours is ***",
+    }
 
     charge = project.cli("jobs", "show", str(jobs.charge.id)).output
     assert_hidden(charge)
@@ -202,8 +208,10 @@ def test_the_api_and_the_dashboard_show_results_and_errors_without_them(
     with web(project) as client:
         login = client.get(f"/api/jobs/{jobs.login.id}").json()
         assert login["result"] == {
-            "user": "ann", "password": "***", "greeting": "hi ann, yours is ***",
-        }  # fmt: skip
+            "user": "ann",
+            "password": "***",
+            "greeting": "hi ann, yours is ***",
+        }
         charge = client.get(f"/api/jobs/{jobs.charge.id}")
         assert_hidden(charge.text)
         assert charge.json()["status_message"] == (

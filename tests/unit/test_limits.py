@@ -12,9 +12,16 @@ from conveyor.limits import Candidate, Rate, bucket, bucket_label, pick
 
 @pytest.mark.parametrize(
     ("text", "count", "period"),
-    [("100/m", 100, 60.0), ("5/s", 5, 1.0), ("1000/h", 1000, 3600.0), ("10/30s", 10, 30.0),
-     ("2/5m", 2, 300.0), (" 3 / d ", 3, 86400.0), ("1/1.5s", 1, 1.5)],
-)  # fmt: skip
+    [
+        ("100/m", 100, 60.0),
+        ("5/s", 5, 1.0),
+        ("1000/h", 1000, 3600.0),
+        ("10/30s", 10, 30.0),
+        ("2/5m", 2, 300.0),
+        (" 3 / d ", 3, 86400.0),
+        ("1/1.5s", 1, 1.5),
+    ],
+)
 def test_rates_read_as_starts_per_period(text: str, count: int, period: float) -> None:
     assert Rate.parse(text) == Rate(count, period)
 

@@ -10,13 +10,19 @@ from conveyor.redact import secrets
 
 def test_secret_looking_keys_are_hidden_at_any_depth() -> None:
     shown = secrets(
-        {"user": "ann", "password": "pw", "options": [{"api_key": "k", "author": "bo"}],
-         "pair": ("a", {"Authorization": "Bearer x"})}
-    )  # fmt: skip
+        {
+            "user": "ann",
+            "password": "pw",
+            "options": [{"api_key": "k", "author": "bo"}],
+            "pair": ("a", {"Authorization": "Bearer x"}),
+        }
+    )
     assert shown == {
-        "user": "ann", "password": "***", "options": [{"api_key": "***", "author": "bo"}],
+        "user": "ann",
+        "password": "***",
+        "options": [{"api_key": "***", "author": "bo"}],
         "pair": ("a", {"Authorization": "***"}),
-    }  # fmt: skip
+    }
 
 
 def test_log_lines_never_carry_secret_fields(capsys: pytest.CaptureFixture[str]) -> None:

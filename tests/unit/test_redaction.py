@@ -20,11 +20,18 @@ SECRET = "hunter2-correct-horse"
 
 def dead_job(**fields: Any) -> Job:
     values: dict[str, Any] = {
-        "id": 7, "queue": "default", "task": "login", "args": ["ann"],
-        "kwargs": {"password": SECRET, "region": "eu"}, "priority": 5,
-        "state": JobState.DEAD, "attempt": 1, "max_attempts": 1, "run_at": 0.0,
+        "id": 7,
+        "queue": "default",
+        "task": "login",
+        "args": ["ann"],
+        "kwargs": {"password": SECRET, "region": "eu"},
+        "priority": 5,
+        "state": JobState.DEAD,
+        "attempt": 1,
+        "max_attempts": 1,
+        "run_at": 0.0,
         "created_at": 0.0,
-    }  # fmt: skip
+    }
     return Job(**{**values, **fields})
 
 
@@ -50,12 +57,17 @@ def test_errors_stage_and_unique_key_are_shown_without_the_hidden_values() -> No
         kwargs={"password": SECRET, "api_token": quoted},
         stage=f"logging in with {SECRET}",
         unique_key=f"login:{SECRET}",
-        errors=[{
-            "type": "ValueError", "message": f"bad password {SECRET!r}",
-            "traceback": f"Traceback ...\nValueError: bad password {SECRET!r} ({quoted!r})\n",
-            "attempt": 1, "at": 0.0, "worker": "w1",
-        }],
-    )  # fmt: skip
+        errors=[
+            {
+                "type": "ValueError",
+                "message": f"bad password {SECRET!r}",
+                "traceback": f"Traceback ...\nValueError: bad password {SECRET!r} ({quoted!r})\n",
+                "attempt": 1,
+                "at": 0.0,
+                "worker": "w1",
+            }
+        ],
+    )
 
     shown = shown_job(job)
 
@@ -83,8 +95,9 @@ def test_short_and_non_string_secrets_are_hidden_only_where_they_are() -> None:
 
 
 def test_a_longer_hidden_value_is_hidden_whole() -> None:
-    hidden = hidden_strings({"token": "abcd", "secret": "abcdefgh"}, secrets({
-        "token": "abcd", "secret": "abcdefgh"}))  # fmt: skip
+    hidden = hidden_strings(
+        {"token": "abcd", "secret": "abcdefgh"}, secrets({"token": "abcd", "secret": "abcdefgh"})
+    )
     assert hide_repeats("x abcdefgh y abcd z", hidden) == "x *** y *** z"
 
 
@@ -110,7 +123,10 @@ def test_a_custom_redactor_decides_what_is_hidden() -> None:
 @pytest.mark.parametrize(
     ("address", "shown"),
     [
-        ("https://ann:s3cret@host:8443/health?token=abc&v=2#frag", "https://host:8443/health?token=&v="),
+        (
+            "https://ann:s3cret@host:8443/health?token=abc&v=2#frag",
+            "https://host:8443/health?token=&v=",
+        ),
         ("https://user@host/health", "https://host/health"),
         ("https://a:p@ss@host/", "https://host/"),
         ("http://[::1]:8080/ping?key=k", "http://[::1]:8080/ping?key="),
@@ -118,7 +134,7 @@ def test_a_custom_redactor_decides_what_is_hidden() -> None:
         ("https://host/health", "https://host/health"),
         ("not a url?x=1", "not a url?x="),
     ],
-)  # fmt: skip
+)
 def test_a_probe_url_is_shown_without_credentials_or_query_values(address: str, shown: str) -> None:
     assert url(address) == shown
 
@@ -135,7 +151,7 @@ def test_a_probe_url_is_shown_without_credentials_or_query_values(address: str, 
         ("line\nnext\ttab\rover", "\n\t", "line\nnext\ttab\\rover"),
         ("naïve — ünïcode ✓", "", "naïve — ünïcode ✓"),
     ],
-)  # fmt: skip
+)
 def test_control_characters_are_spelled_out(text: str, keep: str, shown: str) -> None:
     assert printable(text, keep) == shown
 

@@ -55,10 +55,12 @@ def test_the_api_and_the_dashboard_import_neither_each_other_nor_the_assembly() 
     web = Path(conveyor.web.__file__).parent
     for path in (web / "api").glob("*.py"):
         assert not {
-            n for n in imported_by(path)
+            n
+            for n in imported_by(path)
             if n.startswith(("conveyor.web.dashboard", "conveyor.web.app"))
-        }, path.name  # fmt: skip
+        }, path.name
     assert not {
-        n for n in imported_by(web / "dashboard.py")
+        n
+        for n in imported_by(web / "dashboard.py")
         if n.startswith(("conveyor.web.api", "conveyor.web.app"))
-    }  # fmt: skip
+    }

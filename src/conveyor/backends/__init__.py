@@ -43,10 +43,13 @@ class Kind:
 BACKENDS = (
     Kind("sqlite", "SQLite", ("sqlite",), "conveyor.backends.sqlite.backend:SqliteEngine"),
     Kind(
-        "postgres", "PostgreSQL", ("postgresql", "postgres"),
-        "conveyor.backends.postgres.backend:PostgresEngine", extra="postgres",
+        "postgres",
+        "PostgreSQL",
+        ("postgresql", "postgres"),
+        "conveyor.backends.postgres.backend:PostgresEngine",
+        extra="postgres",
     ),
-)  # fmt: skip
+)
 _PLANNED = {"redis": "Redis"}
 
 

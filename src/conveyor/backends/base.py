@@ -47,9 +47,11 @@ class Beat:
 
     @classmethod
     def read(
-        cls, extended: set[tuple[int, int]], named: Iterable[tuple[int, int]],
+        cls,
+        extended: set[tuple[int, int]],
+        named: Iterable[tuple[int, int]],
         running: Iterable[Mapping[str, Any]],
-    ) -> Beat:  # fmt: skip
+    ) -> Beat:
         """From the store's rows of what runs under the worker (id, attempt, cancel_requested)."""
         mine = set(named)
         rows = [(int(r["id"]), int(r["attempt"]), bool(r["cancel_requested"])) for r in running]
@@ -79,9 +81,11 @@ class JobFilter:
 
     @classmethod
     def of(
-        cls, states: Iterable[JobState] | None = None, ids: Iterable[int] | None = None,
+        cls,
+        states: Iterable[JobState] | None = None,
+        ids: Iterable[int] | None = None,
         **fields: Any,
-    ) -> JobFilter:  # fmt: skip
+    ) -> JobFilter:
         return cls(
             states=None if states is None else frozenset(states),
             ids=None if ids is None else tuple(int(i) for i in ids),
@@ -92,12 +96,15 @@ class JobFilter:
         """The filter, checked for a bulk change (one statement): states, queue, task and ids
         only — a narrower filter must not be widened by being ignored."""
         unsupported = [
-            name for name in ("error_type", "contains", "before_id", "after_id")
+            name
+            for name in ("error_type", "contains", "before_id", "after_id")
             if getattr(self, name) is not None
-        ]  # fmt: skip
+        ]
         if unsupported:
-            raise ValidationError(f"{action} filters by state, queue, task and ids only, not by "
-                                  f"{', '.join(unsupported)}")  # fmt: skip
+            raise ValidationError(
+                f"{action} filters by state, queue, task and ids only, not by "
+                f"{', '.join(unsupported)}"
+            )
         if not self.states:
             raise ValidationError(f"{action} needs the states of the jobs it changes")
         return self
@@ -204,9 +211,15 @@ class Operations(abc.ABC):
 
     @abc.abstractmethod
     def set_progress(
-        self, job_id: int, worker_id: str, attempt: int, progress: float, stage: str | None,
-        message: str | None, now: float,
-    ) -> Call[bool]:  # fmt: skip
+        self,
+        job_id: int,
+        worker_id: str,
+        attempt: int,
+        progress: float,
+        stage: str | None,
+        message: str | None,
+        now: float,
+    ) -> Call[bool]:
         """Record progress of the given running attempt (and the report, for the event
         stream); False if it is no longer running."""
 
@@ -236,9 +249,14 @@ class Operations(abc.ABC):
 
     @abc.abstractmethod
     def change_circuit(
-        self, name: str, action: Action, now: float, threshold: int, reason: str | None,
+        self,
+        name: str,
+        action: Action,
+        now: float,
+        threshold: int,
+        reason: str | None,
         half_open_jobs: int,
-    ) -> Call[CircuitEvent | None]:  # fmt: skip
+    ) -> Call[CircuitEvent | None]:
         """Apply `action` to the circuit by `circuit.transition`, atomically; the event
         recorded if its state changed. Held jobs released wake idle workers."""
 
@@ -281,9 +299,13 @@ class Operations(abc.ABC):
 
     @abc.abstractmethod
     def claim(
-        self, worker_id: str, queues: Sequence[str] | None, limit: int, lease_until: float,
+        self,
+        worker_id: str,
+        queues: Sequence[str] | None,
+        limit: int,
+        lease_until: float,
         now: float,
-    ) -> Call[list[Job]]:  # fmt: skip
+    ) -> Call[list[Job]]:
         """Promote due scheduled/retrying jobs, then atomically move up to `limit` queued jobs
         to `running` (priority, then run_at, then id), attempt + 1, leased to the worker —
         within every limit, circuit and pause."""

@@ -100,9 +100,15 @@ class Store:
         return self.engine.run(self.ops.purge(where.bulk("purge"), older_than, now))
 
     def set_progress(
-        self, job_id: int, worker_id: str, attempt: int, progress: float, stage: str | None,
-        message: str | None, now: float,
-    ) -> bool:  # fmt: skip
+        self,
+        job_id: int,
+        worker_id: str,
+        attempt: int,
+        progress: float,
+        stage: str | None,
+        message: str | None,
+        now: float,
+    ) -> bool:
         call = self.ops.set_progress(job_id, worker_id, attempt, progress, stage, message, now)
         return self.engine.run(call)
 
@@ -125,9 +131,15 @@ class Store:
         return self.engine.run(self.ops.queue_limits())
 
     def change_circuit(
-        self, name: str, action: Action, now: float, *, threshold: int = 5,
-        reason: str | None = None, half_open_jobs: int = 1,
-    ) -> CircuitEvent | None:  # fmt: skip
+        self,
+        name: str,
+        action: Action,
+        now: float,
+        *,
+        threshold: int = 5,
+        reason: str | None = None,
+        half_open_jobs: int = 1,
+    ) -> CircuitEvent | None:
         call = self.ops.change_circuit(name, action, now, threshold, reason, half_open_jobs)
         return self.engine.run(call)
 
@@ -150,18 +162,26 @@ class Store:
         return self.engine.run(self.ops.event_cursor(start))
 
     def read_events(
-        self, after: Cursor, job_id: int | None, queue: str | None, limit: int = 500,
+        self,
+        after: Cursor,
+        job_id: int | None,
+        queue: str | None,
+        limit: int = 500,
         progress: bool = True,
-    ) -> tuple[list[Event], Cursor]:  # fmt: skip
+    ) -> tuple[list[Event], Cursor]:
         return self.engine.run(self.ops.read_events(after, job_id, queue, limit, progress))
 
     def prune_progress(self, older_than: float, now: float) -> int:
         return self.engine.run(self.ops.prune_progress(older_than, now))
 
     def claim(
-        self, worker_id: str, queues: Sequence[str] | None, limit: int, lease_until: float,
+        self,
+        worker_id: str,
+        queues: Sequence[str] | None,
+        limit: int,
+        lease_until: float,
         now: float,
-    ) -> list[Job]:  # fmt: skip
+    ) -> list[Job]:
         return self.engine.run(self.ops.claim(worker_id, queues, limit, lease_until, now))
 
     def complete(self, outcomes: Sequence[Outcome]) -> list[int]:
@@ -284,9 +304,15 @@ class Backend:
         return await self.engine.arun(self.ops.purge(where.bulk("purge"), older_than, now))
 
     async def set_progress(
-        self, job_id: int, worker_id: str, attempt: int, progress: float, stage: str | None,
-        message: str | None, now: float,
-    ) -> bool:  # fmt: skip
+        self,
+        job_id: int,
+        worker_id: str,
+        attempt: int,
+        progress: float,
+        stage: str | None,
+        message: str | None,
+        now: float,
+    ) -> bool:
         call = self.ops.set_progress(job_id, worker_id, attempt, progress, stage, message, now)
         return await self.engine.arun(call)
 
@@ -309,9 +335,15 @@ class Backend:
         return await self.engine.arun(self.ops.queue_limits())
 
     async def change_circuit(
-        self, name: str, action: Action, now: float, *, threshold: int = 5,
-        reason: str | None = None, half_open_jobs: int = 1,
-    ) -> CircuitEvent | None:  # fmt: skip
+        self,
+        name: str,
+        action: Action,
+        now: float,
+        *,
+        threshold: int = 5,
+        reason: str | None = None,
+        half_open_jobs: int = 1,
+    ) -> CircuitEvent | None:
         call = self.ops.change_circuit(name, action, now, threshold, reason, half_open_jobs)
         return await self.engine.arun(call)
 
@@ -334,9 +366,13 @@ class Backend:
         return await self.engine.arun(self.ops.event_cursor(start))
 
     async def read_events(
-        self, after: Cursor, job_id: int | None, queue: str | None, limit: int = 500,
+        self,
+        after: Cursor,
+        job_id: int | None,
+        queue: str | None,
+        limit: int = 500,
         progress: bool = True,
-    ) -> tuple[list[Event], Cursor]:  # fmt: skip
+    ) -> tuple[list[Event], Cursor]:
         call = self.ops.read_events(after, job_id, queue, limit, progress)
         return await self.engine.arun(call)
 
@@ -344,9 +380,13 @@ class Backend:
         return await self.engine.arun(self.ops.prune_progress(older_than, now))
 
     async def claim(
-        self, worker_id: str, queues: Sequence[str] | None, limit: int, lease_until: float,
+        self,
+        worker_id: str,
+        queues: Sequence[str] | None,
+        limit: int,
+        lease_until: float,
         now: float,
-    ) -> list[Job]:  # fmt: skip
+    ) -> list[Job]:
         return await self.engine.arun(self.ops.claim(worker_id, queues, limit, lease_until, now))
 
     async def complete(self, outcomes: Sequence[Outcome]) -> list[int]:

@@ -15,11 +15,14 @@ def state_lists() -> dict[str, str]:
     from conveyor import job
 
     sets = {
-        "finished_states": job.FINISHED_STATES, "unfinished_states": job.UNFINISHED_STATES,
-        "cancellable_states": job.CANCELLABLE_STATES, "due_states": job.DUE_STATES,
-        "left_states": job.LEFT_STATES, "to_run_states": job.TO_RUN_STATES,
+        "finished_states": job.FINISHED_STATES,
+        "unfinished_states": job.UNFINISHED_STATES,
+        "cancellable_states": job.CANCELLABLE_STATES,
+        "due_states": job.DUE_STATES,
+        "left_states": job.LEFT_STATES,
+        "to_run_states": job.TO_RUN_STATES,
         "held_states": job.HELD_STATES,
-    }  # fmt: skip
+    }
     order = list(job.JobState)
     return {
         name: ", ".join(f"'{s.value}'" for s in sorted(states, key=order.index))

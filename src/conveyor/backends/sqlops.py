@@ -234,11 +234,14 @@ class SqlOperations(Operations):
 
     def list_jobs(self, where: JobFilter, limit: int) -> Call[list[Job]]:
         params: dict[str, Any] = {
-            "queue": where.queue, "task": where.task, "limit": limit,
-            "before_id": where.before_id, "error_type": where.error_type,
+            "queue": where.queue,
+            "task": where.task,
+            "limit": limit,
+            "before_id": where.before_id,
+            "error_type": where.error_type,
             "after_id": where.after_id,
             "contains": None if where.contains is None else where.contains.lower(),
-        }  # fmt: skip
+        }
         if where.states is None:
             sql = self.q.list_jobs
         else:
@@ -378,9 +381,13 @@ class SqlOperations(Operations):
         return self._read(self._read_events_plan(at, job_id, queue, limit, progress))
 
     def _read_events_plan(
-        self, at: tuple[int, int], job_id: int | None, queue: str | None, limit: int,
+        self,
+        at: tuple[int, int],
+        job_id: int | None,
+        queue: str | None,
+        limit: int,
         progress: bool,
-    ) -> Plan[tuple[list[Event], Cursor]]:  # fmt: skip
+    ) -> Plan[tuple[list[Event], Cursor]]:
         where = {"job_id": job_id, "queue": queue, "limit": limit}
         history = Stmt(self.q.history_events, {**where, "after": at[0]})
         if progress:
@@ -413,18 +420,24 @@ class SqlOperations(Operations):
 
     def cancel_jobs(self, where: JobFilter, now: float, note: str) -> Call[int]:
         params = {
-            "states": self.texts(where.state_names or []), "queue": where.queue,
-            "task": where.task, "ids": None if where.ids is None else self.ids(where.ids),
-            "now": self.now(now), "note": note,
-        }  # fmt: skip
+            "states": self.texts(where.state_names or []),
+            "queue": where.queue,
+            "task": where.task,
+            "ids": None if where.ids is None else self.ids(where.ids),
+            "now": self.now(now),
+            "note": note,
+        }
         return self._write(self._count(self.q.cancel_jobs, params))
 
     def retry_jobs(self, where: JobFilter, now: float, note: str) -> Call[list[int]]:
         params = {
             "ids": None if where.ids is None else self.ids(where.ids),
-            "states": self.texts(where.state_names or []), "queue": where.queue,
-            "task": where.task, "now": self.now(now), "note": note,
-        }  # fmt: skip
+            "states": self.texts(where.state_names or []),
+            "queue": where.queue,
+            "task": where.task,
+            "now": self.now(now),
+            "note": note,
+        }
         return self._write(self._mapped(self.q.retry_jobs, params, lambda r: int(r["id"])))
 
     def set_queue_paused(self, queue: str, paused: bool, now: float) -> Call[bool]:
@@ -458,16 +471,26 @@ class SqlOperations(Operations):
         return self._write(self._is_one(self._count(self.q.claim_alert, params)))
 
     def change_circuit(
-        self, name: str, action: Action, now: float, threshold: int, reason: str | None,
+        self,
+        name: str,
+        action: Action,
+        now: float,
+        threshold: int,
+        reason: str | None,
         half_open_jobs: int,
-    ) -> Call[CircuitEvent | None]:  # fmt: skip
+    ) -> Call[CircuitEvent | None]:
         plan = self._change_circuit_plan(name, action, now, threshold, reason, half_open_jobs)
         return Call(plan, atomic=not self.write_atomic)
 
     def _change_circuit_plan(
-        self, name: str, action: Action, now: float, threshold: int, reason: str | None,
+        self,
+        name: str,
+        action: Action,
+        now: float,
+        threshold: int,
+        reason: str | None,
         half_open_jobs: int,
-    ) -> Plan[CircuitEvent | None]:  # fmt: skip
+    ) -> Plan[CircuitEvent | None]:
         key = {"name": name, "now": self.now(now)}
         if action is not Action.FAILURE:
             # most successes meet a closed circuit: nothing to change, no write
@@ -480,9 +503,14 @@ class SqlOperations(Operations):
         return change
 
     def _circuit_change_plan(
-        self, name: str, action: Action, threshold: int, reason: str | None,
-        half_open_jobs: int, key: dict[str, Any],
-    ) -> Plan[CircuitEvent | None]:  # fmt: skip
+        self,
+        name: str,
+        action: Action,
+        threshold: int,
+        reason: str | None,
+        half_open_jobs: int,
+        key: dict[str, Any],
+    ) -> Plan[CircuitEvent | None]:
         """The circuit's row is locked (or the store's one writer holds it) while `transition`
         decides."""
         if action is Action.FAILURE:
@@ -532,12 +560,16 @@ class SqlOperations(Operations):
     ) -> Plan[Beat]:
         running = sorted(running)
         register = {
-            "id": worker.id, "host": worker.host, "pid": worker.pid,
+            "id": worker.id,
+            "host": worker.host,
+            "pid": worker.pid,
             "queues": None if worker.queues is None else json.dumps(worker.queues),
-            "concurrency": worker.concurrency, "started_at": worker.started_at,
-            "last_beat": worker.last_beat, "now": self.now(worker.last_beat),
+            "concurrency": worker.concurrency,
+            "started_at": worker.started_at,
+            "last_beat": worker.last_beat,
+            "now": self.now(worker.last_beat),
             "running": json.dumps(sorted({job_id for job_id, _ in running})),
-        }  # fmt: skip
+        }
         _, extended, mine = yield [
             Stmt(self.q.upsert_worker, register),
             self.extend_leases_stmt(worker, running, lease_until),

@@ -74,12 +74,18 @@ def _list_filters(fn: Any) -> Any:
         [
             click.option("-q", "--queue", help="Only this queue."),
             click.option("-t", "--task", help="Only this task (its registered name)."),
-            click.option("-n", "--limit", type=click.IntRange(min=1), default=100,
-                         show_default=True, help="At most this many, newest first."),
+            click.option(
+                "-n",
+                "--limit",
+                type=click.IntRange(min=1),
+                default=100,
+                show_default=True,
+                help="At most this many, newest first.",
+            ),
             click.option("--before-id", type=int, help="Page on: only jobs with a smaller id."),
             json_option,
         ]
-    ):  # fmt: skip
+    ):
         fn = decorator(fn)
     return fn
 
@@ -105,32 +111,48 @@ def _list_filters(fn: Any) -> Any:
 @json_option
 @pass_ref
 def enqueue(
-    ref: AppRef, task: str, args: list[Any], kwargs: dict[str, Any], priority: int | str | None,
-    delay: float | None, queue: str | None, unique_key: str | None, unique_for: float | None,
+    ref: AppRef,
+    task: str,
+    args: list[Any],
+    kwargs: dict[str, Any],
+    priority: int | str | None,
+    delay: float | None,
+    queue: str | None,
+    unique_key: str | None,
+    unique_for: float | None,
     as_json: bool,
-) -> None:  # fmt: skip
+) -> None:
     """Enqueue a job for TASK (a registered task name)."""
     app = _app(ref)
     options: dict[str, Any] = {
-        "priority": priority, "delay": delay, "queue": queue, "unique_key": unique_key,
+        "priority": priority,
+        "delay": delay,
+        "queue": queue,
+        "unique_key": unique_key,
         "unique_for": unique_for,
-    }  # fmt: skip
-    job = app.enqueue(task, args=args, kwargs=kwargs,
-                      **{k: v for k, v in options.items() if v is not None})  # fmt: skip
+    }
+    job = app.enqueue(
+        task, args=args, kwargs=kwargs, **{k: v for k, v in options.items() if v is not None}
+    )
     if as_json:
         render.emit_json(views.job_dict(job))
         return
     if job.deduplicated:
         line = Text.assemble(
-            f"job {job.id} already holds unique key {job.unique_key!r}: ", (job.task, "cyan"),
-            f" on queue {job.queue}, ", render.state_text(job.state), "; nothing enqueued",
-        )  # fmt: skip
+            f"job {job.id} already holds unique key {job.unique_key!r}: ",
+            (job.task, "cyan"),
+            f" on queue {job.queue}, ",
+            render.state_text(job.state),
+            "; nothing enqueued",
+        )
         render.console().print(line)
         return
     line = Text.assemble(
-        f"job {job.id} enqueued: ", (job.task, "cyan"),
-        f" on queue {job.queue}, priority {job.priority}, ", render.state_text(job.state),
-    )  # fmt: skip
+        f"job {job.id} enqueued: ",
+        (job.task, "cyan"),
+        f" on queue {job.queue}, priority {job.priority}, ",
+        render.state_text(job.state),
+    )
     if job.state is JobState.SCHEDULED:
         line.append(f" (runs {views.ago(job.run_at, app.clock.now())})")
     render.console().print(line)
@@ -155,9 +177,14 @@ def jobs() -> None:
 @_list_filters
 @pass_ref
 def jobs_list(
-    ref: AppRef, states: tuple[str, ...], queue: str | None, task: str | None, limit: int,
-    before_id: int | None, as_json: bool,
-) -> None:  # fmt: skip
+    ref: AppRef,
+    states: tuple[str, ...],
+    queue: str | None,
+    task: str | None,
+    limit: int,
+    before_id: int | None,
+    as_json: bool,
+) -> None:
     """Jobs, newest first."""
     app = _app(ref)
     found = app.list_jobs(
@@ -187,20 +214,29 @@ def _who() -> str:
 @jobs.command("cancel")
 @click.argument("job_ids", metavar="[ID...]", type=int, nargs=-1)
 @click.option(
-    "--all", "cancel_all", is_flag=True,
+    "--all",
+    "cancel_all",
+    is_flag=True,
     help="Cancel every job not started yet of --queue and/or --task, in one statement.",
-)  # fmt: skip
+)
 @click.option("-q", "--queue", help="With --all: this queue's jobs.")
 @click.option("-t", "--task", help="With --all: this task's jobs.")
 @click.option(
-    "-s", "--state", "states", multiple=True,
+    "-s",
+    "--state",
+    "states",
+    multiple=True,
     help="With --all: only jobs in this state (waiting, scheduled, queued, retrying).",
-)  # fmt: skip
+)
 @pass_ref
 def jobs_cancel(
-    ref: AppRef, job_ids: tuple[int, ...], cancel_all: bool, queue: str | None,
-    task: str | None, states: tuple[str, ...],
-) -> None:  # fmt: skip
+    ref: AppRef,
+    job_ids: tuple[int, ...],
+    cancel_all: bool,
+    queue: str | None,
+    task: str | None,
+    states: tuple[str, ...],
+) -> None:
     """Cancel jobs that have not run yet; ask running ones to stop. The history notes who."""
     if cancel_all == bool(job_ids):
         raise click.UsageError("give job ids, or --all with --queue or --task (not both)")
@@ -263,9 +299,13 @@ def dlq() -> None:
 @_list_filters
 @pass_ref
 def dlq_list(
-    ref: AppRef, queue: str | None, task: str | None, limit: int, before_id: int | None,
+    ref: AppRef,
+    queue: str | None,
+    task: str | None,
+    limit: int,
+    before_id: int | None,
     as_json: bool,
-) -> None:  # fmt: skip
+) -> None:
     """Dead jobs, newest first, with their last error."""
     app = _app(ref)
     found = app.list_jobs(
@@ -414,8 +454,9 @@ def cron(ref: AppRef, as_json: bool) -> None:
     app = _app(ref)
     now = app.clock.now()
     records = app.periodic_ticks() if app.periodics else {}
-    found = [views.cron_dict(e, records.get(e.name), now, app.redact)
-             for e in app.periodics.values()]  # fmt: skip
+    found = [
+        views.cron_dict(e, records.get(e.name), now, app.redact) for e in app.periodics.values()
+    ]
     if as_json:
         render.emit_json(found)
     elif not found:

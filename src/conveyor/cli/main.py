@@ -83,9 +83,16 @@ def main(ctx: click.Context, app_option: str | None) -> None:
 )
 @click.pass_obj
 def worker(
-    ref: AppRef, app_spec_arg: str | None, queues: str | None, concurrency: int, processes: int,
-    burst: bool, grace: float, log_level: str, log_format: str,
-) -> None:  # fmt: skip
+    ref: AppRef,
+    app_spec_arg: str | None,
+    queues: str | None,
+    concurrency: int,
+    processes: int,
+    burst: bool,
+    grace: float,
+    log_level: str,
+    log_format: str,
+) -> None:
     """Run a worker for MODULE:APP (default: --app or $CONVEYOR_APP)."""
     from conveyor.logging import configure_logging
 
@@ -101,10 +108,22 @@ def worker(
             check_queue(name)  # fail here, once, rather than in every child forever
 
         command = [
-            sys.executable, "-m", "conveyor", "worker", spec, "-c", str(concurrency),
-            "-p", "1", "--grace", str(grace), "--log-level", log_level,
-            "--log-format", log_format,
-        ]  # fmt: skip
+            sys.executable,
+            "-m",
+            "conveyor",
+            "worker",
+            spec,
+            "-c",
+            str(concurrency),
+            "-p",
+            "1",
+            "--grace",
+            str(grace),
+            "--log-level",
+            log_level,
+            "--log-format",
+            log_format,
+        ]
         if queue_list:
             command += ["-q", ",".join(queue_list)]
         if burst:
@@ -147,24 +166,49 @@ def _exit_even_if_stuck() -> None:
 @click.option("--host", default="127.0.0.1", show_default=True, help="The address to bind.")
 @click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
 @click.option("--log-level", default="INFO", show_default=True)
-@click.option("--request-timeout", type=click.FloatRange(min=1), default=SERVE_REQUEST_TIMEOUT_S,
-              show_default=True, metavar="SECONDS",
-              help="Close a connection that has not sent a complete request in this time.")
-@click.option("--limit-concurrency", type=click.IntRange(min=8), default=SERVE_CONNECTION_LIMIT,
-              show_default=True, metavar="N", help="Connections open at once; more are closed.")
-@click.option("--forwarded-allow-ips", envvar="CONVEYOR_FORWARDED_ALLOW_IPS", metavar="IPS",
-              help="Comma-separated addresses of reverse proxies whose X-Forwarded-For and "
-              "X-Forwarded-Proto are believed ('*': any). Default: none.")
-@click.option("--public-url", envvar="CONVEYOR_PUBLIC_URL", metavar="URL",
-              help="The URL browsers use to reach the server (behind a proxy), e.g. "
-              "https://jobs.example.com: its origin is the one actions may come from, and "
-              "https makes the cookies Secure.")
+@click.option(
+    "--request-timeout",
+    type=click.FloatRange(min=1),
+    default=SERVE_REQUEST_TIMEOUT_S,
+    show_default=True,
+    metavar="SECONDS",
+    help="Close a connection that has not sent a complete request in this time.",
+)
+@click.option(
+    "--limit-concurrency",
+    type=click.IntRange(min=8),
+    default=SERVE_CONNECTION_LIMIT,
+    show_default=True,
+    metavar="N",
+    help="Connections open at once; more are closed.",
+)
+@click.option(
+    "--forwarded-allow-ips",
+    envvar="CONVEYOR_FORWARDED_ALLOW_IPS",
+    metavar="IPS",
+    help="Comma-separated addresses of reverse proxies whose X-Forwarded-For and "
+    "X-Forwarded-Proto are believed ('*': any). Default: none.",
+)
+@click.option(
+    "--public-url",
+    envvar="CONVEYOR_PUBLIC_URL",
+    metavar="URL",
+    help="The URL browsers use to reach the server (behind a proxy), e.g. "
+    "https://jobs.example.com: its origin is the one actions may come from, and "
+    "https makes the cookies Secure.",
+)
 @click.pass_obj
 def serve(
-    ref: AppRef, app_spec_arg: str | None, host: str, port: int, log_level: str,
-    request_timeout: float, limit_concurrency: int, forwarded_allow_ips: str | None,
+    ref: AppRef,
+    app_spec_arg: str | None,
+    host: str,
+    port: int,
+    log_level: str,
+    request_timeout: float,
+    limit_concurrency: int,
+    forwarded_allow_ips: str | None,
     public_url: str | None,
-) -> None:  # fmt: skip
+) -> None:
     """Serve MODULE:APP over HTTP: the dashboard at /, the JSON API under /api (schema at
     /api/openapi.json), /metrics and /health.
 
@@ -186,10 +230,14 @@ def serve(
         raise click.BadParameter("an http:// or https:// URL", param_hint="--public-url")
     app = load_app(app_spec(app_spec_arg or ref.spec))
     server.run(
-        create_api(app, tokens, public_url=public_url), host=host, port=port,
-        log_level=log_level, request_timeout=request_timeout, limit=limit_concurrency,
+        create_api(app, tokens, public_url=public_url),
+        host=host,
+        port=port,
+        log_level=log_level,
+        request_timeout=request_timeout,
+        limit=limit_concurrency,
         forwarded_allow_ips=forwarded_allow_ips or None,
-    )  # fmt: skip
+    )
 
 
 for _command in COMMANDS:

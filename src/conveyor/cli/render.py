@@ -92,9 +92,12 @@ def compact_json(value: Any, limit: int | None = None) -> str:
 
 def _table(title: str | None = None) -> Table:
     return Table(
-        title=title, title_justify="left", title_style="bold", box=box.SIMPLE_HEAD,
+        title=title,
+        title_justify="left",
+        title_style="bold",
+        box=box.SIMPLE_HEAD,
         show_edge=False,
-    )  # fmt: skip
+    )
 
 
 def jobs_table(jobs: Sequence[Job], now: float, title: str | None = None) -> Table:
@@ -109,10 +112,15 @@ def jobs_table(jobs: Sequence[Job], now: float, title: str | None = None) -> Tab
     table.add_column("Info", overflow="fold")
     for job in jobs:
         table.add_row(
-            str(job.id), plain(job.task), plain(job.queue), str(job.priority),
-            state_text(job.state), f"{job.attempt}/{job.max_attempts}",
-            ago(job.created_at, now), plain(job_info(job, now)),
-        )  # fmt: skip
+            str(job.id),
+            plain(job.task),
+            plain(job.queue),
+            str(job.priority),
+            state_text(job.state),
+            f"{job.attempt}/{job.max_attempts}",
+            ago(job.created_at, now),
+            plain(job_info(job, now)),
+        )
     return table
 
 
@@ -128,11 +136,14 @@ def dead_table(jobs: Sequence[Job], now: float) -> Table:
     for job in map(redacted, jobs):
         error = job.errors[-1] if job.errors else {}
         table.add_row(
-            str(job.id), plain(job.task), plain(job.queue), f"{job.attempt}/{job.max_attempts}",
+            str(job.id),
+            plain(job.task),
+            plain(job.queue),
+            f"{job.attempt}/{job.max_attempts}",
             ago(job.finished_at, now),
             Text.assemble(plain(short_type(error), "red"), plain(f": {error.get('message', '')}")),
             plain(compact_json(job.args, 60)),
-        )  # fmt: skip
+        )
     return table
 
 
@@ -181,9 +192,12 @@ def cron_table(entries: Sequence[Mapping[str, Any]], now: float) -> Table:
             else:
                 last_job.append("purged", style="dim")
         table.add_row(
-            plain(e["name"]), plain(f"{e['schedule']} ({e['tz']})"),
-            f"{when} ({ago(e['next_tick'], now)})", ago(e["last_fired_tick"], now), last_job,
-        )  # fmt: skip
+            plain(e["name"]),
+            plain(f"{e['schedule']} ({e['tz']})"),
+            f"{when} ({ago(e['next_tick'], now)})",
+            ago(e["last_fired_tick"], now),
+            last_job,
+        )
     return table
 
 
@@ -204,10 +218,14 @@ def circuits_table(circuits: Sequence[Mapping[str, Any]], now: float) -> Table:
         failures = f"{c['failures']}/{threshold}" if threshold else str(c["failures"])
         open_since = ago(c["opened_at"], now) if c["state"] != "closed" else "-"
         table.add_row(
-            plain(c["name"]), Text(c["state"].replace("_", "-"), style=_CIRCUIT_STYLES[c["state"]]),
-            failures, str(c["held"]), open_since, ago(c["probed_at"], now),
+            plain(c["name"]),
+            Text(c["state"].replace("_", "-"), style=_CIRCUIT_STYLES[c["state"]]),
+            failures,
+            str(c["held"]),
+            open_since,
+            ago(c["probed_at"], now),
             plain(c["reason"] or ""),
-        )  # fmt: skip
+        )
     return table
 
 
@@ -222,11 +240,16 @@ def circuit_log_table(events: Sequence[Mapping[str, Any]], now: float) -> Table:
     for e in events:
         open_for = "-" if e["open_for"] is None else span(e["open_for"])
         table.add_row(
-            f"{when(e['at'])} ({ago(e['at'], now)})", plain(e["name"]),
-            Text(e["event"].replace("_", "-"), style=_CIRCUIT_STYLES.get(
-                {"opened": "open"}.get(e["event"], e["event"]), "")),
-            str(e["held"]), open_for, plain(e["reason"] or ""),
-        )  # fmt: skip
+            f"{when(e['at'])} ({ago(e['at'], now)})",
+            plain(e["name"]),
+            Text(
+                e["event"].replace("_", "-"),
+                style=_CIRCUIT_STYLES.get({"opened": "open"}.get(e["event"], e["event"]), ""),
+            ),
+            str(e["held"]),
+            open_for,
+            plain(e["reason"] or ""),
+        )
     return table
 
 
@@ -248,11 +271,16 @@ def workers_table(workers: Iterable[WorkerInfo], now: float, lease_seconds: floa
             shown = ", ".join(str(i) for i in w.running[:5])
             running += f" ({shown}{', …' if len(w.running) > 5 else ''})"
         table.add_row(
-            plain(w.id), plain(w.host), str(w.pid), plain(",".join(w.queues) if w.queues else "*"),
-            str(w.concurrency), running, ago(w.started_at, now),
+            plain(w.id),
+            plain(w.host),
+            str(w.pid),
+            plain(",".join(w.queues) if w.queues else "*"),
+            str(w.concurrency),
+            running,
+            ago(w.started_at, now),
             ago(now - w.heartbeat_age(now), now),
             Text("lost", style="bold red") if lost else Text("alive", style="green"),
-        )  # fmt: skip
+        )
     return table
 
 
@@ -294,8 +322,12 @@ def job_detail(job: Job, history: Sequence[HistoryEntry], now: float) -> Rendera
         row("cancel", Text("requested", style="yellow"))
     row("args", compact_json(job.args))
     row("kwargs", compact_json(job.kwargs))
-    row("result", "-" if job.result is None and job.state is not JobState.SUCCEEDED
-        else compact_json(job.result))  # fmt: skip
+    row(
+        "result",
+        "-"
+        if job.result is None and job.state is not JobState.SUCCEEDED
+        else compact_json(job.result),
+    )
     if job.meta:
         row("meta", compact_json(job.meta))
 

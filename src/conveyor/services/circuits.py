@@ -43,9 +43,12 @@ async def report(app: App, backend: Backend, circuit: Circuit, outcome: Outcome)
         return
     try:
         change = await backend.change_circuit(
-            circuit.name, action, app.clock.now(), threshold=circuit.failure_threshold,
+            circuit.name,
+            action,
+            app.clock.now(),
+            threshold=circuit.failure_threshold,
             reason=reason,
-        )  # fmt: skip
+        )
     except BackendUnavailable as exc:
         # The next failure or success reports again; the job's own outcome is not at stake.
         log.warning("circuit.report_failed", circuit=circuit.name, error=str(exc))
@@ -87,8 +90,11 @@ class CircuitProber(Service):
                 await self.backend.record_probe(circuit.name, now)
                 continue
             change = await self.backend.change_circuit(
-                circuit.name, Action.ANSWERED, now, reason="the probe got an answer",
+                circuit.name,
+                Action.ANSWERED,
+                now,
+                reason="the probe got an answer",
                 half_open_jobs=circuit.half_open_jobs,
-            )  # fmt: skip
+            )
             if change is not None:
                 announce(self.app, change)

@@ -78,9 +78,14 @@ async def rescue_expired_leases(app: App, backend: Backend, leader: str | None =
         for job, outcome in zip(expired, outcomes, strict=True):
             if job.id in applied:
                 log.warning(
-                    "lease.rescued", job_id=job.id, task=job.task, queue=job.queue,
-                    worker_id=job.worker_id, attempt=job.attempt, state=outcome.state.value,
-                )  # fmt: skip
+                    "lease.rescued",
+                    job_id=job.id,
+                    task=job.task,
+                    queue=job.queue,
+                    worker_id=job.worker_id,
+                    attempt=job.attempt,
+                    state=outcome.state.value,
+                )
         rescued += len(applied)
         if len(expired) < BATCH or not applied:
             break

@@ -41,11 +41,16 @@ class ErrorBody(BaseModel):
 ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorBody, "description": text}
     for status, text in [
-        (400, "Bad request"), (401, "No or unknown token"), (403, "The token's role may not"),
-        (404, "No such job, task or path"), (409, "Not in this state"),
-        (413, "Body too large"), (422, "Invalid input"), (503, "Store unreachable or busy"),
+        (400, "Bad request"),
+        (401, "No or unknown token"),
+        (403, "The token's role may not"),
+        (404, "No such job, task or path"),
+        (409, "Not in this state"),
+        (413, "Body too large"),
+        (422, "Invalid input"),
+        (503, "Store unreachable or busy"),
     ]
-}  # fmt: skip
+}
 
 
 def create_api(
@@ -61,11 +66,18 @@ def create_api(
         await app.backend.release()  # what is bound to the server's event loop
 
     api = GuardedAPI(
-        title="conveyor", openapi_url="/api/openapi.json", docs_url=None, redoc_url=None,
-        lifespan=lifespan, responses=ERRORS,
-    )  # fmt: skip
-    api.guard = {"max_body": MAX_BODY_BYTES, "loopback_only": tokens is None,
-                 "public_url": public_url}  # fmt: skip
+        title="conveyor",
+        openapi_url="/api/openapi.json",
+        docs_url=None,
+        redoc_url=None,
+        lifespan=lifespan,
+        responses=ERRORS,
+    )
+    api.guard = {
+        "max_body": MAX_BODY_BYTES,
+        "loopback_only": tokens is None,
+        "public_url": public_url,
+    }
     shared = Shared(app, tokens, public_url)
     api.state.conveyor = app
     api.state.stats, api.state.streams = shared.stats, shared.streams
@@ -85,8 +97,9 @@ def add_error_handlers(api: FastAPI) -> None:
 
     @api.exception_handler(ApiError)
     def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse({"error": exc.error, "detail": exc.detail}, status_code=exc.status,
-                            headers=exc.headers)  # fmt: skip
+        return JSONResponse(
+            {"error": exc.error, "detail": exc.detail}, status_code=exc.status, headers=exc.headers
+        )
 
     @api.exception_handler(JobNotFound)
     def _not_found(request: Request, exc: JobNotFound) -> JSONResponse:
@@ -107,8 +120,9 @@ def add_error_handlers(api: FastAPI) -> None:
 
     @api.exception_handler(BackendUnavailable)
     def _unavailable(request: Request, exc: BackendUnavailable) -> JSONResponse:
-        return JSONResponse({"error": "the store is unreachable", "detail": str(exc)},
-                            status_code=503)  # fmt: skip
+        return JSONResponse(
+            {"error": "the store is unreachable", "detail": str(exc)}, status_code=503
+        )
 
     @api.exception_handler(RequestValidationError)
     def _bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -117,8 +131,7 @@ def add_error_handlers(api: FastAPI) -> None:
 
     @api.exception_handler(StarletteHTTPException)
     def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse({"error": str(exc.detail), "detail": None},
-                            status_code=exc.status_code)  # fmt: skip
+        return JSONResponse({"error": str(exc.detail), "detail": None}, status_code=exc.status_code)
 
     @api.exception_handler(Exception)
     def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -78,8 +78,9 @@ class Streams:
 
     def response(self, events: AsyncIterator[str]) -> StreamingResponse:
         if self.open >= self.limit:
-            raise ApiError(503, "too many event streams are open; try again later",
-                           {"limit": self.limit})  # fmt: skip
+            raise ApiError(
+                503, "too many event streams are open; try again later", {"limit": self.limit}
+            )
         self.open += 1
 
         async def counted() -> AsyncIterator[str]:
@@ -111,8 +112,11 @@ class Shared:
 
         def check(request: Request) -> None:
             if {"token", "access_token"} & set(request.query_params):
-                raise ApiError(400, "tokens are never accepted in a query string",
-                               "send Authorization: Bearer <token>")  # fmt: skip
+                raise ApiError(
+                    400,
+                    "tokens are never accepted in a query string",
+                    "send Authorization: Bearer <token>",
+                )
             if tokens is None:
                 return
             scheme, _, token = request.headers.get("authorization", "").partition(" ")
@@ -121,8 +125,12 @@ class Shared:
             client = client_of(request)
             wait = throttle.retry_after(client)
             if wait is not None:
-                raise ApiError(429, "too many unknown tokens from this address; wait",
-                               {"retry_after_s": wait}, retry_after=wait)  # fmt: skip
+                raise ApiError(
+                    429,
+                    "too many unknown tokens from this address; wait",
+                    {"retry_after_s": wait},
+                    retry_after=wait,
+                )
             found = tokens.role_of(token.strip())
             if found is None:
                 throttle.failed(client)
@@ -150,10 +158,16 @@ def leaves(value: Any) -> Iterator[str]:
 
 
 def find_jobs(
-    app: App, *, state: JobState | None = None, queue: str | None = None, task: str | None = None,
-    error_type: str | None = None, search: str | None = None, limit: int = 50,
+    app: App,
+    *,
+    state: JobState | None = None,
+    queue: str | None = None,
+    task: str | None = None,
+    error_type: str | None = None,
+    search: str | None = None,
+    limit: int = 50,
     before_id: int | None = None,
-) -> tuple[list[Job], int | None]:  # fmt: skip
+) -> tuple[list[Job], int | None]:
     """A page of jobs, newest first, and the `before_id` of the next page (None: no more).
 
     `search` matches a job id exactly, or text in the task name or the arguments as a person
@@ -177,9 +191,11 @@ def find_jobs(
             job = None
         last = job.errors[-1].get("type") if job is not None and job.errors else None
         wanted = job is not None and (
-            state in (None, job.state) and queue in (None, job.queue)
-            and task in (None, job.task) and error_type in (None, last)
-        )  # fmt: skip
+            state in (None, job.state)
+            and queue in (None, job.queue)
+            and task in (None, job.task)
+            and error_type in (None, last)
+        )
         return ([job] if wanted and job is not None else []), None
     needle = search.casefold()
     # the store narrows the window down by the longest plain-ASCII part of the text (kept
@@ -235,9 +251,13 @@ def group_action(app: App, action: str, body: GroupBody) -> dict[str, Any]:
     done, cursor = 0, None
     for _ in range(MAX_GROUP // MAX_BULK):
         page = app.list_jobs(
-            JobState.DEAD, queue=body.queue, task=body.task, error_type=body.error_type,
-            limit=MAX_BULK, before_id=cursor,
-        )  # fmt: skip
+            JobState.DEAD,
+            queue=body.queue,
+            task=body.task,
+            error_type=body.error_type,
+            limit=MAX_BULK,
+            before_id=cursor,
+        )
         if not page:
             return {"action": action, "affected": done, "more": False}
         done += bulk(app, action, [j.id for j in page])

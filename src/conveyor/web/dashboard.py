@@ -172,12 +172,17 @@ def chart(bars: list[Bar], label: Callable[[Bar], str]) -> dict[str, Any]:
             if h > 0:
                 y -= h
                 parts.append({"state": state.value, "y": round(y, 2), "h": round(h, 2)})
-        columns.append({
-            "x": round(i * step, 2), "w": round(max(step - 1, 1), 2), "parts": parts,
-            "title": f"{label(bar)}: " + ", ".join(
-                f"{n} {s.value}" for s, n in bar.counts.items() if n) if bar.total
-            else f"{label(bar)}: none",
-        })  # fmt: skip
+        columns.append(
+            {
+                "x": round(i * step, 2),
+                "w": round(max(step - 1, 1), 2),
+                "parts": parts,
+                "title": f"{label(bar)}: "
+                + ", ".join(f"{n} {s.value}" for s, n in bar.counts.items() if n)
+                if bar.total
+                else f"{label(bar)}: none",
+            }
+        )
     total = {s.value: sum(b.counts[s] for b in bars) for s in bars[0].counts} if bars else {}
     return {"width": width, "height": height, "columns": columns, "top": top, "total": total}
 
@@ -203,8 +208,11 @@ def create_dashboard(api: FastAPI, shared: Shared) -> None:
     public_https = (public_url or "").lower().startswith("https:")
     templates = jinja2.Environment(
         loader=jinja2.FileSystemLoader(HERE / "templates"),
-        autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
-    )  # fmt: skip
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
     templates.filters.update(pretty=pretty, span=views.span, when=views.when)
     api.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     routes = APIRouter()
@@ -224,23 +232,38 @@ def create_dashboard(api: FastAPI, shared: Shared) -> None:
         return found
 
     def page(
-        request: Request, template: str, session: Session, title: str, *,
-        stream: str = "/ui/events", status: int = 200, **context: Any,
-    ) -> HTMLResponse:  # fmt: skip
+        request: Request,
+        template: str,
+        session: Session,
+        title: str,
+        *,
+        stream: str = "/ui/events",
+        status: int = 200,
+        **context: Any,
+    ) -> HTMLResponse:
         """A page for `session`; a session `viewer` just issued goes out as its cookie."""
         now = app.clock.now()
         flash = sessions.read_flash(request.cookies.get(cookie_name(request, FLASH_COOKIE)))
         html = templates.get_template(template).render(
-            request=request, session=session, csrf=sessions.csrf(session), title=title,
-            path=request.url.path, here=str(request.url.path) + (
-                f"?{request.url.query}" if request.url.query else ""),
-            stream=stream, flash=flash, now=now, ago=lambda ts: views.ago(ts, now),
-            signed_in=tokens is not None, JobState=JobState, **context,
-        )  # fmt: skip
+            request=request,
+            session=session,
+            csrf=sessions.csrf(session),
+            title=title,
+            path=request.url.path,
+            here=str(request.url.path) + (f"?{request.url.query}" if request.url.query else ""),
+            stream=stream,
+            flash=flash,
+            now=now,
+            ago=lambda ts: views.ago(ts, now),
+            signed_in=tokens is not None,
+            JobState=JobState,
+            **context,
+        )
         response = HTMLResponse(html, status_code=status, headers={"Cache-Control": "no-store"})
         if flash:
-            response.delete_cookie(cookie_name(request, FLASH_COOKIE), path="/",
-                                   secure=secure(request))  # fmt: skip
+            response.delete_cookie(
+                cookie_name(request, FLASH_COOKIE), path="/", secure=secure(request)
+            )
         issued = getattr(request.state, "new_session", None)
         if issued is not None:
             set_session(response, issued, request)
@@ -248,9 +271,14 @@ def create_dashboard(api: FastAPI, shared: Shared) -> None:
 
     def set_session(response: Response, value: str, request: Request) -> None:
         response.set_cookie(
-            cookie_name(request, SESSION_COOKIE), value, max_age=SESSION_S, path="/",
-            httponly=True, samesite="strict", secure=secure(request),
-        )  # fmt: skip
+            cookie_name(request, SESSION_COOKIE),
+            value,
+            max_age=SESSION_S,
+            path="/",
+            httponly=True,
+            samesite="strict",
+            secure=secure(request),
+        )
 
     def viewer(request: Request) -> Session:
         """The signed-in session (or, without tokens, an admin one); else to the sign-in page."""
@@ -278,9 +306,15 @@ def create_dashboard(api: FastAPI, shared: Shared) -> None:
 
     def done(request: Request, message: str, back: str | None, default: str) -> Response:
         response = RedirectResponse(safe_next(back, default), status_code=303)
-        response.set_cookie(cookie_name(request, FLASH_COOKIE), sessions.sign_flash(message),
-                            max_age=30, path="/", httponly=True, samesite="strict",
-                            secure=secure(request))  # fmt: skip
+        response.set_cookie(
+            cookie_name(request, FLASH_COOKIE),
+            sessions.sign_flash(message),
+            max_age=30,
+            path="/",
+            httponly=True,
+            samesite="strict",
+            secure=secure(request),
+        )
         return response
 
     @api.exception_handler(SignedIn)
@@ -310,15 +344,19 @@ def create_dashboard(api: FastAPI, shared: Shared) -> None:
         client = client_of(request)
         wait = None if tokens is None else throttle.retry_after(client)
         if wait is not None:
-            return again(f"Too many unknown tokens from this address: try again in {wait} s.",
-                         429, {"Retry-After": str(wait)})  # fmt: skip
+            return again(
+                f"Too many unknown tokens from this address: try again in {wait} s.",
+                429,
+                {"Retry-After": str(wait)},
+            )
         role = None if tokens is None else tokens.role_of(token.strip())
         if tokens is not None and role is None:
             throttle.failed(client)
             return again("That token is not known.", 401)
         response = RedirectResponse(safe_next(next), status_code=303)
-        set_session(response, sessions.issue(role or "admin", token.strip() if role else None),
-                    request)  # fmt: skip
+        set_session(
+            response, sessions.issue(role or "admin", token.strip() if role else None), request
+        )
         return response
 
     @routes.post("/signout", include_in_schema=False)
@@ -327,9 +365,13 @@ def create_dashboard(api: FastAPI, shared: Shared) -> None:
         if session is not None and equal(csrf, sessions.csrf(session)):
             app.revoke_session(session.nonce, session.expires)
             response = RedirectResponse("/signin", status_code=303)
-            response.delete_cookie(cookie_name(request, SESSION_COOKIE), path="/",
-                                   secure=secure(request), httponly=True,
-                                   samesite="strict")  # fmt: skip
+            response.delete_cookie(
+                cookie_name(request, SESSION_COOKIE),
+                path="/",
+                secure=secure(request),
+                httponly=True,
+                samesite="strict",
+            )
             return response
         raise SignedIn(403, "the form is stale; reload the page")
 
@@ -340,10 +382,15 @@ def create_dashboard(api: FastAPI, shared: Shared) -> None:
         session = viewer(request)
         snap = stats.snapshot()
         return page(
-            request, "overview.html", session, "Overview", snap=snap, workers=snap.workers,
+            request,
+            "overview.html",
+            session,
+            "Overview",
+            snap=snap,
+            workers=snap.workers,
             hour=chart(snap.minutes, lambda b: local_hm(b.start)),
             day=chart(snap.hours, lambda b: f"{local_hm(b.start)} to {local_hm(b.start + 3600)}"),
-        )  # fmt: skip
+        )
 
     @routes.get("/queues", include_in_schema=False)
     def queues(request: Request) -> Response:
@@ -352,8 +399,9 @@ def create_dashboard(api: FastAPI, shared: Shared) -> None:
         return page(request, "queues.html", session, "Queues", snap=snap)
 
     @routes.post("/queues/{name}/{action}", include_in_schema=False)
-    def steer_queue(request: Request, name: str, action: str, csrf: str = Form(""),
-                    back: str = Form("/queues")) -> Response:  # fmt: skip
+    def steer_queue(
+        request: Request, name: str, action: str, csrf: str = Form(""), back: str = Form("/queues")
+    ) -> Response:
         actor(request, csrf)
         if action not in ("pause", "resume"):
             raise SignedIn(404, f"no action {action!r} for queues")
@@ -365,29 +413,58 @@ def create_dashboard(api: FastAPI, shared: Shared) -> None:
 
     @routes.get("/jobs", include_in_schema=False)
     def jobs(
-        request: Request, state: str = "", queue: str = "", task: str = "", search: str = "",
-        error_type: str = "", limit: int = PAGE,
+        request: Request,
+        state: str = "",
+        queue: str = "",
+        task: str = "",
+        search: str = "",
+        error_type: str = "",
+        limit: int = PAGE,
         before_id: int | None = Query(None, ge=1, le=MAX_ID),
-    ) -> Response:  # fmt: skip
+    ) -> Response:
         session = viewer(request)
         wanted = JobState(state) if state in {s.value for s in JobState} else None
         limit = min(max(limit, 1), MAX_PAGE)
         found, after = find_jobs(
-            app, state=wanted, queue=queue or None, task=task or None, search=search[:200] or None,
-            error_type=error_type or None, limit=limit, before_id=before_id,
-        )  # fmt: skip
+            app,
+            state=wanted,
+            queue=queue or None,
+            task=task or None,
+            search=search[:200] or None,
+            error_type=error_type or None,
+            limit=limit,
+            before_id=before_id,
+        )
         snap = stats.snapshot()
-        filters = {"state": state, "queue": queue, "task": task, "search": search,
-                   "error_type": error_type}  # fmt: skip
-        older = None if after is None else "/jobs?" + urlencode(
-            {**{k: v for k, v in filters.items() if v}, "before_id": after})  # fmt: skip
+        filters = {
+            "state": state,
+            "queue": queue,
+            "task": task,
+            "search": search,
+            "error_type": error_type,
+        }
+        older = (
+            None
+            if after is None
+            else "/jobs?"
+            + urlencode({**{k: v for k, v in filters.items() if v}, "before_id": after})
+        )
         return page(
-            request, "jobs.html", session, "Jobs", jobs=found, filters=filters, older=older,
-            paged=before_id is not None, snap=snap, tasks=sorted(app.tasks),
+            request,
+            "jobs.html",
+            session,
+            "Jobs",
+            jobs=found,
+            filters=filters,
+            older=older,
+            paged=before_id is not None,
+            snap=snap,
+            tasks=sorted(app.tasks),
             # a search reads many jobs: it is not repeated live
             stream="" if search else "/ui/events" + (f"?queue={quote(queue)}" if queue else ""),
-            info=lambda j: views.job_info(j, snap.taken_at), max_bulk=MAX_BULK,
-        )  # fmt: skip
+            info=lambda j: views.job_info(j, snap.taken_at),
+            max_bulk=MAX_BULK,
+        )
 
     @routes.post("/jobs/bulk", include_in_schema=False)
     async def bulk_jobs(request: Request) -> Response:
@@ -411,21 +488,31 @@ def create_dashboard(api: FastAPI, shared: Shared) -> None:
         try:
             job = app.get_job(job_id)
         except JobNotFound:
-            return page(request, "missing.html", session, f"Job {job_id}", job_id=job_id,
-                        status=404)  # fmt: skip
+            return page(
+                request, "missing.html", session, f"Job {job_id}", job_id=job_id, status=404
+            )
         shown = views.redacted(job)
         return page(
-            request, "job.html", session, f"Job {job.id}", job=job, shown=shown,
-            history=app.job_history(job.id), stream=f"/ui/events?job_id={job.id}",
+            request,
+            "job.html",
+            session,
+            f"Job {job.id}",
+            job=job,
+            shown=shown,
+            history=app.job_history(job.id),
+            stream=f"/ui/events?job_id={job.id}",
             retryable=job.state in RETRYABLE_STATES,
             cancellable=job.state not in FINISHED_STATES and not job.cancel_requested,
-        )  # fmt: skip
+        )
 
     @routes.post("/jobs/{job_id}/{action}", include_in_schema=False)
     def steer_job(
-        request: Request, action: str, job_id: int = InPath(ge=1, le=MAX_ID),
-        csrf: str = Form(""), back: str = Form(""),
-    ) -> Response:  # fmt: skip
+        request: Request,
+        action: str,
+        job_id: int = InPath(ge=1, le=MAX_ID),
+        csrf: str = Form(""),
+        back: str = Form(""),
+    ) -> Response:
         actor(request, csrf)
         default = f"/jobs/{job_id}"
         try:
@@ -434,8 +521,11 @@ def create_dashboard(api: FastAPI, shared: Shared) -> None:
                 message = f"Job {job_id} is queued again."
             elif action == "cancel":
                 job = app.cancel_job(job_id, note="cancelled from the dashboard")
-                message = (f"Job {job_id} cancelled." if job.state is JobState.CANCELLED
-                           else f"Job {job_id} was asked to stop.")  # fmt: skip
+                message = (
+                    f"Job {job_id} cancelled."
+                    if job.state is JobState.CANCELLED
+                    else f"Job {job_id} was asked to stop."
+                )
             else:
                 raise SignedIn(404, f"no action {action!r} for jobs")
         except (InvalidTransition, JobNotFound) as exc:
@@ -444,25 +534,46 @@ def create_dashboard(api: FastAPI, shared: Shared) -> None:
         return done(request, message, back, default)
 
     @routes.get("/dlq", include_in_schema=False)
-    def dead_letter(request: Request, task: str = "", error_type: str = "",
-                    before_id: int | None = Query(None, ge=1, le=MAX_ID)) -> Response:  # fmt: skip
+    def dead_letter(
+        request: Request,
+        task: str = "",
+        error_type: str = "",
+        before_id: int | None = Query(None, ge=1, le=MAX_ID),
+    ) -> Response:
         session = viewer(request)
         groups = app.dead_groups()
         found, after = find_jobs(
-            app, state=JobState.DEAD, task=task or None, error_type=error_type or None,
-            limit=PAGE, before_id=before_id,
-        )  # fmt: skip
+            app,
+            state=JobState.DEAD,
+            task=task or None,
+            error_type=error_type or None,
+            limit=PAGE,
+            before_id=before_id,
+        )
         filters = {k: v for k, v in {"task": task, "error_type": error_type}.items() if v}
         older = None if after is None else "/dlq?" + urlencode({**filters, "before_id": after})
         return page(
-            request, "dlq.html", session, "Dead-letter queue", groups=groups, jobs=found,
-            filters=filters, older=older, total=sum(g.count for g in groups),
+            request,
+            "dlq.html",
+            session,
+            "Dead-letter queue",
+            groups=groups,
+            jobs=found,
+            filters=filters,
+            older=older,
+            total=sum(g.count for g in groups),
             last_error=views.last_error,
-        )  # fmt: skip
+        )
 
     @routes.post("/dlq/{action}", include_in_schema=False)
-    def steer_dead(request: Request, action: str, csrf: str = Form(""), task: str = Form(""),
-                   error_type: str = Form(""), back: str = Form("/dlq")) -> Response:  # fmt: skip
+    def steer_dead(
+        request: Request,
+        action: str,
+        csrf: str = Form(""),
+        task: str = Form(""),
+        error_type: str = Form(""),
+        back: str = Form("/dlq"),
+    ) -> Response:
         actor(request, csrf)
         if action not in ("retry", "purge"):
             raise SignedIn(404, f"no action {action!r} for the dead-letter queue")
@@ -482,16 +593,16 @@ def create_dashboard(api: FastAPI, shared: Shared) -> None:
         session = viewer(request)
         now, lease = app.clock.now(), app.settings.lease_seconds
         found = [views.worker_dict(w, now, lease) for w in app.list_workers()]
-        return page(request, "workers.html", session, "Workers",
-                                          workers=found)  # fmt: skip
+        return page(request, "workers.html", session, "Workers", workers=found)
 
     @routes.get("/cron", include_in_schema=False)
     def cron(request: Request) -> Response:
         session = viewer(request)
         now = app.clock.now()
         records = app.periodic_ticks() if app.periodics else {}
-        entries = [views.cron_dict(e, records.get(e.name), now, app.redact)
-                   for e in app.periodics.values()]  # fmt: skip
+        entries = [
+            views.cron_dict(e, records.get(e.name), now, app.redact) for e in app.periodics.values()
+        ]
         return page(request, "cron.html", session, "Cron", entries=entries)
 
     @routes.get("/circuits", include_in_schema=False)
@@ -499,9 +610,13 @@ def create_dashboard(api: FastAPI, shared: Shared) -> None:
         session = viewer(request)
         shown = views.circuits_dict(app.circuits, app.circuit_states(), app.circuit_log(limit=50))
         return page(
-            request, "circuits.html", session, "Circuits", circuits=shown["circuits"],
+            request,
+            "circuits.html",
+            session,
+            "Circuits",
+            circuits=shown["circuits"],
             log=shown["log"],
-        )  # fmt: skip
+        )
 
     @routes.post("/circuits/{name}/close", include_in_schema=False)
     def close_circuit(request: Request, name: str, csrf: str = Form("")) -> Response:
@@ -511,8 +626,11 @@ def create_dashboard(api: FastAPI, shared: Shared) -> None:
         return done(request, message, "/circuits", "/circuits")
 
     @routes.get("/ui/events", include_in_schema=False)
-    async def changes(request: Request, job_id: int | None = Query(None, ge=1, le=MAX_ID),
-                      queue: str | None = None) -> Response:  # fmt: skip
+    async def changes(
+        request: Request,
+        job_id: int | None = Query(None, ge=1, le=MAX_ID),
+        queue: str | None = None,
+    ) -> Response:
         await asyncio.to_thread(viewer, request)  # it reads the store
         return streams.response(change_stream(app, job_id, queue))
 

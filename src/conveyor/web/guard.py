@@ -105,9 +105,12 @@ def relative(location: bytes, host: bytes) -> bytes:
 
 class Guard:
     def __init__(
-        self, app: ASGIApp, max_body: int = MAX_BODY_BYTES, loopback_only: bool = False,
+        self,
+        app: ASGIApp,
+        max_body: int = MAX_BODY_BYTES,
+        loopback_only: bool = False,
         public_url: str | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.app, self.max_body, self.loopback_only = app, max_body, loopback_only
         self.public_origin = origin_of(public_url) if public_url else None
 
@@ -150,8 +153,9 @@ class Guard:
         except BodyTooLarge:
             if started:
                 raise
-            await self._refuse(send, 413, "the request body is too large",
-                               {"max_bytes": self.max_body})  # fmt: skip
+            await self._refuse(
+                send, 413, "the request body is too large", {"max_bytes": self.max_body}
+            )
         except Exception:
             if started:  # the app's error handler answered already (or the response broke)
                 raise
@@ -162,14 +166,20 @@ class Guard:
         """(status, error, detail) of a request refused before it reaches the app, or None."""
         if self.loopback_only:
             if host_name(headers.get(b"host", b"")) not in LOOPBACK_HOSTS:
-                return (421, "this server answers only to 127.0.0.1 and localhost",
-                        "it has no API tokens: it serves this machine only")  # fmt: skip
+                return (
+                    421,
+                    "this server answers only to 127.0.0.1 and localhost",
+                    "it has no API tokens: it serves this machine only",
+                )
             client = scope.get("client")
             if (client is not None and not is_loopback(client[0])) or any(
                 h in headers for h in PROXY_HEADERS
             ):
-                return (403, "this server has no API tokens: it serves this machine only",
-                        "set CONVEYOR_API_TOKENS to serve other machines or a proxy")  # fmt: skip
+                return (
+                    403,
+                    "this server has no API tokens: it serves this machine only",
+                    "set CONVEYOR_API_TOKENS to serve other machines or a proxy",
+                )
         length = headers.get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.max_body):
             return 413, "the request body is too large", {"max_bytes": self.max_body}
@@ -198,11 +208,17 @@ class Guard:
 
     async def _refuse(self, send: Send, status: int, error: str, detail: Any = None) -> None:
         data = json.dumps({"error": error, "detail": detail}).encode()
-        await send({
-            "type": "http.response.start", "status": status,
-            "headers": [(b"content-type", b"application/json"),
-                        (b"content-length", str(len(data)).encode()), *HEADERS],
-        })  # fmt: skip
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(data)).encode()),
+                    *HEADERS,
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": data})
 
 

@@ -31,9 +31,28 @@ from conveyor.web.stats import Stats
 
 #: Job latencies, from a few milliseconds to four hours (seconds).
 LATENCY_BUCKETS = (
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
-    600.0, 1800.0, 3600.0, 7200.0, 14400.0, float("inf"),
-)  # fmt: skip
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    120.0,
+    300.0,
+    600.0,
+    1800.0,
+    3600.0,
+    7200.0,
+    14400.0,
+    float("inf"),
+)
 #: State changes read from the store per round trip while a scrape catches up.
 EVENT_PAGE = 1000
 
@@ -45,29 +64,40 @@ class JobMetrics:
         self.app, self.stats = app, stats
         self.registry = CollectorRegistry()
         self.finished = Counter(
-            "conveyor_jobs_finished", "Jobs that reached a finished state.",
-            ["queue", "task", "state"], registry=self.registry,
-        )  # fmt: skip
+            "conveyor_jobs_finished",
+            "Jobs that reached a finished state.",
+            ["queue", "task", "state"],
+            registry=self.registry,
+        )
         self.queue_wait = Histogram(
             "conveyor_job_queue_wait_seconds",
             "How long a finished job's last attempt waited after it was due.",
-            ["queue", "task"], buckets=LATENCY_BUCKETS, registry=self.registry,
-        )  # fmt: skip
-        self.run_time = Histogram(
-            "conveyor_job_run_seconds", "How long a finished job's last attempt ran.",
-            ["queue", "task"], buckets=LATENCY_BUCKETS, registry=self.registry,
-        )  # fmt: skip
-        self.jobs = Gauge(
-            "conveyor_jobs", "Jobs in the store now, per queue and state.", ["queue", "state"],
+            ["queue", "task"],
+            buckets=LATENCY_BUCKETS,
             registry=self.registry,
-        )  # fmt: skip
+        )
+        self.run_time = Histogram(
+            "conveyor_job_run_seconds",
+            "How long a finished job's last attempt ran.",
+            ["queue", "task"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.jobs = Gauge(
+            "conveyor_jobs",
+            "Jobs in the store now, per queue and state.",
+            ["queue", "state"],
+            registry=self.registry,
+        )
         self.workers = Gauge(
             "conveyor_workers", "Workers that heartbeat within a lease.", registry=self.registry
         )
         self.circuit_open = Gauge(
-            "conveyor_circuit_open", "1 while a circuit holds its jobs (open or half-open).",
-            ["circuit"], registry=self.registry,
-        )  # fmt: skip
+            "conveyor_circuit_open",
+            "1 while a circuit holds its jobs (open or half-open).",
+            ["circuit"],
+            registry=self.registry,
+        )
         # queues seen since start: one that empties out shows zeros instead of vanishing
         self._queues: set[str] = set()
         # one scrape at a time: two reading from the same cursor would count twice

@@ -71,9 +71,10 @@ class GuardedProtocol(H11Protocol):
         if self.transport.is_closing() or not receiving:
             self._stop_watch()
         elif self._deadline is None and (
-            self.conn.their_state is h11.SEND_BODY or self.cycle is None
+            self.conn.their_state is h11.SEND_BODY
+            or self.cycle is None
             or self.cycle.response_complete  # a new request on a kept-alive connection
-        ):  # fmt: skip
+        ):
             self._deadline = self.loop.call_later(self.request_timeout, self._too_slow)
 
     def _stop_watch(self) -> None:
@@ -85,8 +86,11 @@ class GuardedProtocol(H11Protocol):
         self._deadline = None
         if self.transport.is_closing():
             return
-        log.info("http.request_timeout", client=self.client and self.client[0],
-                 seconds=self.request_timeout)  # fmt: skip
+        log.info(
+            "http.request_timeout",
+            client=self.client and self.client[0],
+            seconds=self.request_timeout,
+        )
         if self.conn.our_state is h11.IDLE and self.conn.their_state is h11.IDLE:
             self.send_error(408, "the request was not sent in time", close=True)
         else:
@@ -98,9 +102,12 @@ class GuardedProtocol(H11Protocol):
     def send_error(self, status: int, error: str, *, close: bool) -> None:
         """An error answered by the server itself: the JSON shape, the security headers."""
         body = json.dumps({"error": error, "detail": None}).encode()
-        headers = [(b"content-type", b"application/json"),
-                   (b"content-length", str(len(body)).encode()), (b"connection", b"close"),
-                   *HEADERS]  # fmt: skip
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"connection", b"close"),
+            *HEADERS,
+        ]
         try:
             self.transport.write(self.conn.send(h11.Response(status_code=status, headers=headers)))
             self.transport.write(self.conn.send(h11.Data(data=body)) or b"")
@@ -112,17 +119,29 @@ class GuardedProtocol(H11Protocol):
 
 
 def run(
-    api: Any, *, host: str, port: int, log_level: str,
-    request_timeout: float = SERVE_REQUEST_TIMEOUT_S, limit: int = SERVE_CONNECTION_LIMIT,
+    api: Any,
+    *,
+    host: str,
+    port: int,
+    log_level: str,
+    request_timeout: float = SERVE_REQUEST_TIMEOUT_S,
+    limit: int = SERVE_CONNECTION_LIMIT,
     forwarded_allow_ips: str | None = None,
-) -> None:  # fmt: skip
+) -> None:
     """Serve `api` until SIGINT or SIGTERM."""
-    protocol = type("Protocol", (GuardedProtocol,),
-                    {"request_timeout": request_timeout, "limit": limit})  # fmt: skip
+    protocol = type(
+        "Protocol", (GuardedProtocol,), {"request_timeout": request_timeout, "limit": limit}
+    )
     uvicorn.run(
-        api, host=host, port=port, log_level=log_level.lower(), access_log=False,
-        http=protocol, server_header=False, timeout_keep_alive=KEEP_ALIVE_S,
+        api,
+        host=host,
+        port=port,
+        log_level=log_level.lower(),
+        access_log=False,
+        http=protocol,
+        server_header=False,
+        timeout_keep_alive=KEEP_ALIVE_S,
         h11_max_incomplete_event_size=MAX_HEAD_BYTES,
         proxy_headers=forwarded_allow_ips is not None,
         forwarded_allow_ips=forwarded_allow_ips or "",
-    )  # fmt: skip
+    )

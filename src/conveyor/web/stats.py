@@ -114,8 +114,9 @@ class Stats:
         self._read_throughput(now)
         since = app.queued_since()
         queues = views.queues_dict(self._counts(), app.paused_queues(), app.queue_limits())
-        recent: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(
-            (s.value for s in DONE_STATES), 0))  # fmt: skip
+        recent: dict[str, dict[str, int]] = defaultdict(
+            lambda: dict.fromkeys((s.value for s in DONE_STATES), 0)
+        )
         for start, counts in self._per_minute.items():
             if start >= now - 300:
                 for (queue, state), n in counts.items():
@@ -129,9 +130,14 @@ class Stats:
         live = app.live_workers()
         totals = {s.value: sum(q["jobs"][s.value] for q in queues.values()) for s in JobState}
         return Snapshot(
-            now, dict(sorted(queues.items())), self._bars(now, 60, 60), self._bars(now, 3600, 24),
-            live, totals, self._day_complete,
-        )  # fmt: skip
+            now,
+            dict(sorted(queues.items())),
+            self._bars(now, 60, 60),
+            self._bars(now, 3600, 24),
+            live,
+            totals,
+            self._day_complete,
+        )
 
     def _counts(self) -> dict[str, dict[JobState, int]]:
         counts = self.app.queue_stats([s for s in JobState if s not in BULK_STATES])
@@ -148,8 +154,12 @@ class Stats:
         first = math.floor((now - DAY) / 3600) * 3600
         if not self._settled:  # the first snapshot: the last two hours now, the rest later
             self._settled = math.floor((now - 7200) / 3600) * 3600
-            threading.Thread(target=self._read_day, args=(first, self._settled), daemon=True,
-                             name="conveyor-day-throughput").start()  # fmt: skip
+            threading.Thread(
+                target=self._read_day,
+                args=(first, self._settled),
+                daemon=True,
+                name="conveyor-day-throughput",
+            ).start()
         since = max(first, self._settled)
         fresh: dict[float, dict[tuple[str, JobState], int]] = defaultdict(dict)
         for row in self.app.finished_counts(since, 60):

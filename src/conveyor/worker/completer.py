@@ -97,16 +97,22 @@ class Completer:
         bare = _without_task_output(finished.outcome, exc)
         if bare != finished.outcome:
             log.error(
-                "job.outcome_unstorable", job_id=finished.job.id, task=finished.job.task,
-                attempt=finished.job.attempt, error=repr(exc),
-            )  # fmt: skip
+                "job.outcome_unstorable",
+                job_id=finished.job.id,
+                task=finished.job.task,
+                attempt=finished.job.attempt,
+                error=repr(exc),
+            )
             return await self._write([dataclasses.replace(finished, outcome=bare)])
         # Not even the bare outcome is taken: give it up. The job's lease runs out and the
         # leader rescues it, as if this worker had died.
         log.error(
-            "outcomes.write_failed", job_id=finished.job.id, task=finished.job.task,
-            attempt=finished.job.attempt, error=repr(exc),
-        )  # fmt: skip
+            "outcomes.write_failed",
+            job_id=finished.job.id,
+            task=finished.job.task,
+            attempt=finished.job.attempt,
+            error=repr(exc),
+        )
         return []
 
     async def flush(self) -> None:

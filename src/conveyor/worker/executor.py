@@ -76,9 +76,13 @@ def error_entry(exc: BaseException, worker_id: str, at: float, attempt: int) -> 
     except Exception:
         trace = f"{name}: {_safe_text(exc)} (the traceback could not be formatted)"
     return error_record(
-        storable_text(name), storable_text(_safe_text(exc)), storable_text(trace), at,
-        worker_id, attempt,
-    )  # fmt: skip
+        storable_text(name),
+        storable_text(_safe_text(exc)),
+        storable_text(trace),
+        at,
+        worker_id,
+        attempt,
+    )
 
 
 class NotStarted(Exception):
@@ -209,9 +213,13 @@ class Executor:
         else:
             decision = decide(policy, exc, job.attempt, job.max_attempts)
         return self._outcome(
-            job, decision.state, error=exc, note=decision.note, delay=decision.delay,
+            job,
+            decision.state,
+            error=exc,
+            note=decision.note,
+            delay=decision.delay,
             refund=downstream,
-        )  # fmt: skip
+        )
 
     def _outcome(
         self,

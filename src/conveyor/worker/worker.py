@@ -196,9 +196,12 @@ class Worker:
             [self.rescuer, self.pruner, self.scheduler, self.prober, self.watch]
         )
         self.elector = Elector(
-            self.app, self.backend, self.id, maintenance_round,
+            self.app,
+            self.backend,
+            self.id,
+            maintenance_round,
             on_change=self.maintainer.leadership_changed,
-        )  # fmt: skip
+        )
         if handle_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self.stop)
@@ -207,9 +210,13 @@ class Worker:
             if not await self._start_up():
                 return  # stopped before the store could be reached
             log.info(
-                "worker.started", worker_id=self.id, queues=self.queues or "*",
-                concurrency=self.concurrency, burst=self.burst, backend=self.backend.url,
-            )  # fmt: skip
+                "worker.started",
+                worker_id=self.id,
+                queues=self.queues or "*",
+                concurrency=self.concurrency,
+                burst=self.burst,
+                backend=self.backend.url,
+            )
             services = [
                 loop.create_task(self.completer.run()),
                 loop.create_task(self.heartbeat.run()),
@@ -309,9 +316,11 @@ class Worker:
     async def _wait_for_heartbeat(self) -> None:
         age = time.monotonic() - self._beat_sent_at
         log.warning(
-            "worker.claims_paused", worker_id=self.id, last_heartbeat_s=round(age, 3),
+            "worker.claims_paused",
+            worker_id=self.id,
+            last_heartbeat_s=round(age, 3),
             reason="no heartbeat reached the store for half a lease",
-        )  # fmt: skip
+        )
         self._beat_heard.clear()
         await self._wait_any(self._beat_heard.wait())
         if not self.stopping:
@@ -432,9 +441,13 @@ class Worker:
         if active.ctx.cancel_reason in (CANCELLED, LEASE_LOST):
             return
         log.warning(
-            "job.lease_lost", job_id=active.job.id, task=active.job.task,
-            attempt=active.job.attempt, worker_id=self.id, reason=why,
-        )  # fmt: skip
+            "job.lease_lost",
+            job_id=active.job.id,
+            task=active.job.task,
+            attempt=active.job.attempt,
+            worker_id=self.id,
+            reason=why,
+        )
         self._stop_job(active, LEASE_LOST)
 
     def drop_lapsed_leases(self) -> None:
@@ -456,10 +469,15 @@ class Worker:
         mine = list(self._active)
         running = sorted({*mine, *self.completer_pending()})
         info = WorkerInfo(
-            id=self.id, host=self.host, pid=self.pid, queues=self.queues,
-            concurrency=self.concurrency, started_at=self.started_at, last_beat=now,
+            id=self.id,
+            host=self.host,
+            pid=self.pid,
+            queues=self.queues,
+            concurrency=self.concurrency,
+            started_at=self.started_at,
+            last_beat=now,
             running=sorted({job_id for job_id, _ in running}),
-        )  # fmt: skip
+        )
         beat = await self.backend.heartbeat(info, running, now + lease)
         self._beat_sent_at = asked
         self._beat_heard.set()
@@ -485,14 +503,18 @@ class Worker:
 
     async def _hand_back_unknown(self, unknown: set[tuple[int, int]]) -> None:
         log.warning(
-            "worker.unknown_claims", worker_id=self.id, jobs=sorted(i for i, _ in unknown),
+            "worker.unknown_claims",
+            worker_id=self.id,
+            jobs=sorted(i for i, _ in unknown),
             reason="claimed for this worker by a claim whose answer never arrived",
-        )  # fmt: skip
+        )
         for job_id, attempt in sorted(unknown):
             job = await self.backend.get_job(job_id)
             if job is None or (job.state, job.worker_id, job.attempt) != (
-                JobState.RUNNING, self.id, attempt,
-            ):  # fmt: skip
+                JobState.RUNNING,
+                self.id,
+                attempt,
+            ):
                 continue
             outcome = self._executor.hand_back(job, note="claimed too late: handed back")
             self.completer.add(Finished(job, outcome, 0.0))
@@ -514,10 +536,13 @@ class Worker:
                         self.app.alerts.job_dead(finished.job, finished.outcome.error)
             else:
                 log.warning(
-                    "job.outcome_discarded", job_id=finished.job.id, task=finished.job.task,
-                    attempt=finished.job.attempt, outcome=finished.outcome.state.value,
+                    "job.outcome_discarded",
+                    job_id=finished.job.id,
+                    task=finished.job.task,
+                    attempt=finished.job.attempt,
+                    outcome=finished.outcome.state.value,
                     reason="the attempt was no longer running here (rescued or cancelled)",
-                )  # fmt: skip
+                )
 
     # -- shutdown ---------------------------------------------------------------------------
 
@@ -593,9 +618,12 @@ async def _wait_all_or(
 def _log_outcome(finished: Finished) -> None:
     job, outcome = finished.job, finished.outcome
     fields: dict[str, Any] = {
-        "job_id": job.id, "task": job.task, "queue": job.queue, "attempt": job.attempt,
+        "job_id": job.id,
+        "task": job.task,
+        "queue": job.queue,
+        "attempt": job.attempt,
         "duration_ms": round(finished.duration * 1000, 3),
-    }  # fmt: skip
+    }
     if outcome.state is JobState.SUCCEEDED:
         log.info("job.succeeded", **fields)
     elif outcome.state in (JobState.RETRYING, JobState.DEAD):

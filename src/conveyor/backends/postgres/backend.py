@@ -154,14 +154,18 @@ class PostgresOperations(SqlOperations):
             rows = yield Stmt(
                 self.q.insert_job,
                 {
-                    "now": self.now(first.created_at), "queue": first.queue,
-                    "task": first.task, "args": first.args, "kwargs": first.kwargs,
-                    "meta": first.meta, "priority": first.priority,
+                    "now": self.now(first.created_at),
+                    "queue": first.queue,
+                    "task": first.task,
+                    "args": first.args,
+                    "kwargs": first.kwargs,
+                    "meta": first.meta,
+                    "priority": first.priority,
                     "max_attempts": first.max_attempts,
                     "delay": max(0.0, first.run_at - first.created_at),
                     "state": first.state.value,
                 },
-            )  # fmt: skip
+            )
             return self._stored(jobs, rows)
         rows = yield Stmt(self.q.insert_jobs, self._batch_params(jobs, depths))
         return self._stored(jobs, sorted(rows, key=lambda r: r["id"]))  # ids in input order
@@ -228,9 +232,7 @@ class PostgresOperations(SqlOperations):
         gone = [i for i, holder in zip(held, found, strict=True) if not holder]
         again = [jobs[i] for i in gone]
         retried = iter(
-            (yield from self.insert_unique_plan(again, [depths[i] for i in gone]))
-            if again
-            else []
+            (yield from self.insert_unique_plan(again, [depths[i] for i in gone])) if again else []
         )
         for i, holder in zip(held, found, strict=True):
             if holder:
@@ -253,15 +255,23 @@ class PostgresOperations(SqlOperations):
     # -- the worker's hot path --------------------------------------------------------------
 
     def claim(
-        self, worker_id: str, queues: Sequence[str] | None, limit: int, lease_until: float,
+        self,
+        worker_id: str,
+        queues: Sequence[str] | None,
+        limit: int,
+        lease_until: float,
         now: float,
-    ) -> Call[list[Job]]:  # fmt: skip
+    ) -> Call[list[Job]]:
         return Call(self._claim(worker_id, queues, limit, lease_until, now))
 
     def _claim(
-        self, worker_id: str, queues: Sequence[str] | None, limit: int, lease_until: float,
+        self,
+        worker_id: str,
+        queues: Sequence[str] | None,
+        limit: int,
+        lease_until: float,
         now: float,
-    ) -> Plan[list[Job]]:  # fmt: skip
+    ) -> Plan[list[Job]]:
         # Due scheduled and retrying jobs are promoted with the claim, except while the queue
         # keeps this worker busy: then at most every PROMOTE_EVERY_S (a short claim, which
         # may mean the queue ran dry, always promotes). Whether limits are in play is looked
@@ -291,14 +301,22 @@ class PostgresOperations(SqlOperations):
         return jobs
 
     def claim_plan(
-        self, worker_id: str, queues: Sequence[str] | None, limit: int, lease: float,
-        now: float | None, promote: bool = True,
-    ) -> Plan[tuple[list[Job], bool | None]]:  # fmt: skip
+        self,
+        worker_id: str,
+        queues: Sequence[str] | None,
+        limit: int,
+        lease: float,
+        now: float | None,
+        promote: bool = True,
+    ) -> Plan[tuple[list[Job], bool | None]]:
         """The plain claim (jobs without limits). With `promote`, due jobs are promoted first
         and the claim also tells whether limits are in play (else None)."""
         params: dict[str, Any] = {
-            "worker_id": worker_id, "limit": limit, "lease": lease, "now": now,
-        }  # fmt: skip
+            "worker_id": worker_id,
+            "limit": limit,
+            "lease": lease,
+            "now": now,
+        }
         if queues is None:
             claim = Stmt(self.q.claim, params)
         elif len(queues) == 1:
@@ -318,9 +336,13 @@ class PostgresOperations(SqlOperations):
         return in_claim_order(Job.from_row(r) for r in rows), present
 
     def limited_claim_plan(
-        self, worker_id: str, queues: Sequence[str] | None, limit: int, lease: float,
+        self,
+        worker_id: str,
+        queues: Sequence[str] | None,
+        limit: int,
+        lease: float,
         now: float | None,
-    ) -> Plan[tuple[list[Job], bool]]:  # fmt: skip
+    ) -> Plan[tuple[list[Job], bool]]:
         """The claim when limits are in play, run atomically: one limited claim at a time,
         cluster-wide, counts what is running and started and picks the best jobs that fit
         (plain ones too, so priorities hold across both)."""
@@ -345,9 +367,13 @@ class PostgresOperations(SqlOperations):
             if r["rate_used"] is not None:
                 started[r["rate_key"]] = r["rate_used"]
         ids = pick(
-            (Candidate.from_row(r) for r in rows), limit, queue_free=queue_free,
-            running=running, started=started, circuit_free=circuit_free,
-        )  # fmt: skip
+            (Candidate.from_row(r) for r in rows),
+            limit,
+            queue_free=queue_free,
+            running=running,
+            started=started,
+            circuit_free=circuit_free,
+        )
         claimed = []
         if ids:
             claimed = yield Stmt(
@@ -414,10 +440,12 @@ class PostgresOperations(SqlOperations):
             self.q.extend_leases,
             {
                 "now": self.now(worker.last_beat),
-                "lease": max(0.0, lease_until - worker.last_beat), "worker_id": worker.id,
-                "ids": [job_id for job_id, _ in running], "attempts": [a for _, a in running],
+                "lease": max(0.0, lease_until - worker.last_beat),
+                "worker_id": worker.id,
+                "ids": [job_id for job_id, _ in running],
+                "attempts": [a for _, a in running],
             },
-        )  # fmt: skip
+        )
 
     def heartbeat(
         self, worker: WorkerInfo, running: Sequence[tuple[int, int]], lease_until: float
@@ -449,10 +477,13 @@ class PostgresOperations(SqlOperations):
 
     def purge(self, where: JobFilter, older_than: float, now: float) -> Call[int]:
         params = {
-            "states": where.state_names or [], "age": older_than, "now": self.now(now),
-            "queue": where.queue, "task": where.task,
+            "states": where.state_names or [],
+            "age": older_than,
+            "now": self.now(now),
+            "queue": where.queue,
+            "task": where.task,
             "ids": None if where.ids is None else list(where.ids),
-        }  # fmt: skip
+        }
         return Call(self._purged(params))
 
     def _purged(self, params: dict[str, Any]) -> Plan[int]:
@@ -460,13 +491,24 @@ class PostgresOperations(SqlOperations):
         return int(rows[0]["n"])
 
     def set_progress(
-        self, job_id: int, worker_id: str, attempt: int, progress: float, stage: str | None,
-        message: str | None, now: float,
-    ) -> Call[bool]:  # fmt: skip
+        self,
+        job_id: int,
+        worker_id: str,
+        attempt: int,
+        progress: float,
+        stage: str | None,
+        message: str | None,
+        now: float,
+    ) -> Call[bool]:
         params = {
-            "id": job_id, "worker_id": worker_id, "attempt": attempt, "progress": progress,
-            "stage": stage, "message": message, "now": self.now(now),
-        }  # fmt: skip
+            "id": job_id,
+            "worker_id": worker_id,
+            "attempt": attempt,
+            "progress": progress,
+            "stage": stage,
+            "message": message,
+            "now": self.now(now),
+        }
         return Call(self._progress_plan(params))
 
     def _progress_plan(self, params: dict[str, Any]) -> Plan[bool]:
@@ -633,15 +675,21 @@ class PostgresEngine(Engine):
         """LISTEN of its own for one subscriber: on the events channel (state changes and
         progress) and the jobs channel (new runnable jobs)."""
         return Listener(
-            self.url, self._connector.kwargs(), f"{self.schema}_events", self.q.listen_events,
-            listen=self.settings.postgres_listen, poll_interval=self.settings.poll_interval,
-        )  # fmt: skip
+            self.url,
+            self._connector.kwargs(),
+            f"{self.schema}_events",
+            self.q.listen_events,
+            listen=self.settings.postgres_listen,
+            poll_interval=self.settings.poll_interval,
+        )
 
     def subscribe_blocking(self) -> SyncListener:
         return SyncListener(
-            self.url, self._connector.kwargs(), self.q.listen_events,
+            self.url,
+            self._connector.kwargs(),
+            self.q.listen_events,
             listen=self.settings.postgres_listen,
-        )  # fmt: skip
+        )
 
     async def release(self) -> None:
         if self._listener is not None:

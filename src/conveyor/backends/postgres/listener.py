@@ -112,9 +112,10 @@ class Listener:
                 if error is None and not self._listening:
                     # LISTEN itself is refused (PgBouncer in transaction mode, say): poll.
                     log.warning(
-                        "listener.polling", reason=f"LISTEN failed: {exc}".strip(),
+                        "listener.polling",
+                        reason=f"LISTEN failed: {exc}".strip(),
                         interval_s=self._poll_interval,
-                    )  # fmt: skip
+                    )
                     return
                 failures += 1
                 outage.failed(error or exc)  # the server went away, or cannot serve now

@@ -117,18 +117,29 @@ class SqliteOperations(SqlOperations):
     # -- the worker's hot path --------------------------------------------------------------
 
     def claim(
-        self, worker_id: str, queues: Sequence[str] | None, limit: int, lease_until: float,
+        self,
+        worker_id: str,
+        queues: Sequence[str] | None,
+        limit: int,
+        lease_until: float,
         now: float,
-    ) -> Call[list[Job]]:  # fmt: skip
+    ) -> Call[list[Job]]:
         return Call(self._claim_plan(worker_id, queues, limit, lease_until, now), atomic=True)
 
     def _claim_plan(
-        self, worker_id: str, queues: Sequence[str] | None, limit: int, lease_until: float,
+        self,
+        worker_id: str,
+        queues: Sequence[str] | None,
+        limit: int,
+        lease_until: float,
         now: float,
-    ) -> Plan[list[Job]]:  # fmt: skip
+    ) -> Plan[list[Job]]:
         params: dict[str, Any] = {
-            "worker_id": worker_id, "now": now, "lease_until": lease_until, "limit": limit,
-        }  # fmt: skip
+            "worker_id": worker_id,
+            "now": now,
+            "lease_until": lease_until,
+            "limit": limit,
+        }
         _, [(limited,)] = yield [Stmt(Q.promote_due, {"now": now}), Stmt(Q.limits_present)]
         if limited:
             rows = yield from self._claim_limited(queues, params)
@@ -187,9 +198,13 @@ class SqliteOperations(SqlOperations):
                 wanted = {"key": b["key"], "queues": mine, "limit": room}
                 found += yield Stmt(candidates, wanted)
         ids = pick(
-            (Candidate.from_row(r) for r in found), limit, queue_free=queue_free,
-            running=used["concurrency"], started=used["rate"], circuit_free=circuit_free,
-        )  # fmt: skip
+            (Candidate.from_row(r) for r in found),
+            limit,
+            queue_free=queue_free,
+            running=used["concurrency"],
+            started=used["rate"],
+            circuit_free=circuit_free,
+        )
         if not ids:
             return []
         rows = yield Stmt(Q.claim_ids, {**params, "ids": self.ids(ids)})
@@ -219,11 +234,12 @@ class SqliteOperations(SqlOperations):
         return Stmt(
             Q.extend_leases,
             {
-                "lease_until": lease_until, "worker_id": worker.id,
+                "lease_until": lease_until,
+                "worker_id": worker.id,
                 "ids": self.ids(sorted({job_id for job_id, _ in running})),
                 "attempts": json.dumps([f"{i}:{a}" for i, a in running]),
             },
-        )  # fmt: skip
+        )
 
     def after_beat(self) -> Plan[None]:
         # Every beat also looks at everyone else's: the liveness the leader judges by.
@@ -288,10 +304,13 @@ class SqliteOperations(SqlOperations):
 
     def purge(self, where: JobFilter, older_than: float, now: float) -> Call[int]:
         params = {
-            "states": self.texts(where.state_names or []), "age": older_than, "now": now,
-            "queue": where.queue, "task": where.task,
+            "states": self.texts(where.state_names or []),
+            "age": older_than,
+            "now": now,
+            "queue": where.queue,
+            "task": where.task,
             "ids": None if where.ids is None else self.ids(where.ids),
-        }  # fmt: skip
+        }
         return Call(self._purge_plan(params), atomic=True)
 
     def _purge_plan(self, params: dict[str, Any]) -> Plan[int]:
@@ -299,13 +318,24 @@ class SqliteOperations(SqlOperations):
         return rows_or_count((yield Stmt(Q.purge, params)))
 
     def set_progress(
-        self, job_id: int, worker_id: str, attempt: int, progress: float, stage: str | None,
-        message: str | None, now: float,
-    ) -> Call[bool]:  # fmt: skip
+        self,
+        job_id: int,
+        worker_id: str,
+        attempt: int,
+        progress: float,
+        stage: str | None,
+        message: str | None,
+        now: float,
+    ) -> Call[bool]:
         params = {
-            "id": job_id, "worker_id": worker_id, "attempt": attempt, "progress": progress,
-            "stage": stage, "message": message, "now": now,
-        }  # fmt: skip
+            "id": job_id,
+            "worker_id": worker_id,
+            "attempt": attempt,
+            "progress": progress,
+            "stage": stage,
+            "message": message,
+            "now": now,
+        }
         return Call(self._progress_plan(params), atomic=True)
 
     def _progress_plan(self, params: dict[str, Any]) -> Plan[bool]:
@@ -318,26 +348,54 @@ class SqliteOperations(SqlOperations):
 def _insert_row(job: NewJob, depth: int, full: bool) -> tuple[Any, ...]:
     """A job's row for `insert_job` (a plain job: the columns that stay NULL are not bound,
     which costs a fifth of the insert) or `insert_job_full`."""
-    row = (job.queue, job.task, job.args, job.kwargs, job.meta, job.priority, job.state.value,
-           job.max_attempts, job.run_at, job.created_at, job.created_at)  # fmt: skip
+    row = (
+        job.queue,
+        job.task,
+        job.args,
+        job.kwargs,
+        job.meta,
+        job.priority,
+        job.state.value,
+        job.max_attempts,
+        job.run_at,
+        job.created_at,
+        job.created_at,
+    )
     if not full:
         return row
     return (
-        *row, job.unique_key, job.on_dependency_failure, depth, job.concurrency_key,
-        job.concurrency_max, job.rate_key, job.rate_max, job.rate_period, job.circuit,
-    )  # fmt: skip
+        *row,
+        job.unique_key,
+        job.on_dependency_failure,
+        depth,
+        job.concurrency_key,
+        job.concurrency_max,
+        job.rate_key,
+        job.rate_max,
+        job.rate_period,
+        job.circuit,
+    )
 
 
 def _outcome_params(o: Outcome) -> dict[str, Any]:
     return {
-        "id": o.job_id, "worker_id": o.worker_id, "attempt": o.attempt,
-        "state": o.state.value, "result": o.result,
-        "error": None if o.error is None else json.dumps(o.error), "run_at": o.run_at,
-        "refund": 1 if o.refunds_attempt else 0, "finished_at": o.finished_at,
-        "progress": o.progress, "keeps_cancel_request": o.keeps_cancel_request,
-        "keeps_requester_note": o.keeps_requester_note, "at": o.at, "note": o.note,
-        "lease_expired_before": o.lease_expired_before, "leader": o.leader,
-    }  # fmt: skip
+        "id": o.job_id,
+        "worker_id": o.worker_id,
+        "attempt": o.attempt,
+        "state": o.state.value,
+        "result": o.result,
+        "error": None if o.error is None else json.dumps(o.error),
+        "run_at": o.run_at,
+        "refund": 1 if o.refunds_attempt else 0,
+        "finished_at": o.finished_at,
+        "progress": o.progress,
+        "keeps_cancel_request": o.keeps_cancel_request,
+        "keeps_requester_note": o.keeps_requester_note,
+        "at": o.at,
+        "note": o.note,
+        "lease_expired_before": o.lease_expired_before,
+        "leader": o.leader,
+    }
 
 
 class SqliteEngine(Engine):

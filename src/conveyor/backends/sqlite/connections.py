@@ -98,6 +98,7 @@ def open_connection(path: str, url: str, synchronous: str, tables_sql: str) -> s
         raise unavailable_error(exc) from exc
     return conn
 
+
 def _use_wal(conn: sqlite3.Connection) -> None:
     """Switch a new file to WAL. Connections opening a fresh file at once race for the
     switch, and SQLite answers the losers "database is locked" without waiting: try again

@@ -19,7 +19,11 @@ from conveyor.web.common import Shared
 def routers(shared: Shared) -> list[APIRouter]:
     """The API's routers, in the order their paths are matched and documented."""
     return [
-        health.router(shared), jobs.router(shared), queues.router(shared),
-        workers.router(shared), cron.router(shared), circuits.router(shared),
+        health.router(shared),
+        jobs.router(shared),
+        queues.router(shared),
+        workers.router(shared),
+        cron.router(shared),
+        circuits.router(shared),
         events.router(shared),
-    ]  # fmt: skip
+    ]

@@ -18,7 +18,8 @@ def router(shared: Shared) -> APIRouter:
     def cron() -> list[dict[str, Any]]:
         now = app.clock.now()
         records = app.periodic_ticks() if app.periodics else {}
-        return [views.cron_dict(e, records.get(e.name), now, app.redact)
-                for e in app.periodics.values()]  # fmt: skip
+        return [
+            views.cron_dict(e, records.get(e.name), now, app.redact) for e in app.periodics.values()
+        ]
 
     return routes

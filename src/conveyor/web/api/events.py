@@ -55,9 +55,11 @@ def router(shared: Shared) -> APIRouter:
 
     @routes.get("/api/events", dependencies=[shared.read], response_class=StreamingResponse)
     async def events(
-        request: Request, job_id: int | None = Query(None, ge=1, le=MAX_ID),
-        queue: str | None = None, last_event_id: str | None = Header(None, max_length=64),
-    ) -> StreamingResponse:  # fmt: skip
+        request: Request,
+        job_id: int | None = Query(None, ge=1, le=MAX_ID),
+        queue: str | None = None,
+        last_event_id: str | None = Header(None, max_length=64),
+    ) -> StreamingResponse:
         """Server-Sent Events from now on (or after `Last-Event-ID`): every state change and
         progress report, of one job, one queue, or all."""
         return streams.response(event_stream(app, job_id, queue, Cursor.parse(last_event_id)))

@@ -22,8 +22,13 @@ def router(shared: Shared) -> APIRouter:
             live = len(app.live_workers()) if current else 0
         except BackendUnavailable as exc:
             return JSONResponse({"ok": False, "store": str(exc)}, status_code=503)
-        body = {"ok": current, "store": "reachable", "schema_version": version,
-                "migrations_current": current, "live_workers": live}  # fmt: skip
+        body = {
+            "ok": current,
+            "store": "reachable",
+            "schema_version": version,
+            "migrations_current": current,
+            "live_workers": live,
+        }
         return JSONResponse(body, status_code=200 if current else 503)
 
     return routes

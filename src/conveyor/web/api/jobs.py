@@ -62,11 +62,15 @@ def router(shared: Shared) -> APIRouter:
     @routes.post("/api/jobs", status_code=201, dependencies=[admin])
     def enqueue(body: NewJobBody) -> dict[str, Any]:
         options = {
-            k: v for k, v in
-            {"priority": body.priority, "delay": body.delay, "queue": body.queue,
-             "unique_key": body.unique_key}.items()
+            k: v
+            for k, v in {
+                "priority": body.priority,
+                "delay": body.delay,
+                "queue": body.queue,
+                "unique_key": body.unique_key,
+            }.items()
             if v is not None
-        }  # fmt: skip
+        }
         job = app.enqueue(body.task, args=body.args, kwargs=body.kwargs, **options)
         return job_json(job)
 
@@ -83,9 +87,15 @@ def router(shared: Shared) -> APIRouter:
         """Newest first; `next` is the `before_id` of the next page (None: the last page).
         `search`: a job id, or text in the task name or the (redacted) arguments."""
         jobs, after = find_jobs(
-            app, state=state, queue=queue, task=task, error_type=error_type, search=search,
-            limit=limit, before_id=before_id,
-        )  # fmt: skip
+            app,
+            state=state,
+            queue=queue,
+            task=task,
+            error_type=error_type,
+            search=search,
+            limit=limit,
+            before_id=before_id,
+        )
         return {"jobs": [job_json(j) for j in jobs], "next": after}
 
     @routes.post("/api/jobs/bulk", dependencies=[admin])
@@ -93,8 +103,11 @@ def router(shared: Shared) -> APIRouter:
         """Retry (dead or cancelled), cancel (not finished) or purge (finished) up to
         MAX_BULK jobs by id; `affected` counts those it applied to."""
         ids = list(dict.fromkeys(body.ids))
-        return {"action": body.action, "requested": len(ids),
-                "affected": bulk(app, body.action, ids)}  # fmt: skip
+        return {
+            "action": body.action,
+            "requested": len(ids),
+            "affected": bulk(app, body.action, ids),
+        }
 
     @routes.get("/api/jobs/{job_id}", dependencies=[read])
     def get_job(job_id: int = Path(ge=1, le=MAX_ID)) -> dict[str, Any]:
@@ -110,15 +123,21 @@ def router(shared: Shared) -> APIRouter:
 
     @routes.get("/api/dlq", dependencies=[read])
     def dead_letter(
-        queue: str | None = None, task: str | None = None,
+        queue: str | None = None,
+        task: str | None = None,
         error_type: str | None = Query(None, max_length=255),
         limit: int = Query(50, ge=1, le=MAX_PAGE),
         before_id: int | None = Query(None, ge=1, le=MAX_ID),
-    ) -> dict[str, Any]:  # fmt: skip
+    ) -> dict[str, Any]:
         jobs, after = find_jobs(
-            app, state=JobState.DEAD, queue=queue, task=task, error_type=error_type,
-            limit=limit, before_id=before_id,
-        )  # fmt: skip
+            app,
+            state=JobState.DEAD,
+            queue=queue,
+            task=task,
+            error_type=error_type,
+            limit=limit,
+            before_id=before_id,
+        )
         return {"jobs": [job_json(j) for j in jobs], "next": after}
 
     @routes.get("/api/dlq/groups", dependencies=[read])

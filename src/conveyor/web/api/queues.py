@@ -12,8 +12,11 @@ from conveyor.web.stats import Bar
 
 
 def bar_json(bar: Bar) -> dict[str, Any]:
-    return {"start": bar.start, "seconds": bar.seconds,
-            **{s.value: n for s, n in bar.counts.items()}}  # fmt: skip
+    return {
+        "start": bar.start,
+        "seconds": bar.seconds,
+        **{s.value: n for s, n in bar.counts.items()},
+    }
 
 
 def router(shared: Shared) -> APIRouter:
@@ -33,11 +36,13 @@ def router(shared: Shared) -> APIRouter:
         (last day), by state."""
         snap = stats.snapshot()
         return {
-            "taken_at": snap.taken_at, "live_workers": snap.live_workers, "jobs": snap.totals,
+            "taken_at": snap.taken_at,
+            "live_workers": snap.live_workers,
+            "jobs": snap.totals,
             "queues": snap.queues,
             "last_hour": [bar_json(b) for b in snap.minutes],
             "last_day": [bar_json(b) for b in snap.hours],
-        }  # fmt: skip
+        }
 
     @routes.post("/api/queues/{name}/pause", dependencies=[admin])
     def pause(name: str) -> dict[str, Any]:
