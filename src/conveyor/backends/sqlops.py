@@ -440,6 +440,46 @@ class SqlOperations(Operations):
         }
         return self._write(self._mapped(self.q.retry_jobs, params, lambda r: int(r["id"])))
 
+    def purge(self, where: JobFilter, older_than: float, now: float) -> Call[int]:
+        params = {
+            "states": self.texts(where.state_names or []),
+            "age": older_than,
+            "now": self.now(now),
+            "queue": where.queue,
+            "task": where.task,
+            "ids": None if where.ids is None else self.ids(where.ids),
+        }
+        return self._write(self.purge_plan(params))
+
+    @abc.abstractmethod
+    def purge_plan(self, params: dict[str, Any]) -> Plan[int]:
+        """Delete the jobs `params` name (with their history); the count."""
+
+    def set_progress(
+        self,
+        job_id: int,
+        worker_id: str,
+        attempt: int,
+        progress: float,
+        stage: str | None,
+        message: str | None,
+        now: float,
+    ) -> Call[bool]:
+        params = {
+            "id": job_id,
+            "worker_id": worker_id,
+            "attempt": attempt,
+            "progress": progress,
+            "stage": stage,
+            "message": message,
+            "now": self.now(now),
+        }
+        return self._write(self.progress_plan(params))
+
+    @abc.abstractmethod
+    def progress_plan(self, params: dict[str, Any]) -> Plan[bool]:
+        """Record a progress report (and the job's latest) if the attempt still runs."""
+
     def set_queue_paused(self, queue: str, paused: bool, now: float) -> Call[bool]:
         if paused:
             plan = self._count(self.q.pause_queue, {"name": queue, "now": self.now(now)})

@@ -19,7 +19,7 @@ from typing import Any, NoReturn, TypeVar
 import psycopg
 import psycopg_pool
 
-from conveyor.backends.base import Beat, Engine, JobFilter
+from conveyor.backends.base import Beat, Engine
 from conveyor.backends.plan import Atomic, Call, Plan, Stmt
 from conveyor.backends.postgres.drivers import drive_async, drive_sync
 from conveyor.backends.postgres.leader import LeaderSession
@@ -475,43 +475,11 @@ class PostgresOperations(SqlOperations):
         params = {"name": name, "holder": holder, "lease": max(0.0, until - now)}
         return Stmt(self.q.take_lead, params)
 
-    def purge(self, where: JobFilter, older_than: float, now: float) -> Call[int]:
-        params = {
-            "states": where.state_names or [],
-            "age": older_than,
-            "now": self.now(now),
-            "queue": where.queue,
-            "task": where.task,
-            "ids": None if where.ids is None else list(where.ids),
-        }
-        return Call(self._purged(params))
-
-    def _purged(self, params: dict[str, Any]) -> Plan[int]:
+    def purge_plan(self, params: dict[str, Any]) -> Plan[int]:
         rows = yield Stmt(self.q.purge, params)
         return int(rows[0]["n"])
 
-    def set_progress(
-        self,
-        job_id: int,
-        worker_id: str,
-        attempt: int,
-        progress: float,
-        stage: str | None,
-        message: str | None,
-        now: float,
-    ) -> Call[bool]:
-        params = {
-            "id": job_id,
-            "worker_id": worker_id,
-            "attempt": attempt,
-            "progress": progress,
-            "stage": stage,
-            "message": message,
-            "now": self.now(now),
-        }
-        return Call(self._progress_plan(params))
-
-    def _progress_plan(self, params: dict[str, Any]) -> Plan[bool]:
+    def progress_plan(self, params: dict[str, Any]) -> Plan[bool]:
         [row] = yield Stmt(self.q.set_progress, params)
         return bool(row["updated"] == 1)
 

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from conveyor.backends.base import Engine, JobFilter
+from conveyor.backends.base import Engine
 from conveyor.backends.plan import Atomic, Call, Plan, Stmt, rows_or_count
 from conveyor.backends.sql import Queries, load_migrations
 from conveyor.backends.sqlite.connections import (
@@ -302,43 +302,11 @@ class SqliteOperations(SqlOperations):
         yield Stmt(Q.put_leader, {"name": name, "holder": holder, "until": until})
         return True
 
-    def purge(self, where: JobFilter, older_than: float, now: float) -> Call[int]:
-        params = {
-            "states": self.texts(where.state_names or []),
-            "age": older_than,
-            "now": now,
-            "queue": where.queue,
-            "task": where.task,
-            "ids": None if where.ids is None else self.ids(where.ids),
-        }
-        return Call(self._purge_plan(params), atomic=True)
-
-    def _purge_plan(self, params: dict[str, Any]) -> Plan[int]:
+    def purge_plan(self, params: dict[str, Any]) -> Plan[int]:
         yield Stmt(Q.purge_history, params)
         return rows_or_count((yield Stmt(Q.purge, params)))
 
-    def set_progress(
-        self,
-        job_id: int,
-        worker_id: str,
-        attempt: int,
-        progress: float,
-        stage: str | None,
-        message: str | None,
-        now: float,
-    ) -> Call[bool]:
-        params = {
-            "id": job_id,
-            "worker_id": worker_id,
-            "attempt": attempt,
-            "progress": progress,
-            "stage": stage,
-            "message": message,
-            "now": now,
-        }
-        return Call(self._progress_plan(params), atomic=True)
-
-    def _progress_plan(self, params: dict[str, Any]) -> Plan[bool]:
+    def progress_plan(self, params: dict[str, Any]) -> Plan[bool]:
         if (yield Stmt(Q.set_progress, params)) == 0:
             return False
         yield Stmt(Q.record_progress, params)
