@@ -3,8 +3,12 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# `make bench-peers` measures conveyor beside PgQueuer and huey, pinned in a virtualenv of their own
+# (benchmarks/peers/requirements.txt), so the project's .venv never sees them.
+PEERS_VENV := .venv-peers
+PEERS_STAMP := $(PEERS_VENV)/.installed
 
-.PHONY: demo test check bench lint screenshots clean
+.PHONY: demo test check bench bench-peers lint screenshots clean
 
 $(STAMP): pyproject.toml requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +31,17 @@ check: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks
 
+$(PEERS_STAMP): pyproject.toml benchmarks/peers/requirements.txt
+	$(PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(PEERS_VENV)/bin/python -m pip install --quiet -r benchmarks/peers/requirements.txt
+	$(PEERS_VENV)/bin/python -m pip install --quiet --no-deps -e .
+	touch $(PEERS_STAMP)
+
+# conveyor beside PgQueuer (PostgreSQL) and huey (SQLite); BENCH_ARGS='--quick' for a short run.
+bench-peers: $(PEERS_STAMP)
+	$(PEERS_VENV)/bin/python -m benchmarks.peers $(BENCH_ARGS)
+
 screenshots: $(STAMP)
 	CONVEYOR_SCREENSHOTS=docs/img $(BIN)/python -m pytest -q tests/browser/test_dashboard.py -k sqlite
 
@@ -37,4 +52,4 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache conveyor-demo.db*
+	rm -rf $(VENV) $(PEERS_VENV) .pytest_cache .mypy_cache .ruff_cache conveyor-demo.db*

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from rich.console import Console
 
 from conftest import unreachable  # tests/conftest.py
 
@@ -28,6 +29,9 @@ if str(ROOT) not in sys.path:  # `benchmarks` sits beside `src`, not inside the 
 from benchmarks import raw, raw_postgres, workloads  # noqa: E402
 from benchmarks.__main__ import main  # noqa: E402
 from benchmarks.common import DEFAULT_POSTGRES_URL, Rate  # noqa: E402
+from benchmarks.peers import conveyor_side  # noqa: E402
+from benchmarks.peers.options import GROUPS, STORES, Options, parse_args  # noqa: E402
+from benchmarks.peers.report import CONVEYOR, PEER, RAW, StoreResults, print_report  # noqa: E402
 from benchmarks.suite import Config, run  # noqa: E402
 
 JOBS = 200
@@ -242,3 +246,103 @@ def test_postgres_suite_reports_shares_targets_and_quoted_figures(
     assert targets["drain.cli.p2.c5/p1"]["op"] == ">"
     assert targets["enqueue.call.1000"]["value"] == 50_000
     assert all(isinstance(t["met"], bool) for t in pg["targets"])
+
+
+# -- the peer comparison (`make bench-peers`) ---------------------------------------------------
+# PgQueuer and huey live in a virtualenv of their own that CI does not build: these tests cover
+# what runs without them (the command line, the table, the pins, conveyor's side).
+
+
+def test_peers_command_line_defaults_quick_and_only() -> None:
+    options = parse_args([])
+    assert (options.jobs, options.batch, options.repeat) == (20_000, 1_000, 3)
+    assert (options.latency_rate, options.latency_seconds) == (30.0, 10.0)
+    assert options.stores == STORES and options.groups == GROUPS and options.json is None
+
+    quick = parse_args(["--quick", "--json", "out.json"])
+    assert (quick.jobs, quick.repeat, quick.latency_seconds) == (2_000, 1, 3.0)
+    assert quick.json == Path("out.json")
+    assert parse_args(["--quick", "--jobs", "500"]).jobs == 500
+
+    only = parse_args(["--only", "drain,PG,latency", "--postgres-url", POSTGRES_URL])
+    assert only.stores == ("postgres",) and only.groups == ("drain", "latency")
+    assert only.postgres_url == POSTGRES_URL
+    assert parse_args(["--only", "huey"]).stores == ("sqlite",)
+    assert parse_args(["--only", "huey"]).groups == GROUPS
+    for wrong in (["--only", "redis"], ["--jobs", "0"], ["--repeat", "-1"]):
+        with pytest.raises(SystemExit):
+            parse_args(wrong)
+
+
+def test_peers_table_shows_medians_ranges_and_ratios_per_run() -> None:
+    results = StoreResults("postgres", "PgQueuer 1.6.0", header="the machine")
+    results.row("enqueue.one", "enqueue one by one", "jobs/s")
+    results.row("drain.async", "drain async no-op jobs", "jobs/s")
+    results.row("latency.sync.p50", "enqueue-to-start p50", "ms")
+    results.row("enqueue.bulk", "bulk enqueue", "jobs/s", "no bulk API here")
+    for conveyor_rate, peer_rate in ((3_000.0, 1_000.0), (1_000.0, 1_000.0), (2_000.0, 500.0)):
+        results.record("enqueue.one", CONVEYOR, conveyor_rate)
+        results.record("enqueue.one", PEER, peer_rate)
+    for raw_rate in (4_000.0, 5_000.0, 6_000.0):
+        results.record("enqueue.one", RAW, raw_rate)
+    for ms in (1.0, 2.0, 3.0):
+        results.record("latency.sync.p50", CONVEYOR, ms)
+        results.record("latency.sync.p50", PEER, 2 * ms)
+    for rate in (10_000.0, 12_000.0, 11_000.0):
+        results.record("drain.async", CONVEYOR, rate)  # the peer has no figure: no ratio
+        results.record("enqueue.bulk", CONVEYOR, rate)
+
+    one = results.rows["enqueue.one"]
+    assert one.ratios() == [3.0, 1.0, 4.0]  # within each run, not medians divided
+    assert results.rows["drain.async"].ratios() == []
+    assert results.rows["latency.sync.p50"].higher_is_better is False
+
+    console = Console(record=True, width=200)
+    print_report([results], Options(repeat=3), console)
+    text = console.export_text()
+    assert "conveyor and PgQueuer 1.6.0 on PostgreSQL: median of 3 runs" in text
+    assert "conveyor ÷ peer" in text and "raw psycopg loop" in text and "the machine" in text
+    assert "2,000" in text and "1,000-3,000" in text  # conveyor's median and range
+    assert "3.00x" in text and "1.00-4.00" in text  # the median of the per-run ratios
+    assert "5,000" in text and "4,000-6,000" in text  # the raw loop
+    assert "0.50x" in text  # latency: half the peer's
+    assert "n/a" in text and "no bulk API here" in text
+
+    data = results.to_json()
+    assert data["rows"]["enqueue.one"]["conveyor_over_peer"] == {
+        "median": 3.0,
+        "runs": [3.0, 1.0, 4.0],
+    }
+    assert data["rows"]["enqueue.one"]["raw"]["median"] == 5_000.0
+    assert "peer" not in data["rows"]["drain.async"]
+
+
+def _pins(path: Path) -> dict[str, str]:
+    pins = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            name, version = line.split("==")  # every requirement is pinned exactly
+            pins[name.lower().replace("_", "-")] = version
+    return pins
+
+
+def test_peers_requirements_are_pinned_and_agree_with_the_project() -> None:
+    peers = _pins(ROOT / "benchmarks" / "peers" / "requirements.txt")
+    dev = _pins(ROOT / "requirements-dev.txt")
+    assert peers["pgqueuer"] == "1.6.0" and peers["huey"] == "3.5.4" and "asyncpg" in peers
+    # conveyor runs in the peers' virtualenv on the same libraries as in the project's
+    for package in ("click", "cronsim", "rich", "structlog", "psycopg", "psycopg-pool"):
+        assert package in peers, package
+    differ = {p: (v, dev[p]) for p, v in peers.items() if p in dev and dev[p] != v}
+    assert not differ, (
+        f"benchmarks/peers/requirements.txt differs from requirements-dev.txt: {differ}"
+    )
+
+
+def test_peers_conveyor_side_drains_and_stamps_start_times() -> None:
+    # conveyor's half of the comparison: `conveyor worker` subprocesses, timed from their start
+    drained = conveyor_side.drain(50, False, "sqlite", None)
+    assert drained.jobs == 50 and 0 < drained.first_s <= drained.seconds
+    samples = conveyor_side.latency(20.0, 0.5, True, "sqlite", None)
+    assert len(samples) == 10 and all(0 <= s < 30 for s in samples)

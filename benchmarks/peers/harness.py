@@ -1,0 +1,189 @@
+"""What every system's workloads share: the worker subprocess (started, timed until the store
+says the work is done, stopped), the tasks that stamp their start time into a file, and the
+paced enqueue of the latency workload.
+
+Nothing here imports a peer, so each system's module stays small and the parts are testable
+without the peers' virtualenv.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+#: The folder that holds the `benchmarks` package: a worker subprocess imports it from there.
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+#: The file a stamping task appends "<job number> <start time>" lines to (set for the worker).
+STAMPS_ENV = "CONVEYOR_BENCH_STAMPS"
+#: How often the benchmark asks a store how much work is left. Every system is polled the same
+#: way, so the figures carry the same (small) cost and rounding.
+POLL_S = 0.02
+WORKER_START_TIMEOUT_S = 60.0
+
+
+def stamp(i: int) -> None:
+    """The latency task: note when it started (the machine's clock), nothing else."""
+    started = time.time()
+    with open(os.environ[STAMPS_ENV], "a", encoding="utf-8") as out:
+        out.write(f"{i} {started!r}\n")
+
+
+async def astamp(i: int) -> None:
+    """The same, as a coroutine."""
+    stamp(i)
+
+
+def command(script: str) -> list[str]:
+    """A console script of the running interpreter's environment (`conveyor`, `pgq`,
+    `huey_consumer`): the command a user would type."""
+    path = Path(sys.executable).with_name(script)
+    if not path.exists():
+        raise RuntimeError(f"{script} not found beside {sys.executable}: run `make bench-peers`")
+    return [str(path)]
+
+
+def worker_environ(extra: dict[str, str]) -> dict[str, str]:
+    env = dict(os.environ, **extra)
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH", "")) if p
+    )
+    return env
+
+
+@dataclass
+class Worker:
+    """A worker subprocess and the signal that stops it gracefully."""
+
+    process: subprocess.Popen[bytes]
+    stop_signal: signal.Signals
+    name: str
+
+    def check_alive(self) -> None:
+        if self.process.poll() is not None:
+            raise RuntimeError(f"{self.name} exited with code {self.process.returncode}")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(self.stop_signal)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+@contextlib.contextmanager
+def worker(
+    argv: list[str], env: dict[str, str], stop_signal: signal.Signals = signal.SIGTERM
+) -> Iterator[Worker]:
+    """Run `argv` (from the project root, `env` added to the environment) until the block
+    ends, then stop it with `stop_signal` (and kill it if it does not stop in 30 s)."""
+    process = subprocess.Popen(
+        argv, cwd=PROJECT_ROOT, env=worker_environ(env), stdin=subprocess.DEVNULL
+    )
+    running = Worker(process, stop_signal, Path(argv[0]).name)
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+@dataclass(frozen=True)
+class Drain:
+    """A drain timed from the worker's start: when the first job was seen done, when all were."""
+
+    jobs: int
+    first_s: float
+    seconds: float
+
+    @property
+    def per_second(self) -> float:
+        return self.jobs / self.seconds if self.seconds > 0 else 0.0
+
+
+def timed_drain(
+    jobs: int,
+    argv: list[str],
+    env: dict[str, str],
+    remaining: Callable[[], int],
+    stop_signal: signal.Signals = signal.SIGTERM,
+) -> Drain:
+    """Start the worker command and poll `remaining()` (jobs the store does not yet show as
+    done) every POLL_S until it is 0. The clock starts just before the process does, so the
+    interpreter's start-up, the imports and the first connection are part of every system's
+    figure alike."""
+    deadline = time.monotonic() + WORKER_START_TIMEOUT_S + jobs / 100
+    first = 0.0
+    started = time.perf_counter()
+    with worker(argv, env, stop_signal) as running:
+        while (left := remaining()) > 0:
+            if not first and left < jobs:
+                first = time.perf_counter() - started
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{running.name}: {left} of {jobs} jobs still not done")
+            code = running.process.poll()
+            if code is not None and remaining() > 0:  # a burst worker stops when it is done
+                raise RuntimeError(f"{running.name} exited (code {code}) with {left} jobs left")
+            time.sleep(POLL_S)
+        seconds = time.perf_counter() - started
+    return Drain(jobs, first or seconds, seconds)
+
+
+@contextlib.contextmanager
+def stamps_file() -> Iterator[Path]:
+    """An empty file for the stamping tasks to append to, removed afterwards."""
+    with tempfile.TemporaryDirectory(prefix="conveyor-bench-stamps-") as folder:
+        path = Path(folder) / "stamps.txt"
+        path.touch()
+        yield path
+
+
+def read_stamps(path: Path) -> dict[int, float]:
+    stamps: dict[int, float] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        number, _, started = line.partition(" ")
+        if started:  # a line being written may be incomplete
+            stamps[int(number)] = float(started)
+    return stamps
+
+
+def wait_for_stamps(path: Path, wanted: set[int], running: Worker, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not wanted <= read_stamps(path).keys():
+        running.check_alive()
+        if time.monotonic() > deadline:
+            missing = len(wanted - read_stamps(path).keys())
+            raise RuntimeError(f"{running.name}: {missing} of {len(wanted)} jobs never started")
+        time.sleep(POLL_S)
+
+
+def paced_latency(
+    rate: float, seconds: float, path: Path, running: Worker, enqueue: Callable[[int], object]
+) -> list[float]:
+    """With the worker running: start one job (-1) and wait for it, so the worker is known to
+    be up; then enqueue jobs 0, 1, ... at `rate` jobs/s for `seconds` with `enqueue(i)`, wait
+    until each has stamped its start, and return start minus enqueue time per job in seconds
+    (both read from this machine's clock)."""
+    enqueue(-1)
+    wait_for_stamps(path, {-1}, running, WORKER_START_TIMEOUT_S)
+    jobs = max(1, round(rate * seconds))
+    interval = 1.0 / rate
+    enqueued: dict[int, float] = {}
+    began = time.perf_counter()
+    for i in range(jobs):
+        pause = began + i * interval - time.perf_counter()
+        if pause > 0:
+            time.sleep(pause)
+        enqueued[i] = time.time()
+        enqueue(i)
+    wait_for_stamps(path, set(range(jobs)), running, 60.0)
+    started = read_stamps(path)
+    return [started[i] - enqueued[i] for i in range(jobs)]
