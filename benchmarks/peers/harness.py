@@ -165,25 +165,40 @@ def wait_for_stamps(path: Path, wanted: set[int], running: Worker, timeout: floa
         time.sleep(POLL_S)
 
 
-def paced_latency(
-    rate: float, seconds: float, path: Path, running: Worker, enqueue: Callable[[int], object]
-) -> list[float]:
-    """With the worker running: start one job (-1) and wait for it, so the worker is known to
-    be up; then enqueue jobs 0, 1, ... at `rate` jobs/s for `seconds` with `enqueue(i)`, wait
-    until each has stamped its start, and return start minus enqueue time per job in seconds
-    (both read from this machine's clock)."""
+def wait_until_started(path: Path, running: Worker, enqueue: Callable[[int], object]) -> None:
+    """Start one job (-1) and wait for it: the worker is then known to be up."""
     enqueue(-1)
     wait_for_stamps(path, {-1}, running, WORKER_START_TIMEOUT_S)
-    jobs = max(1, round(rate * seconds))
+
+
+def paced(rate: float, seconds: float) -> Iterator[int]:
+    """Job numbers 0, 1, ... handed out at `rate` per second for `seconds`, sleeping between
+    them (an async caller may sleep this way too: nothing else runs on its loop)."""
     interval = 1.0 / rate
-    enqueued: dict[int, float] = {}
     began = time.perf_counter()
-    for i in range(jobs):
+    for i in range(max(1, round(rate * seconds))):
         pause = began + i * interval - time.perf_counter()
         if pause > 0:
             time.sleep(pause)
+        yield i
+
+
+def latencies(path: Path, running: Worker, enqueued: dict[int, float]) -> list[float]:
+    """Once every job has stamped its start: start minus enqueue time per job, in seconds
+    (both read from this machine's clock)."""
+    wait_for_stamps(path, set(enqueued), running, 60.0)
+    started = read_stamps(path)
+    return [started[i] - at for i, at in sorted(enqueued.items())]
+
+
+def paced_latency(
+    rate: float, seconds: float, path: Path, running: Worker, enqueue: Callable[[int], object]
+) -> list[float]:
+    """With the worker running and warmed up, `enqueue(i)` at `rate` jobs/s for `seconds`;
+    the latency of each job, in seconds."""
+    wait_until_started(path, running, enqueue)
+    enqueued: dict[int, float] = {}
+    for i in paced(rate, seconds):
         enqueued[i] = time.time()
         enqueue(i)
-    wait_for_stamps(path, set(range(jobs)), running, 60.0)
-    started = read_stamps(path)
-    return [started[i] - enqueued[i] for i in range(jobs)]
+    return latencies(path, running, enqueued)

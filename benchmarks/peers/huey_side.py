@@ -103,7 +103,7 @@ def drain(jobs: int) -> Drain:
         def remaining() -> int:
             if last.get() is True:
                 return 0
-            return max(1, bench.huey.pending_count())
+            return max(1, int(bench.huey.pending_count()))
 
         result = timed_drain(
             jobs, [*command("huey_consumer"), *CONSUMER], {DB_ENV: str(path)}, remaining, STOP
