@@ -7,9 +7,10 @@ import inspect
 import pytest
 
 from conveyor.backends import BACKENDS, kind_of
-from conveyor.backends.base import Operations
+from conveyor.backends.base import JobFilter, Operations
 from conveyor.backends.faces import Backend, Store
-from conveyor.errors import ConfigurationError
+from conveyor.errors import ConfigurationError, ValidationError
+from conveyor.job import JobState
 
 #: What the faces add around the operations: lifetime and wake-ups, run by the engine.
 LIFETIME = {"close", "subscribe", "release", "wait_for_change", "use_clock", "latest_version"}
@@ -53,3 +54,14 @@ def test_every_url_scheme_names_one_backend() -> None:
         kind_of("mysql://localhost/jobs")
     with pytest.raises(ConfigurationError, match="Redis backend is not available"):
         kind_of("redis://localhost")
+
+
+def test_a_bulk_change_is_never_widened_by_a_filter_it_cannot_apply() -> None:
+    dead = JobFilter.of([JobState.DEAD], queue="mail", ids=[3, 1])
+    assert dead.bulk("retry") is dead
+    assert dead.ids == (3, 1) and dead.state_names == ["dead"]
+    narrower = JobFilter.of([JobState.DEAD], contains="invoice", error_type="TimeoutError")
+    with pytest.raises(ValidationError, match="not by error_type, contains"):
+        narrower.bulk("purge")
+    with pytest.raises(ValidationError, match="needs the states"):
+        JobFilter.of([]).bulk("cancel")

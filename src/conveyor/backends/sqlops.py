@@ -63,6 +63,9 @@ class SqlOperations(Operations):
     where: str
     #: every write in a transaction of its own (SQLite: `BEGIN IMMEDIATE`, the one writer)
     write_atomic: bool = False
+    #: whether every commit wakes idle workers by itself (SQLite's watch), so no statement
+    #: needs to
+    commits_wake: bool = False
     #: whether a store behind this conveyor is migrated on first use unless told otherwise
     migrates_by_default: bool = False
 
@@ -140,6 +143,16 @@ class SqlOperations(Operations):
                 "`conveyor migrate` (or pass auto_migrate=True)"
             )
         return version < known
+
+    def check_schema(self) -> Call[None]:
+        """On a process's first call: the schema must be conveyor's and current (or is
+        migrated now, in a transaction of its own)."""
+        return Call(self._check_schema_plan(), check=False, deadline=float("inf"))
+
+    def _check_schema_plan(self) -> Plan[None]:
+        if self.needs_migration((yield from self.schema_version_plan())):
+            yield Atomic(self._migrate_plan(None))
+        self.checked = True
 
     def migrate(self, down_to: int | None = None) -> Call[list[int]]:
         # A migration may rewrite a big table: no deadline.
@@ -572,7 +585,7 @@ class SqlOperations(Operations):
         [count] = yield Stmt(self.q.held_by_circuit, {"name": name, "running": event == "opened"})
         change = CircuitEvent.after(name, before, after, event, at, int(count["held"]))
         yield Stmt(self.q.log_circuit, change.params())
-        if event != "opened":
+        if event != "opened" and not self.commits_wake:
             yield Stmt(self.q.wake_held, {"name": name})
         return change
 

@@ -512,10 +512,7 @@ class PostgresEngine(Engine):
 
     def check_schema(self) -> None:
         """On first use: the schema must be conveyor's and current (or is migrated now)."""
-        version = self.run(self.ops.schema_version())
-        if self.ops.needs_migration(version):
-            self.run(self.ops.migrate())
-        self.ops.checked = True
+        self.run(self.ops.check_schema())
 
     def run(self, call: Call[T]) -> T:
         """Run a call on a pooled connection, or on the caller's (inside their transaction).

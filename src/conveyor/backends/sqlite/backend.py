@@ -49,6 +49,7 @@ class SqliteOperations(SqlOperations):
     that differ — the claim, the batch insert and complete, and liveness by observation."""
 
     write_atomic = True
+    commits_wake = True  # the file's watchers see every commit (`watch.py`)
     migrates_by_default = True  # the embedded default: zero set-up
 
     def __init__(self, path: str, settings: Settings, clock: Clock) -> None:
@@ -404,9 +405,7 @@ class SqliteEngine(Engine):
             conn = self.connect()
             self._local.conn = conn
         if check and not self.ops.checked:
-            if self.ops.needs_migration(_drive(conn, self.ops.schema_version_plan())):
-                _transaction(conn, self.ops.migrate().plan)
-            self.ops.checked = True
+            _drive(conn, self.ops.check_schema().plan)
         return conn
 
     def data_version(self, conn: sqlite3.Connection) -> int:

@@ -581,10 +581,6 @@ SELECT count(*) AS held FROM conveyor_jobs INDEXED BY conveyor_jobs_circuit_stat
 WHERE circuit = :name
   AND (state IN ({to_run_states}) OR (:running AND state = 'running'))
 
--- name: wake_held
--- Every commit wakes the workers watching the file: nothing more to do.
-SELECT 0 WHERE :name IS NULL
-
 -- name: log_circuit
 INSERT INTO conveyor_circuit_log (name, at, event, reason, held, open_for)
 VALUES (:name, :at, :event, :reason, :held, :open_for)
