@@ -722,12 +722,20 @@ class App:
         concurrency: int = 10,
         burst: bool = False,
         grace: float = 30.0,
+        prefetch: int | None = None,
     ) -> None:
         """Run a worker in this thread until stopped (SIGTERM/SIGINT), or, with `burst`, until
-        nothing is runnable."""
+        nothing is runnable. `prefetch`: see `Worker`."""
         from conveyor.worker import Worker
 
-        Worker(self, queues=queues, concurrency=concurrency, burst=burst, grace=grace).run()
+        Worker(
+            self,
+            queues=queues,
+            concurrency=concurrency,
+            burst=burst,
+            grace=grace,
+            prefetch=prefetch,
+        ).run()
 
     async def run_worker_async(
         self,
@@ -735,11 +743,17 @@ class App:
         concurrency: int = 10,
         burst: bool = False,
         grace: float = 30.0,
+        prefetch: int | None = None,
     ) -> None:
         from conveyor.worker import Worker
 
         await Worker(
-            self, queues=queues, concurrency=concurrency, burst=burst, grace=grace
+            self,
+            queues=queues,
+            concurrency=concurrency,
+            burst=burst,
+            grace=grace,
+            prefetch=prefetch,
         ).run_async()
 
     def close(self) -> None:

@@ -42,6 +42,8 @@ class Context:
         self._backend = backend
         self._loop = loop
         self.cancel_reason: str | None = None
+        #: when the task began (monotonic; None until then)
+        self.began: float | None = None
         #: until when the worker surely holds the job's lease, on the monotonic clock (the
         #: worker moves it at every renewal)
         self.lease_ends = math.inf

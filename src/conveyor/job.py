@@ -196,6 +196,9 @@ class Outcome:
     refund: bool = False
     #: for a rescue: the leader that decided it; the write applies only while it still leads
     leader: str | None = None
+    #: how long the attempt ran, up to `at` (None: it never began): the store records when it
+    #: began, unless a `Start` did already
+    ran_for: float | None = None
 
     @property
     def refunds_attempt(self) -> bool:
@@ -229,6 +232,20 @@ class Outcome:
     def delay(self) -> float | None:
         """For a retry: how long after `at` it runs again."""
         return None if self.run_at is None else max(0.0, self.run_at - self.at)
+
+
+@dataclass(frozen=True, slots=True)
+class Start:
+    """That an attempt claimed ahead has begun on its worker: `ago` seconds before `at`.
+
+    A job is claimed `running` with no start time; until its start is recorded it counts as
+    claimed ahead, not begun (a rescue then hands it back, the attempt not counted)."""
+
+    job_id: int
+    worker_id: str
+    attempt: int
+    at: float
+    ago: float
 
 
 def error_record(
@@ -444,6 +461,11 @@ class Job:
             unique_key=row["unique_key"],
             circuit=row["circuit"],
         )
+
+    @property
+    def claimed_ahead(self) -> bool:
+        """Claimed by a worker ahead of a free slot, not begun yet (see the guide's Workers)."""
+        return self.state is JobState.RUNNING and self.started_at is None
 
     # -- the handle -------------------------------------------------------------------------
 

@@ -13,11 +13,7 @@ from conveyor.services.rescuer import rescue_expired_leases
 from conveyor.testing import running_worker as running
 from conveyor.testing import wait_until as until
 
-
-async def claim_as(app: conveyor.App, worker_id: str, limit: int = 10) -> list[conveyor.Job]:
-    now = app.clock.now()
-    return await app.backend.claim(worker_id, None, limit, now + app.settings.lease_seconds, now)
-
+from .test_leases import claim_as
 
 # -- a cancel of a running job sticks when the job leaves its worker ---------------------------
 

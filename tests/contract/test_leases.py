@@ -13,7 +13,7 @@ from structlog.testing import capture_logs
 
 import conveyor
 from conveyor import JobState
-from conveyor.job import Outcome
+from conveyor.job import Outcome, Start
 from conveyor.services.elector import Elector
 from conveyor.services.maintainer import Maintainer
 from conveyor.services.rescuer import Rescuer, rescue_expired_leases
@@ -22,9 +22,15 @@ from conveyor.testing import running_worker
 from .test_worker import until
 
 
-async def claim_as(app: conveyor.App, worker_id: str, limit: int = 10) -> list[conveyor.Job]:
+async def claim_as(
+    app: conveyor.App, worker_id: str, limit: int = 10, begin: bool = True
+) -> list[conveyor.Job]:
+    """Claim as a worker would, and (with `begin`) tell the store the jobs began."""
     now = app.clock.now()
-    return await app.backend.claim(worker_id, None, limit, now + app.settings.lease_seconds, now)
+    jobs = await app.backend.claim(worker_id, None, limit, now + app.settings.lease_seconds, now)
+    if begin:
+        await app.backend.complete([], [Start(j.id, worker_id, j.attempt, now, 0.0) for j in jobs])
+    return jobs
 
 
 async def test_claim_leases_jobs_to_one_worker(
@@ -378,6 +384,7 @@ async def test_a_worker_stops_a_job_the_store_gave_to_another(
         task = asyncio.create_task(worker.run_async())
         try:
             await asyncio.wait_for(started.wait(), 10)
+            await until(lambda: job.refresh().started_at is not None, what="the start written")
             worker.heartbeat.stop()  # the worker is cut off: no beat gets through
             clock.advance(301)
             await rescue_expired_leases(app, app.backend)  # or the worker's own leader does
@@ -452,3 +459,86 @@ async def test_a_job_whose_lease_lapsed_before_it_began_is_handed_back_at_once(
         job.refresh()
         assert (job.state, job.attempt) == (JobState.QUEUED, 0)  # while the worker still runs
         assert app.job_history(job.id)[-1].note == "lease lost before it began: handed back"
+
+
+# -- jobs claimed ahead (prefetch) ---------------------------------------------------------------
+
+
+async def test_a_claimed_job_counts_as_begun_only_once_its_start_is_recorded(
+    make_app: Callable[..., conveyor.App], clock: conveyor.FrozenClock
+) -> None:
+    app = make_app(lease_seconds=30, clock=clock)
+
+    @app.task(backoff=conveyor.fixed(5))
+    def work(i: int) -> None: ...
+
+    ahead, begun = work.enqueue_many([(1,), (2,)])
+    [claimed_ahead] = await claim_as(app, "ghost", limit=1, begin=False)
+    await claim_as(app, "ghost", limit=1)
+    assert claimed_ahead.id == ahead.id
+    for job in (ahead, begun):
+        job.refresh()
+        assert (job.state, job.worker_id, job.attempt) == (JobState.RUNNING, "ghost", 1)
+    assert ahead.started_at is None  # shown as claimed ahead, not begun
+    assert begun.started_at == pytest.approx(clock.now())
+
+    clock.advance(31)  # the worker is lost
+    assert await rescue_expired_leases(app, app.backend) == 2
+
+    ahead.refresh(), begun.refresh()
+    assert (ahead.state, ahead.attempt, ahead.errors) == (JobState.QUEUED, 0, [])
+    assert app.job_history(ahead.id)[-1].note == "worker lost before it began: ghost"
+    assert (begun.state, begun.attempt) == (JobState.RETRYING, 1)
+    assert begun.errors[-1]["type"] == "WorkerLost"
+
+
+async def test_a_start_is_recorded_once_and_only_for_the_attempt_still_running_there(
+    make_app: Callable[..., conveyor.App], clock: conveyor.FrozenClock
+) -> None:
+    app = make_app(lease_seconds=30, clock=clock)
+
+    @app.task
+    def work() -> None: ...
+
+    job = work.enqueue()
+    [claimed] = await claim_as(app, "w1", begin=False)
+    began = clock.now()
+    clock.advance(2)
+    stale = [Start(job.id, "w1", claimed.attempt + 1, clock.now(), 0.0)]  # another attempt
+    elsewhere = [Start(job.id, "w2", claimed.attempt, clock.now(), 0.0)]  # another worker
+    await app.backend.complete([], [*stale, *elsewhere])
+    assert job.refresh().started_at is None
+    await app.backend.complete([], [Start(job.id, "w1", claimed.attempt, clock.now(), 2.0)])
+    assert job.refresh().started_at == pytest.approx(began)
+    clock.advance(1)
+    await app.backend.complete([], [Start(job.id, "w1", claimed.attempt, clock.now(), 0.0)])
+    assert job.refresh().started_at == pytest.approx(began)  # recorded once
+    clock.advance(1)
+    done = Outcome(job.id, "w1", claimed.attempt, JobState.SUCCEEDED, clock.now(), ran_for=4.5)
+    assert await app.backend.complete([done]) == [job.id]
+    # the outcome's own measure wins over the estimate sent while it ran
+    assert job.refresh().started_at == pytest.approx(clock.now() - 4.5)
+
+
+async def test_an_outcome_records_when_an_attempt_began(
+    make_app: Callable[..., conveyor.App], clock: conveyor.FrozenClock
+) -> None:
+    app = make_app(lease_seconds=30, clock=clock)
+
+    @app.task
+    def work() -> None: ...
+
+    ran, never_began = work.enqueue_many([(), ()])
+    claimed = {j.id: j for j in await claim_as(app, "w1", begin=False)}
+    clock.advance(3)
+    outcomes = [
+        Outcome(ran.id, "w1", claimed[ran.id].attempt, JobState.SUCCEEDED, clock.now(), ran_for=2),
+        Outcome(
+            never_began.id, "w1", claimed[never_began.id].attempt, JobState.QUEUED, clock.now()
+        ),
+    ]
+    assert sorted(await app.backend.complete(outcomes)) == sorted([ran.id, never_began.id])
+    assert ran.refresh().started_at == pytest.approx(clock.now() - 2)
+    assert ran.finished_at is not None and ran.finished_at - ran.started_at == pytest.approx(2)
+    assert never_began.refresh().started_at is None
+    assert (never_began.state, never_began.attempt) == (JobState.QUEUED, 0)

@@ -192,3 +192,58 @@ async def test_burst_returns_when_only_future_jobs_are_left(app: conveyor.App) -
     job = await later.configure(delay=3600).enqueue_async()
     await asyncio.wait_for(app.run_worker_async(burst=True), 10)
     assert (await job.refresh_async()).state is JobState.SCHEDULED
+
+
+async def test_jobs_claimed_ahead_are_shown_kept_and_handed_back_on_shutdown(
+    make_app: Callable[..., conveyor.App],
+) -> None:
+    """Short jobs make the worker claim ahead of its free slot; those jobs show as claimed
+    (running, not begun), keep their lease, and go back uncounted when the worker stops."""
+    app = make_app(lease_seconds=2)  # a heartbeat every half second
+    began = asyncio.Event()
+    gate = asyncio.Event()
+
+    @app.task
+    async def quick(i: int) -> None: ...
+
+    @app.task
+    async def slow() -> None:
+        began.set()
+        await gate.wait()
+
+    await asyncio.to_thread(quick.enqueue_many, [(i,) for i in range(50)])
+    await slow.enqueue_async()
+    later = await asyncio.to_thread(quick.enqueue_many, [(i,) for i in range(3)])
+    worker = conveyor.Worker(app, concurrency=1, prefetch=5, grace=0.1)
+
+    def ahead() -> list[conveyor.Job]:
+        return [app.get_job(job.id) for job in later]  # type: ignore[misc]
+
+    async with running(worker):
+        await asyncio.wait_for(began.wait(), 10)
+        await until(
+            lambda: all(j.state is JobState.RUNNING for j in ahead()), what="the claims ahead"
+        )
+        claimed = ahead()
+        for job in claimed:
+            assert (job.worker_id, job.attempt, job.started_at) == (worker.id, 1, None)
+            assert app.job_history(job.id)[-1].to_state is JobState.RUNNING
+        leases = [job.lease_until or 0.0 for job in claimed]
+        await until(
+            lambda: all(
+                (j.lease_until or 0.0) > old for j, old in zip(ahead(), leases, strict=True)
+            ),
+            what="the heartbeat to renew the leases of the jobs claimed ahead",
+        )
+        assert all(j.started_at is None for j in ahead())  # still not begun
+        worker.stop()
+
+    for job in ahead():
+        assert (job.state, job.attempt, job.errors, job.started_at) == (
+            JobState.QUEUED,
+            0,
+            [],
+            None,
+        )
+        note = app.job_history(job.id)[-1].note
+        assert note == "claimed ahead, never begun: handed back on shutdown"

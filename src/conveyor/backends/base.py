@@ -28,6 +28,7 @@ from conveyor.job import (
     JobState,
     NewJob,
     Outcome,
+    Start,
     WorkerInfo,
 )
 
@@ -305,18 +306,24 @@ class Operations(abc.ABC):
         limit: int,
         lease_until: float,
         now: float,
+        ahead: int = 0,
     ) -> Call[list[Job]]:
         """Promote due scheduled/retrying jobs, then atomically move up to `limit` queued jobs
-        to `running` (priority, then run_at, then id), attempt + 1, leased to the worker —
-        within every limit, circuit and pause."""
+        to `running` (priority, then run_at, then id), attempt + 1, leased to the worker, not
+        begun (no start time) — within every limit, circuit and pause. Up to `ahead` more may
+        be claimed for the worker to hold ahead of its free slots, of jobs without limits
+        only: a job held back must hold no limit's room and no rate window's start."""
 
     @abc.abstractmethod
-    def complete(self, outcomes: Sequence[Outcome]) -> Call[list[int]]:
+    def complete(
+        self, outcomes: Sequence[Outcome], starts: Sequence[Start] = ()
+    ) -> Call[list[int]]:
         """Write a batch of outcomes, each as `Outcome.changes` says, each only while that
         attempt of the job is still `running` under that worker (and, for rescues, its lease is
         still the one that ran out, and the rescuing leader still leads). A job whose cancel
         was asked for while it ran ends `cancelled` instead of being retried or handed back.
-        The ids of the jobs whose outcome applied."""
+        With them, record when the `starts`' attempts began (under the same guard, and only
+        once). The ids of the jobs whose outcome applied."""
 
     @abc.abstractmethod
     def heartbeat(

@@ -29,6 +29,7 @@ from conveyor.job import (
     JobState,
     NewJob,
     Outcome,
+    Start,
     WorkerInfo,
 )
 
@@ -181,11 +182,14 @@ class Store:
         limit: int,
         lease_until: float,
         now: float,
+        ahead: int = 0,
     ) -> list[Job]:
-        return self.engine.run(self.ops.claim(worker_id, queues, limit, lease_until, now))
+        return self.engine.run(self.ops.claim(worker_id, queues, limit, lease_until, now, ahead))
 
-    def complete(self, outcomes: Sequence[Outcome]) -> list[int]:
-        return self.engine.run(self.ops.complete(outcomes)) if outcomes else []
+    def complete(self, outcomes: Sequence[Outcome], starts: Sequence[Start] = ()) -> list[int]:
+        if not (outcomes or starts):
+            return []
+        return self.engine.run(self.ops.complete(outcomes, starts))
 
     def heartbeat(
         self, worker: WorkerInfo, running: Sequence[tuple[int, int]], lease_until: float
@@ -386,11 +390,17 @@ class Backend:
         limit: int,
         lease_until: float,
         now: float,
+        ahead: int = 0,
     ) -> list[Job]:
-        return await self.engine.arun(self.ops.claim(worker_id, queues, limit, lease_until, now))
+        call = self.ops.claim(worker_id, queues, limit, lease_until, now, ahead)
+        return await self.engine.arun(call)
 
-    async def complete(self, outcomes: Sequence[Outcome]) -> list[int]:
-        return await self.engine.arun(self.ops.complete(outcomes)) if outcomes else []
+    async def complete(
+        self, outcomes: Sequence[Outcome], starts: Sequence[Start] = ()
+    ) -> list[int]:
+        if not (outcomes or starts):
+            return []
+        return await self.engine.arun(self.ops.complete(outcomes, starts))
 
     async def heartbeat(
         self, worker: WorkerInfo, running: Sequence[tuple[int, int]], lease_until: float

@@ -309,7 +309,7 @@ def job_detail(job: Job, history: Sequence[HistoryEntry], now: float) -> Rendera
     row("attempt", f"{job.attempt} of {job.max_attempts}")
     row("created", stamp(job.created_at))
     row("run at", stamp(job.run_at))
-    row("started", stamp(job.started_at))
+    row("started", "claimed, not begun" if job.claimed_ahead else stamp(job.started_at))
     row("finished", stamp(job.finished_at))
     if job.started_at is not None and job.finished_at is not None:
         row("ran for", span(job.finished_at - job.started_at))

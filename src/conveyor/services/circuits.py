@@ -30,9 +30,10 @@ def announce(app: App, change: CircuitEvent) -> None:
     app.alerts.circuit_changed(change)
 
 
-async def report(app: App, backend: Backend, circuit: Circuit, outcome: Outcome) -> None:
+async def report(app: App, backend: Backend, circuit: Circuit, outcome: Outcome) -> bool:
     """What one run of a job behind `circuit` says: its downstream failed (the attempt was
-    refunded) or it succeeded. Anything else says nothing about the downstream."""
+    refunded) or it succeeded. Anything else says nothing about the downstream. True when
+    this report opened the circuit."""
     if outcome.refund and outcome.state is JobState.RETRYING:
         action = Action.FAILURE
         error = outcome.error or {}
@@ -40,7 +41,7 @@ async def report(app: App, backend: Backend, circuit: Circuit, outcome: Outcome)
     elif outcome.state is JobState.SUCCEEDED:
         action, reason = Action.SUCCESS, None
     else:
-        return
+        return False
     try:
         change = await backend.change_circuit(
             circuit.name,
@@ -52,12 +53,14 @@ async def report(app: App, backend: Backend, circuit: Circuit, outcome: Outcome)
     except BackendUnavailable as exc:
         # The next failure or success reports again; the job's own outcome is not at stake.
         log.warning("circuit.report_failed", circuit=circuit.name, error=str(exc))
-        return
+        return False
     except Exception as exc:  # a fault of conveyor's own: logged, and the worker goes on
         log.error("circuit.report_failed", circuit=circuit.name, error=str(exc), exc_info=exc)
-        return
-    if change is not None:
-        announce(app, change)
+        return False
+    if change is None:
+        return False
+    announce(app, change)
+    return change.event == "opened"
 
 
 class CircuitProber(Service):

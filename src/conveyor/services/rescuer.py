@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from conveyor.backends.faces import Backend
-from conveyor.job import Outcome, error_record
+from conveyor.job import JobState, Outcome, error_record
 from conveyor.logging import get_logger
 from conveyor.retry import RetryPolicy, decide
 from conveyor.services.base import Service
@@ -52,6 +52,21 @@ async def rescue_expired_leases(app: App, backend: Backend, leader: str | None =
     while expired := await backend.find_expired(now, BATCH):
         outcomes = []
         for job in expired:
+            if job.started_at is None:
+                # Claimed ahead, never begun: back to the queue, the attempt not counted.
+                outcomes.append(
+                    Outcome(
+                        job_id=job.id,
+                        worker_id=job.worker_id or "",
+                        attempt=job.attempt,
+                        state=JobState.QUEUED,
+                        at=now,
+                        note=f"worker lost before it began: {job.worker_id}",
+                        lease_expired_before=(job.lease_until or now) + SEEN_LEASE_SLACK_S,
+                        leader=leader,
+                    )
+                )
+                continue
             task = app.tasks.get(job.task)
             error = WorkerLost("worker lost")
             # A lost worker is never the task's own error: retried whatever retry_on says.

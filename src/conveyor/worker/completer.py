@@ -1,5 +1,7 @@
 """Writes outcomes in batches: whatever finished while the last write was in flight goes in the
 next one, so a busy worker writes many outcomes per transaction and an idle one writes at once.
+The starts of jobs still running go with them (a job claimed ahead counts as begun only once the
+store knows its start); a finished job's start goes in its outcome.
 
 A batch the store cannot take for now (`BackendUnavailable`) is tried again, with backoff, for
 as long as the worker runs. A batch the store refuses for another reason is split until the
@@ -11,11 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 
 from conveyor.backends.faces import Backend
 from conveyor.errors import BackendUnavailable
-from conveyor.job import Outcome
+from conveyor.job import Job, Outcome, Start
 from conveyor.logging import Outage, get_logger
 from conveyor.worker.executor import Finished
 
@@ -27,11 +30,17 @@ RETRY_DELAYS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0)
 
 class Completer:
     def __init__(
-        self, backend: Backend, on_written: Callable[[list[Finished], list[int]], None]
+        self,
+        backend: Backend,
+        on_written: Callable[[list[Finished], list[int]], None],
+        now: Callable[[], float],
     ) -> None:
         self._backend = backend
         self._on_written = on_written
+        self._now = now
         self._pending: list[Finished] = []
+        #: jobs begun whose start is not written yet, and when they began (monotonic)
+        self._began: dict[tuple[int, int], tuple[Job, float]] = {}
         self._inflight: list[Finished] = []
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
@@ -39,7 +48,13 @@ class Completer:
         self._closed = False
         self._outage = Outage(log, "outcomes.write")
 
+    def began(self, job: Job, at: float) -> None:
+        self._began[job.id, job.attempt] = (job, at)
+        self._idle.clear()
+        self._wake.set()
+
     def add(self, finished: Finished) -> None:
+        self._began.pop((finished.job.id, finished.job.attempt), None)
         self._pending.append(finished)
         self._idle.clear()
         self._wake.set()
@@ -59,24 +74,35 @@ class Completer:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            while self._pending:
+            while self._pending or self._began:
                 batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
                 self._inflight = batch
-                applied = await self._write(batch)
+                applied = await self._write(batch, self._starts())
                 self._inflight = []
                 self._on_written(batch, applied)
             self._idle.set()
             if self._closed:
                 return
 
-    async def _write(self, batch: list[Finished]) -> list[int]:
+    def _starts(self) -> list[Start]:
+        """The starts not written yet (taken: a start is written once)."""
+        if not self._began:
+            return []
+        at, mono = self._now(), time.monotonic()
+        began, self._began = self._began, {}
+        return [
+            Start(job.id, job.worker_id or "", job.attempt, at, mono - t)
+            for job, t in began.values()
+        ]
+
+    async def _write(self, batch: list[Finished], starts: Sequence[Start] = ()) -> list[int]:
         # An outcome is never dropped for an outage: the write is tried again, while the
         # heartbeat keeps the jobs' leases alive. If the worker must stop first, the leases run
         # out and the jobs are rescued: nothing is lost.
         attempt = 0
         while True:
             try:
-                applied = await self._backend.complete([f.outcome for f in batch])
+                applied = await self._backend.complete([f.outcome for f in batch], starts)
             except BackendUnavailable as exc:
                 delay = RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)]
                 self._outage.failed(exc, count=len(batch), retry_in_s=delay)
@@ -84,6 +110,13 @@ class Completer:
                 await asyncio.sleep(delay)
                 continue
             except Exception as exc:
+                if not batch:
+                    # A start the store refuses is given up: were its worker lost, the job
+                    # would count as never begun.
+                    log.error("job.starts_unwritten", count=len(starts), error=repr(exc))
+                    return []
+                if starts:  # apart from the outcomes, so that a bad outcome cannot hold them
+                    await self._write([], starts)
                 return await self._isolate(batch, exc)
             self._outage.recovered()
             return applied

@@ -8,8 +8,10 @@ handed text it cannot keep."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -98,10 +100,18 @@ def _not_to_start(ctx: Context) -> bool:
 
 
 class Executor:
-    def __init__(self, app: App, worker_id: str, threads: TaskThreads) -> None:
+    def __init__(
+        self,
+        app: App,
+        worker_id: str,
+        threads: TaskThreads,
+        began: Callable[[Job, float], None] = lambda job, at: None,
+    ) -> None:
         self.app = app
         self.worker_id = worker_id
         self.threads = threads
+        #: told of each attempt as it begins (with the monotonic time), for the store to know
+        self.began = began
         self._fallback_policy = RetryPolicy(backoff=app.default_backoff)
 
     async def execute(self, job: Job, ctx: Context) -> Finished:
@@ -111,7 +121,10 @@ class Executor:
         except Exception as exc:  # a fault of conveyor's own: still exactly one outcome
             log.error("job.internal_error", job_id=job.id, task=job.task, exc_info=exc)
             outcome = self._outcome(job, JobState.DEAD, error=exc, note="internal error")
-        return Finished(job, outcome, time.monotonic() - started)
+        ended = time.monotonic()
+        if ctx.began is not None:
+            outcome = dataclasses.replace(outcome, ran_for=ended - ctx.began)
+        return Finished(job, outcome, ended - started)
 
     async def _run(self, job: Job, ctx: Context) -> Outcome:
         task = self.app.tasks.get(job.task)
@@ -125,6 +138,8 @@ class Executor:
         if _not_to_start(ctx):
             return self.not_started(job, ctx)
         log.info("job.started", job_id=job.id, task=job.task, queue=job.queue, attempt=job.attempt)
+        ctx.began = time.monotonic()
+        self.began(job, ctx.began)
         args = (ctx, *job.args) if task.pass_context else tuple(job.args)
         work: Work | None = None
         deadline: asyncio.Timeout | None = None
@@ -186,6 +201,9 @@ class Executor:
         """Back to `queued`, the attempt not counted: the worker is shutting down (or never
         knew it had the job)."""
         return self._make(job, JobState.QUEUED, note=note)
+
+    def cancelled_before_start(self, job: Job) -> Outcome:
+        return self._make(job, JobState.CANCELLED, note="cancelled before it began")
 
     def not_started(self, job: Job, ctx: Context) -> Outcome:
         """The outcome of a job stopped before its task began."""

@@ -61,10 +61,22 @@ CLAIM_RETRY_DELAYS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0)
 WRITE_AFTER_GRACE_S = 5.0
 #: How long each last call to the store on the way out (resign, deregister, close) may take.
 GOODBYE_S = 2.0
+#: By default a worker claims up to this many jobs per slot ahead of its free slots.
+PREFETCH_PER_SLOT = 10
+#: The weight of the newest figure in the moving averages of job and claim times.
+SMOOTHING = 0.2
 
 
 def _interval(lease: float, fraction: float) -> float:
     return min(max(lease * fraction, 0.05), 10.0)
+
+
+@dataclass(slots=True)
+class Prefetched:
+    """A job claimed ahead of a free slot: leased to this worker, not started."""
+
+    job: Job
+    lease_ends: float
 
 
 @dataclass(slots=True)
@@ -120,14 +132,21 @@ class Worker:
         concurrency: int = 10,
         burst: bool = False,
         grace: float = 30.0,
+        prefetch: int | None = None,
     ) -> None:
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise ValidationError(f"concurrency must be an integer >= 1, got {concurrency!r}")
+        if prefetch is not None and (
+            isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 0
+        ):
+            raise ValidationError(f"prefetch must be an integer >= 0, got {prefetch!r}")
         if grace < 0:
             raise ValidationError(f"grace must be >= 0 seconds, got {grace!r}")
         self.app = app
         self.queues = None if queues is None else [check_queue(q) for q in queues]
         self.concurrency = concurrency
+        #: at most this many jobs claimed ahead of a free slot (see `_buffer_target`)
+        self.prefetch = PREFETCH_PER_SLOT * concurrency if prefetch is None else prefetch
         self.burst = burst
         self.grace = grace
         self.host = socket.gethostname()
@@ -137,6 +156,11 @@ class Worker:
         # keyed by (job id, attempt): a job re-claimed while an old attempt still runs is
         # a second entry, never confused with the first
         self._active: dict[tuple[int, int], Active] = {}
+        #: jobs claimed ahead, in claim order, keyed like `_active`
+        self._ready: dict[tuple[int, int], Prefetched] = {}
+        #: how long a job runs and a claim takes, on average (seconds, moving averages)
+        self._job_s = 0.0
+        self._claim_s = 0.0
         self._stopping: asyncio.Event | None = None
         self._hand_back_now: asyncio.Event | None = None
         self.processed = 0
@@ -180,8 +204,8 @@ class Worker:
         self.backend: Backend = self.app.backend
         lease = self.app.settings.lease_seconds
         self._threads = TaskThreads(self.concurrency)
-        self._executor = Executor(self.app, self.id, self._threads)
-        self.completer = Completer(self.backend, self._on_written)
+        self.completer = Completer(self.backend, self._on_written, self.app.clock.now)
+        self._executor = Executor(self.app, self.id, self._threads, self.completer.began)
         self.heartbeat = Heartbeat(self, _interval(lease, 0.25))
         self.lease_keeper = LeaseKeeper(self, _interval(lease, 0.1))
         # The leader-only services run while this worker leads, and only then; their writes
@@ -271,6 +295,8 @@ class Worker:
             "worker.stopping", worker_id=self.id, running=len(self._active), grace_s=self.grace
         )
         self._stopping.set()
+        # Jobs claimed ahead go back to the queue at once, for other workers to take.
+        self._hand_back_ready("claimed ahead, never begun: handed back on shutdown")
         self._slot_free.set()  # wakes a fetch loop waiting for a slot
 
     def stop_threadsafe(self) -> None:
@@ -284,15 +310,17 @@ class Worker:
         outage = Outage(log, "worker.claim", worker_id=self.id)
         while not self._stopping.is_set():
             self._slot_free.clear()
-            free = self.concurrency - len(self._active)
-            if free <= 0:
+            self._start_ready()
+            target = self._buffer_target()
+            room = self.concurrency - len(self._active) + target - len(self._ready)
+            if room <= 0 or len(self._ready) > target // 2:
                 await self._slot_free.wait()  # stop() sets it too
                 continue
             if not self._lease_is_fresh():
                 await self._wait_for_heartbeat()
                 continue
             try:
-                done = await self._fetch(free)
+                done = await self._fetch(room)
             except Exception as exc:
                 # The store is out of reach (or a claim failed some other way): running jobs
                 # go on; claiming resumes later. The worker never exits for it.
@@ -305,6 +333,32 @@ class Worker:
             outage.recovered()
             if done:
                 return
+
+    def _buffer_target(self) -> int:
+        """How many jobs to hold claimed ahead of the free slots: enough to keep every slot
+        busy while the next claim is on its way (twice what the slots finish in one claim's
+        time), within `prefetch`. None for jobs that run long beside a claim: a job held
+        here waits, while another worker could run it."""
+        if self._job_s <= 0.0:
+            return 0
+        wanted = 2.0 * self.concurrency * self._claim_s / self._job_s
+        return min(self.prefetch, int(wanted))
+
+    def _start_ready(self) -> None:
+        """Start jobs claimed ahead, in claim order, while slots are free."""
+        ready = self._ready
+        while ready and len(self._active) < self.concurrency and not self.stopping:
+            held = ready.pop(next(iter(ready)))
+            self._start(held.job, held.lease_ends)
+
+    def _hand_back_ready(self, note: str, circuit: str | None = None) -> None:
+        """Give the jobs claimed ahead (those behind `circuit`, if given) back to the queue,
+        the attempt not counted."""
+        for key, held in list(self._ready.items()):
+            if circuit is None or held.job.circuit == circuit:
+                del self._ready[key]
+                outcome = self._executor.hand_back(held.job, note=note)
+                self.completer.add(Finished(held.job, outcome, 0.0))
 
     def _lease_is_fresh(self) -> bool:
         """Whether the last heartbeat that reached the store is recent enough to claim on:
@@ -326,8 +380,9 @@ class Worker:
         if not self.stopping:
             log.info("worker.claims_resumed", worker_id=self.id)
 
-    async def _fetch(self, free: int) -> bool:
-        """Claim and start up to `free` jobs, or wait for work; True when a burst is over."""
+    async def _fetch(self, room: int) -> bool:
+        """Claim up to `room` jobs and start those the free slots take (the rest wait, claimed
+        ahead), or wait for work; True when a burst is over."""
         assert self._stopping is not None
         self._written.clear()
         now = self.app.clock.now()
@@ -335,21 +390,29 @@ class Worker:
         asked = time.monotonic()
         self._claims_begun += 1
         try:
-            jobs = await self.backend.claim(self.id, self.queues, free, now + lease, now)
+            free = max(0, self.concurrency - len(self._active) - len(self._ready))
+            jobs = await self.backend.claim(
+                self.id, self.queues, free, now + lease, now, ahead=room - free
+            )
         finally:
             self._claims_ended += 1
+        took = time.monotonic() - asked
+        self._claim_s += SMOOTHING * (took - self._claim_s) if self._claim_s else took
         if self._stopping.is_set():
             # Stopped while the claim was in flight: these never start.
             for job in jobs:
                 self.completer.add(Finished(job, self._executor.hand_back(job), 0.0))
             return True
         for job in jobs:
-            self._start(job, asked + lease)
-        if len(jobs) == free:
+            self._ready[job.id, job.attempt] = Prefetched(job, asked + lease)
+        self._start_ready()
+        if len(jobs) == room:
             return False
         now = self.app.clock.now()
         due_in = await self.backend.next_due_in(self.queues, now)
-        last_look = self.burst and not self._active and not self.completer.pending
+        last_look = (
+            self.burst and not self._active and not self._ready and not self.completer.pending
+        )
         if last_look and self._written.is_set():
             return False  # outcomes landed after the claim: they may have released jobs
         # Queued jobs no claim took: held back by a limit (runnable once a slot frees or a
@@ -405,11 +468,14 @@ class Worker:
             else self._executor.not_started(job, ctx)
         )
         self.completer.add(Finished(job, outcome, 0.0))
+        self._start_ready()
 
     async def _execute(self, job: Job, ctx: Context) -> None:
         key = (job.id, job.attempt)
         try:
             finished = await self._executor.execute(job, ctx)
+            run = finished.duration
+            self._job_s += SMOOTHING * (run - self._job_s) if self._job_s else run
             if key not in self._active:
                 return  # the shutdown has already handed the job back
             task = self.app.tasks.get(job.task)
@@ -418,14 +484,24 @@ class Worker:
                     # Before the outcome is written and the slot frees: the next claim sees a
                     # circuit this opened, and a job seen retrying has been counted.
                     report = circuits.report(self.app, self.backend, task.circuit, finished.outcome)
-                    await asyncio.shield(report)
+                    if await asyncio.shield(report):
+                        self._hand_back_ready(
+                            "claimed ahead, its circuit opened: handed back",
+                            circuit=task.circuit.name,
+                        )
             finally:
                 self.completer.add(finished)
         finally:
             self._active.pop(key, None)
+            self._start_ready()
             self._slot_free.set()
 
     def cancel_running(self, job_id: int) -> None:
+        for key in [k for k in self._ready if k[0] == job_id]:
+            held = self._ready.pop(key)
+            log.info("job.cancel_requested", job_id=job_id, task=held.job.task)
+            outcome = self._executor.cancelled_before_start(held.job)
+            self.completer.add(Finished(held.job, outcome, 0.0))
         for active in [a for (id_, _), a in self._active.items() if id_ == job_id]:
             log.info("job.cancel_requested", job_id=job_id, task=active.job.task)
             self._stop_job(active, CANCELLED)
@@ -452,7 +528,16 @@ class Worker:
 
     def drop_lapsed_leases(self) -> None:
         """Stop every job whose lease has run out on this worker's clock (no heartbeat renewed
-        it in time): the leader may be rescuing it already."""
+        it in time): the leader may be rescuing it already. One claimed ahead is handed back
+        (it never began; the hand-back applies only if the store has not taken it)."""
+        now = time.monotonic()
+        for key, held in list(self._ready.items()):
+            if now >= held.lease_ends:
+                del self._ready[key]
+                outcome = self._executor.hand_back(
+                    held.job, note="lease lost before it began: handed back"
+                )
+                self.completer.add(Finished(held.job, outcome, 0.0))
         for active in list(self._active.values()):
             if active.ctx.lease_lapsed():
                 self._lose_lease(active, "no heartbeat renewed the lease in time")
@@ -467,7 +552,8 @@ class Worker:
         settled = self._claims_ended >= self._last_beat_claims
         claims_begun = self._claims_begun
         mine = list(self._active)
-        running = sorted({*mine, *self.completer_pending()})
+        ahead = list(self._ready)
+        running = sorted({*mine, *ahead, *self.completer_pending()})
         info = WorkerInfo(
             id=self.id,
             host=self.host,
@@ -489,6 +575,22 @@ class Worker:
                 active.ctx.lease_ends = max(active.ctx.lease_ends, asked + lease)
             else:
                 self._lose_lease(active, "the store gave the job to another worker")
+        for key in ahead:
+            held = self._ready.get(key)
+            if held is None:
+                continue  # started or handed back meanwhile
+            if key in beat.extended:
+                held.lease_ends = max(held.lease_ends, asked + lease)
+            else:
+                del self._ready[key]
+                log.warning(
+                    "job.lease_lost",
+                    job_id=held.job.id,
+                    task=held.job.task,
+                    attempt=held.job.attempt,
+                    worker_id=self.id,
+                    reason="the store gave the job to another worker before it began",
+                )
         for job_id in beat.cancel:
             self.cancel_running(job_id)
         # Running under this worker's name, unknown to it at this heartbeat and at the one

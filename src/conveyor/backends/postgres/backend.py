@@ -38,7 +38,7 @@ from conveyor.backends.sqlops import SqlOperations, in_claim_order
 from conveyor.clock import Clock, SystemClock
 from conveyor.config import Settings
 from conveyor.errors import BackendUnavailable, NotAConveyorDatabase, ValidationError
-from conveyor.job import Job, JobState, NewJob, Outcome, WorkerInfo
+from conveyor.job import Job, JobState, NewJob, Outcome, Start, WorkerInfo
 from conveyor.limits import Candidate, pick
 from conveyor.logging import get_logger
 
@@ -261,8 +261,9 @@ class PostgresOperations(SqlOperations):
         limit: int,
         lease_until: float,
         now: float,
+        ahead: int = 0,
     ) -> Call[list[Job]]:
-        return Call(self._claim(worker_id, queues, limit, lease_until, now))
+        return Call(self._claim(worker_id, queues, limit, lease_until, now, ahead))
 
     def _claim(
         self,
@@ -271,22 +272,26 @@ class PostgresOperations(SqlOperations):
         limit: int,
         lease_until: float,
         now: float,
+        ahead: int,
     ) -> Plan[list[Job]]:
         # Due scheduled and retrying jobs are promoted with the claim, except while the queue
         # keeps this worker busy: then at most every PROMOTE_EVERY_S (a short claim, which
         # may mean the queue ran dry, always promotes). Whether limits are in play is looked
-        # up with the promotion; while they are, every claim takes the limited path.
+        # up with the promotion; while they are, every claim takes the limited path (and claims
+        # nothing ahead: only plain jobs may be held ahead).
         lease, at = lease_until - now, self.now(now)
         promote = self._claims_short or time.monotonic() - self._promoted_at >= PROMOTE_EVERY_S
         present: bool | None
         jobs: list[Job]
+        asked = limit
         if self._limits_seen:
             jobs, present = yield Atomic(
                 self.limited_claim_plan(worker_id, queues, limit, lease, at)
             )
         else:
+            asked = limit + ahead
             jobs, present = yield from self.claim_plan(
-                worker_id, queues, limit, lease, at, promote=promote
+                worker_id, queues, asked, lease, at, promote=promote
             )
             if present and len(jobs) < limit:
                 more, present = yield Atomic(
@@ -297,7 +302,7 @@ class PostgresOperations(SqlOperations):
             self._promoted_at = time.monotonic()
         if present is not None:
             self._limits_seen = present
-        self._claims_short = len(jobs) < limit
+        self._claims_short = len(jobs) < asked
         return jobs
 
     def claim_plan(
@@ -382,11 +387,31 @@ class PostgresOperations(SqlOperations):
             )
         return in_claim_order(Job.from_row(r) for r in claimed), bool(found[0]["present"])
 
-    def complete(self, outcomes: Sequence[Outcome]) -> Call[list[int]]:
+    def complete(
+        self, outcomes: Sequence[Outcome], starts: Sequence[Start] = ()
+    ) -> Call[list[int]]:
         atomic = any(o.keeps_cancel_request or o.lease_expired_before is not None for o in outcomes)
-        return Call(self._complete_plan(outcomes), atomic=atomic)
+        return Call(self._complete_plan(outcomes, starts), atomic=atomic)
 
-    def _complete_plan(self, outcomes: Sequence[Outcome]) -> Plan[list[int]]:
+    def _start_stmt(self, starts: Sequence[Start]) -> Stmt:
+        starts = sorted(starts, key=lambda s: s.job_id)
+        return Stmt(
+            self.q.record_starts,
+            {
+                "ids": [s.job_id for s in starts],
+                "worker_ids": [s.worker_id for s in starts],
+                "attempts": [s.attempt for s in starts],
+                "ats": [self.now(s.at) for s in starts],
+                "agos": [s.ago for s in starts],
+            },
+        )
+
+    def _complete_plan(
+        self, outcomes: Sequence[Outcome], starts: Sequence[Start] = ()
+    ) -> Plan[list[int]]:
+        if not outcomes:
+            yield self._start_stmt(starts)
+            return []
         # In id order, as every statement that writes several running jobs: two such
         # statements then lock their rows in the same order and cannot deadlock.
         outcomes = sorted(outcomes, key=lambda o: o.job_id)
@@ -416,21 +441,24 @@ class PostgresOperations(SqlOperations):
                 "progresses": [o.progress for o in outcomes],
                 "keeps_cancel": [o.keeps_cancel_request for o in outcomes],
                 "keeps_note": [o.keeps_requester_note for o in outcomes],
+                "ran_fors": [o.ran_for for o in outcomes],
             },
         )
         maybe_left = [o.job_id for o in outcomes if o.keeps_cancel_request]
-        if not maybe_left:
+        if not maybe_left and not starts:
             rows = yield update  # the usual batch: one statement, one round trip
-        else:
-            # Retried or handed back, but asked to stop meanwhile: cancelled, in the same
-            # transaction (the caller runs this plan atomically), sent together.
-            rows, _ = yield [
-                update,
-                Stmt(
-                    self.q.cancel_requested_leftovers,
-                    {"ids": maybe_left, "now": self.now(max(o.at for o in outcomes))},
-                ),
-            ]
+            return [int(r["id"]) for r in rows]
+        # Starts of jobs still running, before the outcomes (in one pipeline); and jobs
+        # retried or handed back but asked to stop meanwhile, after: cancelled, in the same
+        # transaction (the caller runs this plan atomically).
+        stmts = [update]
+        if starts:
+            stmts.insert(0, self._start_stmt(starts))
+        if maybe_left:
+            now = self.now(max(o.at for o in outcomes))
+            stmts.append(Stmt(self.q.cancel_requested_leftovers, {"ids": maybe_left, "now": now}))
+        results = yield stmts
+        rows = results[1 if starts else 0]
         return [int(r["id"]) for r in rows]
 
     def extend_leases_stmt(

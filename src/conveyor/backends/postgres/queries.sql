@@ -148,8 +148,7 @@ WITH picked AS (
 )
 UPDATE {schema}.jobs AS j
 SET state = 'running', attempt = j.attempt + 1, worker_id = %(worker_id)s,
-    started_at = greatest(coalesce(to_timestamp(%(now)s::float8), statement_timestamp()),
-                          j.created_at),
+    started_at = NULL,  -- recorded when the worker begins it
     -- from when the row is taken (a claim held up on its way still gets a whole lease)
     lease_until = coalesce(to_timestamp(%(now)s::float8), clock_timestamp())
                   + make_interval(secs => %(lease)s),
@@ -174,8 +173,7 @@ WITH picked AS (
 )
 UPDATE {schema}.jobs AS j
 SET state = 'running', attempt = j.attempt + 1, worker_id = %(worker_id)s,
-    started_at = greatest(coalesce(to_timestamp(%(now)s::float8), statement_timestamp()),
-                          j.created_at),
+    started_at = NULL,  -- recorded when the worker begins it
     -- from when the row is taken (a claim held up on its way still gets a whole lease)
     lease_until = coalesce(to_timestamp(%(now)s::float8), clock_timestamp())
                   + make_interval(secs => %(lease)s),
@@ -207,8 +205,7 @@ WITH candidates AS (
 )
 UPDATE {schema}.jobs AS j
 SET state = 'running', attempt = j.attempt + 1, worker_id = %(worker_id)s,
-    started_at = greatest(coalesce(to_timestamp(%(now)s::float8), statement_timestamp()),
-                          j.created_at),
+    started_at = NULL,  -- recorded when the worker begins it
     -- from when the row is taken (a claim held up on its way still gets a whole lease)
     lease_until = coalesce(to_timestamp(%(now)s::float8), clock_timestamp())
                   + make_interval(secs => %(lease)s),
@@ -378,14 +375,14 @@ LEFT JOIN lq ON lq.name = f.queue
 LEFT JOIN hc ON hc.name = f.circuit
 
 -- name: claim_ids
--- Start the jobs a limited claim picked, and note the starts of rate-limited ones. A start is
+-- Claim the jobs a limited claim picked, and note the starts of rate-limited ones. A start is
 -- stamped with this statement's time (now() is the transaction's, which may have begun before
 -- the job was enqueued), never before the job was made.
 WITH c AS (SELECT coalesce(to_timestamp(%(now)s::float8), statement_timestamp()) AS now),
 claimed AS (
     UPDATE {schema}.jobs AS j
     SET state = 'running', attempt = j.attempt + 1, worker_id = %(worker_id)s,
-        started_at = greatest(c.now, j.created_at),
+        started_at = NULL,  -- recorded when the worker begins it
         lease_until = coalesce(to_timestamp(%(now)s::float8), clock_timestamp())
                       + make_interval(secs => %(lease)s),
         state_changed_at = c.now, note = NULL
@@ -441,14 +438,19 @@ SET state = o.state,
     cancel_requested = o.keeps_cancel_request AND j.cancel_requested,
     state_changed_at = coalesce(to_timestamp(o.at), now()),
     note = CASE WHEN o.keeps_requester_note AND j.cancel_requested THEN coalesce(j.note, o.note)
-                ELSE o.note END
+                ELSE o.note END,
+    -- when it began, as long before the outcome as it ran (a start recorded while it ran was
+    -- an estimate); kept if it never began
+    started_at = CASE WHEN o.ran_for IS NULL THEN j.started_at
+                      ELSE greatest(coalesce(to_timestamp(o.at), now())
+                                    - make_interval(secs => o.ran_for), j.created_at) END
 FROM unnest(%(ids)b::bigint[], %(worker_ids)b::text[], %(attempts)b::int[], %(states)b::text[],
             %(results)b::text[], %(errors)b::text[], %(ats)b::float8[], %(delays)b::float8[],
             %(refunds)b::int[], %(notes)b::text[], %(rescues)b::bool[], %(expired)b::float8[],
             %(leaders)b::text[], %(finishes)b::bool[], %(progresses)b::float8[],
-            %(keeps_cancel)b::bool[], %(keeps_note)b::bool[])
+            %(keeps_cancel)b::bool[], %(keeps_note)b::bool[], %(ran_fors)b::float8[])
      AS o(id, worker_id, attempt, state, result, error, at, delay, refund, note, rescue, expired,
-          leader, finishes, progress, keeps_cancel_request, keeps_requester_note)
+          leader, finishes, progress, keeps_cancel_request, keeps_requester_note, ran_for)
 WHERE j.id = o.id AND j.state = 'running' AND j.worker_id = o.worker_id
   AND j.attempt = o.attempt
   AND (NOT o.rescue OR j.lease_until < to_timestamp(o.expired))
@@ -457,6 +459,17 @@ WHERE j.id = o.id AND j.state = 'running' AND j.worker_id = o.worker_id
        OR EXISTS (SELECT FROM {schema}.leaders AS l
                   WHERE l.holder = o.leader AND l.until >= now()))
 RETURNING j.id, j.state
+
+-- name: record_starts
+-- When attempts claimed ahead began on their worker (`ago` seconds before `at`), each only while
+-- it is still running under that worker, and only once.
+UPDATE {schema}.jobs AS j
+SET started_at = greatest(coalesce(to_timestamp(s.at), now()) - make_interval(secs => s.ago),
+                          j.created_at)
+FROM unnest(%(ids)b::bigint[], %(worker_ids)b::text[], %(attempts)b::int[], %(ats)b::float8[],
+            %(agos)b::float8[]) AS s(id, worker_id, attempt, at, ago)
+WHERE j.id = s.id AND j.state = 'running' AND j.worker_id = s.worker_id
+  AND j.attempt = s.attempt AND j.started_at IS NULL
 
 -- name: lock_rescued
 -- Before rescues, in their transaction: a job whose row another session holds (a hung one, say)

@@ -35,7 +35,7 @@ from conveyor.config import Settings
 from conveyor.errors import (
     ValidationError,
 )
-from conveyor.job import Job, NewJob, Outcome, WorkerInfo
+from conveyor.job import Job, NewJob, Outcome, Start, WorkerInfo
 from conveyor.limits import Candidate, best_buckets, pick
 
 Q = Queries.load("conveyor.backends.sqlite", "queries.sql")
@@ -124,8 +124,10 @@ class SqliteOperations(SqlOperations):
         limit: int,
         lease_until: float,
         now: float,
+        ahead: int = 0,
     ) -> Call[list[Job]]:
-        return Call(self._claim_plan(worker_id, queues, limit, lease_until, now), atomic=True)
+        plan = self._claim_plan(worker_id, queues, limit, lease_until, now, ahead)
+        return Call(plan, atomic=True)
 
     def _claim_plan(
         self,
@@ -134,7 +136,12 @@ class SqliteOperations(SqlOperations):
         limit: int,
         lease_until: float,
         now: float,
+        ahead: int,
     ) -> Plan[list[Job]]:
+        # Stamped when the claim holds the write lock, not when it was asked for (it may have
+        # waited for other writers): rate windows count the moments the jobs were taken.
+        waited = max(0.0, self.clock.now() - now)
+        now, lease_until = now + waited, lease_until + waited
         params: dict[str, Any] = {
             "worker_id": worker_id,
             "now": now,
@@ -142,17 +149,20 @@ class SqliteOperations(SqlOperations):
             "limit": limit,
         }
         _, [(limited,)] = yield [Stmt(Q.promote_due, {"now": now}), Stmt(Q.limits_present)]
-        if limited:
+        if limited:  # nothing claimed ahead: only plain jobs may be held ahead
             rows = yield from self._claim_limited(queues, params)
-        elif queues is None:
+            return in_claim_order(Job.from_row(r) for r in rows)
+        params["limit"] = limit + ahead
+        if queues is None:
             rows = yield Stmt(Q.claim, params)
         elif len(queues) == 1:
             rows = yield Stmt(Q.claim_in_queue, {**params, "queue": queues[0]})
         else:
             # Each queue's best candidates come from its own index; the best of those win.
-            found = yield [Stmt(Q.claim_candidates, {"queue": q, "limit": limit}) for q in queues]
+            wanted = params["limit"]
+            found = yield [Stmt(Q.claim_candidates, {"queue": q, "limit": wanted}) for q in queues]
             candidates = sorted((r["priority"], r["run_at"], r["id"]) for f in found for r in f)
-            params["ids"] = self.ids(c[2] for c in candidates[:limit])
+            params["ids"] = self.ids(c[2] for c in candidates[:wanted])
             rows = yield Stmt(Q.claim_ids, params)
         return in_claim_order(Job.from_row(r) for r in rows)
 
@@ -213,10 +223,25 @@ class SqliteOperations(SqlOperations):
         yield Stmt(Q.record_rate_starts, {"now": now, "ids": self.ids(ids)})
         return list(rows)
 
-    def complete(self, outcomes: Sequence[Outcome]) -> Call[list[int]]:
-        return Call(self._complete_plan(outcomes), atomic=True)
+    def complete(
+        self, outcomes: Sequence[Outcome], starts: Sequence[Start] = ()
+    ) -> Call[list[int]]:
+        return Call(self._complete_plan(outcomes, starts), atomic=True)
 
-    def _complete_plan(self, outcomes: Sequence[Outcome]) -> Plan[list[int]]:
+    def _complete_plan(
+        self, outcomes: Sequence[Outcome], starts: Sequence[Start]
+    ) -> Plan[list[int]]:
+        for start in starts:
+            yield Stmt(
+                Q.record_start,
+                {
+                    "id": start.job_id,
+                    "worker_id": start.worker_id,
+                    "attempt": start.attempt,
+                    "at": start.at,
+                    "ago": start.ago,
+                },
+            )
         applied: list[int] = []
         leftovers: list[int] = []
         for o in outcomes:
@@ -364,6 +389,7 @@ def _outcome_params(o: Outcome) -> dict[str, Any]:
         "note": o.note,
         "lease_expired_before": o.lease_expired_before,
         "leader": o.leader,
+        "ran_for": o.ran_for,
     }
 
 

@@ -58,8 +58,7 @@ WHERE state IN ({due_states}) AND run_at <= :now
 -- The plain claim: jobs without limits, from queues that are neither paused nor limited.
 UPDATE conveyor_jobs
 SET state = 'running', attempt = attempt + 1, worker_id = :worker_id,
-    -- never before it was created (its enqueuer's clock may be a hair ahead of this one)
-    started_at = max(:now, created_at),
+    started_at = NULL,  -- recorded when the worker begins it
     lease_until = :lease_until, state_changed_at = :now, note = NULL
 WHERE id IN (SELECT id FROM conveyor_jobs INDEXED BY conveyor_jobs_runnable
              WHERE state = 'queued' AND concurrency_key IS NULL AND rate_key IS NULL
@@ -74,8 +73,7 @@ RETURNING *
 -- name: claim_in_queue
 UPDATE conveyor_jobs
 SET state = 'running', attempt = attempt + 1, worker_id = :worker_id,
-    -- never before it was created (its enqueuer's clock may be a hair ahead of this one)
-    started_at = max(:now, created_at),
+    started_at = NULL,  -- recorded when the worker begins it
     lease_until = :lease_until, state_changed_at = :now, note = NULL
 WHERE id IN (SELECT id FROM conveyor_jobs INDEXED BY conveyor_jobs_runnable_queue
              WHERE state = 'queued' AND concurrency_key IS NULL AND rate_key IS NULL
@@ -115,8 +113,7 @@ LIMIT :limit
 -- name: claim_ids
 UPDATE conveyor_jobs
 SET state = 'running', attempt = attempt + 1, worker_id = :worker_id,
-    -- never before it was created (its enqueuer's clock may be a hair ahead of this one)
-    started_at = max(:now, created_at),
+    started_at = NULL,  -- recorded when the worker begins it
     lease_until = :lease_until, state_changed_at = :now, note = NULL
 WHERE id IN (SELECT value FROM json_each(:ids)) AND state = 'queued'
 RETURNING *
@@ -270,11 +267,23 @@ SET state = :state,
     cancel_requested = CASE WHEN :keeps_cancel_request THEN cancel_requested ELSE 0 END,
     state_changed_at = :at,
     note = CASE WHEN :keeps_requester_note AND cancel_requested THEN coalesce(note, :note)
-                ELSE :note END
+                ELSE :note END,
+    -- when it began, as long before the outcome as it ran (a start recorded while it ran was
+    -- an estimate); kept if it never began. Never before it was created (its enqueuer's clock
+    -- may be a hair ahead of this one)
+    started_at = CASE WHEN :ran_for IS NULL THEN started_at
+                      ELSE max(:at - :ran_for, created_at) END
 WHERE id = :id AND state = 'running' AND worker_id = :worker_id AND attempt = :attempt
   AND (:lease_expired_before IS NULL OR lease_until < :lease_expired_before)
   -- a rescue decided by a leader applies only while it leads (nobody has taken over)
   AND (:leader IS NULL OR EXISTS (SELECT 1 FROM conveyor_leaders WHERE holder = :leader))
+
+-- name: record_start
+-- When an attempt claimed ahead began on its worker, while it is still running there; once.
+UPDATE conveyor_jobs
+SET started_at = max(:at - :ago, created_at)
+WHERE id = :id AND state = 'running' AND worker_id = :worker_id AND attempt = :attempt
+  AND started_at IS NULL
 
 -- name: cancel_requested_leftovers
 -- Jobs asked to stop that were retried or handed back instead: they end cancelled.
