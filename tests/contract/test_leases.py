@@ -539,6 +539,7 @@ async def test_an_outcome_records_when_an_attempt_began(
     ]
     assert sorted(await app.backend.complete(outcomes)) == sorted([ran.id, never_began.id])
     assert ran.refresh().started_at == pytest.approx(clock.now() - 2)
-    assert ran.finished_at is not None and ran.finished_at - ran.started_at == pytest.approx(2)
+    assert ran.finished_at is not None and ran.started_at is not None
+    assert ran.finished_at - ran.started_at == pytest.approx(2)
     assert never_began.refresh().started_at is None
     assert (never_began.state, never_began.attempt) == (JobState.QUEUED, 0)

@@ -217,7 +217,7 @@ async def test_jobs_claimed_ahead_are_shown_kept_and_handed_back_on_shutdown(
     worker = conveyor.Worker(app, concurrency=1, prefetch=5, grace=0.1)
 
     def ahead() -> list[conveyor.Job]:
-        return [app.get_job(job.id) for job in later]  # type: ignore[misc]
+        return [app.get_job(job.id) for job in later]
 
     async with running(worker):
         await asyncio.wait_for(began.wait(), 10)

@@ -52,17 +52,20 @@ async def rescue_expired_leases(app: App, backend: Backend, leader: str | None =
     while expired := await backend.find_expired(now, BATCH):
         outcomes = []
         for job in expired:
+            # the lease found expired, not a time: clocks may disagree, a lease cannot
+            seen = (job.lease_until or now) + SEEN_LEASE_SLACK_S
             if job.started_at is None:
                 # Claimed ahead, never begun: back to the queue, the attempt not counted.
+                note = f"worker lost before it began: {job.worker_id}"
                 outcomes.append(
                     Outcome(
-                        job_id=job.id,
-                        worker_id=job.worker_id or "",
-                        attempt=job.attempt,
-                        state=JobState.QUEUED,
-                        at=now,
-                        note=f"worker lost before it began: {job.worker_id}",
-                        lease_expired_before=(job.lease_until or now) + SEEN_LEASE_SLACK_S,
+                        job.id,
+                        job.worker_id or "",
+                        job.attempt,
+                        JobState.QUEUED,
+                        now,
+                        note=note,
+                        lease_expired_before=seen,
                         leader=leader,
                     )
                 )
@@ -84,8 +87,7 @@ async def rescue_expired_leases(app: App, backend: Backend, leader: str | None =
                     ),
                     run_at=now + decision.delay,
                     note=f"worker lost: {job.worker_id}",
-                    # the lease found expired, not a time: clocks may disagree, a lease cannot
-                    lease_expired_before=(job.lease_until or now) + SEEN_LEASE_SLACK_S,
+                    lease_expired_before=seen,
                     leader=leader,
                 )
             )
