@@ -70,8 +70,8 @@ def main(ctx: click.Context, app_option: str | None) -> None:
     "--prefetch",
     type=click.IntRange(min=0),
     default=None,
-    help="Most jobs claimed ahead of free slots (default: 10 per slot, used only as far as "
-    "jobs are short beside a claim; 0: none).",
+    help="Most jobs claimed ahead of free slots, used only as far as jobs are short beside a "
+    "claim (default: none).",
 )
 @click.option("--burst", is_flag=True, help="Stop once nothing is runnable.")
 @click.option(
