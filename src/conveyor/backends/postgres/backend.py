@@ -393,25 +393,10 @@ class PostgresOperations(SqlOperations):
         atomic = any(o.keeps_cancel_request or o.lease_expired_before is not None for o in outcomes)
         return Call(self._complete_plan(outcomes, starts), atomic=atomic)
 
-    def _start_stmt(self, starts: Sequence[Start]) -> Stmt:
-        starts = sorted(starts, key=lambda s: s.job_id)
-        return Stmt(
-            self.q.record_starts,
-            {
-                "ids": [s.job_id for s in starts],
-                "worker_ids": [s.worker_id for s in starts],
-                "attempts": [s.attempt for s in starts],
-                "ats": [self.now(s.at) for s in starts],
-                "agos": [s.ago for s in starts],
-            },
-        )
-
     def _complete_plan(
         self, outcomes: Sequence[Outcome], starts: Sequence[Start] = ()
     ) -> Plan[list[int]]:
-        if not outcomes:
-            yield self._start_stmt(starts)
-            return []
+        starts = sorted(starts, key=lambda s: s.job_id)
         # In id order, as every statement that writes several running jobs: two such
         # statements then lock their rows in the same order and cannot deadlock.
         outcomes = sorted(outcomes, key=lambda o: o.job_id)
@@ -442,23 +427,24 @@ class PostgresOperations(SqlOperations):
                 "keeps_cancel": [o.keeps_cancel_request for o in outcomes],
                 "keeps_note": [o.keeps_requester_note for o in outcomes],
                 "ran_fors": [o.ran_for for o in outcomes],
+                "start_ids": [s.job_id for s in starts],
+                "start_worker_ids": [s.worker_id for s in starts],
+                "start_attempts": [s.attempt for s in starts],
+                "start_ats": [self.now(s.at) for s in starts],
+                "start_agos": [s.ago for s in starts],
             },
         )
         maybe_left = [o.job_id for o in outcomes if o.keeps_cancel_request]
-        if not maybe_left and not starts:
+        if not maybe_left:
             rows = yield update  # the usual batch: one statement, one round trip
-            return [int(r["id"]) for r in rows]
-        # Starts of jobs still running, before the outcomes (in one pipeline); and jobs
-        # retried or handed back but asked to stop meanwhile, after: cancelled, in the same
-        # transaction (the caller runs this plan atomically).
-        stmts = [update]
-        if starts:
-            stmts.insert(0, self._start_stmt(starts))
-        if maybe_left:
+        else:
+            # Retried or handed back, but asked to stop meanwhile: cancelled, in the same
+            # transaction (the caller runs this plan atomically), sent together.
             now = self.now(max(o.at for o in outcomes))
-            stmts.append(Stmt(self.q.cancel_requested_leftovers, {"ids": maybe_left, "now": now}))
-        results = yield stmts
-        rows = results[1 if starts else 0]
+            rows, _ = yield [
+                update,
+                Stmt(self.q.cancel_requested_leftovers, {"ids": maybe_left, "now": now}),
+            ]
         return [int(r["id"]) for r in rows]
 
     def extend_leases_stmt(

@@ -423,7 +423,19 @@ SELECT name, concurrency FROM {schema}.queues WHERE concurrency IS NOT NULL ORDE
 -- name: complete
 -- A batch of outcomes in one statement, each a plain guarded write of what `Outcome` decided.
 -- Each applies only to the very attempt it is about, while it is still running under that
--- worker (and, for a rescue, once its lease ran out).
+-- worker (and, for a rescue, once its lease ran out). The starts of other jobs of the worker,
+-- still running, go in the same statement (never in a transaction of several statements: a
+-- session stopped between two would hold their rows).
+WITH started AS (
+    UPDATE {schema}.jobs AS j
+    SET started_at = greatest(coalesce(to_timestamp(s.at), now())
+                              - make_interval(secs => s.ago), j.created_at)
+    FROM unnest(%(start_ids)b::bigint[], %(start_worker_ids)b::text[],
+                %(start_attempts)b::int[], %(start_ats)b::float8[], %(start_agos)b::float8[])
+         AS s(id, worker_id, attempt, at, ago)
+    WHERE j.id = s.id AND j.state = 'running' AND j.worker_id = s.worker_id
+      AND j.attempt = s.attempt AND j.started_at IS NULL
+)
 UPDATE {schema}.jobs AS j
 SET state = o.state,
     result = o.result::json,
@@ -459,17 +471,6 @@ WHERE j.id = o.id AND j.state = 'running' AND j.worker_id = o.worker_id
        OR EXISTS (SELECT FROM {schema}.leaders AS l
                   WHERE l.holder = o.leader AND l.until >= now()))
 RETURNING j.id, j.state
-
--- name: record_starts
--- When attempts claimed ahead began on their worker (`ago` seconds before `at`), each only while
--- it is still running under that worker, and only once.
-UPDATE {schema}.jobs AS j
-SET started_at = greatest(coalesce(to_timestamp(s.at), now()) - make_interval(secs => s.ago),
-                          j.created_at)
-FROM unnest(%(ids)b::bigint[], %(worker_ids)b::text[], %(attempts)b::int[], %(ats)b::float8[],
-            %(agos)b::float8[]) AS s(id, worker_id, attempt, at, ago)
-WHERE j.id = s.id AND j.state = 'running' AND j.worker_id = s.worker_id
-  AND j.attempt = s.attempt AND j.started_at IS NULL
 
 -- name: lock_rescued
 -- Before rescues, in their transaction: a job whose row another session holds (a hung one, say)
