@@ -25,6 +25,9 @@ from conveyor.worker.executor import Finished
 log = get_logger("conveyor.worker")
 
 MAX_BATCH = 1000
+#: A start goes with the next outcomes, or on its own once it is this old (seconds): a job
+#: shorter than that never needs a write of its own for its start.
+START_AFTER_S = 0.01
 RETRY_DELAYS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0)
 
 
@@ -41,6 +44,7 @@ class Completer:
         self._pending: list[Finished] = []
         #: jobs begun whose start is not written yet, and when they began (monotonic)
         self._began: dict[tuple[int, int], tuple[Job, float]] = {}
+        self._start_timer: asyncio.TimerHandle | None = None
         self._inflight: list[Finished] = []
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
@@ -50,8 +54,14 @@ class Completer:
 
     def began(self, job: Job, at: float) -> None:
         self._began[job.id, job.attempt] = (job, at)
-        self._idle.clear()
-        self._wake.set()
+        if self._start_timer is None:
+            loop = asyncio.get_running_loop()
+            self._start_timer = loop.call_later(START_AFTER_S, self._starts_due)
+
+    def _starts_due(self) -> None:
+        self._start_timer = None
+        if self._began:
+            self._wake.set()
 
     def add(self, finished: Finished) -> None:
         self._began.pop((finished.job.id, finished.job.attempt), None)
@@ -74,7 +84,7 @@ class Completer:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            while self._pending or self._began:
+            while self._pending or (self._began and self._start_timer is None):
                 batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
                 self._inflight = batch
                 applied = await self._write(batch, self._starts())
@@ -88,6 +98,9 @@ class Completer:
         """The starts not written yet (taken: a start is written once)."""
         if not self._began:
             return []
+        if self._start_timer is not None:
+            self._start_timer.cancel()
+            self._start_timer = None
         at, mono = self._now(), time.monotonic()
         began, self._began = self._began, {}
         return [
