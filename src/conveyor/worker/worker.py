@@ -61,8 +61,6 @@ CLAIM_RETRY_DELAYS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0)
 WRITE_AFTER_GRACE_S = 5.0
 #: How long each last call to the store on the way out (resign, deregister, close) may take.
 GOODBYE_S = 2.0
-#: By default a worker claims up to this many jobs per slot ahead of its free slots.
-PREFETCH_PER_SLOT = 10
 #: The weight of the newest figure in the moving averages of job and claim times.
 SMOOTHING = 0.2
 
@@ -146,7 +144,7 @@ class Worker:
         self.queues = None if queues is None else [check_queue(q) for q in queues]
         self.concurrency = concurrency
         #: at most this many jobs claimed ahead of a free slot (see `_buffer_target`)
-        self.prefetch = PREFETCH_PER_SLOT * concurrency if prefetch is None else prefetch
+        self.prefetch = 0 if prefetch is None else prefetch
         self.burst = burst
         self.grace = grace
         self.host = socket.gethostname()

@@ -291,7 +291,7 @@ class PostgresOperations(SqlOperations):
         else:
             asked = limit + ahead
             jobs, present = yield from self.claim_plan(
-                worker_id, queues, asked, lease, at, promote=promote
+                worker_id, queues, asked, lease, at, promote=promote, begun=limit
             )
             if present and len(jobs) < limit:
                 more, present = yield Atomic(
@@ -313,12 +313,15 @@ class PostgresOperations(SqlOperations):
         lease: float,
         now: float | None,
         promote: bool = True,
+        begun: int | None = None,
     ) -> Plan[tuple[list[Job], bool | None]]:
         """The plain claim (jobs without limits). With `promote`, due jobs are promoted first
-        and the claim also tells whether limits are in play (else None)."""
+        and the claim also tells whether limits are in play (else None). The first `begun`
+        (default: all) begin now; the rest are claimed ahead."""
         params: dict[str, Any] = {
             "worker_id": worker_id,
             "limit": limit,
+            "begun": limit if begun is None else begun,
             "lease": lease,
             "now": now,
         }

@@ -135,8 +135,9 @@ WHERE id IN (SELECT id FROM {schema}.jobs
              FOR UPDATE SKIP LOCKED)
 
 -- name: claim
-WITH picked AS (
-    SELECT id FROM {schema}.jobs
+-- The first `begun` jobs (the worker's free slots) begin now; the rest are claimed ahead.
+WITH taken AS (
+    SELECT id, priority, run_at FROM {schema}.jobs
     WHERE state = 'queued' AND concurrency_key IS NULL AND rate_key IS NULL
       AND queue NOT IN (SELECT name FROM {schema}.queues
                         WHERE paused_at IS NOT NULL OR concurrency IS NOT NULL)
@@ -145,10 +146,15 @@ WITH picked AS (
     ORDER BY priority, run_at, id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
+), picked AS (
+    SELECT id, row_number() OVER (ORDER BY priority, run_at, id) AS n FROM taken
 )
 UPDATE {schema}.jobs AS j
 SET state = 'running', attempt = j.attempt + 1, worker_id = %(worker_id)s,
-    started_at = NULL,  -- recorded when the worker begins it
+    -- begun now (the first `begun` in claim order) or claimed ahead (no start time yet)
+    started_at = CASE WHEN picked.n <= %(begun)s
+                      THEN greatest(coalesce(to_timestamp(%(now)s::float8), statement_timestamp()),
+                                    j.created_at) END,
     -- from when the row is taken (a claim held up on its way still gets a whole lease)
     lease_until = coalesce(to_timestamp(%(now)s::float8), clock_timestamp())
                   + make_interval(secs => %(lease)s),
@@ -158,8 +164,8 @@ WHERE j.id = picked.id
 RETURNING j.*
 
 -- name: claim_in_queue
-WITH picked AS (
-    SELECT id FROM {schema}.jobs
+WITH taken AS (
+    SELECT id, priority, run_at FROM {schema}.jobs
     WHERE state = 'queued' AND concurrency_key IS NULL AND rate_key IS NULL
       AND queue = %(queue)s
       AND NOT EXISTS (SELECT FROM {schema}.queues
@@ -170,10 +176,15 @@ WITH picked AS (
     ORDER BY priority, run_at, id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
+), picked AS (
+    SELECT id, row_number() OVER (ORDER BY priority, run_at, id) AS n FROM taken
 )
 UPDATE {schema}.jobs AS j
 SET state = 'running', attempt = j.attempt + 1, worker_id = %(worker_id)s,
-    started_at = NULL,  -- recorded when the worker begins it
+    -- begun now (the first `begun` in claim order) or claimed ahead (no start time yet)
+    started_at = CASE WHEN picked.n <= %(begun)s
+                      THEN greatest(coalesce(to_timestamp(%(now)s::float8), statement_timestamp()),
+                                    j.created_at) END,
     -- from when the row is taken (a claim held up on its way still gets a whole lease)
     lease_until = coalesce(to_timestamp(%(now)s::float8), clock_timestamp())
                   + make_interval(secs => %(lease)s),
@@ -201,11 +212,15 @@ WITH candidates AS (
         FOR UPDATE SKIP LOCKED
     ) AS c
 ), picked AS (
-    SELECT id FROM candidates ORDER BY priority, run_at, id LIMIT %(limit)s
+    SELECT id, row_number() OVER (ORDER BY priority, run_at, id) AS n
+    FROM candidates ORDER BY priority, run_at, id LIMIT %(limit)s
 )
 UPDATE {schema}.jobs AS j
 SET state = 'running', attempt = j.attempt + 1, worker_id = %(worker_id)s,
-    started_at = NULL,  -- recorded when the worker begins it
+    -- begun now (the first `begun` in claim order) or claimed ahead (no start time yet)
+    started_at = CASE WHEN picked.n <= %(begun)s
+                      THEN greatest(coalesce(to_timestamp(%(now)s::float8), statement_timestamp()),
+                                    j.created_at) END,
     -- from when the row is taken (a claim held up on its way still gets a whole lease)
     lease_until = coalesce(to_timestamp(%(now)s::float8), clock_timestamp())
                   + make_interval(secs => %(lease)s),
@@ -382,7 +397,7 @@ WITH c AS (SELECT coalesce(to_timestamp(%(now)s::float8), statement_timestamp())
 claimed AS (
     UPDATE {schema}.jobs AS j
     SET state = 'running', attempt = j.attempt + 1, worker_id = %(worker_id)s,
-        started_at = NULL,  -- recorded when the worker begins it
+        started_at = greatest(c.now, j.created_at),
         lease_until = coalesce(to_timestamp(%(now)s::float8), clock_timestamp())
                       + make_interval(secs => %(lease)s),
         state_changed_at = c.now, note = NULL

@@ -151,7 +151,9 @@ class SqliteOperations(SqlOperations):
         _, [(limited,)] = yield [Stmt(Q.promote_due, {"now": now}), Stmt(Q.limits_present)]
         if limited:  # nothing claimed ahead: only plain jobs may be held ahead
             rows = yield from self._claim_limited(queues, params)
-            return in_claim_order(Job.from_row(r) for r in rows)
+            return (
+                yield from self._begin(in_claim_order(Job.from_row(r) for r in rows), limit, now)
+            )
         params["limit"] = limit + ahead
         if queues is None:
             rows = yield Stmt(Q.claim, params)
@@ -164,7 +166,16 @@ class SqliteOperations(SqlOperations):
             candidates = sorted((r["priority"], r["run_at"], r["id"]) for f in found for r in f)
             params["ids"] = self.ids(c[2] for c in candidates[:wanted])
             rows = yield Stmt(Q.claim_ids, params)
-        return in_claim_order(Job.from_row(r) for r in rows)
+        return (yield from self._begin(in_claim_order(Job.from_row(r) for r in rows), limit, now))
+
+    def _begin(self, jobs: list[Job], begun: int, now: float) -> Plan[list[Job]]:
+        """The first `begun` claimed jobs (the worker's free slots) begin now, in the claim's
+        transaction; the rest are claimed ahead, with no start time yet."""
+        if jobs[:begun]:
+            yield Stmt(Q.begin_now, {"ids": self.ids(j.id for j in jobs[:begun]), "now": now})
+        for job in jobs[:begun]:
+            job.started_at = max(now, job.created_at)
+        return jobs
 
     def _claim_limited(
         self, queues: Sequence[str] | None, params: dict[str, Any]

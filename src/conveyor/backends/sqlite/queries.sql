@@ -86,6 +86,12 @@ WHERE id IN (SELECT id FROM conveyor_jobs INDEXED BY conveyor_jobs_runnable_queu
              LIMIT :limit)
 RETURNING *
 
+-- name: begin_now
+-- Claimed jobs that begin at once (the rest of a claim is claimed ahead): never before they were
+-- created (an enqueuer's clock may be a hair ahead of this one).
+UPDATE conveyor_jobs SET started_at = max(:now, created_at)
+WHERE id IN (SELECT value FROM json_each(:ids))
+
 -- name: claim_candidates
 -- The best `limit` plain jobs of one queue; a claim over several queues merges these.
 SELECT id, priority, run_at, queue, concurrency_key, concurrency_max, rate_key, rate_max, circuit
