@@ -139,7 +139,8 @@ class Executor:
             return self.not_started(job, ctx)
         log.info("job.started", job_id=job.id, task=job.task, queue=job.queue, attempt=job.attempt)
         ctx.began = time.monotonic()
-        self.began(job, ctx.began)
+        if job.started_at is None:  # claimed ahead: the store learns of its start from here
+            self.began(job, ctx.began)
         args = (ctx, *job.args) if task.pass_context else tuple(job.args)
         work: Work | None = None
         deadline: asyncio.Timeout | None = None
