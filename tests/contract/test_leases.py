@@ -496,6 +496,28 @@ async def test_a_claimed_job_counts_as_begun_only_once_its_start_is_recorded(
     assert begun.errors[-1]["type"] == "WorkerLost"
 
 
+async def test_a_job_lost_twice_before_it_began_counts_the_second_attempt(
+    make_app: Callable[..., conveyor.App], clock: conveyor.FrozenClock
+) -> None:
+    """A task that kills its worker before the start is written (os._exit, a segfault, the
+    OOM killer) is lost "before it began" each time: it must not come back uncounted for ever."""
+    app = make_app(lease_seconds=30, clock=clock)
+
+    @app.task(max_attempts=2, backoff=conveyor.fixed(0))
+    def crashes() -> None: ...
+
+    job = crashes.enqueue()
+    for _ in range(3):
+        await claim_as(app, "ghost", begin=False)
+        clock.advance(31)
+        assert await rescue_expired_leases(app, app.backend) == 1
+    job.refresh()
+    assert (job.state, job.attempt) == (JobState.DEAD, 2)
+    notes = [e.note for e in app.job_history(job.id) if e.from_state is JobState.RUNNING]
+    lost = "worker lost: ghost"
+    assert notes == ["worker lost before it began: ghost", lost, lost]
+
+
 async def test_a_start_is_recorded_once_and_only_for_the_attempt_still_running_there(
     make_app: Callable[..., conveyor.App], clock: conveyor.FrozenClock
 ) -> None:

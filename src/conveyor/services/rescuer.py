@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from conveyor.backends.faces import Backend
-from conveyor.job import JobState, Outcome, error_record
+from conveyor.job import Job, JobState, Outcome, error_record
 from conveyor.logging import get_logger
 from conveyor.retry import RetryPolicy, decide
 from conveyor.services.base import Service
@@ -20,6 +20,8 @@ BATCH = 500
 #: A rescue applies only if the job's lease is still the one found expired (never renewed
 #: since): earlier than what was seen plus this (less than any renewal adds).
 SEEN_LEASE_SLACK_S = 0.001
+#: How the history names a job handed back because its worker was lost before it began.
+LOST_BEFORE_BEGIN = "worker lost before it began"
 
 
 class Rescuer(Service):
@@ -54,9 +56,11 @@ async def rescue_expired_leases(app: App, backend: Backend, leader: str | None =
         for job in expired:
             # the lease found expired, not a time: clocks may disagree, a lease cannot
             seen = (job.lease_until or now) + SEEN_LEASE_SLACK_S
-            if job.started_at is None:
-                # Claimed ahead, never begun: back to the queue, the attempt not counted.
-                note = f"worker lost before it began: {job.worker_id}"
+            if job.started_at is None and not await _lost_before_begin_already(backend, job):
+                # Claimed ahead, never begun: back to the queue, the attempt not counted. Only
+                # once: a job whose task kills its worker before the start is written would
+                # otherwise come back uncounted for ever. The second time, the attempt counts.
+                note = f"{LOST_BEFORE_BEGIN}: {job.worker_id}"
                 outcomes.append(
                     Outcome(
                         job.id,
@@ -107,3 +111,8 @@ async def rescue_expired_leases(app: App, backend: Backend, leader: str | None =
         if len(expired) < BATCH or not applied:
             break
     return rescued
+
+
+async def _lost_before_begin_already(backend: Backend, job: Job) -> bool:
+    history = await backend.job_history(job.id)
+    return any(e.note is not None and e.note.startswith(LOST_BEFORE_BEGIN) for e in history)
