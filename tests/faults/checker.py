@@ -334,12 +334,14 @@ class VictimMonitor:
             if fault not in self.faults:
                 self.faults.append(fault)
 
-    def running(self) -> dict[int, int] | None:
-        """Running jobs, id -> attempt; None when the store cannot be read."""
+    def running(self) -> dict[int, tuple[int, int | None]] | None:
+        """Running jobs, id -> (attempt, its worker's pid); None when the store cannot be
+        read."""
         try:
-            return {j.id: j.attempt for j in self.app.list_jobs(state="running", limit=100_000)}
+            jobs = self.app.list_jobs(state="running", limit=100_000)
         except Exception:
             return None
+        return {j.id: (j.attempt, pid_of(j.worker_id)) for j in jobs}
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -352,7 +354,14 @@ class VictimMonitor:
                 with self._lock:
                     for fault in self.faults:
                         for job_id, attempt in fault.jobs.items():
-                            if job_id not in fault.left and running.get(job_id) != attempt:
+                            # Gone from the victim: over, retried, or handed back uncounted
+                            # (claimed ahead, never begun) and claimed again elsewhere.
+                            now_at = running.get(job_id)
+                            if job_id not in fault.left and (
+                                now_at is None
+                                or now_at[0] != attempt
+                                or now_at[1] not in fault.victims
+                            ):
                                 fault.left[job_id] = now
             self._stop.wait(self.interval)
 
@@ -363,6 +372,16 @@ class VictimMonitor:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=30)
+
+
+def pid_of(worker_id: str | None) -> int | None:
+    """A worker id is host:pid:hex."""
+    if not worker_id:
+        return None
+    try:
+        return int(worker_id.rsplit(":", 2)[-2])
+    except (IndexError, ValueError):
+        return None
 
 
 def assert_report(report: Report, logs: Callable[[], str]) -> None:

@@ -29,7 +29,7 @@ from acceptance.conftest import Project, WorkerProcess, event_time
 from conveyor import JobState
 
 from . import journal as journal_module
-from .checker import Fault, Report, VictimMonitor, assert_report, check, stored_jobs
+from .checker import Fault, Report, VictimMonitor, assert_report, check, pid_of, stored_jobs
 from .cluster import Cluster
 from .journal import Journal, read_journal
 
@@ -160,16 +160,6 @@ def libfaketime() -> Path | None:
         if found:
             return Path(found[0])
     return None
-
-
-def pid_of(worker_id: str | None) -> int | None:
-    """A worker id is host:pid:hex."""
-    if not worker_id:
-        return None
-    try:
-        return int(worker_id.rsplit(":", 2)[-2])
-    except (IndexError, ValueError):
-        return None
 
 
 def wait_stopped(pids: Iterable[int], timeout: float = 5.0) -> None:

@@ -83,3 +83,50 @@ def test_four_workers_race_on_20000_jobs_with_kill9s(scenario: Scenario) -> None
 
     scenario.drain(timeout=90)
     scenario.check(slack=KILL_SLACK_S)
+
+
+KILLS_ITS_WORKER = """
+@app.task(name="kills_its_worker", pass_context=True, max_attempts=3, backoff=conveyor.fixed(0))
+def kills_its_worker(ctx, n, ms):
+    journal("start", ctx.job_id, ctx.attempt, _os.getpid(), now())
+    _os.kill(_os.getpid(), 9)
+"""
+KILLER_ATTEMPTS = 3
+
+
+def test_a_task_that_kills_its_worker_ends_dead(scenario: Scenario) -> None:
+    """A task that kills its own worker process at once (os._exit, a segfault, the OOM killer),
+    among short jobs a worker claims ahead of its slots. Each death counts an attempt (one
+    death before the job's start reached the store may go uncounted, once), so the job ends
+    dead after its attempts instead of killing worker after worker, and the work around it
+    goes on."""
+    scenario.open(KILLS_ITS_WORKER)
+    scenario.enqueue(500, task="work", ms=1)
+    [killer] = scenario.enqueue(1, task="kills_its_worker", first=500)
+    scenario.enqueue(500, task="work", ms=1, first=501)
+
+    deaths = 0
+    worker = scenario.start_worker()
+    deadline = time.monotonic() + 120
+    while scenario.app.get_job(killer).state.value != "dead":
+        if time.monotonic() > deadline or deaths > KILLER_ATTEMPTS + 1:
+            scenario.give_up(
+                f"the job that kills its worker is {scenario.app.get_job(killer).state.value} "
+                f"after {deaths} deaths (it has {KILLER_ATTEMPTS} attempts)"
+            )
+        if worker.proc.poll() is not None:
+            scenario.fault("killed by its task", [worker], time.monotonic())
+            deaths += 1
+            worker = scenario.start_worker()
+        time.sleep(0.05)
+
+    scenario.drain()
+    job = scenario.app.get_job(killer)
+    runs = len(scenario.journal().runs[killer])
+    scenario.extra.update(deaths=deaths, killer_runs=runs, killer_attempt=job.attempt)
+    if job.attempt != KILLER_ATTEMPTS or runs > KILLER_ATTEMPTS + 1:
+        scenario.problems.append(
+            f"the job that kills its worker ran {runs} times and ended dead at attempt "
+            f"{job.attempt}: each death must count (at most one uncounted)"
+        )
+    scenario.check(slack=KILL_SLACK_S)
