@@ -63,6 +63,11 @@ WRITE_AFTER_GRACE_S = 5.0
 GOODBYE_S = 2.0
 #: The weight of the newest figure in the moving averages of job and claim times.
 SMOOTHING = 0.2
+#: By default a worker claims ahead at most this many jobs per slot (see `Worker.prefetch`).
+PREFETCH_PER_SLOT = 10
+#: A worker starts no job claimed ahead, and claims nothing, while more outcomes than this many
+#: per slot wait to be written: it never runs far ahead of what the store knows of its work.
+UNWRITTEN_PER_SLOT = 2
 
 
 def _interval(lease: float, fraction: float) -> float:
@@ -144,7 +149,7 @@ class Worker:
         self.queues = None if queues is None else [check_queue(q) for q in queues]
         self.concurrency = concurrency
         #: at most this many jobs claimed ahead of a free slot (see `_buffer_target`)
-        self.prefetch = 0 if prefetch is None else prefetch
+        self.prefetch = PREFETCH_PER_SLOT * concurrency if prefetch is None else prefetch
         self.burst = burst
         self.grace = grace
         self.host = socket.gethostname()
@@ -311,7 +316,7 @@ class Worker:
             self._start_ready()
             target = self._buffer_target()
             room = self.concurrency - len(self._active) + target - len(self._ready)
-            if room <= 0 or len(self._ready) > target // 2:
+            if room <= 0 or len(self._ready) > target // 2 or self._writes_behind():
                 await self._slot_free.wait()  # stop() sets it too
                 continue
             if not self._lease_is_fresh():
@@ -343,11 +348,22 @@ class Worker:
         return min(self.prefetch, int(wanted))
 
     def _start_ready(self) -> None:
-        """Start jobs claimed ahead, in claim order, while slots are free."""
+        """Start jobs claimed ahead, in claim order, while slots are free (a job the claim
+        stamped begun at once; one claimed ahead only while the writes keep up)."""
         ready = self._ready
         while ready and len(self._active) < self.concurrency and not self.stopping:
-            held = ready.pop(next(iter(ready)))
+            key = next(iter(ready))
+            held = ready[key]
+            if held.job.started_at is None and self._writes_behind():
+                return  # `_on_written` starts it
+            del ready[key]
             self._start(held.job, held.lease_ends)
+
+    def _writes_behind(self) -> bool:
+        """Whether more outcomes wait to be written than the slots could hold twice over.
+        Short jobs claimed ahead run far faster than a store under load may take their
+        outcomes: finished work a crash would lose (the jobs run again) stays bounded."""
+        return self.completer.unwritten > UNWRITTEN_PER_SLOT * self.concurrency
 
     def _hand_back_ready(self, note: str, circuit: str | None = None) -> None:
         """Give the jobs claimed ahead (those behind `circuit`, if given) back to the queue,
@@ -626,6 +642,8 @@ class Worker:
     def _on_written(self, batch: list[Finished], applied: list[int]) -> None:
         self.processed += len(batch)
         self._written.set()  # a retry may be due now, or a burst may be over
+        self._start_ready()  # jobs claimed ahead may have waited for the writes
+        self._slot_free.set()
         written = set(applied)
         for finished in batch:
             if finished.job.id in written:
