@@ -169,6 +169,11 @@ class Operations(abc.ABC):
     def job_history(self, job_id: int) -> Call[list[HistoryEntry]]: ...
 
     @abc.abstractmethod
+    def noted(self, ids: Sequence[int], prefix: str) -> Call[set[int]]:
+        """The jobs among `ids` with a transition in their history whose note begins with
+        `prefix`."""
+
+    @abc.abstractmethod
     def find_unique(self, key: str) -> Call[Job | None]:
         """The unfinished job holding a unique key, if any."""
 

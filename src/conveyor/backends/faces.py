@@ -68,6 +68,9 @@ class Store:
     def job_history(self, job_id: int) -> list[HistoryEntry]:
         return self.engine.run(self.ops.job_history(job_id))
 
+    def noted(self, ids: Sequence[int], prefix: str) -> set[int]:
+        return self.engine.run(self.ops.noted(ids, prefix))
+
     def find_unique(self, key: str) -> Job | None:
         return self.engine.run(self.ops.find_unique(key))
 
@@ -274,6 +277,9 @@ class Backend:
 
     async def job_history(self, job_id: int) -> list[HistoryEntry]:
         return await self.engine.arun(self.ops.job_history(job_id))
+
+    async def noted(self, ids: Sequence[int], prefix: str) -> set[int]:
+        return await self.engine.arun(self.ops.noted(ids, prefix))
 
     async def find_unique(self, key: str) -> Job | None:
         return await self.engine.arun(self.ops.find_unique(key))

@@ -268,6 +268,13 @@ class SqlOperations(Operations):
     def job_history(self, job_id: int) -> Call[list[HistoryEntry]]:
         return self._read(self._mapped(self.q.job_history, {"id": job_id}, HistoryEntry.from_row))
 
+    def noted(self, ids: Sequence[int], prefix: str) -> Call[set[int]]:
+        return self._read(self._noted_plan(ids, prefix))
+
+    def _noted_plan(self, ids: Sequence[int], prefix: str) -> Plan[set[int]]:
+        rows = yield Stmt(self.q.noted, {"ids": self.ids(ids), "prefix": prefix})
+        return {int(r["job_id"]) for r in rows}
+
     def find_unique(self, key: str) -> Call[Job | None]:
         return self._read(self._find_unique_plan(key))
 

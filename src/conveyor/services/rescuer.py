@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from conveyor.backends.faces import Backend
-from conveyor.job import Job, JobState, Outcome, error_record
+from conveyor.job import JobState, Outcome, error_record
 from conveyor.logging import get_logger
 from conveyor.retry import RetryPolicy, decide
 from conveyor.services.base import Service
@@ -53,13 +53,15 @@ async def rescue_expired_leases(app: App, backend: Backend, leader: str | None =
     rescued = 0
     while expired := await backend.find_expired(now, BATCH):
         outcomes = []
+        unbegun = [job.id for job in expired if job.started_at is None]
+        # Handed back uncounted once already: a task that kills its worker before its start
+        # is written would otherwise come back uncounted for ever. The second time, it counts.
+        lost_before = await backend.noted(unbegun, LOST_BEFORE_BEGIN) if unbegun else set()
         for job in expired:
             # the lease found expired, not a time: clocks may disagree, a lease cannot
             seen = (job.lease_until or now) + SEEN_LEASE_SLACK_S
-            if job.started_at is None and not await _lost_before_begin_already(backend, job):
-                # Claimed ahead, never begun: back to the queue, the attempt not counted. Only
-                # once: a job whose task kills its worker before the start is written would
-                # otherwise come back uncounted for ever. The second time, the attempt counts.
+            if job.started_at is None and job.id not in lost_before:
+                # Claimed ahead, never begun: back to the queue, the attempt not counted.
                 note = f"{LOST_BEFORE_BEGIN}: {job.worker_id}"
                 outcomes.append(
                     Outcome(
@@ -111,8 +113,3 @@ async def rescue_expired_leases(app: App, backend: Backend, leader: str | None =
         if len(expired) < BATCH or not applied:
             break
     return rescued
-
-
-async def _lost_before_begin_already(backend: Backend, job: Job) -> bool:
-    history = await backend.job_history(job.id)
-    return any(e.note is not None and e.note.startswith(LOST_BEFORE_BEGIN) for e in history)

@@ -614,6 +614,10 @@ LIMIT %(limit)s
 SELECT job_id, extract(epoch FROM at)::float8 AS at, from_state, to_state, worker_id, note
 FROM {schema}.job_history WHERE job_id = %(id)s ORDER BY id
 
+-- name: noted
+SELECT DISTINCT job_id FROM {schema}.job_history
+WHERE job_id = ANY(%(ids)s::bigint[]) AND starts_with(note, %(prefix)s)
+
 -- name: queue_stats
 SELECT queue, state, count(*) AS n FROM {schema}.jobs GROUP BY state, queue
 

@@ -386,6 +386,10 @@ LIMIT :limit
 -- name: job_history
 SELECT * FROM conveyor_job_history WHERE job_id = :id ORDER BY id
 
+-- name: noted
+SELECT DISTINCT job_id FROM conveyor_job_history
+WHERE job_id IN (SELECT value FROM json_each(:ids)) AND substr(note, 1, length(:prefix)) = :prefix
+
 -- name: queue_stats
 SELECT queue, state, count(*) AS n FROM conveyor_jobs GROUP BY state, queue
 
