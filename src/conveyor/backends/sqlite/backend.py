@@ -20,6 +20,7 @@ from conveyor.backends.base import Engine
 from conveyor.backends.plan import Atomic, Call, Plan, Stmt, rows_or_count
 from conveyor.backends.sql import Queries, load_migrations
 from conveyor.backends.sqlite.connections import (
+    begin_immediate,
     open_connection,
     path_from_url,
     rollback,
@@ -540,7 +541,7 @@ def _transaction(conn: sqlite3.Connection, plan: Plan[T]) -> T:
     cannot serve now (busy, disk full, I/O) are BackendUnavailable; nothing of the transaction
     stays."""
     try:
-        conn.execute("BEGIN IMMEDIATE")
+        begin_immediate(conn)
     except sqlite3.Error as exc:
         raise unavailable_error(exc) from exc
     try:

@@ -3,6 +3,7 @@ if it is not conveyor's), and which errors mean the file cannot serve now."""
 
 from __future__ import annotations
 
+import random
 import sqlite3
 import time
 from pathlib import Path
@@ -13,6 +14,10 @@ from conveyor.logging import get_logger
 log = get_logger("conveyor.sqlite")
 
 BUSY_TIMEOUT_S = 10.0
+#: While another connection writes, a write transaction asks again about this often (seconds).
+BEGIN_RETRY_S = 0.001
+#: SQLite's result codes for "another connection holds the lock": busy, locked.
+_BUSY_CODES = frozenset({5, 6})
 
 
 def path_from_url(url: str) -> str:
@@ -97,6 +102,28 @@ def open_connection(path: str, url: str, synchronous: str, tables_sql: str) -> s
         conn.close()
         raise unavailable_error(exc) from exc
     return conn
+
+
+def begin_immediate(conn: sqlite3.Connection) -> None:
+    """`BEGIN IMMEDIATE`: take the one write lock, waiting up to the busy timeout. SQLite's own
+    busy wait sleeps longer the longer it has waited (up to a tenth of a second a try), so
+    among several busy writers the one that has waited longest is the least likely to get in:
+    a worker's heartbeat or outcome write could wait seconds. Here every waiter asks again
+    about every millisecond, so each has about the same chance."""
+    conn.execute("PRAGMA busy_timeout = 0")
+    try:
+        deadline = time.monotonic() + BUSY_TIMEOUT_S
+        while True:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+                if code not in _BUSY_CODES or time.monotonic() >= deadline:
+                    raise
+            time.sleep(BEGIN_RETRY_S * (0.5 + random.random()))
+    finally:
+        conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
 
 
 def _use_wal(conn: sqlite3.Connection) -> None:
