@@ -42,6 +42,9 @@ class Completer:
         self._on_written = on_written
         self._now = now
         self._pending: list[Finished] = []
+        #: when the oldest outcome in `_pending`, and in `_inflight`, was added (monotonic)
+        self._pending_since = 0.0
+        self._inflight_since = 0.0
         #: jobs begun whose start is not written yet, and when they began (monotonic)
         self._began: dict[tuple[int, int], tuple[Job, float]] = {}
         self._start_timer: asyncio.TimerHandle | None = None
@@ -65,6 +68,8 @@ class Completer:
 
     def add(self, finished: Finished) -> None:
         self._began.pop((finished.job.id, finished.job.attempt), None)
+        if not self._pending:
+            self._pending_since = time.monotonic()
         self._pending.append(finished)
         self._idle.clear()
         self._wake.set()
@@ -72,6 +77,12 @@ class Completer:
     @property
     def unwritten(self) -> int:
         return len(self._inflight) + len(self._pending)
+
+    def unwritten_for(self, now: float) -> float:
+        """How long the oldest outcome not written yet has waited (seconds; 0 if none)."""
+        if self._inflight:
+            return now - self._inflight_since
+        return now - self._pending_since if self._pending else 0.0
 
     @property
     def pending(self) -> list[tuple[int, int]]:
@@ -86,7 +97,7 @@ class Completer:
             self._wake.clear()
             while self._pending or (self._began and self._start_timer is None):
                 batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
-                self._inflight = batch
+                self._inflight, self._inflight_since = batch, self._pending_since
                 applied = await self._write(batch, self._starts())
                 self._inflight = []
                 self._on_written(batch, applied)

@@ -66,8 +66,10 @@ SMOOTHING = 0.2
 #: By default a worker claims ahead at most this many jobs per slot (see `Worker.prefetch`).
 PREFETCH_PER_SLOT = 10
 #: A worker starts no job claimed ahead, and claims nothing, while more outcomes than this many
-#: per slot wait to be written: it never runs far ahead of what the store knows of its work.
-UNWRITTEN_PER_SLOT = 2
+#: per slot wait to be written, or the oldest has waited longer than UNWRITTEN_FOR_S: it never
+#: runs far ahead of what the store knows of its work.
+UNWRITTEN_PER_SLOT = 5
+UNWRITTEN_FOR_S = 0.1
 
 
 def _interval(lease: float, fraction: float) -> float:
@@ -360,10 +362,14 @@ class Worker:
             self._start(held.job, held.lease_ends)
 
     def _writes_behind(self) -> bool:
-        """Whether more outcomes wait to be written than the slots could hold twice over.
-        Short jobs claimed ahead run far faster than a store under load may take their
-        outcomes: finished work a crash would lose (the jobs run again) stays bounded."""
-        return self.completer.unwritten > UNWRITTEN_PER_SLOT * self.concurrency
+        """Whether the outcomes waiting to be written are too many, or too old. Short jobs
+        claimed ahead run far faster than a store under load may take their outcomes: the
+        finished work a crash would lose (those jobs run again) stays bounded."""
+        completer = self.completer
+        return (
+            completer.unwritten > UNWRITTEN_PER_SLOT * self.concurrency
+            or completer.unwritten_for(time.monotonic()) > UNWRITTEN_FOR_S
+        )
 
     def _hand_back_ready(self, note: str, circuit: str | None = None) -> None:
         """Give the jobs claimed ahead (those behind `circuit`, if given) back to the queue,
