@@ -156,8 +156,7 @@ class Executor:
                 call = task.fn(*args, **job.kwargs)
             else:
                 work = self.threads.submit(in_thread)
-                # shield: a cancelled wait must not mark a running thread's future cancelled
-                call = asyncio.shield(asyncio.wrap_future(work.future))
+                call = work.future
             if task.timeout is None:
                 result = await call
             else:
