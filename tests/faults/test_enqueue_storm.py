@@ -345,3 +345,34 @@ def test_sqlite_enqueue_storm_succeeds_or_is_unavailable(scenario: Scenario) -> 
     scenario.start_workers(2)
     scenario.drain()
     scenario.check(slack=NO_FAULT_SLACK_S)  # also fails on any error but BackendUnavailable
+
+
+#: How long the storm beside the workers lasts: several leases (the scenarios' lease is 2 s).
+BESIDE_WORKERS_S = 8.0
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_sqlite_workers_keep_their_heartbeat_through_an_enqueue_storm(scenario: Scenario) -> None:
+    """Two workers drain while 4 processes x 25 threads enqueue as fast as they can into the
+    same file: every write waits for SQLite's one write lock. No worker may wait so long that
+    its heartbeat misses half a lease (it stops claiming, `worker.claims_paused`) or its jobs
+    are taken from it. With every write asking for the lock every millisecond, 100 enqueuing
+    threads won nearly every turn (and most of the CPU): heartbeats waited 2 s."""
+    scenario.open()
+    scenario.enqueue(2_000, task="work", ms=5)
+    workers = scenario.start_workers(2)
+    procs = storm(scenario, 4, 25, 0, "until")
+    time.sleep(BESIDE_WORKERS_S)
+    (scenario.root / "stop").write_text("")
+    wait_storm(scenario, procs, timeout=15, kill=True)
+
+    paused = [e for w in workers for e in w.events("worker.claims_paused")]
+    scenario.extra["claims_paused"] = len(paused)
+    scenario.extra["enqueued"] = len(scenario.journal().enqueued)
+    if paused:
+        scenario.problems.append(
+            f"workers paused their claims {len(paused)} times: a heartbeat waited more than "
+            f"half a lease for the write lock (e.g. {paused[0]})"
+        )
+    scenario.drain()
+    scenario.check(slack=NO_FAULT_SLACK_S)
