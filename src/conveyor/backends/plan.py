@@ -53,6 +53,9 @@ class Call(Generic[T]):
     connection: Any = None
     #: check (and maybe migrate) the schema before the first call of the process
     check: bool = True
+    #: a client's write that may give way to the workers' when the store has one writer at a
+    #: time (SQLite): a storm of enqueuers must not keep heartbeats and outcomes out
+    gives_way: bool = False
 
 
 def statement(sql: str, params: Any = None) -> Plan[Any]:

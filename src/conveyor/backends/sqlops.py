@@ -184,7 +184,8 @@ class SqlOperations(Operations):
 
     def enqueue(self, jobs: Sequence[NewJob], connection: Any = None) -> Call[list[Job]]:
         atomic = self.write_atomic or any(j.waits for j in jobs)
-        return Call(self.enqueue_plan(jobs), atomic=atomic, connection=connection)
+        plan = self.enqueue_plan(jobs)
+        return Call(plan, atomic=atomic, connection=connection, gives_way=True)
 
     def enqueue_plan(self, jobs: Sequence[NewJob]) -> Plan[list[Job]]:
         waiting = [i for i, j in enumerate(jobs) if j.waits]

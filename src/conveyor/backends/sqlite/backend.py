@@ -459,7 +459,7 @@ class SqliteEngine(Engine):
         try:
             conn = self._conn(check=call.check)
             if call.atomic:
-                return _transaction(conn, call.plan)
+                return _transaction(conn, call.plan, call.gives_way)
             return _drive(conn, call.plan)
         except sqlite3.Error as exc:
             if (error := unavailable(exc)) is not None:
@@ -536,12 +536,12 @@ def _drive(conn: sqlite3.Connection, plan: Plan[T]) -> T:
         return value
 
 
-def _transaction(conn: sqlite3.Connection, plan: Plan[T]) -> T:
+def _transaction(conn: sqlite3.Connection, plan: Plan[T], gives_way: bool = False) -> T:
     """One write transaction (`BEGIN IMMEDIATE`: the only writer). Errors that mean the file
     cannot serve now (busy, disk full, I/O) are BackendUnavailable; nothing of the transaction
     stays."""
     try:
-        begin_immediate(conn)
+        begin_immediate(conn, gives_way)
     except sqlite3.Error as exc:
         raise unavailable_error(exc) from exc
     try:

@@ -104,42 +104,46 @@ def open_connection(path: str, url: str, synchronous: str, tables_sql: str) -> s
     return conn
 
 
-def begin_immediate(conn: sqlite3.Connection) -> None:
+def begin_immediate(conn: sqlite3.Connection, gives_way: bool = False) -> None:
     """`BEGIN IMMEDIATE`: take the one write lock, waiting up to the busy timeout. SQLite's own
     busy wait sleeps longer the longer it has waited (up to a tenth of a second a try), so
     among several busy writers the one that has waited longest is the least likely to get in:
-    a worker's heartbeat or outcome write could wait seconds. Here every waiter asks again
-    about every millisecond, so each has about the same chance."""
+    a worker's heartbeat or outcome write could wait seconds. Here a write asks again about
+    every millisecond; one that `gives_way` (an enqueue) keeps SQLite's own wait, so a storm
+    of enqueuers leaves the lock to the workers' writes between its own."""
+    if gives_way:
+        conn.execute("BEGIN IMMEDIATE")
+        return
     conn.execute("PRAGMA busy_timeout = 0")
     try:
-        deadline = time.monotonic() + BUSY_TIMEOUT_S
-        while True:
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                return
-            except sqlite3.OperationalError as exc:
-                code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
-                if code not in _BUSY_CODES or time.monotonic() >= deadline:
-                    raise
-            time.sleep(BEGIN_RETRY_S * (0.5 + random.random()))
+        _while_busy(conn, "BEGIN IMMEDIATE", BEGIN_RETRY_S)
     finally:
         conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
 
 
 def _use_wal(conn: sqlite3.Connection) -> None:
     """Switch a new file to WAL. Connections opening a fresh file at once race for the
-    switch, and SQLite answers the losers "database is locked" without waiting: try again
-    for as long as a busy wait would."""
+    switch, and SQLite answers the losers "database is locked" without waiting."""
+    try:
+        _while_busy(conn, "PRAGMA journal_mode = WAL", 0.01)
+    except sqlite3.Error as exc:
+        conn.close()
+        raise unavailable_error(exc) from exc
+
+
+def _while_busy(conn: sqlite3.Connection, sql: str, pause: float) -> None:
+    """Run `sql`, asking again about every `pause` seconds while another connection holds the
+    lock, for as long as a busy wait would."""
     deadline = time.monotonic() + BUSY_TIMEOUT_S
     while True:
         try:
-            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute(sql)
             return
-        except sqlite3.Error as exc:
-            if "locked" not in str(exc) or time.monotonic() > deadline:
-                conn.close()
-                raise unavailable_error(exc) from exc
-        time.sleep(0.01)
+        except sqlite3.OperationalError as exc:
+            code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+            if code not in _BUSY_CODES or time.monotonic() >= deadline:
+                raise
+        time.sleep(pause * (0.5 + random.random()))
 
 
 def rollback(conn: sqlite3.Connection) -> None:
