@@ -11,6 +11,9 @@ import pytest
 
 from conveyor.worker.threads import TaskThreads
 
+#: A lost wake-up would leave a future unsettled: the tests fail after this long, not hang.
+SETTLE_S = 10.0
+
 
 async def test_each_call_settles_its_own_future_with_its_result_or_error() -> None:
     threads = TaskThreads(4)
@@ -22,7 +25,8 @@ async def test_each_call_settles_its_own_future_with_its_result_or_error() -> No
 
     try:
         works = [threads.submit(functools.partial(call, i)) for i in range(300)]
-        settled = await asyncio.gather(*(w.future for w in works), return_exceptions=True)
+        gathered = asyncio.gather(*(w.future for w in works), return_exceptions=True)
+        settled = await asyncio.wait_for(gathered, SETTLE_S)
     finally:
         threads.shutdown()
     for i, outcome in enumerate(settled):
@@ -40,7 +44,7 @@ async def test_a_task_raising_stop_iteration_fails_with_a_runtime_error() -> Non
 
     try:
         with pytest.raises(RuntimeError, match="StopIteration"):
-            await threads.submit(stops).future
+            await asyncio.wait_for(threads.submit(stops).future, SETTLE_S)
     finally:
         threads.shutdown()
 
@@ -53,17 +57,17 @@ async def test_an_abandoned_call_frees_its_slot_and_one_not_begun_never_runs() -
 
     def stuck() -> None:
         began.set()
-        release.wait(10)
+        release.wait(SETTLE_S)
         ran.append("stuck")
 
     try:
         hung = threads.submit(stuck)
-        await asyncio.to_thread(began.wait, 10)
+        await asyncio.to_thread(began.wait, SETTLE_S)
         queued = threads.submit(lambda: ran.append("never"))
         threads.abandon(queued)  # not begun: dropped
         threads.abandon(hung)  # running: its thread is replaced
         assert threads.abandoned == 1
-        assert await asyncio.wait_for(threads.submit(lambda: "next").future, 10) == "next"
+        assert await asyncio.wait_for(threads.submit(lambda: "next").future, SETTLE_S) == "next"
         release.set()
         for _ in range(200):
             if threads.abandoned == 0:
