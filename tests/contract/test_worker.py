@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Callable
+from typing import Any
 
+import pytest
 from structlog.testing import capture_logs
 
 import conveyor
 from conveyor import JobState
 from conveyor.testing import running_worker, wait_until
+from conveyor.worker.worker import UNWRITTEN_PER_SLOT
 
 # the other contract tests import these two from here
 running = running_worker
@@ -192,6 +195,49 @@ async def test_burst_returns_when_only_future_jobs_are_left(app: conveyor.App) -
     job = await later.configure(delay=3600).enqueue_async()
     await asyncio.wait_for(app.run_worker_async(burst=True), 10)
     assert (await job.refresh_async()).state is JobState.SCHEDULED
+
+
+async def test_a_worker_runs_few_jobs_past_the_outcomes_the_store_has_not_taken(
+    app: conveyor.App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While the store takes no outcomes (here: their write held up), the worker starts at most
+    about five jobs per slot of those it claimed ahead; the rest wait. A crash then runs again
+    only those few finished jobs, not everything it claimed."""
+    ran: list[int] = []
+
+    @app.task
+    def quick(i: int) -> None:
+        ran.append(i)
+
+    await asyncio.to_thread(quick.enqueue_many, [(i,) for i in range(600)])
+    worker = conveyor.Worker(app, concurrency=2, prefetch=200)
+    write = app.backend.complete
+    held, release = asyncio.Event(), asyncio.Event()
+
+    async def held_up(outcomes: Any, starts: Any = ()) -> list[int]:
+        if len(ran) >= 100 and not release.is_set():
+            held.set()
+            await release.wait()
+        return await write(outcomes, starts)
+
+    monkeypatch.setattr(app.backend, "complete", held_up)
+
+    def claimed_ahead() -> int:
+        jobs = app.list_jobs(state=JobState.RUNNING, limit=1_000)
+        return sum(1 for job in jobs if job.started_at is None)
+
+    bound = (UNWRITTEN_PER_SLOT + 2) * worker.concurrency
+    async with running(worker):
+        await asyncio.wait_for(held.wait(), 10)
+        before = len(ran)
+        await asyncio.sleep(0.5)  # ample for the jobs claimed ahead, were they started
+        started = len(ran) - before
+        waiting = await asyncio.to_thread(claimed_ahead)
+        release.set()
+        await until(lambda: len(ran) >= 600, what="the rest of the jobs")
+    assert waiting > bound  # there was more to start than the bound lets through
+    assert started <= bound
+    assert sorted(ran) == list(range(600))
 
 
 async def test_jobs_claimed_ahead_are_shown_kept_and_handed_back_on_shutdown(
