@@ -177,6 +177,8 @@ class Worker:
         self._claims_ended = 0
         self._last_beat_claims = 0
         self._last_unknown: set[tuple[int, int]] = set()
+        #: when this worker's reports last opened each circuit (monotonic)
+        self._opened: dict[str, float] = {}
 
     # -- running ----------------------------------------------------------------------------
 
@@ -423,7 +425,13 @@ class Worker:
             for job in jobs:
                 self.completer.add(Finished(job, self._executor.hand_back(job), 0.0))
             return True
+        opened = {name for name, at in self._opened.items() if at >= asked}
         for job in jobs:
+            if job.circuit in opened:
+                # Claimed before the store saw the circuit this worker opened meanwhile.
+                outcome = self._executor.hand_back(job, note="its circuit opened: handed back")
+                self.completer.add(Finished(job, outcome, 0.0))
+                continue
             self._ready[job.id, job.attempt] = Prefetched(job, asked + lease)
         self._start_ready()
         if len(jobs) == room:
@@ -505,6 +513,7 @@ class Worker:
                     # circuit this opened, and a job seen retrying has been counted.
                     report = circuits.report(self.app, self.backend, task.circuit, finished.outcome)
                     if await asyncio.shield(report):
+                        self._opened[task.circuit.name] = time.monotonic()
                         self._hand_back_ready(
                             "claimed ahead, its circuit opened: handed back",
                             circuit=task.circuit.name,
