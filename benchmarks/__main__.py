@@ -12,7 +12,7 @@ from rich.console import Console
 
 from benchmarks.common import BACKENDS, DEFAULT_POSTGRES_URL, quiet_logging
 from benchmarks.report import print_report, write_json
-from benchmarks.suite import GROUPS, Config, run
+from benchmarks.suite import GROUPS, LONG_GROUPS, Config, run
 
 QUICK = {"jobs": 2_000, "repeat": 1, "latency_seconds": 3.0}
 
@@ -33,9 +33,10 @@ def _ints(text: str) -> tuple[int, ...]:
 
 def _groups(text: str) -> tuple[str, ...]:
     chosen = tuple(part.strip() for part in text.split(",") if part.strip())
-    unknown = [g for g in chosen if g not in GROUPS]
+    known = GROUPS + LONG_GROUPS
+    unknown = [g for g in chosen if g not in known]
     if unknown or not chosen:
-        raise argparse.ArgumentTypeError(f"choose from {', '.join(GROUPS)}; got {text!r}")
+        raise argparse.ArgumentTypeError(f"choose from {', '.join(known)}; got {text!r}")
     return chosen
 
 
@@ -123,7 +124,16 @@ def parse_args(argv: list[str] | None = None) -> tuple[list[Config], Path | None
         "--only",
         type=_groups,
         default=GROUPS,
-        help=f"run only these workload groups ({','.join(GROUPS)})",
+        help=f"run only these workload groups ({','.join(GROUPS)}; by default all of them), "
+        f"or the long ones ({','.join(LONG_GROUPS)}: drain, a backlog of --scale-queued jobs "
+        "with the worker's memory, drain again)",
+    )
+    parser.add_argument(
+        "--scale-queued",
+        type=int,
+        default=defaults.scale_queued,
+        metavar="N",
+        help=f"the scale group's backlog (default {defaults.scale_queued:,})",
     )
     parser.add_argument(
         "--processes",
@@ -149,6 +159,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[list[Config], Path | None
         parser.error("--jobs, --repeat, --latency-seconds and --latency-rate must be positive")
     if args.one_call < 0:
         parser.error("--one-call must be 0 or more")
+    if args.scale_queued < 2 * jobs:
+        parser.error(f"--scale-queued must be at least twice --jobs ({2 * jobs:,})")
     config = Config(
         jobs=int(jobs),
         batches=args.batches,
@@ -161,6 +173,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[list[Config], Path | None
         postgres_url=args.postgres_url,
         processes=args.processes,
         one_call=args.one_call,
+        scale_queued=args.scale_queued,
     )
     return [dataclasses.replace(config, backend=b) for b in args.backend], args.json
 

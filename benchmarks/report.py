@@ -144,6 +144,42 @@ def latency_table(results: Results) -> Table | None:
     return table
 
 
+def scale_table(results: Results) -> Table | None:
+    """The drain rate as the tables grow, and the worker's memory over a long drain."""
+    m = results.metrics
+    if "scale.fresh" not in m:
+        return None
+    runs = results.config.repeat
+    table = Table(
+        title=f"Scale: one `conveyor worker --burst`, sync no-ops, concurrency 10; median of "
+        f"{runs} run{'s' if runs > 1 else ''}",
+        title_justify="left",
+    )
+    table.add_column("workload")
+    table.add_column("conveyor", justify="right")
+    table.add_column("share", justify="right")
+    table.add_column("target")
+    table.add_column("")
+    for key, against in (
+        ("scale.fresh", ""),
+        ("scale.backlog.first", "fresh"),
+        ("scale.backlog.last", ""),
+        ("scale.backlog", ""),
+        ("scale.after", "fresh"),
+        ("scale.rss.early", ""),
+        ("scale.rss.end", "early"),
+    ):
+        metric = m[key]
+        unit, digits = (" MiB", 1) if metric.unit == "MiB" else ("/s", 0)
+        ratio_key = f"{key}/{against}"
+        share = Text()
+        if ratio_key in results.ratios:
+            share.append(f"{results.ratios[ratio_key].median:.1%} of {against}")
+        targets, verdicts = _targets(results, [ratio_key])
+        table.add_row(metric.label, _figure(metric, unit, digits), share, targets, verdicts)
+    return table
+
+
 def peers_table(results: Results) -> Table | None:
     """Other Python queues' published figures on PostgreSQL: quoted, not measured here."""
     if results.config.backend != "postgres":
@@ -204,6 +240,10 @@ def print_report(results: Results, console: Console) -> None:
     latency = latency_table(results)
     if latency is not None:
         console.print(latency)
+        console.print()
+    scale = scale_table(results)
+    if scale is not None:
+        console.print(scale)
         console.print()
     peers = peers_table(results)
     if peers is not None:

@@ -17,6 +17,8 @@ from benchmarks.common import BACKENDS, LOG_LEVEL, postgres_url
 from benchmarks.tasks import KEYED_LIMIT, KEYED_TENANTS
 
 GROUPS = ("enqueue", "drain", "limits", "latency", "raw")
+#: Groups run only when asked for (`--only scale`): they take many minutes.
+LONG_GROUPS = ("scale",)
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,8 @@ class Config:
     processes: tuple[int, ...] = (1, 2)
     #: PostgreSQL only: one `enqueue_many` call of this many jobs (0: none)
     one_call: int = 100_000
+    #: the scale group: the backlog drained between two drains of `jobs`
+    scale_queued: int = 1_000_000
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -272,9 +276,30 @@ def run(config: Config, progress: Callable[[str], None] = lambda _: None) -> Res
             results.record("latency.max", "enqueue-to-start max", "ms", max(lat.samples) * 1000)
             results.record("latency.jobs", "latency jobs", "jobs", lat.count)
             results.record("latency.rate", "latency offered rate", "jobs/s", lat.offered_rate)
+        if "scale" in config.groups:
+            step(f"scale: {n:,} jobs fresh, a backlog of {config.scale_queued:,}, {n:,} after")
+            _scale_round(results, workloads.scale(n, config.scale_queued, **where))
     _ratios(results)
     _targets(results)
     return results
+
+
+def _scale_round(results: Results, scale: workloads.Scale) -> None:
+    queued = results.config.scale_queued
+    for key, label, rate in (
+        ("scale.fresh", "drain on a fresh store", scale.fresh),
+        ("scale.backlog.first", f"the first jobs of {queued:,} queued", scale.backlog_first),
+        ("scale.backlog.last", f"the last jobs of {queued:,} queued", scale.backlog_last),
+        ("scale.backlog", f"the whole backlog of {queued:,}", scale.backlog),
+        ("scale.after", f"drain with {queued:,} finished in the tables", scale.after),
+    ):
+        results.record(key, label, "jobs/s", rate.per_second)
+    results.record(
+        "scale.rss.early", "worker memory a tenth into the backlog", "MiB", scale.rss_early_mib
+    )
+    results.record(
+        "scale.rss.end", "worker memory at the end of the backlog", "MiB", scale.rss_end_mib
+    )
 
 
 def _raw_round(results: Results, step: Callable[[str], None]) -> None:
@@ -330,6 +355,11 @@ def _ratios(results: Results) -> None:
         pairs += [(cli_drain_key(p, c), raw_drain, "raw") for p in config.processes]
         more = [p for p in config.processes if p > 1]
         pairs += [(cli_drain_key(p, c), cli_drain_key(1, c), "p1") for p in more]
+    pairs += [
+        ("scale.backlog.first", "scale.fresh", "fresh"),
+        ("scale.after", "scale.fresh", "fresh"),
+        ("scale.rss.end", "scale.rss.early", "early"),
+    ]
     for metric, against, suffix in pairs:
         if metric in results.metrics and against in results.metrics:
             ours, theirs = results.metrics[metric].runs, results.metrics[against].runs
@@ -423,4 +453,7 @@ def _targets(results: Results) -> None:
     wanted.append(
         Target("latency.p99", "<=", goals.latency_p99_ms, f"≤ {goals.latency_p99_ms:g} ms")
     )
+    wanted.append(Target("scale.backlog.first/fresh", ">=", 0.9, "≥ 90% of fresh"))
+    wanted.append(Target("scale.after/fresh", ">=", 0.9, "≥ 90% of fresh"))
+    wanted.append(Target("scale.rss.end/early", "<=", 1.1, "≤ 110% of early"))
     results.targets = [t for t in wanted if results.value(t.subject) is not None]

@@ -16,6 +16,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 
@@ -28,6 +30,8 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 #: How many jobs `enqueue_many` stores per call when a workload pre-fills a queue.
 FILL_BATCH = 10_000
 WORKER_START_TIMEOUT_S = 30.0
+#: How often the scale workload samples the worker's memory.
+SAMPLE_EVERY_S = 0.2
 
 
 def _app(db: Database) -> conveyor.App:
@@ -212,6 +216,117 @@ def drain_cli(
     if len(starts) != jobs or len(ends) != jobs:
         raise RuntimeError(f"drain by {processes} processes: {len(ends)} of {jobs} have times")
     return Rate(jobs, max(ends) - min(starts))
+
+
+# -- scale ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Scale:
+    """The drain rate of one `conveyor worker --burst` on a fresh store, with a backlog queued
+    and with it finished, and the worker's memory over the long drain."""
+
+    fresh: Rate
+    #: the first `jobs` of the backlog, drained while the rest waits queued
+    backlog_first: Rate
+    #: the last `jobs` of the backlog: by then the tables hold the rest, finished
+    backlog_last: Rate
+    backlog: Rate
+    #: `jobs` enqueued and drained after the backlog, with all of it finished in the tables
+    after: Rate
+    #: the worker's resident memory once the drain is under way (a tenth of it), and at its end
+    rss_early_mib: float
+    rss_end_mib: float
+
+
+def _enqueue_ids(app: conveyor.App, jobs: int) -> tuple[int, int]:
+    """`jobs` sync no-ops by `enqueue_many`; the first and last job's id."""
+    task = app.tasks[SYNC_NOOP]
+    first = last = 0
+    for start in range(0, jobs, FILL_BATCH):
+        batch = task.enqueue_many([(i,) for i in range(start, min(start + FILL_BATCH, jobs))])
+        first = first or batch[0].id
+        last = batch[-1].id
+    return first, last
+
+
+def _rss_mib(pid: int) -> float | None:
+    """A process's resident memory (Linux's /proc), in MiB; None once it has ended."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return None
+    for line in status.splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return None  # exited, not yet reaped
+
+
+def _burst(db: Database, jobs: int, on_progress: Callable[[int], None] | None = None) -> None:
+    """One `conveyor worker --burst` (concurrency 10) until the queue is empty; every
+    `SAMPLE_EVERY_S`, `on_progress(the worker's pid)`."""
+    worker = _start_worker(db, 10, burst=True)
+    started = time.monotonic()
+    try:
+        while True:
+            try:
+                code = worker.wait(timeout=SAMPLE_EVERY_S)
+                break
+            except subprocess.TimeoutExpired:
+                if time.monotonic() - started > WORKER_START_TIMEOUT_S + jobs / 200:
+                    raise RuntimeError("conveyor worker --burst did not finish") from None
+                if on_progress is not None:
+                    on_progress(worker.pid)
+    finally:
+        _stop_worker(worker)
+    if code != 0:
+        raise RuntimeError(f"conveyor worker --burst exited with code {code}")
+
+
+def _span(app: conveyor.App, first: int, last: int) -> Rate:
+    """The jobs `first`..`last` (ids, in claim order) by the store's own times: from the
+    first one's start to the last one's finish."""
+    begun, ended = app.get_job(first).started_at, app.get_job(last).finished_at
+    if begun is None or ended is None:
+        raise RuntimeError(f"jobs {first} and {last} are not both finished")
+    return Rate(last - first + 1, ended - begun)
+
+
+def scale(jobs: int, queued: int, *, backend: str = "sqlite", postgres: str | None = None) -> Scale:
+    """On one store: drain `jobs` on a fresh store; then `queued` more, sampling the worker's
+    memory; then `jobs` again, with the `queued` finished ones (and their history) in the
+    tables. Times are the store's (`started_at`, `finished_at`), as in `drain_cli`."""
+    if queued < 2 * jobs:
+        raise ValueError(f"the backlog ({queued:,}) must hold at least twice {jobs:,} jobs")
+    with scratch(backend, "scale", postgres) as db:
+        app = _app(db)
+        try:
+            app.migrate()
+            first, last = _enqueue_ids(app, jobs)
+            _burst(db, jobs)
+            fresh = _span(app, first, last)
+
+            first, last = _enqueue_ids(app, queued)
+            rss: list[float] = []
+
+            def sample(pid: int) -> None:
+                if (mib := _rss_mib(pid)) is not None:
+                    rss.append(mib)
+
+            _burst(db, queued, sample)
+            if not rss:
+                raise RuntimeError("the backlog drained before the worker's memory was sampled")
+            backlog = _span(app, first, last)
+            backlog_first = _span(app, first, first + jobs - 1)
+            backlog_last = _span(app, last - jobs + 1, last)
+
+            first_after, last_after = _enqueue_ids(app, jobs)
+            _burst(db, jobs)
+            after = _span(app, first_after, last_after)
+            _expect_all_succeeded(app, 2 * jobs + queued, "scale")
+        finally:
+            app.close()
+    return Scale(fresh, backlog_first, backlog_last, backlog, after, rss[len(rss) // 10], rss[-1])
 
 
 # -- latency ----------------------------------------------------------------------------------

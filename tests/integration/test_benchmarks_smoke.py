@@ -126,6 +126,21 @@ def test_command_prints_a_table_and_writes_json(
     assert {t["subject"] for t in data["targets"]} >= {"latency.p50", "latency.p99"}
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_scale_drains_a_fresh_store_a_backlog_and_again_and_samples_memory(
+    backend: str, request: pytest.FixtureRequest, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = request.getfixturevalue("postgres") if backend == "postgres" else None
+    argv = ["--backend", backend, "--only", "scale", "--jobs", str(JOBS), "--repeat", "1"]
+    argv += ["--scale-queued", "3000"] + (["--postgres-url", url] if url else [])
+    assert main(argv) == 0  # every workload raises unless all its jobs ended succeeded
+    printed = capsys.readouterr().out
+    assert "the whole backlog of 3,000" in printed and "MiB" in printed
+    with pytest.raises(SystemExit):
+        main(["--only", "scale", "--jobs", "2000", "--scale-queued", "3000"])
+    assert "--scale-queued must be at least twice --jobs (4,000)" in capsys.readouterr().err
+
+
 # -- PostgreSQL -------------------------------------------------------------------------------
 
 
