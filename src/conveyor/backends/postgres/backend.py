@@ -412,6 +412,7 @@ class PostgresOperations(SqlOperations):
         update = Stmt(
             self.q.complete,
             {
+                "count": len(outcomes),
                 "ids": [o.job_id for o in outcomes],
                 "worker_ids": [o.worker_id for o in outcomes],
                 "attempts": [o.attempt for o in outcomes],
@@ -430,6 +431,7 @@ class PostgresOperations(SqlOperations):
                 "keeps_cancel": [o.keeps_cancel_request for o in outcomes],
                 "keeps_note": [o.keeps_requester_note for o in outcomes],
                 "ran_fors": [o.ran_for for o in outcomes],
+                "start_count": len(starts),
                 "start_ids": [s.job_id for s in starts],
                 "start_worker_ids": [s.worker_id for s in starts],
                 "start_attempts": [s.attempt for s in starts],
@@ -459,6 +461,7 @@ class PostgresOperations(SqlOperations):
                 "now": self.now(worker.last_beat),
                 "lease": max(0.0, lease_until - worker.last_beat),
                 "worker_id": worker.id,
+                "count": len(running),
                 "ids": [job_id for job_id, _ in running],
                 "attempts": [a for _, a in running],
             },

@@ -441,14 +441,19 @@ SELECT name, concurrency FROM {schema}.queues WHERE concurrency IS NOT NULL ORDE
 -- worker (and, for a rescue, once its lease ran out). The starts of other jobs of the worker,
 -- still running, go in the same statement (never in a transaction of several statements: a
 -- session stopped between two would hold their rows).
+-- The state a row must still have comes with each id (`was`), not as a constant: given
+-- `state = 'running'`, the planner, sure that few rows run, scans that range of an index,
+-- where every job that ever ran has left an entry until vacuum comes (52 ms a batch with
+-- 300,000 finished jobs, against 0.6 ms for a look-up per id).
 WITH started AS (
     UPDATE {schema}.jobs AS j
     SET started_at = greatest(coalesce(to_timestamp(s.at), now())
                               - make_interval(secs => s.ago), j.created_at)
     FROM unnest(%(start_ids)b::bigint[], %(start_worker_ids)b::text[],
-                %(start_attempts)b::int[], %(start_ats)b::float8[], %(start_agos)b::float8[])
-         AS s(id, worker_id, attempt, at, ago)
-    WHERE j.id = s.id AND j.state = 'running' AND j.worker_id = s.worker_id
+                %(start_attempts)b::int[], %(start_ats)b::float8[], %(start_agos)b::float8[],
+                array_fill('running'::text, ARRAY[%(start_count)s::int]))
+         AS s(id, worker_id, attempt, at, ago, was)
+    WHERE j.id = s.id AND j.state = s.was AND j.worker_id = s.worker_id
       AND j.attempt = s.attempt AND j.started_at IS NULL
 )
 UPDATE {schema}.jobs AS j
@@ -475,10 +480,11 @@ FROM unnest(%(ids)b::bigint[], %(worker_ids)b::text[], %(attempts)b::int[], %(st
             %(results)b::text[], %(errors)b::text[], %(ats)b::float8[], %(delays)b::float8[],
             %(refunds)b::int[], %(notes)b::text[], %(rescues)b::bool[], %(expired)b::float8[],
             %(leaders)b::text[], %(finishes)b::bool[], %(progresses)b::float8[],
-            %(keeps_cancel)b::bool[], %(keeps_note)b::bool[], %(ran_fors)b::float8[])
+            %(keeps_cancel)b::bool[], %(keeps_note)b::bool[], %(ran_fors)b::float8[],
+            array_fill('running'::text, ARRAY[%(count)s::int]))
      AS o(id, worker_id, attempt, state, result, error, at, delay, refund, note, rescue, expired,
-          leader, finishes, progress, keeps_cancel_request, keeps_requester_note, ran_for)
-WHERE j.id = o.id AND j.state = 'running' AND j.worker_id = o.worker_id
+          leader, finishes, progress, keeps_cancel_request, keeps_requester_note, ran_for, was)
+WHERE j.id = o.id AND j.state = o.was AND j.worker_id = o.worker_id
   AND j.attempt = o.attempt
   AND (NOT o.rescue OR j.lease_until < to_timestamp(o.expired))
   -- a rescue decided by a leader applies only while that leader's lease stands
@@ -514,15 +520,17 @@ ON CONFLICT (id) DO UPDATE SET last_beat = excluded.last_beat, running = exclude
 -- The attempts still running under this worker get a new lease; the rest were taken from it.
 -- A row locked right now (its outcome is being written, it is being cancelled) is passed over
 -- rather than waited for — a wait here could deadlock with the worker's own outcome write —
--- and counted as still the worker's if it was when the statement began.
+-- and counted as still the worker's if it was when the statement began. The state comes with
+-- each id, as in `complete`: a look-up per id.
 WITH mine AS (
-    SELECT j.id, j.attempt FROM {schema}.jobs AS j
-    JOIN unnest(%(ids)s::bigint[], %(attempts)s::int[]) AS r(id, attempt)
-      ON j.id = r.id AND j.attempt = r.attempt
-    WHERE j.state = 'running' AND j.worker_id = %(worker_id)s
+    SELECT j.id, j.attempt, r.was FROM {schema}.jobs AS j
+    JOIN unnest(%(ids)s::bigint[], %(attempts)s::int[],
+                array_fill('running'::text, ARRAY[%(count)s::int])) AS r(id, attempt, was)
+      ON j.id = r.id AND j.attempt = r.attempt AND j.state = r.was
+    WHERE j.worker_id = %(worker_id)s
 ), locked AS (
-    SELECT j.id FROM {schema}.jobs AS j JOIN mine ON j.id = mine.id
-    WHERE j.state = 'running' AND j.worker_id = %(worker_id)s
+    SELECT j.id FROM {schema}.jobs AS j JOIN mine ON j.id = mine.id AND j.state = mine.was
+    WHERE j.worker_id = %(worker_id)s
     FOR UPDATE OF j SKIP LOCKED
 ), extended AS (
     UPDATE {schema}.jobs AS j
