@@ -202,7 +202,8 @@ def _header(results: Results) -> list[str]:
         lines = [
             f"[bold]conveyor on PostgreSQL[/bold] {env['postgres']} "
             f"(synchronous_commit={env['postgres_synchronous_commit']}, "
-            f"fsync={env['postgres_fsync']}, {env['postgres_connection']}) · "
+            f"fsync={env['postgres_fsync']}, autovacuum={env['postgres_autovacuum']}, "
+            f"{env['postgres_connection']}) · "
             f"psycopg {env['psycopg']} · {machine}",
             "every workload in a fresh schema, dropped afterwards; the raw loop is one sync "
             "psycopg connection in autocommit",

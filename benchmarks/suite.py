@@ -165,15 +165,17 @@ def _postgres_settings(url: str) -> dict[str, Any]:
         row = conn.execute(
             "SELECT current_setting('server_version'), current_setting('synchronous_commit'),"
             " current_setting('fsync'), current_setting('shared_buffers'),"
+            " current_setting('autovacuum'),"
             " inet_server_addr() IS NULL"
         ).fetchone()
         assert row is not None
-        version, synchronous_commit, fsync, shared_buffers, unix_socket = row
+        version, synchronous_commit, fsync, shared_buffers, autovacuum, unix_socket = row
         return {
             "postgres": version,
             "postgres_synchronous_commit": synchronous_commit,
             "postgres_fsync": fsync,
             "postgres_shared_buffers": shared_buffers,
+            "postgres_autovacuum": autovacuum,
             "postgres_connection": "unix socket" if unix_socket else "TCP",
             "psycopg": psycopg.__version__,
         }

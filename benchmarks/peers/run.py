@@ -97,6 +97,7 @@ def header(store: str, env: dict[str, Any]) -> str:
         return (
             f"[bold]PostgreSQL[/bold] {env['postgres']} (synchronous_commit="
             f"{env['postgres_synchronous_commit']}, fsync={env['postgres_fsync']}, "
+            f"autovacuum={env['postgres_autovacuum']}, "
             f"{env['postgres_connection']}) · {machine}"
         )
     return f"[bold]SQLite[/bold] {sqlite3.sqlite_version} · {machine}"
