@@ -166,9 +166,12 @@ def scale_table(results: Results) -> Table | None:
         ("scale.backlog.last", ""),
         ("scale.backlog", ""),
         ("scale.after", "fresh"),
+        ("scale.vacuumed", "fresh"),
         ("scale.rss.early", ""),
         ("scale.rss.end", "early"),
     ):
+        if key not in m:
+            continue  # VACUUM: PostgreSQL only
         metric = m[key]
         unit, digits = (" MiB", 1) if metric.unit == "MiB" else ("/s", 0)
         ratio_key = f"{key}/{against}"

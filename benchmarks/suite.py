@@ -294,8 +294,10 @@ def _scale_round(results: Results, scale: workloads.Scale) -> None:
         ("scale.backlog.last", f"the last jobs of {queued:,} queued", scale.backlog_last),
         ("scale.backlog", f"the whole backlog of {queued:,}", scale.backlog),
         ("scale.after", f"drain with {queued:,} finished in the tables", scale.after),
+        ("scale.vacuumed", "the same after VACUUM (ANALYZE)", scale.after_vacuum),
     ):
-        results.record(key, label, "jobs/s", rate.per_second)
+        if rate is not None:
+            results.record(key, label, "jobs/s", rate.per_second)
     results.record(
         "scale.rss.early", "worker memory a tenth into the backlog", "MiB", scale.rss_early_mib
     )
@@ -360,6 +362,7 @@ def _ratios(results: Results) -> None:
     pairs += [
         ("scale.backlog.first", "scale.fresh", "fresh"),
         ("scale.after", "scale.fresh", "fresh"),
+        ("scale.vacuumed", "scale.fresh", "fresh"),
         ("scale.rss.end", "scale.rss.early", "early"),
     ]
     for metric, against, suffix in pairs:

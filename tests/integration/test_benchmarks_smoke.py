@@ -136,6 +136,7 @@ def test_scale_drains_a_fresh_store_a_backlog_and_again_and_samples_memory(
     assert main(argv) == 0  # every workload raises unless all its jobs ended succeeded
     printed = capsys.readouterr().out
     assert "the whole backlog of 3,000" in printed and "MiB" in printed
+    assert ("after VACUUM (ANALYZE)" in printed) == (backend == "postgres")
     with pytest.raises(SystemExit):
         main(["--only", "scale", "--jobs", "2000", "--scale-queued", "3000"])
     assert "--scale-queued must be at least twice --jobs (4,000)" in capsys.readouterr().err
