@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import time
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
@@ -286,7 +287,7 @@ async def test_a_heartbeat_tells_which_attempts_are_still_the_workers(
     @app.task(backoff=conveyor.fixed(0))
     def work() -> None: ...
 
-    kept, taken = work.enqueue(), work.enqueue()
+    kept, taken, stray = work.enqueue(), work.enqueue(), work.enqueue()
     await claim_as(app, "w")
 
     def info() -> conveyor.WorkerInfo:
@@ -303,6 +304,10 @@ async def test_a_heartbeat_tells_which_attempts_are_still_the_workers(
 
     beat = await app.backend.heartbeat(info(), [(kept.id, 1), (taken.id, 1)], clock.now() + 30)
     assert beat.extended == {(kept.id, 1), (taken.id, 1)}
+    assert beat.unknown == {(stray.id, 1)}  # running under "w", not named: asked to look
+    named = [(kept.id, 1), (taken.id, 1)]
+    beat = await app.backend.heartbeat(info(), named, clock.now() + 30, look=False)
+    assert (beat.extended, beat.unknown) == ({(kept.id, 1), (taken.id, 1)}, set())
     # `taken` finished elsewhere meanwhile (an old attempt's beat must not renew a new one)
     done = Outcome(taken.id, "w", 1, JobState.SUCCEEDED, clock.now(), result="1")
     assert await app.backend.complete([done]) == [taken.id]
@@ -310,9 +315,10 @@ async def test_a_heartbeat_tells_which_attempts_are_still_the_workers(
     assert beat.extended == {(kept.id, 1)}
     assert beat.cancel == set()
     kept.cancel()
-    beat = await app.backend.heartbeat(info(), [(kept.id, 1), (kept.id, 0)], clock.now() + 30)
+    pairs = [(kept.id, 1), (kept.id, 0)]
+    beat = await app.backend.heartbeat(info(), pairs, clock.now() + 30, look=False)
     assert beat.extended == {(kept.id, 1)}  # not attempt 0: no such attempt runs
-    assert beat.cancel == {kept.id}
+    assert beat.cancel == {kept.id}  # the renewal says so, without a look at everything
 
 
 async def test_a_replaced_leader_can_no_longer_rescue_or_fire(
@@ -408,7 +414,7 @@ async def test_a_worker_stops_a_job_the_store_gave_to_another(
 
 
 async def test_a_claim_whose_answer_never_arrived_is_handed_back(
-    make_app: Callable[..., conveyor.App],
+    make_app: Callable[..., conveyor.App], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A claim cut off by a timeout may still be carried out by the server later, for a worker
     that gave up on it. The worker's next heartbeat finds jobs running under its name that it
@@ -421,10 +427,20 @@ async def test_a_claim_whose_answer_never_arrived_is_handed_back(
 
     job = work.enqueue()
     worker = conveyor.Worker(app, queues=["mine"])  # it never claims `elsewhere` itself
+    claim = app.backend.claim
+    late: list[conveyor.Job] = []
+
+    async def answer_lost(worker_id: str, *args: Any, **kwargs: Any) -> list[conveyor.Job]:
+        if late:
+            return await claim(worker_id, *args, **kwargs)
+        now = app.clock.now()  # the server carries out a claim; its answer never arrives
+        late.extend(await claim(worker_id, ["elsewhere"], 1, now + 300, now))
+        raise conveyor.BackendUnavailable("the claim's answer was lost")
+
+    monkeypatch.setattr(app.backend, "claim", answer_lost)
     with capture_logs() as logs:
         async with running_worker(worker):
-            now = app.clock.now()
-            [late] = await app.backend.claim(worker.id, ["elsewhere"], 1, now + 300, now)
+            await until(lambda: bool(late), what="the claim whose answer is lost")
             for _ in range(20):  # a beat with a claim of its own in flight leaves them be
                 await worker.beat()
                 await worker.completer.flush()
@@ -434,7 +450,7 @@ async def test_a_claim_whose_answer_never_arrived_is_handed_back(
     job.refresh()
     assert (job.state, job.attempt) == (JobState.QUEUED, 0)
     assert app.job_history(job.id)[-1].note == "claimed too late: handed back"
-    assert [e["jobs"] for e in logs if e["event"] == "worker.unknown_claims"] == [[late.id]]
+    assert [e["jobs"] for e in logs if e["event"] == "worker.unknown_claims"] == [[late[0].id]]
 
 
 async def test_a_job_whose_lease_lapsed_before_it_began_is_handed_back_at_once(

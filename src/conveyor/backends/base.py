@@ -49,17 +49,18 @@ class Beat:
     @classmethod
     def read(
         cls,
-        extended: set[tuple[int, int]],
+        extended: Iterable[Mapping[str, Any]],
         named: Iterable[tuple[int, int]],
-        running: Iterable[Mapping[str, Any]],
+        running: Iterable[Mapping[str, Any]] | None,
     ) -> Beat:
-        """From the store's rows of what runs under the worker (id, attempt, cancel_requested)."""
-        mine = set(named)
-        rows = [(int(r["id"]), int(r["attempt"]), bool(r["cancel_requested"])) for r in running]
+        """From the store's rows (id, attempt, cancel_requested) of the named attempts it renewed
+        and, if it was asked, of everything it runs under the worker."""
+        rows = [(int(r["id"]), int(r["attempt"]), bool(r["cancel_requested"])) for r in extended]
+        under = [] if running is None else [(int(r["id"]), int(r["attempt"])) for r in running]
         return cls(
-            extended=extended,
+            extended={(job_id, attempt) for job_id, attempt, _ in rows},
             cancel={job_id for job_id, _, cancel in rows if cancel},
-            unknown={(job_id, attempt) for job_id, attempt, _ in rows} - mine,
+            unknown=set(under) - set(named),
         )
 
 
@@ -332,10 +333,15 @@ class Operations(abc.ABC):
 
     @abc.abstractmethod
     def heartbeat(
-        self, worker: WorkerInfo, running: Sequence[tuple[int, int]], lease_until: float
+        self,
+        worker: WorkerInfo,
+        running: Sequence[tuple[int, int]],
+        lease_until: float,
+        look: bool = True,
     ) -> Call[Beat]:
         """Register or refresh the worker and extend the leases of its running attempts
-        (`(job id, attempt)` pairs) that are still its own."""
+        (`(job id, attempt)` pairs) that are still its own; with `look`, also find what the
+        store runs under the worker that it did not name."""
 
     @abc.abstractmethod
     def deregister_worker(self, worker_id: str) -> Call[None]: ...

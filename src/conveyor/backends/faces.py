@@ -195,9 +195,13 @@ class Store:
         return self.engine.run(self.ops.complete(outcomes, starts))
 
     def heartbeat(
-        self, worker: WorkerInfo, running: Sequence[tuple[int, int]], lease_until: float
+        self,
+        worker: WorkerInfo,
+        running: Sequence[tuple[int, int]],
+        lease_until: float,
+        look: bool = True,
     ) -> Beat:
-        return self.engine.run(self.ops.heartbeat(worker, running, lease_until))
+        return self.engine.run(self.ops.heartbeat(worker, running, lease_until, look))
 
     def deregister_worker(self, worker_id: str) -> None:
         self.engine.run(self.ops.deregister_worker(worker_id))
@@ -409,9 +413,13 @@ class Backend:
         return await self.engine.arun(self.ops.complete(outcomes, starts))
 
     async def heartbeat(
-        self, worker: WorkerInfo, running: Sequence[tuple[int, int]], lease_until: float
+        self,
+        worker: WorkerInfo,
+        running: Sequence[tuple[int, int]],
+        lease_until: float,
+        look: bool = True,
     ) -> Beat:
-        return await self.engine.arun(self.ops.heartbeat(worker, running, lease_until))
+        return await self.engine.arun(self.ops.heartbeat(worker, running, lease_until, look))
 
     async def deregister_worker(self, worker_id: str) -> None:
         await self.engine.arun(self.ops.deregister_worker(worker_id))

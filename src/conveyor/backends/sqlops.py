@@ -600,16 +600,20 @@ class SqlOperations(Operations):
     # -- workers ----------------------------------------------------------------------------
 
     def heartbeat(
-        self, worker: WorkerInfo, running: Sequence[tuple[int, int]], lease_until: float
+        self,
+        worker: WorkerInfo,
+        running: Sequence[tuple[int, int]],
+        lease_until: float,
+        look: bool = True,
     ) -> Call[Beat]:
-        return self._write(self._heartbeat_plan(worker, running, lease_until))
+        return self._write(self._heartbeat_plan(worker, running, lease_until, look))
 
     @abc.abstractmethod
     def extend_leases_stmt(
         self, worker: WorkerInfo, running: Sequence[tuple[int, int]], lease_until: float
     ) -> Stmt:
         """The statement that renews the leases of the worker's attempts still its own and
-        returns them (id, attempt)."""
+        returns them (id, attempt, cancel_requested)."""
 
     def after_beat(self) -> Plan[None]:
         """What a heartbeat also does (SQLite watches everyone's beats)."""
@@ -617,7 +621,7 @@ class SqlOperations(Operations):
         yield
 
     def _heartbeat_plan(
-        self, worker: WorkerInfo, running: Sequence[tuple[int, int]], lease_until: float
+        self, worker: WorkerInfo, running: Sequence[tuple[int, int]], lease_until: float, look: bool
     ) -> Plan[Beat]:
         running = sorted(running)
         register = {
@@ -631,13 +635,15 @@ class SqlOperations(Operations):
             "now": self.now(worker.last_beat),
             "running": json.dumps(sorted({job_id for job_id, _ in running})),
         }
-        _, extended, mine = yield [
+        statements = [
             Stmt(self.q.upsert_worker, register),
             self.extend_leases_stmt(worker, running, lease_until),
-            Stmt(self.q.running_of_worker, {"worker_id": worker.id}),
         ]
+        if look:
+            statements.append(Stmt(self.q.running_of_worker, {"worker_id": worker.id}))
+        _, extended, *under = yield statements
         yield from self.after_beat()
-        return Beat.read({(int(r["id"]), int(r["attempt"])) for r in extended}, running, mine)
+        return Beat.read(extended, running, under[0] if look else None)
 
     def deregister_worker(self, worker_id: str) -> Call[None]:
         return self._write(self._statement(self.q.delete_worker, {"id": worker_id}))

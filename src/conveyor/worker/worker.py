@@ -69,6 +69,9 @@ PREFETCH_PER_SLOT = 10
 #: per slot wait to be written, or the oldest has waited longer than UNWRITTEN_FOR_S: it never
 #: runs far ahead of what the store knows of its work.
 UNWRITTEN_PER_SLOT = 5
+#: After a claim failed, how many heartbeats look for jobs it may have claimed all the same (a
+#: claim cut off by a timeout while the server went on): a late one shows at the next beats.
+LOOKS_AFTER_A_FAILED_CLAIM = 3
 UNWRITTEN_FOR_S = 0.1
 
 
@@ -179,6 +182,11 @@ class Worker:
         self._last_unknown: set[tuple[int, int]] = set()
         #: when this worker's reports last opened each circuit (monotonic)
         self._opened: dict[str, float] = {}
+        #: claims that failed, how many of them the heartbeats have seen, and how many more
+        #: heartbeats look for jobs run under this worker's name that it does not know
+        self._claims_failed = 0
+        self._failures_seen = 0
+        self._looks_left = 0
 
     # -- running ----------------------------------------------------------------------------
 
@@ -416,6 +424,9 @@ class Worker:
             jobs = await self.backend.claim(
                 self.id, self.queues, free, now + lease, now, ahead=room - free
             )
+        except BaseException:
+            self._claims_failed += 1  # the server may have carried it out all the same
+            raise
         finally:
             self._claims_ended += 1
         took = time.monotonic() - asked
@@ -593,7 +604,13 @@ class Worker:
             last_beat=now,
             running=sorted({job_id for job_id, _ in running}),
         )
-        beat = await self.backend.heartbeat(info, running, now + lease)
+        if self._claims_failed != self._failures_seen:
+            self._failures_seen = self._claims_failed
+            self._looks_left = LOOKS_AFTER_A_FAILED_CLAIM
+        look = self._looks_left > 0
+        beat = await self.backend.heartbeat(info, running, now + lease, look=look)
+        if look:  # and on while it finds any
+            self._looks_left = max(self._looks_left - 1, 2 if beat.unknown else 0)
         self._beat_sent_at = asked
         self._beat_heard.set()
         for key in mine:

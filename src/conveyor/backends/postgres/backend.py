@@ -468,12 +468,16 @@ class PostgresOperations(SqlOperations):
         )
 
     def heartbeat(
-        self, worker: WorkerInfo, running: Sequence[tuple[int, int]], lease_until: float
+        self,
+        worker: WorkerInfo,
+        running: Sequence[tuple[int, int]],
+        lease_until: float,
+        look: bool = True,
     ) -> Call[Beat]:
         # A beat that hangs is cut off at a quarter of the lease (if the statement timeout is
         # longer) and tried again on another connection before the leases run out.
         lease = max(0.0, lease_until - worker.last_beat)
-        call = super().heartbeat(worker, running, lease_until)
+        call = super().heartbeat(worker, running, lease_until, look)
         return Call(call.plan, deadline=max(lease / 4, 1.0))
 
     def find_expired(self, now: float, limit: int) -> Call[list[Job]]:

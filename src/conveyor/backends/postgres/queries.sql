@@ -523,7 +523,7 @@ ON CONFLICT (id) DO UPDATE SET last_beat = excluded.last_beat, running = exclude
 -- and counted as still the worker's if it was when the statement began. The state comes with
 -- each id, as in `complete`: a look-up per id.
 WITH mine AS (
-    SELECT j.id, j.attempt, r.was FROM {schema}.jobs AS j
+    SELECT j.id, j.attempt, j.cancel_requested, r.was FROM {schema}.jobs AS j
     JOIN unnest(%(ids)s::bigint[], %(attempts)s::int[],
                 array_fill('running'::text, ARRAY[%(count)s::int])) AS r(id, attempt, was)
       ON j.id = r.id AND j.attempt = r.attempt AND j.state = r.was
@@ -539,11 +539,13 @@ WITH mine AS (
     FROM locked WHERE j.id = locked.id
     RETURNING j.id
 )
-SELECT id, attempt FROM mine
+SELECT id, attempt, cancel_requested FROM mine
 WHERE id IN (SELECT id FROM extended) OR id NOT IN (SELECT id FROM locked)
 
 -- name: running_of_worker
--- What the store has running under a worker: the heartbeat compares it with what it runs.
+-- What the store has running under a worker: the heartbeat compares it with what it runs, after
+-- a claim of the worker failed (its answer may have been lost). Not at every beat: until vacuum
+-- comes, this range of the index holds an entry for every job that ever ran.
 SELECT id, attempt, cancel_requested FROM {schema}.jobs
 WHERE state = 'running' AND worker_id = %(worker_id)s
 

@@ -311,13 +311,14 @@ SET lease_until = :lease_until
 WHERE state = 'running' AND worker_id = :worker_id
   AND id IN (SELECT value FROM json_each(:ids))
   AND id || ':' || attempt IN (SELECT value FROM json_each(:attempts))
-RETURNING id, attempt
+RETURNING id, attempt, cancel_requested
 
 -- name: worker_beats
 SELECT id, last_beat FROM conveyor_workers
 
 -- name: running_of_worker
--- What the store has running under a worker: the heartbeat compares it with what it runs.
+-- What the store has running under a worker: the heartbeat compares it with what it runs, after
+-- a claim of the worker failed (its answer may have been lost).
 SELECT id, attempt, cancel_requested FROM conveyor_jobs INDEXED BY conveyor_jobs_leased
 WHERE state = 'running' AND worker_id = :worker_id
 
