@@ -460,5 +460,6 @@ def _targets(results: Results) -> None:
     )
     wanted.append(Target("scale.backlog.first/fresh", ">=", 0.9, "≥ 90% of fresh"))
     wanted.append(Target("scale.after/fresh", ">=", 0.9, "≥ 90% of fresh"))
+    wanted.append(Target("scale.vacuumed/fresh", ">=", 0.9, "≥ 90% of fresh"))
     wanted.append(Target("scale.rss.end/early", "<=", 1.1, "≤ 110% of early"))
     results.targets = [t for t in wanted if results.value(t.subject) is not None]
