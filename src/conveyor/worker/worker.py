@@ -556,15 +556,18 @@ class Worker:
     def _lose_lease(self, active: Active, why: str) -> None:
         if active.ctx.cancel_reason in (CANCELLED, LEASE_LOST):
             return
+        self._log_lease_lost(active.job, why)
+        self._stop_job(active, LEASE_LOST)
+
+    def _log_lease_lost(self, job: Job, why: str) -> None:
         log.warning(
             "job.lease_lost",
-            job_id=active.job.id,
-            task=active.job.task,
-            attempt=active.job.attempt,
+            job_id=job.id,
+            task=job.task,
+            attempt=job.attempt,
             worker_id=self.id,
             reason=why,
         )
-        self._stop_job(active, LEASE_LOST)
 
     def drop_lapsed_leases(self) -> None:
         """Stop every job whose lease has run out on this worker's clock (no heartbeat renewed
@@ -629,14 +632,8 @@ class Worker:
                 held.lease_ends = max(held.lease_ends, asked + lease)
             else:
                 del self._ready[key]
-                log.warning(
-                    "job.lease_lost",
-                    job_id=held.job.id,
-                    task=held.job.task,
-                    attempt=held.job.attempt,
-                    worker_id=self.id,
-                    reason="the store gave the job to another worker before it began",
-                )
+                why = "the store gave the job to another worker before it began"
+                self._log_lease_lost(held.job, why)
         for job_id in beat.cancel:
             self.cancel_running(job_id)
         # Running under this worker's name, unknown to it at this heartbeat and at the one
