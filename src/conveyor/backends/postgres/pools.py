@@ -131,7 +131,8 @@ class Timer:
 class Watchdog:
     """One thread for the process that shuts down the socket of a connection whose statement
     ran past its deadline. Arming and disarming are a dict insert and delete under a lock; the
-    thread looks at the armed timers a few times a second, and sleeps while none is armed."""
+    thread looks at the armed timers a few times a second, and sleeps once it finds none armed
+    (only then does arming wake it: a wake-up per call would cost a thread switch per call)."""
 
     CHECK_EVERY_S = 0.2
 
@@ -145,6 +146,8 @@ class Watchdog:
         self._armed: dict[int, Timer] = {}
         self._wake = threading.Condition(self._lock)
         self._thread: threading.Thread | None = None
+        #: the thread waits, with nothing armed, until the next arm wakes it
+        self._asleep = False
 
     def arm(
         self, conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any], seconds: float
@@ -153,7 +156,8 @@ class Watchdog:
         with self._lock:
             if self._thread is None:
                 self._start()
-            if not self._armed:
+            if self._asleep:
+                self._asleep = False
                 self._wake.notify()
             self._armed[id(timer)] = timer
         return timer
@@ -172,6 +176,7 @@ class Watchdog:
         with self._lock:
             while True:
                 if not self._armed:
+                    self._asleep = True
                     self._wake.wait()
                     continue
                 self._wake.wait(self.CHECK_EVERY_S)
