@@ -5,6 +5,7 @@ the first success closes it) or someone closes it by hand."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -104,6 +105,47 @@ async def test_an_outage_holds_the_jobs_and_they_run_once_the_probe_answers(
     assert [e.event for e in log] == ["closed", "half_open", "opened"]
     assert log[2].held == 6 and "ConnectionRefusedError" in (log[2].reason or "")
     assert log[0].open_for == pytest.approx(60, abs=1)
+
+
+async def test_a_job_a_claim_brings_in_while_its_circuit_opens_here_is_handed_back(
+    make_app: Callable[..., conveyor.App],
+    downstream: Downstream,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A claim on its way while this worker's failure opens the circuit brings in a job behind
+    it: the job goes back to the queue, its attempt not counted, and the downstream that just
+    failed is not called again."""
+    app = make_app()
+    render = app.circuit("render-worker", failure_threshold=1, probe=None)
+    go = threading.Event()
+
+    @app.task(name="assemble", circuit=render, backoff=conveyor.fixed(0), max_attempts=2)
+    def assemble(n: int) -> int:
+        if n == 1:
+            go.wait(10)  # fails once the second job's claim is on its way
+        return downstream.call(n)
+
+    first = assemble.enqueue(1)
+    second: list[conveyor.Job] = []
+    claim = app.backend.claim
+
+    async def claim_while_it_opens(*args: Any, **kwargs: Any) -> list[conveyor.Job]:
+        jobs = await claim(*args, **kwargs)
+        if second and any(job.id == second[0].id for job in jobs):
+            go.set()
+            await until(lambda: circuit(app, "render-worker").state is CircuitState.OPEN)
+            await asyncio.sleep(0.1)  # the worker has heard its report's answer
+        return jobs
+
+    monkeypatch.setattr(app.backend, "claim", claim_while_it_opens)
+    async with running(conveyor.Worker(app, concurrency=2, prefetch=0)):
+        await until(lambda: app.get_job(first.id).worker_id is not None, what="the first job")
+        second.append(await asyncio.to_thread(assemble.enqueue, 2))
+        await until(lambda: go.is_set(), what="the second job's claim")
+        await until(lambda: settled(app, [first, *second]), what="both jobs held")
+    assert downstream.calls == 1
+    held = app.get_job(second[0].id)
+    assert (held.state, held.attempt, held.held_by) == (JobState.QUEUED, 0, "render-worker")
 
 
 async def test_a_failing_probe_keeps_the_circuit_open_and_probes_on_schedule(
