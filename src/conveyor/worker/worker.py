@@ -69,10 +69,12 @@ PREFETCH_PER_SLOT = 10
 #: per slot wait to be written, or the oldest has waited longer than UNWRITTEN_FOR_S: it never
 #: runs far ahead of what the store knows of its work.
 UNWRITTEN_PER_SLOT = 5
+UNWRITTEN_FOR_S = 0.1
 #: After a claim failed, how many heartbeats look for jobs it may have claimed all the same (a
 #: claim cut off by a timeout while the server went on): a late one shows at the next beats.
 LOOKS_AFTER_A_FAILED_CLAIM = 3
-UNWRITTEN_FOR_S = 0.1
+#: The note of a job handed back because its circuit opened before it began.
+CIRCUIT_OPENED = "its circuit opened before it began: handed back"
 
 
 def _interval(lease: float, fraction: float) -> float:
@@ -381,14 +383,17 @@ class Worker:
             or completer.unwritten_for(time.monotonic()) > UNWRITTEN_FOR_S
         )
 
+    def _give_back(self, job: Job, note: str = "handed back on shutdown") -> None:
+        """Back to the queue, the attempt not counted, with the next write of outcomes."""
+        self.completer.add(Finished(job, self._executor.hand_back(job, note=note), 0.0))
+
     def _hand_back_ready(self, note: str, circuit: str | None = None) -> None:
         """Give the jobs claimed ahead (those behind `circuit`, if given) back to the queue,
         the attempt not counted."""
         for key, held in list(self._ready.items()):
             if circuit is None or held.job.circuit == circuit:
                 del self._ready[key]
-                outcome = self._executor.hand_back(held.job, note=note)
-                self.completer.add(Finished(held.job, outcome, 0.0))
+                self._give_back(held.job, note)
 
     def _lease_is_fresh(self) -> bool:
         """Whether the last heartbeat that reached the store is recent enough to claim on:
@@ -434,16 +439,13 @@ class Worker:
         if self._stopping.is_set():
             # Stopped while the claim was in flight: these never start.
             for job in jobs:
-                self.completer.add(Finished(job, self._executor.hand_back(job), 0.0))
+                self._give_back(job)
             return True
-        opened = {name for name, at in self._opened.items() if at >= asked}
         for job in jobs:
-            if job.circuit in opened:
-                # Claimed before the store saw the circuit this worker opened meanwhile.
-                outcome = self._executor.hand_back(job, note="its circuit opened: handed back")
-                self.completer.add(Finished(job, outcome, 0.0))
-                continue
             self._ready[job.id, job.attempt] = Prefetched(job, asked + lease)
+        for name, at in self._opened.items():
+            if at >= asked:  # claimed before the store saw the circuit this worker opened
+                self._hand_back_ready(CIRCUIT_OPENED, circuit=name)
         self._start_ready()
         if len(jobs) == room:
             return False
@@ -525,10 +527,7 @@ class Worker:
                     report = circuits.report(self.app, self.backend, task.circuit, finished.outcome)
                     if await asyncio.shield(report):
                         self._opened[task.circuit.name] = time.monotonic()
-                        self._hand_back_ready(
-                            "claimed ahead, its circuit opened: handed back",
-                            circuit=task.circuit.name,
-                        )
+                        self._hand_back_ready(CIRCUIT_OPENED, circuit=task.circuit.name)
             finally:
                 self.completer.add(finished)
         finally:
@@ -577,10 +576,7 @@ class Worker:
         for key, held in list(self._ready.items()):
             if now >= held.lease_ends:
                 del self._ready[key]
-                outcome = self._executor.hand_back(
-                    held.job, note="lease lost before it began: handed back"
-                )
-                self.completer.add(Finished(held.job, outcome, 0.0))
+                self._give_back(held.job, "lease lost before it began: handed back")
         for active in list(self._active.values()):
             if active.ctx.lease_lapsed():
                 self._lose_lease(active, "no heartbeat renewed the lease in time")
@@ -661,8 +657,7 @@ class Worker:
                 attempt,
             ):
                 continue
-            outcome = self._executor.hand_back(job, note="claimed too late: handed back")
-            self.completer.add(Finished(job, outcome, 0.0))
+            self._give_back(job, "claimed too late: handed back")
 
     def completer_pending(self) -> list[tuple[int, int]]:
         completer = getattr(self, "completer", None)
@@ -712,7 +707,7 @@ class Worker:
             # A task that swallowed its cancellation: hand its job back without it.
             log.warning("job.ignored_cancellation", job_id=active.job.id, task=active.job.task)
             self._active.pop((active.job.id, active.job.attempt))
-            self.completer.add(Finished(active.job, self._executor.hand_back(active.job), 0.0))
+            self._give_back(active.job)
         self.completer.close()
         if services:
             interrupt = asyncio.ensure_future(self._give_up.wait())
