@@ -120,19 +120,26 @@ def throughput_table(results: Results) -> Table:
     return table
 
 
+def _medians_table(results: Results, title: str, first: str, *right: str) -> Table:
+    """A table titled "`title`: median of N runs", its first column `first`, then the columns
+    `right` (right-justified), a target and its verdict."""
+    runs = results.config.repeat
+    table = Table(
+        title=f"{title}: median of {runs} run{'s' if runs > 1 else ''}", title_justify="left"
+    )
+    table.add_column(first)
+    for name in right:
+        table.add_column(name, justify="right")
+    table.add_column("target")
+    table.add_column("")
+    return table
+
+
 def latency_table(results: Results) -> Table | None:
     m = results.metrics
     if "latency.p50" not in m:
         return None
-    runs = results.config.repeat
-    table = Table(
-        title=f"Latency, ms: median of {runs} run{'s' if runs > 1 else ''}",
-        title_justify="left",
-    )
-    table.add_column("percentile")
-    table.add_column("conveyor", justify="right")
-    table.add_column("target")
-    table.add_column("")
+    table = _medians_table(results, "Latency, ms", "percentile", "conveyor")
     for key, label in (
         ("latency.p50", "p50"),
         ("latency.p95", "p95"),
@@ -149,17 +156,8 @@ def scale_table(results: Results) -> Table | None:
     m = results.metrics
     if "scale.fresh" not in m:
         return None
-    runs = results.config.repeat
-    table = Table(
-        title=f"Scale: one `conveyor worker --burst`, sync no-ops, concurrency 10; median of "
-        f"{runs} run{'s' if runs > 1 else ''}",
-        title_justify="left",
-    )
-    table.add_column("workload")
-    table.add_column("conveyor", justify="right")
-    table.add_column("share", justify="right")
-    table.add_column("target")
-    table.add_column("")
+    title = "Scale: one `conveyor worker --burst`, sync no-ops, concurrency 10"
+    table = _medians_table(results, title, "workload", "conveyor", "share")
     for key, against in (
         ("scale.fresh", ""),
         ("scale.backlog.first", "fresh"),
