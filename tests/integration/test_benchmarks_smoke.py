@@ -336,7 +336,7 @@ def test_peers_table_shows_medians_ranges_and_ratios_per_run() -> None:
 def _pins(path: Path) -> dict[str, str]:
     pins = {}
     for line in path.read_text(encoding="utf-8").splitlines():
-        line = line.split("#", 1)[0].strip()
+        line = line.split("#", 1)[0].split(";", 1)[0].strip()  # a marker (`; sys_platform ...`)
         if line:
             name, version = line.split("==")  # every requirement is pinned exactly
             pins[name.lower().replace("_", "-")] = version
@@ -348,7 +348,15 @@ def test_peers_requirements_are_pinned_and_agree_with_the_project() -> None:
     dev = _pins(ROOT / "requirements-dev.txt")
     assert peers["pgqueuer"] == "1.6.0" and peers["huey"] == "3.5.4" and "asyncpg" in peers
     # conveyor runs in the peers' virtualenv on the same libraries as in the project's
-    for package in ("click", "cronsim", "rich", "structlog", "psycopg", "psycopg-pool"):
+    for package in (
+        "click",
+        "cronsim",
+        "inotify-simple",
+        "rich",
+        "structlog",
+        "psycopg",
+        "psycopg-pool",
+    ):
         assert package in peers, package
     differ = {p: (v, dev[p]) for p, v in peers.items() if p in dev and dev[p] != v}
     assert not differ, (

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
 import conveyor
 from conveyor.backends import open_backend
+from conveyor.backends.sqlite import watch
 from conveyor.backends.sqlite.backend import MIGRATIONS, SqliteEngine
+from conveyor.worker import worker as worker_module
+
+#: Longer than any wait here: a wake-up that comes only from looking again would come too late.
+NEVER_S = 120.0
 
 
 def schema(path: Path) -> list[tuple[str, str, str]]:
@@ -117,6 +125,68 @@ def test_two_apps_on_one_file_see_each_others_jobs(tmp_path: Path) -> None:
     assert b.get_job(job.id).task == "t"
     a.close()
     b.close()
+
+
+# -- wake-ups --------------------------------------------------------------------------------
+
+
+async def test_an_idle_worker_is_woken_by_the_kernels_report_of_a_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Neither the worker's re-checks nor the watch's own looks come within the deadline: only
+    # the report of the write to the WAL can.
+    monkeypatch.setattr(worker_module, "IDLE_RECHECK_S", NEVER_S)
+    monkeypatch.setattr(watch, "REPORTED_INTERVAL_S", NEVER_S)
+    url = f"sqlite:///{tmp_path}/jobs.db"
+    worker_app, producer = conveyor.App(url), conveyor.App(url)
+    worker_app.migrate()
+    for app in (worker_app, producer):
+        app.task(name="greet")(lambda name: f"hello {name}")
+    worker = conveyor.Worker(worker_app)
+    running = asyncio.create_task(worker.run_async())
+    try:
+        while not producer.list_workers():
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.3)  # its first claims are over: idle, waiting for a change
+        job = await producer.enqueue_async("greet", args=["you"])
+        assert await job.wait_async(timeout=10, poll=NEVER_S) == "hello you"
+    finally:
+        worker.stop()
+        await running
+    await producer.close_async()
+    await worker_app.close_async()
+
+
+@pytest.mark.parametrize("reports", [True, False], ids=["reported", "unreported"])
+def test_a_blocking_waiter_and_a_worker_hear_of_commits_with_or_without_the_kernels_reports(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, reports: bool
+) -> None:
+    monkeypatch.setattr(worker_module, "IDLE_RECHECK_S", NEVER_S)
+    if reports:
+        monkeypatch.setattr(watch, "REPORTED_INTERVAL_S", NEVER_S)
+    else:  # a kernel without inotify: the waiters look every few milliseconds
+        monkeypatch.setattr(watch.WalWrites, "open", classmethod(lambda cls, path: None))
+    url = f"sqlite:///{tmp_path}/jobs.db"
+    app = conveyor.App(url)
+    app.migrate()
+
+    @app.task(name="double")
+    def double(n: int) -> int:
+        return 2 * n
+
+    worker = conveyor.Worker(app)
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    try:
+        while not app.list_workers():
+            time.sleep(0.02)
+        time.sleep(0.3)
+        assert [double.enqueue(n).wait(timeout=10, poll=NEVER_S) for n in range(3)] == [0, 2, 4]
+    finally:
+        worker.stop_threadsafe()
+        thread.join(timeout=30)
+    assert not thread.is_alive()
+    app.close()
 
 
 async def test_leadership_moves_once_the_lease_is_seen_unrenewed_for_a_lease(

@@ -1,18 +1,39 @@
-"""Wake-ups on SQLite: `PRAGMA data_version` changes whenever another connection commits."""
+"""Wake-ups on SQLite: `PRAGMA data_version` changes whenever another connection commits.
+
+Where the kernel reports writes to files (inotify, on Linux), a waiter also hears of every
+write to the file's WAL the moment it happens, so a commit wakes it at once; it still looks at
+`data_version` now and then, in case a report never comes. Elsewhere it looks every few
+milliseconds.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import select
 import sqlite3
+import sys
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from conveyor.logging import get_logger
+
 if TYPE_CHECKING:
     from conveyor.backends.sqlite.backend import SqliteEngine
 
-#: How often an idle worker looks at `PRAGMA data_version` (a read of shared memory, not disk).
+log = get_logger("conveyor.sqlite")
+
+#: How often an idle waiter looks at `PRAGMA data_version` (a read of shared memory, not disk)
+#: where the kernel does not report writes.
 WATCH_INTERVAL_S = 0.005
+#: How often it looks where the kernel does: only in case a report is lost.
+REPORTED_INTERVAL_S = 0.1
+#: A write to the WAL comes a moment before its commit shows in `data_version` (the commit
+#: is marked in shared memory after its pages are written, and that marking is no write the
+#: kernel reports): after a report, look this often, this many times, for the commit.
+SETTLE_S = 0.0005
+SETTLE_LOOKS = 20
 
 
 class DataVersion:
@@ -43,22 +64,86 @@ class DataVersion:
             conn.close()
 
 
+class WalWrites:
+    """The kernel's report of each write to the database's WAL (inotify on the file's folder,
+    so a WAL made again after it was removed is still heard)."""
+
+    def __init__(self, path: str) -> None:
+        from inotify_simple import INotify, flags
+
+        folder, name = os.path.split(os.path.abspath(path))
+        self._name = f"{name}-wal"
+        self._inotify = INotify(nonblocking=True)
+        try:
+            self._inotify.add_watch(folder, flags.MODIFY | flags.CREATE | flags.MOVED_TO)
+        except OSError:
+            self._inotify.close()
+            raise
+
+    @classmethod
+    def open(cls, path: str) -> WalWrites | None:
+        """The reports for the file at `path`, or None where the kernel gives none (not Linux,
+        or no inotify watch left to take: then waiters look every few milliseconds)."""
+        if not sys.platform.startswith("linux"):
+            return None
+        try:
+            return cls(path)
+        except OSError as exc:
+            log.info("sqlite.polling", reason=f"no inotify watch: {exc}".strip())
+            return None
+
+    def fileno(self) -> int:
+        fd: int = self._inotify.fileno()
+        return fd
+
+    def heard(self) -> bool:
+        """Read the reports that arrived; whether one was of the WAL."""
+        try:
+            events = self._inotify.read(timeout=0)
+        except BlockingIOError:  # another reader took them
+            return False
+        return any(event.name == self._name for event in events)
+
+    def wait(self, timeout: float) -> bool:
+        """Block until a report of the WAL arrives, or `timeout` passes; whether one did."""
+        deadline = time.monotonic() + timeout
+        while not self.heard():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            select.select([self.fileno()], [], [], remaining)
+        return True
+
+    def close(self) -> None:
+        self._inotify.close()
+
+
 class SyncWatch:
     """Waits, blocking, for a commit elsewhere: for one waiter (`job.wait()`)."""
 
     def __init__(self, store: SqliteEngine) -> None:
         self._version = DataVersion(store, store.connect())
+        self._writes = WalWrites.open(store.path)
 
     def wait(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
+        settle = 0
         while not self._version.changed():
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return
-            time.sleep(min(WATCH_INTERVAL_S, remaining))
+            if self._writes is None:
+                time.sleep(min(WATCH_INTERVAL_S, remaining))
+            elif settle:
+                settle -= 1
+                time.sleep(min(SETTLE_S, remaining))
+            elif self._writes.wait(min(REPORTED_INTERVAL_S, remaining)):
+                settle = SETTLE_LOOKS
 
     def close(self) -> None:
         self._version.close()
+        if self._writes is not None:
+            self._writes.close()
 
 
 class Watch:
@@ -67,20 +152,49 @@ class Watch:
     def __init__(self, store: SqliteEngine) -> None:
         self.store = store
         self._version: DataVersion | None = None
+        self._writes: WalWrites | None = None
+        self._heard = asyncio.Event()
 
     async def start(self, run: Callable[..., Any]) -> None:
         self._version = DataVersion(self.store, await run(self.store.connect))
+        self._writes = WalWrites.open(self.store.path)
+        if self._writes is not None:
+            asyncio.get_running_loop().add_reader(self._writes.fileno(), self._on_reports)
+
+    def _on_reports(self) -> None:
+        assert self._writes is not None
+        if self._writes.heard():
+            self._heard.set()
 
     async def wait(self, timeout: float) -> None:
         assert self._version is not None, "start() first"
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
+        settle = 0
+        # Cleared before each look: a write reported after the look wakes the wait at once.
+        self._heard.clear()
         while not self._version.changed():
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return
-            await asyncio.sleep(min(WATCH_INTERVAL_S, remaining))
+            if self._writes is None:
+                await asyncio.sleep(min(WATCH_INTERVAL_S, remaining))
+            elif settle:
+                settle -= 1
+                await asyncio.sleep(min(SETTLE_S, remaining))
+            else:
+                try:
+                    async with asyncio.timeout(min(REPORTED_INTERVAL_S, remaining)):
+                        await self._heard.wait()
+                    settle = SETTLE_LOOKS
+                except TimeoutError:
+                    pass
+            self._heard.clear()
 
     async def close(self) -> None:
         if self._version is not None:
             self._version.close()
+        if self._writes is not None:
+            writes, self._writes = self._writes, None
+            asyncio.get_running_loop().remove_reader(writes.fileno())
+            writes.close()
