@@ -36,6 +36,38 @@ async def test_idle_worker_picks_up_a_job_enqueued_elsewhere(
         assert await job.wait_async(timeout=10) == "hello you"
 
 
+async def test_a_job_a_claim_brings_in_begins_before_the_worker_asks_the_store_more(
+    app: conveyor.App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a claim that leaves slots free, the worker asks the store when the next job is
+    due; the jobs it just claimed begin first (a round trip sooner), not after the answer."""
+    order: list[str] = []
+
+    @app.task
+    async def note() -> None:
+        order.append("began")
+
+    claim, asked = app.backend.claim, app.backend.next_due_in
+
+    async def claimed(*args: Any, **kwargs: Any) -> list[conveyor.Job]:
+        jobs: list[conveyor.Job] = await claim(*args, **kwargs)
+        order.append(f"claimed {len(jobs)}")
+        return jobs
+
+    async def next_due_in(*args: Any) -> float | None:
+        order.append("asked")
+        return await asked(*args)
+
+    monkeypatch.setattr(app.backend, "claim", claimed)
+    monkeypatch.setattr(app.backend, "next_due_in", next_due_in)
+    async with running(conveyor.Worker(app)):
+        await asyncio.sleep(0.2)  # idle: its first claims found nothing
+        job = await note.enqueue_async()
+        await job.wait_async(timeout=10)
+    after = order.index("claimed 1")
+    assert order[after : after + 3] == ["claimed 1", "began", "asked"]
+
+
 async def test_worker_registers_and_deregisters(app: conveyor.App) -> None:
     started = threading.Event()
     release = threading.Event()

@@ -449,6 +449,8 @@ class Worker:
         self._start_ready()
         if len(jobs) == room:
             return False
+        if jobs:
+            await asyncio.sleep(0)  # the jobs just started begin before the questions below
         now = self.app.clock.now()
         due_in = await self.backend.next_due_in(self.queues, now)
         last_look = (
