@@ -14,6 +14,7 @@ import pytest
 import conveyor
 from conveyor import JobState
 from conveyor.testing import drain_async
+from conveyor.worker import worker as worker_module
 
 from .test_worker import running, until
 
@@ -85,6 +86,24 @@ async def test_a_concurrency_key_limits_each_key_and_lets_the_others_run(
     assert tally.started.index("globex") < len(tally.started) - 1 - tally.started[::-1].index(
         "acme"
     )
+
+
+async def test_an_idle_worker_that_ran_plain_jobs_starts_a_limited_one_when_it_arrives(
+    make_app: Callable[..., conveyor.App], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Having seen no limits, a worker claims with the plain claim alone; a limited job that
+    arrives while it idles is still taken when it arrives, not at the next look of its own."""
+    monkeypatch.setattr(worker_module, "IDLE_RECHECK_S", 120.0)
+    app, producer = make_app(), make_app()
+    for a in (app, producer):
+        a.task(name="plain")(lambda: "plain")
+        a.task(name="limited", concurrency=1, concurrency_key="tenant")(lambda tenant: tenant)
+    async with running(conveyor.Worker(app)):
+        first = await producer.enqueue_async("plain")
+        assert await first.wait_async(timeout=10) == "plain"
+        await asyncio.sleep(0.2)  # idle, knowing of no limits
+        job = await producer.enqueue_async("limited", args=["acme"])
+        assert await job.wait_async(timeout=10) == "acme"
 
 
 async def test_a_queue_concurrency_limit_holds_and_other_queues_run_beside_it(

@@ -366,7 +366,9 @@ class Operations(abc.ABC):
     @abc.abstractmethod
     def next_due_in(self, queues: Sequence[str] | None, now: float) -> Call[float | None]:
         """Seconds until the next scheduled or retrying job in these queues is due (zero or
-        less: due now; None: nothing pending)."""
+        less: due now; None: nothing pending). The worker asks after every claim that came
+        back short, before it waits: a store may use the moment to do what its next claim
+        would otherwise do first (then zero means the next claim may find more)."""
 
     @abc.abstractmethod
     def held_back(self, queues: Sequence[str] | None, now: float) -> Call[float | None]:

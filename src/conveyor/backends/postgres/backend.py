@@ -86,6 +86,12 @@ class PostgresOperations(SqlOperations):
         self.use_clock(clock)
         self._promoted_at = 0.0
         self._claims_short = True
+        # Whether the worker looked after its last claim (`next_due_in`, asked after a short
+        # claim: it promotes due jobs and looks for limits), and when (on the claimer's clock)
+        # the next job it saw is due. Until then the next claim needs neither: the claim an
+        # idle worker makes when a job arrives is the one plain statement.
+        self._looked = False
+        self._due_at = math.inf
         # Whether the last look found limits in play (a first claim looks). Without them a
         # claim is one plain statement, and looks again with each promotion: limited work
         # that appears meanwhile may see plain jobs of lower priority start first for up to
@@ -276,11 +282,16 @@ class PostgresOperations(SqlOperations):
     ) -> Plan[list[Job]]:
         # Due scheduled and retrying jobs are promoted with the claim, except while the queue
         # keeps this worker busy: then at most every PROMOTE_EVERY_S (a short claim, which
-        # may mean the queue ran dry, always promotes). Whether limits are in play is looked
-        # up with the promotion; while they are, every claim takes the limited path (and claims
-        # nothing ahead: only plain jobs may be held ahead).
+        # may mean the queue ran dry, always promotes) — and except after the look that
+        # follows a short claim (`next_due_in`), which promoted already: then only once the
+        # next job it saw is due. Whether limits are in play is looked up with the promotion;
+        # while they are, every claim takes the limited path (and claims nothing ahead: only
+        # plain jobs may be held ahead).
         lease, at = lease_until - now, self.now(now)
-        promote = self._claims_short or time.monotonic() - self._promoted_at >= PROMOTE_EVERY_S
+        since = time.monotonic() - self._promoted_at
+        promote = now >= self._due_at or (
+            not self._looked and (self._claims_short or since >= PROMOTE_EVERY_S)
+        )
         present: bool | None
         jobs: list[Job]
         asked = limit
@@ -299,11 +310,41 @@ class PostgresOperations(SqlOperations):
                 )
                 jobs = in_claim_order([*jobs, *more])
         if promote or self._limits_seen:
-            self._promoted_at = time.monotonic()
+            self._promoted_at, self._due_at = time.monotonic(), math.inf
+        self._looked = False
         if present is not None:
             self._limits_seen = present
         self._claims_short = len(jobs) < asked
         return jobs
+
+    def next_due_in(self, queues: Sequence[str] | None, now: float) -> Call[float | None]:
+        return Call(self._look_after_short_claim(queues, now))
+
+    def _look_after_short_claim(
+        self, queues: Sequence[str] | None, now: float
+    ) -> Plan[float | None]:
+        """What the claim after a short one would do first — promote due jobs, look whether
+        limits are in play — done here, in the same round trip as the question, so the next
+        claim (an idle worker's, when a job arrives) is one statement. Zero when it promoted
+        jobs, or found limits not known before: the next claim should come at once."""
+        at = self.now(now)
+        if queues is None:
+            due = Stmt(self.q.next_due_in, {"now": at})
+        else:
+            due = Stmt(self.q.next_due_in_queues, {"queues": self.texts(queues), "now": at})
+        promoted, found, rows = yield [
+            Stmt(self.q.promote_due, {"now": at}),
+            Stmt(self.q.limits_present),
+            due,
+        ]
+        self._promoted_at, self._looked = time.monotonic(), True
+        known, self._limits_seen = self._limits_seen, bool(found[0]["present"])
+        value = rows[0]["due_in"]
+        due_in = None if value is None else float(value)
+        self._due_at = math.inf if due_in is None else now + due_in
+        if promoted or (self._limits_seen and not known):
+            return 0.0
+        return due_in
 
     def claim_plan(
         self,
