@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
+import sys
 import threading
 import time
 from pathlib import Path
@@ -187,6 +189,46 @@ def test_a_blocking_waiter_and_a_worker_hear_of_commits_with_or_without_the_kern
         thread.join(timeout=30)
     assert not thread.is_alive()
     app.close()
+
+
+def inotify_instances() -> int:
+    fds = Path("/proc/self/fd")
+    return sum(1 for fd in fds.iterdir() if _link(fd) == "anon_inode:inotify")
+
+
+def _link(path: Path) -> str:
+    try:
+        return os.readlink(path)
+    except OSError:  # closed since it was listed
+        return ""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="inotify is Linux's")
+async def test_many_event_streams_share_one_inotify_instance_and_all_hear_a_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """More streams than a user may have inotify instances (128 by default, across all their
+    processes): one instance serves them all, every one is woken by a commit, and the instance
+    goes with the last of them."""
+    monkeypatch.setattr(watch, "REPORTED_INTERVAL_S", NEVER_S)
+    url = f"sqlite:///{tmp_path}/jobs.db"
+    app, producer = conveyor.App(url), conveyor.App(url)
+    app.migrate()
+    producer.task(name="t")(lambda: None)
+    before = inotify_instances()
+    streams = [await app.backend.subscribe() for _ in range(150)]
+    assert inotify_instances() == before + 1
+    waits = [asyncio.create_task(s.wait(NEVER_S)) for s in streams]
+    await asyncio.sleep(0.2)
+    assert not any(w.done() for w in waits)
+    await producer.enqueue_async("t")
+    _, pending = await asyncio.wait(waits, timeout=10)
+    assert not pending
+    for s in streams:
+        await s.close()
+    assert inotify_instances() == before
+    await producer.close_async()
+    await app.close_async()
 
 
 async def test_leadership_moves_once_the_lease_is_seen_unrenewed_for_a_lease(

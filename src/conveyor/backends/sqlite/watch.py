@@ -13,7 +13,9 @@ import os
 import select
 import sqlite3
 import sys
+import threading
 import time
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -118,6 +120,55 @@ class WalWrites:
         self._inotify.close()
 
 
+class LoopReports:
+    """The reports for one file on one event loop, shared by every waiter there (the worker,
+    each event stream of the dashboard and the API): one inotify instance however many wait.
+    A user has 128 by default (`fs.inotify.max_user_instances`), across all their processes."""
+
+    _lock = threading.Lock()
+    _all: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, LoopReports]] = (
+        weakref.WeakKeyDictionary()
+    )
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, path: str, writes: WalWrites) -> None:
+        self.loop = loop
+        self.path = path
+        self.writes = writes
+        self.waiters: set[asyncio.Event] = set()
+        loop.add_reader(writes.fileno(), self._on_reports)
+
+    @classmethod
+    def join(cls, path: str, heard: asyncio.Event) -> LoopReports | None:
+        """Set `heard` at each report from now on; None where the kernel gives none."""
+        loop = asyncio.get_running_loop()
+        with cls._lock:
+            on_loop = cls._all.setdefault(loop, {})
+            shared = on_loop.get(path)
+            if shared is None:
+                writes = WalWrites.open(path)
+                if writes is None:
+                    return None
+                shared = on_loop[path] = cls(loop, path, writes)
+            shared.waiters.add(heard)
+        return shared
+
+    def leave(self, heard: asyncio.Event) -> None:
+        with self._lock:
+            self.waiters.discard(heard)
+            if self.waiters:
+                return
+            on_loop = self._all.get(self.loop, {})
+            if on_loop.get(self.path) is self:
+                del on_loop[self.path]
+        self.loop.remove_reader(self.writes.fileno())
+        self.writes.close()
+
+    def _on_reports(self) -> None:
+        if self.writes.heard():
+            for heard in self.waiters:
+                heard.set()
+
+
 class SyncWatch:
     """Waits, blocking, for a commit elsewhere: for one waiter (`job.wait()`)."""
 
@@ -152,19 +203,12 @@ class Watch:
     def __init__(self, store: SqliteEngine) -> None:
         self.store = store
         self._version: DataVersion | None = None
-        self._writes: WalWrites | None = None
+        self._reports: LoopReports | None = None
         self._heard = asyncio.Event()
 
     async def start(self, run: Callable[..., Any]) -> None:
         self._version = DataVersion(self.store, await run(self.store.connect))
-        self._writes = WalWrites.open(self.store.path)
-        if self._writes is not None:
-            asyncio.get_running_loop().add_reader(self._writes.fileno(), self._on_reports)
-
-    def _on_reports(self) -> None:
-        assert self._writes is not None
-        if self._writes.heard():
-            self._heard.set()
+        self._reports = LoopReports.join(self.store.path, self._heard)
 
     async def wait(self, timeout: float) -> None:
         assert self._version is not None, "start() first"
@@ -177,7 +221,7 @@ class Watch:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return
-            if self._writes is None:
+            if self._reports is None:
                 await asyncio.sleep(min(WATCH_INTERVAL_S, remaining))
             elif settle:
                 settle -= 1
@@ -194,7 +238,6 @@ class Watch:
     async def close(self) -> None:
         if self._version is not None:
             self._version.close()
-        if self._writes is not None:
-            writes, self._writes = self._writes, None
-            asyncio.get_running_loop().remove_reader(writes.fileno())
-            writes.close()
+        if self._reports is not None:
+            reports, self._reports = self._reports, None
+            reports.leave(self._heard)
