@@ -48,6 +48,11 @@ def _positions(cursor: Cursor) -> tuple[int, int] | None:
     return int(history), int(progress)
 
 
+def due_in(rows: Sequence[Any]) -> float | None:
+    value = rows[0]["due_in"]
+    return None if value is None else float(value)
+
+
 def in_claim_order(jobs: Iterable[Job]) -> list[Job]:
     return sorted(jobs, key=lambda j: (j.priority, j.run_at, j.id))
 
@@ -358,13 +363,14 @@ class SqlOperations(Operations):
         return self._read(self._next_due_in_plan(queues, now))
 
     def _next_due_in_plan(self, queues: Sequence[str] | None, now: float) -> Plan[float | None]:
+        return due_in((yield self.next_due_stmt(queues, now)))
+
+    def next_due_stmt(self, queues: Sequence[str] | None, now: float) -> Stmt:
+        """The question `next_due_in` asks; `due_in` reads its answer."""
         if queues is None:
-            rows = yield Stmt(self.q.next_due_in, {"now": self.now(now)})
-        else:
-            params = {"queues": self.texts(queues), "now": self.now(now)}
-            rows = yield Stmt(self.q.next_due_in_queues, params)
-        value = rows[0]["due_in"]
-        return None if value is None else float(value)
+            return Stmt(self.q.next_due_in, {"now": self.now(now)})
+        params = {"queues": self.texts(queues), "now": self.now(now)}
+        return Stmt(self.q.next_due_in_queues, params)
 
     def held_back(self, queues: Sequence[str] | None, now: float) -> Call[float | None]:
         return self._read(self._held_back_plan(queues, now))

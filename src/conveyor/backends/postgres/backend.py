@@ -34,7 +34,7 @@ from conveyor.backends.postgres.pools import (
     unavailable,
 )
 from conveyor.backends.sql import Migration, Queries, load_migrations
-from conveyor.backends.sqlops import SqlOperations, in_claim_order
+from conveyor.backends.sqlops import SqlOperations, due_in, in_claim_order
 from conveyor.clock import Clock, SystemClock
 from conveyor.config import Settings
 from conveyor.errors import BackendUnavailable, NotAConveyorDatabase, ValidationError
@@ -327,24 +327,28 @@ class PostgresOperations(SqlOperations):
         limits are in play — done here, in the same round trip as the question, so the next
         claim (an idle worker's, when a job arrives) is one statement. Zero when it promoted
         jobs, or found limits not known before: the next claim should come at once."""
-        at = self.now(now)
-        if queues is None:
-            due = Stmt(self.q.next_due_in, {"now": at})
-        else:
-            due = Stmt(self.q.next_due_in_queues, {"queues": self.texts(queues), "now": at})
-        promoted, found, rows = yield [
-            Stmt(self.q.promote_due, {"now": at}),
-            Stmt(self.q.limits_present),
-            due,
-        ]
-        self._promoted_at, self._looked = time.monotonic(), True
-        known, self._limits_seen = self._limits_seen, bool(found[0]["present"])
-        value = rows[0]["due_in"]
-        due_in = None if value is None else float(value)
-        self._due_at = math.inf if due_in is None else now + due_in
-        if promoted or (self._limits_seen and not known):
+        known = self._limits_seen
+        promoted, present, rows = yield from self.promoted_with(
+            self.next_due_stmt(queues, now), self.now(now)
+        )
+        self._promoted_at, self._looked, self._limits_seen = time.monotonic(), True, present
+        then = due_in(rows)
+        self._due_at = math.inf if then is None else now + then
+        if promoted or (present and not known):
             return 0.0
-        return due_in
+        return then
+
+    def promoted_with(
+        self, then: Stmt, now: float | None
+    ) -> Plan[tuple[int, bool, list[dict[str, Any]]]]:
+        """Promote the due jobs, look whether limits are in play, and run `then`, in one round
+        trip: how many were promoted, whether limits are in play, and `then`'s rows."""
+        promoted, found, rows = yield [
+            Stmt(self.q.promote_due, {"now": now}),
+            Stmt(self.q.limits_present),
+            then,
+        ]
+        return promoted, bool(found[0]["present"]), rows
 
     def claim_plan(
         self,
@@ -374,12 +378,7 @@ class PostgresOperations(SqlOperations):
             claim = Stmt(self.q.claim_in_queues, {**params, "queues": list(queues)})
         present = None
         if promote:
-            _, found, rows = yield [
-                Stmt(self.q.promote_due, {"now": now}),
-                Stmt(self.q.limits_present),
-                claim,
-            ]
-            present = bool(found[0]["present"])
+            _, present, rows = yield from self.promoted_with(claim, now)
         else:
             rows = yield claim
         return in_claim_order(Job.from_row(r) for r in rows), present
