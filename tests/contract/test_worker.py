@@ -13,6 +13,7 @@ from structlog.testing import capture_logs
 import conveyor
 from conveyor import JobState
 from conveyor.testing import running_worker, wait_until
+from conveyor.worker import worker as worker_module
 from conveyor.worker.worker import UNWRITTEN_PER_SLOT
 
 # the other contract tests import these two from here
@@ -66,6 +67,33 @@ async def test_a_job_a_claim_brings_in_begins_before_the_worker_asks_the_store_m
         await job.wait_async(timeout=10)
     after = order.index("claimed 1")
     assert order[after : after + 3] == ["claimed 1", "began", "asked"]
+
+
+async def test_a_job_that_came_due_while_the_worker_idled_runs_at_its_next_look(
+    make_app: Callable[..., conveyor.App], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A delayed job sends no wake-up when it comes due. The next time the worker looks (here:
+    a job arriving), it starts that one too, beside it, without waiting for a re-check."""
+    monkeypatch.setattr(worker_module, "IDLE_RECHECK_S", 120.0)
+    app, producer = make_app(), make_app()
+    release = asyncio.Event()
+
+    @app.task(name="hold")
+    async def hold() -> None:
+        await release.wait()
+
+    app.task(name="later")(lambda: "ran")
+    for name in ("hold", "later"):
+        producer.task(name=name)(lambda: None)
+    async with running(conveyor.Worker(app, concurrency=2)):
+        await asyncio.sleep(0.2)  # idle: nothing is due, nothing is queued
+        later = await producer.enqueue_async("later", delay=0.2)
+        await asyncio.sleep(0.5)  # due now, and nobody told the worker
+        held = await producer.enqueue_async("hold")
+        assert await later.wait_async(timeout=10) == "ran"
+        assert (await held.refresh_async()).state is JobState.RUNNING
+        release.set()
+        await held.wait_async(timeout=10)
 
 
 async def test_worker_registers_and_deregisters(app: conveyor.App) -> None:

@@ -159,15 +159,18 @@ async def test_an_idle_worker_is_woken_by_the_kernels_report_of_a_commit(
     await worker_app.close_async()
 
 
-@pytest.mark.parametrize("reports", [True, False], ids=["reported", "unreported"])
+@pytest.mark.parametrize("reports", ["reported", "unreported", "lost"])
 def test_a_blocking_waiter_and_a_worker_hear_of_commits_with_or_without_the_kernels_reports(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, reports: bool
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, reports: str
 ) -> None:
     monkeypatch.setattr(worker_module, "IDLE_RECHECK_S", NEVER_S)
-    if reports:
+    if reports == "reported":  # only a report can wake them
         monkeypatch.setattr(watch, "REPORTED_INTERVAL_S", NEVER_S)
-    else:  # a kernel without inotify: the waiters look every few milliseconds
+    elif reports == "unreported":  # a kernel without inotify: they look every few milliseconds
         monkeypatch.setattr(watch.WalWrites, "open", classmethod(lambda cls, path: None))
+    else:  # every report is lost: they look every REPORTED_INTERVAL_S all the same
+        heard = watch.WalWrites.heard
+        monkeypatch.setattr(watch.WalWrites, "heard", lambda self: heard(self) and False)
     url = f"sqlite:///{tmp_path}/jobs.db"
     app = conveyor.App(url)
     app.migrate()
