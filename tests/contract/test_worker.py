@@ -48,19 +48,19 @@ async def test_a_job_a_claim_brings_in_begins_before_the_worker_asks_the_store_m
     async def note() -> None:
         order.append("began")
 
-    claim, asked = app.backend.claim, app.backend.next_due_in
+    claim, asked = app.backend.claim, app.backend.after_short_claim
 
     async def claimed(*args: Any, **kwargs: Any) -> list[conveyor.Job]:
         jobs: list[conveyor.Job] = await claim(*args, **kwargs)
         order.append(f"claimed {len(jobs)}")
         return jobs
 
-    async def next_due_in(*args: Any) -> float | None:
+    async def after_short_claim(*args: Any) -> float | None:
         order.append("asked")
         return await asked(*args)
 
     monkeypatch.setattr(app.backend, "claim", claimed)
-    monkeypatch.setattr(app.backend, "next_due_in", next_due_in)
+    monkeypatch.setattr(app.backend, "after_short_claim", after_short_claim)
     async with running(conveyor.Worker(app)):
         await asyncio.sleep(0.2)  # idle: its first claims found nothing
         job = await note.enqueue_async()

@@ -364,11 +364,12 @@ class Operations(abc.ABC):
     def resign(self, name: str, holder: str) -> Call[None]: ...
 
     @abc.abstractmethod
-    def next_due_in(self, queues: Sequence[str] | None, now: float) -> Call[float | None]:
-        """Seconds until the next scheduled or retrying job in these queues is due (zero or
-        less: due now; None: nothing pending). The worker asks after every claim that came
-        back short, before it waits: a store may use the moment to do what its next claim
-        would otherwise do first (then zero means the next claim may find more)."""
+    def after_short_claim(self, queues: Sequence[str] | None, now: float) -> Call[float | None]:
+        """Asked by the worker after every claim that came back short, before it waits: the
+        seconds until the next scheduled or retrying job in these queues is due (zero or less:
+        due now; None: nothing pending). A store may do here, in the same round trip, what its
+        next claim would otherwise do first (PostgreSQL promotes due jobs and looks for
+        limits); zero then also means that the next claim may find more."""
 
     @abc.abstractmethod
     def held_back(self, queues: Sequence[str] | None, now: float) -> Call[float | None]:

@@ -218,8 +218,8 @@ class Store:
     def resign(self, name: str, holder: str) -> None:
         self.engine.run(self.ops.resign(name, holder))
 
-    def next_due_in(self, queues: Sequence[str] | None, now: float) -> float | None:
-        return self.engine.run(self.ops.next_due_in(queues, now))
+    def after_short_claim(self, queues: Sequence[str] | None, now: float) -> float | None:
+        return self.engine.run(self.ops.after_short_claim(queues, now))
 
     def held_back(self, queues: Sequence[str] | None, now: float) -> float | None:
         return self.engine.run(self.ops.held_back(queues, now))
@@ -436,8 +436,8 @@ class Backend:
     async def resign(self, name: str, holder: str) -> None:
         await self.engine.resign(name, holder)
 
-    async def next_due_in(self, queues: Sequence[str] | None, now: float) -> float | None:
-        return await self.engine.arun(self.ops.next_due_in(queues, now))
+    async def after_short_claim(self, queues: Sequence[str] | None, now: float) -> float | None:
+        return await self.engine.arun(self.ops.after_short_claim(queues, now))
 
     async def held_back(self, queues: Sequence[str] | None, now: float) -> float | None:
         return await self.engine.arun(self.ops.held_back(queues, now))

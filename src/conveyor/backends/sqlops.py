@@ -359,14 +359,14 @@ class SqlOperations(Operations):
         rows = yield Stmt(self.q.periodic_ticks)
         return {r["name"]: TickRecord.from_row(r) for r in rows}
 
-    def next_due_in(self, queues: Sequence[str] | None, now: float) -> Call[float | None]:
-        return self._read(self._next_due_in_plan(queues, now))
+    def after_short_claim(self, queues: Sequence[str] | None, now: float) -> Call[float | None]:
+        return self._read(self._due_in_plan(queues, now))
 
-    def _next_due_in_plan(self, queues: Sequence[str] | None, now: float) -> Plan[float | None]:
+    def _due_in_plan(self, queues: Sequence[str] | None, now: float) -> Plan[float | None]:
         return due_in((yield self.next_due_stmt(queues, now)))
 
     def next_due_stmt(self, queues: Sequence[str] | None, now: float) -> Stmt:
-        """The question `next_due_in` asks; `due_in` reads its answer."""
+        """The question `after_short_claim` asks; `due_in` reads its answer."""
         if queues is None:
             return Stmt(self.q.next_due_in, {"now": self.now(now)})
         params = {"queues": self.texts(queues), "now": self.now(now)}

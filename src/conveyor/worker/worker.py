@@ -452,7 +452,7 @@ class Worker:
         if jobs:
             await asyncio.sleep(0)  # the jobs just started begin before the questions below
         now = self.app.clock.now()
-        due_in = await self.backend.next_due_in(self.queues, now)
+        due_in = await self.backend.after_short_claim(self.queues, now)
         last_look = (
             self.burst and not self._active and not self._ready and not self.completer.pending
         )

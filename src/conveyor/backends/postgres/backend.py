@@ -86,7 +86,7 @@ class PostgresOperations(SqlOperations):
         self.use_clock(clock)
         self._promoted_at = 0.0
         self._claims_short = True
-        # Whether the worker looked after its last claim (`next_due_in`, asked after a short
+        # Whether the worker looked after its last claim (`after_short_claim`, asked after a short
         # claim: it promotes due jobs and looks for limits), and when (on the claimer's clock)
         # the next job it saw is due. Until then the next claim needs neither: the claim an
         # idle worker makes when a job arrives is the one plain statement.
@@ -283,7 +283,7 @@ class PostgresOperations(SqlOperations):
         # Due scheduled and retrying jobs are promoted with the claim, except while the queue
         # keeps this worker busy: then at most every PROMOTE_EVERY_S (a short claim, which
         # may mean the queue ran dry, always promotes) — and except after the look that
-        # follows a short claim (`next_due_in`), which promoted already: then only once the
+        # follows a short claim (`after_short_claim`), which promoted already: then only once the
         # next job it saw is due. Whether limits are in play is looked up with the promotion;
         # while they are, every claim takes the limited path (and claims nothing ahead: only
         # plain jobs may be held ahead).
@@ -317,7 +317,7 @@ class PostgresOperations(SqlOperations):
         self._claims_short = len(jobs) < asked
         return jobs
 
-    def next_due_in(self, queues: Sequence[str] | None, now: float) -> Call[float | None]:
+    def after_short_claim(self, queues: Sequence[str] | None, now: float) -> Call[float | None]:
         return Call(self._look_after_short_claim(queues, now))
 
     def _look_after_short_claim(
