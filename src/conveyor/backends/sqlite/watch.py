@@ -98,6 +98,15 @@ class WalWrites:
         fd: int = self._inotify.fileno()
         return fd
 
+    def discard(self) -> None:
+        """Drop the reports that arrived while nobody listened, unread."""
+        while True:
+            try:
+                if not os.read(self.fileno(), 65536):
+                    return
+            except BlockingIOError:
+                return
+
     def heard(self) -> bool:
         """Read the reports that arrived; whether one was of the WAL."""
         try:
@@ -123,7 +132,10 @@ class WalWrites:
 class LoopReports:
     """The reports for one file on one event loop, shared by every waiter there (the worker,
     each event stream of the dashboard and the API): one inotify instance however many wait.
-    A user has 128 by default (`fs.inotify.max_user_instances`), across all their processes."""
+    A user has 128 by default (`fs.inotify.max_user_instances`), across all their processes.
+
+    The loop reads the reports only while someone waits: a busy worker, which does not, is
+    not woken at every commit of every other process."""
 
     _lock = threading.Lock()
     _all: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, LoopReports]] = (
@@ -135,7 +147,8 @@ class LoopReports:
         self.path = path
         self.writes = writes
         self.waiters: set[asyncio.Event] = set()
-        loop.add_reader(writes.fileno(), self._on_reports)
+        #: the waiters waiting now
+        self.listening: set[asyncio.Event] = set()
 
     @classmethod
     def join(cls, path: str, heard: asyncio.Event) -> LoopReports | None:
@@ -153,6 +166,7 @@ class LoopReports:
         return shared
 
     def leave(self, heard: asyncio.Event) -> None:
+        self.stop_listening(heard)
         with self._lock:
             self.waiters.discard(heard)
             if self.waiters:
@@ -160,12 +174,24 @@ class LoopReports:
             on_loop = self._all.get(self.loop, {})
             if on_loop.get(self.path) is self:
                 del on_loop[self.path]
-        self.loop.remove_reader(self.writes.fileno())
         self.writes.close()
+
+    def listen(self, heard: asyncio.Event) -> None:
+        """From now until `stop_listening`, set `heard` at each report. Call it before looking
+        at the database: a commit after the look is then heard."""
+        if not self.listening:
+            self.writes.discard()
+            self.loop.add_reader(self.writes.fileno(), self._on_reports)
+        self.listening.add(heard)
+
+    def stop_listening(self, heard: asyncio.Event) -> None:
+        self.listening.discard(heard)
+        if not self.listening:
+            self.loop.remove_reader(self.writes.fileno())
 
     def _on_reports(self) -> None:
         if self.writes.heard():
-            for heard in self.waiters:
+            for heard in self.listening:
                 heard.set()
 
 
@@ -215,25 +241,33 @@ class Watch:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         settle = 0
-        # Cleared before each look: a write reported after the look wakes the wait at once.
+        reports = self._reports
+        # Listening, and the flag cleared, before each look: a write reported after the look
+        # wakes the wait at once.
+        if reports is not None:
+            reports.listen(self._heard)
         self._heard.clear()
-        while not self._version.changed():
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                return
-            if self._reports is None:
-                await asyncio.sleep(min(WATCH_INTERVAL_S, remaining))
-            elif settle:
-                settle -= 1
-                await asyncio.sleep(min(SETTLE_S, remaining))
-            else:
-                try:
-                    async with asyncio.timeout(min(REPORTED_INTERVAL_S, remaining)):
-                        await self._heard.wait()
-                    settle = SETTLE_LOOKS
-                except TimeoutError:
-                    pass
-            self._heard.clear()
+        try:
+            while not self._version.changed():
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    return
+                if reports is None:
+                    await asyncio.sleep(min(WATCH_INTERVAL_S, remaining))
+                elif settle:
+                    settle -= 1
+                    await asyncio.sleep(min(SETTLE_S, remaining))
+                else:
+                    try:
+                        async with asyncio.timeout(min(REPORTED_INTERVAL_S, remaining)):
+                            await self._heard.wait()
+                        settle = SETTLE_LOOKS
+                    except TimeoutError:
+                        pass
+                self._heard.clear()
+        finally:
+            if reports is not None:
+                reports.stop_listening(self._heard)
 
     async def close(self) -> None:
         if self._version is not None:
