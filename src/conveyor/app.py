@@ -29,7 +29,7 @@ from conveyor.job import (
     NewJob,
     WorkerInfo,
 )
-from conveyor.limits import check_limit
+from conveyor.limits import check_count
 from conveyor.notify import Alerter, BacklogRule, Notifier, NoWorkerRule, from_config
 from conveyor.redact import Redactor, secrets
 from conveyor.retry import BackoffLike, RetryPolicy, as_backoff, exponential
@@ -574,7 +574,7 @@ class App:
         if depth is None and older_than is None:
             raise ValidationError("alert_on_backlog needs depth= or older_than=")
         if depth is not None:
-            check_limit(depth, "depth")
+            check_count(depth, "depth")
         self.alerts.backlog_rules.append(
             BacklogRule(check_queue(queue), depth, _optional_duration(older_than, "older_than"))
         )
@@ -631,7 +631,7 @@ class App:
         worker and machine. Workers of this app write it to the store when they start (so the
         limit in force is the one the latest worker declared); `concurrency=None` lifts it."""
         self.declared_queues[check_queue(name)] = (
-            None if concurrency is None else check_limit(concurrency, "concurrency")
+            None if concurrency is None else check_count(concurrency, "concurrency")
         )
 
     def queue_limits(self) -> dict[str, int]:

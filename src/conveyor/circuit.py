@@ -22,6 +22,7 @@ from typing import Any
 from conveyor.config import QUEUE_NAME, parse_duration
 from conveyor.errors import DownstreamDown, TaskTimeout, ValidationError, describe
 from conveyor.job import epoch_seconds
+from conveyor.limits import check_count
 from conveyor.redact import url as shown_url
 
 #: HTTP statuses that mean "the service behind this one is down", not "your request is bad".
@@ -102,12 +103,8 @@ class Circuit:
             raise ValidationError(
                 f"bad circuit name {describe(name)}: use 1-128 characters of A-Z a-z 0-9 _ . : -"
             )
-        for value, what in (
-            (failure_threshold, "failure_threshold"),
-            (half_open_jobs, "half_open_jobs"),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValidationError(f"{what} must be an integer >= 1, got {value!r}")
+        check_count(failure_threshold, "failure_threshold")
+        check_count(half_open_jobs, "half_open_jobs")
         if probe is not None and not (
             (isinstance(probe, str) and probe.startswith(("http://", "https://")))
             or callable(probe)

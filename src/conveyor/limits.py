@@ -49,15 +49,22 @@ class Rate:
             ) from None
         if count < 1 or period <= 0:
             raise ValidationError(f"rate_limit {text!r} must allow at least 1 start per period")
+        if count > MAX_COUNT:
+            raise ValidationError(f"rate_limit {text!r} allows more than {MAX_COUNT:,} starts")
         return cls(count, period)
 
     def __str__(self) -> str:
         return f"{self.count}/{self.period:g}s"
 
 
-def check_limit(value: Any, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValidationError(f"{what} must be an integer >= 1, got {value!r}")
+#: The largest count a setting may have: every store keeps it as a 32-bit integer.
+MAX_COUNT = 2**31 - 1
+
+
+def check_count(value: Any, what: str) -> int:
+    """A count of at least one: attempts, a limit, a threshold."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_COUNT:
+        raise ValidationError(f"{what} must be an integer from 1 to {MAX_COUNT:,}, got {value!r}")
     return value
 
 

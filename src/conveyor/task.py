@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 from conveyor.config import QUEUE_NAME
 from conveyor.errors import MAX_DELAY_S, ValidationError, describe
 from conveyor.job import PRIORITY_NAMES, Job, NewJob
-from conveyor.limits import Rate, bucket, check_key_value, check_limit
+from conveyor.limits import Rate, bucket, check_count, check_key_value
 from conveyor.payload import check_size, encode, encode_arguments, task_signature
 from conveyor.retry import RetryPolicy
 
@@ -50,9 +50,7 @@ def check_queue(value: str) -> str:
 
 
 def check_max_attempts(value: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValidationError(f"max_attempts must be an integer >= 1, got {value!r}")
-    return value
+    return check_count(value, "max_attempts")
 
 
 def check_unique_key(value: str) -> str:
@@ -231,7 +229,7 @@ class Task(Generic[P, R]):
         #: alert a human (the app's notifiers) when one of its jobs is dead-lettered
         self.alert_on_dead = bool(alert_on_dead)
         self.rate = None if rate_limit is None else Rate.parse(rate_limit)
-        self.concurrency = None if concurrency is None else check_limit(concurrency, "concurrency")
+        self.concurrency = None if concurrency is None else check_count(concurrency, "concurrency")
         self.rate_limit_key = self._key_argument(rate_limit_key, "rate_limit_key", self.rate)
         self.concurrency_key = self._key_argument(
             concurrency_key, "concurrency_key", self.concurrency

@@ -253,7 +253,8 @@ async def test_an_error_of_the_job_itself_counts_as_usual(
 
 def test_bad_circuits_are_refused_where_they_are_declared(app: conveyor.App) -> None:
     cases: list[tuple[dict[str, Any], str]] = [  # options of every wrong kind
-        ({"failure_threshold": 0}, "failure_threshold must be an integer >= 1"),
+        ({"failure_threshold": 0}, "failure_threshold must be an integer from 1 to 2,147,483,647"),
+        ({"half_open_jobs": 2**31}, "half_open_jobs must be an integer from 1 to 2,147,483,647"),
         ({"probe": "ftp://x"}, "probe must be an http"),
         ({"schedule": [("1h", "1m")]}, "the last probe schedule step must be"),
         ({"schedule": [(None, "1m"), (None, "5m")]}, "longer and longer"),

@@ -260,7 +260,9 @@ def test_default_payload_limit_is_one_mebibyte(app: conveyor.App) -> None:
         ({"queue": "has space"}, "bad queue name"),
         ({"queue": ""}, "bad queue name"),
         ({"queue": "x" * 129}, "bad queue name"),
-        ({"max_attempts": 0}, "max_attempts must be an integer >= 1"),
+        ({"max_attempts": 0}, "max_attempts must be an integer from 1 to 2,147,483,647"),
+        # one past what every store keeps: refused alike, not stored here and refused there
+        ({"max_attempts": 2**31}, "max_attempts must be an integer from 1 to 2,147,483,647"),
         ({"delay": 1, "run_at": 5.0}, "not both"),
         ({"run_at": dt.datetime(2030, 1, 1)}, "timezone-aware"),
         ({"meta": ["not", "a", "mapping"]}, "meta must be a mapping"),

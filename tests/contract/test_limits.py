@@ -251,8 +251,10 @@ def test_bad_limits_are_refused_where_the_task_is_declared(app: conveyor.App) ->
         ({"rate_limit": "100"}, "rate_limit must look like"),
         ({"rate_limit": "0/m"}, "at least 1 start"),
         ({"rate_limit": "5/fortnight"}, "the period must be"),
-        ({"concurrency": 0}, "concurrency must be an integer >= 1"),
-        ({"concurrency": True}, "concurrency must be an integer >= 1"),
+        ({"concurrency": 0}, "concurrency must be an integer from 1 to 2,147,483,647"),
+        ({"concurrency": True}, "concurrency must be an integer from 1 to 2,147,483,647"),
+        ({"concurrency": 2**31}, "concurrency must be an integer from 1 to 2,147,483,647"),
+        ({"rate_limit": "2147483648/s"}, "allows more than 2,147,483,647 starts"),
         ({"concurrency_key": "tenant"}, "concurrency_key needs concurrency="),
         ({"rate_limit": "5/s", "rate_limit_key": "user"}, "has no argument named 'user'"),
     ]

@@ -353,3 +353,20 @@ async def test_jobs_claimed_ahead_are_shown_kept_and_handed_back_on_shutdown(
         )
         note = app.job_history(job.id)[-1].note
         assert note == "claimed ahead, never begun: handed back on shutdown"
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"concurrency": 0}, "concurrency must be an integer from 1 to 2,147,483,647"),
+        ({"concurrency": 2**31}, "concurrency must be an integer from 1 to 2,147,483,647"),
+        ({"concurrency": True}, "concurrency must be an integer from 1 to 2,147,483,647"),
+        ({"prefetch": -1}, "prefetch must be an integer >= 0"),
+    ],
+)
+def test_bad_worker_settings_are_refused_before_it_registers(
+    app: conveyor.App, options: dict[str, Any], match: str
+) -> None:
+    with pytest.raises(conveyor.ValidationError, match=match):
+        conveyor.Worker(app, **options)
+    assert app.list_workers() == []

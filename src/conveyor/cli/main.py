@@ -11,6 +11,7 @@ from conveyor.cli.commands import COMMANDS
 from conveyor.cli.loading import AppRef, app_spec, load_app
 from conveyor.config import SERVE_CONNECTION_LIMIT, SERVE_REQUEST_TIMEOUT_S
 from conveyor.errors import ConveyorError
+from conveyor.limits import MAX_COUNT
 
 __all__ = ["load_app", "main"]
 
@@ -53,7 +54,7 @@ def main(ctx: click.Context, app_option: str | None) -> None:
 @click.option(
     "-c",
     "--concurrency",
-    type=click.IntRange(min=1),
+    type=click.IntRange(min=1, max=MAX_COUNT),
     default=10,
     show_default=True,
     help="Jobs run at once by each worker process.",

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from conveyor.context import Context
 from conveyor.errors import BackendUnavailable, ValidationError
 from conveyor.job import Job, JobState, WorkerInfo
+from conveyor.limits import check_count
 from conveyor.logging import Outage, get_logger
 from conveyor.redact import hide_repeats, job_hidden_strings, secrets
 from conveyor.services import circuits
@@ -144,8 +145,7 @@ class Worker:
         grace: float = 30.0,
         prefetch: int | None = None,
     ) -> None:
-        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
-            raise ValidationError(f"concurrency must be an integer >= 1, got {concurrency!r}")
+        check_count(concurrency, "concurrency")
         if prefetch is not None and (
             isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 0
         ):
