@@ -26,6 +26,7 @@ import conveyor
 import conveyor.clock
 from conftest import POSTGRES_URL, drop_schema, postgres_available  # tests/conftest.py
 from conveyor import JobState
+from conveyor.backends.postgres import arrays
 from conveyor.backends.postgres.backend import MIGRATIONS
 from conveyor.testing import running_worker
 
@@ -340,6 +341,42 @@ def test_enqueue_many_of_100_000_jobs_in_one_call(app: conveyor.App, schema: str
             WHERE from_state IS NULL AND to_state = 'queued'"""
     ) == [(count, count)]
     assert scalar(f"SELECT count(*) FROM {schema}.job_history") == count
+
+
+@pytest.mark.parametrize(
+    ("kind", "cast", "values"),
+    [
+        (arrays.Texts, "text", ["a", None, "é€😀", "", '{"k":[1]}']),
+        (arrays.Texts, "text", ["default"] * 5),
+        (arrays.Texts, "text", [None] * 3),
+        (arrays.Texts, "text", []),
+        (arrays.Ints, "int", [1, None, -5, 2**31 - 1, -(2**31)]),
+        (arrays.Ints, "int", [0, 0, 0]),
+        (arrays.BigInts, "bigint", [1, 2**40, None, -(2**63)]),
+        (arrays.Floats, "float8", [1.5, None, 0.0, -2, float("inf"), 1e-300]),
+        (arrays.Floats, "float8", [None, None]),
+        (arrays.Bools, "bool", [True, False, None]),
+        (arrays.Bools, "bool", [False] * 4),
+    ],
+)
+def test_batch_columns_reach_the_server_as_sent(kind: Any, cast: str, values: list[Any]) -> None:
+    """The batch statements' arrays, packed by conveyor (arrays.py): what PostgreSQL reads is
+    what was sent: NULLs, one value repeated, no value, text beyond ASCII, the integer ends."""
+    postgres_available()
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        row = conn.execute(
+            f"SELECT %b::{cast}[], cardinality(%b::{cast}[])", [kind(values), kind(values)]
+        ).fetchone()
+    assert row == (values, len(values))
+
+
+def test_a_batch_value_out_of_its_columns_range_is_named_and_nothing_sent() -> None:
+    postgres_available()
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        with pytest.raises(psycopg.DataError, match="cannot send 2147483648 in an array of ints"):
+            conn.execute("SELECT %b::int[]", [arrays.Ints([1, 2**31])])
+        with pytest.raises(psycopg.DataError, match="cannot send 2 in an array of texts"):
+            conn.execute("SELECT %b::text[]", [arrays.Texts(["1", 2])])
 
 
 # -- migrations ------------------------------------------------------------------------------

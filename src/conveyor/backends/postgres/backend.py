@@ -21,6 +21,7 @@ import psycopg_pool
 
 from conveyor.backends.base import Beat, Engine
 from conveyor.backends.plan import Atomic, Call, Plan, Stmt
+from conveyor.backends.postgres.arrays import BigInts, Bools, Floats, Ints, Texts
 from conveyor.backends.postgres.drivers import drive_async, drive_sync
 from conveyor.backends.postgres.leader import LeaderSession
 from conveyor.backends.postgres.listener import Listener, SyncListener
@@ -180,23 +181,23 @@ class PostgresOperations(SqlOperations):
         """A batch of jobs as one array per column."""
         return {
             "now": self.now(jobs[0].created_at),
-            "queues": [j.queue for j in jobs],
-            "tasks": [j.task for j in jobs],
-            "args": [j.args for j in jobs],
-            "kwargs": [j.kwargs for j in jobs],
-            "metas": [j.meta for j in jobs],
-            "priorities": [j.priority for j in jobs],
-            "max_attempts": [j.max_attempts for j in jobs],
-            "delays": [max(0.0, j.run_at - j.created_at) for j in jobs],
-            "states": [j.state.value for j in jobs],  # decided once, by NewJob
-            "on_failures": [j.on_dependency_failure for j in jobs],
-            "depths": depths,
-            "concurrency_keys": [j.concurrency_key for j in jobs],
-            "concurrency_maxes": [j.concurrency_max for j in jobs],
-            "rate_keys": [j.rate_key for j in jobs],
-            "rate_maxes": [j.rate_max for j in jobs],
-            "rate_periods": [j.rate_period for j in jobs],
-            "circuits": [j.circuit for j in jobs],
+            "queues": Texts([j.queue for j in jobs]),
+            "tasks": Texts([j.task for j in jobs]),
+            "args": Texts([j.args for j in jobs]),
+            "kwargs": Texts([j.kwargs for j in jobs]),
+            "metas": Texts([j.meta for j in jobs]),
+            "priorities": Ints([j.priority for j in jobs]),
+            "max_attempts": Ints([j.max_attempts for j in jobs]),
+            "delays": Floats([max(0.0, j.run_at - j.created_at) for j in jobs]),
+            "states": Texts([j.state.value for j in jobs]),  # decided once, by NewJob
+            "on_failures": Texts([j.on_dependency_failure for j in jobs]),
+            "depths": Ints(depths),
+            "concurrency_keys": Texts([j.concurrency_key for j in jobs]),
+            "concurrency_maxes": Ints([j.concurrency_max for j in jobs]),
+            "rate_keys": Texts([j.rate_key for j in jobs]),
+            "rate_maxes": Ints([j.rate_max for j in jobs]),
+            "rate_periods": Floats([j.rate_period for j in jobs]),
+            "circuits": Texts([j.circuit for j in jobs]),
         }
 
     def insert_unique_plan(self, jobs: Sequence[NewJob], depths: list[int]) -> Plan[list[Job]]:
@@ -206,8 +207,8 @@ class PostgresOperations(SqlOperations):
             self.q.insert_unique_jobs,
             {
                 **self._batch_params(jobs, depths),
-                "unique_keys": [j.unique_key for j in jobs],
-                "unique_fors": [j.unique_for for j in jobs],
+                "unique_keys": Texts([j.unique_key for j in jobs]),
+                "unique_fors": Floats([j.unique_for for j in jobs]),
             },
         )
         inserted = {row["unique_key"] for row in rows}
@@ -453,30 +454,32 @@ class PostgresOperations(SqlOperations):
             self.q.complete,
             {
                 "count": len(outcomes),
-                "ids": [o.job_id for o in outcomes],
-                "worker_ids": [o.worker_id for o in outcomes],
-                "attempts": [o.attempt for o in outcomes],
-                "states": [o.state.value for o in outcomes],
-                "results": [o.result for o in outcomes],
-                "errors": [None if o.error is None else json.dumps(o.error) for o in outcomes],
-                "ats": [self.now(o.at) for o in outcomes],
-                "delays": [o.delay for o in outcomes],
-                "refunds": [1 if o.refunds_attempt else 0 for o in outcomes],
-                "notes": [o.note for o in outcomes],
-                "rescues": [o.lease_expired_before is not None for o in outcomes],
-                "expired": [o.lease_expired_before for o in outcomes],
-                "leaders": [o.leader for o in outcomes],
-                "finishes": [o.finished_at is not None for o in outcomes],
-                "progresses": [o.progress for o in outcomes],
-                "keeps_cancel": [o.keeps_cancel_request for o in outcomes],
-                "keeps_note": [o.keeps_requester_note for o in outcomes],
-                "ran_fors": [o.ran_for for o in outcomes],
+                "ids": BigInts([o.job_id for o in outcomes]),
+                "worker_ids": Texts([o.worker_id for o in outcomes]),
+                "attempts": Ints([o.attempt for o in outcomes]),
+                "states": Texts([o.state.value for o in outcomes]),
+                "results": Texts([o.result for o in outcomes]),
+                "errors": Texts(
+                    [None if o.error is None else json.dumps(o.error) for o in outcomes]
+                ),
+                "ats": Floats([self.now(o.at) for o in outcomes]),
+                "delays": Floats([o.delay for o in outcomes]),
+                "refunds": Ints([1 if o.refunds_attempt else 0 for o in outcomes]),
+                "notes": Texts([o.note for o in outcomes]),
+                "rescues": Bools([o.lease_expired_before is not None for o in outcomes]),
+                "expired": Floats([o.lease_expired_before for o in outcomes]),
+                "leaders": Texts([o.leader for o in outcomes]),
+                "finishes": Bools([o.finished_at is not None for o in outcomes]),
+                "progresses": Floats([o.progress for o in outcomes]),
+                "keeps_cancel": Bools([o.keeps_cancel_request for o in outcomes]),
+                "keeps_note": Bools([o.keeps_requester_note for o in outcomes]),
+                "ran_fors": Floats([o.ran_for for o in outcomes]),
                 "start_count": len(starts),
-                "start_ids": [s.job_id for s in starts],
-                "start_worker_ids": [s.worker_id for s in starts],
-                "start_attempts": [s.attempt for s in starts],
-                "start_ats": [self.now(s.at) for s in starts],
-                "start_agos": [s.ago for s in starts],
+                "start_ids": BigInts([s.job_id for s in starts]),
+                "start_worker_ids": Texts([s.worker_id for s in starts]),
+                "start_attempts": Ints([s.attempt for s in starts]),
+                "start_ats": Floats([self.now(s.at) for s in starts]),
+                "start_agos": Floats([s.ago for s in starts]),
             },
         )
         maybe_left = [o.job_id for o in outcomes if o.keeps_cancel_request]
@@ -502,8 +505,8 @@ class PostgresOperations(SqlOperations):
                 "lease": max(0.0, lease_until - worker.last_beat),
                 "worker_id": worker.id,
                 "count": len(running),
-                "ids": [job_id for job_id, _ in running],
-                "attempts": [a for _, a in running],
+                "ids": BigInts([job_id for job_id, _ in running]),
+                "attempts": Ints([a for _, a in running]),
             },
         )
 
