@@ -19,6 +19,11 @@ REPLACEMENT = "\ufffd"
 _encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 
 
+#: How many shapes of call (count of positional arguments, keyword names) a task remembers the
+#: signature's answer for; a task called in more ways than that checks the rest each time.
+MAX_SHAPES = 64
+_UNSEEN = object()
+
 #: The deepest nesting of lists and objects stored: deeper data breaks readers (JSON parsers and
 #: serializers stop around 255 levels), so it is refused at the edge.
 MAX_DEPTH = 100
@@ -117,8 +122,10 @@ def encode_arguments(
     signature: inspect.Signature | None,
     args: Sequence[Any],
     kwargs: Mapping[str, Any],
+    shapes: dict[tuple[Any, ...], str | None] | None = None,
 ) -> tuple[str, str]:
-    """Check the call against the task's signature and encode it; errors name the argument."""
+    """Check the call against the task's signature and encode it; errors name the argument.
+    `shapes` keeps what the signature said of each shape of call (see `Task.build_job`)."""
     if type(args) not in (tuple, list) and (
         not isinstance(args, Sequence) or isinstance(args, str | bytes)
     ):
@@ -126,10 +133,20 @@ def encode_arguments(
     if type(kwargs) is not dict and not isinstance(kwargs, Mapping):
         raise ValidationError(f"kwargs of {task_name} must be a mapping, got {describe(kwargs)}")
     if signature is not None:
-        try:
-            signature.bind(*args, **kwargs)
-        except TypeError as exc:
-            raise ValidationError(f"bad arguments for task {task_name}: {exc}") from None
+        # Whether a call binds depends only on how many positional arguments it has and which
+        # keyword names, never on their values: the answer is kept per shape, if given a place.
+        shape = (len(args), *kwargs)
+        problem = _UNSEEN if shapes is None else shapes.get(shape, _UNSEEN)
+        if problem is _UNSEEN:
+            try:
+                signature.bind(*args, **kwargs)
+                problem = None
+            except TypeError as exc:
+                problem = str(exc)
+            if shapes is not None and len(shapes) < MAX_SHAPES:
+                shapes[shape] = problem
+        if problem is not None:
+            raise ValidationError(f"bad arguments for task {task_name}: {problem}")
     try:
         return encode(list(args), "args"), (encode(dict(kwargs), "kwargs") if kwargs else "{}")
     except ValidationError:

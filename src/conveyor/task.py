@@ -224,6 +224,7 @@ class Task(Generic[P, R]):
         self.pass_context = pass_context
         self.is_async = inspect.iscoroutinefunction(fn)
         self.signature = task_signature(fn, pass_context)
+        self._shapes: dict[tuple[Any, ...], str | None] = {}
         #: the downstream service the task calls, whose outages hold its jobs
         self.circuit = circuit
         #: alert a human (the app's notifiers) when one of its jobs is dead-lettered
@@ -299,7 +300,9 @@ class Task(Generic[P, R]):
         anything is stored."""
         if options.unique_for is not None and options.unique_key is None:
             raise ValidationError("unique_for needs a unique_key")
-        args_json, kwargs_json = encode_arguments(self.name, self.signature, args, kwargs)
+        args_json, kwargs_json = encode_arguments(
+            self.name, self.signature, args, kwargs, self._shapes
+        )
         meta_json = "{}" if not options.meta else encode(dict(options.meta), "meta")
         max_bytes = self.app.settings.max_payload_bytes
         check_size(self.name, max_bytes, args_json, kwargs_json, meta_json)

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 import conveyor
-from conveyor import JobState
+from conveyor import JobState, payload
 
 
 def count(app: conveyor.App) -> int:
@@ -209,6 +209,34 @@ def test_arguments_must_fit_the_signature(app: conveyor.App) -> None:
 
     refused(app, lambda: resize.enqueue("a"), r"missing a required argument: 'width'")
     refused(app, lambda: resize.enqueue("a", 1, 2), r"too many positional arguments")
+
+
+def test_every_call_is_checked_against_the_signature_however_often_its_shape_recurs(
+    app: conveyor.App,
+) -> None:
+    """The signature's answer is kept per shape of call (how many positional arguments, which
+    keyword names): a shape refused once is refused again, one that binds stays accepted, and
+    the same names in another order or one name more is a shape of its own."""
+
+    @app.task
+    def resize(image: str, width: int = 100, *, crop: bool = False) -> None: ...
+
+    for _ in range(3):
+        refused(app, lambda: resize.enqueue("a", 1, 2), r"too many positional arguments")
+        refused(app, lambda: resize.enqueue(image="a", height=3), r"unexpected keyword .*height")
+        refused(app, lambda: resize.enqueue("a", image="b"), r"multiple values for argument")
+        resize.enqueue("a", 1)
+        resize.enqueue(width=2, image="b")
+        resize.enqueue(image="c", width=3)
+    refused(app, lambda: resize.enqueue(image="c", width=3, crop=True, x=1), r"unexpected keyword")
+    refused(app, lambda: resize.enqueue_many([("a", 1), ("a", 1, 2)]), r"too many positional")
+    # more shapes than a task remembers: the rest are still checked, every time
+    for n in range(payload.MAX_SHAPES + 5):
+        names = {f"x{i}": i for i in range(n % 7)}
+        refused(app, lambda n=n, names=names: resize.enqueue(*["a"] * (3 + n)), r"too many")
+        if names:
+            refused(app, lambda names=names: resize.enqueue("a", **names), r"unexpected keyword")
+    assert count(app) == 9
 
 
 @pytest.mark.parametrize(
