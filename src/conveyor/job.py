@@ -6,8 +6,9 @@ import asyncio
 import datetime as dt
 import enum
 import json
+import operator
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -380,6 +381,35 @@ def _clock_time(ts: float) -> str:
 epoch_seconds = _seconds
 
 
+#: The columns a Job is made of, in the order of its fields (see `Job._of`).
+_JOB_COLUMNS = (
+    "id",
+    "queue",
+    "task",
+    "args",
+    "kwargs",
+    "priority",
+    "state",
+    "attempt",
+    "max_attempts",
+    "run_at",
+    "created_at",
+    "started_at",
+    "finished_at",
+    "lease_until",
+    "worker_id",
+    "progress",
+    "stage",
+    "result",
+    "errors",
+    "meta",
+    "cancel_requested",
+    "unique_key",
+    "circuit",
+)
+_JOB_COLUMNS_BY_NAME = operator.itemgetter(*_JOB_COLUMNS)
+
+
 class Row(Protocol):
     """A store row: columns by name."""
 
@@ -436,30 +466,77 @@ class Job:
     @classmethod
     def from_row(cls, row: Row) -> Job:
         """Build a Job from a store row whose JSON columns are still text."""
+        return cls._of(_JOB_COLUMNS_BY_NAME(row))
+
+    @classmethod
+    def from_rows(cls, rows: Sequence[Any]) -> list[Job]:
+        """Jobs from the rows of one statement. Rows that are not mappings (SQLite's, where a
+        look-up by name compares it with each column's in turn) are read by position, each
+        column's found once for all of them."""
+        if not rows:
+            return []
+        first = rows[0]
+        get: Callable[[Any], Any]
+        if isinstance(first, Mapping):
+            get = _JOB_COLUMNS_BY_NAME
+        else:
+            names = list(first.keys())
+            get = operator.itemgetter(*[names.index(column) for column in _JOB_COLUMNS])
+        of = cls._of
+        return [of(get(row)) for row in rows]
+
+    @classmethod
+    def _of(cls, values: tuple[Any, ...]) -> Job:
+        """A Job from the values of `_JOB_COLUMNS`, in that order."""
+        (
+            id_,
+            queue,
+            task,
+            args,
+            kwargs,
+            priority,
+            state,
+            attempt,
+            max_attempts,
+            run_at,
+            created_at,
+            started_at,
+            finished_at,
+            lease_until,
+            worker_id,
+            progress,
+            stage,
+            result,
+            errors,
+            meta,
+            cancel_requested,
+            unique_key,
+            circuit,
+        ) = values
         return cls(
-            id=row["id"],
-            queue=row["queue"],
-            task=row["task"],
-            args=_loads(row["args"]),
-            kwargs=_loads(row["kwargs"]),
-            priority=row["priority"],
-            state=JobState(row["state"]),
-            attempt=row["attempt"],
-            max_attempts=row["max_attempts"],
-            run_at=_seconds(row["run_at"]),
-            created_at=_seconds(row["created_at"]),
-            started_at=_seconds(row["started_at"]),
-            finished_at=_seconds(row["finished_at"]),
-            lease_until=_seconds(row["lease_until"]),
-            worker_id=row["worker_id"],
-            progress=row["progress"],
-            stage=row["stage"],
-            result=_loads(row["result"]),
-            errors=_loads(row["errors"], []),
-            meta=_loads(row["meta"], {}),
-            cancel_requested=bool(row["cancel_requested"]),
-            unique_key=row["unique_key"],
-            circuit=row["circuit"],
+            id_,
+            queue,
+            task,
+            _loads(args),
+            _loads(kwargs),
+            priority,
+            JobState(state),
+            attempt,
+            max_attempts,
+            _seconds(run_at),
+            _seconds(created_at),
+            _seconds(started_at),
+            _seconds(finished_at),
+            _seconds(lease_until),
+            worker_id,
+            progress,
+            stage,
+            _loads(result),
+            _loads(errors, []),
+            _loads(meta, {}),
+            bool(cancel_requested),
+            unique_key,
+            circuit,
         )
 
     @property

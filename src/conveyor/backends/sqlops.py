@@ -238,7 +238,7 @@ class SqlOperations(Operations):
             Stmt(self.q.release_waiting, {"ids": ids}),
             Stmt(self.q.get_jobs, {"ids": ids}),
         ]
-        now = {r["id"]: Job.from_row(r) for r in rows}
+        now = {job.id: job for job in Job.from_rows(rows)}
         for i in new:
             stored[i] = now[stored[i].id]
 

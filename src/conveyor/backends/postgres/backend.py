@@ -382,7 +382,7 @@ class PostgresOperations(SqlOperations):
             _, present, rows = yield from self.promoted_with(claim, now)
         else:
             rows = yield claim
-        return in_claim_order(Job.from_row(r) for r in rows), present
+        return in_claim_order(Job.from_rows(rows)), present
 
     def limited_claim_plan(
         self,
@@ -429,7 +429,7 @@ class PostgresOperations(SqlOperations):
                 self.q.claim_ids,
                 {"worker_id": worker_id, "lease": lease, "now": now, "ids": ids},
             )
-        return in_claim_order(Job.from_row(r) for r in claimed), bool(found[0]["present"])
+        return in_claim_order(Job.from_rows(claimed)), bool(found[0]["present"])
 
     def complete(
         self, outcomes: Sequence[Outcome], starts: Sequence[Start] = ()

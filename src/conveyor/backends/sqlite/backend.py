@@ -152,9 +152,7 @@ class SqliteOperations(SqlOperations):
         _, [(limited,)] = yield [Stmt(Q.promote_due, {"now": now}), Stmt(Q.limits_present)]
         if limited:  # nothing claimed ahead: only plain jobs may be held ahead
             rows = yield from self._claim_limited(queues, params)
-            return (
-                yield from self._begin(in_claim_order(Job.from_row(r) for r in rows), limit, now)
-            )
+            return (yield from self._begin(in_claim_order(Job.from_rows(rows)), limit, now))
         params["limit"] = limit + ahead
         if queues is None:
             rows = yield Stmt(Q.claim, params)
@@ -167,7 +165,7 @@ class SqliteOperations(SqlOperations):
             candidates = sorted((r["priority"], r["run_at"], r["id"]) for f in found for r in f)
             params["ids"] = self.ids(c[2] for c in candidates[:wanted])
             rows = yield Stmt(Q.claim_ids, params)
-        return (yield from self._begin(in_claim_order(Job.from_row(r) for r in rows), limit, now))
+        return (yield from self._begin(in_claim_order(Job.from_rows(rows)), limit, now))
 
     def _begin(self, jobs: list[Job], begun: int, now: float) -> Plan[list[Job]]:
         """The first `begun` claimed jobs (the worker's free slots) begin now, in the claim's
@@ -316,11 +314,11 @@ class SqliteOperations(SqlOperations):
             return silent >= lease
 
         rows = yield Stmt(Q.find_expired, {"now": now, "limit": limit})
-        expired = {job.id: job for job in map(Job.from_row, rows) if lost(job)}
+        expired = {job.id: job for job in Job.from_rows(rows) if lost(job)}
         quiet = [wid for wid, (_, silent) in beats.items() if silent >= own_lease]
         if quiet:
             params = {"workers": json.dumps(quiet), "limit": limit}
-            for job in map(Job.from_row, (yield Stmt(Q.find_running_of, params))):
+            for job in Job.from_rows((yield Stmt(Q.find_running_of, params))):
                 if lost(job):
                     expired.setdefault(job.id, job)
         return sorted(expired.values(), key=lambda j: j.lease_until or 0.0)[:limit]
