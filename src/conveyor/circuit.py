@@ -14,7 +14,6 @@ import datetime as dt
 import enum
 import inspect
 import urllib.error
-import urllib.request
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -143,6 +142,8 @@ class Circuit:
 
 def _get(url: str) -> None:
     """A GET that succeeds on 2xx and 3xx; anything else raises."""
+    import urllib.request  # here, not at import: only a probe needs it (and ssl)
+
     request = urllib.request.Request(url, method="GET", headers={"User-Agent": "conveyor-probe"})
     with urllib.request.urlopen(request, timeout=PROBE_TIMEOUT_S) as response:
         if response.status >= 400:

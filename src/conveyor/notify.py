@@ -14,14 +14,11 @@ import json
 import os
 import queue
 import re
-import smtplib
 import threading
 import time
 import urllib.parse
-import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from email.message import EmailMessage
 from typing import TYPE_CHECKING, Any, Protocol
 
 from conveyor.errors import BackendUnavailable, ConfigurationError
@@ -112,6 +109,8 @@ class Webhook(Routed):
     def send(self, alert: Alert) -> None:
         body = json.dumps(alert.payload()).encode()
         headers = {"Content-Type": "application/json", "User-Agent": "conveyor", **self.headers}
+        import urllib.request  # here, not at import: only a sender needs it (and ssl)
+
         request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
         with urllib.request.urlopen(request, timeout=SEND_TIMEOUT_S) as response:
             if response.status >= 300:
@@ -143,6 +142,9 @@ class Email(Routed):
         self.sender = sender or f"conveyor@{parts.hostname}"
 
     def send(self, alert: Alert) -> None:
+        import smtplib  # here, not at import: only a sender needs it (and ssl, email)
+        from email.message import EmailMessage
+
         message = EmailMessage()
         message["Subject"] = f"[conveyor] {alert.message}"
         message["From"] = self.sender
