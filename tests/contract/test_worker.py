@@ -370,3 +370,43 @@ def test_bad_worker_settings_are_refused_before_it_registers(
     with pytest.raises(conveyor.ValidationError, match=match):
         conveyor.Worker(app, **options)
     assert app.list_workers() == []
+
+
+async def test_an_outcome_the_store_refuses_is_set_apart_and_said_so_once(
+    app: conveyor.App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store refuses one job's outcome, whatever it carries, and takes the others'. Those
+    are written; the refused one is tried again without the task's output, then given up: the
+    log says that (`job.outcome_unstorable`, then `outcomes.write_failed`), not that the job
+    was rescued or cancelled, and the job stays running, for its lease to run out."""
+
+    @app.task
+    def work(i: int) -> int:
+        return i
+
+    jobs = await asyncio.to_thread(work.enqueue_many, [(i,) for i in range(6)])
+    bad = jobs[3].id
+    write = app.backend.complete
+
+    async def refusing(outcomes: Any, starts: Any = ()) -> list[int]:
+        if any(o.job_id == bad for o in outcomes):
+            raise ValueError("this store refuses the outcome of one job")
+        return await write(outcomes, starts)
+
+    monkeypatch.setattr(app.backend, "complete", refusing)
+    with capture_logs() as logs:
+        async with running(conveyor.Worker(app, concurrency=2)):
+            await until(
+                lambda: any(e["event"] == "outcomes.write_failed" for e in logs),
+                what="the refused outcome given up",
+            )
+            await until(
+                lambda: sum(e["event"] == "job.succeeded" for e in logs) == 5,
+                what="the other outcomes written",
+            )
+    about_bad = [e["event"] for e in logs if e.get("job_id") == bad]
+    assert about_bad == ["job.started", "job.outcome_unstorable", "outcomes.write_failed"]
+    states = {job.id: (await app.get_job_async(job.id)).state for job in jobs}
+    assert states == {
+        job.id: JobState.RUNNING if job.id == bad else JobState.SUCCEEDED for job in jobs
+    }

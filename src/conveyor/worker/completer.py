@@ -35,7 +35,7 @@ class Completer:
     def __init__(
         self,
         backend: Backend,
-        on_written: Callable[[list[Finished], list[int]], None],
+        on_written: Callable[[list[Finished], list[int], set[int]], None],
         now: Callable[[], float],
     ) -> None:
         self._backend = backend
@@ -54,6 +54,8 @@ class Completer:
         self._idle.set()
         self._closed = False
         self._outage = Outage(log, "outcomes.write")
+        #: jobs of the batch in flight whose outcome the store refused even bare: given up
+        self._given_up: set[int] = set()
 
     def began(self, job: Job, at: float) -> None:
         self._began[job.id, job.attempt] = (job, at)
@@ -99,8 +101,9 @@ class Completer:
                 batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
                 self._inflight, self._inflight_since = batch, self._pending_since
                 applied = await self._write(batch, self._starts())
+                given_up, self._given_up = self._given_up, set()
                 self._inflight = []
-                self._on_written(batch, applied)
+                self._on_written(batch, applied, given_up)
             self._idle.set()
             if self._closed:
                 return
@@ -170,6 +173,7 @@ class Completer:
             attempt=finished.job.attempt,
             error=repr(exc),
         )
+        self._given_up.add(finished.job.id)
         return []
 
     async def flush(self) -> None:

@@ -665,7 +665,10 @@ class Worker:
         completer = getattr(self, "completer", None)
         return [] if completer is None else completer.pending
 
-    def _on_written(self, batch: list[Finished], applied: list[int]) -> None:
+    def _on_written(self, batch: list[Finished], applied: list[int], given_up: set[int]) -> None:
+        """After a write of `batch`: the outcomes `applied` are the jobs' now; the store
+        refused those `given_up` (the completer said so); the rest found their attempt no
+        longer running here."""
         self.processed += len(batch)
         self._written.set()  # a retry may be due now, or a burst may be over
         self._start_ready()  # jobs claimed ahead may have waited for the writes
@@ -678,7 +681,7 @@ class Worker:
                     task = self.app.tasks.get(finished.job.task)
                     if task is not None and task.alert_on_dead:
                         self.app.alerts.job_dead(finished.job, finished.outcome.error)
-            else:
+            elif finished.job.id not in given_up:
                 log.warning(
                     "job.outcome_discarded",
                     job_id=finished.job.id,
