@@ -173,11 +173,13 @@ class NewJob:
         )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Outcome:
     """What became of one run of a job: exactly one of these per claim.
 
-    The executor decides it, the completer writes it. `state` is where the job goes:
+    The executor decides it (and sets `ran_for` once the attempt is over), the completer writes
+    it; nothing changes it after that. Not frozen: a frozen dataclass costs a call per field to
+    make and a whole copy to amend, on every job a worker runs. `state` is where the job goes:
     succeeded, retrying (at `run_at`), dead, cancelled, or queued (handed back on shutdown,
     the attempt not counted). `lease_expired_before` makes the write conditional on the lease
     having run out, which is how a rescue never overrides a live worker.

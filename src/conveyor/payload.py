@@ -85,6 +85,8 @@ def storable_text(text: str) -> str:
 def encode_result(value: Any, what: str) -> str:
     """A task's result as JSON, made storable: NUL characters and lone surrogates in its text
     become U+FFFD (see `storable_text`). A value that is no JSON at all is a ValidationError."""
+    if value is None:  # what most tasks return
+        return "null"
     try:
         text = _encoder.encode(value)
     except (TypeError, ValueError) as exc:

@@ -8,7 +8,6 @@ handed text it cannot keep."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import time
 import traceback
 from collections.abc import Callable
@@ -123,7 +122,7 @@ class Executor:
             outcome = self._outcome(job, JobState.DEAD, error=exc, note="internal error")
         ended = time.monotonic()
         if ctx.began is not None:
-            outcome = dataclasses.replace(outcome, ran_for=ended - ctx.began)
+            outcome.ran_for = ended - ctx.began
         return Finished(job, outcome, ended - started)
 
     async def _run(self, job: Job, ctx: Context) -> Outcome:
