@@ -96,6 +96,59 @@ async def test_a_job_that_came_due_while_the_worker_idled_runs_at_its_next_look(
         await held.wait_async(timeout=10)
 
 
+async def test_a_job_that_comes_due_between_a_short_claim_and_the_look_after_it_runs_at_once(
+    make_app: Callable[..., conveyor.App], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The look that follows a short claim may make a job runnable itself (on PostgreSQL it
+    promotes due jobs). The worker then claims again at once instead of waiting: with LISTEN
+    off and re-checks two minutes apart, its next poll would be the only other wake-up."""
+    monkeypatch.setattr(worker_module, "IDLE_RECHECK_S", 120.0)
+    app, producer = make_app(postgres_listen=False), make_app()
+    app.task(name="later")(lambda: "ran")
+    producer.task(name="later")(lambda: None)
+    steps: list[tuple[str, Any]] = []
+    due: list[float] = []
+    claim, look, wait = (
+        app.backend.claim,
+        app.backend.after_short_claim,
+        app.backend.wait_for_change,
+    )
+
+    async def claimed(*args: Any, **kwargs: Any) -> list[conveyor.Job]:
+        jobs = await claim(*args, **kwargs)
+        if due and not jobs:  # the job comes due while this short claim is on its way back
+            await asyncio.sleep(max(0.0, due.pop() - app.clock.now()) + 0.05)
+            steps.append(("claimed before it was due", len(jobs)))
+        elif steps:
+            steps.append(("claimed", len(jobs)))
+        return jobs
+
+    async def looked(*args: Any) -> float | None:
+        found = await look(*args)
+        if steps:
+            steps.append(("looked", found))
+        return found
+
+    async def waited(timeout: float) -> None:
+        if steps:
+            steps.append(("waited", timeout))
+        await wait(timeout)
+
+    monkeypatch.setattr(app.backend, "claim", claimed)
+    monkeypatch.setattr(app.backend, "after_short_claim", looked)
+    monkeypatch.setattr(app.backend, "wait_for_change", waited)
+    async with running(conveyor.Worker(app)):
+        await asyncio.sleep(0.2)  # idle: its first claims found nothing
+        later = await producer.enqueue_async("later", delay=0.3)
+        due.append(later.run_at)
+        assert await later.wait_async(timeout=10) == "ran"
+    ran = steps.index(("claimed", 1))
+    assert steps[0] == ("claimed before it was due", 0)
+    assert steps[1][0] == "looked" and steps[1][1] is not None and steps[1][1] <= 0
+    # between the look and the claim that took the job: no wait but a zero one
+    assert [step for step in steps[2:ran] if step != ("waited", 0.0)] == []
+
+
 async def test_worker_registers_and_deregisters(app: conveyor.App) -> None:
     started = threading.Event()
     release = threading.Event()
