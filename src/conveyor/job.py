@@ -9,7 +9,7 @@ import json
 import operator
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Protocol
 
 from conveyor.errors import JobFailed, WaitTimeout
@@ -383,35 +383,6 @@ def _clock_time(ts: float) -> str:
 epoch_seconds = _seconds
 
 
-#: The columns a Job is made of, in the order of its fields (see `Job._of`).
-_JOB_COLUMNS = (
-    "id",
-    "queue",
-    "task",
-    "args",
-    "kwargs",
-    "priority",
-    "state",
-    "attempt",
-    "max_attempts",
-    "run_at",
-    "created_at",
-    "started_at",
-    "finished_at",
-    "lease_until",
-    "worker_id",
-    "progress",
-    "stage",
-    "result",
-    "errors",
-    "meta",
-    "cancel_requested",
-    "unique_key",
-    "circuit",
-)
-_JOB_COLUMNS_BY_NAME = operator.itemgetter(*_JOB_COLUMNS)
-
-
 class Row(Protocol):
     """A store row: columns by name."""
 
@@ -671,6 +642,11 @@ class Job:
             await stream.aclose()
             await subscription.close()
         return self._outcome()
+
+
+#: The columns a Job is read from: its stored fields, in their order (`Job._of` unpacks them).
+_JOB_COLUMNS = tuple(f.name for f in fields(Job) if f.name not in ("deduplicated", "app"))
+_JOB_COLUMNS_BY_NAME = operator.itemgetter(*_JOB_COLUMNS)
 
 
 def _next_wait(delay: float, deadline: float | None) -> float:

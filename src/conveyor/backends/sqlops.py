@@ -265,11 +265,14 @@ class SqlOperations(Operations):
             sql = self.q.list_jobs
         else:
             sql, params["states"] = self.q.list_jobs_in_states, self.texts(where.state_names or [])
-        return self._read(self._mapped(sql, params, Job.from_row))
+        return self._read(self._jobs(sql, params))
 
     def _mapped(self, sql: str, params: Any, convert: Any) -> Plan[list[Any]]:
         rows = yield Stmt(sql, params)
         return [convert(r) for r in rows]
+
+    def _jobs(self, sql: str, params: Any) -> Plan[list[Job]]:
+        return Job.from_rows((yield Stmt(sql, params)))
 
     def job_history(self, job_id: int) -> Call[list[HistoryEntry]]:
         return self._read(self._mapped(self.q.job_history, {"id": job_id}, HistoryEntry.from_row))

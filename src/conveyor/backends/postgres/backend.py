@@ -525,7 +525,7 @@ class PostgresOperations(SqlOperations):
 
     def find_expired(self, now: float, limit: int) -> Call[list[Job]]:
         params = {"now": self.now(now), "limit": limit}
-        return Call(self._mapped(self.q.find_expired, params, Job.from_row))
+        return Call(self._jobs(self.q.find_expired, params))
 
     def prune_workers(self, older_than: float, now: float) -> Call[int]:
         return Call(self._count(self.q.prune_workers, {"age": older_than, "now": self.now(now)}))
