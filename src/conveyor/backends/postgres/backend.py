@@ -108,10 +108,10 @@ class PostgresOperations(SqlOperations):
         return None if self._db_time else value
 
     def ids(self, values: Iterable[int]) -> list[int]:
-        return [int(v) for v in values]
+        return BigInts(int(v) for v in values)
 
     def texts(self, values: Iterable[str]) -> list[str]:
-        return [str(v) for v in values]
+        return Texts(str(v) for v in values)
 
     # -- schema -----------------------------------------------------------------------------
 
@@ -376,7 +376,7 @@ class PostgresOperations(SqlOperations):
         elif len(queues) == 1:
             claim = Stmt(self.q.claim_in_queue, {**params, "queue": queues[0]})
         else:
-            claim = Stmt(self.q.claim_in_queues, {**params, "queues": list(queues)})
+            claim = Stmt(self.q.claim_in_queues, {**params, "queues": self.texts(queues)})
         present = None
         if promote:
             _, present, rows = yield from self.promoted_with(claim, now)
@@ -395,7 +395,7 @@ class PostgresOperations(SqlOperations):
         """The claim when limits are in play, run atomically: one limited claim at a time,
         cluster-wide, counts what is running and started and picks the best jobs that fit
         (plain ones too, so priorities hold across both)."""
-        wanted = {"queues": None if queues is None else list(queues), "limit": limit, "now": now}
+        wanted = {"queues": self._texts(queues), "limit": limit, "now": now}
         _, _, found, rows = yield [
             Stmt(self.q.lock_limits),
             Stmt(self.q.promote_due, {"now": now}),
@@ -446,7 +446,7 @@ class PostgresOperations(SqlOperations):
         outcomes = sorted(outcomes, key=lambda o: o.job_id)
         rescues = [o.job_id for o in outcomes if o.lease_expired_before is not None]
         if rescues:  # run atomically (see `complete`): the rows stay locked for the update
-            free = {r["id"] for r in (yield Stmt(self.q.lock_rescued, {"ids": rescues}))}
+            free = {r["id"] for r in (yield Stmt(self.q.lock_rescued, {"ids": BigInts(rescues)}))}
             outcomes = [o for o in outcomes if o.lease_expired_before is None or o.job_id in free]
             if not outcomes:
                 return []
@@ -491,7 +491,7 @@ class PostgresOperations(SqlOperations):
             now = self.now(max(o.at for o in outcomes))
             rows, _ = yield [
                 update,
-                Stmt(self.q.cancel_requested_leftovers, {"ids": maybe_left, "now": now}),
+                Stmt(self.q.cancel_requested_leftovers, {"ids": BigInts(maybe_left), "now": now}),
             ]
         return [int(r["id"]) for r in rows]
 
