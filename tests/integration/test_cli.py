@@ -281,6 +281,7 @@ def test_enqueue_with_a_unique_key_returns_the_holder(project: Project) -> None:
         (["dlq", "retry"], 2, "give job ids, or --all"),
         (["dlq", "retry", "1", "--all"], 2, "give job ids, or --all"),
         (["prune", "--older-than", "a week"], 2, "is not a duration"),
+        (["worker", "-c", "2147483648"], 2, "not in the range 1<=x<=2147483647"),
     ],
 )
 def test_bad_input_gets_a_clear_error_and_nothing_is_stored(

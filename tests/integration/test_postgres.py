@@ -19,7 +19,10 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import psycopg
+import psycopg.postgres
 import pytest
+from psycopg.adapt import AdaptersMap, PyFormat
+from psycopg.types.array import ListBinaryDumper
 from structlog.testing import capture_logs
 
 import conveyor
@@ -353,7 +356,7 @@ def test_enqueue_many_of_100_000_jobs_in_one_call(app: conveyor.App, schema: str
         (arrays.Ints, "int", [1, None, -5, 2**31 - 1, -(2**31)]),
         (arrays.Ints, "int", [0, 0, 0]),
         (arrays.BigInts, "bigint", [1, 2**40, None, -(2**63)]),
-        (arrays.Floats, "float8", [1.5, None, 0.0, -2, float("inf"), 1e-300]),
+        (arrays.Floats, "float8", [1.5, None, 0.0, -2.0, float("inf"), 1e-300]),
         (arrays.Floats, "float8", [None, None]),
         (arrays.Bools, "bool", [True, False, None]),
         (arrays.Bools, "bool", [False] * 4),
@@ -361,13 +364,20 @@ def test_enqueue_many_of_100_000_jobs_in_one_call(app: conveyor.App, schema: str
 )
 def test_batch_columns_reach_the_server_as_sent(kind: Any, cast: str, values: list[Any]) -> None:
     """The batch statements' arrays, packed by conveyor (arrays.py): what PostgreSQL reads is
-    what was sent: NULLs, one value repeated, no value, text beyond ASCII, the integer ends."""
+    what was sent: NULLs, one value repeated, no value, text beyond ASCII, the integer ends. A
+    connection whose adapters lack conveyor's dumpers sends the same array, through psycopg's
+    list dumper."""
     postgres_available()
+    plain = AdaptersMap(types=psycopg.postgres.types)
+    psycopg.postgres.register_default_adapters(plain)
+    query = f"SELECT %b::{cast}[], cardinality(%b::{cast}[]), (%b::{cast}[])::text"
     with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
-        row = conn.execute(
-            f"SELECT %b::{cast}[], cardinality(%b::{cast}[])", [kind(values), kind(values)]
-        ).fetchone()
-    assert row == (values, len(values))
+        got, count, text = conn.execute(query, [kind(values)] * 3).fetchone()  # type: ignore[misc]
+    with psycopg.connect(POSTGRES_URL, autocommit=True, context=plain) as conn:
+        assert conn.adapters.get_dumper(kind, PyFormat.BINARY) is ListBinaryDumper
+        [fallback] = conn.execute(f"SELECT (%b::{cast}[])::text", [kind(values)]).fetchone()  # type: ignore[misc]
+    assert (got, count) == (values, len(values))
+    assert fallback == text
 
 
 def test_a_batch_value_out_of_its_columns_range_is_named_and_nothing_sent() -> None:

@@ -7,9 +7,9 @@ event loop. Here each statement's parameter says its element type (`Texts`, `Int
 the whole array is packed at once: an array of one repeated value (most columns of a batch) by
 repeating its bytes, the others by `struct` in a loop.
 
-The wrappers are lists, so a connection that lacks these dumpers (one made before this module
-was imported, with an adapters map of its own) sends them through psycopg's list dumper: the
-same array, only slower.
+The wrappers are lists, so a connection whose adapters lack these dumpers (a map of its own,
+made from psycopg's defaults before this module was imported) sends them through psycopg's
+list dumper, as before: the same array, only slower.
 """
 
 from __future__ import annotations
