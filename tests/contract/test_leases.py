@@ -14,7 +14,7 @@ from structlog.testing import capture_logs
 
 import conveyor
 from conveyor import JobState
-from conveyor.job import Outcome, Start
+from conveyor.job import JOB_COLUMNS, Outcome, Start
 from conveyor.services.elector import Elector
 from conveyor.services.maintainer import Maintainer
 from conveyor.services.rescuer import Rescuer, rescue_expired_leases
@@ -56,6 +56,69 @@ async def test_claim_leases_jobs_to_one_worker(
     for job in first:
         assert (job.state, job.worker_id, job.attempt) == (JobState.RUNNING, "w1", 1)
         assert job.lease_until == pytest.approx(clock.now() + app.settings.lease_seconds)
+
+
+@pytest.mark.parametrize(
+    ("queues", "limited", "begin"),
+    [
+        (None, False, True),
+        (None, False, False),
+        (["mail"], False, False),
+        (["mail", "reports"], False, True),
+        (["mail", "reports"], False, False),
+        (None, True, True),
+    ],
+    ids=["all", "all-ahead", "one-queue-ahead", "queues", "queues-ahead", "limited"],
+)
+async def test_a_claimed_job_reads_as_the_store_holds_it(
+    app: conveyor.App,
+    clock: conveyor.FrozenClock,
+    queues: list[str] | None,
+    limited: bool,
+    begin: bool,
+) -> None:
+    """Each claim reads its jobs its own way (on PostgreSQL, the times as epoch seconds); what
+    it hands the worker is the job `get_job` reads afterwards, field for field."""
+    app.clock = clock
+
+    @app.task(queue="mail", max_attempts=4)
+    def send(to: str, *, cc: list[str] | None = None) -> None: ...
+
+    @app.task(queue="reports", concurrency=3 if limited else None)
+    def report(n: int) -> None: ...
+
+    send.configure(priority=2, meta={"who": "ops"}).enqueue("a@x.org", cc=["b@x.org"])
+    send.configure(unique_key="mail:c", delay=5).enqueue("c@x.org")
+    report.enqueue(7)
+    clock.advance(6)  # the delayed job is due
+
+    now = clock.now()
+    until = now + app.settings.lease_seconds
+    claimed: list[conveyor.Job] = []
+    for _ in range(2):  # a store may look for limits on its first claim
+        claimed += await app.backend.claim(
+            "w1", queues, 10 if begin else 0, until, now, ahead=0 if begin else 10
+        )
+
+    assert sorted(job.queue for job in claimed) == sorted(
+        job.queue for job in app.list_jobs() if queues is None or job.queue in queues
+    )
+    for job in claimed:
+        assert {c: getattr(job, c) for c in JOB_COLUMNS} == {
+            c: getattr(app.get_job(job.id), c) for c in JOB_COLUMNS
+        }
+        assert (job.state, job.worker_id, job.started_at is not None) == (
+            JobState.RUNNING,
+            "w1",
+            begin,
+        )
+    [first] = [job for job in claimed if job.args == ["a@x.org"]]
+    assert (first.kwargs, first.meta, first.priority, first.max_attempts) == (
+        {"cc": ["b@x.org"]},
+        {"who": "ops"},
+        2,
+        4,
+    )
 
 
 async def test_lost_worker_job_is_rescued_to_retrying(

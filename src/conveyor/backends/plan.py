@@ -21,11 +21,14 @@ T = TypeVar("T")
 
 @dataclass(frozen=True, slots=True)
 class Stmt:
-    """One statement; with `many`, `params` is a list of parameter sets (executemany)."""
+    """One statement; with `many`, `params` is a list of parameter sets (executemany). With
+    `jobs`, its rows are jobs (every column of `conveyor.job.JOB_COLUMNS`; the `{job_columns}`
+    of a query gives them) and the driver hands back `Job`s, made as the rows are read."""
 
     sql: str
     params: Any = None
     many: bool = False
+    jobs: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -233,12 +233,12 @@ class SqlOperations(Operations):
             for d in (*jobs[i].depends_on, *(stored[p].id for p in jobs[i].depends_on_batch))
         ]
         ids = self.ids(stored[i].id for i in new)
-        _, _, rows = yield [
+        _, _, found = yield [
             self.dependencies_stmt(pairs),
             Stmt(self.q.release_waiting, {"ids": ids}),
-            Stmt(self.q.get_jobs, {"ids": ids}),
+            Stmt(self.q.get_jobs, {"ids": ids}, jobs=True),
         ]
-        now = {job.id: job for job in Job.from_rows(rows)}
+        now = {job.id: job for job in found}
         for i in new:
             stored[i] = now[stored[i].id]
 
@@ -248,8 +248,8 @@ class SqlOperations(Operations):
         return self._read(self._get_job_plan(job_id))
 
     def _get_job_plan(self, job_id: int) -> Plan[Job | None]:
-        rows = yield Stmt(self.q.get_job, {"id": job_id})
-        return Job.from_row(rows[0]) if rows else None
+        found = yield Stmt(self.q.get_job, {"id": job_id}, jobs=True)
+        return found[0] if found else None
 
     def list_jobs(self, where: JobFilter, limit: int) -> Call[list[Job]]:
         params: dict[str, Any] = {
@@ -272,7 +272,8 @@ class SqlOperations(Operations):
         return [convert(r) for r in rows]
 
     def _jobs(self, sql: str, params: Any) -> Plan[list[Job]]:
-        return Job.from_rows((yield Stmt(sql, params)))
+        jobs: list[Job] = yield Stmt(sql, params, jobs=True)
+        return jobs
 
     def job_history(self, job_id: int) -> Call[list[HistoryEntry]]:
         return self._read(self._mapped(self.q.job_history, {"id": job_id}, HistoryEntry.from_row))
@@ -289,8 +290,8 @@ class SqlOperations(Operations):
 
     def _find_unique_plan(self, key: str) -> Plan[Job | None]:
         params = {"key": key, "since": None, "unique_for": None, "now": None}
-        rows = yield Stmt(self.q.find_unique, params)
-        return Job.from_row(rows[0]) if rows else None
+        found = yield Stmt(self.q.find_unique, params, jobs=True)
+        return found[0] if found else None
 
     def queue_stats(
         self, states: Iterable[JobState] | None

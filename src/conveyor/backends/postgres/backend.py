@@ -22,7 +22,7 @@ import psycopg_pool
 from conveyor.backends.base import Beat, Engine
 from conveyor.backends.plan import Atomic, Call, Plan, Stmt
 from conveyor.backends.postgres.arrays import BigInts, Bools, Floats, Ints, Texts
-from conveyor.backends.postgres.drivers import drive_async, drive_sync
+from conveyor.backends.postgres.drivers import JOB_COLUMN_LIST, drive_async, drive_sync
 from conveyor.backends.postgres.leader import LeaderSession
 from conveyor.backends.postgres.listener import Listener, SyncListener
 from conveyor.backends.postgres.pools import (
@@ -45,7 +45,9 @@ from conveyor.logging import get_logger
 
 log = get_logger("conveyor.postgres")
 
-QUERIES = Queries.load("conveyor.backends.postgres", "queries.sql")
+QUERIES = Queries.load("conveyor.backends.postgres", "queries.sql").substitute(
+    job_columns=JOB_COLUMN_LIST
+)
 MIGRATIONS = load_migrations("conveyor.backends.postgres.migrations")
 #: conveyor's migrations table, recognised by its columns (other tools have a `migrations` too)
 MIGRATIONS_COLUMNS = frozenset({"version", "name", "applied_at"})
@@ -231,6 +233,7 @@ class PostgresOperations(SqlOperations):
                     "unique_for": jobs[i].unique_for,
                     "now": self.now(jobs[i].created_at),
                 },
+                jobs=True,
             )
             for i in held
         ]
@@ -243,7 +246,7 @@ class PostgresOperations(SqlOperations):
         )
         for i, holder in zip(held, found, strict=True):
             if holder:
-                job = Job.from_row(holder[0])
+                job = holder[0]
                 job.deduplicated = True
                 stored[i] = job
             else:
@@ -339,9 +342,7 @@ class PostgresOperations(SqlOperations):
             return 0.0
         return then
 
-    def promoted_with(
-        self, then: Stmt, now: float | None
-    ) -> Plan[tuple[int, bool, list[dict[str, Any]]]]:
+    def promoted_with(self, then: Stmt, now: float | None) -> Plan[tuple[int, bool, list[Any]]]:
         """Promote the due jobs, look whether limits are in play, and run `then`, in one round
         trip: how many were promoted, whether limits are in play, and `then`'s rows."""
         promoted, found, rows = yield [
@@ -372,17 +373,19 @@ class PostgresOperations(SqlOperations):
             "now": now,
         }
         if queues is None:
-            claim = Stmt(self.q.claim, params)
+            claim = Stmt(self.q.claim, params, jobs=True)
         elif len(queues) == 1:
-            claim = Stmt(self.q.claim_in_queue, {**params, "queue": queues[0]})
+            claim = Stmt(self.q.claim_in_queue, {**params, "queue": queues[0]}, jobs=True)
         else:
-            claim = Stmt(self.q.claim_in_queues, {**params, "queues": self.texts(queues)})
+            claim = Stmt(
+                self.q.claim_in_queues, {**params, "queues": self.texts(queues)}, jobs=True
+            )
         present = None
         if promote:
-            _, present, rows = yield from self.promoted_with(claim, now)
+            _, present, jobs = yield from self.promoted_with(claim, now)
         else:
-            rows = yield claim
-        return in_claim_order(Job.from_rows(rows)), present
+            jobs = yield claim
+        return in_claim_order(jobs), present
 
     def limited_claim_plan(
         self,
@@ -423,13 +426,14 @@ class PostgresOperations(SqlOperations):
             started=started,
             circuit_free=circuit_free,
         )
-        claimed = []
+        claimed: list[Job] = []
         if ids:
             claimed = yield Stmt(
                 self.q.claim_ids,
                 {"worker_id": worker_id, "lease": lease, "now": now, "ids": ids},
+                jobs=True,
             )
-        return in_claim_order(Job.from_rows(claimed)), bool(found[0]["present"])
+        return in_claim_order(claimed), bool(found[0]["present"])
 
     def complete(
         self, outcomes: Sequence[Outcome], starts: Sequence[Start] = ()

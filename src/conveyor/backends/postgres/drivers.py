@@ -7,19 +7,40 @@ from __future__ import annotations
 from typing import Any, TypeVar
 
 import psycopg
-from psycopg.rows import dict_row
+from psycopg.rows import RowMaker, dict_row
 from psycopg.types.string import TextLoader
 
-from conveyor.backends.plan import Atomic, Plan
+from conveyor.backends.plan import Atomic, Plan, Stmt
+from conveyor.job import JOB_COLUMNS, TIME_COLUMNS, Job
 
 T = TypeVar("T")
 
 
 def json_as_text(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> None:
-    # JSON columns come back as text, decoded in one place (Job.from_row) for every backend:
+    # JSON columns come back as text, decoded in one place (Job.from_values) for every backend:
     # a JSON string and the text of a JSON document would otherwise look alike.
     for name in ("json", "jsonb"):
         conn.adapters.register_loader(name, TextLoader)
+
+
+#: The `{job_columns}` of a query, the jobs table as `j`: the columns of a `Job` in order,
+#: times as epoch seconds. Read so, a job row costs half (no datetimes made and converted,
+#: no other column read, no dict per row).
+JOB_COLUMN_LIST = ", ".join(
+    f"extract(epoch FROM j.{name})::float8 AS {name}" if name in TIME_COLUMNS else f"j.{name}"
+    for name in JOB_COLUMNS
+)
+
+
+def _job_rows(cur: Any) -> RowMaker[Job]:
+    """psycopg's row factory for a `Stmt` whose rows are jobs."""
+    if cur.description is None:  # no rows: never called
+        return Job.from_values
+    return Job.reader([column.name for column in cur.description])
+
+
+def _cursor(conn: Any, stmt: Stmt) -> Any:
+    return conn.cursor(row_factory=_job_rows if stmt.jobs else dict_row)
 
 
 def _result(cur: psycopg.Cursor[Any] | psycopg.AsyncCursor[Any]) -> Any:
@@ -37,7 +58,7 @@ def drive_sync(conn: psycopg.Connection[Any], plan: Plan[T]) -> T:
             elif isinstance(step, list):
                 results = []
                 with conn.pipeline():
-                    cursors = [conn.cursor(row_factory=dict_row) for _ in step]
+                    cursors = [_cursor(conn, stmt) for stmt in step]
                     for cur, stmt in zip(cursors, step, strict=True):
                         cur.execute(stmt.sql, stmt.params)
                 for cur in cursors:
@@ -45,7 +66,7 @@ def drive_sync(conn: psycopg.Connection[Any], plan: Plan[T]) -> T:
                     results.append(cur.fetchall() if rowcount is None else rowcount)
                 step = plan.send(results)
             else:
-                cur = conn.cursor(row_factory=dict_row)
+                cur = _cursor(conn, step)
                 cur.execute(step.sql, step.params)
                 rowcount = _result(cur)
                 step = plan.send(cur.fetchall() if rowcount is None else rowcount)
@@ -65,7 +86,7 @@ async def drive_async(conn: psycopg.AsyncConnection[Any], plan: Plan[T]) -> T:
             elif isinstance(step, list):
                 results = []
                 async with conn.pipeline():
-                    cursors = [conn.cursor(row_factory=dict_row) for _ in step]
+                    cursors = [_cursor(conn, stmt) for stmt in step]
                     for cur, stmt in zip(cursors, step, strict=True):
                         await cur.execute(stmt.sql, stmt.params)
                 for cur in cursors:
@@ -73,7 +94,7 @@ async def drive_async(conn: psycopg.AsyncConnection[Any], plan: Plan[T]) -> T:
                     results.append(await cur.fetchall() if rowcount is None else rowcount)
                 step = plan.send(results)
             else:
-                cur = conn.cursor(row_factory=dict_row)
+                cur = _cursor(conn, step)
                 await cur.execute(step.sql, step.params)
                 rowcount = _result(cur)
                 step = plan.send(await cur.fetchall() if rowcount is None else rowcount)

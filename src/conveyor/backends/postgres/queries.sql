@@ -161,7 +161,7 @@ SET state = 'running', attempt = j.attempt + 1, worker_id = %(worker_id)s,
     state_changed_at = coalesce(to_timestamp(%(now)s::float8), now()), note = NULL
 FROM picked
 WHERE j.id = picked.id
-RETURNING j.*
+RETURNING {job_columns}
 
 -- name: claim_in_queue
 WITH taken AS (
@@ -191,7 +191,7 @@ SET state = 'running', attempt = j.attempt + 1, worker_id = %(worker_id)s,
     state_changed_at = coalesce(to_timestamp(%(now)s::float8), now()), note = NULL
 FROM picked
 WHERE j.id = picked.id
-RETURNING j.*
+RETURNING {job_columns}
 
 -- name: claim_in_queues
 -- Each queue's best candidates come from its own index; the best of those are claimed.
@@ -227,7 +227,7 @@ SET state = 'running', attempt = j.attempt + 1, worker_id = %(worker_id)s,
     state_changed_at = coalesce(to_timestamp(%(now)s::float8), now()), note = NULL
 FROM picked
 WHERE j.id = picked.id
-RETURNING j.*
+RETURNING {job_columns}
 
 -- name: limits_present
 -- Whether any queued job has a limit or any queue has one: only then does a claim need the
@@ -411,7 +411,7 @@ claimed AS (
     SELECT rate_key, c.now + make_interval(secs => rate_period) FROM claimed, c
     WHERE rate_key IS NOT NULL
 )
-SELECT * FROM claimed
+SELECT {job_columns} FROM claimed AS j
 
 -- name: held_back
 -- Whether queued jobs wait in these (unpaused) queues that no claim took — held back by a

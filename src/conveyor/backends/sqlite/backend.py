@@ -99,9 +99,9 @@ class SqliteOperations(SqlOperations):
         for new, depth in zip(jobs, depths, strict=True):
             if new.unique_key is not None:
                 key = {"key": new.unique_key, "since": new.finished_since}
-                found = yield Stmt(Q.find_unique, key)
+                found = yield Stmt(Q.find_unique, key, jobs=True)
                 if found:
-                    holder = Job.from_row(found[0])
+                    holder = found[0]
                     holder.deduplicated = True
                     stored.append(holder)
                     continue
@@ -151,21 +151,21 @@ class SqliteOperations(SqlOperations):
         }
         _, [(limited,)] = yield [Stmt(Q.promote_due, {"now": now}), Stmt(Q.limits_present)]
         if limited:  # nothing claimed ahead: only plain jobs may be held ahead
-            rows = yield from self._claim_limited(queues, params)
-            return (yield from self._begin(in_claim_order(Job.from_rows(rows)), limit, now))
+            jobs = yield from self._claim_limited(queues, params)
+            return (yield from self._begin(in_claim_order(jobs), limit, now))
         params["limit"] = limit + ahead
         if queues is None:
-            rows = yield Stmt(Q.claim, params)
+            jobs = yield Stmt(Q.claim, params, jobs=True)
         elif len(queues) == 1:
-            rows = yield Stmt(Q.claim_in_queue, {**params, "queue": queues[0]})
+            jobs = yield Stmt(Q.claim_in_queue, {**params, "queue": queues[0]}, jobs=True)
         else:
             # Each queue's best candidates come from its own index; the best of those win.
             wanted = params["limit"]
             found = yield [Stmt(Q.claim_candidates, {"queue": q, "limit": wanted}) for q in queues]
             candidates = sorted((r["priority"], r["run_at"], r["id"]) for f in found for r in f)
             params["ids"] = self.ids(c[2] for c in candidates[:wanted])
-            rows = yield Stmt(Q.claim_ids, params)
-        return (yield from self._begin(in_claim_order(Job.from_rows(rows)), limit, now))
+            jobs = yield Stmt(Q.claim_ids, params, jobs=True)
+        return (yield from self._begin(in_claim_order(jobs), limit, now))
 
     def _begin(self, jobs: list[Job], begun: int, now: float) -> Plan[list[Job]]:
         """The first `begun` claimed jobs (the worker's free slots) begin now, in the claim's
@@ -178,7 +178,7 @@ class SqliteOperations(SqlOperations):
 
     def _claim_limited(
         self, queues: Sequence[str] | None, params: dict[str, Any]
-    ) -> Plan[list[Any]]:
+    ) -> Plan[list[Job]]:
         """The claim when limits are in play: the best plain jobs, and per queue or bucket
         with room the best of its jobs, merged by `pick` (this transaction is the only writer,
         so the counts cannot change under it)."""
@@ -228,10 +228,10 @@ class SqliteOperations(SqlOperations):
         )
         if not ids:
             return []
-        rows = yield Stmt(Q.claim_ids, {**params, "ids": self.ids(ids)})
+        jobs: list[Job] = yield Stmt(Q.claim_ids, {**params, "ids": self.ids(ids)}, jobs=True)
         yield Stmt(Q.prune_rate_starts, {"now": now})
         yield Stmt(Q.record_rate_starts, {"now": now, "ids": self.ids(ids)})
-        return list(rows)
+        return jobs
 
     def complete(
         self, outcomes: Sequence[Outcome], starts: Sequence[Start] = ()
@@ -313,12 +313,12 @@ class SqliteOperations(SqlOperations):
             lease = max(own_lease, (job.lease_until or 0.0) - last_beat)
             return silent >= lease
 
-        rows = yield Stmt(Q.find_expired, {"now": now, "limit": limit})
-        expired = {job.id: job for job in Job.from_rows(rows) if lost(job)}
+        found = yield Stmt(Q.find_expired, {"now": now, "limit": limit}, jobs=True)
+        expired = {job.id: job for job in found if lost(job)}
         quiet = [wid for wid, (_, silent) in beats.items() if silent >= own_lease]
         if quiet:
             params = {"workers": json.dumps(quiet), "limit": limit}
-            for job in Job.from_rows((yield Stmt(Q.find_running_of, params))):
+            for job in (yield Stmt(Q.find_running_of, params, jobs=True)):
                 if lost(job):
                     expired.setdefault(job.id, job)
         return sorted(expired.values(), key=lambda j: j.lease_until or 0.0)[:limit]
@@ -514,7 +514,12 @@ def _execute(conn: sqlite3.Connection, stmt: Stmt) -> Any:
     if stmt.many:
         return conn.executemany(stmt.sql, stmt.params).rowcount
     cur = conn.execute(stmt.sql, () if stmt.params is None else stmt.params)
-    return cur.rowcount if cur.description is None else cur.fetchall()
+    if cur.description is None:
+        return cur.rowcount
+    if not stmt.jobs:
+        return cur.fetchall()
+    read = Job.reader([column[0] for column in cur.description])
+    return [read(row) for row in cur.fetchall()]
 
 
 def _drive(conn: sqlite3.Connection, plan: Plan[T]) -> T:
