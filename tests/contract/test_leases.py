@@ -77,8 +77,9 @@ async def test_a_claimed_job_reads_as_the_store_holds_it(
     limited: bool,
     begin: bool,
 ) -> None:
-    """Each claim reads its jobs its own way (on PostgreSQL, the times as epoch seconds); what
-    it hands the worker is the job `get_job` reads afterwards, field for field."""
+    """Each claim reads its jobs its own way; what it hands the worker is the job `get_job`
+    reads afterwards, field for field, and its times are the ones sent (on PostgreSQL they come
+    back as epoch seconds, `{job_columns}`, for every read of jobs)."""
     app.clock = clock
 
     @app.task(queue="mail", max_attempts=4)
@@ -87,7 +88,7 @@ async def test_a_claimed_job_reads_as_the_store_holds_it(
     @app.task(queue="reports", concurrency=3 if limited else None)
     def report(n: int) -> None: ...
 
-    send.configure(priority=2, meta={"who": "ops"}).enqueue("a@x.org", cc=["b@x.org"])
+    sent = send.configure(priority=2, meta={"who": "ops"}).enqueue("a@x.org", cc=["b@x.org"])
     send.configure(unique_key="mail:c", delay=5).enqueue("c@x.org")
     report.enqueue(7)
     clock.advance(6)  # the delayed job is due
@@ -112,7 +113,9 @@ async def test_a_claimed_job_reads_as_the_store_holds_it(
             "w1",
             begin,
         )
+        assert job.lease_until == until  # to the microsecond, as the store keeps times
     [first] = [job for job in claimed if job.args == ["a@x.org"]]
+    assert (first.created_at, first.run_at) == (sent.created_at, sent.run_at)
     assert (first.kwargs, first.meta, first.priority, first.max_attempts) == (
         {"cc": ["b@x.org"]},
         {"who": "ops"},

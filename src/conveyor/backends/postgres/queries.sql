@@ -92,7 +92,7 @@ WHERE (SELECT count(*) FROM woken) >= 0
 -- name: find_unique
 -- The job holding a unique key: the unfinished one, else (given unique_for) the newest that
 -- finished within that many seconds.
-SELECT * FROM {schema}.jobs
+SELECT {job_columns} FROM {schema}.jobs AS j
 WHERE unique_key = %(key)s
   AND (state IN ({unfinished_states})
        OR finished_at >= coalesce(to_timestamp(%(now)s::float8), now())
@@ -557,7 +557,7 @@ DELETE FROM {schema}.workers
 WHERE last_beat < coalesce(to_timestamp(%(now)s::float8), now()) - make_interval(secs => %(age)s)
 
 -- name: find_expired
-SELECT * FROM {schema}.jobs
+SELECT {job_columns} FROM {schema}.jobs AS j
 WHERE state = 'running' AND lease_until < coalesce(to_timestamp(%(now)s::float8), now())
 ORDER BY lease_until
 LIMIT %(limit)s
@@ -593,10 +593,10 @@ CROSS JOIN LATERAL (SELECT min(run_at) AS at FROM {schema}.jobs
                     WHERE queue = q.name AND state IN ({due_states})) AS m
 
 -- name: get_job
-SELECT * FROM {schema}.jobs WHERE id = %(id)s
+SELECT {job_columns} FROM {schema}.jobs AS j WHERE id = %(id)s
 
 -- name: list_jobs
-SELECT * FROM {schema}.jobs
+SELECT {job_columns} FROM {schema}.jobs AS j
 WHERE (%(queue)s::text IS NULL OR queue = %(queue)s)
   AND (%(task)s::text IS NULL OR task = %(task)s)
   AND (%(error_type)s::text IS NULL OR errors -> -1 ->> 'type' = %(error_type)s)
@@ -608,7 +608,7 @@ ORDER BY id DESC
 LIMIT %(limit)s
 
 -- name: list_jobs_in_states
-SELECT * FROM {schema}.jobs
+SELECT {job_columns} FROM {schema}.jobs AS j
 WHERE state = ANY(%(states)s::text[])
   AND (%(queue)s::text IS NULL OR queue = %(queue)s)
   AND (%(task)s::text IS NULL OR task = %(task)s)
@@ -879,7 +879,7 @@ ON CONFLICT DO NOTHING
 SELECT {schema}.release_waiting(%(ids)s::bigint[]) IS NULL AS done
 
 -- name: get_jobs
-SELECT * FROM {schema}.jobs WHERE id = ANY(%(ids)s::bigint[])
+SELECT {job_columns} FROM {schema}.jobs AS j WHERE id = ANY(%(ids)s::bigint[])
 
 -- name: ensure_circuit
 INSERT INTO {schema}.circuits (name) VALUES (%(name)s) ON CONFLICT (name) DO NOTHING
