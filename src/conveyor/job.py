@@ -446,6 +446,9 @@ class Job:
         looked up by name compares the name with each column's in turn)."""
         if tuple(names) == JOB_COLUMNS:
             return cls.from_values
+        missing = [column for column in JOB_COLUMNS if column not in names]
+        if missing:
+            raise ValueError(f"a job's row lacks the column(s) {', '.join(missing)}")
         get = operator.itemgetter(*[list(names).index(column) for column in JOB_COLUMNS])
         of = cls.from_values
         return lambda row: of(get(row))

@@ -324,6 +324,9 @@ async def test_a_worker_runs_few_jobs_past_the_outcomes_the_store_has_not_taken(
 
     await asyncio.to_thread(quick.enqueue_many, [(i,) for i in range(600)])
     worker = conveyor.Worker(app, concurrency=2, prefetch=200)
+    # Claim the whole prefetch ahead whatever this machine's claim and job times are (the
+    # worker sizes its buffer by them): there must be far more claimed ahead than may start.
+    monkeypatch.setattr(worker, "_buffer_target", lambda: worker.prefetch)
     write = app.backend.complete
     held, release = asyncio.Event(), asyncio.Event()
 
