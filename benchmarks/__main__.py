@@ -10,7 +10,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from benchmarks.common import BACKENDS, DEFAULT_POSTGRES_URL, quiet_logging
+from benchmarks.common import BACKENDS, DEFAULT_POSTGRES_URL, byte_compile, quiet_logging
 from benchmarks.report import print_report, write_json
 from benchmarks.suite import GROUPS, LONG_GROUPS, Config, run
 
@@ -181,6 +181,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[list[Config], Path | None
 def main(argv: list[str] | None = None) -> int:
     configs, json_path = parse_args(argv)
     quiet_logging()
+    byte_compile()
     console = Console()
     if not console.is_terminal:  # a file or a pipe: no reason to wrap at 80 columns
         console = Console(width=120)

@@ -7,7 +7,7 @@ import sys
 
 from rich.console import Console
 
-from benchmarks.common import quiet_logging
+from benchmarks.common import byte_compile, quiet_logging
 from benchmarks.peers.options import parse_args
 from benchmarks.peers.report import print_report, write_json
 from benchmarks.peers.run import run_store
@@ -16,6 +16,7 @@ from benchmarks.peers.run import run_store
 def main(argv: list[str] | None = None) -> int:
     options = parse_args(argv)
     quiet_logging()
+    byte_compile()
     console = Console()
     if not console.is_terminal:  # a file or a pipe: no reason to wrap at 80 columns
         console = Console(width=140)
