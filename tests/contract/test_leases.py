@@ -547,6 +547,51 @@ async def test_a_job_whose_lease_lapsed_before_it_began_is_handed_back_at_once(
         assert app.job_history(job.id)[-1].note == "lease lost before it began: handed back"
 
 
+@pytest.mark.parametrize("kind", ["async", "sync"])
+async def test_a_worker_paused_as_a_job_begins_does_not_run_it_past_its_lease(
+    make_app: Callable[..., conveyor.App], kind: str
+) -> None:
+    """A worker paused between a job's lease check and its task's first line (SIGSTOP, a long
+    pause of the machine) resumes after the lease ran out: the store may have given the job to
+    another worker meanwhile. The task must not run here; the job goes back uncounted."""
+    app = make_app(lease_seconds=300)
+    ran: list[int] = []
+
+    if kind == "async":
+
+        @app.task(name="work", queue="elsewhere")
+        async def work() -> None:
+            ran.append(1)
+
+    else:
+
+        @app.task(name="work", queue="elsewhere")
+        def work() -> None:
+            ran.append(1)
+
+    job = work.enqueue()
+    worker = conveyor.Worker(app, queues=["mine"])  # it never claims `elsewhere` itself
+    async with running_worker(worker):
+        [claimed] = await claim_as(app, worker.id, 1, begin=False)
+        recorded = worker._executor.began
+
+        def paused_as_it_begins(job: conveyor.Job, at: float) -> None:
+            recorded(job, at)
+            time.sleep(0.3)  # past the lease below, after the executor's first check
+
+        worker._executor.began = paused_as_it_begins
+        worker._start(claimed, lease_ends=time.monotonic() + 0.1)
+        for _ in range(100):
+            await worker.completer.flush()
+            if (await app.get_job_async(job.id)).state is not JobState.RUNNING:
+                break
+            await asyncio.sleep(0.05)
+        job.refresh()
+        assert ran == []
+        assert (job.state, job.attempt) == (JobState.QUEUED, 0)
+        assert app.job_history(job.id)[-1].note == "lease lost before it began: handed back"
+
+
 # -- jobs claimed ahead (prefetch) ---------------------------------------------------------------
 
 

@@ -152,6 +152,10 @@ class Executor:
 
         try:
             if task.is_async:
+                # Checked again at the last moment: the worker may have been paused since the
+                # check above (between it and the task's first line, its lease ran out).
+                if _not_to_start(ctx):
+                    raise NotStarted()
                 call = task.fn(*args, **job.kwargs)
             else:
                 work = self.threads.submit(in_thread)
