@@ -537,12 +537,7 @@ async def test_a_job_whose_lease_lapsed_before_it_began_is_handed_back_at_once(
         [claimed] = await claim_as(app, worker.id, 1)
         worker._start(claimed, lease_ends=time.monotonic() - 1)  # paused past it, as claimed
         worker.drop_lapsed_leases()  # before the job's first step
-        for _ in range(100):
-            await worker.completer.flush()
-            if (await app.get_job_async(job.id)).state is not JobState.RUNNING:
-                break
-            await asyncio.sleep(0.05)
-        job.refresh()
+        await until(lambda: job.refresh().state is not JobState.RUNNING, what="the hand-back")
         assert (job.state, job.attempt) == (JobState.QUEUED, 0)  # while the worker still runs
         assert app.job_history(job.id)[-1].note == "lease lost before it began: handed back"
 
@@ -581,12 +576,7 @@ async def test_a_worker_paused_as_a_job_begins_does_not_run_it_past_its_lease(
 
         worker._executor.began = paused_as_it_begins
         worker._start(claimed, lease_ends=time.monotonic() + 0.1)
-        for _ in range(100):
-            await worker.completer.flush()
-            if (await app.get_job_async(job.id)).state is not JobState.RUNNING:
-                break
-            await asyncio.sleep(0.05)
-        job.refresh()
+        await until(lambda: job.refresh().state is not JobState.RUNNING, what="the hand-back")
         assert ran == []
         assert (job.state, job.attempt) == (JobState.QUEUED, 0)
         assert app.job_history(job.id)[-1].note == "lease lost before it began: handed back"
