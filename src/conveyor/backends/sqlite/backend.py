@@ -241,24 +241,15 @@ class SqliteOperations(SqlOperations):
     def _complete_plan(
         self, outcomes: Sequence[Outcome], starts: Sequence[Start]
     ) -> Plan[list[int]]:
-        for start in starts:
-            yield Stmt(
-                Q.record_start,
-                {
-                    "id": start.job_id,
-                    "worker_id": start.worker_id,
-                    "attempt": start.attempt,
-                    "at": start.at,
-                    "ago": start.ago,
-                },
-            )
-        applied: list[int] = []
-        leftovers: list[int] = []
-        for o in outcomes:
-            if (yield Stmt(Q.complete, _outcome_params(o))):
-                applied.append(o.job_id)
-                if o.keeps_cancel_request:
-                    leftovers.append(o.job_id)
+        if starts:
+            rows = [[s.job_id, s.worker_id, s.attempt, s.at, s.ago] for s in starts]
+            yield Stmt(Q.record_starts, {"starts": json.dumps(rows)})
+        if not outcomes:
+            return []
+        written = yield Stmt(Q.complete, {"outcomes": json.dumps(_outcome_rows(outcomes))})
+        ids = {row[0] for row in written}
+        applied = [o.job_id for o in outcomes if o.job_id in ids]
+        leftovers = [o.job_id for o in outcomes if o.job_id in ids and o.keeps_cancel_request]
         if leftovers:
             now = max(o.at for o in outcomes)
             yield Stmt(Q.cancel_requested_leftovers, {"ids": self.ids(leftovers), "now": now})
@@ -381,26 +372,30 @@ def _insert_row(job: NewJob, depth: int, full: bool) -> tuple[Any, ...]:
     )
 
 
-def _outcome_params(o: Outcome) -> dict[str, Any]:
-    return {
-        "id": o.job_id,
-        "worker_id": o.worker_id,
-        "attempt": o.attempt,
-        "state": o.state.value,
-        "result": o.result,
-        "error": None if o.error is None else json.dumps(o.error),
-        "run_at": o.run_at,
-        "refund": 1 if o.refunds_attempt else 0,
-        "finished_at": o.finished_at,
-        "progress": o.progress,
-        "keeps_cancel_request": o.keeps_cancel_request,
-        "keeps_requester_note": o.keeps_requester_note,
-        "at": o.at,
-        "note": o.note,
-        "lease_expired_before": o.lease_expired_before,
-        "leader": o.leader,
-        "ran_for": o.ran_for,
-    }
+def _outcome_rows(outcomes: Sequence[Outcome]) -> list[list[Any]]:
+    """The outcomes as the `complete` statement takes them, one array each."""
+    return [
+        [
+            o.job_id,
+            o.worker_id,
+            o.attempt,
+            o.state.value,
+            o.result,
+            None if o.error is None else json.dumps(o.error),
+            o.run_at,
+            1 if o.refunds_attempt else 0,
+            o.finished_at,
+            o.progress,
+            o.keeps_cancel_request,
+            o.keeps_requester_note,
+            o.at,
+            o.note,
+            o.lease_expired_before,
+            o.leader,
+            o.ran_for,
+        ]
+        for o in outcomes
+    ]
 
 
 class SqliteEngine(Engine):

@@ -258,38 +258,71 @@ ON CONFLICT (name) DO UPDATE SET concurrency = excluded.concurrency
 SELECT name, concurrency FROM conveyor_queues WHERE concurrency IS NOT NULL ORDER BY name
 
 -- name: complete
--- A plain guarded write of what `Outcome` decided; it applies only to the very attempt the
--- outcome is about, while it is still running.
-UPDATE conveyor_jobs
-SET state = :state,
-    result = :result,
-    errors = CASE WHEN :error IS NULL THEN errors
-                  ELSE json_insert(errors, '$[#]', json(:error)) END,
-    run_at = coalesce(:run_at, run_at),
-    attempt = attempt - :refund,
-    finished_at = :finished_at,
-    progress = coalesce(:progress, progress),
+-- A batch of outcomes in one statement, each a plain guarded write of what `Outcome` decided:
+-- it applies only to the very attempt the outcome is about, while it is still running. One
+-- statement, not one a job: the worker's database thread takes and gives back Python's lock
+-- once a batch, not once a job. `+j.state` keeps the planner on a look-up per id (by the
+-- state's index it would visit every running job for each outcome).
+-- Each outcome is an array: [id, worker_id, attempt, state, result, error, run_at, refund,
+-- finished_at, progress, keeps_cancel_request, keeps_requester_note, at, note,
+-- lease_expired_before, leader, ran_for].
+UPDATE conveyor_jobs AS j
+SET state = o.state,
+    result = o.result,
+    errors = CASE WHEN o.error IS NULL THEN j.errors
+                  ELSE json_insert(j.errors, '$[#]', json(o.error)) END,
+    run_at = coalesce(o.run_at, j.run_at),
+    attempt = j.attempt - o.refund,
+    finished_at = o.finished_at,
+    progress = coalesce(o.progress, j.progress),
     lease_until = NULL,
-    cancel_requested = CASE WHEN :keeps_cancel_request THEN cancel_requested ELSE 0 END,
-    state_changed_at = :at,
-    note = CASE WHEN :keeps_requester_note AND cancel_requested THEN coalesce(note, :note)
-                ELSE :note END,
+    cancel_requested = CASE WHEN o.keeps_cancel_request THEN j.cancel_requested ELSE 0 END,
+    state_changed_at = o.at,
+    note = CASE WHEN o.keeps_requester_note AND j.cancel_requested THEN coalesce(j.note, o.note)
+                ELSE o.note END,
     -- when it began, as long before the outcome as it ran (a start recorded while it ran was
     -- an estimate); kept if it never began. Never before it was created (its enqueuer's clock
     -- may be a hair ahead of this one)
-    started_at = CASE WHEN :ran_for IS NULL THEN started_at
-                      ELSE max(:at - :ran_for, created_at) END
-WHERE id = :id AND state = 'running' AND worker_id = :worker_id AND attempt = :attempt
-  AND (:lease_expired_before IS NULL OR lease_until < :lease_expired_before)
+    started_at = CASE WHEN o.ran_for IS NULL THEN j.started_at
+                      ELSE max(o.at - o.ran_for, j.created_at) END
+FROM (SELECT json_extract(value, '$[0]') AS id,
+             json_extract(value, '$[1]') AS worker_id,
+             json_extract(value, '$[2]') AS attempt,
+             json_extract(value, '$[3]') AS state,
+             json_extract(value, '$[4]') AS result,
+             json_extract(value, '$[5]') AS error,
+             json_extract(value, '$[6]') AS run_at,
+             json_extract(value, '$[7]') AS refund,
+             json_extract(value, '$[8]') AS finished_at,
+             json_extract(value, '$[9]') AS progress,
+             json_extract(value, '$[10]') AS keeps_cancel_request,
+             json_extract(value, '$[11]') AS keeps_requester_note,
+             json_extract(value, '$[12]') AS at,
+             json_extract(value, '$[13]') AS note,
+             json_extract(value, '$[14]') AS lease_expired_before,
+             json_extract(value, '$[15]') AS leader,
+             json_extract(value, '$[16]') AS ran_for
+      FROM json_each(:outcomes)) AS o
+WHERE j.id = o.id AND +j.state = 'running' AND j.worker_id = o.worker_id
+  AND j.attempt = o.attempt
+  AND (o.lease_expired_before IS NULL OR j.lease_until < o.lease_expired_before)
   -- a rescue decided by a leader applies only while it leads (nobody has taken over)
-  AND (:leader IS NULL OR EXISTS (SELECT 1 FROM conveyor_leaders WHERE holder = :leader))
+  AND (o.leader IS NULL OR EXISTS (SELECT 1 FROM conveyor_leaders WHERE holder = o.leader))
+RETURNING id
 
--- name: record_start
--- When an attempt claimed ahead began on its worker, while it is still running there; once.
-UPDATE conveyor_jobs
-SET started_at = max(:at - :ago, created_at)
-WHERE id = :id AND state = 'running' AND worker_id = :worker_id AND attempt = :attempt
-  AND started_at IS NULL
+-- name: record_starts
+-- When attempts claimed ahead began on their worker, while each is still running there; once.
+-- Each start is an array: [id, worker_id, attempt, at, ago].
+UPDATE conveyor_jobs AS j
+SET started_at = max(s.at - s.ago, j.created_at)
+FROM (SELECT json_extract(value, '$[0]') AS id,
+             json_extract(value, '$[1]') AS worker_id,
+             json_extract(value, '$[2]') AS attempt,
+             json_extract(value, '$[3]') AS at,
+             json_extract(value, '$[4]') AS ago
+      FROM json_each(:starts)) AS s
+WHERE j.id = s.id AND +j.state = 'running' AND j.worker_id = s.worker_id
+  AND j.attempt = s.attempt AND j.started_at IS NULL
 
 -- name: cancel_requested_leftovers
 -- Jobs asked to stop that were retried or handed back instead: they end cancelled.
