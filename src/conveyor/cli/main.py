@@ -72,7 +72,7 @@ def main(ctx: click.Context, app_option: str | None) -> None:
     type=click.IntRange(min=0),
     default=None,
     help="Most jobs claimed ahead of free slots, used only as far as jobs are short beside a "
-    "claim (default: 10 per slot; 0: none).",
+    "claim (default: 20 per slot; 0: none).",
 )
 @click.option("--burst", is_flag=True, help="Stop once nothing is runnable.")
 @click.option(

@@ -65,11 +65,11 @@ GOODBYE_S = 2.0
 #: The weight of the newest figure in the moving averages of job and claim times.
 SMOOTHING = 0.2
 #: By default a worker claims ahead at most this many jobs per slot (see `Worker.prefetch`).
-PREFETCH_PER_SLOT = 10
+PREFETCH_PER_SLOT = 20
 #: A worker starts no job claimed ahead, and claims nothing, while more outcomes than this many
 #: per slot wait to be written, or the oldest has waited longer than UNWRITTEN_FOR_S: it never
 #: runs far ahead of what the store knows of its work.
-UNWRITTEN_PER_SLOT = 10
+UNWRITTEN_PER_SLOT = 20
 UNWRITTEN_FOR_S = 0.1
 #: After a claim failed, how many heartbeats look for jobs it may have claimed all the same (a
 #: claim cut off by a timeout while the server went on): a late one shows at the next beats.
