@@ -686,3 +686,41 @@ async def test_an_outcome_records_when_an_attempt_began(
     assert ran.finished_at - ran.started_at == pytest.approx(2)
     assert never_began.refresh().started_at is None
     assert (never_began.state, never_began.attempt) == (JobState.QUEUED, 0)
+
+
+async def test_one_write_of_many_outcomes_applies_each_as_if_written_alone(
+    app: conveyor.App, clock: conveyor.FrozenClock
+) -> None:
+    """A worker writes what finished in one batch: each outcome lands on its own job with its
+    own result, error and next run, and one that is no longer the job's (another attempt)
+    changes nothing, whatever else the batch holds."""
+    app.clock = clock
+
+    @app.task(max_attempts=3)
+    def work() -> None: ...
+
+    jobs = work.enqueue_many([()] * 5)
+    claimed = {j.id: j for j in await claim_as(app, "w1")}
+    ok, again, dead, asked_to_stop, stale = (claimed[j.id] for j in jobs)
+    jobs[3].cancel()  # while it runs: handed back, it ends cancelled instead
+    clock.advance(2)
+    now = clock.now()
+    boom = {"type": "ValueError", "message": "boom"}
+    outcomes = [
+        Outcome(ok.id, "w1", ok.attempt, JobState.SUCCEEDED, now, result='{"n": 1}', ran_for=1),
+        Outcome(again.id, "w1", again.attempt, JobState.RETRYING, now, run_at=now + 60, error=boom),
+        Outcome(dead.id, "w1", dead.attempt, JobState.DEAD, now, error=boom, note="gave up"),
+        Outcome(asked_to_stop.id, "w1", asked_to_stop.attempt, JobState.QUEUED, now),
+        Outcome(stale.id, "w1", stale.attempt + 1, JobState.SUCCEEDED, now, result="2"),
+    ]
+    applied = await app.backend.complete(outcomes)
+    assert sorted(applied) == sorted([ok.id, again.id, dead.id, asked_to_stop.id])
+    ok, again, dead, asked_to_stop, stale = (j.refresh() for j in jobs)
+    assert (ok.state, ok.result, ok.progress) == (JobState.SUCCEEDED, {"n": 1}, 100.0)
+    assert ok.started_at == pytest.approx(now - 1)
+    assert (again.state, again.run_at, again.attempt) == (JobState.RETRYING, now + 60, 1)
+    assert [e["message"] for e in again.errors] == ["boom"]
+    assert (dead.state, dead.finished_at) == (JobState.DEAD, now)
+    assert [e["type"] for e in dead.errors] == ["ValueError"]
+    assert (asked_to_stop.state, asked_to_stop.attempt) == (JobState.CANCELLED, 0)
+    assert (stale.state, stale.worker_id, stale.result) == (JobState.RUNNING, "w1", None)
