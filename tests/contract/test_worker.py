@@ -316,8 +316,8 @@ async def test_a_worker_runs_few_jobs_past_the_outcomes_the_store_has_not_taken(
     app: conveyor.App, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """While the store takes no outcomes (here: their write held up), the worker starts at most
-    about five jobs per slot of those it claimed ahead; the rest wait. A crash then runs again
-    only those few finished jobs, not everything it claimed."""
+    about `UNWRITTEN_PER_SLOT` jobs per slot of those it claimed ahead; the rest wait. A crash
+    then runs again only those few finished jobs, not everything it claimed."""
     ran: list[int] = []
 
     @app.task
