@@ -3,7 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# `make bench-peers` measures conveyor beside PgQueuer and huey, pinned in a virtualenv of their own
+# `make bench-peers` measures conveyor beside PgQueuer and huey, and the Redis queues (Dramatiq,
+# SAQ, RQ, arq, Celery, huey) beside a raw redis-py loop, pinned in a virtualenv of their own
 # (benchmarks/peers/requirements.txt), so the project's .venv never sees them.
 PEERS_VENV := .venv-peers
 PEERS_STAMP := $(PEERS_VENV)/.installed
@@ -38,7 +39,8 @@ $(PEERS_STAMP): pyproject.toml benchmarks/peers/requirements.txt
 	$(PEERS_VENV)/bin/python -m pip install --quiet --no-deps -e .
 	touch $(PEERS_STAMP)
 
-# conveyor beside PgQueuer (PostgreSQL) and huey (SQLite); BENCH_ARGS='--quick' for a short run.
+# conveyor beside PgQueuer (PostgreSQL) and huey (SQLite), the Redis peers beside a raw loop;
+# BENCH_ARGS='--quick' for a short run, BENCH_ARGS='--only redis' for one store.
 bench-peers: $(PEERS_STAMP)
 	$(PEERS_VENV)/bin/python -m benchmarks.peers $(BENCH_ARGS)
 

@@ -1,5 +1,5 @@
 """What every workload shares: quiet logging, throwaway databases (a SQLite file, a PostgreSQL
-schema), and result records."""
+schema, a Redis database emptied before and after), and result records."""
 
 from __future__ import annotations
 
@@ -21,6 +21,8 @@ import structlog
 BACKENDS = ("sqlite", "postgres")
 #: The PostgreSQL the benchmarks use unless told otherwise (the one the test suite uses).
 DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
+#: The Redis the benchmarks use unless told otherwise: database 9, emptied by every workload.
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/9"
 
 #: The level the benchmark process and its workers log at, so logging does not dominate.
 LOG_LEVEL = "WARNING"
@@ -65,6 +67,31 @@ def sqlite_url(path: Path) -> str:
 def postgres_url() -> str:
     """`CONVEYOR_TEST_POSTGRES_URL`, else the local default."""
     return os.environ.get("CONVEYOR_TEST_POSTGRES_URL") or DEFAULT_POSTGRES_URL
+
+
+def redis_url() -> str:
+    """`CONVEYOR_TEST_REDIS_URL`, else the local default."""
+    return os.environ.get("CONVEYOR_TEST_REDIS_URL") or DEFAULT_REDIS_URL
+
+
+def flush_redis(url: str) -> None:
+    """Empty the database `url` names (FLUSHDB: that database only, never the server)."""
+    import redis  # only the Redis workloads need it
+
+    with redis.Redis.from_url(url) as client:
+        client.flushdb()
+
+
+@contextlib.contextmanager
+def scratch_redis(url: str | None = None) -> Iterator[str]:
+    """The Redis database of one workload (`url`, default `redis_url()`), emptied before the
+    workload and after it."""
+    url = url or redis_url()
+    flush_redis(url)
+    try:
+        yield url
+    finally:
+        flush_redis(url)
 
 
 @dataclass(frozen=True)

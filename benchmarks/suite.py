@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, TypedDict
 
 from benchmarks import raw, raw_postgres, workloads
-from benchmarks.common import BACKENDS, LOG_LEVEL, postgres_url
+from benchmarks.common import BACKENDS, LOG_LEVEL, postgres_url, redis_url
 from benchmarks.tasks import KEYED_LIMIT, KEYED_TENANTS
 
 GROUPS = ("enqueue", "drain", "limits", "latency", "raw")
@@ -153,9 +153,35 @@ def environment(backend: str = "sqlite", url: str | None = None) -> dict[str, An
         env.update(
             sqlite=sqlite3.sqlite_version, sqlite_journal_mode="WAL", sqlite_synchronous="NORMAL"
         )
+    elif backend == "redis":
+        env.update(_redis_settings(url or redis_url()))
     else:
         env.update(_postgres_settings(url or postgres_url()))
     return env
+
+
+def _redis_settings(url: str) -> dict[str, Any]:
+    """The server's version and persistence settings, and the database the run empties."""
+    import redis
+
+    client: Any = redis.Redis.from_url(url)
+    try:
+        server = client.info("server")
+        config = client.config_get("appendonly") | client.config_get("appendfsync")
+        config |= client.config_get("save")
+        kwargs = client.connection_pool.connection_kwargs
+    finally:
+        client.close()
+    return {
+        "redis": server["redis_version"],
+        "redis_appendonly": config.get("appendonly"),
+        "redis_appendfsync": config.get("appendfsync"),
+        "redis_save": config.get("save"),
+        "redis_db": kwargs.get("db", 0),
+        "redis_connection": "unix socket" if "path" in kwargs else "TCP",
+        "redis_py": redis.__version__,
+        "hiredis": bool(redis.utils.HIREDIS_AVAILABLE),
+    }
 
 
 def _postgres_settings(url: str) -> dict[str, Any]:

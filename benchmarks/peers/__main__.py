@@ -1,5 +1,6 @@
 """`python -m benchmarks.peers` (`make bench-peers`): conveyor beside PgQueuer on PostgreSQL and
-huey on SQLite, the same workloads through each one's own API and worker command."""
+huey on SQLite, and the Redis queues (Dramatiq, huey, SAQ, RQ, arq, Celery) beside a raw
+redis-py loop, the same workloads through each one's own API and worker command."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """What every system's workloads share: the worker subprocess (started, timed until the store
-says the work is done, stopped), the tasks that stamp their start time into a file, and the
-paced enqueue of the latency workload.
+says the work is done, stopped), the tasks that stamp their start time into a file (from
+`stamps`), and the paced enqueue of the latency workload, from plain or async code.
 
 Nothing here imports a peer, so each system's module stays small and the parts are testable
 without the peers' virtualenv.
@@ -8,6 +8,7 @@ without the peers' virtualenv.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -15,35 +16,29 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from benchmarks.peers.stamps import STAMPS_ENV as STAMPS_ENV
+from benchmarks.peers.stamps import astamp as astamp
+from benchmarks.peers.stamps import noop as noop
+from benchmarks.peers.stamps import stamp as stamp
+
 #: The folder that holds the `benchmarks` package: a worker subprocess imports it from there.
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-#: The file a stamping task appends "<job number> <start time>" lines to (set for the worker).
-STAMPS_ENV = "CONVEYOR_BENCH_STAMPS"
+#: The Redis URL (database included) a Redis peer's worker reads, set by the workload.
+REDIS_ENV = "CONVEYOR_BENCH_REDIS_URL"
 #: How often the benchmark asks a store how much work is left. Every system is polled the same
 #: way, so the figures carry the same (small) cost and rounding.
 POLL_S = 0.02
 WORKER_START_TIMEOUT_S = 60.0
-
-
-def stamp(i: int) -> None:
-    """The latency task: note when it started (the machine's clock), nothing else."""
-    started = time.time()
-    with open(os.environ[STAMPS_ENV], "a", encoding="utf-8") as out:
-        out.write(f"{i} {started!r}\n")
-
-
-async def astamp(i: int) -> None:
-    """The same, as a coroutine."""
-    stamp(i)
+STDERR_FD = 2
 
 
 def command(script: str) -> list[str]:
     """A console script of the running interpreter's environment (`conveyor`, `pgq`,
-    `huey_consumer`): the command a user would type."""
+    `huey_consumer`, `dramatiq`, `rq`, ...): the command a user would type."""
     path = Path(sys.executable).with_name(script)
     if not path.exists():
         raise RuntimeError(f"{script} not found beside {sys.executable}: run `make bench-peers`")
@@ -85,9 +80,14 @@ def worker(
     argv: list[str], env: dict[str, str], stop_signal: signal.Signals = signal.SIGTERM
 ) -> Iterator[Worker]:
     """Run `argv` (from the project root, `env` added to the environment) until the block
-    ends, then stop it with `stop_signal` (and kill it if it does not stop in 30 s)."""
+    ends, then stop it with `stop_signal` (and kill it if it does not stop in 30 s). What the
+    worker prints goes to stderr (Celery prints a banner on stdout), so stdout is the report."""
     process = subprocess.Popen(
-        argv, cwd=PROJECT_ROOT, env=worker_environ(env), stdin=subprocess.DEVNULL
+        argv,
+        cwd=PROJECT_ROOT,
+        env=worker_environ(env),
+        stdin=subprocess.DEVNULL,
+        stdout=STDERR_FD,
     )
     running = Worker(process, stop_signal, Path(argv[0]).name)
     try:
@@ -115,12 +115,13 @@ def timed_drain(
     env: dict[str, str],
     remaining: Callable[[], int],
     stop_signal: signal.Signals = signal.SIGTERM,
+    slowest: float = 100.0,
 ) -> Drain:
     """Start the worker command and poll `remaining()` (jobs the store does not yet show as
     done) every POLL_S until it is 0. The clock starts just before the process does, so the
     interpreter's start-up, the imports and the first connection are part of every system's
-    figure alike."""
-    deadline = time.monotonic() + WORKER_START_TIMEOUT_S + jobs / 100
+    figure alike. A drain slower than `slowest` jobs/s (after a minute to start) fails."""
+    deadline = time.monotonic() + WORKER_START_TIMEOUT_S + jobs / slowest
     first = 0.0
     started = time.perf_counter()
     with worker(argv, env, stop_signal) as running:
@@ -202,3 +203,40 @@ def paced_latency(
         enqueued[i] = time.time()
         enqueue(i)
     return latencies(path, running, enqueued)
+
+
+async def gather_in_batches(call: Callable[[int], Awaitable[object]], jobs: int, size: int) -> None:
+    """`await call(i)` for every job number below `jobs`, `size` calls at a time, concurrently:
+    the untimed fill of an async system's drain."""
+    for first in range(0, jobs, size):
+        await asyncio.gather(*(call(i) for i in range(first, min(first + size, jobs))))
+
+
+async def paced_async(
+    rate: float, seconds: float, enqueue: Callable[[int], Awaitable[object]]
+) -> dict[int, float]:
+    """`await enqueue(i)` at `rate` jobs/s for `seconds`, all in one coroutine (no event loop
+    entered per job); the time read just before each call."""
+    enqueued: dict[int, float] = {}
+    for i in paced(rate, seconds):
+        enqueued[i] = time.time()
+        await enqueue(i)
+    return enqueued
+
+
+def paced_latency_async(
+    rate: float,
+    seconds: float,
+    path: Path,
+    running: Worker,
+    runner: asyncio.Runner,
+    enqueue: Callable[[int], Awaitable[object]],
+) -> list[float]:
+    """`paced_latency` for a system enqueued by a coroutine, run on `runner`'s loop."""
+    wait_until_started(path, running, lambda i: runner.run(_awaited(enqueue(i))))
+    enqueued = runner.run(paced_async(rate, seconds, enqueue))
+    return latencies(path, running, enqueued)
+
+
+async def _awaited(awaitable: Awaitable[object]) -> object:
+    return await awaitable

@@ -6,9 +6,23 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
-#: Each store, and the peer conveyor is measured against on it.
-STORES = ("postgres", "sqlite")
-PEERS = {"postgres": "PgQueuer", "sqlite": "huey"}
+#: Each store, and the peers conveyor is measured against on it (conveyor has no Redis backend
+#: yet: on Redis the peers are measured beside the raw loop, for its backend to be compared with).
+STORES = ("postgres", "sqlite", "redis")
+PEERS = {
+    "postgres": ("PgQueuer",),
+    "sqlite": ("huey",),
+    "redis": ("Dramatiq", "huey", "SAQ", "RQ", "arq", "Celery"),
+}
+#: Other names `--only` takes for a store: each Redis peer's name selects the Redis store.
+ALIASES = {
+    "postgresql": "postgres",
+    "pg": "postgres",
+    "pgqueuer": "postgres",
+    "huey": "sqlite",
+    "redis-py": "redis",
+    **{peer.lower(): "redis" for peer in PEERS["redis"] if peer != "huey"},
+}
 #: Workload groups: enqueue (one by one, and in bulk), drain, latency, and the raw loop.
 GROUPS = ("enqueue", "drain", "latency", "raw")
 QUICK = {"jobs": 2_000, "repeat": 1, "latency_seconds": 3.0}
@@ -27,13 +41,15 @@ class Options:
     groups: tuple[str, ...] = GROUPS
     #: PostgreSQL's URL (default: `CONVEYOR_TEST_POSTGRES_URL`, else the local test server)
     postgres_url: str | None = None
+    #: Redis's URL, database number included (default: `CONVEYOR_TEST_REDIS_URL`, else
+    #: database 9 of the local server); every workload empties that database before and after
+    redis_url: str | None = None
     json: Path | None = None
 
 
 def _only(text: str) -> tuple[str, ...]:
     chosen = tuple(dict.fromkeys(part.strip().lower() for part in text.split(",")))
-    aliases = {"postgresql": "postgres", "pg": "postgres", "pgqueuer": "postgres", "huey": "sqlite"}
-    chosen = tuple(dict.fromkeys(aliases.get(c, c) for c in chosen if c))
+    chosen = tuple(dict.fromkeys(ALIASES.get(c, c) for c in chosen if c))
     unknown = [c for c in chosen if c not in STORES + GROUPS]
     if unknown or not chosen:
         raise argparse.ArgumentTypeError(
@@ -46,9 +62,11 @@ def parse_args(argv: list[str] | None = None) -> Options:
     defaults = Options()
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.peers",
-        description="conveyor beside the queue a user would pick instead, on the same store, "
+        description="conveyor beside the queues a user would pick instead, on the same store, "
         "through each one's own API and worker command: PgQueuer on PostgreSQL, huey "
-        "(SqliteHuey) on SQLite. Run it from the peers' virtualenv: `make bench-peers`.",
+        "(SqliteHuey) on SQLite, and on Redis (where conveyor has no backend yet) Dramatiq, "
+        "huey (RedisHuey), SAQ, RQ, arq and Celery beside a raw redis-py loop. Run it from the "
+        "peers' virtualenv: `make bench-peers`.",
     )
     parser.add_argument(
         "--jobs",
@@ -70,7 +88,8 @@ def parse_args(argv: list[str] | None = None) -> Options:
         type=_only,
         metavar="WHAT",
         help=f"run only these stores ({', '.join(STORES)}) and/or workload groups "
-        f"({', '.join(GROUPS)}), comma-separated: `--only postgres`, `--only sqlite,drain`",
+        f"({', '.join(GROUPS)}), comma-separated: `--only postgres`, `--only sqlite,drain`; "
+        "a Redis peer's name (dramatiq, saq, rq, arq, celery) selects the Redis store",
     )
     parser.add_argument(
         "--batch",
@@ -95,6 +114,13 @@ def parse_args(argv: list[str] | None = None) -> Options:
         metavar="URL",
         help="the PostgreSQL server (default $CONVEYOR_TEST_POSTGRES_URL, else "
         "postgresql://postgres@127.0.0.1:5432/test); every run uses a fresh schema and drops it",
+    )
+    parser.add_argument(
+        "--redis-url",
+        metavar="URL",
+        help="the Redis server and database (default $CONVEYOR_TEST_REDIS_URL, else "
+        "redis://127.0.0.1:6379/9); every workload empties that database (FLUSHDB) before and "
+        "after it",
     )
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the results as JSON")
     args = parser.parse_args(argv)
@@ -121,5 +147,6 @@ def parse_args(argv: list[str] | None = None) -> Options:
         stores=tuple(s for s in STORES if s in only) or STORES,
         groups=tuple(g for g in GROUPS if g in only) or GROUPS,
         postgres_url=args.postgres_url,
+        redis_url=args.redis_url,
         json=args.json,
     )

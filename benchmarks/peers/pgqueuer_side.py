@@ -28,12 +28,10 @@ from benchmarks.peers.harness import (
     Drain,
     astamp,
     command,
-    latencies,
-    paced,
+    paced_latency_async,
     stamp,
     stamps_file,
     timed_drain,
-    wait_until_started,
     worker,
 )
 from benchmarks.tasks import noop
@@ -184,23 +182,17 @@ def drain(jobs: int, asynchronous: bool, postgres: str | None) -> Drain:
     return result
 
 
-async def _paced(queries: Queries, name: str, rate: float, seconds: float) -> dict[int, float]:
-    enqueued: dict[int, float] = {}
-    for i in paced(rate, seconds):
-        enqueued[i] = time.time()
-        await queries.enqueue(name, str(i).encode())
-    return enqueued
-
-
 def latency(rate: float, seconds: float, asynchronous: bool, postgres: str | None) -> list[float]:
     """Enqueue-to-start latencies under a running `pgq run`, in seconds."""
     name = "astamp" if asynchronous else "stamp"
     with installed(postgres) as (runner, queries, env), stamps_file() as stamps:
         env = {**env, STAMPS_ENV: str(stamps)}
         with worker([*command("pgq"), *RUN], env, signal.SIGTERM) as running:
-            wait_until_started(
-                stamps, running, lambda i: runner.run(queries.enqueue(name, str(i).encode()))
+            return paced_latency_async(
+                rate,
+                seconds,
+                stamps,
+                running,
+                runner,
+                lambda i: queries.enqueue(name, str(i).encode()),
             )
-            # the paced enqueue runs as one coroutine, with no loop to enter per job
-            enqueued = runner.run(_paced(queries, name, rate, seconds))
-            return latencies(stamps, running, enqueued)

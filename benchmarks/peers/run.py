@@ -1,5 +1,6 @@
-"""The comparison itself: on each store, every workload for conveyor and its peer in turn,
-`repeat` rounds, the order of the two swapped every round, and the raw loop in the same rounds."""
+"""The comparison itself: on each store, every workload for conveyor and its peers in turn,
+`repeat` rounds, the order of the systems reversed every round, and the raw loop in the same
+rounds. On Redis, where conveyor has no backend yet, the peers and the raw loop alone."""
 
 from __future__ import annotations
 
@@ -10,12 +11,25 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from benchmarks import raw, raw_postgres
-from benchmarks.peers import conveyor_side, huey_side, pgqueuer_side
+from benchmarks import raw, raw_postgres, raw_redis
+from benchmarks.common import redis_url
+from benchmarks.peers import (
+    arq_side,
+    celery_side,
+    conveyor_side,
+    dramatiq_side,
+    huey_side,
+    pgqueuer_side,
+    rq_side,
+    saq_side,
+)
 from benchmarks.peers.harness import Drain
 from benchmarks.peers.options import Options
 from benchmarks.peers.report import CONVEYOR, PEER, RAW, StoreResults
 from benchmarks.suite import environment
+
+#: What the conveyor column says on a store conveyor cannot run on yet.
+NO_BACKEND = {"redis": "conveyor has no Redis backend yet"}
 
 
 def version(package: str) -> str:
@@ -24,17 +38,23 @@ def version(package: str) -> str:
 
 @dataclass(frozen=True)
 class Peer:
-    """One store's peer: its workloads, with conveyor's arguments (`None` where it has none)."""
+    """One system on a store: its workloads, with conveyor's arguments (`None` where it has
+    none), and its key in the rows (`PEER` for a store's only peer)."""
 
     name: str
     enqueue_one: Callable[[int], float]
-    enqueue_bulk: Callable[[int, int], float]
+    enqueue_bulk: Callable[[int, int], float] | None
     drain: Callable[[int, bool], Drain]  # (jobs, asynchronous)
     drain_async: bool
     latency: Callable[[float, float, bool], list[float]]
     latency_async: bool
     bulk_note: str
     settings: list[str]
+    key: str = PEER
+
+    @property
+    def short(self) -> str:
+        return self.name.split()[0]
 
 
 def postgres_peer(url: str | None) -> Peer:
@@ -81,6 +101,145 @@ def sqlite_peer() -> Peer:
     )
 
 
+def redis_peers(url: str) -> list[Peer]:
+    """Dramatiq, huey, SAQ, RQ, arq and Celery on the Redis database `url` names."""
+    return [
+        Peer(
+            name=f"Dramatiq {version('dramatiq')}",
+            key="dramatiq",
+            enqueue_one=lambda n: dramatiq_side.enqueue_one(n, url).per_second,
+            enqueue_bulk=lambda n, b: dramatiq_side.enqueue_bulk(n, b, url).per_second,
+            drain=lambda n, a: dramatiq_side.drain(n, a, url),
+            drain_async=True,
+            latency=lambda r, s, a: dramatiq_side.latency(r, s, a, url),
+            latency_async=True,
+            bulk_note="Dramatiq: none; group([...]).run() measured, a round trip per message",
+            settings=[
+                f"Dramatiq {version('dramatiq')}: `RedisBroker(url=...)` at its defaults; "
+                "`dramatiq benchmarks.peers.dramatiq_app` at its defaults: one worker process "
+                "per CPU, 8 threads each, logging at INFO (nothing per message); the drain ends "
+                "when the broker holds no message unacknowledged (a message is acknowledged "
+                "after its actor returns); enqueue is `noop.send(i)`. Its async rows add the "
+                "AsyncIO middleware its `async def` actors need (not a default).",
+            ],
+        ),
+        Peer(
+            name=f"huey {version('huey')}",
+            key="huey",
+            enqueue_one=lambda n: huey_side.enqueue_one(n, url).per_second,
+            enqueue_bulk=lambda n, b: huey_side.enqueue_bulk(n, b, url).per_second,
+            drain=lambda n, _: huey_side.drain(n, url),
+            drain_async=False,
+            latency=lambda r, s, _: huey_side.latency(r, s, url),
+            latency_async=False,
+            bulk_note="huey: none; task.map() measured, an LPUSH per job",
+            settings=[
+                f"huey {version('huey')}: `RedisHuey(url=...)` at its defaults (blocking "
+                "BRPOP, results stored); `huey_consumer benchmarks.peers.huey_app.huey "
+                "--workers 1 --quiet`, as on SQLite; the drain ends when a last task has stored "
+                "its result; enqueue is calling the task, `noop(i)`.",
+            ],
+        ),
+        Peer(
+            name=f"SAQ {version('saq')}",
+            key="saq",
+            enqueue_one=lambda n: saq_side.enqueue_one(n, url).per_second,
+            enqueue_bulk=None,
+            drain=lambda n, a: saq_side.drain(n, a, url),
+            drain_async=True,
+            latency=lambda r, s, a: saq_side.latency(r, s, a, url),
+            latency_async=True,
+            bulk_note="SAQ: none (map() enqueues one by one and waits for the results)",
+            settings=[
+                f"SAQ {version('saq')}: `Queue.from_url(url)`; `saq "
+                "benchmarks.peers.saq_side.settings --quiet` at its defaults: concurrency 10, "
+                "sync functions on a thread pool, one process; the drain ends when the queue "
+                'counts no job "incomplete"; enqueue is `await queue.enqueue("noop", i=i)`.',
+            ],
+        ),
+        Peer(
+            name=f"RQ {version('rq')}",
+            key="rq",
+            enqueue_one=lambda n: rq_side.enqueue_one(n, url).per_second,
+            enqueue_bulk=lambda n, b: rq_side.enqueue_bulk(n, b, url).per_second,
+            drain=lambda n, _: rq_side.drain(n, url),
+            drain_async=False,
+            latency=lambda r, s, _: rq_side.latency(r, s, url),
+            latency_async=False,
+            bulk_note="RQ: queue.enqueue_many([...]), one pipeline per call",
+            settings=[
+                f"RQ {version('rq')}: `rq worker --quiet --url ...` with its default worker "
+                "class, `Worker`, which forks a work horse for every job; the drain ends when "
+                "the queue's finished-job registry holds every job; enqueue is "
+                "`queue.enqueue(noop, i)`, bulk `queue.enqueue_many([Queue.prepare_data(...)])`.",
+            ],
+        ),
+        Peer(
+            name=f"arq {version('arq')}",
+            key="arq",
+            enqueue_one=lambda n: arq_side.enqueue_one(n, url).per_second,
+            enqueue_bulk=None,
+            drain=lambda n, a: arq_side.drain(n, a, url),
+            drain_async=True,
+            latency=lambda r, s, a: arq_side.latency(r, s, a, url),
+            latency_async=True,
+            bulk_note="arq: none",
+            settings=[
+                f"arq {version('arq')}: `arq benchmarks.peers.arq_app.WorkerSettings "
+                "--custom-log-dict ...` (its logging at WARNING) at its defaults: max_jobs 10, "
+                "its queue polled every 0.5 s, results kept; the drain ends when its queue is "
+                "empty (a job leaves it when it finishes); enqueue is "
+                '`await pool.enqueue_job("noop_job", i)`. arq runs only `async def` functions: '
+                "its sync rows run the `def` through `asyncio.to_thread`.",
+            ],
+        ),
+        Peer(
+            name=f"Celery {version('celery')}",
+            key="celery",
+            enqueue_one=lambda n: celery_side.enqueue_one(n, url).per_second,
+            enqueue_bulk=lambda n, b: celery_side.enqueue_bulk(n, b, url).per_second,
+            drain=lambda n, _: celery_side.drain(n, url),
+            drain_async=False,
+            latency=lambda r, s, _: celery_side.latency(r, s, url),
+            latency_async=False,
+            bulk_note="Celery: none; group(...).apply_async() measured, a publish per task",
+            settings=[
+                f"Celery {version('celery')} (kombu {version('kombu')}): `Celery(broker=url)`, "
+                "no result backend; `celery -A benchmarks.peers.celery_app worker` at its "
+                "defaults: prefork, one child per CPU, prefetch 4 per child, logging at "
+                "WARNING; the drain ends when the broker holds no message queued or "
+                "unacknowledged (acknowledged just before the task runs: at most one no-op per "
+                "child still running); enqueue is `noop.delay(i)`. Celery runs no `async def` "
+                "tasks.",
+            ],
+        ),
+    ]
+
+
+def conveyor_system(store: str, url: str | None) -> Peer:
+    """conveyor, run as its peers are."""
+    return Peer(
+        name=f"conveyor {version('conveyor')}",
+        key=CONVEYOR,
+        enqueue_one=lambda n: conveyor_side.enqueue_one(n, store, url).per_second,
+        enqueue_bulk=lambda n, b: conveyor_side.enqueue_bulk(n, b, store, url).per_second,
+        drain=lambda n, a: conveyor_side.drain(n, a, store, url),
+        drain_async=True,
+        latency=lambda r, s, a: conveyor_side.latency(r, s, a, store, url),
+        latency_async=True,
+        bulk_note="",
+        settings=[conveyor_settings(store)],
+    )
+
+
+def peers_of(store: str, options: Options) -> list[Peer]:
+    if store == "postgres":
+        return [postgres_peer(options.postgres_url)]
+    if store == "sqlite":
+        return [sqlite_peer()]
+    return redis_peers(options.redis_url or redis_url())
+
+
 def conveyor_settings(store: str) -> str:
     sqlite = " (WAL, synchronous=NORMAL)" if store == "sqlite" else ""
     return (
@@ -93,6 +252,14 @@ def conveyor_settings(store: str) -> str:
 
 def header(store: str, env: dict[str, Any]) -> str:
     machine = f"{env['cpus']} CPUs · Python {env['python']} · {env['platform']}"
+    if store == "redis":
+        hiredis = ", hiredis" if env["hiredis"] else ""
+        return (
+            f"[bold]Redis[/bold] {env['redis']} (appendonly={env['redis_appendonly']}, "
+            f"save={env['redis_save']!r}, database {env['redis_db']} emptied before and after "
+            f"every run, {env['redis_connection']}; redis-py {env['redis_py']}{hiredis}) · "
+            f"{machine}"
+        )
     if store == "postgres":
         return (
             f"[bold]PostgreSQL[/bold] {env['postgres']} (synchronous_commit="
@@ -111,29 +278,46 @@ def _latency_ms(samples: list[float]) -> tuple[float, float]:
     return cuts[49] * 1000, cuts[98] * 1000
 
 
+def _joined(names: list[str]) -> str:
+    return ", ".join(names[:-1]) + f" and {names[-1]}" if len(names) > 1 else names[0]
+
+
 def run_store(
     store: str, options: Options, progress: Callable[[str], None] = lambda _: None
 ) -> StoreResults:
-    url = options.postgres_url
-    peer = postgres_peer(url) if store == "postgres" else sqlite_peer()
+    peers = peers_of(store, options)
+    absent = NO_BACKEND.get(store, "")
+    url = (options.redis_url or redis_url()) if store == "redis" else options.postgres_url
+    systems = peers if absent else [conveyor_system(store, url), *peers]
     env = environment(store, url)
     results = StoreResults(
         store,
-        peer.name,
+        peers={p.key: p.name for p in peers},
         env=env,
         header=header(store, env),
-        settings=[conveyor_settings(store), *peer.settings, _timing(options), _raw(store, options)],
+        settings=[
+            *(line for system in systems for line in system.settings),
+            _timing(options, store),
+            _raw(store, options),
+        ],
+        absent=absent,
     )
     n, batch = options.jobs, options.batch
     groups = options.groups
 
     if "enqueue" in groups:
         results.row("enqueue.one", f"enqueue one by one, {n:,} jobs", "jobs/s")
-        results.row("enqueue.bulk", f"bulk enqueue, {batch:,} per call", "jobs/s", peer.bulk_note)
+        bulk_notes = "; ".join(p.bulk_note for p in peers if p.bulk_note)
+        results.row("enqueue.bulk", f"bulk enqueue, {batch:,} per call", "jobs/s", bulk_notes)
     if "drain" in groups:
         results.row("drain.sync", f"drain {n:,} sync no-op jobs", "jobs/s")
-        no_async = "" if peer.drain_async else f"{peer.name.split()[0]} runs no async tasks"
-        results.row("drain.async", f"drain {n:,} async no-op jobs", "jobs/s", no_async)
+        sync_only = [p.short for p in peers if not p.drain_async]
+        no_async = f"{_joined(sync_only)} run{'s' * (len(sync_only) == 1)} no async tasks"
+        results.row(
+            "drain.async", f"drain {n:,} async no-op jobs", "jobs/s", sync_only and no_async
+        )
+        if store == "redis" and "raw" in groups:
+            results.row("drain.raw1", "raw drain, one BRPOP per job", "jobs/s")
         results.row("startup.sync", "worker start to first job done (sync drain)", "ms")
     if "latency" in groups:
         for kind in ("sync", "async"):
@@ -146,72 +330,67 @@ def run_store(
         def step(what: str, round_no: int = round_no) -> None:
             progress(f"{store}, run {round_no}/{options.repeat}: {what}")
 
-        # the two systems take turns going first, so neither always runs on a warmer machine
-        order = (CONVEYOR, PEER) if round_no % 2 else (PEER, CONVEYOR)
+        # the systems take turns going first, so none always runs on a warmer machine
+        order = systems if round_no % 2 else systems[::-1]
         if "raw" in groups:
             _raw_round(results, store, options, step)
         if "enqueue" in groups:
             for system in order:
-                step(f"{system}: enqueue one by one")
-                rate = (
-                    conveyor_side.enqueue_one(n, store, url).per_second
-                    if system == CONVEYOR
-                    else peer.enqueue_one(n)
-                )
-                results.record("enqueue.one", system, rate)
+                step(f"{system.short}: enqueue one by one")
+                results.record("enqueue.one", system.key, system.enqueue_one(n))
             for system in order:
-                step(f"{system}: bulk enqueue, {batch:,} per call")
-                rate = (
-                    conveyor_side.enqueue_bulk(n, batch, store, url).per_second
-                    if system == CONVEYOR
-                    else peer.enqueue_bulk(n, batch)
-                )
-                results.record("enqueue.bulk", system, rate)
+                if system.enqueue_bulk is None:
+                    continue
+                step(f"{system.short}: bulk enqueue, {batch:,} per call")
+                results.record("enqueue.bulk", system.key, system.enqueue_bulk(n, batch))
         if "drain" in groups:
             for asynchronous in (False, True):
                 kind = "async" if asynchronous else "sync"
                 for system in order:
-                    if system == PEER and asynchronous and not peer.drain_async:
+                    if asynchronous and not system.drain_async:
                         continue
-                    step(f"{system}: drain of {n:,} {kind} no-op jobs")
-                    drained = (
-                        conveyor_side.drain(n, asynchronous, store, url)
-                        if system == CONVEYOR
-                        else peer.drain(n, asynchronous)
-                    )
-                    results.record(f"drain.{kind}", system, drained.per_second)
+                    step(f"{system.short}: drain of {n:,} {kind} no-op jobs")
+                    drained = system.drain(n, asynchronous)
+                    results.record(f"drain.{kind}", system.key, drained.per_second)
                     if not asynchronous:
-                        results.record("startup.sync", system, drained.first_s * 1000)
+                        results.record("startup.sync", system.key, drained.first_s * 1000)
         if "latency" in groups:
             rate, seconds = options.latency_rate, options.latency_seconds
             for asynchronous in (False, True):
                 kind = "async" if asynchronous else "sync"
                 for system in order:
-                    if system == PEER and asynchronous and not peer.latency_async:
+                    if asynchronous and not system.latency_async:
                         continue
-                    step(f"{system}: latency, {kind} task, {rate:g} jobs/s for {seconds:g} s")
-                    samples = (
-                        conveyor_side.latency(rate, seconds, asynchronous, store, url)
-                        if system == CONVEYOR
-                        else peer.latency(rate, seconds, asynchronous)
-                    )
-                    p50, p99 = _latency_ms(samples)
-                    results.record(f"latency.{kind}.p50", system, p50)
-                    results.record(f"latency.{kind}.p99", system, p99)
+                    step(f"{system.short}: latency, {kind} task, {rate:g} jobs/s for {seconds:g} s")
+                    p50, p99 = _latency_ms(system.latency(rate, seconds, asynchronous))
+                    results.record(f"latency.{kind}.p50", system.key, p50)
+                    results.record(f"latency.{kind}.p99", system.key, p99)
     return results
 
 
-def _timing(options: Options) -> str:
+def _timing(options: Options, store: str) -> str:
+    fresh = "an emptied Redis database" if store == "redis" else "a fresh schema or database file"
+    logs = (
+        "every system logs at WARNING where it logs each job at its default level"
+        if store == "redis"
+        else "all three log at WARNING"
+    )
     return (
         "drains are timed from the worker command's start (interpreter, imports and "
         "connection included alike) until the store shows every job done, polled every 20 ms; "
         f"latency is the task's own start time minus the enqueue call's ({options.latency_rate:g} "
-        f"jobs/s for {options.latency_seconds:g} s, after one warm-up job); every run on a fresh "
-        "schema or database file; all three log at WARNING."
+        f"jobs/s for {options.latency_seconds:g} s, after one warm-up job); every run on {fresh}; "
+        f"{logs}."
     )
 
 
 def _raw(store: str, options: Options) -> str:
+    if store == "redis":
+        return (
+            "raw loop (one redis-py client, one list of JSON jobs): LPUSH one per round trip, "
+            f"{options.batch:,} LPUSH per pipeline, and drains of one BRPOP per job and of "
+            "RPOP with a count of 100, each job decoded, beside the enqueue and drain rows."
+        )
     loop = "one psycopg connection" if store == "postgres" else "sqlite3, WAL, synchronous=NORMAL"
     return (
         f"raw loop ({loop}, as in `python -m benchmarks`): insert 1 per transaction, "
@@ -223,7 +402,8 @@ def _raw(store: str, options: Options) -> str:
 def _raw_round(
     results: StoreResults, store: str, options: Options, step: Callable[[str], None]
 ) -> None:
-    """The raw loop beside the same rows: single and batched inserts, a drain of 100 per claim."""
+    """The raw loop beside the same rows: single and batched inserts, a drain of 100 per claim
+    (on Redis also the drain of one job per round trip, in a row of its own)."""
     n, batch, url = options.jobs, options.batch, options.postgres_url
     step("raw loop")
     if store == "postgres":
@@ -231,6 +411,14 @@ def _raw_round(
             "enqueue.one": raw_postgres.insert(n, 1, url).per_second,
             "enqueue.bulk": raw_postgres.insert(n, batch, url).per_second,
             "drain": raw_postgres.drain(n, 100, url).per_second,
+        }
+    elif store == "redis":
+        redis = options.redis_url
+        figures = {
+            "enqueue.one": raw_redis.insert(n, 1, redis).per_second,
+            "enqueue.bulk": raw_redis.insert(n, batch, redis).per_second,
+            "drain": raw_redis.drain(n, 100, redis).per_second,
+            "drain.raw1": raw_redis.drain(n, 1, redis).per_second,
         }
     else:
         figures = {

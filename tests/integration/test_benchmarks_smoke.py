@@ -3,8 +3,9 @@
 No speed thresholds: this checks that `python -m benchmarks` measures what it says (every job
 enqueued and succeeded, positive rates, latencies from real start times), not how fast it is.
 
-The PostgreSQL runs use `CONVEYOR_TEST_POSTGRES_URL` (default the local test server). A server
-that cannot be reached fails them in CI (`CI=true`) and skips them elsewhere.
+The PostgreSQL runs use `CONVEYOR_TEST_POSTGRES_URL` (default the local test server), the
+Redis ones `CONVEYOR_TEST_REDIS_URL` (default database 9 of the local server, which they empty).
+A server that cannot be reached fails them in CI (`CI=true`) and skips them elsewhere.
 """
 
 from __future__ import annotations
@@ -26,17 +27,25 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # `benchmarks` sits beside `src`, not inside the package
     sys.path.insert(0, str(ROOT))
 
-from benchmarks import raw, raw_postgres, workloads  # noqa: E402
+from benchmarks import raw, raw_postgres, raw_redis, workloads  # noqa: E402
 from benchmarks.__main__ import main  # noqa: E402
-from benchmarks.common import DEFAULT_POSTGRES_URL, Rate  # noqa: E402
+from benchmarks.common import DEFAULT_POSTGRES_URL, DEFAULT_REDIS_URL, Rate  # noqa: E402
 from benchmarks.peers import conveyor_side  # noqa: E402
 from benchmarks.peers.options import GROUPS, STORES, Options, parse_args  # noqa: E402
-from benchmarks.peers.report import CONVEYOR, PEER, RAW, StoreResults, print_report  # noqa: E402
+from benchmarks.peers.report import (  # noqa: E402
+    CONVEYOR,
+    PEER,
+    RAW,
+    StoreResults,
+    print_report,
+    write_json,
+)
 from benchmarks.suite import Config, run  # noqa: E402
 
 JOBS = 200
 #: Read once, at import: the suite's fixtures clear CONVEYOR_* variables for each test.
 POSTGRES_URL = os.environ.get("CONVEYOR_TEST_POSTGRES_URL") or DEFAULT_POSTGRES_URL
+REDIS_URL = os.environ.get("CONVEYOR_TEST_REDIS_URL") or DEFAULT_REDIS_URL
 
 
 def test_raw_loop_inserts_and_drains_every_job() -> None:
@@ -285,9 +294,21 @@ def test_peers_command_line_defaults_quick_and_only() -> None:
     assert only.postgres_url == POSTGRES_URL
     assert parse_args(["--only", "huey"]).stores == ("sqlite",)
     assert parse_args(["--only", "huey"]).groups == GROUPS
-    for wrong in (["--only", "redis"], ["--jobs", "0"], ["--repeat", "-1"]):
+    for wrong in (["--only", "mongo"], ["--jobs", "0"], ["--repeat", "-1"]):
         with pytest.raises(SystemExit):
             parse_args(wrong)
+
+
+def test_peers_command_line_selects_redis_by_name_or_by_a_peer() -> None:
+    assert STORES == ("postgres", "sqlite", "redis")
+    assert parse_args([]).redis_url is None  # the run falls back on $CONVEYOR_TEST_REDIS_URL
+    only = parse_args(["--only", "redis"])
+    assert only.stores == ("redis",) and only.groups == GROUPS
+    for peer in ("dramatiq", "Celery", "rq", "arq", "saq", "redis-py"):
+        assert parse_args(["--only", peer]).stores == ("redis",), peer
+    both = parse_args(["--only", "celery,sqlite,drain", "--redis-url", "redis://h:6380/3"])
+    assert both.stores == ("sqlite", "redis") and both.groups == ("drain",)
+    assert both.redis_url == "redis://h:6380/3"
 
 
 def test_peers_table_shows_medians_ranges_and_ratios_per_run() -> None:
@@ -333,6 +354,91 @@ def test_peers_table_shows_medians_ranges_and_ratios_per_run() -> None:
     assert "peer" not in data["rows"]["drain.async"]
 
 
+REDIS_PEERS = {
+    "dramatiq": "Dramatiq 2.2.1",
+    "huey": "huey 3.5.4",
+    "saq": "SAQ 0.26.4",
+    "rq": "RQ 3.0.0",
+    "arq": "arq 0.28.0",
+    "celery": "Celery 5.6.3",
+}
+
+
+def test_peers_report_on_redis_shows_every_peer_and_no_conveyor_figure(tmp_path: Path) -> None:
+    results = StoreResults(
+        "redis", peers=REDIS_PEERS, header="Redis 7", absent="conveyor has no Redis backend yet"
+    )
+    results.row("enqueue.one", "enqueue one by one", "jobs/s")
+    results.row("enqueue.bulk", "bulk enqueue", "jobs/s", "SAQ: none; arq: none")
+    results.row("drain.sync", "drain sync no-op jobs", "jobs/s")
+    results.row("drain.raw1", "raw drain, one BRPOP per job", "jobs/s")
+    results.row("latency.sync.p50", "enqueue-to-start p50", "ms")
+    for n, peer in enumerate(REDIS_PEERS, start=1):
+        results.record("enqueue.one", peer, 1_000.0 * n)
+        if peer not in ("saq", "arq"):
+            results.record("enqueue.bulk", peer, 2_000.0 * n)
+        results.record("drain.sync", peer, 100.0 * n)
+        results.record("latency.sync.p50", peer, 1.5 * n)
+    results.record("enqueue.one", RAW, 40_000.0)
+    results.record("drain.sync", RAW, 123_456.0)
+    results.record("drain.raw1", RAW, 12_345.0)
+
+    console = Console(record=True, width=120)
+    print_report([results], Options(repeat=1), console)
+    text = console.export_text()
+    assert max(len(line) for line in text.splitlines()) <= 120
+    title = "Dramatiq 2.2.1, huey 3.5.4, SAQ 0.26.4, RQ 3.0.0, arq 0.28.0 and Celery 5.6.3 on Redis"
+    assert title in " ".join(text.split())  # the title wraps at the table's width
+    lines = text.splitlines()
+    conveyor = next(line for line in lines if line.split()[:1] == ["conveyor"])
+    assert conveyor.split()[1:] == ["—"] * 4  # a dash per workload, no figure
+    assert "conveyor has no Redis backend yet" in text
+    assert "÷" not in text  # no ratio without conveyor's figures
+    celery = next(line for line in lines if line.startswith(" Celery"))
+    assert celery.split()[1:] == ["6,000", "12.0k", "600", "9.0"]
+    saq = next(line for line in lines if line.startswith(" SAQ"))
+    assert saq.split()[1:3] == ["3,000", "n/a"]  # no bulk enqueue
+    assert "* bulk enqueue: SAQ: none; arq: none" in text
+    assert "40.0k" in text and "123k" in text and "12.3k" in text  # the raw loop's rows
+    assert "one BRPOP a job" in text
+
+    out = tmp_path / "peers.json"
+    write_json([results], Options(repeat=1, stores=("redis",)), out)
+    data = json.loads(out.read_text())
+    assert data["config"]["stores"] == ["redis"]
+    redis = data["stores"]["redis"]
+    assert redis["peers"] == REDIS_PEERS and redis["conveyor"] is None
+    assert redis["absent"] == "conveyor has no Redis backend yet"
+    one = redis["rows"]["enqueue.one"]
+    assert one["conveyor"] is None and one["celery"] == {"median": 6_000.0, "runs": [6_000.0]}
+    assert one["raw"]["median"] == 40_000.0 and "conveyor_over_fastest_peer" not in one
+    assert "saq" not in redis["rows"]["enqueue.bulk"]
+    assert redis["rows"]["drain.raw1"]["raw"]["runs"] == [12_345.0]
+
+
+def test_peers_ratio_with_several_peers_is_to_the_fastest_of_each_run() -> None:
+    results = StoreResults("redis", peers={"a": "A 1", "b": "B 2"})
+    results.row("drain.sync", "drain", "jobs/s")
+    results.row("latency.sync.p50", "p50", "ms")
+    for ours, a, b in ((300.0, 100.0, 200.0), (300.0, 600.0, 150.0)):
+        results.record("drain.sync", CONVEYOR, ours)
+        results.record("drain.sync", "a", a)
+        results.record("drain.sync", "b", b)
+        results.record("latency.sync.p50", CONVEYOR, ours / 100)
+        results.record("latency.sync.p50", "a", a / 100)
+        results.record("latency.sync.p50", "b", b / 100)
+    drain = results.rows["drain.sync"]
+    assert drain.fastest() == ["b", "a"] and drain.ratios() == [1.5, 0.5]
+    latency = results.rows["latency.sync.p50"]
+    assert latency.fastest() == ["a", "b"] and latency.ratios() == [3.0, 2.0]  # lower is better
+    data = results.to_json()
+    assert data["rows"]["drain.sync"]["conveyor_over_fastest_peer"]["fastest"] == ["b", "a"]
+    console = Console(record=True, width=120)
+    print_report([results], Options(repeat=2), console)
+    text = console.export_text()
+    assert "conveyor ÷" in text and "fastest peer" in text and "1.00x" in text
+
+
 def _pins(path: Path) -> dict[str, str]:
     pins = {}
     for line in path.read_text(encoding="utf-8").splitlines():
@@ -347,6 +453,10 @@ def test_peers_requirements_are_pinned_and_agree_with_the_project() -> None:
     peers = _pins(ROOT / "benchmarks" / "peers" / "requirements.txt")
     dev = _pins(ROOT / "requirements-dev.txt")
     assert peers["pgqueuer"] == "1.6.0" and peers["huey"] == "3.5.4" and "asyncpg" in peers
+    # the Redis peers, on one redis-py that every one of them accepts
+    for package in ("dramatiq", "saq", "rq", "arq", "celery", "kombu", "redis", "hiredis"):
+        assert package in peers, package
+    assert peers["redis"] == dev["redis"]  # the raw redis-py loop runs in the project's .venv too
     # conveyor runs in the peers' virtualenv on the same libraries as in the project's
     for package in (
         "click",
@@ -370,3 +480,38 @@ def test_peers_conveyor_side_drains_and_stamps_start_times() -> None:
     assert drained.jobs == 50 and 0 < drained.first_s <= drained.seconds
     samples = conveyor_side.latency(20.0, 0.5, True, "sqlite", None)
     assert len(samples) == 10 and all(0 <= s < 30 for s in samples)
+
+
+# -- Redis ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def redis_db() -> Iterator[Any]:
+    """A client on the test database, which the benchmarks empty before and after each run."""
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=3)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        client.close()
+        unreachable(f"Redis at {REDIS_URL}", exc)
+    with client:
+        yield client
+
+
+def test_raw_redis_loop_pushes_and_pops_every_job_and_leaves_its_database_empty(
+    redis_db: Any,
+) -> None:
+    redis_db.set("left:from:before", "1")
+    # each raw workload checks the list's length itself and raises on a mismatch
+    rates = [
+        raw_redis.insert(JOBS, 1, REDIS_URL),
+        raw_redis.insert(JOBS, 64, REDIS_URL),  # 64, 64, 64 and 8 per pipeline
+        raw_redis.drain(JOBS, 1, REDIS_URL),
+        raw_redis.drain(JOBS, 100, REDIS_URL),
+    ]
+    for rate in rates:
+        assert rate.jobs == JOBS
+        assert rate.seconds > 0 and math.isfinite(rate.per_second) and rate.per_second > 0
+    assert redis_db.dbsize() == 0  # emptied before the first run and after each
