@@ -723,9 +723,11 @@ class App:
         burst: bool = False,
         grace: float = 30.0,
         prefetch: int | None = None,
+        max_jobs: int | None = None,
     ) -> None:
         """Run a worker in this thread until stopped (SIGTERM/SIGINT), or, with `burst`, until
-        nothing is runnable. `prefetch`: see `Worker`."""
+        nothing is runnable, or, with `max_jobs`, once it has run that many jobs. `prefetch`:
+        see `Worker`."""
         from conveyor.worker import Worker
 
         Worker(
@@ -735,6 +737,7 @@ class App:
             burst=burst,
             grace=grace,
             prefetch=prefetch,
+            max_jobs=max_jobs,
         ).run()
 
     async def run_worker_async(
@@ -744,6 +747,7 @@ class App:
         burst: bool = False,
         grace: float = 30.0,
         prefetch: int | None = None,
+        max_jobs: int | None = None,
     ) -> None:
         from conveyor.worker import Worker
 
@@ -754,6 +758,7 @@ class App:
             burst=burst,
             grace=grace,
             prefetch=prefetch,
+            max_jobs=max_jobs,
         ).run_async()
 
     def close(self) -> None:

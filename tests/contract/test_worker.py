@@ -312,6 +312,35 @@ async def test_burst_returns_when_only_future_jobs_are_left(app: conveyor.App) -
     assert (await job.refresh_async()).state is JobState.SCHEDULED
 
 
+@pytest.mark.parametrize("kind", ["sync", "async"])
+async def test_a_worker_with_max_jobs_runs_that_many_and_returns_leaving_the_rest_queued(
+    app: conveyor.App, kind: str
+) -> None:
+    """Short jobs, so the worker claims ahead: it still claims no job it will not run (none is
+    left claimed, handed back, or with an attempt counted), and it returns by itself."""
+    ran: list[int] = []
+
+    if kind == "sync":
+
+        @app.task(name="quick")
+        def quick(i: int) -> None:
+            ran.append(i)
+
+    else:
+
+        @app.task(name="quick")
+        async def quick(i: int) -> None:
+            ran.append(i)
+
+    jobs = await quick.enqueue_many_async([(i,) for i in range(40)])
+    await asyncio.wait_for(app.run_worker_async(concurrency=3, max_jobs=7), 20)
+    assert sorted(ran) == list(range(7))  # in claim order: the first seven enqueued
+    states = [(await app.get_job_async(job.id)) for job in jobs]
+    assert [job.state for job in states] == [JobState.SUCCEEDED] * 7 + [JobState.QUEUED] * 33
+    assert all(job.attempt == 0 and job.worker_id is None for job in states[7:])
+    assert await asyncio.to_thread(app.list_workers) == []  # it deregistered on its way out
+
+
 async def test_a_worker_runs_few_jobs_past_the_outcomes_the_store_has_not_taken(
     app: conveyor.App, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -420,6 +449,7 @@ async def test_jobs_claimed_ahead_are_shown_kept_and_handed_back_on_shutdown(
         ({"concurrency": 2**31}, "concurrency must be an integer from 1 to 2,147,483,647"),
         ({"concurrency": True}, "concurrency must be an integer from 1 to 2,147,483,647"),
         ({"prefetch": -1}, "prefetch must be an integer >= 0"),
+        ({"max_jobs": 0}, "max_jobs must be an integer from 1 to 2,147,483,647"),
     ],
 )
 def test_bad_worker_settings_are_refused_when_it_is_made(

@@ -799,6 +799,33 @@ def test_supervisor_restarts_a_child_that_dies(project: Project) -> None:
 
 
 @pytest.mark.slow
+def test_a_process_that_ran_its_max_jobs_is_replaced_by_a_fresh_one(project: Project) -> None:
+    project.module.add.enqueue_many([(i, i) for i in range(20)])
+    supervisor = project.start("worker", project.spec, "-p", "2", "-c", "2", "--max-jobs", "3")
+    wait_until(lambda: states(project.app) == {"succeeded": 20}, "all 20 jobs to succeed")
+
+    jobs = project.app.list_jobs(limit=100)
+    per_process: dict[str, int] = {}
+    for job in jobs:
+        assert job.result == 2 * job.args[0] and job.attempt == 1
+        assert job.worker_id is not None
+        per_process[job.worker_id] = per_process.get(job.worker_id, 0) + 1
+    # no process ran more than three, so at least seven took part, one after the other
+    assert max(per_process.values()) <= 3 and len(per_process) >= 7
+    assert project.log().count("event=supervisor.child_replaced") >= 5
+
+    supervisor.send_signal(signal.SIGTERM)
+    assert supervisor.wait(timeout=DEADLINE_S) == 0
+
+
+def test_max_jobs_with_burst_is_refused_for_several_processes(project: Project) -> None:
+    refused = project.run("worker", project.spec, "-p", "2", "--burst", "--max-jobs", "5")
+    assert refused.returncode == 2
+    assert "--max-jobs with --burst needs -p 1" in refused.stderr
+    assert project.app.list_workers() == []
+
+
+@pytest.mark.slow
 def test_a_second_signal_reaches_the_children_and_they_hand_back_at_once(
     project: Project,
 ) -> None:

@@ -76,6 +76,13 @@ def main(ctx: click.Context, app_option: str | None) -> None:
 )
 @click.option("--burst", is_flag=True, help="Stop once nothing is runnable.")
 @click.option(
+    "--max-jobs",
+    type=click.IntRange(min=1, max=MAX_COUNT),
+    default=None,
+    help="Exit after running this many jobs (with -p N, a fresh process takes its place): "
+    "for task code that leaks memory.",
+)
+@click.option(
     "--grace",
     type=click.FloatRange(min=0),
     default=30.0,
@@ -98,6 +105,7 @@ def worker(
     processes: int,
     prefetch: int | None,
     burst: bool,
+    max_jobs: int | None,
     grace: float,
     log_level: str,
     log_format: str,
@@ -111,6 +119,13 @@ def worker(
     queue_list = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
     if processes > 1:
         from conveyor.cli.supervisor import Supervisor
+
+        if burst and max_jobs is not None:
+            # a process that ran its jobs and one that found nothing left both exit 0
+            raise click.UsageError(
+                "--max-jobs with --burst needs -p 1: the supervisor could not tell a process "
+                "that ran its jobs (to be replaced) from one that found nothing left"
+            )
         from conveyor.task import check_queue
 
         for name in queue_list or ():
@@ -139,9 +154,16 @@ def worker(
             command.append("--burst")
         if prefetch is not None:
             command += ["--prefetch", str(prefetch)]
-        sys.exit(Supervisor(command, processes).run())
+        if max_jobs is not None:
+            command += ["--max-jobs", str(max_jobs)]
+        sys.exit(Supervisor(command, processes, replace_finished=max_jobs is not None).run())
     app.run_worker(
-        queues=queue_list, concurrency=concurrency, burst=burst, grace=grace, prefetch=prefetch
+        queues=queue_list,
+        concurrency=concurrency,
+        burst=burst,
+        grace=grace,
+        prefetch=prefetch,
+        max_jobs=max_jobs,
     )
     _exit_even_if_stuck()
 

@@ -4,7 +4,8 @@ Each child is a plain `conveyor worker ... -p 1` in a process group of its own, 
 the terminal reaches the children once, through the supervisor, and not a second time directly
 (which would make them hand their jobs back at once). The supervisor forwards every SIGTERM and
 SIGINT it gets; it restarts a child that dies unexpectedly, after a backoff that grows while the
-child keeps dying young; and it exits once every child has exited.
+child keeps dying young; it replaces at once a child that ran its `--max-jobs` and exited; and
+it exits once every child has exited.
 """
 
 from __future__ import annotations
@@ -44,8 +45,12 @@ class Child:
 class Supervisor:
     """Run `command` `processes` times over; `run()` returns the exit status for the shell."""
 
-    def __init__(self, command: Sequence[str], processes: int) -> None:
+    def __init__(
+        self, command: Sequence[str], processes: int, replace_finished: bool = False
+    ) -> None:
         self.command = list(command)
+        #: a child that exits cleanly unasked ran its `--max-jobs`: a fresh one takes its place
+        self.replace_finished = replace_finished
         self.children = [Child(slot) for slot in range(processes)]
         self.signals_received = 0
 
@@ -91,8 +96,13 @@ class Supervisor:
         # stopped as asked.
         stopped_by_us = self.stopping and code in (-signal.SIGTERM, -signal.SIGINT)
         child.exit_code = 0 if stopped_by_us else code
-        if self.stopping or code == 0:
+        if self.stopping or (code == 0 and not self.replace_finished):
             log.info("supervisor.child_exited", slot=child.slot, pid=pid, exit_code=code)
+            return
+        if code == 0:
+            log.info("supervisor.child_replaced", slot=child.slot, pid=pid, reason="max jobs")
+            child.deaths = 0
+            child.restart_at = now
             return
         if now - child.started >= STABLE_AFTER_S:
             child.deaths = 0

@@ -144,8 +144,11 @@ class Worker:
         burst: bool = False,
         grace: float = 30.0,
         prefetch: int | None = None,
+        max_jobs: int | None = None,
     ) -> None:
         check_count(concurrency, "concurrency")
+        if max_jobs is not None:
+            check_count(max_jobs, "max_jobs")
         if prefetch is not None and (
             isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 0
         ):
@@ -159,6 +162,10 @@ class Worker:
         self.prefetch = PREFETCH_PER_SLOT * concurrency if prefetch is None else prefetch
         self.burst = burst
         self.grace = grace
+        #: stop once this many jobs have begun here and ended (None: never)
+        self.max_jobs = max_jobs
+        #: jobs begun here (started on a slot), for `max_jobs`
+        self.begun = 0
         self.host = socket.gethostname()
         self.pid = os.getpid()
         self.id = f"{self.host}:{self.pid}:{uuid.uuid4().hex[:8]}"
@@ -330,6 +337,12 @@ class Worker:
             self._start_ready()
             target = self._buffer_target()
             room = self.concurrency - len(self._active) + target - len(self._ready)
+            if self.max_jobs is not None:
+                left = self.max_jobs - self.begun - len(self._ready)
+                if left <= 0 and not self._active and not self._ready:
+                    log.info("worker.max_jobs_reached", worker_id=self.id, jobs=self.begun)
+                    return
+                room = min(room, left)
             if room <= 0 or len(self._ready) > target // 2 or self._writes_behind():
                 await self._slot_free.wait()  # stop() sets it too
                 continue
@@ -425,7 +438,7 @@ class Worker:
         asked = time.monotonic()
         self._claims_begun += 1
         try:
-            free = max(0, self.concurrency - len(self._active) - len(self._ready))
+            free = max(0, min(room, self.concurrency - len(self._active) - len(self._ready)))
             jobs = await self.backend.claim(
                 self.id, self.queues, free, now + lease, now, ahead=room - free
             )
@@ -488,6 +501,7 @@ class Worker:
         """Run a claimed job; its lease lasts until `lease_ends` (monotonic: the store stamped
         it no earlier than the claim was sent)."""
         job.app = self.app
+        self.begun += 1
         ctx = Context(job, self.id, self.backend, self._loop, self.app.clock.now)
         ctx.lease_ends = lease_ends
         task_def = self.app.tasks.get(job.task)
