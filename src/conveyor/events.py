@@ -55,6 +55,10 @@ class Event:
     wait: float | None = None
     #: for an attempt that ran and finished: how long it ran (seconds)
     run_time: float | None = None
+    #: the worker that sent it: a progress report, or a change into or out of `running` (a
+    #: claim, an outcome; a rescue names the lost worker); None for the others (a retry
+    #: coming due, a cancel or retry by hand)
+    worker: str | None = None
 
     @classmethod
     def from_history(cls, row: Any) -> Event:
@@ -82,6 +86,7 @@ class Event:
             note=row["note"],
             wait=wait,
             run_time=run_time,
+            worker=row["worker_id"] if JobState.RUNNING in (state, row["from_state"]) else None,
         )
 
     @classmethod
@@ -95,6 +100,7 @@ class Event:
             progress=row["progress"],
             stage=row["stage"],
             message=row["message"],
+            worker=row["worker_id"],
         )
 
     @property
@@ -116,6 +122,7 @@ class Event:
             "note": self.note,
             "wait": self.wait,
             "run_time": self.run_time,
+            "worker": self.worker,
         }
         return {k: v for k, v in fields.items() if v is not None}
 

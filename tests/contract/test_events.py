@@ -59,6 +59,59 @@ async def test_state_changes_and_progress_arrive_in_order(
     assert [e.at for e in seen] == sorted(e.at for e in seen)
 
 
+async def test_events_name_the_worker_that_sent_them(
+    make_app: Callable[..., conveyor.App],
+) -> None:
+    """A claim, a progress report and an outcome name the worker; a job enqueued, a retry
+    coming due or a cancel by hand names none (though the job's row may still hold the last
+    attempt's worker, as a retrying job's does)."""
+    app = make_app()
+
+    @app.task(name="flaky", pass_context=True)
+    async def flaky(ctx: conveyor.Context) -> str:
+        await ctx.progress(50, stage="half")
+        if ctx.attempt == 1:
+            raise conveyor.Retry(delay=0.05)
+        return "ok"
+
+    @app.task(name="later")
+    def later() -> None:
+        raise conveyor.Retry(delay=3600)
+
+    seen: list[Event] = []
+    worker = conveyor.Worker(app)
+    async with subscribe(app) as stream:
+        watcher = asyncio.create_task(collect(stream, seen, until_finished=2))
+        job = await flaky.enqueue_async()
+        waiting = await later.enqueue_async()
+        async with running(worker):
+            assert await job.wait_async(timeout=30) == "ok"
+            await until(lambda: app.get_job(waiting.id).state is JobState.RETRYING)
+        assert app.get_job(waiting.id).worker_id == worker.id
+        await app.cancel_job_async(waiting.id)
+        await asyncio.wait_for(watcher, 30)
+    cancelled = [e for e in seen if e.job_id == waiting.id]
+    assert [(e.state, e.worker) for e in cancelled] == [
+        (JobState.QUEUED, None),
+        (JobState.RUNNING, worker.id),
+        (JobState.RETRYING, worker.id),
+        (JobState.CANCELLED, None),
+    ]
+    seen = [e for e in seen if e.job_id != waiting.id]
+    assert [(e.kind, e.state, e.worker) for e in seen] == [
+        ("state", JobState.QUEUED, None),
+        ("state", JobState.RUNNING, worker.id),
+        ("progress", None, worker.id),
+        ("state", JobState.RETRYING, worker.id),
+        ("state", JobState.QUEUED, None),
+        ("state", JobState.RUNNING, worker.id),
+        ("progress", None, worker.id),
+        ("state", JobState.SUCCEEDED, worker.id),
+    ]
+    assert seen[2].to_dict()["worker"] == worker.id
+    assert "worker" not in seen[0].to_dict()
+
+
 async def test_progress_is_throttled_and_the_latest_gets_out(
     make_app: Callable[..., conveyor.App],
 ) -> None:

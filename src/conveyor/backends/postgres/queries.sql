@@ -736,8 +736,8 @@ job AS (
       AND attempt = %(attempt)s
     RETURNING id
 ), report AS (
-    INSERT INTO {schema}.job_progress (job_id, at, progress, stage, message)
-    SELECT job.id, c.now, %(progress)s, %(stage)s, %(message)s FROM job, c
+    INSERT INTO {schema}.job_progress (job_id, at, progress, stage, message, worker_id)
+    SELECT job.id, c.now, %(progress)s, %(stage)s, %(message)s, %(worker_id)s FROM job, c
     RETURNING id
 ), woken AS (
     SELECT pg_notify('{schema}_events', '') FROM report
@@ -750,8 +750,8 @@ SELECT (SELECT coalesce(max(id), 0) FROM {schema}.job_history) AS history,
 
 -- name: history_events
 -- With the job's times, for the wait and run time of an attempt that finished (see Event).
-SELECT h.id, h.job_id, h.at, h.from_state, h.to_state, h.note, j.queue, j.task, j.run_at,
-       j.started_at, j.finished_at
+SELECT h.id, h.job_id, h.at, h.from_state, h.to_state, h.note, h.worker_id, j.queue, j.task,
+       j.run_at, j.started_at, j.finished_at
 FROM {schema}.job_history AS h LEFT JOIN {schema}.jobs AS j ON j.id = h.job_id
 WHERE h.id > %(after)s
   AND (%(job_id)s::bigint IS NULL OR h.job_id = %(job_id)s)
@@ -760,7 +760,7 @@ ORDER BY h.id
 LIMIT %(limit)s
 
 -- name: progress_events
-SELECT p.id, p.job_id, p.at, p.progress, p.stage, p.message, j.queue, j.task
+SELECT p.id, p.job_id, p.at, p.progress, p.stage, p.message, p.worker_id, j.queue, j.task
 FROM {schema}.job_progress AS p LEFT JOIN {schema}.jobs AS j ON j.id = p.job_id
 WHERE p.id > %(after)s
   AND (%(job_id)s::bigint IS NULL OR p.job_id = %(job_id)s)

@@ -522,8 +522,8 @@ SET progress = :progress, stage = coalesce(:stage, stage)
 WHERE id = :id AND state = 'running' AND worker_id = :worker_id AND attempt = :attempt
 
 -- name: record_progress
-INSERT INTO conveyor_job_progress (job_id, at, progress, stage, message)
-VALUES (:id, :now, :progress, :stage, :message)
+INSERT INTO conveyor_job_progress (job_id, at, progress, stage, message, worker_id)
+VALUES (:id, :now, :progress, :stage, :message, :worker_id)
 
 -- name: event_cursor
 SELECT (SELECT coalesce(max(id), 0) FROM conveyor_job_history) AS history,
@@ -531,8 +531,8 @@ SELECT (SELECT coalesce(max(id), 0) FROM conveyor_job_history) AS history,
 
 -- name: history_events
 -- With the job's times, for the wait and run time of an attempt that finished (see Event).
-SELECT h.id, h.job_id, h.at, h.from_state, h.to_state, h.note, j.queue, j.task, j.run_at,
-       j.started_at, j.finished_at
+SELECT h.id, h.job_id, h.at, h.from_state, h.to_state, h.note, h.worker_id, j.queue, j.task,
+       j.run_at, j.started_at, j.finished_at
 FROM conveyor_job_history AS h LEFT JOIN conveyor_jobs AS j ON j.id = h.job_id
 WHERE h.id > :after
   AND (:job_id IS NULL OR h.job_id = :job_id)
@@ -541,7 +541,7 @@ ORDER BY h.id
 LIMIT :limit
 
 -- name: progress_events
-SELECT p.id, p.job_id, p.at, p.progress, p.stage, p.message, j.queue, j.task
+SELECT p.id, p.job_id, p.at, p.progress, p.stage, p.message, p.worker_id, j.queue, j.task
 FROM conveyor_job_progress AS p LEFT JOIN conveyor_jobs AS j ON j.id = p.job_id
 WHERE p.id > :after
   AND (:job_id IS NULL OR p.job_id = :job_id)
