@@ -37,8 +37,11 @@ from conveyor.services.scheduler import Scheduler
 
 T = TypeVar("T")
 DEADLINE_S = 60.0
+#: the tasks TASKS declares, as an unknown task's error lists them
+KNOWN = "add, boom, nap, report, stepped"
 
 TASKS = """
+import os
 import time
 
 import conveyor
@@ -65,6 +68,15 @@ def report(ctx, pages):
 @app.task(name="nap")
 def nap(seconds):
     time.sleep(seconds)
+
+
+@app.task(name="stepped", pass_context=True)
+def stepped(ctx, gate, token):
+    ctx.progress(30, stage="fetch", message="fetching with " + token)
+    while not os.path.exists(gate):
+        time.sleep(0.01)
+    ctx.progress(80, stage="write")
+    return "done"
 """
 
 
@@ -261,7 +273,7 @@ def test_enqueue_with_a_unique_key_returns_the_holder(project: Project) -> None:
         (["enqueue", "add", "--args", "[1,"], 2, "--args': not valid JSON"),
         (["enqueue", "add", "--args", '{"x": 1}'], 2, "must be an array"),
         (["enqueue", "add", "--kwargs", "[1]"], 2, "must be an object"),
-        (["enqueue", "nope"], 1, "Error: unknown task 'nope' (known: add, boom, nap, report)"),
+        (["enqueue", "nope"], 1, f"Error: unknown task 'nope' (known: {KNOWN})"),
         (
             ["enqueue", "add", "--args", "[1, 2]", "--priority", "11"],
             1,
@@ -432,6 +444,44 @@ def test_jobs_show_json_includes_the_history(project: Project) -> None:
     dead = project.cli_json("dlq", "show", str(jobs["boom"].id))
     assert [e["type"] for e in dead["errors"]] == ["ValueError", "ValueError"]
     assert "raise ValueError(message)" in dead["errors"][0]["traceback"]
+
+
+@pytest.mark.slow
+def test_jobs_watch_follows_a_job_live_and_exits_0_when_it_succeeds(project: Project) -> None:
+    gate = project.root / "gate"
+    job = project.module.stepped.enqueue(str(gate), token="s3cr3t-value")
+    watch = project.start("--app", project.spec, "jobs", "watch", str(job.id), log="watch.log")
+    wait_until(lambda: "queued" in project.log("watch.log"), "the watch to show the job")
+    project.start("worker", project.spec)
+    wait_until(lambda: "30%" in project.log("watch.log"), "the watch to show the first report")
+    assert watch.poll() is None  # the job waits at its gate: still watching
+
+    gate.write_text("")
+    assert watch.wait(timeout=DEADLINE_S) == 0
+    lines = [line.split(" ", 1)[1] for line in project.log("watch.log").splitlines()]
+    assert lines == [
+        "queued attempt 0/3",
+        "running attempt 1/3",
+        "running attempt 1/3 30% · fetch · fetching with ***",  # its token hidden
+        "running attempt 1/3 80% · write",
+        "succeeded attempt 1/3 100% · write",
+    ]
+
+
+def test_jobs_watch_of_a_finished_job_shows_how_it_ended_and_exits_1_if_it_failed(
+    project: Project,
+) -> None:
+    jobs = make_history(project)
+
+    done = project.cli("jobs", "watch", str(jobs["report"].id))
+    assert done.exit_code == 0, done.output
+    assert done.output.split(" ", 1)[1] == "succeeded attempt 1/3 100% · render\n"
+    dead = project.cli("jobs", "watch", str(jobs["boom"].id), "--json")
+    assert dead.exit_code == 1
+    [shown] = [json.loads(line) for line in dead.output.splitlines()]
+    assert shown["state"] == "dead" and shown["attempt"] == 2 and shown["max_attempts"] == 2
+    missing = project.cli("jobs", "watch", "999999")
+    assert missing.exit_code == 1 and "no job with id 999999" in missing.output
 
 
 def test_jobs_cancel_all_of_a_queue(project: Project) -> None:
@@ -726,7 +776,7 @@ def test_python_m_conveyor_is_the_same_command(project: Project) -> None:
 
     bad = project.run("--app", project.spec, "enqueue", "nope")
     assert bad.returncode == 1
-    assert bad.stderr.strip() == "Error: unknown task 'nope' (known: add, boom, nap, report)"
+    assert bad.stderr.strip() == f"Error: unknown task 'nope' (known: {KNOWN})"
 
     no_app = project.run("worker")
     assert no_app.returncode == 2 and "name the app as MODULE:APP" in no_app.stderr

@@ -202,6 +202,24 @@ def jobs_show(ref: AppRef, job_id: int, as_json: bool) -> None:
     _show_job(_app(ref), job_id, as_json)
 
 
+@jobs.command("watch")
+@click.argument("job_id", metavar="ID", type=int)
+@click.option("--json", "as_json", is_flag=True, help="A JSON line for every change, for scripts.")
+@pass_ref
+def jobs_watch(ref: AppRef, job_id: int, as_json: bool) -> None:
+    """Follow a job live (state, attempts, progress, stage, message) until it finishes. Exits
+    0 if it succeeded, 1 if it ended dead or cancelled."""
+    import asyncio
+
+    from conveyor.cli.watch import watch
+
+    try:
+        code = asyncio.run(watch(_app(ref), job_id, as_json))
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+    raise SystemExit(code)
+
+
 def _who() -> str:
     """Who runs this command, for the notes it leaves in the history."""
     try:

@@ -52,10 +52,12 @@ def console() -> Console:
     return out
 
 
-def emit_json(value: Any) -> None:
+def emit_json(value: Any, indent: int | None = 2) -> None:
     """Plain JSON on stdout, for scripts: the values exact, the characters a terminal would
-    obey (DEL, C1, bidi controls) written as `\\uXXXX`."""
-    click.echo(json_printable(json.dumps(value, indent=2, ensure_ascii=False, default=str)))
+    obey (DEL, C1, bidi controls) written as `\\uXXXX`. `indent=None`: one line (a stream
+    of JSON lines)."""
+    text = json.dumps(value, indent=indent, ensure_ascii=False, default=str)
+    click.echo(json_printable(text))
 
 
 def plain(text: str, style: str = "", keep: str = "") -> Text:
