@@ -22,7 +22,10 @@ demo: $(STAMP)
 	$(BIN)/python examples/demo.py
 
 # PYTEST_ARGS='-m "not faults"' leaves out the fault suite (tests/faults) on a quick local run.
+# The browser tests need Debian's Chromium: installed first where it can be (see the script);
+# CONVEYOR_SKIP_BROWSER=1 leaves them out instead.
 test: $(STAMP)
+	scripts/ensure-chromium.sh
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The quick loop: unit and contract tests on SQLite only (no server needed), under a minute.

@@ -6,8 +6,9 @@ real uvicorn server on a free loopback port.
         page.goto(f"{base_url}/health")
 
 `browser` is one Chromium for the whole session, `page` a fresh context and page per test. No
-browser is ever downloaded: without /usr/bin/chromium (Debian's `chromium` package) the tests
-fail in CI and are skipped elsewhere.
+browser is ever downloaded: without /usr/bin/chromium (Debian's `chromium` package, which `make
+test` installs where it can) the tests fail, naming the command that installs it, unless
+CONVEYOR_SKIP_BROWSER=1 leaves them out (never in CI).
 
 Playwright's sync API keeps its event loop marked as the running one in this thread between its
 calls, and nothing else may start a loop while one is marked (pytest-asyncio's fixtures such as
@@ -19,6 +20,7 @@ loop of its own goes inside `with outside_playwright():`.
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import threading
 import time
@@ -32,7 +34,7 @@ from fastapi import FastAPI
 from playwright.sync_api import Browser, Page, sync_playwright
 from playwright.sync_api import Error as PlaywrightError
 
-from conftest import unreachable  # tests/conftest.py
+from conftest import IN_CI  # tests/conftest.py
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -90,11 +92,18 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
         yield
 
 
+def no_browser(why: str) -> None:
+    """No browser to test in: a failure, unless the user left the browser tests out."""
+    if os.environ.get("CONVEYOR_SKIP_BROWSER") == "1" and not IN_CI:
+        pytest.skip(f"CONVEYOR_SKIP_BROWSER=1 leaves the browser tests out ({why})")
+    pytest.fail(f"{why} (or set CONVEYOR_SKIP_BROWSER=1 to leave the browser tests out)")
+
+
 @pytest.fixture(scope="session")
 def browser() -> Iterator[Browser]:
     """Debian's Chromium, headless, shared by every test of the session."""
     if not CHROMIUM.exists():
-        unreachable("Chromium", FileNotFoundError(f"{CHROMIUM} is missing (Debian: chromium)"))
+        no_browser(f"{CHROMIUM} is missing: install it with `sudo apt-get install chromium`")
     playwright = sync_playwright().start()
     _loop_of_this_session[:] = [asyncio.get_running_loop()]
     try:
@@ -105,7 +114,7 @@ def browser() -> Iterator[Browser]:
                 )
             except PlaywrightError as exc:
                 playwright.stop()
-                unreachable("Chromium", exc)
+                no_browser(f"Chromium at {CHROMIUM} did not start: {exc}")
                 raise
         yield launched
         with _in_playwright():
