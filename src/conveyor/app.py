@@ -724,10 +724,11 @@ class App:
         grace: float = 30.0,
         prefetch: int | None = None,
         max_jobs: int | None = None,
+        name: str | None = None,
     ) -> None:
         """Run a worker in this thread until stopped (SIGTERM/SIGINT), or, with `burst`, until
-        nothing is runnable, or, with `max_jobs`, once it has run that many jobs. `prefetch`:
-        see `Worker`."""
+        nothing is runnable, or, with `max_jobs`, once it has run that many jobs. `prefetch`
+        and `name`: see `Worker`."""
         from conveyor.worker import Worker
 
         Worker(
@@ -738,6 +739,7 @@ class App:
             grace=grace,
             prefetch=prefetch,
             max_jobs=max_jobs,
+            name=name,
         ).run()
 
     async def run_worker_async(
@@ -748,6 +750,7 @@ class App:
         grace: float = 30.0,
         prefetch: int | None = None,
         max_jobs: int | None = None,
+        name: str | None = None,
     ) -> None:
         from conveyor.worker import Worker
 
@@ -759,6 +762,7 @@ class App:
             grace=grace,
             prefetch=prefetch,
             max_jobs=max_jobs,
+            name=name,
         ).run_async()
 
     def close(self) -> None:

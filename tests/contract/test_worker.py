@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -341,6 +342,54 @@ async def test_a_worker_with_max_jobs_runs_that_many_and_returns_leaving_the_res
     assert await asyncio.to_thread(app.list_workers) == []  # it deregistered on its way out
 
 
+async def test_a_named_worker_goes_by_its_name_which_no_other_live_worker_may_take(
+    app: conveyor.App,
+) -> None:
+    @app.task(name="ping")
+    def ping() -> str:
+        return "pong"
+
+    first = conveyor.Worker(app, name="render")
+    assert first.id.startswith("render:")
+    async with running(first):
+        job = await ping.enqueue_async()
+        assert await job.wait_async(timeout=10) == "pong"
+        assert (await app.get_job_async(job.id)).worker_id == first.id
+        history = await asyncio.to_thread(app.job_history, job.id)
+        assert {h.worker_id for h in history if h.to_state is JobState.RUNNING} == {first.id}
+        assert [w.id for w in await asyncio.to_thread(app.list_workers)] == [first.id]
+        with pytest.raises(conveyor.ConfigurationError, match="named 'render' is running already"):
+            await asyncio.wait_for(conveyor.Worker(app, name="render").run_async(), 10)
+        assert [w.id for w in await asyncio.to_thread(app.list_workers)] == [first.id]
+    # gone (it deregistered): the name is free again
+    await asyncio.wait_for(app.run_worker_async(burst=True, name="render"), 10)
+
+
+async def test_a_name_whose_worker_died_on_this_host_is_free_before_its_registration_ages(
+    app: conveyor.App,
+) -> None:
+    """A worker killed and restarted under the same name at once: its old registration is
+    still fresh, but no process of this host has its pid. On another host it would hold."""
+    now = app.clock.now()
+    dead_pid = 2**22 + 1  # above Linux's pid_max: no process has it
+    for host in (socket.gethostname(), "elsewhere"):
+        gone = conveyor.WorkerInfo(
+            id=f"{host}-render:0badf00d",
+            host=host,
+            pid=dead_pid,
+            queues=None,
+            concurrency=1,
+            started_at=now,
+            last_beat=now,
+            running=[],
+        )
+        await app.backend.heartbeat(gone, [], now + 30)
+    named = conveyor.Worker(app, name=f"{socket.gethostname()}-render", burst=True)
+    await asyncio.wait_for(named.run_async(), 10)
+    with pytest.raises(conveyor.ConfigurationError, match="on elsewhere, pid 4194305"):
+        await asyncio.wait_for(app.run_worker_async(burst=True, name="elsewhere-render"), 10)
+
+
 async def test_a_worker_runs_few_jobs_past_the_outcomes_the_store_has_not_taken(
     app: conveyor.App, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -450,6 +499,8 @@ async def test_jobs_claimed_ahead_are_shown_kept_and_handed_back_on_shutdown(
         ({"concurrency": True}, "concurrency must be an integer from 1 to 2,147,483,647"),
         ({"prefetch": -1}, "prefetch must be an integer >= 0"),
         ({"max_jobs": 0}, "max_jobs must be an integer from 1 to 2,147,483,647"),
+        ({"name": "render 1"}, "bad worker name 'render 1': use 1-100 characters"),
+        ({"name": ""}, "bad worker name"),
     ],
 )
 def test_bad_worker_settings_are_refused_when_it_is_made(

@@ -849,9 +849,13 @@ def test_supervisor_restarts_a_child_that_dies(project: Project) -> None:
 
 
 @pytest.mark.slow
-def test_a_process_that_ran_its_max_jobs_is_replaced_by_a_fresh_one(project: Project) -> None:
+def test_a_process_that_ran_its_max_jobs_is_replaced_by_a_fresh_one_of_the_same_name(
+    project: Project,
+) -> None:
     project.module.add.enqueue_many([(i, i) for i in range(20)])
-    supervisor = project.start("worker", project.spec, "-p", "2", "-c", "2", "--max-jobs", "3")
+    supervisor = project.start(
+        "worker", project.spec, "-p", "2", "-c", "2", "--max-jobs", "3", "--name", "render"
+    )
     wait_until(lambda: states(project.app) == {"succeeded": 20}, "all 20 jobs to succeed")
 
     jobs = project.app.list_jobs(limit=100)
@@ -860,8 +864,10 @@ def test_a_process_that_ran_its_max_jobs_is_replaced_by_a_fresh_one(project: Pro
         assert job.result == 2 * job.args[0] and job.attempt == 1
         assert job.worker_id is not None
         per_process[job.worker_id] = per_process.get(job.worker_id, 0) + 1
-    # no process ran more than three, so at least seven took part, one after the other
+    # no process ran more than three, so at least seven took part, one after the other, each
+    # named for its slot (a replacement takes the name its predecessor gave up)
     assert max(per_process.values()) <= 3 and len(per_process) >= 7
+    assert {worker.rpartition(":")[0] for worker in per_process} == {"render-1", "render-2"}
     assert project.log().count("event=supervisor.child_replaced") >= 5
 
     supervisor.send_signal(signal.SIGTERM)

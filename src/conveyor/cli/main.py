@@ -76,6 +76,11 @@ def main(ctx: click.Context, app_option: str | None) -> None:
 )
 @click.option("--burst", is_flag=True, help="Stop once nothing is runnable.")
 @click.option(
+    "--name",
+    help="Name the worker (its id is NAME:suffix, in `conveyor workers`, the dashboard and the "
+    "job history); unique among live workers. With -p N: NAME-1 ... NAME-N.",
+)
+@click.option(
     "--max-jobs",
     type=click.IntRange(min=1, max=MAX_COUNT),
     default=None,
@@ -105,6 +110,7 @@ def worker(
     processes: int,
     prefetch: int | None,
     burst: bool,
+    name: str | None,
     max_jobs: int | None,
     grace: float,
     log_level: str,
@@ -119,6 +125,8 @@ def worker(
     queue_list = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
     if processes > 1:
         from conveyor.cli.supervisor import Supervisor
+        from conveyor.task import check_queue
+        from conveyor.worker.worker import check_worker_name
 
         if burst and max_jobs is not None:
             # a process that ran its jobs and one that found nothing left both exit 0
@@ -126,10 +134,10 @@ def worker(
                 "--max-jobs with --burst needs -p 1: the supervisor could not tell a process "
                 "that ran its jobs (to be replaced) from one that found nothing left"
             )
-        from conveyor.task import check_queue
-
-        for name in queue_list or ():
-            check_queue(name)  # fail here, once, rather than in every child forever
+        for queue in queue_list or ():
+            check_queue(queue)  # fail here, once, rather than in every child forever
+        if name is not None:
+            check_worker_name(f"{name}-{processes}")
 
         command = [
             sys.executable,
@@ -156,7 +164,10 @@ def worker(
             command += ["--prefetch", str(prefetch)]
         if max_jobs is not None:
             command += ["--max-jobs", str(max_jobs)]
-        sys.exit(Supervisor(command, processes, replace_finished=max_jobs is not None).run())
+        supervisor = Supervisor(
+            command, processes, replace_finished=max_jobs is not None, name=name
+        )
+        sys.exit(supervisor.run())
     app.run_worker(
         queues=queue_list,
         concurrency=concurrency,
@@ -164,6 +175,7 @@ def worker(
         grace=grace,
         prefetch=prefetch,
         max_jobs=max_jobs,
+        name=name,
     )
     _exit_even_if_stuck()
 

@@ -46,9 +46,15 @@ class Supervisor:
     """Run `command` `processes` times over; `run()` returns the exit status for the shell."""
 
     def __init__(
-        self, command: Sequence[str], processes: int, replace_finished: bool = False
+        self,
+        command: Sequence[str],
+        processes: int,
+        replace_finished: bool = False,
+        name: str | None = None,
     ) -> None:
         self.command = list(command)
+        #: the workers' name: the child in slot i (from 0) is `NAME-<i+1>`
+        self.name = name
         #: a child that exits cleanly unasked ran its `--max-jobs`: a fresh one takes its place
         self.replace_finished = replace_finished
         self.children = [Child(slot) for slot in range(processes)]
@@ -83,7 +89,8 @@ class Supervisor:
 
     def _spawn(self, child: Child) -> None:
         child.restart_at = None
-        child.proc = subprocess.Popen(self.command, process_group=0)
+        named = [] if self.name is None else ["--name", f"{self.name}-{child.slot + 1}"]
+        child.proc = subprocess.Popen([*self.command, *named], process_group=0)
         child.started = time.monotonic()
         log.info("supervisor.child_started", slot=child.slot, pid=child.proc.pid)
         if self.stopping:  # a signal arrived while this child was being started

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import math
 import os
+import re
 import signal
 import socket
 import threading
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from conveyor.context import Context
-from conveyor.errors import BackendUnavailable, ValidationError
+from conveyor.errors import BackendUnavailable, ConfigurationError, ValidationError, describe
 from conveyor.job import Job, JobState, WorkerInfo
 from conveyor.limits import check_count
 from conveyor.logging import Outage, get_logger
@@ -56,6 +57,8 @@ PROBE_ROUND_S = 1.0
 #: How often the leader checks the alert rules on queues and workers.
 WATCH_ROUND_S = 15.0
 CLAIM_RETRY_DELAYS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0)
+#: A worker's name (`--name`): its id is the name and a random suffix, `render-1:3fa2b9c1`.
+WORKER_NAME = re.compile(r"[A-Za-z0-9_.@-]{1,100}")
 #: After the grace period (and a cancelled task's ABANDON_AFTER_S), how long the outcomes still
 #: unwritten get to reach the store before the worker exits without them (their leases run
 #: out and the leader rescues the jobs: nothing is lost).
@@ -76,6 +79,24 @@ UNWRITTEN_FOR_S = 0.1
 LOOKS_AFTER_A_FAILED_CLAIM = 3
 #: The note of a job handed back because its circuit opened before it began.
 CIRCUIT_OPENED = "its circuit opened before it began: handed back"
+
+
+def check_worker_name(name: str) -> str:
+    if not isinstance(name, str) or not WORKER_NAME.fullmatch(name):
+        raise ValidationError(
+            f"bad worker name {describe(name)}: use 1-100 characters of A-Z a-z 0-9 _ . @ -"
+        )
+    return name
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
 
 
 def _interval(lease: float, fraction: float) -> float:
@@ -145,8 +166,11 @@ class Worker:
         grace: float = 30.0,
         prefetch: int | None = None,
         max_jobs: int | None = None,
+        name: str | None = None,
     ) -> None:
         check_count(concurrency, "concurrency")
+        if name is not None:
+            check_worker_name(name)
         if max_jobs is not None:
             check_count(max_jobs, "max_jobs")
         if prefetch is not None and (
@@ -168,7 +192,10 @@ class Worker:
         self.begun = 0
         self.host = socket.gethostname()
         self.pid = os.getpid()
-        self.id = f"{self.host}:{self.pid}:{uuid.uuid4().hex[:8]}"
+        #: the name it was given, unique among live workers (None: known by its id only)
+        self.name = name
+        suffix = uuid.uuid4().hex[:8]
+        self.id = f"{self.host}:{self.pid}:{suffix}" if name is None else f"{name}:{suffix}"
         self.started_at = app.clock.now()
         # keyed by (job id, attempt): a job re-claimed while an old attempt still runs is
         # a second entry, never confused with the first
@@ -287,6 +314,8 @@ class Worker:
         failures = 0
         while not self._stopping.is_set():
             try:
+                if self.name is not None:
+                    await self._check_name_is_free()
                 await self.beat()
                 for queue, limit in self.app.declared_queues.items():
                     await self.backend.set_queue_concurrency(queue, limit)
@@ -299,6 +328,22 @@ class Worker:
             outage.recovered()
             return True
         return False
+
+    async def _check_name_is_free(self) -> None:
+        """Refuse to start under the name of a live worker: one whose heartbeat is within a
+        lease, unless it is a process of this host that no longer exists (killed, say, and
+        restarted before its registration aged)."""
+        now = self.app.clock.now()
+        lease = self.app.settings.lease_seconds
+        for other in await self.backend.list_workers():
+            if other.id.rpartition(":")[0] != self.name or other.is_lost(now, lease):
+                continue
+            if other.host == self.host and not _process_exists(other.pid):
+                continue
+            raise ConfigurationError(
+                f"a worker named {self.name!r} is running already ({other.id}, on {other.host}, "
+                f"pid {other.pid}): worker names are unique among live workers"
+            )
 
     @property
     def stopping(self) -> bool:
