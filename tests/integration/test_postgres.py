@@ -21,8 +21,11 @@ from typing import Any
 import psycopg
 import psycopg.postgres
 import pytest
+import sqlalchemy
 from psycopg.adapt import AdaptersMap, PyFormat
 from psycopg.types.array import ListBinaryDumper
+from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
+from sqlalchemy.orm import Session
 from structlog.testing import capture_logs
 
 import conveyor
@@ -300,6 +303,106 @@ async def test_a_connection_of_the_wrong_kind_is_refused(
             record.configure(connection=other).enqueue(1)
     finally:
         other.close()
+    assert scalar(f"SELECT count(*) FROM {schema}.jobs") == 0
+
+
+# -- through SQLAlchemy ----------------------------------------------------------------------
+
+#: The test server, as SQLAlchemy names it with psycopg 3 as the driver.
+SQLALCHEMY_URL = POSTGRES_URL.replace("postgresql://", "postgresql+psycopg://", 1)
+
+
+@pytest.mark.parametrize("through", ["Session", "Connection"])
+def test_enqueue_inside_a_sqlalchemy_transaction_commits_and_rolls_back_with_it(
+    app: conveyor.App, runs: list[Any], schema: str, orders: str, through: str
+) -> None:
+    record = app.get_task("record")
+    engine = sqlalchemy.create_engine(SQLALCHEMY_URL)
+    try:
+        for value, commit in ((1, False), (2, True)):
+            if through == "Session":
+                with Session(engine) as session:
+                    session.execute(sqlalchemy.text(f"INSERT INTO {orders} VALUES ({value})"))
+                    job = record.configure(connection=session).enqueue(value)
+                    # not committed: nobody else sees it
+                    assert (
+                        scalar(f"SELECT count(*) FROM {schema}.jobs WHERE id = %s", [job.id]) == 0
+                    )
+                    session.commit() if commit else session.rollback()
+            else:
+                with engine.connect() as conn:
+                    conn.execute(sqlalchemy.text(f"INSERT INTO {orders} VALUES ({value})"))
+                    job = record.configure(connection=conn).enqueue_many([value])[0]
+                    conn.commit() if commit else conn.rollback()
+            if commit:
+                kept = job
+            else:
+                dropped = job
+    finally:
+        engine.dispose()
+
+    assert sql(f"SELECT id FROM {orders}") == [(2,)]  # each order with its job, or neither
+    with pytest.raises(conveyor.JobNotFound):
+        app.get_job(dropped.id)
+    assert app.get_job(kept.id).state is JobState.QUEUED
+    app.run_worker(burst=True)
+    assert runs == [2]
+
+
+@pytest.mark.parametrize("through", ["AsyncSession", "AsyncConnection"])
+async def test_enqueue_inside_a_sqlalchemy_async_transaction_commits_and_rolls_back_with_it(
+    app: conveyor.App, runs: list[Any], schema: str, orders: str, through: str
+) -> None:
+    record = app.get_task("record")
+    engine = create_async_engine(SQLALCHEMY_URL)
+    try:
+        jobs = {}
+        for value, commit in ((1, False), (2, True)):
+            if through == "AsyncSession":
+                async with AsyncSession(engine) as session:
+                    await session.execute(sqlalchemy.text(f"INSERT INTO {orders} VALUES ({value})"))
+                    jobs[value] = await record.configure(connection=session).enqueue_async(value)
+                    await (session.commit() if commit else session.rollback())
+            else:
+                async with engine.connect() as conn:
+                    await conn.execute(sqlalchemy.text(f"INSERT INTO {orders} VALUES ({value})"))
+                    jobs[value] = await record.configure(connection=conn).enqueue_async(value)
+                    await (conn.commit() if commit else conn.rollback())
+    finally:
+        await engine.dispose()
+
+    assert sql(f"SELECT id FROM {orders}") == [(2,)]
+    with pytest.raises(conveyor.JobNotFound):
+        await app.get_job_async(jobs[1].id)
+    await app.run_worker_async(burst=True)
+    assert runs == [2]
+
+
+async def test_a_sqlalchemy_engine_on_another_driver_or_of_the_wrong_kind_is_refused(
+    app: conveyor.App, runs: list[Any], schema: str, tmp_path: Any
+) -> None:
+    record = app.get_task("record")
+    other = sqlalchemy.create_engine(f"sqlite:///{tmp_path / 'app.db'}")
+    engine = sqlalchemy.create_engine(SQLALCHEMY_URL)
+    aengine = create_async_engine(SQLALCHEMY_URL)
+    try:
+        with (
+            Session(other) as session,
+            pytest.raises(conveyor.ValidationError, match=r"uses sqlite\+pysqlite"),
+        ):
+            record.configure(connection=session).enqueue(1)
+        with (
+            Session(engine) as session,
+            pytest.raises(conveyor.ValidationError, match=r"use enqueue\(\)"),
+        ):
+            await record.configure(connection=session).enqueue_async(1)
+        async with AsyncSession(aengine) as asession:
+            with pytest.raises(conveyor.ValidationError, match=r"use enqueue_async\(\)"):
+                record.configure(connection=asession).enqueue(1)
+    finally:
+        other.dispose()
+        engine.dispose()
+        await aengine.dispose()
     assert scalar(f"SELECT count(*) FROM {schema}.jobs") == 0
 
 

@@ -22,6 +22,7 @@ import psycopg_pool
 from conveyor.backends.base import Beat, Engine
 from conveyor.backends.plan import Atomic, Call, Plan, Stmt
 from conveyor.backends.postgres.arrays import BigInts, Bools, Floats, Ints, Texts
+from conveyor.backends.postgres.callers import async_connection, sync_connection
 from conveyor.backends.postgres.drivers import JOB_COLUMN_LIST, drive_async, drive_sync
 from conveyor.backends.postgres.leader import LeaderSession
 from conveyor.backends.postgres.listener import Listener, SyncListener
@@ -38,7 +39,7 @@ from conveyor.backends.sql import Migration, Queries, load_migrations
 from conveyor.backends.sqlops import SqlOperations, due_in, in_claim_order
 from conveyor.clock import Clock, SystemClock
 from conveyor.config import Settings
-from conveyor.errors import BackendUnavailable, NotAConveyorDatabase, ValidationError
+from conveyor.errors import BackendUnavailable, NotAConveyorDatabase
 from conveyor.job import Job, JobState, NewJob, Outcome, Start, WorkerInfo
 from conveyor.limits import Candidate, pick
 from conveyor.logging import get_logger
@@ -591,13 +592,9 @@ class PostgresEngine(Engine):
         if call.check and not self.ops.checked:
             self.check_schema()
         if call.connection is not None:
-            if not isinstance(call.connection, psycopg.Connection):
-                raise ValidationError(
-                    "enqueue(connection=...) needs a psycopg.Connection; use enqueue_async() "
-                    "with a psycopg.AsyncConnection"
-                )
+            conn = sync_connection(call.connection)
             try:
-                return drive_sync(call.connection, call.plan)
+                return drive_sync(conn, call.plan)
             except psycopg.Error as exc:
                 _reraise(exc)
         deadline = self._deadline if call.deadline is None else call.deadline
@@ -638,13 +635,9 @@ class PostgresEngine(Engine):
         if call.deadline == math.inf:  # a migration: no bound, and not on the event loop
             return await asyncio.to_thread(self.run, call)
         if call.connection is not None:
-            if not isinstance(call.connection, psycopg.AsyncConnection):
-                raise ValidationError(
-                    "enqueue_async(connection=...) needs a psycopg.AsyncConnection; use "
-                    "enqueue() with a psycopg.Connection"
-                )
+            aconn = await async_connection(call.connection)
             try:
-                return await drive_async(call.connection, call.plan)
+                return await drive_async(aconn, call.plan)
             except psycopg.Error as exc:
                 _reraise(exc)
         for first_try in (True, False):
