@@ -9,6 +9,7 @@ import threading
 from collections.abc import AsyncGenerator, Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar, overload
 
+from conveyor import tracing
 from conveyor.backends import Backend, JobFilter, check_url, open_backend
 from conveyor.backends.base import Subscription
 from conveyor.circuit import Action, Circuit, CircuitEvent, CircuitInfo, Probe
@@ -115,6 +116,7 @@ class App:
         alert_every: float | str | None = None,
         redact: Redactor | None = None,
         clock: Clock | None = None,
+        tracer_provider: Any = None,
     ) -> None:
         self.settings = Settings.load(
             {
@@ -158,6 +160,9 @@ class App:
         #: how a job's args, kwargs and meta are shown (CLI, API, dashboard); see
         #: conveyor.redact
         self.redact: Redactor = redact or secrets
+        #: the OpenTelemetry tracer provider spans go to (None: OpenTelemetry's global one;
+        #: see conveyor.tracing)
+        self.tracer_provider = tracer_provider
 
     def __repr__(self) -> str:
         return f"<conveyor.App {self.settings.database_url}>"
@@ -320,11 +325,21 @@ class App:
 
     def insert_sync(self, jobs: Sequence[NewJob], connection: Any = None) -> list[Job]:
         sent, positions = _first_of_each_key(jobs)
-        return self._bind(_spread(self.backend.sync.enqueue(sent, connection), positions))
+        if (recorder := tracing.tracer(self.tracer_provider)) is None:
+            return self._bind(_spread(self.backend.sync.enqueue(sent, connection), positions))
+        with tracing.enqueueing(recorder, sent) as span:
+            stored = self._bind(_spread(self.backend.sync.enqueue(sent, connection), positions))
+            tracing.enqueued(span, stored)
+        return stored
 
     async def insert_async(self, jobs: Sequence[NewJob], connection: Any = None) -> list[Job]:
         sent, positions = _first_of_each_key(jobs)
-        return self._bind(_spread(await self.backend.enqueue(sent, connection), positions))
+        if (recorder := tracing.tracer(self.tracer_provider)) is None:
+            return self._bind(_spread(await self.backend.enqueue(sent, connection), positions))
+        with tracing.enqueueing(recorder, sent) as span:
+            stored = self._bind(_spread(await self.backend.enqueue(sent, connection), positions))
+            tracing.enqueued(span, stored)
+        return stored
 
     def _build_by_name(
         self,

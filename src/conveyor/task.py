@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
+from conveyor import tracing
 from conveyor.config import QUEUE_NAME
 from conveyor.errors import MAX_DELAY_S, ValidationError, describe
 from conveyor.job import PRIORITY_NAMES, Job, NewJob
@@ -303,7 +304,10 @@ class Task(Generic[P, R]):
         args_json, kwargs_json = encode_arguments(
             self.name, self.signature, args, kwargs, self._shapes
         )
-        meta_json = "{}" if not options.meta else encode(dict(options.meta), "meta")
+        meta = dict(options.meta or {})
+        if (carrier := tracing.trace_context(self.app.tracer_provider)) is not None:
+            meta[tracing.META_KEY] = carrier  # the enqueuing code's trace, for the attempts
+        meta_json = "{}" if not meta else encode(meta, "meta")
         max_bytes = self.app.settings.max_payload_bytes
         check_size(self.name, max_bytes, args_json, kwargs_json, meta_json)
         now = self.app.clock.now()
@@ -321,7 +325,7 @@ class Task(Generic[P, R]):
             max_attempts=options.max_attempts or self.max_attempts,
             run_at=run_at,
             created_at=now,
-            values=(list(args), dict(kwargs), dict(options.meta or {})),
+            values=(list(args), dict(kwargs), meta),
             unique_key=options.unique_key,
             unique_for=options.unique_for,
             depends_on=options.depends_on or (),

@@ -8,6 +8,7 @@ handed text it cannot keep."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import time
 import traceback
 from collections.abc import Callable
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from conveyor import tracing
 from conveyor.circuit import is_downstream_failure
 from conveyor.context import Context
 from conveyor.errors import LeaseLost, TaskTimeout, UnknownTask, ValidationError
@@ -115,17 +117,25 @@ class Executor:
 
     async def execute(self, job: Job, ctx: Context) -> Finished:
         started = time.monotonic()
-        try:
-            outcome = await self._run(job, ctx)
-        except Exception as exc:  # a fault of conveyor's own: still exactly one outcome
-            log.error("job.internal_error", job_id=job.id, task=job.task, exc_info=exc)
-            outcome = self._outcome(job, JobState.DEAD, error=exc, note="internal error")
+        if (recorder := tracing.tracer(self.app.tracer_provider)) is None:
+            outcome = await self._outcome_of(job, ctx, traced=False)
+        else:
+            with tracing.attempt(recorder, job) as span:
+                outcome = await self._outcome_of(job, ctx, traced=True)
+                tracing.outcome(span, outcome)
         ended = time.monotonic()
         if ctx.began is not None:
             outcome.ran_for = ended - ctx.began
         return Finished(job, outcome, ended - started)
 
-    async def _run(self, job: Job, ctx: Context) -> Outcome:
+    async def _outcome_of(self, job: Job, ctx: Context, traced: bool) -> Outcome:
+        try:
+            return await self._run(job, ctx, traced)
+        except Exception as exc:  # a fault of conveyor's own: still exactly one outcome
+            log.error("job.internal_error", job_id=job.id, task=job.task, exc_info=exc)
+            return self._outcome(job, JobState.DEAD, error=exc, note="internal error")
+
+    async def _run(self, job: Job, ctx: Context, traced: bool) -> Outcome:
         task = self.app.tasks.get(job.task)
         if task is None:
             known = ", ".join(sorted(self.app.tasks)) or "none"
@@ -158,7 +168,9 @@ class Executor:
                     raise NotStarted()
                 call = task.fn(*args, **job.kwargs)
             else:
-                work = self.threads.submit(in_thread)
+                # traced: the task's thread runs in the attempt's span (its spans nest in it)
+                run = contextvars.copy_context().run if traced else None
+                work = self.threads.submit(in_thread if run is None else lambda: run(in_thread))
                 call = work.future
             if task.timeout is None:
                 result = await call
