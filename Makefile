@@ -8,8 +8,11 @@ STAMP := $(VENV)/.installed
 # (benchmarks/peers/requirements.txt), so the project's .venv never sees them.
 PEERS_VENV := .venv-peers
 PEERS_STAMP := $(PEERS_VENV)/.installed
+# `make docs` builds the documentation site (site/) with the tools pinned in requirements-docs.txt.
+DOCS_VENV := .venv-docs
+DOCS_STAMP := $(DOCS_VENV)/.installed
 
-.PHONY: demo test check bench bench-peers lint screenshots clean
+.PHONY: demo test check bench bench-peers docs lint screenshots clean
 
 $(STAMP): pyproject.toml requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +50,16 @@ $(PEERS_STAMP): pyproject.toml benchmarks/peers/requirements.txt
 bench-peers: $(PEERS_STAMP)
 	$(PEERS_VENV)/bin/python -m benchmarks.peers $(BENCH_ARGS)
 
+$(DOCS_STAMP): requirements-docs.txt
+	$(PYTHON) -m venv $(DOCS_VENV)
+	$(DOCS_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(DOCS_VENV)/bin/python -m pip install --quiet -r requirements-docs.txt
+	touch $(DOCS_STAMP)
+
+# The site in site/, built --strict: a broken link or anchor, or a docstring it cannot read, fails.
+docs: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(DOCS_VENV)/bin/mkdocs build --strict
+
 screenshots: $(STAMP)
 	CONVEYOR_SCREENSHOTS=docs/img $(BIN)/python -m pytest -q tests/browser/test_dashboard.py -k sqlite
 
@@ -57,4 +70,5 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 clean:
-	rm -rf $(VENV) $(PEERS_VENV) .pytest_cache .mypy_cache .ruff_cache conveyor-demo.db*
+	rm -rf $(VENV) $(PEERS_VENV) $(DOCS_VENV) site .pytest_cache .mypy_cache .ruff_cache \
+		conveyor-demo.db*
