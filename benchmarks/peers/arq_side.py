@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -26,6 +25,7 @@ from benchmarks.peers.harness import (
     Drain,
     command,
     gather_in_batches,
+    one_by_one,
     paced_latency_async,
     stamp,
     stamps_file,
@@ -97,11 +97,7 @@ async def _expect_unfinished(pool: ArqRedis, jobs: int) -> None:
 
 
 async def _enqueue_one_by_one(pool: ArqRedis, jobs: int) -> float:
-    await pool.enqueue_job("noop_job", -1)  # the first call on the pool, unmeasured
-    started = time.perf_counter()
-    for i in range(jobs):
-        await pool.enqueue_job("noop_job", i)
-    seconds = time.perf_counter() - started
+    seconds = await one_by_one(lambda i: pool.enqueue_job("noop_job", i), jobs)
     await _expect_unfinished(pool, jobs + 1)
     return seconds
 

@@ -205,6 +205,16 @@ def paced_latency(
     return latencies(path, running, enqueued)
 
 
+async def one_by_one(enqueue: Callable[[int], Awaitable[object]], jobs: int) -> float:
+    """`await enqueue(i)` for every job number below `jobs`, one after the other, after one
+    unmeasured call (job -1: the first on the connection); the seconds they took."""
+    await enqueue(-1)
+    started = time.perf_counter()
+    for i in range(jobs):
+        await enqueue(i)
+    return time.perf_counter() - started
+
+
 async def gather_in_batches(call: Callable[[int], Awaitable[object]], jobs: int, size: int) -> None:
     """`await call(i)` for every job number below `jobs`, `size` calls at a time, concurrently:
     the untimed fill of an async system's drain."""

@@ -28,6 +28,7 @@ from benchmarks.peers.harness import (
     Drain,
     astamp,
     command,
+    one_by_one,
     paced_latency_async,
     stamp,
     stamps_file,
@@ -123,11 +124,7 @@ async def _expect_queued(queries: Queries, jobs: int) -> None:
 
 
 async def _enqueue_one_by_one(queries: Queries, jobs: int) -> float:
-    await queries.enqueue("noop", b"-1")  # the first statement on the connection, unmeasured
-    started = time.perf_counter()
-    for i in range(jobs):
-        await queries.enqueue("noop", str(i).encode())
-    seconds = time.perf_counter() - started
+    seconds = await one_by_one(lambda i: queries.enqueue("noop", str(i).encode()), jobs)
     await _expect_queued(queries, jobs + 1)
     return seconds
 

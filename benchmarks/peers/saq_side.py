@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -25,6 +24,7 @@ from benchmarks.peers.harness import (
     Drain,
     command,
     gather_in_batches,
+    one_by_one,
     paced_latency_async,
     stamp,
     stamps_file,
@@ -89,11 +89,7 @@ async def _expect_incomplete(queue: Any, jobs: int) -> None:
 
 
 async def _enqueue_one_by_one(queue: Any, jobs: int) -> float:
-    await queue.enqueue("noop", i=-1)  # the first call on the connection, unmeasured
-    started = time.perf_counter()
-    for i in range(jobs):
-        await queue.enqueue("noop", i=i)
-    seconds = time.perf_counter() - started
+    seconds = await one_by_one(lambda i: queue.enqueue("noop", i=i), jobs)
     await _expect_incomplete(queue, jobs + 1)
     return seconds
 
