@@ -12,23 +12,18 @@ trace shows the request, the job and its retries.
   its children.
 
 The tracer provider is the App's `tracer_provider`, else OpenTelemetry's global one. Without
-the `opentelemetry-api` package, or while no provider is set (OpenTelemetry's default) or the
-SDK is disabled (`OTEL_SDK_DISABLED=true`), nothing here runs beyond one check per enqueue call
-and attempt, and no job's meta changes.
+the `opentelemetry-api` package, or while no provider is set (OpenTelemetry's default), nothing
+here runs beyond one check per enqueue call and attempt, OpenTelemetry is not even imported,
+and no job's meta changes. (With the SDK disabled, `OTEL_SDK_DISABLED=true`, its spans are
+made and not recorded.)
 """
 
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
-
-try:
-    from opentelemetry import context as otel_context
-    from opentelemetry import propagate, trace
-    from opentelemetry.trace import SpanKind, Status, StatusCode
-except ImportError:  # the `otel` extra is not installed: tracing is off
-    trace = None  # type: ignore[assignment]
 
 if TYPE_CHECKING:
     from conveyor.job import Job, NewJob, Outcome
@@ -37,32 +32,31 @@ if TYPE_CHECKING:
 META_KEY = "_trace"
 SCOPE = "conveyor"
 
-
 _UNKNOWN = object()
 #: the last provider asked for a tracer, and its tracer
 _last: tuple[Any, Any] = (None, None)
 
 
 def _global_provider() -> Any:
-    """OpenTelemetry's global tracer provider, None while none is set. `get_tracer_provider()`
-    reads the environment at every call while none is set (a microsecond): its variable is
-    read directly where it exists."""
+    """OpenTelemetry's global tracer provider, None while none is set. OpenTelemetry is not
+    imported for this: a process that set a provider has imported it already (importing it
+    costs a worker's start about 16 ms). `get_tracer_provider()` reads the environment at
+    every call while none is set (a microsecond): its variable is read directly where it
+    exists."""
+    trace = sys.modules.get("opentelemetry.trace")
+    if trace is None:
+        return None
     provider = getattr(trace, "_TRACER_PROVIDER", _UNKNOWN)
     if provider is _UNKNOWN:
         provider = trace.get_tracer_provider()
-    if provider is None or isinstance(
-        provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider
-    ):
-        return None
-    return provider
+    off = (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
+    return None if provider is None or isinstance(provider, off) else provider
 
 
 def tracer(provider: Any) -> Any:
     """The tracer to record with, or None while tracing is off: checked once per enqueue call
     and per attempt, so it costs next to nothing when off."""
     global _last
-    if trace is None:
-        return None
     if provider is None and (provider := _global_provider()) is None:
         return None
     cached, recorder = _last
@@ -75,7 +69,11 @@ def tracer(provider: Any) -> Any:
 def trace_context(provider: Any) -> dict[str, str] | None:
     """The current span's context as a carrier to keep in a job's meta, or None outside a
     span (or with tracing off)."""
-    if tracer(provider) is None or not trace.get_current_span().get_span_context().is_valid:
+    if tracer(provider) is None:
+        return None
+    from opentelemetry import propagate, trace
+
+    if not trace.get_current_span().get_span_context().is_valid:
         return None
     carrier: dict[str, str] = {}
     propagate.inject(carrier)
@@ -85,6 +83,8 @@ def trace_context(provider: Any) -> dict[str, str] | None:
 @contextlib.contextmanager
 def enqueueing(recorder: Any, jobs: Sequence[NewJob]) -> Iterator[Any]:
     """A span around the store's write of an enqueue call, by `recorder` (a `tracer()`)."""
+    from opentelemetry.trace import SpanKind
+
     first = jobs[0]
     attributes = {
         "messaging.system": SCOPE,
@@ -107,6 +107,9 @@ def enqueued(span: Any, jobs: Sequence[Job]) -> None:
 @contextlib.contextmanager
 def attempt(recorder: Any, job: Job) -> Iterator[Any]:
     """The span of one attempt by `recorder` (a `tracer()`), current while the task runs."""
+    from opentelemetry import context, propagate, trace
+    from opentelemetry.trace import SpanKind
+
     carrier = job.meta.get(META_KEY) if isinstance(job.meta, dict) else None
     parent = propagate.extract(carrier) if isinstance(carrier, dict) else None
     attributes = {
@@ -120,16 +123,18 @@ def attempt(recorder: Any, job: Job) -> Iterator[Any]:
     span = recorder.start_span(
         "conveyor.run", context=parent, kind=SpanKind.CONSUMER, attributes=attributes
     )
-    token = otel_context.attach(trace.set_span_in_context(span))
+    token = context.attach(trace.set_span_in_context(span))
     try:
         yield span
     finally:
-        otel_context.detach(token)
+        context.detach(token)
         span.end()
 
 
 def outcome(span: Any, result: Outcome) -> None:
     """Record how the attempt ended on its span."""
+    from opentelemetry.trace import Status, StatusCode
+
     span.set_attribute("conveyor.outcome", result.state.value)
     if result.error is not None:
         kind, message = str(result.error.get("type")), str(result.error.get("message"))
