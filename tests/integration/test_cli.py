@@ -73,9 +73,11 @@ def nap(seconds):
 @app.task(name="stepped", pass_context=True)
 def stepped(ctx, gate, token):
     ctx.progress(30, stage="fetch", message="fetching with " + token)
-    while not os.path.exists(gate):
+    while not os.path.exists(gate + ".1"):
         time.sleep(0.01)
     ctx.progress(80, stage="write")
+    while not os.path.exists(gate + ".2"):
+        time.sleep(0.01)
     return "done"
 """
 
@@ -454,9 +456,12 @@ def test_jobs_watch_follows_a_job_live_and_exits_0_when_it_succeeds(project: Pro
     wait_until(lambda: "queued" in project.log("watch.log"), "the watch to show the job")
     project.start("worker", project.spec)
     wait_until(lambda: "30%" in project.log("watch.log"), "the watch to show the first report")
-    assert watch.poll() is None  # the job waits at its gate: still watching
+    assert watch.poll() is None  # the job waits at its first gate: still watching
+    gate.with_suffix(".1").write_text("")
+    wait_until(lambda: "80%" in project.log("watch.log"), "the watch to show the second report")
+    assert watch.poll() is None  # at its second gate
 
-    gate.write_text("")
+    gate.with_suffix(".2").write_text("")
     assert watch.wait(timeout=DEADLINE_S) == 0
     lines = [line.split(" ", 1)[1] for line in project.log("watch.log").splitlines()]
     assert lines == [
