@@ -873,7 +873,11 @@ def test_a_process_that_ran_its_max_jobs_is_replaced_by_a_fresh_one_of_the_same_
     # named for its slot (a replacement takes the name its predecessor gave up)
     assert max(per_process.values()) <= 3 and len(per_process) >= 7
     assert {worker.rpartition(":")[0] for worker in per_process} == {"render-1", "render-2"}
-    assert project.log().count("event=supervisor.child_replaced") >= 5
+    # at least six processes ran three each and left; the last may still be on its way out
+    wait_until(
+        lambda: project.log().count("event=supervisor.child_replaced") >= 6,
+        "the supervisor to replace the processes that ran their three jobs",
+    )
 
     supervisor.send_signal(signal.SIGTERM)
     assert supervisor.wait(timeout=DEADLINE_S) == 0
