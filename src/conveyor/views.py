@@ -17,7 +17,7 @@ from typing import Any
 from conveyor.circuit import Circuit, CircuitEvent, CircuitInfo
 from conveyor.cron import Periodic, TickRecord
 from conveyor.job import HistoryEntry, Job, JobState, WorkerInfo
-from conveyor.redact import Redactor, secrets, shown_job
+from conveyor.redact import Redactor, hide_repeats, job_hidden_strings, secrets, shown_job
 from conveyor.redact import url as shown_url
 
 # -- values -------------------------------------------------------------------------------
@@ -27,7 +27,20 @@ def redacted(job: Job) -> Job:
     """The job as a person may see it: args, kwargs, meta and result through the App's
     `redact`, and what that hid of the arguments taken out of the result, errors, stage and
     unique key (`conveyor.redact.shown_job`). Every view of a job starts here."""
-    return shown_job(job, secrets if job.app is None else job.app.redact)
+    return shown_job(job, _redactor(job))
+
+
+def shown_text(job: Job, text: str | None) -> str | None:
+    """Text the job wrote, shown apart from it (a log line, a progress message): what the
+    App's `redact` hid of its arguments taken out."""
+    if text is None:
+        return None
+    shown: str = hide_repeats(text, job_hidden_strings(job, _redactor(job)))
+    return shown
+
+
+def _redactor(job: Job) -> Redactor:
+    return secrets if job.app is None else job.app.redact
 
 
 def job_dict(job: Job) -> dict[str, Any]:

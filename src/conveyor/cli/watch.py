@@ -21,7 +21,6 @@ from conveyor import views
 from conveyor.app import App
 from conveyor.cli import render
 from conveyor.job import Job, JobState
-from conveyor.redact import hide_repeats, job_hidden_strings, secrets
 from conveyor.terminal import printable
 
 #: Redraws of the live view per second at most (events may come faster).
@@ -30,9 +29,6 @@ REFRESH_PER_S = 10
 
 def status(job: Job, message: str | None) -> dict[str, Any]:
     """What the watch shows of a job at one moment, redacted, as JSON-ready fields."""
-    if message is not None:
-        redact = secrets if job.app is None else job.app.redact
-        message = hide_repeats(message, job_hidden_strings(job, redact))
     return {
         "job_id": job.id,
         "task": job.task,
@@ -42,7 +38,7 @@ def status(job: Job, message: str | None) -> dict[str, Any]:
         "max_attempts": job.max_attempts,
         "progress": job.progress,
         "stage": views.redacted(job).stage,
-        "message": message,
+        "message": views.shown_text(job, message),
         "worker": job.worker_id if job.state is JobState.RUNNING else None,
         "at": time.time(),
     }

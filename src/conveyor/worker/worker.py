@@ -23,12 +23,12 @@ from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from conveyor import views
 from conveyor.context import Context
 from conveyor.errors import BackendUnavailable, ConfigurationError, ValidationError, describe
 from conveyor.job import Job, JobState, WorkerInfo
 from conveyor.limits import check_count
 from conveyor.logging import Outage, get_logger
-from conveyor.redact import hide_repeats, job_hidden_strings, secrets
 from conveyor.services import circuits
 from conveyor.services.base import Service
 from conveyor.services.elector import Elector
@@ -833,18 +833,17 @@ def _log_outcome(finished: Finished) -> None:
     if outcome.state is JobState.SUCCEEDED:
         log.info("job.succeeded", **fields)
     elif outcome.state in (JobState.RETRYING, JobState.DEAD):
-        # what the App's redaction hid of the arguments stays out of the log line too
-        hidden = job_hidden_strings(job, secrets if job.app is None else job.app.redact)
         if outcome.state is JobState.RETRYING:
             assert outcome.run_at is not None
             fields["delay_s"] = round(outcome.run_at - outcome.at, 3)
         error = outcome.error
         fields["error_type"] = error and error["type"]
-        fields["error"] = error and hide_repeats(error["message"], hidden)
+        # what the App's redaction hid of the arguments stays out of the log line too
+        fields["error"] = error and views.shown_text(job, error["message"])
         if outcome.state is JobState.RETRYING:
             log.warning("job.retry_scheduled", **fields)
         else:
-            log.error("job.dead", **fields, reason=hide_repeats(outcome.note, hidden))
+            log.error("job.dead", **fields, reason=views.shown_text(job, outcome.note))
     elif outcome.state is JobState.CANCELLED:
         log.info("job.cancelled", **fields)
     else:
