@@ -41,6 +41,8 @@ BACKENDS = chosen_backends()
 POSTGRES_URL = os.environ.get(
     "CONVEYOR_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
 )
+#: The tests' Redis database (each test has a key prefix of its own in it).
+REDIS_URL = os.environ.get("CONVEYOR_TEST_REDIS_URL", "redis://127.0.0.1:6379/8")
 
 
 #: Running in CI (`.ci/run` sets CI=true): nothing that cannot be reached is skipped.
@@ -144,8 +146,65 @@ class PostgresTestStore(TestStore):
         drop_schema(schema)
 
 
+def redis_available() -> None:
+    import redis
+
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=3).ping()
+    except redis.RedisError as exc:
+        unreachable(f"Redis at {REDIS_URL}", exc)
+
+
+def drop_prefix(prefix: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        keys = list(client.scan_iter(match=f"{{{prefix}}}:*", count=1000))
+        for start in range(0, len(keys), 1000):
+            client.unlink(*keys[start : start + 1000])
+    finally:
+        client.close()
+
+
+class RedisTestStore(TestStore):
+    """Each test gets a key prefix of its own in one database, its keys deleted afterwards."""
+
+    def url(self, tmp_path: Path) -> str:
+        return REDIS_URL
+
+    def reachable(self) -> None:
+        redis_available()
+
+    def options(self, schema: str) -> dict[str, Any]:
+        return {"redis_prefix": schema}
+
+    def transitions(self, url: str, schema: str) -> list[tuple[str | None, str]]:
+        import json
+
+        import redis
+
+        client = redis.Redis.from_url(REDIS_URL, decode_responses=True)
+        try:
+            pairs = set()
+            for key in client.scan_iter(match=f"{{{schema}}}:hist:*", count=1000):
+                for entry in client.lrange(key, 0, -1):
+                    _, from_state, to_state, _, _ = json.loads(entry)
+                    pairs.add((from_state, to_state))
+            return sorted(pairs, key=str)
+        finally:
+            client.close()
+
+    def drop(self, schema: str) -> None:
+        drop_prefix(schema)
+
+
 #: How the tests drive each backend of the registry.
-TEST_STORES: dict[str, TestStore] = {"sqlite": SqliteTestStore(), "postgres": PostgresTestStore()}
+TEST_STORES: dict[str, TestStore] = {
+    "sqlite": SqliteTestStore(),
+    "postgres": PostgresTestStore(),
+    "redis": RedisTestStore(),
+}
 if missing := set(ALL_BACKENDS) - set(TEST_STORES):
     raise pytest.UsageError(f"no TestStore in tests/conftest.py for {', '.join(sorted(missing))}")
 

@@ -91,6 +91,8 @@ class Settings:
     postgres_schema: str = "conveyor"
     postgres_pool_size: int = 10
     postgres_listen: bool = True
+    #: the Redis keys' prefix: every key is `{prefix}:...`, one hash slot
+    redis_prefix: str = "conveyor"
     poll_interval: float = 1.0
     connect_timeout: float = 5.0
     #: the longest one statement may take (PostgreSQL: on the server, and the client cuts the
@@ -135,6 +137,16 @@ def _identifier(value: Any) -> str:
     return text
 
 
+_PREFIX = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+
+
+def _prefix(value: Any) -> str:
+    text = str(value)
+    if not _PREFIX.fullmatch(text):
+        raise ValueError("use 1-64 of A-Z a-z 0-9 _ . : - (the Redis keys' prefix)")
+    return text
+
+
 def _queue(value: Any) -> str:
     text = str(value)
     if not QUEUE_NAME.fullmatch(text):
@@ -155,6 +167,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "postgres_schema": _identifier,
     "postgres_pool_size": _positive(int),
     "postgres_listen": lambda v: v if isinstance(v, bool) else _bool(str(v)),
+    "redis_prefix": _prefix,
     "poll_interval": _positive(float),
     "connect_timeout": _positive(float),
     "statement_timeout": _positive(float),

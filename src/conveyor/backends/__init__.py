@@ -49,8 +49,14 @@ BACKENDS = (
         "conveyor.backends.postgres.backend:PostgresEngine",
         extra="postgres",
     ),
+    Kind(
+        "redis",
+        "Redis",
+        ("redis", "rediss"),
+        "conveyor.backends.redis.backend:RedisEngine",
+        extra="redis",
+    ),
 )
-_PLANNED = {"redis": "Redis"}
 
 
 def kind_of(url: str) -> Kind:
@@ -62,11 +68,6 @@ def kind_of(url: str) -> Kind:
     for kind in BACKENDS:
         if scheme in kind.schemes:
             return kind
-    if scheme in _PLANNED:
-        raise ConfigurationError(
-            f"the {_PLANNED[scheme]} backend is not available in this version of conveyor; "
-            "use sqlite:///path.db"
-        )
     known = ", ".join(f"{s}://" for kind in BACKENDS for s in kind.schemes)
     raise ConfigurationError(f"unknown database URL scheme {scheme!r} in {url!r} (known: {known})")
 

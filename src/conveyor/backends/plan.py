@@ -45,9 +45,9 @@ Plan = Generator["Stmt | list[Stmt] | Atomic[Any]", Any, T]
 
 @dataclass(frozen=True, slots=True)
 class Call(Generic[T]):
-    """A plan and how to run it."""
+    """A plan and how to run it (a SQL plan, or one of another backend's own steps)."""
 
-    plan: Plan[T]
+    plan: Generator[Any, Any, T]
     #: all of it in one transaction (a single statement is atomic by itself)
     atomic: bool = False
     #: how long the client waits at most, in seconds (None: the backend's own bound)

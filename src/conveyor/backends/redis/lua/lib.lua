@@ -1,0 +1,371 @@
+-- The helpers every script shares (the loader puts this file in front of each script).
+--
+-- KEYS[1] is the prefix, `{name}`: every key is built from it, so every key of a store lives
+-- in one hash slot (Redis Cluster runs each script on the one node holding it). ARGV[1] says
+-- whose clock is "now": '1' the server's (TIME), '0' the caller's, ARGV[2].
+--
+-- A job is a hash (`P:job:<id>`, a field per column of conveyor.job.JOB_COLUMNS, and a few of
+-- its own: `lm`, its member in its lane while queued; `ck`, `cm`, `rk`, `rm`, `rp`, its
+-- limits; `odf`, what it does when a dependency fails; `depth`; `changed`, when its state last
+-- changed). Where it is depends on its state, and `move` is the one place that moves it:
+--   waiting            P:deps:<id> (the unfinished jobs it waits for)
+--   scheduled/retrying P:due:<queue>, scored by run_at
+--   queued             its lane, P:lane:<queue>:<ck>\30<rk>\30<circuit>, scored by priority,
+--                      member `%017d%016d` of run_at (µs) and id: claim order
+--   running            P:running, scored by lease_until; P:wr:<worker>; counted per
+--                      concurrency key (P:conc) and circuit (P:crun)
+--   finished           P:finished, scored by finished_at
+-- and, whatever the state, P:ix:<state> and P:ixq:<queue> (ids, scored by id) index it for
+-- listing, P:counts keeps `<state>:<queue>` counts, and P:cheld counts the jobs still to run
+-- (scheduled, queued, retrying) behind each circuit.
+
+local P = KEYS[1]
+local SERVER_TIME = ARGV[1] == '1'
+local CALLER_NOW = tonumber(ARGV[2])
+local NOW
+if SERVER_TIME then
+    local t = redis.call('TIME')
+    NOW = tonumber(t[1]) + tonumber(t[2]) / 1000000
+else
+    NOW = CALLER_NOW
+end
+-- a time the caller worked out from its own clock, on the store's clock
+local SHIFT = NOW - CALLER_NOW
+
+local SEP = '\30'
+local FINISHED = {succeeded = true, dead = true, cancelled = true}
+-- still to run: a job behind an open circuit waits in one of these
+local TO_RUN = {scheduled = true, queued = true, retrying = true}
+local UNFINISHED = {waiting = true, scheduled = true, queued = true, running = true,
+                    retrying = true}
+local WOKE = false
+
+local function key(...)
+    return P .. ':' .. table.concat({...}, ':')
+end
+
+local function job_key(id)
+    return P .. ':job:' .. id
+end
+
+local function num(text)
+    -- a time or number as stored (full precision: never through cjson)
+    if text == false or text == nil then return nil end
+    return tonumber(text)
+end
+
+local function fmt(t)
+    return string.format('%.6f', t)
+end
+
+local function lane_member(run_at, id)
+    return string.format('%017d%016d', math.floor(run_at * 1000000 + 0.5), tonumber(id))
+end
+
+local function lane_of(queue, ck, rk, circuit)
+    local lane = P .. ':lane:' .. queue .. ':' .. (ck or '') .. SEP .. (rk or '') .. SEP ..
+        (circuit or '')
+    return lane
+end
+
+-- Idle workers block on a list of their own; a change that makes a job runnable (or due
+-- sooner than they know) signals each
+-- of them once (and forgets them): never a message per job.
+local function wake()
+    if WOKE then return end
+    WOKE = true
+    redis.call('INCR', P .. ':seq')
+    local idle = redis.call('SMEMBERS', P .. ':idle')
+    for _, token in ipairs(idle) do
+        local list = P .. ':wake:' .. token
+        redis.call('RPUSH', list, '1')
+        redis.call('EXPIRE', list, 300)
+    end
+    if #idle > 0 then redis.call('DEL', P .. ':idle') end
+end
+
+local function count(state, queue, by)
+    redis.call('HINCRBY', P .. ':counts', state .. ':' .. queue, by)
+end
+
+-- The history of a job and the event stream: every state change, nothing else.
+local function record(id, at, from, to, worker, note, queue, task)
+    local entry = cjson.encode({fmt(at), from or cjson.null, to, worker or cjson.null,
+                                note or cjson.null})
+    redis.call('RPUSH', P .. ':hist:' .. id, entry)
+    redis.call('XADD', P .. ':events', '*', 'j', id, 'at', fmt(at), 'f', from or '', 't', to,
+               'w', worker or '', 'n', note or '', 'q', queue, 'k', task)
+end
+
+local CURRENT = {'state', 'queue', 'lm', 'worker_id', 'ck', 'circuit', 'task'}
+
+-- Leave the structure of the old state and enter the new one's. `sets` is a flat list of
+-- field, value pairs written in between (value false: the field is removed).
+local function move(id, to, at, note, sets)
+    local jk = job_key(id)
+    local cur = redis.call('HMGET', jk, unpack(CURRENT))
+    local from, queue, lm, old_worker, ck, circuit, task =
+        cur[1], cur[2], cur[3], cur[4], cur[5], cur[6], cur[7]
+    -- leave
+    if from == 'queued' then
+        local f = redis.call('HMGET', jk, 'rk')
+        redis.call('ZREM', lane_of(queue, ck or nil, f[1] or nil, circuit or nil), lm)
+        redis.call('HDEL', jk, 'lm')
+    elseif from == 'scheduled' or from == 'retrying' then
+        redis.call('ZREM', P .. ':due:' .. queue, id)
+    elseif from == 'running' then
+        redis.call('ZREM', P .. ':running', id)
+        if old_worker then redis.call('SREM', P .. ':wr:' .. old_worker, id) end
+        -- a bucket with nothing running goes (there may be a bucket per tenant)
+        if ck and redis.call('HINCRBY', P .. ':conc', ck, -1) <= 0 then
+            redis.call('HDEL', P .. ':conc', ck)
+        end
+        if circuit and redis.call('HINCRBY', P .. ':crun', circuit, -1) <= 0 then
+            redis.call('HDEL', P .. ':crun', circuit)
+        end
+    elseif FINISHED[from] then
+        redis.call('ZREM', P .. ':finished', id)
+    end
+    if from then
+        redis.call('ZREM', P .. ':ix:' .. from, id)
+        count(from, queue, -1)
+    end
+    -- the jobs still to run behind each circuit, counted (what it holds while open)
+    if circuit and TO_RUN[from] ~= TO_RUN[to] then
+        local held = redis.call('HINCRBY', P .. ':cheld', circuit, TO_RUN[to] and 1 or -1)
+        if held <= 0 then redis.call('HDEL', P .. ':cheld', circuit) end
+    end
+    -- write
+    local dels = {}
+    local puts = {}
+    if sets then
+        for i = 1, #sets, 2 do
+            if sets[i + 1] == false then
+                dels[#dels + 1] = sets[i]
+            else
+                puts[#puts + 1] = sets[i]
+                puts[#puts + 1] = sets[i + 1]
+            end
+        end
+    end
+    puts[#puts + 1] = 'state'
+    puts[#puts + 1] = to
+    puts[#puts + 1] = 'changed'
+    puts[#puts + 1] = fmt(at)
+    redis.call('HSET', jk, unpack(puts))
+    if #dels > 0 then redis.call('HDEL', jk, unpack(dels)) end
+    -- enter
+    if to == 'queued' then
+        local f = redis.call('HMGET', jk, 'run_at', 'priority', 'rk')
+        local member = lane_member(tonumber(f[1]), id)
+        local lane = lane_of(queue, ck or nil, f[3] or nil, circuit or nil)
+        redis.call('ZADD', lane, tonumber(f[2]), member)
+        redis.call('SADD', P .. ':lanes:' .. queue, lane)
+        redis.call('HSET', jk, 'lm', member)
+        wake()
+    elseif to == 'scheduled' or to == 'retrying' then
+        local f = redis.call('HMGET', jk, 'run_at')
+        redis.call('ZADD', P .. ':due:' .. queue, tonumber(f[1]), id)
+        wake()  -- idle workers wait until the next job is due: this one may be sooner
+    elseif to == 'running' then
+        local f = redis.call('HMGET', jk, 'lease_until', 'worker_id')
+        redis.call('ZADD', P .. ':running', tonumber(f[1]), id)
+        redis.call('SADD', P .. ':wr:' .. f[2], id)
+        if ck then redis.call('HINCRBY', P .. ':conc', ck, 1) end
+        if circuit then redis.call('HINCRBY', P .. ':crun', circuit, 1) end
+    elseif FINISHED[to] then
+        local f = redis.call('HMGET', jk, 'finished_at')
+        redis.call('ZADD', P .. ':finished', tonumber(f[1]) or at, id)
+    end
+    redis.call('ZADD', P .. ':ix:' .. to, tonumber(id), id)
+    count(to, queue, 1)
+    local worker = redis.call('HGET', jk, 'worker_id')
+    record(id, at, from or nil, to, worker or nil, note, queue, task)
+    return from
+end
+
+-- Whether the leader `holder` still leads (under any name): a rescue or a cron record it
+-- decided applies only then.
+local function leads(holder)
+    if not holder or holder == '' then return true end
+    for _, name in ipairs(redis.call('SMEMBERS', P .. ':leadership')) do
+        if redis.call('GET', P .. ':leader:' .. name) == holder then return true end
+    end
+    return false
+end
+
+-- A job that finished releases, cancels or lets run its dependents, on down the chain.
+local function settle_dependents(first_id, first_state, at)
+    local todo = {{first_id, first_state}}
+    local i = 1
+    while i <= #todo do
+        local id, state = todo[i][1], todo[i][2]
+        i = i + 1
+        local dependents_key = P .. ':dependents:' .. id
+        local waiting = redis.call('SMEMBERS', dependents_key)
+        redis.call('DEL', dependents_key)
+        for _, d in ipairs(waiting) do
+            local jk = job_key(d)
+            local f = redis.call('HMGET', jk, 'state', 'odf', 'run_at')
+            if f[1] == 'waiting' then
+                local deps = P .. ':deps:' .. d
+                redis.call('SREM', deps, id)
+                if state ~= 'succeeded' and not f[2] then
+                    local note = 'dependency ' .. id .. ' is ' .. state
+                    -- what it still waits for no longer counts it among their dependents
+                    for _, other in ipairs(redis.call('SMEMBERS', deps)) do
+                        redis.call('SREM', P .. ':dependents:' .. other, d)
+                    end
+                    redis.call('DEL', deps)
+                    move(d, 'cancelled', at, note, {'finished_at', fmt(at)})
+                    todo[#todo + 1] = {d, 'cancelled'}
+                elseif redis.call('SCARD', deps) == 0 then
+                    local to = tonumber(f[3]) > at and 'scheduled' or 'queued'
+                    move(d, to, at, false, nil)
+                end
+            end
+        end
+    end
+end
+
+-- After a job reached `to`: its dependents, if it finished.
+local function finished(id, to, at)
+    if FINISHED[to] then settle_dependents(id, to, at) end
+end
+
+local JOB_COLUMNS = {'id', 'queue', 'task', 'args', 'kwargs', 'priority', 'state', 'attempt',
+    'max_attempts', 'run_at', 'created_at', 'started_at', 'finished_at', 'lease_until',
+    'worker_id', 'progress', 'stage', 'result', 'errors', 'meta', 'cancel_requested',
+    'unique_key', 'circuit'}
+
+-- A job's columns, as conveyor.job.JOB_COLUMNS orders them (false: absent); false if no job.
+local function job_row(id)
+    local row = redis.call('HMGET', job_key(id), unpack(JOB_COLUMNS))
+    if not row[1] then return false end
+    return row
+end
+
+-- Promote the due scheduled and retrying jobs of a queue.
+local function promote(queue, at)
+    local due = redis.call('ZRANGEBYSCORE', P .. ':due:' .. queue, '-inf', at, 'LIMIT', 0, 1000)
+    for _, id in ipairs(due) do
+        move(id, 'queued', at, false, {'worker_id', false})
+    end
+    return #due
+end
+
+local function all_queues()
+    return redis.call('SMEMBERS', P .. ':queues')
+end
+
+-- Store jobs, all or none: the arguments begin at ARGV[base] (see enqueue.lua). Returns NOW
+-- and, per job, {id} or, for a job deduplicated or waiting, {id, deduplicated, its columns}.
+local function enqueue_jobs(base)
+    local n = tonumber(ARGV[base])
+    local W = 19
+    local depth_base = base + n * W
+
+    -- Nothing is written before everything named is checked.
+    local missing = {}
+    for i = 0, n - 1 do
+        local deps = ARGV[base + i * W + 19]
+        if deps ~= '' then
+            for dep in string.gmatch(deps, '[^,]+') do
+                if string.sub(dep, 1, 1) ~= '#' and redis.call('EXISTS', job_key(dep)) == 0 then
+                    missing[#missing + 1] = dep
+                end
+            end
+        end
+    end
+    if #missing > 0 then
+        return redis.error_reply('conveyor:missing:' .. table.concat(missing, ','))
+    end
+
+    local out = {}
+    local ids = {}
+    local first = redis.call('INCRBY', P .. ':next_id', n) - n
+    for i = 0, n - 1 do
+        local a = base + i * W
+        local queue, unique_key = ARGV[a + 1], ARGV[a + 10]
+        local created_at, run_at = tonumber(ARGV[a + 9]), tonumber(ARGV[a + 8])
+        if SERVER_TIME then
+            run_at = NOW + (run_at - created_at)
+            created_at = NOW
+        end
+        local holder = nil
+        if unique_key ~= '' then
+            local held = redis.call('GET', P .. ':uniq:' .. unique_key)
+            if held then
+                local f = redis.call('HMGET', job_key(held), 'state', 'finished_at')
+                if f[1] and (UNFINISHED[f[1]] or (ARGV[a + 11] ~= '' and
+                        tonumber(f[2]) >= tonumber(ARGV[a + 11]) + SHIFT)) then
+                    holder = held
+                end
+            end
+        end
+        if holder then
+            ids[i] = holder
+            out[#out + 1] = {tonumber(holder), 1, job_row(holder)}
+        else
+            local id = tostring(first + i + 1)
+            ids[i] = id
+            local jk = job_key(id)
+            local fields = {'id', id, 'queue', queue, 'task', ARGV[a + 2], 'args', ARGV[a + 3],
+                'kwargs', ARGV[a + 4], 'meta', ARGV[a + 5], 'priority', ARGV[a + 6],
+                'max_attempts', ARGV[a + 7], 'attempt', '0', 'run_at', fmt(run_at),
+                'created_at', fmt(created_at)}
+            local optional = {'unique_key', 10, 'odf', 12, 'ck', 13, 'cm', 14, 'rk', 15, 'rm', 16,
+                'rp', 17, 'circuit', 18}
+            for j = 1, #optional, 2 do
+                local value = ARGV[a + optional[j + 1]]
+                if value ~= '' then
+                    fields[#fields + 1] = optional[j]
+                    fields[#fields + 1] = value
+                end
+            end
+            local depth = ARGV[depth_base + i + 1]
+            if depth ~= '0' then
+                fields[#fields + 1] = 'depth'
+                fields[#fields + 1] = depth
+            end
+            redis.call('HSET', jk, unpack(fields))
+            redis.call('SADD', P .. ':queues', queue)
+            redis.call('ZADD', P .. ':ixq:' .. queue, tonumber(id), id)
+            if unique_key ~= '' then redis.call('SET', P .. ':uniq:' .. unique_key, id) end
+            local deps = ARGV[a + 19]
+            if deps == '' then
+                move(id, run_at > created_at and 'scheduled' or 'queued', created_at, false, nil)
+                out[#out + 1] = {tonumber(id)}
+            else
+                move(id, 'waiting', created_at, false, nil)
+                local failed = nil
+                local odf = ARGV[a + 12]
+                local wait_key = P .. ':deps:' .. id
+                for dep in string.gmatch(deps, '[^,]+') do
+                    if string.sub(dep, 1, 1) == '#' then dep = ids[tonumber(string.sub(dep, 2))] end
+                    local state = redis.call('HGET', job_key(dep), 'state')
+                    if not FINISHED[state] then
+                        redis.call('SADD', wait_key, dep)
+                        redis.call('SADD', P .. ':dependents:' .. dep, id)
+                    elseif state ~= 'succeeded' and odf == '' then
+                        if not failed or tonumber(dep) < tonumber(failed[1]) then
+                            failed = {dep, state}
+                        end
+                    end
+                end
+                if failed then
+                    for _, other in ipairs(redis.call('SMEMBERS', wait_key)) do
+                        redis.call('SREM', P .. ':dependents:' .. other, id)
+                    end
+                    redis.call('DEL', wait_key)
+                    move(id, 'cancelled', created_at, 'dependency ' .. failed[1] .. ' is ' ..
+                         failed[2], {'finished_at', fmt(created_at)})
+                elseif redis.call('SCARD', wait_key) == 0 then
+                    move(id, run_at > created_at and 'scheduled' or 'queued', created_at, false, nil)
+                end
+                out[#out + 1] = {tonumber(id), 0, job_row(id)}
+            end
+        end
+    end
+    return {fmt(NOW), out}
+end
