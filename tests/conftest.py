@@ -184,7 +184,7 @@ class RedisTestStore(TestStore):
 
         import redis
 
-        client = redis.Redis.from_url(REDIS_URL, decode_responses=True)
+        client: Any = redis.Redis.from_url(REDIS_URL, decode_responses=True)
         try:
             pairs = set()
             for key in client.scan_iter(match=f"{{{schema}}}:hist:*", count=1000):
