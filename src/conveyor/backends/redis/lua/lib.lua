@@ -97,20 +97,38 @@ local function record(id, at, from, to, worker, note, queue, task)
                'w', worker or '', 'n', note or '', 'q', queue, 'k', task)
 end
 
-local CURRENT = {'state', 'queue', 'lm', 'worker_id', 'ck', 'circuit', 'task'}
+-- What `move` reads of a job, in one call: where it is, and where it goes.
+local CURRENT = {'state', 'queue', 'lm', 'worker_id', 'ck', 'circuit', 'task', 'rk', 'run_at',
+                 'priority', 'lease_until', 'finished_at'}
 
 -- Leave the structure of the old state and enter the new one's. `sets` is a flat list of
--- field, value pairs written in between (value false: the field is removed).
+-- field, value pairs written with the state (value false: the field is removed).
 local function move(id, to, at, note, sets)
     local jk = job_key(id)
     local cur = redis.call('HMGET', jk, unpack(CURRENT))
-    local from, queue, lm, old_worker, ck, circuit, task =
-        cur[1], cur[2], cur[3], cur[4], cur[5], cur[6], cur[7]
+    local from, queue, lm, old_worker, ck, circuit, task = cur[1], cur[2], cur[3], cur[4],
+        cur[5] or nil, cur[6] or nil, cur[7]
+    -- the fields as they will be
+    local new = {worker_id = cur[4], rk = cur[8], run_at = cur[9], priority = cur[10],
+                 lease_until = cur[11], finished_at = cur[12]}
+    local dels = {}
+    local puts = {'state', to, 'changed', fmt(at)}
+    if sets then
+        for i = 1, #sets, 2 do
+            local field, value = sets[i], sets[i + 1]
+            if value == false then
+                dels[#dels + 1] = field
+            else
+                puts[#puts + 1] = field
+                puts[#puts + 1] = value
+            end
+            new[field] = value
+        end
+    end
     -- leave
     if from == 'queued' then
-        local f = redis.call('HMGET', jk, 'rk')
-        redis.call('ZREM', lane_of(queue, ck or nil, f[1] or nil, circuit or nil), lm)
-        redis.call('HDEL', jk, 'lm')
+        redis.call('ZREM', lane_of(queue, ck, cur[8] or nil, circuit), lm)
+        dels[#dels + 1] = 'lm'
     elseif from == 'scheduled' or from == 'retrying' then
         redis.call('ZREM', P .. ':due:' .. queue, id)
     elseif from == 'running' then
@@ -135,52 +153,32 @@ local function move(id, to, at, note, sets)
         local held = redis.call('HINCRBY', P .. ':cheld', circuit, TO_RUN[to] and 1 or -1)
         if held <= 0 then redis.call('HDEL', P .. ':cheld', circuit) end
     end
-    -- write
-    local dels = {}
-    local puts = {}
-    if sets then
-        for i = 1, #sets, 2 do
-            if sets[i + 1] == false then
-                dels[#dels + 1] = sets[i]
-            else
-                puts[#puts + 1] = sets[i]
-                puts[#puts + 1] = sets[i + 1]
-            end
-        end
-    end
-    puts[#puts + 1] = 'state'
-    puts[#puts + 1] = to
-    puts[#puts + 1] = 'changed'
-    puts[#puts + 1] = fmt(at)
-    redis.call('HSET', jk, unpack(puts))
-    if #dels > 0 then redis.call('HDEL', jk, unpack(dels)) end
     -- enter
     if to == 'queued' then
-        local f = redis.call('HMGET', jk, 'run_at', 'priority', 'rk')
-        local member = lane_member(tonumber(f[1]), id)
-        local lane = lane_of(queue, ck or nil, f[3] or nil, circuit or nil)
-        redis.call('ZADD', lane, tonumber(f[2]), member)
+        local member = lane_member(tonumber(new.run_at), id)
+        local lane = lane_of(queue, ck, new.rk or nil, circuit)
+        redis.call('ZADD', lane, tonumber(new.priority), member)
         redis.call('SADD', P .. ':lanes:' .. queue, lane)
-        redis.call('HSET', jk, 'lm', member)
+        puts[#puts + 1] = 'lm'
+        puts[#puts + 1] = member
         wake()
     elseif to == 'scheduled' or to == 'retrying' then
-        local f = redis.call('HMGET', jk, 'run_at')
-        redis.call('ZADD', P .. ':due:' .. queue, tonumber(f[1]), id)
+        redis.call('ZADD', P .. ':due:' .. queue, tonumber(new.run_at), id)
         wake()  -- idle workers wait until the next job is due: this one may be sooner
     elseif to == 'running' then
-        local f = redis.call('HMGET', jk, 'lease_until', 'worker_id')
-        redis.call('ZADD', P .. ':running', tonumber(f[1]), id)
-        redis.call('SADD', P .. ':wr:' .. f[2], id)
+        redis.call('ZADD', P .. ':running', tonumber(new.lease_until), id)
+        redis.call('SADD', P .. ':wr:' .. new.worker_id, id)
         if ck then redis.call('HINCRBY', P .. ':conc', ck, 1) end
         if circuit then redis.call('HINCRBY', P .. ':crun', circuit, 1) end
     elseif FINISHED[to] then
-        local f = redis.call('HMGET', jk, 'finished_at')
-        redis.call('ZADD', P .. ':finished', tonumber(f[1]) or at, id)
+        redis.call('ZADD', P .. ':finished', tonumber(new.finished_at) or at, id)
     end
+    -- write
+    redis.call('HSET', jk, unpack(puts))
+    if #dels > 0 then redis.call('HDEL', jk, unpack(dels)) end
     redis.call('ZADD', P .. ':ix:' .. to, tonumber(id), id)
     count(to, queue, 1)
-    local worker = redis.call('HGET', jk, 'worker_id')
-    record(id, at, from or nil, to, worker or nil, note, queue, task)
+    record(id, at, from or nil, to, new.worker_id or nil, note, queue, task)
     return from
 end
 
@@ -203,7 +201,7 @@ local function settle_dependents(first_id, first_state, at)
         i = i + 1
         local dependents_key = P .. ':dependents:' .. id
         local waiting = redis.call('SMEMBERS', dependents_key)
-        redis.call('DEL', dependents_key)
+        if #waiting > 0 then redis.call('DEL', dependents_key) end
         for _, d in ipairs(waiting) do
             local jk = job_key(d)
             local f = redis.call('HMGET', jk, 'state', 'odf', 'run_at')
