@@ -44,6 +44,8 @@ log = logging.getLogger("conveyor.redis")
 LATEST_VERSION = 1
 #: The policies under which Redis deletes keys by itself when it is full: jobs would vanish.
 EVICTING = ("allkeys-", "volatile-")
+#: Keys every conveyor store soon has, and nothing else would name so.
+OWN_KEYS = ("next_id", "workers", "beats", "counts", "events", "leadership")
 #: How long a blocking wait lasts at most in one call (the client's socket outlives it).
 LONGEST_WAIT_S = 30.0
 
@@ -103,8 +105,10 @@ class RedisOperations(AdminOperations, FlowOperations):
             )
         if version == 0 and (yield from self._holds_keys_plan()):
             # Keys under the prefix, with no version: not conveyor's — unless another process
-            # set the version meanwhile (several starting on a new prefix at once).
-            if (yield from self._version_plan()) == 0:
+            # set the version meanwhile (several starting on a new prefix at once), or they are
+            # conveyor's own, written by processes still running after the server lost its
+            # data (a restart without persistence, a failover to an empty replica).
+            if (yield from self._version_plan()) == 0 and not (yield from self._ours_plan()):
                 raise NotAConveyorDatabase(
                     f"Redis holds keys under {self.prefix}: that are not conveyor's; give "
                     "conveyor a prefix of its own (redis_prefix / CONVEYOR_REDIS_PREFIX)"
@@ -117,6 +121,14 @@ class RedisOperations(AdminOperations, FlowOperations):
                 )
             yield Cmd(("SET", self.key("version"), LATEST_VERSION, "NX"))
         self.checked = True
+
+    def _ours_plan(self) -> RedisPlan[bool]:
+        """Whether the prefix holds keys only conveyor writes (then its version is restored)."""
+        found = yield Cmd(("EXISTS", *(self.key(k) for k in OWN_KEYS)))
+        if not found:
+            return False
+        yield Cmd(("SET", self.key("version"), LATEST_VERSION, "NX"))
+        return True
 
     def _holds_keys_plan(self) -> RedisPlan[bool]:
         """Whether any key under the prefix exists (a whole SCAN: only on a store's first use)."""
@@ -443,24 +455,21 @@ class RedisEngine(Engine):
 
     def run(self, call: Call[T]) -> T:
         try:
+            if not self._warned:
+                self._warn_durability()
             if call.check and not self.ops.checked:
-                self._check()
+                self._drive(self.client(), self.ops.check_schema().plan)
             return self._drive(self.client(), call.plan)
         except redis.RedisError as exc:
             raise _reraise(exc) from exc
 
     async def arun(self, call: Call[T]) -> T:
-        if call.check and not self.ops.checked:
+        if not self._warned or (call.check and not self.ops.checked):
             await asyncio.to_thread(self.run, self.ops.check_schema())
-            self._warn_durability()
         try:
             return await self._adrive(self.aclient(), call.plan)
         except redis.RedisError as exc:
             raise _reraise(exc) from exc
-
-    def _check(self) -> None:
-        self._drive(self.client(), self.ops.check_schema().plan)
-        self._warn_durability()
 
     def _warn_durability(self) -> None:
         """Refuse a server that evicts keys when full; warn once when it keeps nothing on
