@@ -1,5 +1,7 @@
-"""Acceptance set-up: `conveyor worker` as a real subprocess on a real SQLite file or a real
-PostgreSQL server (the `postgres_project` fixture: a schema of its own, dropped afterwards).
+"""Acceptance set-up: `conveyor worker` as a real subprocess on a real SQLite file, a real
+PostgreSQL server (the `postgres_project` fixture: a schema of its own, dropped afterwards) or
+a real Redis server (the `redis_project` fixture: a key prefix of its own, its keys deleted
+afterwards).
 
 A test writes a tasks module into its `tmp_path` (`project.write_tasks(SOURCE)`), enqueues and
 inspects jobs from the test process through the same module's App, and starts workers with
@@ -29,7 +31,14 @@ from typing import Any, TypeVar
 import pytest
 
 import conveyor
-from conftest import POSTGRES_URL, drop_schema, postgres_available  # tests/conftest.py
+from conftest import (  # tests/conftest.py
+    POSTGRES_URL,
+    REDIS_URL,
+    drop_prefix,
+    drop_schema,
+    postgres_available,
+    redis_available,
+)
 
 #: Generous: the machine is shared and noisy. A passing test never waits this long.
 DEADLINE_S = 60.0
@@ -152,8 +161,9 @@ class WorkerProcess:
 class Project:
     """A folder with a tasks module, a database and the workers started on it.
 
-    The database is a SQLite file in the folder, or, with `postgres_url` and `postgres_schema`,
-    a schema of its own on a PostgreSQL server.
+    The database is a SQLite file in the folder; with `postgres_url` and `postgres_schema`, a
+    schema of its own on a PostgreSQL server; with `redis_url` and `redis_prefix`, a key prefix
+    of its own on a Redis server.
     """
 
     root: Path
@@ -162,24 +172,27 @@ class Project:
     apps: list[conveyor.App] = field(default_factory=list)
     postgres_url: str | None = None
     postgres_schema: str | None = None
+    redis_url: str | None = None
+    redis_prefix: str | None = None
 
     @property
     def url(self) -> str:
-        return self.postgres_url or f"sqlite:///{self.db_path}"
+        return self.postgres_url or self.redis_url or f"sqlite:///{self.db_path}"
 
     def write_tasks(self, source: str, module: str = "tasks") -> ModuleType:
         """Write `module.py` and import it here too (under a private name), so the test can
         enqueue and read jobs through the module's own `app`.
 
-        The module sees `DATABASE_URL`, `POSTGRES_SCHEMA` (None on SQLite; pass it on as
-        `App(DATABASE_URL, postgres_schema=POSTGRES_SCHEMA)`) and `WORKDIR` (the test's folder,
-        as a `Path`). Give tasks explicit names: the module's name differs between this process
-        and the worker.
+        The module sees `DATABASE_URL`, `POSTGRES_SCHEMA` and `REDIS_PREFIX` (None unless on
+        that backend; pass them on as `App(DATABASE_URL, postgres_schema=POSTGRES_SCHEMA,
+        redis_prefix=REDIS_PREFIX)`) and `WORKDIR` (the test's folder, as a `Path`). Give tasks
+        explicit names: the module's name differs between this process and the worker.
         """
         header = (
             "from pathlib import Path\n\n"
             f"DATABASE_URL = {self.url!r}\n"
             f"POSTGRES_SCHEMA = {self.postgres_schema!r}\n"
+            f"REDIS_PREFIX = {self.redis_prefix!r}\n"
             f"WORKDIR = Path({str(self.root)!r})\n\n"
         )
         path = self.root / f"{module}.py"
@@ -259,6 +272,27 @@ def postgres_project(tmp_path: Path) -> Iterator[Project]:
             proj.cleanup()
         finally:
             drop_schema(schema)
+
+
+@pytest.fixture
+def redis_project(tmp_path: Path) -> Iterator[Project]:
+    """A project on the test Redis database, under a key prefix of its own (pass it on as
+    `App(DATABASE_URL, redis_prefix=REDIS_PREFIX)`), its keys deleted afterwards."""
+    redis_available()
+    prefix = f"accept_{uuid.uuid4().hex[:12]}"
+    proj = Project(
+        root=tmp_path,
+        db_path=tmp_path / "unused.db",
+        redis_url=REDIS_URL,
+        redis_prefix=prefix,
+    )
+    try:
+        yield proj
+    finally:
+        try:
+            proj.cleanup()
+        finally:
+            drop_prefix(prefix)
 
 
 def wait_for_state(

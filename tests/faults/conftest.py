@@ -1,9 +1,10 @@
 """Plumbing of the fault suite: the `faults` marker (declared in pyproject.toml; every test in
 this folder gets it, so
 `pytest -m "not faults"` skips the suite), the requirements (root, libfaketime, PostgreSQL's
-server programs: in CI a missing one fails the test, elsewhere it skips it), the throwaway
-PostgreSQL cluster (one per session), the `scenario` fixture, and the report: each scenario's
-figures as JSON lines in $CONVEYOR_FAULTS_REPORT, and a table at the end of the session.
+server programs, `redis-server`: in CI a missing one fails the test, elsewhere it skips it),
+the throwaway PostgreSQL cluster and Redis server (one each per session), the `scenario`
+fixture, and the report: each scenario's figures as JSON lines in $CONVEYOR_FAULTS_REPORT, and
+a table at the end of the session.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from conftest import unreachable  # tests/conftest.py
 
 from .cluster import Cluster, Unavailable
 from .harness import Scenario, libfaketime
+from .redis_server import RedisServer
+from .redis_server import Unavailable as RedisUnavailable
 
 HERE = Path(__file__).parent
 REPORT_KEY = pytest.StashKey[list[dict[str, Any]]]()
@@ -78,12 +81,26 @@ def pg_cluster() -> Iterator[Cluster]:
         cluster.destroy()
 
 
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """The suite's own Redis server, started on first use and removed at the end."""
+    try:
+        server = RedisServer.create()
+    except (RedisUnavailable, OSError) as exc:
+        unreachable("a throwaway Redis server (redis-server)", exc)
+    try:
+        yield server
+    finally:
+        server.destroy()
+
+
 # -- scenarios ---------------------------------------------------------------------------------
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", "postgres", "redis"])
 def backend(request: pytest.FixtureRequest) -> str:
-    """The store a scenario runs on: a SQLite file, or a schema of the throwaway cluster."""
+    """The store a scenario runs on: a SQLite file, a schema of the throwaway cluster, or a key
+    prefix on the throwaway Redis server."""
     return str(request.param)
 
 
@@ -112,17 +129,25 @@ def scenario(
 ) -> Iterator[Scenario]:
     """A scenario on `backend`; the test calls `scenario.open(extra_tasks)` first. Everything
     it started is stopped afterwards; on PostgreSQL the cluster is reset (processes continued,
-    ALTER SYSTEM undone, sessions ended) and the schema dropped."""
+    ALTER SYSTEM undone, sessions ended) and the schema dropped; on Redis the server is reset
+    (running again, CONFIG SET undone, every key and client gone)."""
     cluster: Cluster | None = None
     schema: str | None = None
+    server: RedisServer | None = None
+    prefix: str | None = None
     if backend == "postgres":
         cluster = request.getfixturevalue("pg_cluster")
         schema = f"faults_{uuid.uuid4().hex[:10]}"
+    elif backend == "redis":
+        server = request.getfixturevalue("redis_server")
+        prefix = f"faults_{uuid.uuid4().hex[:10]}"
     project = Project(
         root=tmp_path,
         db_path=tmp_path / "jobs.db",
         postgres_url=cluster.url if cluster else None,
         postgres_schema=schema,
+        redis_url=server.url if server else None,
+        redis_prefix=prefix,
     )
     # The test process's own Apps (enqueue, reads) give up on an unreachable server quickly.
     monkeypatch.setenv("CONVEYOR_CONNECT_TIMEOUT", "2")
@@ -131,7 +156,14 @@ def scenario(
     variant = "-".join(p for p in (callspec.id.split("-") if callspec else []) if p != backend)
     if variant:
         name += f"[{variant}]"
-    sc = Scenario(name=name, backend=backend, project=project, record=fault_report, cluster=cluster)
+    sc = Scenario(
+        name=name,
+        backend=backend,
+        project=project,
+        record=fault_report,
+        cluster=cluster,
+        redis=server,
+    )
     try:
         yield sc
     finally:
@@ -141,6 +173,8 @@ def scenario(
             if cluster is not None and schema is not None:
                 cluster.reset()
                 cluster.drop_schema(schema)
+            if server is not None:
+                server.reset()
 
 
 # -- the report --------------------------------------------------------------------------------

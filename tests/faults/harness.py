@@ -1,8 +1,9 @@
-"""The scenario harness: one `Scenario` per test, on a SQLite file or a schema of the suite's
-throwaway PostgreSQL cluster. It writes the tasks module (tasks that journal every start and
-end and return "pid:attempt"), enqueues and journals acknowledged jobs, starts workers and
-enqueuer processes, causes faults and records each one with its victim jobs, waits for the
-drain, stops everything and runs the checker; the figures go to the suite's report.
+"""The scenario harness: one `Scenario` per test, on a SQLite file, a schema of the suite's
+throwaway PostgreSQL cluster or a key prefix on its throwaway Redis server. It writes the
+tasks module (tasks that journal every start and end and return "pid:attempt"), enqueues and
+journals acknowledged jobs, starts workers and enqueuer processes, causes faults and records
+each one with its victim jobs, waits for the drain, stops everything and runs the checker; the
+figures go to the suite's report.
 
 Processes are the acceptance harness's (`Project`, `WorkerProcess`); this adds what faults
 need on top.
@@ -32,6 +33,7 @@ from . import journal as journal_module
 from .checker import Fault, Report, VictimMonitor, assert_report, check, pid_of, stored_jobs
 from .cluster import Cluster
 from .journal import Journal, read_journal
+from .redis_server import RedisServer, store_problems
 
 #: Short leases so that rescues happen within seconds.
 LEASE_S = 2.0
@@ -59,7 +61,7 @@ import time
 
 import conveyor
 
-app = conveyor.App(DATABASE_URL, postgres_schema=POSTGRES_SCHEMA)
+app = conveyor.App(DATABASE_URL, postgres_schema=POSTGRES_SCHEMA, redis_prefix=REDIS_PREFIX)
 
 
 @app.task(name="work", pass_context=True, max_attempts=25, backoff=conveyor.fixed(0.1))
@@ -151,6 +153,11 @@ if "faketime" in os.environ.get("LD_PRELOAD", ""):
 
 
 def libfaketime() -> Path | None:
+    """libfaketime.so.1: where $CONVEYOR_TEST_LIBFAKETIME says (a copy not installed system-wide,
+    e.g. unpacked from the Debian package with `dpkg -x`), or where Debian's `faketime` puts it."""
+    given = os.environ.get("CONVEYOR_TEST_LIBFAKETIME")
+    if given:
+        return Path(given) if Path(given).is_file() else None
     for pattern in (
         "/usr/lib/*/faketime/libfaketime.so.1",
         "/usr/lib/faketime/libfaketime.so.1",
@@ -204,6 +211,7 @@ class Scenario:
     project: Project
     record: Callable[[dict[str, Any]], None]
     cluster: Cluster | None = None
+    redis: RedisServer | None = None
     lease: float = LEASE_S
     tasks: Any = None
     monitor: VictimMonitor | None = None
@@ -226,6 +234,11 @@ class Scenario:
         return self.project.postgres_schema
 
     @property
+    def prefix(self) -> str | None:
+        """The Redis store's key prefix (its keys are `{prefix}:...`); None on SQL."""
+        return self.project.redis_prefix
+
+    @property
     def app(self) -> conveyor.App:
         return self.tasks.app  # type: ignore[no-any-return]
 
@@ -235,14 +248,18 @@ class Scenario:
 
     def open(self, extra_tasks: str = "") -> ModuleType:
         """Write the tasks module (the base tasks and `extra_tasks`), import it here, create
-        the schema on PostgreSQL, and start watching for victims."""
+        the schema on PostgreSQL (the layout version on Redis), and start watching for
+        victims."""
         self.tasks = self.project.write_tasks(BASE_TASKS + extra_tasks)
-        if self.backend == "postgres":
+        if self.backend in ("postgres", "redis"):
             self.app.migrate()
         else:
             self.app.queue_stats()  # creates the SQLite file and its schema
         self._monitor_app = conveyor.App(
-            self.project.url, postgres_schema=self.schema, connect_timeout=1
+            self.project.url,
+            postgres_schema=self.schema,
+            redis_prefix=self.prefix,
+            connect_timeout=1,
         )
         self.monitor = VictimMonitor(self._monitor_app)
         return self.tasks  # type: ignore[no-any-return]
@@ -256,6 +273,8 @@ class Scenario:
         }
         if self.schema:
             env["CONVEYOR_POSTGRES_SCHEMA"] = self.schema
+        if self.prefix:
+            env["CONVEYOR_REDIS_PREFIX"] = self.prefix
         env.update(extra)
         return env
 
@@ -630,19 +649,37 @@ class Scenario:
         parts += [e.tail() for e in self.enqueuers]
         if self.cluster is not None:
             parts.append(self.cluster.log_tail(10))
+        if self.redis is not None:
+            parts.append(self.redis.log_tail(10))
         return "\n".join(parts)
 
-    def check(self, slack: float, *, stop: bool = True, stop_grace: float = 30.0) -> Report:
-        """Stop the workers (SIGTERM), then judge the journal against the store: record the
-        figures, and fail with every problem found."""
+    def check(
+        self,
+        slack: float,
+        *,
+        stop: bool = True,
+        stop_grace: float = 30.0,
+        journal: Journal | None = None,
+    ) -> Report:
+        """Stop the workers (SIGTERM), then judge the journal (or `journal`: the part of it a
+        scenario judges) against the store: record the figures, and fail with every problem
+        found. On Redis the store's keyspace is checked too (`store_problems`: every job whole,
+        every index agreeing)."""
         if stop:
             self.stop_workers(stop_grace)
         assert self.monitor is not None
         self.monitor.stop()
-        journal = self.journal()
+        journal = self.journal() if journal is None else journal
         jobs = self._read_jobs()
         report = check(journal, jobs, self.faults, self.bound(slack), not_due=self.not_due)
         report.problems[:0] = self.problems
+        if self.redis is not None:
+            broken = self.keyspace_problems()
+            self.extra["keyspace_problems"] = len(broken)
+            if broken:
+                report.problems.append(
+                    "THE REDIS KEYSPACE IS INCONSISTENT:\n  " + "\n  ".join(broken)
+                )
         bad_errors = sorted(
             {e.type for e in journal.errors} - {"conveyor.errors.BackendUnavailable"}
         )
@@ -694,6 +731,12 @@ class Scenario:
         }
         self.record(figures)
         raise AssertionError(message + "\n\n" + self.logs())
+
+    def keyspace_problems(self) -> list[str]:
+        """On Redis, what is wrong in the store's keys (see redis_server.store_problems)."""
+        assert self.redis is not None and self.prefix is not None
+        with self.redis.client() as client:
+            return store_problems(client, self.prefix)
 
     def _read_jobs(self) -> dict[int, Any]:
         deadline = time.monotonic() + 30
