@@ -541,6 +541,8 @@ class Worker:
         finally:
             for t in tasks:
                 t.cancel()
+            # ended before the worker goes on: none is left pending when its loop closes
+            await asyncio.wait(tasks)
 
     def _start(self, job: Job, lease_ends: float) -> None:
         """Run a claimed job; its lease lasts until `lease_ends` (monotonic: the store stamped

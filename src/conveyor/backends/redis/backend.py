@@ -44,6 +44,8 @@ log = logging.getLogger("conveyor.redis")
 LATEST_VERSION = 1
 #: The policies under which Redis deletes keys by itself when it is full: jobs would vanish.
 EVICTING = ("allkeys-", "volatile-")
+#: The servers this process has warned keep nothing on disk (once a process, not an App).
+_WARNED_VOLATILE: set[str] = set()
 #: Keys every conveyor store soon has, and nothing else would name so.
 OWN_KEYS = ("next_id", "workers", "beats", "counts", "events", "leadership")
 #: How long a blocking wait lasts at most in one call (the client's socket outlives it).
@@ -492,7 +494,8 @@ class RedisEngine(Engine):
         except redis.RedisError as exc:
             raise _reraise(exc) from exc
         self._warned = True
-        if not aof and rdb is False:
+        if not aof and rdb is False and self.url not in _WARNED_VOLATILE:
+            _WARNED_VOLATILE.add(self.url)
             log.warning(
                 "Redis at %s keeps nothing on disk (neither AOF nor RDB snapshots): a restart "
                 "loses every job. See docs/redis.md",
