@@ -44,6 +44,14 @@ ALERT_FLUSH_S = 5.0
 StateFilter = JobState | str | Iterable[JobState | str] | None
 
 
+#: Told how far a bulk change made in chunks got: (jobs done, jobs in all). The CLI draws it
+#: as a progress bar.
+Progress = Callable[[int, int], None]
+#: Jobs a bulk change made in chunks lists per read, and changes per statement.
+BULK_LIST_PAGE = 1_000
+BULK_CHUNK = 500
+
+
 def _states(value: StateFilter) -> list[JobState] | None:
     if value is None:
         return None
@@ -491,10 +499,12 @@ class App:
         note: str = "cancelled",
         *,
         job_ids: Sequence[int] | None = None,
+        progress: Progress | None = None,
     ) -> int:
         """Cancel every job of a queue (or task, or both) that has not started — in `state`
         (waiting, scheduled, queued or retrying; default all four) — in one statement;
-        returns the count. Running jobs are left alone (cancel them one by one).
+        returns the count. Running jobs are left alone (cancel them one by one). With
+        `progress`, in chunks instead, told how far it got after each (see `Progress`).
 
         With `job_ids`: cancel those jobs one by one, as `cancel_job` does (running ones are
         asked to stop); returns how many were cancelled or asked to stop."""
@@ -507,7 +517,38 @@ class App:
         if bad:
             raise ValidationError(f"only jobs not started yet can be cancelled in bulk, not {bad}")
         where = JobFilter.of(states, queue=None if queue is None else check_queue(queue), task=task)
-        return self.backend.sync.cancel_jobs(where, self.clock.now(), note)
+        now = self.clock.now()
+
+        def change(chunk: JobFilter) -> int:
+            return self.backend.sync.cancel_jobs(chunk, now, note)
+
+        return change(where) if progress is None else self._in_chunks(where, change, progress)
+
+    def _in_chunks(
+        self,
+        where: JobFilter,
+        change: Callable[[JobFilter], int],
+        progress: Progress,
+        keep: Callable[[Job], bool] = lambda job: True,
+    ) -> int:
+        """A bulk change made a chunk of jobs at a time, newest first: the jobs matching now
+        are listed (those `keep` keeps), then changed BULK_CHUNK ids at a time (the filter
+        still applies to each), `progress` told after each chunk. Jobs that arrive meanwhile
+        are left out; each chunk is one statement of its own."""
+        ids: list[int] = []
+        before: int | None = None
+        while page := self.backend.sync.list_jobs(
+            dataclasses.replace(where, before_id=before), BULK_LIST_PAGE
+        ):
+            ids += [job.id for job in page if keep(job)]
+            before = page[-1].id
+        progress(0, len(ids))
+        changed = 0
+        for start in range(0, len(ids), BULK_CHUNK):
+            chunk = tuple(ids[start : start + BULK_CHUNK])
+            changed += change(dataclasses.replace(where, ids=chunk))
+            progress(start + len(chunk), len(ids))
+        return changed
 
     def _cancel_if_unfinished(self, job_id: int, note: str) -> bool:
         try:
@@ -689,20 +730,21 @@ class App:
         task: str | None = None,
         *,
         job_ids: Sequence[int] | None = None,
+        progress: Progress | None = None,
     ) -> int:
         """Retry every dead (or cancelled) job of a queue or task — or of `job_ids` — at once;
-        returns the count."""
+        returns the count. With `progress`, in chunks (see `Progress`)."""
         states = _states(state) or [JobState.DEAD]
         bad = [s.value for s in states if s not in RETRYABLE_STATES]
         if bad:
             raise ValidationError(f"only dead or cancelled jobs can be retried, not {bad}")
-        return len(
-            self.backend.sync.retry_jobs(
-                JobFilter.of(states, ids=job_ids, queue=queue, task=task),
-                self.clock.now(),
-                "retried by hand (bulk)",
-            )
-        )
+        where = JobFilter.of(states, ids=job_ids, queue=queue, task=task)
+        now = self.clock.now()
+
+        def change(chunk: JobFilter) -> int:
+            return len(self.backend.sync.retry_jobs(chunk, now, "retried by hand (bulk)"))
+
+        return change(where) if progress is None else self._in_chunks(where, change, progress)
 
     def purge(
         self,
@@ -712,16 +754,27 @@ class App:
         task: str | None = None,
         *,
         job_ids: Sequence[int] | None = None,
+        progress: Progress | None = None,
     ) -> int:
         """Delete finished jobs (succeeded, dead, cancelled; or the states given) that finished
         more than `older_than` ago — of `job_ids` only, if given — with their history. Returns
-        how many were deleted."""
+        how many were deleted. With `progress`, in chunks (see `Progress`)."""
         states = _states(state) or sorted(FINISHED_STATES)
         unfinished = [s.value for s in states if s not in FINISHED_STATES]
         if unfinished:
             raise ValidationError(f"only finished jobs can be purged, not {unfinished}")
         where = JobFilter.of(states, ids=job_ids, queue=queue, task=task)
-        return self.backend.sync.purge(where, _seconds(older_than, "older_than"), self.clock.now())
+        age, now = _seconds(older_than, "older_than"), self.clock.now()
+
+        def change(chunk: JobFilter) -> int:
+            return self.backend.sync.purge(chunk, age, now)
+
+        def old_enough(job: Job) -> bool:
+            return job.finished_at is not None and job.finished_at <= now - age
+
+        if progress is None:
+            return change(where)
+        return self._in_chunks(where, change, progress, keep=old_enough)
 
     # -- schema, workers, lifetime ----------------------------------------------------------
 

@@ -9,6 +9,7 @@ import pytest
 
 import conveyor
 from conveyor import JobState
+from conveyor.app import BULK_CHUNK
 
 #: a task of any signature, as `@app.task` returns it
 AnyTask = conveyor.Task[Any, Any]
@@ -216,6 +217,42 @@ def test_purge_deletes_old_finished_jobs_and_their_history(
     assert waiting.refresh().state is JobState.SCHEDULED
     with pytest.raises(conveyor.ValidationError, match="only finished jobs"):
         app.purge(state="queued")
+
+
+def test_bulk_changes_made_in_chunks_report_their_progress_and_change_the_same_jobs(
+    make_app: Callable[..., conveyor.App], clock: conveyor.FrozenClock
+) -> None:
+    """With `progress` (the CLI's bar on a terminal), cancel, retry and purge go a chunk at a
+    time: they change exactly what the one-statement form would, and say how far they got."""
+    app = make_app(clock=clock, retention_succeeded="1000d", retention_failed="1000d")
+    app.task(name="later", queue="bulk")(lambda: None)
+    app.task(name="other", queue="kept")(lambda: None)
+    count = BULK_CHUNK * 2 + 7
+    app.tasks["later"].enqueue_many([() for _ in range(count)])
+    kept = app.tasks["other"].enqueue()
+    reports: list[tuple[int, int]] = []
+
+    cancelled = app.cancel_jobs(queue="bulk", progress=lambda *r: reports.append(r))
+    assert cancelled == count
+    assert reports == [(0, count), (BULK_CHUNK, count), (2 * BULK_CHUNK, count), (count, count)]
+    assert app.queue_stats()["bulk"] == {JobState.CANCELLED: count}
+    assert kept.refresh().state is JobState.QUEUED
+
+    reports.clear()
+    assert app.retry_jobs(state="cancelled", queue="bulk", progress=lambda *r: reports.append(r))
+    assert reports[0] == (0, count) and reports[-1] == (count, count)
+    assert app.queue_stats()["bulk"] == {JobState.QUEUED: count}
+
+    app.cancel_jobs(queue="bulk")
+    clock.advance(3600)
+    young = app.tasks["later"].enqueue()
+    app.cancel_job(young.id)
+    reports.clear()
+    purged = app.purge(older_than=60, progress=lambda *r: reports.append(r))
+    assert purged == count  # the one cancelled a moment ago stays
+    assert reports[-1] == (count, count)
+    assert app.queue_stats()["bulk"] == {JobState.CANCELLED: 1}
+    assert young.refresh().state is JobState.CANCELLED
 
 
 def test_ids_are_never_reused_after_a_purge(app: conveyor.App, tasks: dict[str, AnyTask]) -> None:

@@ -31,6 +31,7 @@ from click.testing import CliRunner, Result
 
 import conveyor
 from conveyor import JobState
+from conveyor.app import BULK_CHUNK
 from conveyor.backends.sqlite.backend import MIGRATIONS
 from conveyor.cli import main
 from conveyor.services.scheduler import Scheduler
@@ -597,6 +598,33 @@ def test_prune_deletes_finished_jobs_older_than_the_duration(project: Project) -
     pruned = project.cli("prune", "--older-than", "0s")
     assert "pruned 3 finished jobs" in pruned.output
     assert states(project.app) == {"queued": 1}
+
+
+def test_bulk_commands_draw_a_progress_bar_on_a_terminal_and_none_when_piped(
+    project: Project,
+) -> None:
+    """On a terminal, prune, dlq purge, dlq retry --all and jobs cancel --all show a bar of the
+    jobs done out of all; piped, only their summary."""
+    add = project.module.add
+    count = BULK_CHUNK + 3
+    add.enqueue_many([(i, i) for i in range(count)])
+    terminal = {"TTY_COMPATIBLE": "1", "TTY_INTERACTIVE": "1"}
+
+    cancelled = project.cli("jobs", "cancel", "--all", "--task", add.name, env=terminal)
+    assert cancelled.exit_code == 0, cancelled.output
+    assert f"{count}/{count}" in cancelled.output and "cancelling" in cancelled.output
+    assert f"cancelled {count} jobs" in cancelled.output
+
+    pruned = project.cli("prune", "--older-than", "0s", env=terminal)
+    assert f"{count}/{count}" in pruned.output and "pruning" in pruned.output
+    assert f"pruned {count} finished jobs" in pruned.output
+
+    add.enqueue_many([(i, i) for i in range(3)])
+    piped = project.cli("jobs", "cancel", "--all", "--task", add.name)
+    assert piped.output == "cancelled 3 jobs\n"
+    assert project.cli("prune", "--older-than", "0s").output == (
+        "pruned 3 finished jobs older than 0s\n"
+    )
 
 
 # -- queues, workers, migrate -------------------------------------------------------------

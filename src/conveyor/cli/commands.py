@@ -264,7 +264,10 @@ def jobs_cancel(
     note = f"cancelled by {_who()}"
     out = render.console()
     if cancel_all:
-        count = app.cancel_jobs(queue=queue, task=task, state=_split_states(states), note=note)
+        with render.bulk_progress(out, "cancelling") as progress:
+            count = app.cancel_jobs(
+                queue=queue, task=task, state=_split_states(states), note=note, progress=progress
+            )
         out.print(f"cancelled {count} job{'' if count == 1 else 's'}")
         return
     refused: list[str] = []
@@ -361,8 +364,10 @@ def dlq_retry(
     if job_ids:
         _retry_ids(app, job_ids)
         return
-    count = app.retry_jobs(state=JobState.DEAD, queue=queue, task=task)
-    render.console().print(f"retried {count} dead job{'' if count == 1 else 's'}")
+    out = render.console()
+    with render.bulk_progress(out, "retrying") as progress:
+        count = app.retry_jobs(state=JobState.DEAD, queue=queue, task=task, progress=progress)
+    out.print(f"retried {count} dead job{'' if count == 1 else 's'}")
 
 
 @dlq.command("purge")
@@ -377,11 +382,13 @@ def dlq_retry(
 @pass_ref
 def dlq_purge(ref: AppRef, older_than: float, queue: str | None, task: str | None) -> None:
     """Delete dead jobs (and their history) older than --older-than."""
-    count = _app(ref).purge(state=JobState.DEAD, older_than=older_than, queue=queue, task=task)
+    out = render.console()
+    with render.bulk_progress(out, "purging") as progress:
+        count = _app(ref).purge(
+            state=JobState.DEAD, older_than=older_than, queue=queue, task=task, progress=progress
+        )
     plural = "" if count == 1 else "s"
-    render.console().print(
-        f"purged {count} dead job{plural} older than {render.duration(older_than)}"
-    )
+    out.print(f"purged {count} dead job{plural} older than {render.duration(older_than)}")
 
 
 # -- the rest -----------------------------------------------------------------------------
@@ -536,12 +543,14 @@ def migrate(ref: AppRef) -> None:
 @pass_ref
 def prune(ref: AppRef, older_than: float, states: tuple[str, ...], queue: str | None) -> None:
     """Delete finished jobs (succeeded, dead, cancelled) and their history."""
-    count = _app(ref).purge(state=list(states) or None, older_than=older_than, queue=queue)
+    out = render.console()
+    with render.bulk_progress(out, "pruning") as progress:
+        count = _app(ref).purge(
+            state=list(states) or None, older_than=older_than, queue=queue, progress=progress
+        )
     which = "/".join(states) if states else "finished"
     plural = "" if count == 1 else "s"
-    render.console().print(
-        f"pruned {count} {which} job{plural} older than {render.duration(older_than)}"
-    )
+    out.print(f"pruned {count} {which} job{plural} older than {render.duration(older_than)}")
 
 
 COMMANDS = [enqueue, jobs, dlq, queues, circuits, cron, workers, migrate, prune]

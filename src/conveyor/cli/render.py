@@ -10,10 +10,11 @@ and through `conveyor.terminal.printable`, so control characters in it are shown
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -21,6 +22,13 @@ import click
 from rich import box
 from rich.console import Console, Group, RenderableType
 from rich.padding import Padding
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 from rich.text import Text
 
@@ -50,6 +58,30 @@ def console() -> Console:
     if not out.is_terminal and not os.environ.get("COLUMNS"):
         out.width = PIPE_WIDTH
     return out
+
+
+@contextlib.contextmanager
+def bulk_progress(out: Console, doing: str) -> Iterator[Callable[[int, int], None] | None]:
+    """For a bulk change: on a terminal, a progress bar (what `App.purge(progress=...)` and the
+    like report to, so the change is made in chunks), gone once done; piped, nothing (None:
+    the change is one statement, and only its summary is printed)."""
+    if not out.is_terminal:
+        yield None
+        return
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=out,
+        transient=True,
+    ) as bar:
+        task = bar.add_task(doing, total=None)
+
+        def report(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield report
 
 
 def emit_json(value: Any, indent: int | None = 2) -> None:
