@@ -1,5 +1,5 @@
-"""`python -m benchmarks`: run conveyor's benchmarks on SQLite and/or PostgreSQL and print (and
-save) the figures."""
+"""`python -m benchmarks`: run conveyor's benchmarks on SQLite, PostgreSQL and/or Redis and
+print (and save) the figures."""
 
 from __future__ import annotations
 
@@ -10,7 +10,13 @@ from pathlib import Path
 
 from rich.console import Console
 
-from benchmarks.common import BACKENDS, DEFAULT_POSTGRES_URL, byte_compile, quiet_logging
+from benchmarks.common import (
+    BACKENDS,
+    DEFAULT_POSTGRES_URL,
+    DEFAULT_REDIS_URL,
+    byte_compile,
+    quiet_logging,
+)
 from benchmarks.report import print_report, write_json
 from benchmarks.suite import GROUPS, LONG_GROUPS, Config, run
 
@@ -61,20 +67,27 @@ def parse_args(argv: list[str] | None = None) -> tuple[list[Config], Path | None
     defaults = Config()
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks",
-        description="conveyor on SQLite and PostgreSQL: enqueue, drain and latency, beside a raw "
-        "sqlite3 / psycopg loop measured in the same run.",
+        description="conveyor on SQLite, PostgreSQL and Redis: enqueue, drain and latency, beside "
+        "a raw sqlite3 / psycopg / redis-py loop measured in the same run.",
     )
     parser.add_argument(
         "--backend",
         type=_backends,
         default=("sqlite",),
-        help="backends to measure, comma-separated: sqlite, postgres (default sqlite)",
+        help="backends to measure, comma-separated: sqlite, postgres, redis (default sqlite)",
     )
     parser.add_argument(
         "--postgres-url",
         metavar="URL",
         help="the PostgreSQL server (default $CONVEYOR_TEST_POSTGRES_URL, else "
         f"{DEFAULT_POSTGRES_URL}); every workload uses a fresh schema and drops it",
+    )
+    parser.add_argument(
+        "--redis-url",
+        metavar="URL",
+        help="the Redis server and database (default $CONVEYOR_TEST_REDIS_URL, else "
+        f"{DEFAULT_REDIS_URL}); every conveyor workload keeps its keys under a fresh prefix and "
+        "deletes them; the raw redis-py loop empties the database (FLUSHDB) before and after",
     )
     parser.add_argument(
         "--jobs",
@@ -139,14 +152,14 @@ def parse_args(argv: list[str] | None = None) -> tuple[list[Config], Path | None
         "--processes",
         type=_processes,
         default=defaults.processes,
-        help="PostgreSQL: `conveyor worker -p N --burst` drains, one per N (default 1,2)",
+        help="PostgreSQL and Redis: `conveyor worker -p N --burst` drains, one per N (default 1,2)",
     )
     parser.add_argument(
         "--one-call",
         type=int,
         default=defaults.one_call,
         metavar="N",
-        help="PostgreSQL: one enqueue_many call of N jobs (default 100,000; 0 skips it)",
+        help="PostgreSQL and Redis: one enqueue_many call of N jobs (default 100,000; 0 skips it)",
     )
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the results as JSON")
     args = parser.parse_args(argv)
@@ -171,6 +184,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[list[Config], Path | None
         latency_concurrency=args.latency_concurrency,
         groups=args.only,
         postgres_url=args.postgres_url,
+        redis_url=args.redis_url,
         processes=args.processes,
         one_call=args.one_call,
         scale_queued=args.scale_queued,

@@ -1,5 +1,6 @@
-"""What every workload shares: quiet logging, throwaway databases (a SQLite file, a PostgreSQL
-schema, a Redis database emptied before and after), and result records."""
+"""What every workload shares: quiet logging, throwaway stores (a SQLite file, a PostgreSQL
+schema, a Redis key prefix; for the raw Redis loop, a Redis database emptied before and after),
+and result records."""
 
 from __future__ import annotations
 
@@ -18,10 +19,11 @@ from typing import Any
 
 import structlog
 
-BACKENDS = ("sqlite", "postgres")
+BACKENDS = ("sqlite", "postgres", "redis")
 #: The PostgreSQL the benchmarks use unless told otherwise (the one the test suite uses).
 DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
-#: The Redis the benchmarks use unless told otherwise: database 9, emptied by every workload.
+#: The Redis the benchmarks use unless told otherwise: database 9. conveyor's workloads keep
+#: their keys under a prefix of their own and delete them; the raw loop and the peers empty it.
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/9"
 
 #: The level the benchmark process and its workers log at, so logging does not dominate.
@@ -96,25 +98,35 @@ def scratch_redis(url: str | None = None) -> Iterator[str]:
 
 @dataclass(frozen=True)
 class Database:
-    """Where one workload keeps its jobs: a URL and, on PostgreSQL, a schema of its own."""
+    """Where one workload keeps its jobs: a URL and, on PostgreSQL, a schema of its own, or on
+    Redis, a key prefix of its own."""
 
     url: str
     schema: str | None = None
+    prefix: str | None = None
 
     def app_options(self) -> dict[str, Any]:
         """Keyword arguments for `conveyor.App` besides the URL."""
-        return {"postgres_schema": self.schema} if self.schema else {}
+        options: dict[str, Any] = {}
+        if self.schema:
+            options["postgres_schema"] = self.schema
+        if self.prefix:
+            options["redis_prefix"] = self.prefix
+        return options
 
     def environ(self) -> dict[str, str]:
         """The same, as the environment a `conveyor worker` subprocess reads its settings from."""
         env = {"CONVEYOR_DATABASE_URL": self.url}
         if self.schema:
             env["CONVEYOR_POSTGRES_SCHEMA"] = self.schema
+        if self.prefix:
+            env["CONVEYOR_REDIS_PREFIX"] = self.prefix
         return env
 
 
 def schema_name(workload: str) -> str:
-    """A fresh schema name for one workload: lower-case, short, unlikely to exist."""
+    """A fresh schema name (or Redis key prefix) for one workload: lower-case, short, unlikely
+    to exist."""
     slug = re.sub(r"[^a-z0-9]+", "_", workload.lower()).strip("_")[:24]
     return f"bench_{slug}_{secrets.token_hex(4)}"
 
@@ -127,13 +139,48 @@ def drop_schema(url: str, schema: str) -> None:
         conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
 
 
+#: Keys deleted per UNLINK when a workload's Redis keys are removed.
+DELETE_BATCH = 1_000
+
+
+def drop_prefix(url: str, prefix: str) -> int:
+    """Delete every key conveyor keeps under `prefix` (`{prefix}:...`) in the database `url`
+    names, and nothing else there; how many there were."""
+    import redis  # only the Redis workloads need it
+
+    deleted = 0
+    with redis.Redis.from_url(url) as client:
+        # the prefix's characters (A-Z a-z 0-9 _ . : -) mean nothing to MATCH's glob
+        keys = client.scan_iter(match=f"{{{prefix}}}:*", count=DELETE_BATCH)
+        batch: list[bytes] = []
+        for key in keys:
+            batch.append(key)
+            if len(batch) == DELETE_BATCH:
+                deleted += client.unlink(*batch)
+                batch = []
+        if batch:
+            deleted += client.unlink(*batch)
+    return deleted
+
+
 @contextlib.contextmanager
-def scratch(backend: str, workload: str, postgres: str | None = None) -> Iterator[Database]:
-    """A database of its own for one workload, removed afterwards: a SQLite file in a
-    temporary folder, or a PostgreSQL schema on `postgres` (created by `app.migrate()`)."""
+def scratch(
+    backend: str, workload: str, postgres: str | None = None, redis: str | None = None
+) -> Iterator[Database]:
+    """A store of its own for one workload, removed afterwards: a SQLite file in a temporary
+    folder, a PostgreSQL schema on `postgres` (created by `app.migrate()`), or a key prefix in
+    the Redis database `redis` names (its keys deleted; the database is not emptied)."""
     if backend == "sqlite":
         with scratch_db(workload) as path:
             yield Database(sqlite_url(path))
+        return
+    if backend == "redis":
+        url = redis or redis_url()
+        prefix = schema_name(workload)
+        try:
+            yield Database(url, prefix=prefix)
+        finally:
+            drop_prefix(url, prefix)
         return
     if backend != "postgres":
         raise ValueError(f"unknown backend {backend!r} (known: {', '.join(BACKENDS)})")

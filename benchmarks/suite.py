@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, TypedDict
 
-from benchmarks import raw, raw_postgres, workloads
+from benchmarks import raw, raw_postgres, raw_redis, workloads
 from benchmarks.common import BACKENDS, LOG_LEVEL, postgres_url, redis_url
 from benchmarks.tasks import KEYED_LIMIT, KEYED_TENANTS
 
@@ -37,9 +37,12 @@ class Config:
     backend: str = "sqlite"
     #: PostgreSQL's URL (default: `CONVEYOR_TEST_POSTGRES_URL`, else the local test server)
     postgres_url: str | None = None
-    #: PostgreSQL only: `conveyor worker --processes N --burst` drains, one per N
+    #: Redis's URL, database included (default: `CONVEYOR_TEST_REDIS_URL`, else database 9 of
+    #: the local server)
+    redis_url: str | None = None
+    #: PostgreSQL and Redis: `conveyor worker --processes N --burst` drains, one per N
     processes: tuple[int, ...] = (1, 2)
-    #: PostgreSQL only: one `enqueue_many` call of this many jobs (0: none)
+    #: PostgreSQL and Redis: one `enqueue_many` call of this many jobs (0: none)
     one_call: int = 100_000
     #: the scale group: the backlog drained between two drains of `jobs`
     scale_queued: int = 1_000_000
@@ -111,7 +114,9 @@ class Results:
 
     def to_json(self) -> dict[str, Any]:
         config = asdict(self.config)
-        config.pop("postgres_url")  # may carry a password; the server is in the environment
+        # the URLs may carry a password; the server is in the environment
+        config.pop("postgres_url")
+        config.pop("redis_url")
         return {
             "backend": self.config.backend,
             "environment": self.env or environment(self.config.backend),
@@ -220,13 +225,28 @@ class Where(TypedDict):
 
     backend: str
     postgres: str | None
+    redis: str | None
+
+
+#: The backends a server runs, where `conveyor worker -p N` can gain from N processes (SQLite
+#: has one writer) and one call of `--one-call` jobs is measured.
+SERVERS = ("postgres", "redis")
+
+
+def store_url(config: Config) -> str | None:
+    """The URL of the server `config` measures (None: SQLite, or the default)."""
+    return config.redis_url if config.backend == "redis" else config.postgres_url
 
 
 def run(config: Config, progress: Callable[[str], None] = lambda _: None) -> Results:
     """Run every selected workload `config.repeat` times, interleaved, and gather the figures."""
-    pg = config.backend == "postgres"
-    results = Results(config, env=environment(config.backend, config.postgres_url))
-    where: Where = {"backend": config.backend, "postgres": config.postgres_url}
+    server = config.backend in SERVERS
+    results = Results(config, env=environment(config.backend, store_url(config)))
+    where: Where = {
+        "backend": config.backend,
+        "postgres": config.postgres_url,
+        "redis": config.redis_url,
+    }
     n = config.jobs
     for round_no in range(1, config.repeat + 1):
 
@@ -252,7 +272,7 @@ def run(config: Config, progress: Callable[[str], None] = lambda _: None) -> Res
                     "jobs/s",
                     rate.per_second,
                 )
-            if pg and config.one_call:
+            if server and config.one_call:
                 size = config.one_call
                 step(f"enqueue_many, one call of {size:,}")
                 rate = workloads.enqueue_many(size, size, **where)
@@ -272,7 +292,7 @@ def run(config: Config, progress: Callable[[str], None] = lambda _: None) -> Res
                         "jobs/s",
                         fn(n, concurrency, **where).per_second,
                     )
-            for concurrency in config.concurrencies if pg else ():
+            for concurrency in config.concurrencies if server else ():
                 for processes in config.processes:
                     step(f"conveyor worker -p {processes} -c {concurrency} --burst, {n:,} jobs")
                     rate = workloads.drain_cli(n, processes, concurrency, **where)
@@ -332,12 +352,51 @@ def _scale_round(results: Results, scale: workloads.Scale) -> None:
     )
 
 
+@dataclass(frozen=True)
+class RawWords:
+    """How the raw loop of a backend is named: its client, what it inserts by and what a
+    "transaction" is there (on Redis, a round trip: LPUSH one job or a pipeline of them, BRPOP
+    one job or RPOP a count)."""
+
+    client: str
+    insert: str
+    per: str
+    drain_one: str
+    drain_many: str
+
+
+RAW_WORDS = {
+    "sqlite": RawWords("sqlite3", "insert", "transaction", "drain", "drain"),
+    "postgres": RawWords("psycopg", "insert", "transaction", "drain", "drain"),
+    "redis": RawWords("redis-py", "LPUSH", "round trip", "BRPOP drain", "RPOP drain"),
+}
+
+
+def raw_label(backend: str, key: str) -> str:
+    """The label of the raw loop's metric `key` (raw.insert.N, raw.drain.N) on `backend`."""
+    words = RAW_WORDS[backend]
+    _, kind, size = key.split(".")
+    per = int(size)
+    if kind == "insert":
+        return f"raw {words.insert}, {per:,} per {words.per}"
+    drain = words.drain_one if per == 1 else words.drain_many
+    return f"raw {drain}, {per:,} per {words.per}"
+
+
 def _raw_round(results: Results, step: Callable[[str], None]) -> None:
-    """One round of the raw loop: sqlite3 or psycopg, whichever the backend is."""
+    """One round of the raw loop: sqlite3, psycopg or redis-py, whichever the backend is."""
     config = results.config
     n = config.jobs
-    if config.backend == "postgres":
-        name, url = "psycopg", config.postgres_url
+    if config.backend == "redis":
+        redis = config.redis_url
+
+        def insert(jobs: int, per: int) -> float:
+            return raw_redis.insert(jobs, per, redis).per_second
+
+        def drain(jobs: int, per: int) -> float:
+            return raw_redis.drain(jobs, per, redis).per_second
+    elif config.backend == "postgres":
+        url = config.postgres_url
 
         def insert(jobs: int, per: int) -> float:
             return raw_postgres.insert(jobs, per, url).per_second
@@ -345,7 +404,6 @@ def _raw_round(results: Results, step: Callable[[str], None]) -> None:
         def drain(jobs: int, per: int) -> float:
             return raw_postgres.drain(jobs, per, url).per_second
     else:
-        name = "sqlite3"
 
         def insert(jobs: int, per: int) -> float:
             return raw.insert(jobs, per).per_second
@@ -353,21 +411,18 @@ def _raw_round(results: Results, step: Callable[[str], None]) -> None:
         def drain(jobs: int, per: int) -> float:
             return raw.drain(jobs, per).per_second
 
-    step(f"raw {name} insert, 1 per transaction")
-    results.record("raw.insert.1", "raw insert, 1 per transaction", "jobs/s", insert(n, 1))
-    for batch in (b for b in config.batches if b != 1):  # 1 is measured above
-        step(f"raw {name} insert, {batch:,} per transaction")
-        results.record(
-            f"raw.insert.{batch}",
-            f"raw insert, {batch:,} per transaction",
-            "jobs/s",
-            insert(n, batch),
-        )
+    client = RAW_WORDS[config.backend].client
+    # 1 per transaction, then the batches (1 among them is measured once)
+    for per in dict.fromkeys((1, *config.batches)):
+        key = f"raw.insert.{per}"
+        label = raw_label(config.backend, key)
+        step(f"{label} ({client})")
+        results.record(key, label, "jobs/s", insert(n, per))
     for per in sorted({1, config.raw_batch}):
-        step(f"raw {name} drain, {per} per transaction")
-        results.record(
-            f"raw.drain.{per}", f"raw drain, {per} per transaction", "jobs/s", drain(n, per)
-        )
+        key = f"raw.drain.{per}"
+        label = raw_label(config.backend, key)
+        step(f"{label} ({client})")
+        results.record(key, label, "jobs/s", drain(n, per))
 
 
 def _ratios(results: Results) -> None:
@@ -457,8 +512,23 @@ PEERS = (
 
 
 def _targets(results: Results) -> None:
+    """The backend's goals (Redis has none set: its figures stand beside the raw loop's and,
+    in `make bench-peers`, the Redis peers'), and those every backend shares: -p N faster than
+    -p 1, a drain that keeps its pace as the store grows."""
     config = results.config
-    goals = GOALS[config.backend]
+    goals = GOALS.get(config.backend)
+    wanted = _goal_targets(config, goals) if goals is not None else []
+    for c in config.concurrencies:
+        for p in (p for p in config.processes if p > 1):
+            wanted.append(Target(f"{cli_drain_key(p, c)}/p1", ">", 1.0, "faster than -p 1"))
+    wanted.append(Target("scale.backlog.first/fresh", ">=", 0.9, "≥ 90% of fresh"))
+    wanted.append(Target("scale.after/fresh", ">=", 0.9, "≥ 90% of fresh"))
+    wanted.append(Target("scale.vacuumed/fresh", ">=", 0.9, "≥ 90% of fresh"))
+    wanted.append(Target("scale.rss.end/early", "<=", 1.1, "≤ 110% of early"))
+    results.targets = [t for t in wanted if results.value(t.subject) is not None]
+
+
+def _goal_targets(config: Config, goals: Goals) -> list[Target]:
     wanted: list[Target] = []
     if goals.enqueue_one_per_s is not None:
         per_s = goals.enqueue_one_per_s
@@ -475,17 +545,10 @@ def _targets(results: Results) -> None:
     for key in one_process:
         wanted.append(Target(key, ">=", goals.drain_per_s, f"≥ {goals.drain_per_s:,.0f}/s"))
         wanted.append(Target(f"{key}/raw", ">=", goals.drain_share, share_goal))
-    for c in config.concurrencies:
-        for p in (p for p in config.processes if p > 1):
-            wanted.append(Target(f"{cli_drain_key(p, c)}/p1", ">", 1.0, "faster than -p 1"))
     wanted.append(
         Target("latency.p50", "<=", goals.latency_p50_ms, f"≤ {goals.latency_p50_ms:g} ms")
     )
     wanted.append(
         Target("latency.p99", "<=", goals.latency_p99_ms, f"≤ {goals.latency_p99_ms:g} ms")
     )
-    wanted.append(Target("scale.backlog.first/fresh", ">=", 0.9, "≥ 90% of fresh"))
-    wanted.append(Target("scale.after/fresh", ">=", 0.9, "≥ 90% of fresh"))
-    wanted.append(Target("scale.vacuumed/fresh", ">=", 0.9, "≥ 90% of fresh"))
-    wanted.append(Target("scale.rss.end/early", "<=", 1.1, "≤ 110% of early"))
-    results.targets = [t for t in wanted if results.value(t.subject) is not None]
+    return wanted

@@ -1,11 +1,13 @@
-"""conveyor's workloads, on SQLite or PostgreSQL: enqueue one by one, `enqueue_many`, drain by
-one worker process (and by `conveyor worker --processes N --burst`), and enqueue-to-start
-latency against a real `conveyor worker` subprocess.
+"""conveyor's workloads, on SQLite, PostgreSQL or Redis: enqueue one by one, `enqueue_many`,
+drain by one worker process (and by `conveyor worker --processes N --burst`), and
+enqueue-to-start latency against a real `conveyor worker` subprocess.
 
-Every workload gets a database of its own (`benchmarks.common.scratch`): a SQLite file in a
-temporary folder, or a fresh PostgreSQL schema created by `app.migrate()` and dropped
-afterwards. `backend` is "sqlite" (the default) or "postgres"; `postgres` is the server's URL
-(default: `CONVEYOR_TEST_POSTGRES_URL`, else the local test server).
+Every workload gets a store of its own (`benchmarks.common.scratch`): a SQLite file in a
+temporary folder, a fresh PostgreSQL schema created by `app.migrate()` and dropped afterwards,
+or a fresh Redis key prefix whose keys are deleted afterwards. `backend` is "sqlite" (the
+default), "postgres" or "redis"; `postgres` is the PostgreSQL server's URL (default:
+`CONVEYOR_TEST_POSTGRES_URL`, else the local test server), `redis` the Redis server's and
+database's (default: `CONVEYOR_TEST_REDIS_URL`, else database 9 of the local server).
 """
 
 from __future__ import annotations
@@ -62,9 +64,12 @@ def _expect_queued(app: conveyor.App, jobs: int, what: str) -> None:
 # -- enqueue ----------------------------------------------------------------------------------
 
 
-def enqueue_one_by_one(jobs: int, *, backend: str = "sqlite", postgres: str | None = None) -> Rate:
-    """`task.enqueue(i)` `jobs` times: one validated job, one transaction each."""
-    with scratch(backend, "enqueue-one", postgres) as db:
+def enqueue_one_by_one(
+    jobs: int, *, backend: str = "sqlite", postgres: str | None = None, redis: str | None = None
+) -> Rate:
+    """`task.enqueue(i)` `jobs` times: one validated job, one transaction (on Redis, one Lua
+    script) each."""
+    with scratch(backend, "enqueue-one", postgres, redis) as db:
         app = _app(db)
         try:
             app.migrate()  # the schema is created before the clock starts
@@ -81,10 +86,15 @@ def enqueue_one_by_one(jobs: int, *, backend: str = "sqlite", postgres: str | No
 
 
 def enqueue_many(
-    jobs: int, batch: int, *, backend: str = "sqlite", postgres: str | None = None
+    jobs: int,
+    batch: int,
+    *,
+    backend: str = "sqlite",
+    postgres: str | None = None,
+    redis: str | None = None,
 ) -> Rate:
     """`task.enqueue_many(...)` with `batch` jobs per call until `jobs` are stored."""
-    with scratch(backend, "enqueue-many", postgres) as db:
+    with scratch(backend, "enqueue-many", postgres, redis) as db:
         app = _app(db)
         try:
             app.migrate()
@@ -145,10 +155,11 @@ def drain(
     *,
     backend: str = "sqlite",
     postgres: str | None = None,
+    redis: str | None = None,
 ) -> Rate:
     """Pre-enqueue `jobs` no-op jobs, then time `app.run_worker(burst=True)` in a worker
     process of its own until every job has succeeded."""
-    with scratch(backend, "drain", postgres) as db:
+    with scratch(backend, "drain", postgres, redis) as db:
         _fill(db, jobs, task_name)
         context = multiprocessing.get_context("spawn")
         receiver, sender = context.Pipe(duplex=False)
@@ -160,6 +171,7 @@ def drain(
         try:
             seconds = float(receiver.recv())
         except EOFError:
+            worker.join(timeout=60)  # for its exit code
             raise RuntimeError(f"the drain worker died (exit code {worker.exitcode})") from None
         finally:
             worker.join(timeout=60)
@@ -169,21 +181,36 @@ def drain(
 
 
 def drain_sync(
-    jobs: int, concurrency: int = 10, *, backend: str = "sqlite", postgres: str | None = None
+    jobs: int,
+    concurrency: int = 10,
+    *,
+    backend: str = "sqlite",
+    postgres: str | None = None,
+    redis: str | None = None,
 ) -> Rate:
-    return drain(jobs, SYNC_NOOP, concurrency, backend=backend, postgres=postgres)
+    return drain(jobs, SYNC_NOOP, concurrency, backend=backend, postgres=postgres, redis=redis)
 
 
 def drain_async(
-    jobs: int, concurrency: int = 10, *, backend: str = "sqlite", postgres: str | None = None
+    jobs: int,
+    concurrency: int = 10,
+    *,
+    backend: str = "sqlite",
+    postgres: str | None = None,
+    redis: str | None = None,
 ) -> Rate:
-    return drain(jobs, ASYNC_NOOP, concurrency, backend=backend, postgres=postgres)
+    return drain(jobs, ASYNC_NOOP, concurrency, backend=backend, postgres=postgres, redis=redis)
 
 
 def drain_keyed(
-    jobs: int, concurrency: int = 10, *, backend: str = "sqlite", postgres: str | None = None
+    jobs: int,
+    concurrency: int = 10,
+    *,
+    backend: str = "sqlite",
+    postgres: str | None = None,
+    redis: str | None = None,
 ) -> Rate:
-    return drain(jobs, KEYED_NOOP, concurrency, backend=backend, postgres=postgres)
+    return drain(jobs, KEYED_NOOP, concurrency, backend=backend, postgres=postgres, redis=redis)
 
 
 def drain_cli(
@@ -194,12 +221,13 @@ def drain_cli(
     *,
     backend: str = "sqlite",
     postgres: str | None = None,
+    redis: str | None = None,
 ) -> Rate:
     """Pre-enqueue `jobs` no-op jobs, then run `conveyor worker ... --processes N --burst`
     until it exits. The time is the store's own: from the first job's `started_at` to the
     last job's `finished_at`, so interpreter start-up and imports, which differ with the
     number of processes, stay out of it."""
-    with scratch(backend, f"drain-p{processes}", postgres) as db:
+    with scratch(backend, f"drain-p{processes}", postgres, redis) as db:
         _fill(db, jobs, task_name)
         worker = _start_worker(db, concurrency, processes=processes, burst=True)
         try:
@@ -295,13 +323,21 @@ def _span(app: conveyor.App, first: int, last: int) -> Rate:
     return Rate(last - first + 1, ended - begun)
 
 
-def scale(jobs: int, queued: int, *, backend: str = "sqlite", postgres: str | None = None) -> Scale:
+def scale(
+    jobs: int,
+    queued: int,
+    *,
+    backend: str = "sqlite",
+    postgres: str | None = None,
+    redis: str | None = None,
+) -> Scale:
     """On one store: drain `jobs` on a fresh store; then `queued` more, sampling the worker's
     memory; then `jobs` again, with the `queued` finished ones (and their history) in the
-    tables. Times are the store's (`started_at`, `finished_at`), as in `drain_cli`."""
+    tables (on Redis, in its keys and indexes). Times are the store's (`started_at`,
+    `finished_at`), as in `drain_cli`."""
     if queued < 2 * jobs:
         raise ValueError(f"the backlog ({queued:,}) must hold at least twice {jobs:,} jobs")
-    with scratch(backend, "scale", postgres) as db:
+    with scratch(backend, "scale", postgres, redis) as db:
         app = _app(db)
         try:
             app.migrate()
@@ -409,13 +445,15 @@ def latency(
     *,
     backend: str = "sqlite",
     postgres: str | None = None,
+    redis: str | None = None,
 ) -> Latencies:
     """Enqueue one job at a time at `rate` jobs/s for `seconds` while a `conveyor worker`
     subprocess runs them; each job's latency is `started_at - created_at`. On SQLite both are
     stamped from this machine's clock (the enqueuing process and the worker process); on
-    PostgreSQL both are the server's `now()` (the insert's and the claim's transactions)."""
+    PostgreSQL both are the server's `now()` (the insert's and the claim's transactions), on
+    Redis the server's `TIME` (the enqueue's and the claim's scripts)."""
     jobs = max(1, round(rate * seconds))
-    with scratch(backend, "latency", postgres) as db:
+    with scratch(backend, "latency", postgres, redis) as db:
         app = _app(db)
         try:
             app.migrate()  # before the worker starts, so it finds the schema in place

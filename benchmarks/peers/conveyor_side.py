@@ -1,6 +1,9 @@
-"""conveyor's side of the peer comparison, on SQLite or PostgreSQL: `task.enqueue` and
+"""conveyor's side of the peer comparison, on SQLite, PostgreSQL or Redis: `task.enqueue` and
 `task.enqueue_many` (the workloads `python -m benchmarks` runs), and `conveyor worker` as a
-subprocess for the drain and the latency, timed the same way as the peers' workers."""
+subprocess for the drain and the latency, timed the same way as the peers' workers.
+
+`url` is the server's (PostgreSQL's or Redis's, database included) for the store named; None
+for SQLite, or for the server's default (`benchmarks.common`)."""
 
 from __future__ import annotations
 
@@ -42,12 +45,20 @@ def _app(db: Database) -> conveyor.App:
     return make_peers_app(db.url, **db.app_options())
 
 
-def enqueue_one(jobs: int, store: str, postgres: str | None) -> Rate:
-    return workloads.enqueue_one_by_one(jobs, backend=store, postgres=postgres)
+def _servers(store: str, url: str | None) -> dict[str, str | None]:
+    """`url` as the keyword arguments `scratch` and the workloads take (`postgres=`, `redis=`)."""
+    return {
+        "postgres": url if store == "postgres" else None,
+        "redis": url if store == "redis" else None,
+    }
 
 
-def enqueue_bulk(jobs: int, batch: int, store: str, postgres: str | None) -> Rate:
-    return workloads.enqueue_many(jobs, batch, backend=store, postgres=postgres)
+def enqueue_one(jobs: int, store: str, url: str | None) -> Rate:
+    return workloads.enqueue_one_by_one(jobs, backend=store, **_servers(store, url))
+
+
+def enqueue_bulk(jobs: int, batch: int, store: str, url: str | None) -> Rate:
+    return workloads.enqueue_many(jobs, batch, backend=store, **_servers(store, url))
 
 
 def _succeeded(app: conveyor.App) -> int:
@@ -55,10 +66,10 @@ def _succeeded(app: conveyor.App) -> int:
     return sum(per_queue.get(conveyor.JobState.SUCCEEDED, 0) for per_queue in stats.values())
 
 
-def drain(jobs: int, asynchronous: bool, store: str, postgres: str | None) -> Drain:
+def drain(jobs: int, asynchronous: bool, store: str, url: str | None) -> Drain:
     """`conveyor worker --burst` over `jobs` queued no-op jobs, timed from its start until the
     store counts them all succeeded."""
-    with scratch(store, "peers-drain", postgres) as db:
+    with scratch(store, "peers-drain", **_servers(store, url)) as db:
         app = _app(db)
         try:
             app.migrate()
@@ -77,10 +88,10 @@ def drain(jobs: int, asynchronous: bool, store: str, postgres: str | None) -> Dr
 
 
 def latency(
-    rate: float, seconds: float, asynchronous: bool, store: str, postgres: str | None
+    rate: float, seconds: float, asynchronous: bool, store: str, url: str | None
 ) -> list[float]:
     """Enqueue-to-start latencies under a running `conveyor worker`, in seconds."""
-    with scratch(store, "peers-latency", postgres) as db, stamps_file() as stamps:
+    with scratch(store, "peers-latency", **_servers(store, url)) as db, stamps_file() as stamps:
         app = _app(db)
         try:
             app.migrate()

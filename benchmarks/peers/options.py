@@ -6,8 +6,7 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
-#: Each store, and the peers conveyor is measured against on it (conveyor has no Redis backend
-#: yet: on Redis the peers are measured beside the raw loop, for its backend to be compared with).
+#: Each store, and the peers conveyor is measured against on it.
 STORES = ("postgres", "sqlite", "redis")
 PEERS = {
     "postgres": ("PgQueuer",),
@@ -42,7 +41,8 @@ class Options:
     #: PostgreSQL's URL (default: `CONVEYOR_TEST_POSTGRES_URL`, else the local test server)
     postgres_url: str | None = None
     #: Redis's URL, database number included (default: `CONVEYOR_TEST_REDIS_URL`, else
-    #: database 9 of the local server); every workload empties that database before and after
+    #: database 9 of the local server); every peer's workload and the raw loop's empties that
+    #: database before and after, conveyor's keep their keys under a prefix and delete them
     redis_url: str | None = None
     json: Path | None = None
 
@@ -64,8 +64,8 @@ def parse_args(argv: list[str] | None = None) -> Options:
         prog="python -m benchmarks.peers",
         description="conveyor beside the queues a user would pick instead, on the same store, "
         "through each one's own API and worker command: PgQueuer on PostgreSQL, huey "
-        "(SqliteHuey) on SQLite, and on Redis (where conveyor has no backend yet) Dramatiq, "
-        "huey (RedisHuey), SAQ, RQ, arq and Celery beside a raw redis-py loop. Run it from the "
+        "(SqliteHuey) on SQLite, and on Redis Dramatiq, huey (RedisHuey), SAQ, RQ, arq and "
+        "Celery, with a raw redis-py loop beside them. Run it from the "
         "peers' virtualenv: `make bench-peers`.",
     )
     parser.add_argument(
@@ -119,8 +119,9 @@ def parse_args(argv: list[str] | None = None) -> Options:
         "--redis-url",
         metavar="URL",
         help="the Redis server and database (default $CONVEYOR_TEST_REDIS_URL, else "
-        "redis://127.0.0.1:6379/9); every workload empties that database (FLUSHDB) before and "
-        "after it",
+        "redis://127.0.0.1:6379/9); every peer's and raw-loop workload empties that database "
+        "(FLUSHDB) before and after it; conveyor's keep their keys under a fresh prefix and "
+        "delete them",
     )
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the results as JSON")
     args = parser.parse_args(argv)

@@ -26,8 +26,6 @@ RAW_LOOP = {
     "redis": "raw redis-py loop",
 }
 STORE_NAMES = {"sqlite": "SQLite", "postgres": "PostgreSQL", "redis": "Redis"}
-#: What the conveyor column shows on a store conveyor has no backend for.
-ABSENT = "—"
 #: The columns of a store with several peers (a row per system, a column per workload).
 COLUMNS = {
     "enqueue.one": "enqueue\none by one",
@@ -101,8 +99,6 @@ class StoreResults:
     #: each peer's key in the rows and its name and version, in the table's order (default:
     #: `peer` under `PEER`)
     peers: dict[str, str] = field(default_factory=dict)
-    #: why conveyor has no figures here ("conveyor has no Redis backend yet"), if it has none
-    absent: str = ""
 
     def __post_init__(self) -> None:
         if not self.peers and self.peer:
@@ -123,8 +119,6 @@ class StoreResults:
         rows = {}
         for key, row in self.rows.items():
             entry: dict[str, Any] = {"label": row.label, "unit": row.unit}
-            if self.absent:
-                entry[CONVEYOR] = None
             for system in (CONVEYOR, *self.peers, RAW):
                 if row.of(system):
                     runs = row.of(system)
@@ -141,9 +135,6 @@ class StoreResults:
         data: dict[str, Any] = {"store": self.store, "peer": self.peer}
         if several:
             data["peers"] = dict(self.peers)
-        if self.absent:
-            data["conveyor"] = None
-            data["absent"] = self.absent
         data |= {"environment": self.env, "settings": self.settings, "rows": rows}
         return data
 
@@ -205,17 +196,13 @@ def table(results: StoreResults, repeat: int) -> tuple[Table, list[str]]:
         return table_by_system(results, repeat)
     runs = _runs(repeat)
     store = STORE_NAMES[results.store]
-    if results.absent:
-        title = f"{results.peer} on {store}: {runs}"
-    else:
-        title = f"conveyor and {results.peer} on {store}: {runs}"
+    title = f"conveyor and {results.peer} on {store}: {runs}"
     grid = Table(title=title, title_justify="left")
     grid.add_column("workload")
     grid.add_column("unit")
     grid.add_column("conveyor", justify="right")
     grid.add_column(_short(results.peer), justify="right")
-    if not results.absent:
-        grid.add_column("conveyor ÷ peer", justify="right")
+    grid.add_column("conveyor ÷ peer", justify="right")
     grid.add_column(RAW_LOOP[results.store], justify="right")
     for row in results.rows.values():
         if not (row.of(CONVEYOR) or row.peers()):
@@ -223,10 +210,7 @@ def table(results: StoreResults, repeat: int) -> tuple[Table, list[str]]:
         label = Text(row.label)
         if row.note:
             label.append(f"\n{row.note}", style="dim")
-        if results.absent:
-            cells = [Text(ABSENT, style="dim"), figure(row.of(PEER), row.unit)]
-        else:
-            cells = [figure(row.of(CONVEYOR), row.unit), figure(row.of(PEER), row.unit), ratio(row)]
+        cells = [figure(row.of(CONVEYOR), row.unit), figure(row.of(PEER), row.unit), ratio(row)]
         raw = figure(row.of(RAW), row.unit) if row.of(RAW) else Text("")
         grid.add_row(label, row.unit, *cells, raw)
     notes: list[str] = []
@@ -239,10 +223,8 @@ def table_by_system(results: StoreResults, repeat: int) -> tuple[Table, list[str
     names = list(results.peers.values())
     systems = ", ".join(names[:-1]) + f" and {names[-1]}"
     store = STORE_NAMES[results.store]
-    runs = _runs(repeat)
-    title = f"{systems} on {store}: {runs}"
     grid = Table(
-        title=title if results.absent else f"conveyor, {title}",
+        title=f"conveyor, {systems} on {store}: {_runs(repeat)}",
         title_justify="left",
         box=box.SIMPLE_HEAD,
         padding=(0, 0, 0, 1),
@@ -265,14 +247,10 @@ def table_by_system(results: StoreResults, repeat: int) -> tuple[Table, list[str
     def cells(system: str) -> list[Text]:
         return [figure(row.of(system), row.unit, compact) for row in shown]
 
-    if results.absent:
-        grid.add_row("conveyor", *(Text(ABSENT, style="dim") for _ in shown))
-    else:
-        grid.add_row("conveyor", *cells(CONVEYOR))
+    grid.add_row("conveyor", *cells(CONVEYOR))
     for key, name in results.peers.items():
         grid.add_row(_short(name), *cells(key))
-    if not results.absent:
-        grid.add_row("conveyor ÷\nfastest peer", *(ratio(row) for row in shown))
+    grid.add_row("conveyor ÷\nfastest peer", *(ratio(row) for row in shown))
     if any(row.of(RAW) for row in shown):
         grid.add_row(
             "raw loop",
@@ -298,15 +276,12 @@ def print_report(everything: list[StoreResults], options: Options, console: Cons
             console.print(results.header, highlight=False)
         grid, notes = table(results, options.repeat)
         console.print(grid)
-        if results.absent:
-            console.print(f"{results.absent}: no figures in its column, no ratios.")
         for line in [*notes, *results.settings]:
             console.print(f"[dim]{line}[/dim]", highlight=False)
         console.print()
-    compared = [r for r in everything if not r.absent]
-    if not compared:
+    if not everything:
         return
-    several = any(len(r.peers) > 1 for r in compared)
+    several = any(len(r.peers) > 1 for r in everything)
     fastest = " (÷ the fastest peer of the run, where there are several)" if several else ""
     console.print(
         f"[dim]conveyor ÷ peer{fastest} is taken within each run (the systems take turns, "

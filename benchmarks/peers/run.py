@@ -1,6 +1,6 @@
 """The comparison itself: on each store, every workload for conveyor and its peers in turn,
 `repeat` rounds, the order of the systems reversed every round, and the raw loop in the same
-rounds. On Redis, where conveyor has no backend yet, the peers and the raw loop alone."""
+rounds."""
 
 from __future__ import annotations
 
@@ -27,9 +27,6 @@ from benchmarks.peers.harness import Drain
 from benchmarks.peers.options import Options
 from benchmarks.peers.report import CONVEYOR, PEER, RAW, StoreResults
 from benchmarks.suite import environment
-
-#: What the conveyor column says on a store conveyor cannot run on yet.
-NO_BACKEND = {"redis": "conveyor has no Redis backend yet"}
 
 
 def version(package: str) -> str:
@@ -241,9 +238,12 @@ def peers_of(store: str, options: Options) -> list[Peer]:
 
 
 def conveyor_settings(store: str) -> str:
-    sqlite = " (WAL, synchronous=NORMAL)" if store == "sqlite" else ""
+    where = {
+        "sqlite": " (WAL, synchronous=NORMAL)",
+        "redis": " (its keys under a fresh prefix per workload, deleted afterwards)",
+    }.get(store, "")
     return (
-        f"conveyor {version('conveyor')}{sqlite}: `conveyor worker "
+        f"conveyor {version('conveyor')}{where}: `conveyor worker "
         "benchmarks.peers.conveyor_app:app --log-level WARNING` (`--burst` for the drain), "
         "otherwise at its defaults: concurrency 10, one process, sync tasks on threads; "
         "enqueue is `task.enqueue(i)`, `task.enqueue_many(...)` for bulk."
@@ -256,9 +256,8 @@ def header(store: str, env: dict[str, Any]) -> str:
         hiredis = ", hiredis" if env["hiredis"] else ""
         return (
             f"[bold]Redis[/bold] {env['redis']} (appendonly={env['redis_appendonly']}, "
-            f"save={env['redis_save']!r}, database {env['redis_db']} emptied before and after "
-            f"every run, {env['redis_connection']}; redis-py {env['redis_py']}{hiredis}) · "
-            f"{machine}"
+            f"save={env['redis_save']!r}, database {env['redis_db']}, "
+            f"{env['redis_connection']}; redis-py {env['redis_py']}{hiredis}) · {machine}"
         )
     if store == "postgres":
         return (
@@ -286,9 +285,8 @@ def run_store(
     store: str, options: Options, progress: Callable[[str], None] = lambda _: None
 ) -> StoreResults:
     peers = peers_of(store, options)
-    absent = NO_BACKEND.get(store, "")
     url = (options.redis_url or redis_url()) if store == "redis" else options.postgres_url
-    systems = peers if absent else [conveyor_system(store, url), *peers]
+    systems = [conveyor_system(store, url), *peers]
     env = environment(store, url)
     results = StoreResults(
         store,
@@ -300,7 +298,6 @@ def run_store(
             _timing(options, store),
             _raw(store, options),
         ],
-        absent=absent,
     )
     n, batch = options.jobs, options.batch
     groups = options.groups
@@ -312,10 +309,10 @@ def run_store(
     if "drain" in groups:
         results.row("drain.sync", f"drain {n:,} sync no-op jobs", "jobs/s")
         sync_only = [p.short for p in peers if not p.drain_async]
-        no_async = f"{_joined(sync_only)} run{'s' * (len(sync_only) == 1)} no async tasks"
-        results.row(
-            "drain.async", f"drain {n:,} async no-op jobs", "jobs/s", sync_only and no_async
-        )
+        no_async = ""
+        if sync_only:  # (PgQueuer runs both)
+            no_async = f"{_joined(sync_only)} run{'s' * (len(sync_only) == 1)} no async tasks"
+        results.row("drain.async", f"drain {n:,} async no-op jobs", "jobs/s", no_async)
         if store == "redis" and "raw" in groups:
             results.row("drain.raw1", "raw drain, one BRPOP per job", "jobs/s")
         results.row("startup.sync", "worker start to first job done (sync drain)", "ms")
@@ -369,7 +366,11 @@ def run_store(
 
 
 def _timing(options: Options, store: str) -> str:
-    fresh = "an emptied Redis database" if store == "redis" else "a fresh schema or database file"
+    fresh = (
+        "an emptied Redis database (conveyor: a fresh key prefix, its keys deleted afterwards)"
+        if store == "redis"
+        else "a fresh schema or database file"
+    )
     logs = (
         "every system logs at WARNING where it logs each job at its default level"
         if store == "redis"

@@ -4,8 +4,9 @@ No speed thresholds: this checks that `python -m benchmarks` measures what it sa
 enqueued and succeeded, positive rates, latencies from real start times), not how fast it is.
 
 The PostgreSQL runs use `CONVEYOR_TEST_POSTGRES_URL` (default the local test server), the
-Redis ones `CONVEYOR_TEST_REDIS_URL` (default database 9 of the local server, which they empty).
-A server that cannot be reached fails them in CI (`CI=true`) and skips them elsewhere.
+Redis ones `CONVEYOR_TEST_REDIS_URL` (default database 9 of the local server: conveyor's
+workloads keep to key prefixes of their own there, the raw loop empties it). A server that
+cannot be reached fails them in CI (`CI=true`) and skips them elsewhere.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ if str(ROOT) not in sys.path:  # `benchmarks` sits beside `src`, not inside the 
 
 from benchmarks import raw, raw_postgres, raw_redis, workloads  # noqa: E402
 from benchmarks.__main__ import main  # noqa: E402
+from benchmarks.__main__ import parse_args as parse_suite_args  # noqa: E402
 from benchmarks.common import DEFAULT_POSTGRES_URL, DEFAULT_REDIS_URL, Rate  # noqa: E402
 from benchmarks.peers import conveyor_side  # noqa: E402
 from benchmarks.peers.options import GROUPS, STORES, Options, parse_args  # noqa: E402
@@ -135,13 +137,17 @@ def test_command_prints_a_table_and_writes_json(
     assert {t["subject"] for t in data["targets"]} >= {"latency.p50", "latency.p99"}
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+@pytest.mark.parametrize("backend", ["sqlite", "postgres", "redis"])
 def test_scale_drains_a_fresh_store_a_backlog_and_again_and_samples_memory(
     backend: str, request: pytest.FixtureRequest, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    url = request.getfixturevalue("postgres") if backend == "postgres" else None
     argv = ["--backend", backend, "--only", "scale", "--jobs", str(JOBS), "--repeat", "1"]
-    argv += ["--scale-queued", "3000"] + (["--postgres-url", url] if url else [])
+    argv += ["--scale-queued", "3000"]
+    if backend == "postgres":
+        argv += ["--postgres-url", request.getfixturevalue("postgres")]
+    elif backend == "redis":
+        request.getfixturevalue("redis_db")  # reachable, or the test fails (CI) or skips
+        argv += ["--redis-url", REDIS_URL]
     assert main(argv) == 0  # every workload raises unless all its jobs ended succeeded
     printed = capsys.readouterr().out
     assert "the whole backlog of 3,000" in printed and "MiB" in printed
@@ -364,10 +370,8 @@ REDIS_PEERS = {
 }
 
 
-def test_peers_report_on_redis_shows_every_peer_and_no_conveyor_figure(tmp_path: Path) -> None:
-    results = StoreResults(
-        "redis", peers=REDIS_PEERS, header="Redis 7", absent="conveyor has no Redis backend yet"
-    )
+def test_peers_report_on_redis_shows_conveyor_beside_every_peer(tmp_path: Path) -> None:
+    results = StoreResults("redis", peers=REDIS_PEERS, header="Redis 7")
     results.row("enqueue.one", "enqueue one by one", "jobs/s")
     results.row("enqueue.bulk", "bulk enqueue", "jobs/s", "SAQ: none; arq: none")
     results.row("drain.sync", "drain sync no-op jobs", "jobs/s")
@@ -379,6 +383,10 @@ def test_peers_report_on_redis_shows_every_peer_and_no_conveyor_figure(tmp_path:
             results.record("enqueue.bulk", peer, 2_000.0 * n)
         results.record("drain.sync", peer, 100.0 * n)
         results.record("latency.sync.p50", peer, 1.5 * n)
+    results.record("enqueue.one", CONVEYOR, 12_000.0)
+    results.record("enqueue.bulk", CONVEYOR, 48_000.0)
+    results.record("drain.sync", CONVEYOR, 3_000.0)
+    results.record("latency.sync.p50", CONVEYOR, 0.75)
     results.record("enqueue.one", RAW, 40_000.0)
     results.record("drain.sync", RAW, 123_456.0)
     results.record("drain.raw1", RAW, 12_345.0)
@@ -387,13 +395,18 @@ def test_peers_report_on_redis_shows_every_peer_and_no_conveyor_figure(tmp_path:
     print_report([results], Options(repeat=1), console)
     text = console.export_text()
     assert max(len(line) for line in text.splitlines()) <= 120
-    title = "Dramatiq 2.2.1, huey 3.5.4, SAQ 0.26.4, RQ 3.0.0, arq 0.28.0 and Celery 5.6.3 on Redis"
+    title = (
+        "conveyor, Dramatiq 2.2.1, huey 3.5.4, SAQ 0.26.4, RQ 3.0.0, arq 0.28.0 and Celery 5.6.3 "
+        "on Redis"
+    )
     assert title in " ".join(text.split())  # the title wraps at the table's width
     lines = text.splitlines()
     conveyor = next(line for line in lines if line.split()[:1] == ["conveyor"])
-    assert conveyor.split()[1:] == ["—"] * 4  # a dash per workload, no figure
-    assert "conveyor has no Redis backend yet" in text
-    assert "÷" not in text  # no ratio without conveyor's figures
+    assert conveyor.split()[1:] == ["12.0k", "48.0k", "3,000", "0.8"]
+    # ÷ the fastest peer: Celery's rates (6,000, 12,000, 600), Dramatiq's latency (1.5 ms)
+    ratios = next(line for line in lines if line.startswith(" conveyor ÷"))
+    assert ratios.split()[2:] == ["2.00x", "4.00x", "5.00x", "0.50x"]
+    assert "fastest peer" in text
     celery = next(line for line in lines if line.startswith(" Celery"))
     assert celery.split()[1:] == ["6,000", "12.0k", "600", "9.0"]
     saq = next(line for line in lines if line.startswith(" SAQ"))
@@ -401,19 +414,26 @@ def test_peers_report_on_redis_shows_every_peer_and_no_conveyor_figure(tmp_path:
     assert "* bulk enqueue: SAQ: none; arq: none" in text
     assert "40.0k" in text and "123k" in text and "12.3k" in text  # the raw loop's rows
     assert "one BRPOP a job" in text
+    assert "no figures" not in text and "—" not in text
 
     out = tmp_path / "peers.json"
     write_json([results], Options(repeat=1, stores=("redis",)), out)
     data = json.loads(out.read_text())
     assert data["config"]["stores"] == ["redis"]
     redis = data["stores"]["redis"]
-    assert redis["peers"] == REDIS_PEERS and redis["conveyor"] is None
-    assert redis["absent"] == "conveyor has no Redis backend yet"
+    assert redis["peers"] == REDIS_PEERS and "absent" not in redis
     one = redis["rows"]["enqueue.one"]
-    assert one["conveyor"] is None and one["celery"] == {"median": 6_000.0, "runs": [6_000.0]}
-    assert one["raw"]["median"] == 40_000.0 and "conveyor_over_fastest_peer" not in one
+    assert one["conveyor"] == {"median": 12_000.0, "runs": [12_000.0]}
+    assert one["celery"] == {"median": 6_000.0, "runs": [6_000.0]}
+    assert one["conveyor_over_fastest_peer"] == {
+        "median": 2.0,
+        "runs": [2.0],
+        "fastest": ["celery"],
+    }
+    assert one["raw"]["median"] == 40_000.0
     assert "saq" not in redis["rows"]["enqueue.bulk"]
     assert redis["rows"]["drain.raw1"]["raw"]["runs"] == [12_345.0]
+    assert "conveyor" not in redis["rows"]["drain.raw1"]
 
 
 def test_peers_ratio_with_several_peers_is_to_the_fastest_of_each_run() -> None:
@@ -515,3 +535,132 @@ def test_raw_redis_loop_pushes_and_pops_every_job_and_leaves_its_database_empty(
         assert rate.jobs == JOBS
         assert rate.seconds > 0 and math.isfinite(rate.per_second) and rate.per_second > 0
     assert redis_db.dbsize() == 0  # emptied before the first run and after each
+
+
+def _bench_keys(client: Any) -> list[str]:
+    """Keys under a benchmark workload's prefix (`{bench_...}:...`) in the test database."""
+    return sorted(k.decode() for k in client.scan_iter(match="{bench_*", count=1_000))
+
+
+def test_redis_command_line_takes_the_backend_and_its_url() -> None:
+    configs, _ = parse_suite_args(["--backend", "sqlite,pg,redis", "--redis-url", REDIS_URL])
+    assert [c.backend for c in configs] == ["sqlite", "postgres", "redis"]
+    assert all(c.redis_url == REDIS_URL for c in configs)
+    assert parse_suite_args(["--backend", "redis"])[0][0].redis_url is None  # the default
+    with pytest.raises(SystemExit):
+        parse_suite_args(["--backend", "mongo"])
+
+
+def test_redis_workloads_keep_to_a_prefix_of_their_own_and_delete_it(redis_db: Any) -> None:
+    redis_db.set("left:from:before", "1")
+    try:
+        where: dict[str, Any] = {"backend": "redis", "redis": REDIS_URL}
+        rates = [
+            workloads.enqueue_one_by_one(JOBS, **where),
+            workloads.enqueue_many(JOBS, 64, **where),
+            workloads.drain_sync(JOBS, 10, **where),  # each raises unless all JOBS succeeded
+            workloads.drain_async(JOBS, 10, **where),
+            workloads.drain_keyed(JOBS, 10, **where),
+            workloads.drain_cli(JOBS, 2, 5, **where),  # `conveyor worker -p 2 --burst`
+        ]
+        for rate in rates:
+            assert rate.jobs == JOBS and rate.seconds > 0 and rate.per_second > 0
+        assert redis_db.get("left:from:before") == b"1"  # no FLUSHDB
+        assert _bench_keys(redis_db) == []  # every workload deleted its keys
+    finally:
+        redis_db.delete("left:from:before")
+
+
+def test_redis_latency_is_measured_from_real_start_times(redis_db: Any) -> None:
+    result = workloads.latency(
+        rate=50.0, seconds=0.5, concurrency=4, backend="redis", redis=REDIS_URL
+    )
+    assert result.count == 25
+    assert all(0 <= s < 30 for s in result.samples)
+    assert 0 <= result.percentile(50) <= result.percentile(95) <= result.percentile(99)
+    assert _bench_keys(redis_db) == []
+
+
+def test_redis_suite_reports_shares_of_the_raw_redis_loop(
+    redis_db: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "results.json"
+    code = main(
+        [
+            "--backend",
+            "redis",
+            "--redis-url",
+            REDIS_URL,
+            "--jobs",
+            str(JOBS),
+            "--repeat",
+            "1",
+            "--batches",
+            "50",
+            "--concurrency",
+            "5",
+            "--one-call",
+            "1000",
+            "--latency-seconds",
+            "0.5",
+            "--only",
+            "raw,enqueue,drain,latency",
+            "--json",
+            str(out),
+        ]
+    )
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "conveyor on Redis" in printed and "raw redis-py loop" in printed
+    assert "LPUSH, 50 per round trip" in printed and "RPOP drain, 100 per round" in printed
+    assert "raw BRPOP drain, 1 job per round trip" in printed
+    assert "CLI -p 2, concurrency 5" in printed and "the server's TIME" in printed
+    assert "Quoted figures" not in printed  # those are PostgreSQL's
+    data = json.loads(out.read_text())
+    assert data["backend"] == "redis" and data["environment"]["redis"]
+    assert "redis_url" not in data["config"]  # it may carry a password
+    assert set(data["metrics"]) == {
+        "raw.insert.1",
+        "raw.insert.50",
+        "raw.drain.1",
+        "raw.drain.100",
+        "enqueue.one",
+        "enqueue.many.50",
+        "enqueue.call.1000",
+        "drain.sync.c5",
+        "drain.async.c5",
+        "drain.cli.p1.c5",
+        "drain.cli.p2.c5",
+        "latency.p50",
+        "latency.p95",
+        "latency.p99",
+        "latency.max",
+        "latency.jobs",
+        "latency.rate",
+    }
+    for metric in data["metrics"].values():
+        assert metric["runs"] and all(r > 0 and math.isfinite(r) for r in metric["runs"])
+    assert data["metrics"]["raw.drain.1"]["label"] == "raw BRPOP drain, 1 per round trip"
+    assert set(data["ratios"]) == {
+        "enqueue.one/raw",
+        "enqueue.many.50/raw",
+        "drain.sync.c5/raw",
+        "drain.async.c5/raw",
+        "drain.cli.p1.c5/raw",
+        "drain.cli.p2.c5/raw",
+        "drain.cli.p2.c5/p1",
+    }
+    assert data["ratios"]["enqueue.one/raw"]["against"] == "raw.insert.1"
+    # Redis has no goals of its own: only the one every server shares
+    assert [t["subject"] for t in data["targets"]] == ["drain.cli.p2.c5/p1"]
+    assert _bench_keys(redis_db) == []
+
+
+def test_peers_conveyor_side_runs_on_redis(redis_db: Any) -> None:
+    assert conveyor_side.enqueue_one(JOBS, "redis", REDIS_URL).per_second > 0
+    assert conveyor_side.enqueue_bulk(JOBS, 50, "redis", REDIS_URL).per_second > 0
+    drained = conveyor_side.drain(50, True, "redis", REDIS_URL)
+    assert drained.jobs == 50 and 0 < drained.first_s <= drained.seconds
+    samples = conveyor_side.latency(20.0, 0.5, False, "redis", REDIS_URL)
+    assert len(samples) == 10 and all(0 <= s < 30 for s in samples)
+    assert _bench_keys(redis_db) == []
