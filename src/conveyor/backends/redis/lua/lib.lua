@@ -256,6 +256,56 @@ local function all_queues()
     return redis.call('SMEMBERS', P .. ':queues')
 end
 
+-- Writes gathered while a script goes through many jobs, sent once each at the end: members
+-- of sorted sets (a ZADD per set, a thousand members a call), counts (a HINCRBY per field),
+-- the queues seen and their lanes (SADD).
+local function writes()
+    local zsets, zorder, counts, corder, lanes, queues = {}, {}, {}, {}, {}, {}
+    local batch = {}
+    function batch.zadd(k, score, member)
+        local list = zsets[k]
+        if not list then
+            list = {}
+            zsets[k] = list
+            zorder[#zorder + 1] = k
+        end
+        list[#list + 1] = score
+        list[#list + 1] = member
+    end
+    function batch.incr(k, field)
+        local key = k .. SEP .. field
+        if not counts[key] then
+            counts[key] = {k, field, 0}
+            corder[#corder + 1] = key
+        end
+        counts[key][3] = counts[key][3] + 1
+    end
+    function batch.queue(queue)
+        queues[queue] = true
+    end
+    function batch.lane(queue, lane)
+        lanes[queue] = lanes[queue] or {}
+        lanes[queue][lane] = true
+    end
+    function batch.flush()
+        for _, k in ipairs(zorder) do
+            local list = zsets[k]
+            for start = 1, #list, 2000 do
+                redis.call('ZADD', k, unpack(list, start, math.min(start + 1999, #list)))
+            end
+        end
+        for _, key in ipairs(corder) do
+            local c = counts[key]
+            redis.call('HINCRBY', c[1], c[2], c[3])
+        end
+        for queue, _ in pairs(queues) do redis.call('SADD', P .. ':queues', queue) end
+        for queue, set in pairs(lanes) do
+            for lane, _ in pairs(set) do redis.call('SADD', P .. ':lanes:' .. queue, lane) end
+        end
+    end
+    return batch
+end
+
 -- Store jobs, all or none: the arguments begin at ARGV[base] (see enqueue.lua). Returns NOW
 -- and, per job, {id} or, for a job deduplicated or waiting, {id, deduplicated, its columns}.
 local function enqueue_jobs(base)
@@ -281,6 +331,7 @@ local function enqueue_jobs(base)
 
     local out = {}
     local ids = {}
+    local batch = writes()
     local first = redis.call('INCRBY', P .. ':next_id', n) - n
     for i = 0, n - 1 do
         local a = base + i * W
@@ -326,15 +377,43 @@ local function enqueue_jobs(base)
                 fields[#fields + 1] = 'depth'
                 fields[#fields + 1] = depth
             end
-            redis.call('HSET', jk, unpack(fields))
-            redis.call('SADD', P .. ':queues', queue)
-            redis.call('ZADD', P .. ':ixq:' .. queue, tonumber(id), id)
-            if unique_key ~= '' then redis.call('SET', P .. ':uniq:' .. unique_key, id) end
             local deps = ARGV[a + 19]
             if deps == '' then
-                move(id, run_at > created_at and 'scheduled' or 'queued', created_at, false, nil)
+                -- what `move` would do from nothing, with the job's fields at hand and the
+                -- sorted sets, counts and sets written once for the whole call (batch)
+                local state = run_at > created_at and 'scheduled' or 'queued'
+                local ck, rk = ARGV[a + 13], ARGV[a + 15]
+                local circuit = ARGV[a + 18]
+                fields[#fields + 1] = 'state'
+                fields[#fields + 1] = state
+                fields[#fields + 1] = 'changed'
+                fields[#fields + 1] = fmt(created_at)
+                if state == 'queued' then
+                    local member = lane_member(run_at, id)
+                    fields[#fields + 1] = 'lm'
+                    fields[#fields + 1] = member
+                    batch.zadd(lane_of(queue, ck ~= '' and ck or nil, rk ~= '' and rk or nil,
+                        circuit ~= '' and circuit or nil), ARGV[a + 6], member)
+                    batch.lane(queue, lane_of(queue, ck ~= '' and ck or nil,
+                        rk ~= '' and rk or nil, circuit ~= '' and circuit or nil))
+                else
+                    batch.zadd(P .. ':due:' .. queue, fmt(run_at), id)
+                end
+                redis.call('HSET', jk, unpack(fields))
+                batch.queue(queue)
+                batch.zadd(P .. ':ix:' .. state, id, id)
+                batch.zadd(P .. ':ixq:' .. queue, id, id)
+                batch.incr(P .. ':counts', state .. ':' .. queue)
+                if circuit ~= '' then batch.incr(P .. ':cheld', circuit) end
+                if unique_key ~= '' then redis.call('SET', P .. ':uniq:' .. unique_key, id) end
+                record(id, created_at, nil, state, nil, nil, queue, ARGV[a + 2])
+                wake()
                 out[#out + 1] = {tonumber(id)}
             else
+                redis.call('HSET', jk, unpack(fields))
+                redis.call('SADD', P .. ':queues', queue)
+                redis.call('ZADD', P .. ':ixq:' .. queue, tonumber(id), id)
+                if unique_key ~= '' then redis.call('SET', P .. ':uniq:' .. unique_key, id) end
                 move(id, 'waiting', created_at, false, nil)
                 local failed = nil
                 local odf = ARGV[a + 12]
@@ -365,5 +444,6 @@ local function enqueue_jobs(base)
             end
         end
     end
+    batch.flush()
     return {fmt(NOW), out}
 end
