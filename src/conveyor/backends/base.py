@@ -10,6 +10,7 @@ lists. The faces that callers use (`Store`, blocking; `Backend`, async) are gene
 from __future__ import annotations
 
 import abc
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
@@ -488,3 +489,29 @@ def dependency_depths(jobs: Sequence[NewJob], named: Mapping[int, int]) -> list[
             )
         depths.append(depth)
     return depths
+
+
+def outcome_array(o: Outcome) -> list[Any]:
+    """An outcome as the stores that take a batch of them as JSON arrays read each (SQLite's
+    `complete` statement, Redis's `complete.lua`): [id, worker_id, attempt, state, result,
+    error, run_at, refund, finished_at, progress, keeps_cancel_request, keeps_requester_note,
+    at, note, lease_expired_before, leader, ran_for]."""
+    return [
+        o.job_id,
+        o.worker_id,
+        o.attempt,
+        o.state.value,
+        o.result,
+        None if o.error is None else json.dumps(o.error),
+        o.run_at,
+        1 if o.refunds_attempt else 0,
+        o.finished_at,
+        o.progress,
+        o.keeps_cancel_request,
+        o.keeps_requester_note,
+        o.at,
+        o.note,
+        o.lease_expired_before,
+        o.leader,
+        o.ran_for,
+    ]

@@ -20,7 +20,7 @@ import redis
 import redis.asyncio as aredis
 from redis.exceptions import NoScriptError, ResponseError
 
-from conveyor.backends.base import Beat, Engine
+from conveyor.backends.base import Beat, Engine, outcome_array
 from conveyor.backends.plan import Call
 from conveyor.backends.redis.admin import AdminOperations
 from conveyor.backends.redis.flow import FlowOperations
@@ -202,7 +202,7 @@ class RedisOperations(AdminOperations, FlowOperations):
     def _complete_plan(
         self, outcomes: Sequence[Outcome], starts: Sequence[Start]
     ) -> RedisPlan[list[int]]:
-        rows = [_outcome_row(o) for o in outcomes]
+        rows = [outcome_array(o) for o in outcomes]
         started = [[s.job_id, s.worker_id, s.attempt, s.at, s.ago] for s in starts]
         now = max([o.at for o in outcomes] + [s.at for s in starts])
         applied = yield Script("complete", (json.dumps(rows), json.dumps(started)), now=now)
@@ -278,29 +278,6 @@ class RedisOperations(AdminOperations, FlowOperations):
     def _held_back_plan(self, queues: Sequence[str] | None, now: float) -> RedisPlan[float | None]:
         held = yield Script("held_back", (queues_arg(queues),), now=now)
         return None if held is None else float(held)
-
-
-def _outcome_row(o: Outcome) -> list[Any]:
-    """An outcome as `complete.lua` reads it (the same array the SQL stores take)."""
-    return [
-        o.job_id,
-        o.worker_id,
-        o.attempt,
-        o.state.value,
-        o.result,
-        None if o.error is None else json.dumps(o.error),
-        o.run_at,
-        1 if o.refunds_attempt else 0,
-        o.finished_at,
-        o.progress,
-        o.keeps_cancel_request,
-        o.keeps_requester_note,
-        o.at,
-        o.note,
-        o.lease_expired_before,
-        o.leader,
-        o.ran_for,
-    ]
 
 
 def _unavailable(exc: BaseException) -> BackendUnavailable | None:

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from conveyor.backends.base import Engine
+from conveyor.backends.base import Engine, outcome_array
 from conveyor.backends.plan import Atomic, Call, Plan, Stmt, rows_or_count
 from conveyor.backends.sql import Queries, load_migrations
 from conveyor.backends.sqlite.connections import (
@@ -246,7 +246,9 @@ class SqliteOperations(SqlOperations):
             yield Stmt(Q.record_starts, {"starts": json.dumps(rows)})
         if not outcomes:
             return []
-        written = yield Stmt(Q.complete, {"outcomes": json.dumps(_outcome_rows(outcomes))})
+        written = yield Stmt(
+            Q.complete, {"outcomes": json.dumps([outcome_array(o) for o in outcomes])}
+        )
         ids = {row[0] for row in written}
         applied = [o.job_id for o in outcomes if o.job_id in ids]
         leftovers = [o.job_id for o in outcomes if o.job_id in ids and o.keeps_cancel_request]
@@ -370,32 +372,6 @@ def _insert_row(job: NewJob, depth: int, full: bool) -> tuple[Any, ...]:
         job.rate_period,
         job.circuit,
     )
-
-
-def _outcome_rows(outcomes: Sequence[Outcome]) -> list[list[Any]]:
-    """The outcomes as the `complete` statement takes them, one array each."""
-    return [
-        [
-            o.job_id,
-            o.worker_id,
-            o.attempt,
-            o.state.value,
-            o.result,
-            None if o.error is None else json.dumps(o.error),
-            o.run_at,
-            1 if o.refunds_attempt else 0,
-            o.finished_at,
-            o.progress,
-            o.keeps_cancel_request,
-            o.keeps_requester_note,
-            o.at,
-            o.note,
-            o.lease_expired_before,
-            o.leader,
-            o.ran_for,
-        ]
-        for o in outcomes
-    ]
 
 
 class SqliteEngine(Engine):

@@ -4,11 +4,7 @@
 -- {how many, cursor}: the cursor is the last id looked at when the look ran out (the caller
 -- goes on below it); false when done.
 local f = admin_filter(ARGV[3])
-local ids = nil
-if ARGV[4] ~= '' then
-    ids = {}
-    for id in string.gmatch(ARGV[4], '[^,]+') do ids[#ids + 1] = id end
-end
+local ids = admin_ids(ARGV[4])
 local budget, note = tonumber(ARGV[6]), ARGV[7]
 local next_id = admin_walk(ids or admin_sources(f), ids, tonumber(ARGV[5]), nil,
                            math.min(budget, 128))

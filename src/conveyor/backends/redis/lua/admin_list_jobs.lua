@@ -4,11 +4,7 @@
 -- Returns {rows (job_row each), cursor}: the cursor is the last id looked at when the look
 -- ran out before the list was full (the caller goes on below it); false when done.
 local f = admin_filter(ARGV[3])
-local ids = nil
-if ARGV[4] ~= '' then
-    ids = {}
-    for id in string.gmatch(ARGV[4], '[^,]+') do ids[#ids + 1] = id end
-end
+local ids = admin_ids(ARGV[4])
 local limit, budget = tonumber(ARGV[7]), tonumber(ARGV[8])
 local next_id = admin_walk(ids or admin_sources(f), ids, tonumber(ARGV[5]), tonumber(ARGV[6]),
                            math.max(16, math.min(limit, budget)))

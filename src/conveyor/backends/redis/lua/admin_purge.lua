@@ -19,9 +19,8 @@ local function purged(id)
     return false
 end
 
-if ARGV[4] ~= '' then
-    local ids = {}
-    for id in string.gmatch(ARGV[4], '[^,]+') do ids[#ids + 1] = id end
+local ids = admin_ids(ARGV[4])
+if ids then
     local next_id = admin_walk(nil, ids, tonumber(ARGV[5]), nil, math.min(budget, 128))
     local looked, last = 0, nil
     while looked < budget do

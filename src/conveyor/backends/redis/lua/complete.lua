@@ -1,4 +1,4 @@
--- Write outcomes (ARGV[3], JSON: arrays as `_outcome_rows` makes them) and starts (ARGV[4],
+-- Write outcomes (ARGV[3], JSON: arrays as `base.outcome_array` makes them) and starts (ARGV[4],
 -- JSON: [id, worker_id, attempt, at, ago]), each only while that very attempt still runs
 -- under that worker. Returns the ids of the jobs whose outcome applied.
 local function given(v)

@@ -6,6 +6,14 @@
 local ADMIN_STATES = {'waiting', 'scheduled', 'queued', 'running', 'retrying', 'succeeded',
                       'dead', 'cancelled'}
 
+-- Ids a script was given as text ("12,15"); nil for '' (any id).
+local function admin_ids(text)
+    if text == '' then return nil end
+    local ids = {}
+    for id in string.gmatch(text, '[^,]+') do ids[#ids + 1] = id end
+    return ids
+end
+
 -- A filter as the admin scripts take it: JSON {states: [...], queue, task, error_type,
 -- contains (lower case)}, every field optional; states becomes a set.
 local function admin_filter(text)
