@@ -290,7 +290,8 @@ def _unavailable(exc: BaseException) -> BackendUnavailable | None:
         text = str(exc)
         if text.startswith("OOM") or "maxmemory" in text:
             return BackendUnavailable(f"Redis is out of memory (maxmemory reached): {text}")
-        if text.startswith(("MASTERDOWN", "LOADING", "TRYAGAIN", "CLUSTERDOWN")):
+        # BUSY: another client's script has run past lua-time-limit (a huge enqueue_many)
+        if text.startswith(("MASTERDOWN", "LOADING", "TRYAGAIN", "CLUSTERDOWN", "BUSY")):
             return BackendUnavailable(f"Redis: {text}")
     return None
 
