@@ -11,6 +11,7 @@ PEERS_STAMP := $(PEERS_VENV)/.installed
 # `make docs` builds the documentation site (site/) with the tools pinned in requirements-docs.txt.
 DOCS_VENV := .venv-docs
 DOCS_STAMP := $(DOCS_VENV)/.installed
+include mk/django.mk
 
 .PHONY: demo test check bench bench-peers docs lint screenshots clean
 
@@ -30,6 +31,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	scripts/ensure-chromium.sh
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(MAKE) test-django
 
 # The quick loop: unit and contract tests on SQLite only (no server needed), under a minute.
 check: $(STAMP)
@@ -70,5 +72,5 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 clean:
-	rm -rf $(VENV) $(PEERS_VENV) $(DOCS_VENV) site .pytest_cache .mypy_cache .ruff_cache \
+	rm -rf $(VENV) $(PEERS_VENV) $(DOCS_VENV) $(DJANGO6_VENV) $(DJANGO52_VENV) site .pytest_cache .mypy_cache .ruff_cache \
 		conveyor-demo.db*

@@ -1,0 +1,1 @@
+"""`conveyor_worker` and `conveyor_serve`."""

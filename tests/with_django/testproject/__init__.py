@@ -1,0 +1,1 @@
+"""A small Django project for conveyor's Django backend: its settings and test runner."""
