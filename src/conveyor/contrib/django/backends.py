@@ -17,10 +17,9 @@ def __getattr__(alias: str) -> App:
 
 def app_of(alias: str) -> App:
     """The App of TASKS[alias], Django set up first if it is not yet."""
+    import django
     from django.apps import apps
     from django.core.exceptions import ImproperlyConfigured
-
-    import django
 
     try:
         if not apps.ready:
