@@ -153,3 +153,30 @@ def test_an_idle_worker_is_woken_by_an_enqueue_not_by_its_own_recheck(
                 await asyncio.sleep(0.1)
 
     asyncio.run(scenario())
+
+
+def test_a_call_in_flight_outlives_a_release_of_the_apps_async_clients(
+    make: Callable[..., conveyor.App], prefix: str
+) -> None:
+    """A worker that ends releases the App's async clients while other code on the same event
+    loop may still be waiting on one (`job.wait_async` beside an in-process worker): that call
+    completes, and the client is closed after it."""
+    from conveyor.backends.plan import Call
+    from conveyor.backends.redis.scripts import Cmd, RedisPlan
+
+    app = make()
+    app.enqueue("echo", args=[1])
+    engine = app.backend.engine
+
+    def slow() -> RedisPlan[Any]:
+        # a command that takes a while on the server: a blocking pop that times out
+        return (yield Cmd(("BLPOP", f"{{{prefix}}}:nothing", 0.3)))
+
+    async def scenario() -> None:
+        call = asyncio.create_task(engine.arun(Call(slow())))
+        await asyncio.sleep(0.1)  # the pop is on its way
+        await app.backend.release()
+        assert await call is None
+        assert await app.get_job_async(1) is not None  # a new client serves the next call
+
+    asyncio.run(scenario())

@@ -323,6 +323,9 @@ class RedisEngine(Engine):
         self._woken = asyncio.Event()
         self._registered = False
         self._loop: asyncio.AbstractEventLoop | None = None
+        #: per async client, the calls running on it; and the released ones they keep open
+        self._calls: dict[aredis.Redis, int] = {}
+        self._retired: set[aredis.Redis] = set()
 
     def use_clock(self, clock: Clock) -> None:
         self.clock = clock
@@ -351,6 +354,8 @@ class RedisEngine(Engine):
             self._loop = loop
             self._aclient = self._wait_client = None
             self._listener = None
+            self._calls.clear()
+            self._retired.clear()
 
     def aclient(self) -> aredis.Redis:
         self._on_this_loop()
@@ -446,10 +451,19 @@ class RedisEngine(Engine):
     async def arun(self, call: Call[T]) -> T:
         if not self._warned or (call.check and not self.ops.checked):
             await asyncio.to_thread(self.run, self.ops.check_schema())
+        client = self.aclient()
+        self._calls[client] = self._calls.get(client, 0) + 1
         try:
-            return await self._adrive(self.aclient(), call.plan)
+            return await self._adrive(client, call.plan)
         except redis.RedisError as exc:
             raise _reraise(exc) from exc
+        finally:
+            self._calls[client] -= 1
+            if not self._calls[client]:
+                del self._calls[client]
+                if client in self._retired:  # released while this call ran on it
+                    self._retired.discard(client)
+                    await client.aclose()
 
     def _warn_durability(self) -> None:
         """Refuse a server that evicts keys when full; warn once when it keeps nothing on
@@ -551,8 +565,12 @@ class RedisEngine(Engine):
             with contextlib.suppress(asyncio.CancelledError, redis.RedisError):
                 await self._listener
             self._listener = None
+        # A client still running calls of others sharing this App on the loop (a worker that
+        # ends while the App's code waits for a job) is closed by the last of them.
         for client in (self._aclient, self._wait_client):
-            if client is not None:
+            if client in self._calls:
+                self._retired.add(client)
+            elif client is not None:
                 await client.aclose()
         self._aclient = self._wait_client = None
         self._loop = None
