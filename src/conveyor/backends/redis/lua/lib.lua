@@ -97,24 +97,97 @@ local function record(id, at, from, to, worker, note, queue, task)
                'w', worker or '', 'n', note or '', 'q', queue, 'k', task)
 end
 
+-- Writes gathered while a script goes through many jobs, sent once each at the end: members
+-- of sorted sets (a ZADD per set, a thousand members a call), counts (a HINCRBY per field),
+-- the queues seen and their lanes (SADD).
+local function writes()
+    local zsets, zorder, counts, corder, lanes, queues = {}, {}, {}, {}, {}, {}
+    local batch = {}
+    function batch.zadd(k, score, member)
+        local list = zsets[k]
+        if not list then
+            list = {}
+            zsets[k] = list
+            zorder[#zorder + 1] = k
+        end
+        list[#list + 1] = score
+        list[#list + 1] = member
+    end
+    function batch.incr(k, field)
+        local key = k .. SEP .. field
+        if not counts[key] then
+            counts[key] = {k, field, 0}
+            corder[#corder + 1] = key
+        end
+        counts[key][3] = counts[key][3] + 1
+    end
+    function batch.queue(queue)
+        queues[queue] = true
+    end
+    function batch.lane(queue, lane)
+        lanes[queue] = lanes[queue] or {}
+        lanes[queue][lane] = true
+    end
+    function batch.flush()
+        for _, k in ipairs(zorder) do
+            local list = zsets[k]
+            for start = 1, #list, 2000 do
+                redis.call('ZADD', k, unpack(list, start, math.min(start + 1999, #list)))
+            end
+        end
+        for _, key in ipairs(corder) do
+            local c = counts[key]
+            redis.call('HINCRBY', c[1], c[2], c[3])
+        end
+        for queue, _ in pairs(queues) do redis.call('SADD', P .. ':queues', queue) end
+        for queue, set in pairs(lanes) do
+            for lane, _ in pairs(set) do redis.call('SADD', P .. ':lanes:' .. queue, lane) end
+        end
+    end
+    return batch
+end
+
+-- The same, written at once: what `move` writes through unless its caller gathers them.
+local DIRECT = {}
+function DIRECT.zadd(k, score, member) redis.call('ZADD', k, score, member) end
+function DIRECT.incr(k, field) redis.call('HINCRBY', k, field, 1) end
+function DIRECT.queue(queue) redis.call('SADD', P .. ':queues', queue) end
+function DIRECT.lane(queue, lane) redis.call('SADD', P .. ':lanes:' .. queue, lane) end
+
 -- What `move` reads of a job, in one call: where it is, and where it goes.
 local CURRENT = {'state', 'queue', 'lm', 'worker_id', 'ck', 'circuit', 'task', 'rk', 'run_at',
                  'priority', 'lease_until', 'finished_at'}
 
 -- Leave the structure of the old state and enter the new one's. `sets` is a flat list of
--- field, value pairs written with the state (value false: the field is removed).
-local function move(id, to, at, note, sets)
+-- field, value pairs written with the state (value false: the field is removed). With `new_job`,
+-- the job is not stored yet and `sets` are all its fields. What it enters goes through `w`
+-- (`writes()`, gathered for a whole enqueue call; DIRECT by default).
+local function move(id, to, at, note, sets, w, new_job)
+    w = w or DIRECT
     local jk = job_key(id)
-    local cur = redis.call('HMGET', jk, unpack(CURRENT))
-    local from, queue, lm, old_worker, ck, circuit, task = cur[1], cur[2], cur[3], cur[4],
-        cur[5] or nil, cur[6] or nil, cur[7]
-    -- the fields as they will be
-    local new = {worker_id = cur[4], rk = cur[8], run_at = cur[9], priority = cur[10],
-                 lease_until = cur[11], finished_at = cur[12]}
+    local from, queue, lm, old_worker, ck, circuit, task, old_rk, new, puts
     local dels = {}
-    local puts = {'state', to, 'changed', fmt(at)}
-    if sets then
-        for i = 1, #sets, 2 do
+    if new_job then
+        -- every field is given, none removed: they are written as they are, with the state
+        new = {}
+        for i = 1, #sets, 2 do new[sets[i]] = sets[i + 1] end
+        from, queue, lm, old_worker = false, new.queue, false, false
+        ck, circuit, task = new.ck, new.circuit, new.task
+        puts = sets
+        puts[#puts + 1] = 'state'
+        puts[#puts + 1] = to
+        puts[#puts + 1] = 'changed'
+        puts[#puts + 1] = fmt(at)
+    else
+        local cur = redis.call('HMGET', jk, unpack(CURRENT))
+        from, queue, lm, old_worker, ck, circuit, task = cur[1], cur[2], cur[3], cur[4],
+            cur[5] or nil, cur[6] or nil, cur[7]
+        old_rk = cur[8] or nil
+        -- the fields as they will be
+        new = {worker_id = cur[4], rk = cur[8], run_at = cur[9], priority = cur[10],
+               lease_until = cur[11], finished_at = cur[12]}
+        puts = {'state', to, 'changed', fmt(at)}
+        for i = 1, #(sets or {}), 2 do
             local field, value = sets[i], sets[i + 1]
             if value == false then
                 dels[#dels + 1] = field
@@ -127,7 +200,7 @@ local function move(id, to, at, note, sets)
     end
     -- leave
     if from == 'queued' then
-        redis.call('ZREM', lane_of(queue, ck, cur[8] or nil, circuit), lm)
+        redis.call('ZREM', lane_of(queue, ck, old_rk, circuit), lm)
         dels[#dels + 1] = 'lm'
     elseif from == 'scheduled' or from == 'retrying' then
         redis.call('ZREM', P .. ':due:' .. queue, id)
@@ -150,20 +223,23 @@ local function move(id, to, at, note, sets)
     end
     -- the jobs still to run behind each circuit, counted (what it holds while open)
     if circuit and TO_RUN[from] ~= TO_RUN[to] then
-        local held = redis.call('HINCRBY', P .. ':cheld', circuit, TO_RUN[to] and 1 or -1)
-        if held <= 0 then redis.call('HDEL', P .. ':cheld', circuit) end
+        if TO_RUN[to] then
+            w.incr(P .. ':cheld', circuit)
+        elseif redis.call('HINCRBY', P .. ':cheld', circuit, -1) <= 0 then
+            redis.call('HDEL', P .. ':cheld', circuit)
+        end
     end
     -- enter
     if to == 'queued' then
         local member = lane_member(tonumber(new.run_at), id)
         local lane = lane_of(queue, ck, new.rk or nil, circuit)
-        redis.call('ZADD', lane, tonumber(new.priority), member)
-        redis.call('SADD', P .. ':lanes:' .. queue, lane)
+        w.zadd(lane, new.priority, member)
+        w.lane(queue, lane)
         puts[#puts + 1] = 'lm'
         puts[#puts + 1] = member
         wake()
     elseif to == 'scheduled' or to == 'retrying' then
-        redis.call('ZADD', P .. ':due:' .. queue, tonumber(new.run_at), id)
+        w.zadd(P .. ':due:' .. queue, new.run_at, id)
         wake()  -- idle workers wait until the next job is due: this one may be sooner
     elseif to == 'running' then
         redis.call('ZADD', P .. ':running', tonumber(new.lease_until), id)
@@ -176,8 +252,8 @@ local function move(id, to, at, note, sets)
     -- write
     redis.call('HSET', jk, unpack(puts))
     if #dels > 0 then redis.call('HDEL', jk, unpack(dels)) end
-    redis.call('ZADD', P .. ':ix:' .. to, tonumber(id), id)
-    count(to, queue, 1)
+    w.zadd(P .. ':ix:' .. to, id, id)
+    w.incr(P .. ':counts', to .. ':' .. queue)
     record(id, at, from or nil, to, new.worker_id or nil, note, queue, task)
     return from
 end
@@ -256,56 +332,6 @@ local function all_queues()
     return redis.call('SMEMBERS', P .. ':queues')
 end
 
--- Writes gathered while a script goes through many jobs, sent once each at the end: members
--- of sorted sets (a ZADD per set, a thousand members a call), counts (a HINCRBY per field),
--- the queues seen and their lanes (SADD).
-local function writes()
-    local zsets, zorder, counts, corder, lanes, queues = {}, {}, {}, {}, {}, {}
-    local batch = {}
-    function batch.zadd(k, score, member)
-        local list = zsets[k]
-        if not list then
-            list = {}
-            zsets[k] = list
-            zorder[#zorder + 1] = k
-        end
-        list[#list + 1] = score
-        list[#list + 1] = member
-    end
-    function batch.incr(k, field)
-        local key = k .. SEP .. field
-        if not counts[key] then
-            counts[key] = {k, field, 0}
-            corder[#corder + 1] = key
-        end
-        counts[key][3] = counts[key][3] + 1
-    end
-    function batch.queue(queue)
-        queues[queue] = true
-    end
-    function batch.lane(queue, lane)
-        lanes[queue] = lanes[queue] or {}
-        lanes[queue][lane] = true
-    end
-    function batch.flush()
-        for _, k in ipairs(zorder) do
-            local list = zsets[k]
-            for start = 1, #list, 2000 do
-                redis.call('ZADD', k, unpack(list, start, math.min(start + 1999, #list)))
-            end
-        end
-        for _, key in ipairs(corder) do
-            local c = counts[key]
-            redis.call('HINCRBY', c[1], c[2], c[3])
-        end
-        for queue, _ in pairs(queues) do redis.call('SADD', P .. ':queues', queue) end
-        for queue, set in pairs(lanes) do
-            for lane, _ in pairs(set) do redis.call('SADD', P .. ':lanes:' .. queue, lane) end
-        end
-    end
-    return batch
-end
-
 -- Store jobs, all or none: the arguments begin at ARGV[base] (see enqueue.lua). Returns NOW
 -- and, per job, {id} or, for a job deduplicated or waiting, {id, deduplicated, its columns}.
 local function enqueue_jobs(base)
@@ -378,43 +404,17 @@ local function enqueue_jobs(base)
                 fields[#fields + 1] = depth
             end
             local deps = ARGV[a + 19]
+            batch.queue(queue)
+            batch.zadd(P .. ':ixq:' .. queue, id, id)
+            if unique_key ~= '' then redis.call('SET', P .. ':uniq:' .. unique_key, id) end
             if deps == '' then
-                -- what `move` would do from nothing, with the job's fields at hand and the
-                -- sorted sets, counts and sets written once for the whole call (batch)
+                -- its sorted sets, counts and sets gathered for the whole call (`batch`)
                 local state = run_at > created_at and 'scheduled' or 'queued'
-                local ck, rk = ARGV[a + 13], ARGV[a + 15]
-                local circuit = ARGV[a + 18]
-                fields[#fields + 1] = 'state'
-                fields[#fields + 1] = state
-                fields[#fields + 1] = 'changed'
-                fields[#fields + 1] = fmt(created_at)
-                if state == 'queued' then
-                    local member = lane_member(run_at, id)
-                    fields[#fields + 1] = 'lm'
-                    fields[#fields + 1] = member
-                    batch.zadd(lane_of(queue, ck ~= '' and ck or nil, rk ~= '' and rk or nil,
-                        circuit ~= '' and circuit or nil), ARGV[a + 6], member)
-                    batch.lane(queue, lane_of(queue, ck ~= '' and ck or nil,
-                        rk ~= '' and rk or nil, circuit ~= '' and circuit or nil))
-                else
-                    batch.zadd(P .. ':due:' .. queue, fmt(run_at), id)
-                end
-                redis.call('HSET', jk, unpack(fields))
-                batch.queue(queue)
-                batch.zadd(P .. ':ix:' .. state, id, id)
-                batch.zadd(P .. ':ixq:' .. queue, id, id)
-                batch.incr(P .. ':counts', state .. ':' .. queue)
-                if circuit ~= '' then batch.incr(P .. ':cheld', circuit) end
-                if unique_key ~= '' then redis.call('SET', P .. ':uniq:' .. unique_key, id) end
-                record(id, created_at, nil, state, nil, nil, queue, ARGV[a + 2])
-                wake()
+                move(id, state, created_at, false, fields, batch, true)
                 out[#out + 1] = {tonumber(id)}
             else
-                redis.call('HSET', jk, unpack(fields))
-                redis.call('SADD', P .. ':queues', queue)
-                redis.call('ZADD', P .. ':ixq:' .. queue, tonumber(id), id)
-                if unique_key ~= '' then redis.call('SET', P .. ':uniq:' .. unique_key, id) end
-                move(id, 'waiting', created_at, false, nil)
+                -- written at once: what it waits for may settle it in this same call
+                move(id, 'waiting', created_at, false, fields, DIRECT, true)
                 local failed = nil
                 local odf = ARGV[a + 12]
                 local wait_key = P .. ':deps:' .. id
