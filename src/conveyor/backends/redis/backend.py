@@ -20,6 +20,7 @@ import redis
 import redis.asyncio as aredis
 from redis.exceptions import NoScriptError, ResponseError
 
+from conveyor import redact
 from conveyor.backends.base import Beat, Engine, outcome_array
 from conveyor.backends.plan import Call
 from conveyor.backends.redis.admin import AdminOperations
@@ -476,7 +477,7 @@ class RedisEngine(Engine):
             policy = str(info.get("maxmemory_policy", "noeviction"))
             if policy.startswith(EVICTING):
                 raise ConfigurationError(
-                    f"Redis at {_shown(self.url)} has maxmemory-policy {policy}: it would "
+                    f"Redis at {redact.url(self.url)} has maxmemory-policy {policy}: it would "
                     "delete jobs when full. Set maxmemory-policy noeviction (then a full server "
                     "refuses new jobs instead)"
                 )
@@ -491,7 +492,7 @@ class RedisEngine(Engine):
             log.warning(
                 "Redis at %s keeps nothing on disk (neither AOF nor RDB snapshots): a restart "
                 "loses every job. See docs/redis.md",
-                _shown(self.url),
+                redact.url(self.url),
             )
 
     # -- wake-ups -------------------------------------------------------------------------------
@@ -593,12 +594,3 @@ def _rdb_on(client: Any) -> bool | None:
     except ResponseError:
         return None
     return bool(str(save).strip())
-
-
-def _shown(url: str) -> str:
-    """A URL without its password."""
-    head, sep, tail = url.partition("@")
-    if not sep:
-        return url
-    scheme, _, _ = head.partition("://")
-    return f"{scheme}://***@{tail}"
