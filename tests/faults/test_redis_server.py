@@ -22,6 +22,7 @@ keyspace check (every job whole, every index agreeing; see redis_server.store_pr
 
 from __future__ import annotations
 
+import logging
 import time
 
 import pytest
@@ -442,6 +443,40 @@ def test_redis_evicting_policy_is_refused_at_start(scenario: Scenario, policy: s
         stored = client.keys(f"{{{prefix}}}:job:*")
     if stored:
         scenario.problems.append(f"{len(stored)} jobs were stored on an evicting server")
+    scenario.conclude(jobs=0)
+
+
+@on_redis
+def test_redis_without_persistence_is_named_once_and_with_aof_not(
+    scenario: Scenario, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A server that keeps nothing on disk is worked with, and said so once a process (a
+    warning that names the loss and the docs); with AOF on, nothing is said."""
+    server = server_of(scenario)
+    scenario.open()
+    prefix = scenario.prefix
+    assert prefix is not None
+    # database numbers of this test's own: each process warns once per server URL
+    volatile, durable = server.url[:-2] + "/11", server.url[:-2] + "/12"
+    with caplog.at_level(logging.WARNING, logger="conveyor.redis"):
+        for _ in range(2):
+            app = conveyor.App(volatile, redis_prefix=prefix)
+            app.task(name="work")(lambda n, ms=0: n)
+            app.tasks["work"].enqueue(1)
+            app.close()
+        warned = [
+            r.getMessage() for r in caplog.records if "keeps nothing on disk" in r.getMessage()
+        ]
+        server.configure(appendonly="yes")
+        app = conveyor.App(durable, redis_prefix=prefix)
+        app.task(name="work")(lambda n, ms=0: n)
+        app.tasks["work"].enqueue(2)
+        app.close()
+    after = [r.getMessage() for r in caplog.records if "keeps nothing on disk" in r.getMessage()]
+    if len(warned) != 1 or "docs/redis.md" not in warned[0]:
+        scenario.problems.append(f"without persistence, warned {len(warned)} times: {warned}")
+    if len(after) != len(warned):
+        scenario.problems.append(f"with AOF on, warned again: {after[len(warned) :]}")
     scenario.conclude(jobs=0)
 
 

@@ -180,3 +180,32 @@ def test_a_call_in_flight_outlives_a_release_of_the_apps_async_clients(
         assert await app.get_job_async(1) is not None  # a new client serves the next call
 
     asyncio.run(scenario())
+
+
+def test_an_idle_worker_is_signalled_once_however_many_jobs_arrive(
+    make: Callable[..., conveyor.App], client: Any, prefix: str
+) -> None:
+    """Wake-ups are a signal to each idle worker, never a message per job: a worker that
+    registered as idle gets one signal for a burst of enqueues, and one more only once it has
+    registered again."""
+    from conveyor.backends.plan import Call
+    from conveyor.backends.redis.scripts import RedisPlan, Script
+
+    app = make()
+    engine = app.backend.engine
+    wake_list = f"{{{prefix}}}:wake:token-1"
+
+    def register() -> RedisPlan[Any]:
+        return (yield Script("idle", ("token-1", "")))
+
+    engine.run(Call(register()))
+    for value in range(50):
+        app.enqueue("echo", args=[value])
+    app.tasks["echo"].enqueue_many([(v,) for v in range(50)])
+    assert client.llen(wake_list) == 1
+    app.enqueue("echo", args=[0], delay=60)  # a scheduled job wakes too, once registered
+    assert client.llen(wake_list) == 1
+
+    engine.run(Call(register()))
+    app.enqueue("echo", args=[99], delay=60)
+    assert client.lrange(wake_list, 0, -1) == ["1"]  # registering again cleared the old one
