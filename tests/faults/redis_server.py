@@ -36,6 +36,7 @@ DEFAULTS = {
     "appendfsync": "everysec",
     "maxmemory": "0",
     "maxmemory-policy": "noeviction",
+    "busy-reply-threshold": "5000",
 }
 #: Only when the server starts (CONFIG SET cannot change them).
 STARTUP = {

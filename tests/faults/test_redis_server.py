@@ -384,6 +384,49 @@ def test_redis_client_kill_of_a_workers_connections_mid_drain(scenario: Scenario
     scenario.check(slack=CLIENT_KILL_SLACK_S)
 
 
+# -- 4b. another client's long script ----------------------------------------------------------
+
+#: How long another client's script holds the server, past its busy-reply threshold.
+BUSY_S = 1.5
+BUSY_THRESHOLD_MS = 200
+#: A script that does nothing but hold the server (it reads the clock until the time is up).
+HOLD_SCRIPT = """
+local t = redis.call('TIME')
+local start = t[1] * 1000000 + t[2]
+repeat
+    t = redis.call('TIME')
+until t[1] * 1000000 + t[2] - start > tonumber(ARGV[1])
+return 1
+"""
+
+
+@on_redis
+def test_redis_another_clients_long_script_is_an_outage_workers_ride_out(
+    scenario: Scenario,
+) -> None:
+    """While another client's script holds the server past `busy-reply-threshold`, every other
+    command is answered BUSY: conveyor takes that for an outage (enqueue raises
+    BackendUnavailable, workers back off), and the work goes on once the script ends."""
+    server = server_of(scenario)
+    server.configure(busy_reply_threshold=str(BUSY_THRESHOLD_MS))
+    workers = drain_under_way(scenario)
+    at = time.monotonic()
+    fault = scenario.fault(
+        "another client's script holds the server", workers, at, server_wide=True
+    )
+    with server.client(socket_timeout=BUSY_S + 10) as client:
+        client.eval(HOLD_SCRIPT, 0, str(int(BUSY_S * 1_000_000)))
+    fault.ended = time.monotonic()
+
+    after_the_fault(scenario)
+    scenario.expect_alive(workers, "after another client's script held the server")
+    errors = errors_by_type(scenario)
+    scenario.extra["enqueue_errors"] = dict(errors)
+    if set(errors) - {f"{BackendUnavailable.__module__}.{BackendUnavailable.__qualname__}"}:
+        scenario.problems.append(f"enqueue failed with other than BackendUnavailable: {errors}")
+    scenario.check(slack=BUSY_S + CLIENT_KILL_SLACK_S)
+
+
 # -- 5. an evicting policy ---------------------------------------------------------------------
 
 
