@@ -24,12 +24,9 @@ from conveyor import JobState
 
 from .conftest import Project, event_time, transitions, wait_for_state, wait_until
 from .test_postgres import (
-    LONG_DEADLINE_S,
     RECORD_FUNCTION,
-    assert_each_ran_exactly_once,
     attempts_run,
-    finished,
-    read_runs,
+    race,
 )
 
 pytestmark = pytest.mark.slow
@@ -86,8 +83,6 @@ def leader(project: Project) -> tuple[str | None, int]:
 
 # -- 1. the race -------------------------------------------------------------------------------
 
-RACE_JOBS = 100_000
-RACE_WORKERS = 8
 
 RACE_TASKS = (
     RECORD_FUNCTION
@@ -104,62 +99,12 @@ async def race(ctx, n):
 
 @pytest.mark.timeout(300)
 def test_eight_workers_drain_100000_jobs_each_exactly_once(redis_project: Project) -> None:
-    project = redis_project
-    tasks = project.write_tasks(RACE_TASKS)
-    tasks.app.migrate()
-
-    workers = [project.start_worker("-c", "50") for _ in range(RACE_WORKERS)]
-    wait_until(
-        lambda: len(tasks.app.list_workers()) == RACE_WORKERS,
-        f"all {RACE_WORKERS} workers to register",
-        on_timeout=project.logs,
+    race(
+        redis_project,
+        RACE_TASKS,
+        jobs=lambda ids: job_summary(redis_project.apps[-1]),
+        history=lambda ids: history_summary(redis_project, ids),
     )
-    assert {w.pid for w in tasks.app.list_workers()} == {w.pid for w in workers}
-
-    # One call, one script: eight idle workers wake at once and race for the same jobs.
-    started = time.monotonic()
-    jobs = tasks.race.enqueue_many([(n,) for n in range(RACE_JOBS)])
-    enqueued_s = time.monotonic() - started
-    expected = {job.id: n for job, n in zip(jobs, range(RACE_JOBS), strict=True)}
-    assert len(expected) == RACE_JOBS
-
-    wait_until(
-        lambda: finished(tasks.app) == RACE_JOBS,
-        f"all {RACE_JOBS} jobs to finish",
-        LONG_DEADLINE_S,
-        on_timeout=lambda: f"{tasks.app.queue_stats()}\n{project.logs()}",
-    )
-    drained_s = time.monotonic() - started - enqueued_s
-    print(
-        f"enqueue_many({RACE_JOBS}): {enqueued_s:.1f}s; drain by {RACE_WORKERS} workers: "
-        f"{drained_s:.1f}s ({RACE_JOBS / drained_s:.0f} jobs/s)"
-    )
-    for worker in workers:
-        worker.send(signal.SIGTERM)
-    for worker in workers:
-        assert worker.wait_exit() == 0, worker.tail()
-
-    # conveyor's view: every job succeeded on its first and only attempt, with one history
-    # entry per transition.
-    assert tasks.app.queue_stats() == {"default": {JobState.SUCCEEDED: RACE_JOBS}}
-    assert job_summary(tasks.app) == {("succeeded", 1, False): RACE_JOBS}
-    assert history_summary(project, sorted(expected)) == {
-        (None, "queued"): RACE_JOBS,
-        ("queued", "running"): RACE_JOBS,
-        ("running", "succeeded"): RACE_JOBS,
-    }
-
-    # The jobs' own record: each ran exactly once, none lost, none twice.
-    by_pid = assert_each_ran_exactly_once(read_runs(project), expected)
-
-    # Every process did some of the work, and each one's log agrees with the record.
-    assert set(by_pid) == {w.pid for w in workers}, by_pid
-    for worker in workers:
-        assert len(worker.events("job.succeeded")) == by_pid[worker.pid]
-        assert worker.events("worker.stopped")[0]["processed"] == str(by_pid[worker.pid])
-        assert worker.events("job.outcome_discarded") == []
-        assert worker.events(level="error") == [], worker.tail()
-    assert tasks.app.list_workers() == []
 
 
 # -- 2. kill -9 of the leader mid-job ----------------------------------------------------------
