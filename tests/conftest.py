@@ -191,6 +191,9 @@ class RedisTestStore(TestStore):
                 for entry in client.lrange(key, 0, -1):
                     _, from_state, to_state, _, _ = json.loads(entry)
                     pairs.add((from_state, to_state))
+            for key in client.scan_iter(match=f"{{{schema}}}:job:*", count=1000):
+                if (entered := client.hget(key, "entered")) is not None:
+                    pairs.add((None, entered))  # the state it was stored in (lib.lua)
             return sorted(pairs, key=str)
         finally:
             client.close()

@@ -59,14 +59,19 @@ def job_summary(app: conveyor.App) -> dict[tuple[str, int, bool], int]:
 
 
 def history_summary(project: Project, ids: list[int]) -> dict[tuple[str | None, str], int]:
-    """How many history entries of each (from, to) the jobs' history lists hold."""
+    """How many history entries of each (from, to) the jobs hold: the state each was stored
+    in (its hash's `entered`), then its history list."""
     pairs: Counter[tuple[str | None, str]] = Counter()
     with client() as r:
         for start in range(0, len(ids), 5000):
             pipe = r.pipeline(transaction=False)
             for job_id in ids[start : start + 5000]:
+                pipe.hget(key(project, "job", job_id), "entered")
                 pipe.lrange(key(project, "hist", job_id), 0, -1)
-            for entries in pipe.execute():
+            replies = pipe.execute()
+            for entered, entries in zip(replies[::2], replies[1::2], strict=True):
+                if entered is not None:
+                    pairs[None, entered] += 1
                 for entry in entries:
                     _, from_state, to_state, _, _ = json.loads(entry)
                     pairs[from_state, to_state] += 1

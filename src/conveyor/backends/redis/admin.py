@@ -75,21 +75,24 @@ class AdminOperations(RedisCore):
         return Call(self._history_plan(job_id))
 
     def _history_plan(self, job_id: int) -> RedisPlan[list[HistoryEntry]]:
-        entries = yield Cmd(("LRANGE", self.key("hist", job_id), 0, -1))
-        history = []
-        for entry in entries:
-            at, from_state, to_state, worker, note = json.loads(entry)
-            history.append(
-                HistoryEntry(
-                    job_id=job_id,
-                    at=float(at),
-                    from_state=None if from_state is None else JobState(from_state),
-                    to_state=JobState(to_state),
-                    worker_id=worker,
-                    note=note,
-                )
+        (created_at, entered), entries = yield [
+            Cmd(("HMGET", self.key("job", job_id), "created_at", "entered")),
+            Cmd(("LRANGE", self.key("hist", job_id), 0, -1)),
+        ]
+        rows = [json.loads(entry) for entry in entries]
+        if entered is not None:  # the state it was stored in, kept with the job (lib.lua)
+            rows.insert(0, (created_at, None, entered, None, None))
+        return [
+            HistoryEntry(
+                job_id=job_id,
+                at=float(at),
+                from_state=None if from_state is None else JobState(from_state),
+                to_state=JobState(to_state),
+                worker_id=worker,
+                note=note,
             )
-        return history
+            for at, from_state, to_state, worker, note in rows
+        ]
 
     def noted(self, ids: Sequence[int], prefix: str) -> Call[set[int]]:
         return Call(self._noted_plan(ids, prefix))

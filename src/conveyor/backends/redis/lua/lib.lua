@@ -7,7 +7,8 @@
 -- A job is a hash (`P:job:<id>`, a field per column of conveyor.job.JOB_COLUMNS, and a few of
 -- its own: `lm`, its member in its lane while queued; `ck`, `cm`, `rk`, `rm`, `rp`, its
 -- limits; `odf`, what it does when a dependency fails; `depth`; `changed`, when its state last
--- changed). Where it is depends on its state, and `move` is the one place that moves it:
+-- changed; `entered`, the state it was stored in, its history's first entry; P:hist:<id> lists
+-- the rest). Where it is depends on its state, and `move` is the one place that moves it:
 --   waiting            P:deps:<id> (the unfinished jobs it waits for)
 --   scheduled/retrying P:due:<queue>, scored by run_at
 --   queued             its lane, P:lane:<queue>:<ck>\30<rk>\30<circuit>, scored by priority,
@@ -54,8 +55,13 @@ local function num(text)
     return tonumber(text)
 end
 
+-- (the last one kept: a call storing many jobs formats the same few times again and again)
+local fmt_t, fmt_s = nil, nil
 local function fmt(t)
-    return string.format('%.6f', t)
+    if t ~= fmt_t then
+        fmt_t, fmt_s = t, string.format('%.6f', t)
+    end
+    return fmt_s
 end
 
 local function lane_member(run_at, id)
@@ -88,11 +94,14 @@ local function count(state, queue, by)
     redis.call('HINCRBY', P .. ':counts', state .. ':' .. queue, by)
 end
 
--- The history of a job and the event stream: every state change, nothing else.
+-- The history of a job and the event stream: every state change, nothing else. The first
+-- entry, the state a job was stored in, is its hash's `entered` (at `created_at`): a job stored
+-- writes no list.
 local function record(id, at, from, to, worker, note, queue, task)
-    local entry = cjson.encode({fmt(at), from or cjson.null, to, worker or cjson.null,
-                                note or cjson.null})
-    redis.call('RPUSH', P .. ':hist:' .. id, entry)
+    if from then
+        redis.call('RPUSH', P .. ':hist:' .. id, cjson.encode({fmt(at), from, to,
+                   worker or cjson.null, note or cjson.null}))
+    end
     redis.call('XADD', P .. ':events', '*', 'j', id, 'at', fmt(at), 'f', from or '', 't', to,
                'w', worker or '', 'n', note or '', 'q', queue, 'k', task)
 end
@@ -178,6 +187,8 @@ local function move(id, to, at, note, sets, w, new_job)
         puts[#puts + 1] = to
         puts[#puts + 1] = 'changed'
         puts[#puts + 1] = fmt(at)
+        puts[#puts + 1] = 'entered'
+        puts[#puts + 1] = to
     else
         local cur = redis.call('HMGET', jk, unpack(CURRENT))
         from, queue, lm, old_worker, ck, circuit, task = cur[1], cur[2], cur[3], cur[4],
