@@ -688,6 +688,27 @@ async def test_an_outcome_records_when_an_attempt_began(
     assert (never_began.state, never_began.attempt) == (JobState.QUEUED, 0)
 
 
+async def test_a_start_is_when_the_attempt_began_however_long_its_outcome_waited_to_be_written(
+    app: conveyor.App,
+) -> None:
+    """On the store's own clock too (the App's clock is the system's): an outcome that waited
+    0.4 s in a worker's batch after a 0.05 s run records a start 0.45 s before the write, not
+    0.05 s; the wait before a job starts is not stretched by how its outcome was written."""
+
+    @app.task
+    def work() -> None: ...
+
+    job = work.enqueue()
+    [claimed] = await claim_as(app, "w1", begin=False)
+    await asyncio.sleep(0.5)  # (it began after it was created: no start is ever before that)
+    ended = time.time() - 0.4
+    done = Outcome(job.id, "w1", claimed.attempt, JobState.SUCCEEDED, ended, ran_for=0.05)
+    assert await app.backend.complete([done]) == [job.id]
+    written = time.time()
+    job.refresh()
+    assert job.started_at == pytest.approx(written - 0.45, abs=0.15)
+
+
 async def test_one_write_of_many_outcomes_applies_each_as_if_written_alone(
     app: conveyor.App, clock: conveyor.FrozenClock
 ) -> None:

@@ -19,7 +19,7 @@ from typing import Any, NoReturn, TypeVar
 import psycopg
 import psycopg_pool
 
-from conveyor.backends.base import Beat, Engine
+from conveyor.backends.base import Beat, Engine, began_before
 from conveyor.backends.plan import Atomic, Call, Plan, Stmt
 from conveyor.backends.postgres.arrays import BigInts, Bools, Floats, Ints, Texts
 from conveyor.backends.postgres.callers import async_connection, sync_connection
@@ -105,6 +105,7 @@ class PostgresOperations(SqlOperations):
     def use_clock(self, clock: Clock) -> None:
         # The database's clock unless a test gave the App a clock of its own.
         self._db_time = isinstance(clock, SystemClock)
+        self._clock = clock
 
     def now(self, value: float | None) -> float | None:
         """The time to send for "now": None (the database's clock) or the App's clock."""
@@ -455,6 +456,7 @@ class PostgresOperations(SqlOperations):
             outcomes = [o for o in outcomes if o.lease_expired_before is None or o.job_id in free]
             if not outcomes:
                 return []
+        written = self._clock.now() if self._db_time else None  # stamped with now()
         update = Stmt(
             self.q.complete,
             {
@@ -478,7 +480,7 @@ class PostgresOperations(SqlOperations):
                 "progresses": Floats([o.progress for o in outcomes]),
                 "keeps_cancel": Bools([o.keeps_cancel_request for o in outcomes]),
                 "keeps_note": Bools([o.keeps_requester_note for o in outcomes]),
-                "ran_fors": Floats([o.ran_for for o in outcomes]),
+                "ran_fors": Floats([began_before(o, written) for o in outcomes]),
                 "start_count": len(starts),
                 "start_ids": BigInts([s.job_id for s in starts]),
                 "start_worker_ids": Texts([s.worker_id for s in starts]),

@@ -471,8 +471,9 @@ SET state = o.state,
     state_changed_at = coalesce(to_timestamp(o.at), now()),
     note = CASE WHEN o.keeps_requester_note AND j.cancel_requested THEN coalesce(j.note, o.note)
                 ELSE o.note END,
-    -- when it began, as long before the outcome as it ran (a start recorded while it ran was
-    -- an estimate); kept if it never began
+    -- when it began, `ran_for` before the outcome's time (on the database's clock, before this
+    -- write: `began_before`); a start recorded while it ran was an estimate; kept if it never
+    -- began
     started_at = CASE WHEN o.ran_for IS NULL THEN j.started_at
                       ELSE greatest(coalesce(to_timestamp(o.at), now())
                                     - make_interval(secs => o.ran_for), j.created_at) END

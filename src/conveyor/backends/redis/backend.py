@@ -203,7 +203,8 @@ class RedisOperations(AdminOperations, FlowOperations):
     def _complete_plan(
         self, outcomes: Sequence[Outcome], starts: Sequence[Start]
     ) -> RedisPlan[list[int]]:
-        rows = [outcome_array(o) for o in outcomes]
+        written = self.clock.now() if self.server_time else None  # stamped with TIME
+        rows = [outcome_array(o, written) for o in outcomes]
         started = [[s.job_id, s.worker_id, s.attempt, s.at, s.ago] for s in starts]
         now = max([o.at for o in outcomes] + [s.at for s in starts])
         applied = yield Script("complete", (json.dumps(rows), json.dumps(started)), now=now)
