@@ -323,6 +323,7 @@ class RedisEngine(Engine):
         self._warned = False
         self._listener: asyncio.Task[None] | None = None
         self._woken = asyncio.Event()
+        self._armed = asyncio.Event()  # registered among the idle: the listener pops
         self._registered = False
         self._loop: asyncio.AbstractEventLoop | None = None
         #: per async client, the calls running on it; and the released ones they keep open
@@ -510,6 +511,7 @@ class RedisEngine(Engine):
         self._on_this_loop()
         if self._listener is None or self._listener.done():
             self._woken = asyncio.Event()
+            self._armed = asyncio.Event()
             self._registered = False
             self._listener = asyncio.create_task(self._listen(), name="conveyor-redis-wake")
         if self._woken.is_set():  # signalled since the last wait: look at once
@@ -531,6 +533,7 @@ class RedisEngine(Engine):
             if not registered:  # something became runnable since the last registration
                 return
             self._registered = True
+            self._armed.set()
         # (asyncio.timeout, not wait_for: a wait the worker gives up ends at once)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
@@ -538,18 +541,24 @@ class RedisEngine(Engine):
         self._woken.clear()
 
     async def _listen(self) -> None:
-        """Pop this engine's wake-up list for as long as the event loop runs."""
+        """Pop this engine's wake-up list while it is registered among the idle, for as long as
+        the event loop runs. After a signal it pops again only once registered again (nothing
+        is pushed to the list before that): the claim the signal calls for goes out first."""
         wake = self.ops.key("wake", self._token)
         while True:
+            await self._armed.wait()
             try:
                 if await self.wait_client().blpop([wake], timeout=LONGEST_WAIT_S):  # type: ignore[arg-type,misc]
-                    self._registered = False  # a signal ends the registration
-                    self._woken.set()
+                    self._signalled()  # a signal ends the registration
             except redis.RedisError as exc:
                 log.debug("conveyor.redis.listen_failed", exc_info=exc)
-                self._registered = False  # the server may have lost it (a restart)
-                self._woken.set()  # the waiter looks for itself
+                self._signalled()  # the server may have lost it (a restart): the waiter looks
                 await asyncio.sleep(self.settings.poll_interval)
+
+    def _signalled(self) -> None:
+        self._registered = False
+        self._armed.clear()
+        self._woken.set()
 
     async def subscribe(self) -> StreamWake:
         return StreamWake(
