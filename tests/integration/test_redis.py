@@ -1,5 +1,5 @@
 """What only Redis asks of the backend, against the real server: scripts the server forgot,
-a prefix holding keys that are not conveyor's, the keyspace's one hash slot, the layout's
+what each script carries, a prefix holding keys that are not conveyor's, the keyspace's one hash slot, the layout's
 version and its removal, the server's clock, and wake-ups on a blocking pop.
 
 Every test gets a key prefix of its own, its keys deleted afterwards. The server is never
@@ -12,6 +12,7 @@ import asyncio
 import sys
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,6 +22,7 @@ from redis.crc import key_slot
 import conveyor
 from conftest import REDIS_URL, drop_prefix, redis_available  # tests/conftest.py
 from conveyor import JobState
+from conveyor.backends.redis.scripts import lua
 from conveyor.testing import running_worker
 
 
@@ -72,6 +74,20 @@ def test_scripts_the_server_forgot_are_loaded_again(
 
     asyncio.run(drain())
     assert app.get_job(first.id).state is JobState.SUCCEEDED
+
+
+def test_each_script_carries_the_helpers_it_runs_and_no_others(client: Any) -> None:
+    """Every script compiles on the server, with the part of the shared library it calls (and
+    what that calls in turn), without the helpers only other scripts use."""
+    folder = Path(conveyor.__file__).parent / "backends" / "redis" / "lua"
+    names = sorted(f.stem for f in folder.glob("*.lua") if not f.stem.startswith("lib"))
+    for name in names:
+        assert client.script_load(lua(name).source) == lua(name).sha
+    claim = lua("claim").source
+    assert "local function move(" in claim and "local function wake(" in claim  # move's own
+    assert "local function admin_walk(" not in claim
+    assert "local function flow_held(" not in claim
+    assert "local function admin_walk(" in lua("admin_list_jobs").source
 
 
 def test_a_prefix_holding_other_keys_is_refused_and_left_alone(

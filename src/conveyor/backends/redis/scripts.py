@@ -2,9 +2,9 @@
 
 A Redis plan is a plan as `conveyor.backends.plan` describes one, yielding `Script` steps (one
 atomic Lua script, every multi-step change) and `Cmd` steps (one command, for reads), or a list
-of them to send together (pipelined, not atomic). Each script is `lua/lib.lua` (then any
-`lua/lib_*.lua`, by name) followed by its own file, loaded by SHA and re-loaded when the server
-has lost it (a restart, SCRIPT FLUSH).
+of them to send together (pipelined, not atomic). Each script is its own file preceded by the
+statements of `lua/lib.lua` (then of any `lua/lib_*.lua`, by name) it runs, loaded by SHA and
+re-loaded when the server has lost it (a restart, SCRIPT FLUSH).
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
--- The helpers every script shares (the loader puts this file in front of each script).
+-- The helpers the scripts share (the loader puts, in front of each script, the part of this
+-- file and of lib_*.lua that it runs).
 --
 -- KEYS[1] is the prefix, `{name}`: every key is built from it, so every key of a store lives
 -- in one hash slot (Redis Cluster runs each script on the one node holding it). ARGV[1] says
