@@ -1,6 +1,7 @@
 """What only Redis asks of the backend, against the real server: scripts the server forgot,
-what each script carries, a prefix holding keys that are not conveyor's, the keyspace's one hash slot, the layout's
-version and its removal, the server's clock, and wake-ups on a blocking pop.
+what each script carries, a prefix holding keys that are not conveyor's, the keyspace's one
+hash slot, the layout's version and its removal, the server's clock, and wake-ups on a
+blocking pop.
 
 Every test gets a key prefix of its own, its keys deleted afterwards. The server is never
 stopped or reconfigured here (the fault suite does that, on a server of its own).
