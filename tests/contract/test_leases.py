@@ -688,12 +688,13 @@ async def test_an_outcome_records_when_an_attempt_began(
     assert (never_began.state, never_began.attempt) == (JobState.QUEUED, 0)
 
 
-async def test_a_start_is_when_the_attempt_began_however_long_its_outcome_waited_to_be_written(
+async def test_an_outcome_is_recorded_at_its_own_time_however_long_it_waited_to_be_written(
     app: conveyor.App,
 ) -> None:
-    """On the store's own clock too (the App's clock is the system's): an outcome that waited
-    0.4 s in a worker's batch after a 0.05 s run records a start 0.45 s before the write, not
-    0.05 s; the wait before a job starts is not stretched by how its outcome was written."""
+    """On the store's own clock too (the App's clock is the system's): an outcome made 0.4 s
+    before its write (it waited in a worker's batch, or out an outage) after a 0.05 s run
+    records the job finished 0.4 s and begun 0.45 s before the write, not at the write: neither
+    the wait before a job starts nor its run is stretched by how its outcome was written."""
 
     @app.task
     def work() -> None: ...
@@ -706,7 +707,9 @@ async def test_a_start_is_when_the_attempt_began_however_long_its_outcome_waited
     assert await app.backend.complete([done]) == [job.id]
     written = time.time()
     job.refresh()
+    assert job.finished_at == pytest.approx(written - 0.4, abs=0.15)
     assert job.started_at == pytest.approx(written - 0.45, abs=0.15)
+    assert job.finished_at - job.started_at == pytest.approx(0.05, abs=0.01)
 
 
 async def test_one_write_of_many_outcomes_applies_each_as_if_written_alone(

@@ -491,21 +491,11 @@ def dependency_depths(jobs: Sequence[NewJob], named: Mapping[int, int]) -> list[
     return depths
 
 
-def began_before(o: Outcome, written: float | None) -> float | None:
-    """How long before its write the attempt of `o` began, for a store that stamps the write
-    with its own clock (`written`: the App's clock as it sends it; None: the store takes `o.at`,
-    the outcome's own time). `ran_for` runs to `o.at`, and the outcome may then have waited in
-    the worker's batch: counted back from the write alone, the start would be late by that."""
-    if o.ran_for is None or written is None:
-        return o.ran_for
-    return o.ran_for + max(0.0, written - o.at)
-
-
-def outcome_array(o: Outcome, written: float | None = None) -> list[Any]:
+def outcome_array(o: Outcome) -> list[Any]:
     """An outcome as the stores that take a batch of them as JSON arrays read each (SQLite's
     `complete` statement, Redis's `complete.lua`): [id, worker_id, attempt, state, result,
     error, run_at, refund, finished_at, progress, keeps_cancel_request, keeps_requester_note,
-    at, note, lease_expired_before, leader, ran_for] (ran_for: see `began_before`)."""
+    at, note, lease_expired_before, leader, ran_for]."""
     return [
         o.job_id,
         o.worker_id,
@@ -523,5 +513,5 @@ def outcome_array(o: Outcome, written: float | None = None) -> list[Any]:
         o.note,
         o.lease_expired_before,
         o.leader,
-        began_before(o, written),
+        o.ran_for,
     ]

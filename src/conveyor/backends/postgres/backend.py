@@ -19,7 +19,7 @@ from typing import Any, NoReturn, TypeVar
 import psycopg
 import psycopg_pool
 
-from conveyor.backends.base import Beat, Engine, began_before
+from conveyor.backends.base import Beat, Engine
 from conveyor.backends.plan import Atomic, Call, Plan, Stmt
 from conveyor.backends.postgres.arrays import BigInts, Bools, Floats, Ints, Texts
 from conveyor.backends.postgres.callers import async_connection, sync_connection
@@ -456,7 +456,7 @@ class PostgresOperations(SqlOperations):
             outcomes = [o for o in outcomes if o.lease_expired_before is None or o.job_id in free]
             if not outcomes:
                 return []
-        written = self._clock.now() if self._db_time else None  # stamped with now()
+        now = self._clock.now()
         update = Stmt(
             self.q.complete,
             {
@@ -470,6 +470,8 @@ class PostgresOperations(SqlOperations):
                     [None if o.error is None else json.dumps(o.error) for o in outcomes]
                 ),
                 "ats": Floats([self.now(o.at) for o in outcomes]),
+                # on the database's clock, the outcome's time is this long before the write
+                "agos": Floats([max(0.0, now - o.at) for o in outcomes]),
                 "delays": Floats([o.delay for o in outcomes]),
                 "refunds": Ints([1 if o.refunds_attempt else 0 for o in outcomes]),
                 "notes": Texts([o.note for o in outcomes]),
@@ -480,7 +482,7 @@ class PostgresOperations(SqlOperations):
                 "progresses": Floats([o.progress for o in outcomes]),
                 "keeps_cancel": Bools([o.keeps_cancel_request for o in outcomes]),
                 "keeps_note": Bools([o.keeps_requester_note for o in outcomes]),
-                "ran_fors": Floats([began_before(o, written) for o in outcomes]),
+                "ran_fors": Floats([o.ran_for for o in outcomes]),
                 "start_count": len(starts),
                 "start_ids": BigInts([s.job_id for s in starts]),
                 "start_worker_ids": Texts([s.worker_id for s in starts]),

@@ -462,29 +462,34 @@ SET state = o.state,
     errors = CASE WHEN o.error IS NULL THEN j.errors
                   ELSE j.errors || jsonb_build_array(o.error::jsonb) END,
     run_at = CASE WHEN o.delay IS NULL THEN j.run_at
-                  ELSE coalesce(to_timestamp(o.at), now()) + make_interval(secs => o.delay) END,
+                  ELSE coalesce(to_timestamp(o.at), greatest(o.ended, j.state_changed_at)) + make_interval(secs => o.delay) END,
     attempt = j.attempt - o.refund,
-    finished_at = CASE WHEN o.finishes THEN coalesce(to_timestamp(o.at), now()) END,
+    finished_at = CASE WHEN o.finishes THEN coalesce(to_timestamp(o.at), greatest(o.ended, j.state_changed_at)) END,
     progress = coalesce(o.progress, j.progress),
     lease_until = NULL,
     cancel_requested = o.keeps_cancel_request AND j.cancel_requested,
-    state_changed_at = coalesce(to_timestamp(o.at), now()),
+    state_changed_at = coalesce(to_timestamp(o.at), greatest(o.ended, j.state_changed_at)),
     note = CASE WHEN o.keeps_requester_note AND j.cancel_requested THEN coalesce(j.note, o.note)
                 ELSE o.note END,
-    -- when it began, `ran_for` before the outcome's time (on the database's clock, before this
-    -- write: `began_before`); a start recorded while it ran was an estimate; kept if it never
-    -- began
+    -- when it began, as long before the outcome as it ran (a start recorded while it ran was
+    -- an estimate); kept if it never began
     started_at = CASE WHEN o.ran_for IS NULL THEN j.started_at
-                      ELSE greatest(coalesce(to_timestamp(o.at), now())
+                      ELSE greatest(coalesce(to_timestamp(o.at), greatest(o.ended, j.state_changed_at))
                                     - make_interval(secs => o.ran_for), j.created_at) END
-FROM unnest(%(ids)b::bigint[], %(worker_ids)b::text[], %(attempts)b::int[], %(states)b::text[],
-            %(results)b::text[], %(errors)b::text[], %(ats)b::float8[], %(delays)b::float8[],
-            %(refunds)b::int[], %(notes)b::text[], %(rescues)b::bool[], %(expired)b::float8[],
-            %(leaders)b::text[], %(finishes)b::bool[], %(progresses)b::float8[],
-            %(keeps_cancel)b::bool[], %(keeps_note)b::bool[], %(ran_fors)b::float8[],
-            array_fill('running'::text, ARRAY[%(count)s::int]))
-     AS o(id, worker_id, attempt, state, result, error, at, delay, refund, note, rescue, expired,
-          leader, finishes, progress, keeps_cancel_request, keeps_requester_note, ran_for, was)
+-- The outcome's time: the worker's (`at`), or on the database's clock `ago` seconds before now,
+-- the outcome having waited in the worker's batch (or out an outage) before this write; never
+-- before the attempt's claim.
+FROM (SELECT *, now() - make_interval(secs => u.ago) AS ended
+      FROM unnest(%(ids)b::bigint[], %(worker_ids)b::text[], %(attempts)b::int[],
+                  %(states)b::text[], %(results)b::text[], %(errors)b::text[],
+                  %(ats)b::float8[], %(agos)b::float8[], %(delays)b::float8[],
+                  %(refunds)b::int[], %(notes)b::text[], %(rescues)b::bool[],
+                  %(expired)b::float8[], %(leaders)b::text[], %(finishes)b::bool[],
+                  %(progresses)b::float8[], %(keeps_cancel)b::bool[], %(keeps_note)b::bool[],
+                  %(ran_fors)b::float8[], array_fill('running'::text, ARRAY[%(count)s::int]))
+           AS u(id, worker_id, attempt, state, result, error, at, ago, delay, refund, note,
+                rescue, expired, leader, finishes, progress, keeps_cancel_request,
+                keeps_requester_note, ran_for, was)) AS o
 WHERE j.id = o.id AND j.state = o.was AND j.worker_id = o.worker_id
   AND j.attempt = o.attempt
   AND (NOT o.rescue OR j.lease_until < to_timestamp(o.expired))

@@ -203,11 +203,11 @@ class RedisOperations(AdminOperations, FlowOperations):
     def _complete_plan(
         self, outcomes: Sequence[Outcome], starts: Sequence[Start]
     ) -> RedisPlan[list[int]]:
-        written = self.clock.now() if self.server_time else None  # stamped with TIME
-        rows = [outcome_array(o, written) for o in outcomes]
+        rows = [outcome_array(o) for o in outcomes]
         started = [[s.job_id, s.worker_id, s.attempt, s.at, s.ago] for s in starts]
-        now = max([o.at for o in outcomes] + [s.at for s in starts])
-        applied = yield Script("complete", (json.dumps(rows), json.dumps(started)), now=now)
+        # "now" is the App's clock as the script is sent: the outcomes' times, on the server's
+        # clock, are as long before its TIME as before that (complete.lua)
+        applied = yield Script("complete", (json.dumps(rows), json.dumps(started)))
         return [int(i) for i in applied]
 
     def heartbeat(

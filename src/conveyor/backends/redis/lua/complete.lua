@@ -25,11 +25,15 @@ for _, o in ipairs(cjson.decode(ARGV[3])) do
         given(o[17])
     local jk = job_key(id)
     local f = redis.call('HMGET', jk, 'state', 'worker_id', 'attempt', 'lease_until', 'errors',
-                         'cancel_requested', 'cnote', 'started_at', 'created_at')
+                         'cancel_requested', 'cnote', 'started_at', 'created_at', 'changed')
     if f[1] == 'running' and f[2] == worker and tonumber(f[3]) == attempt
             and (expired == nil or tonumber(f[4]) < expired) and leads(leader) then
         local caller_at = at
-        if SERVER_TIME then at = NOW end
+        if SERVER_TIME then
+            -- the outcome's time on the server's clock: it may have waited in the worker's
+            -- batch (or out an outage) before this write; never after now, nor before the claim
+            at = math.max(math.min(NOW, at + SHIFT), tonumber(f[10]) or 0)
+        end
         local cancel_requested = f[6] == '1'
         local sets = {'lease_until', false}
         sets[#sets + 1] = 'result'
