@@ -707,6 +707,7 @@ async def test_an_outcome_is_recorded_at_its_own_time_however_long_it_waited_to_
     assert await app.backend.complete([done]) == [job.id]
     written = time.time()
     job.refresh()
+    assert job.finished_at is not None and job.started_at is not None
     assert job.finished_at == pytest.approx(written - 0.4, abs=0.15)
     assert job.started_at == pytest.approx(written - 0.45, abs=0.15)
     assert job.finished_at - job.started_at == pytest.approx(0.05, abs=0.01)

@@ -456,7 +456,7 @@ class PostgresOperations(SqlOperations):
             outcomes = [o for o in outcomes if o.lease_expired_before is None or o.job_id in free]
             if not outcomes:
                 return []
-        now = self._clock.now()
+        sent = self._clock.now()
         update = Stmt(
             self.q.complete,
             {
@@ -471,7 +471,7 @@ class PostgresOperations(SqlOperations):
                 ),
                 "ats": Floats([self.now(o.at) for o in outcomes]),
                 # on the database's clock, the outcome's time is this long before the write
-                "agos": Floats([max(0.0, now - o.at) for o in outcomes]),
+                "agos": Floats([max(0.0, sent - o.at) for o in outcomes]),
                 "delays": Floats([o.delay for o in outcomes]),
                 "refunds": Ints([1 if o.refunds_attempt else 0 for o in outcomes]),
                 "notes": Texts([o.note for o in outcomes]),
