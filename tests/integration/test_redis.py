@@ -23,7 +23,7 @@ from redis.crc import key_slot
 import conveyor
 from conftest import REDIS_URL, drop_prefix, redis_available  # tests/conftest.py
 from conveyor import JobState
-from conveyor.backends.redis.scripts import lua
+from conveyor.backends.redis.scripts import _statements, lua
 from conveyor.testing import running_worker
 
 
@@ -89,6 +89,9 @@ def test_each_script_carries_the_helpers_it_runs_and_no_others(client: Any) -> N
     assert "local function admin_walk(" not in claim
     assert "local function flow_held(" not in claim
     assert "local function admin_walk(" in lua("admin_list_jobs").source
+    # a top-level line the reading would take for part of the statement above it is refused
+    with pytest.raises(ValueError, match="begins with local, function or if"):
+        _statements("local DIRECT = {}\nDIRECT.zadd = nil\n")
 
 
 def test_a_prefix_holding_other_keys_is_refused_and_left_alone(

@@ -55,6 +55,8 @@ _STATEMENT = re.compile(r"(local|function|if)\b")
 _DEFINES = re.compile(r"local\s+function\s+(\w+)|local\s+([\w\s,]+?)\s*(?:=|$)")
 _EXTENDS = re.compile(r"function\s+(\w+)[.:]")
 _NAME = re.compile(r"[A-Za-z_]\w*")
+#: What ends a block at the left margin, within a statement.
+_CLOSING = re.compile(r"(end|else|elseif)\b|[})\]]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,8 +78,10 @@ def _statements(source: str) -> list[_Statement]:
             pending = []
         elif line.startswith("--") or not blocks:
             pending.append(line)
-        else:
+        elif line[:1] in ("", " ") or _CLOSING.match(line):
             blocks[-1].append(line)
+        else:  # a statement this reading would hide in the one above it, kept or not with it
+            raise ValueError(f"a library statement begins with local, function or if: {line!r}")
     statements = []
     for block in blocks:
         head = next(line for line in block if _STATEMENT.match(line))
