@@ -58,3 +58,8 @@ def flag(name: str, value: Any) -> list[str]:
     if value is None or value is False:
         return []
     return [name] if value is True else [name, str(value)]
+
+
+def flags(options: dict[str, Any], names: Sequence[str]) -> list[str]:
+    """The command line's flags for these options (`log_level` → `--log-level`)."""
+    return [part for name in names for part in flag("--" + name.replace("_", "-"), options[name])]

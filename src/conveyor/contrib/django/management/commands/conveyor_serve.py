@@ -10,7 +10,7 @@ from django.core.management.base import BaseCommand, CommandParser
 from conveyor.contrib.django.management.commands._cli import (
     add_backend_argument,
     app_spec,
-    flag,
+    flags,
     run_conveyor,
 )
 
@@ -35,15 +35,7 @@ class Command(BaseCommand):  # type: ignore[misc]
         parser.add_argument("--public-url", help="The URL browsers reach the server at.")
 
     def handle(self, *args: Any, **options: Any) -> None:
+        names = ("host", "port", "log_level", "request_timeout", "limit_concurrency")
         arguments = ["serve", app_spec(options["backend"])]
-        for name in (
-            "host",
-            "port",
-            "log_level",
-            "request_timeout",
-            "limit_concurrency",
-            "forwarded_allow_ips",
-            "public_url",
-        ):
-            arguments += flag("--" + name.replace("_", "-"), options[name])
+        arguments += flags(options, (*names, "forwarded_allow_ips", "public_url"))
         run_conveyor(arguments, "manage.py conveyor_serve", options)

@@ -9,7 +9,7 @@ from django.core.management.base import BaseCommand, CommandParser
 from conveyor.contrib.django.management.commands._cli import (
     add_backend_argument,
     app_spec,
-    flag,
+    flags,
     run_conveyor,
 )
 
@@ -43,9 +43,7 @@ class Command(BaseCommand):  # type: ignore[misc]
         parser.add_argument("--log-format", choices=["logfmt", "json", "console"])
 
     def handle(self, *args: Any, **options: Any) -> None:
+        names = ("queues", "concurrency", "processes", "prefetch", "burst", "name", "max_jobs")
         arguments = ["worker", app_spec(options["backend"])]
-        for name in ("queues", "concurrency", "processes", "prefetch", "burst", "name"):
-            arguments += flag(f"--{name}", options[name])
-        for name in ("max_jobs", "grace", "log_level", "log_format"):
-            arguments += flag("--" + name.replace("_", "-"), options[name])
+        arguments += flags(options, (*names, "grace", "log_level", "log_format"))
         run_conveyor(arguments, "manage.py conveyor_worker", options)
