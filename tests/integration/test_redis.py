@@ -1,7 +1,7 @@
 """What only Redis asks of the backend, against the real server: scripts the server forgot,
 what each script carries, a prefix holding keys that are not conveyor's, the keyspace's one
-hash slot, the layout's version and its removal, the server's clock, and wake-ups on a
-blocking pop.
+hash slot, the layout's version and its removal, the server's clock, the most jobs one call
+stores, and wake-ups on a blocking pop.
 
 Every test gets a key prefix of its own, its keys deleted afterwards. The server is never
 stopped or reconfigured here (the fault suite does that, on a server of its own).
@@ -155,6 +155,19 @@ def test_enqueue_inside_a_transaction_is_refused(make: Callable[..., conveyor.Ap
     with pytest.raises(conveyor.ValidationError, match="needs PostgreSQL"):
         make().enqueue("echo", args=[1], connection=object())
     assert make().list_jobs() == []
+
+
+def test_an_enqueue_of_more_jobs_than_one_call_stores_is_refused_whole(
+    make: Callable[..., conveyor.App],
+) -> None:
+    """A call is one script, which holds the server while it runs: past 100,000 jobs it is
+    refused before anything is sent, with a clear error, not stored in part."""
+    app = make()
+    echo = app.get_task("echo")
+    with pytest.raises(conveyor.ValidationError, match=r"100,001 jobs in one call.*split it"):
+        echo.enqueue_many([(i,) for i in range(100_001)])
+    assert app.list_jobs() == []
+    assert len(echo.enqueue_many([(i,) for i in range(3)])) == 3
 
 
 def test_an_idle_worker_is_woken_by_an_enqueue_not_by_its_own_recheck(

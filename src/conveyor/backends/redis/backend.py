@@ -51,6 +51,11 @@ _WARNED_VOLATILE: set[str] = set()
 OWN_KEYS = ("next_id", "workers", "beats", "counts", "events", "leadership")
 #: How long a blocking wait lasts at most in one call (the client's socket outlives it).
 LONGEST_WAIT_S = 30.0
+#: The most jobs one enqueue stores. A call is one script, all or none, and the server runs
+#: nothing else meanwhile: 100,000 jobs hold it for some 2-6 s; millions would stall every
+#: worker for a minute and outlast `statement_timeout` (the caller told "unavailable" of a
+#: call the server then carried out whole).
+MOST_JOBS_A_CALL = 100_000
 
 
 class RedisOperations(AdminOperations, FlowOperations):
@@ -151,6 +156,11 @@ class RedisOperations(AdminOperations, FlowOperations):
         if connection is not None:
             raise ValidationError(
                 "enqueue inside your own transaction (connection=...) needs PostgreSQL"
+            )
+        if len(jobs) > MOST_JOBS_A_CALL:
+            raise ValidationError(
+                f"{len(jobs):,} jobs in one call: Redis stores at most {MOST_JOBS_A_CALL:,} a "
+                "call (a call is one script, which holds the server while it runs); split it"
             )
         return Call(self._enqueue_plan(jobs))
 
