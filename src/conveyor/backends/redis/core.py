@@ -81,8 +81,8 @@ class RedisCore(Operations):
         server_now = float(at) if self.server_time else None
         stored_jobs: list[Job] = []
         for job, item in zip(jobs, out, strict=True):
-            if len(item) == 1:
-                made = job.stored_as(int(item[0]))
+            if isinstance(item, int):  # stored as given
+                made = job.stored_as(item)
                 if server_now is not None:  # stored as of the server's clock
                     made.run_at = server_now + (job.run_at - job.created_at)
                     made.created_at = server_now

@@ -12,5 +12,7 @@ if stored.err then  -- refused before it wrote anything: neither is the tick rec
     redis.call('ZREM', P .. ':ticks:' .. name, tick)
     return stored
 end
-redis.call('ZADD', P .. ':fired:' .. name, tick, stored[2][1][1])
+local made = stored[2][1]  -- its id, or {id, deduplicated, its columns}
+if type(made) == 'table' then made = made[1] end
+redis.call('ZADD', P .. ':fired:' .. name, tick, made)
 return stored

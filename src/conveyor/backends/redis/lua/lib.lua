@@ -65,14 +65,31 @@ local function fmt(t)
     return fmt_s
 end
 
+-- A queued job's member in its lane, from its run_at as stored: `%017d%016d` of run_at (µs)
+-- and id. (The run_at part of the last one is kept: a call storing many jobs gives most of them
+-- the same time.)
+local member_at, member_head = nil, nil
+local ZEROS = '0000000000000000'
 local function lane_member(run_at, id)
-    return string.format('%017d%016d', math.floor(run_at * 1000000 + 0.5), tonumber(id))
+    if run_at ~= member_at then
+        local us = math.floor(tonumber(run_at) * 1000000 + 0.5)
+        member_at, member_head = run_at, string.format('%017d', us)
+    end
+    return member_head .. string.sub(ZEROS, #id + 1) .. id
 end
 
+local LANES = {}  -- a queue's lane for jobs with no limit key or circuit, made once a call
 local function lane_of(queue, ck, rk, circuit)
-    local lane = P .. ':lane:' .. queue .. ':' .. (ck or '') .. SEP .. (rk or '') .. SEP ..
+    if not (ck or rk or circuit) then
+        local lane = LANES[queue]
+        if not lane then
+            lane = P .. ':lane:' .. queue .. ':' .. SEP .. SEP
+            LANES[queue] = lane
+        end
+        return lane
+    end
+    return P .. ':lane:' .. queue .. ':' .. (ck or '') .. SEP .. (rk or '') .. SEP ..
         (circuit or '')
-    return lane
 end
 
 -- Idle workers block on a list of their own; a change that makes a job runnable (or due
@@ -124,12 +141,18 @@ local function writes()
         list[#list + 1] = member
     end
     function batch.incr(k, field)
-        local key = k .. SEP .. field
-        if not counts[key] then
-            counts[key] = {k, field, 0}
-            corder[#corder + 1] = key
+        local fields = counts[k]
+        if not fields then
+            fields = {}
+            counts[k] = fields
         end
-        counts[key][3] = counts[key][3] + 1
+        local c = fields[field]
+        if not c then
+            c = {k, field, 0}
+            fields[field] = c
+            corder[#corder + 1] = c
+        end
+        c[3] = c[3] + 1
     end
     function batch.queue(queue)
         queues[queue] = true
@@ -145,10 +168,7 @@ local function writes()
                 redis.call('ZADD', k, unpack(list, start, math.min(start + 1999, #list)))
             end
         end
-        for _, key in ipairs(corder) do
-            local c = counts[key]
-            redis.call('HINCRBY', c[1], c[2], c[3])
-        end
+        for _, c in ipairs(corder) do redis.call('HINCRBY', c[1], c[2], c[3]) end
         for queue, _ in pairs(queues) do redis.call('SADD', P .. ':queues', queue) end
         for queue, set in pairs(lanes) do
             for lane, _ in pairs(set) do redis.call('SADD', P .. ':lanes:' .. queue, lane) end
@@ -170,17 +190,17 @@ local CURRENT = {'state', 'queue', 'lm', 'worker_id', 'ck', 'circuit', 'task', '
 
 -- Leave the structure of the old state and enter the new one's. `sets` is a flat list of
 -- field, value pairs written with the state (value false: the field is removed). With `new_job`,
--- the job is not stored yet and `sets` are all its fields. What it enters goes through `w`
--- (`writes()`, gathered for a whole enqueue call; DIRECT by default).
+-- the job is not stored yet, `sets` are all its fields, and `new_job` maps those read here
+-- (queue, task, ck, rk, circuit, run_at, priority) to their values. What it enters goes
+-- through `w` (`writes()`, gathered for a whole enqueue call; DIRECT by default).
 local function move(id, to, at, note, sets, w, new_job)
     w = w or DIRECT
     local jk = job_key(id)
     local from, queue, lm, old_worker, ck, circuit, task, old_rk, new, puts
-    local dels = {}
+    local dels  -- the fields removed (none from a new job)
     if new_job then
         -- every field is given, none removed: they are written as they are, with the state
-        new = {}
-        for i = 1, #sets, 2 do new[sets[i]] = sets[i + 1] end
+        new = new_job
         from, queue, lm, old_worker = false, new.queue, false, false
         ck, circuit, task = new.ck, new.circuit, new.task
         puts = sets
@@ -191,6 +211,7 @@ local function move(id, to, at, note, sets, w, new_job)
         puts[#puts + 1] = 'entered'
         puts[#puts + 1] = to
     else
+        dels = {}
         local cur = redis.call('HMGET', jk, unpack(CURRENT))
         from, queue, lm, old_worker, ck, circuit, task = cur[1], cur[2], cur[3], cur[4],
             cur[5] or nil, cur[6] or nil, cur[7]
@@ -243,7 +264,7 @@ local function move(id, to, at, note, sets, w, new_job)
     end
     -- enter
     if to == 'queued' then
-        local member = lane_member(tonumber(new.run_at), id)
+        local member = lane_member(new.run_at, id)
         local lane = lane_of(queue, ck, new.rk or nil, circuit)
         w.zadd(lane, new.priority, member)
         w.lane(queue, lane)
@@ -263,7 +284,7 @@ local function move(id, to, at, note, sets, w, new_job)
     end
     -- write
     redis.call('HSET', jk, unpack(puts))
-    if #dels > 0 then redis.call('HDEL', jk, unpack(dels)) end
+    if dels and #dels > 0 then redis.call('HDEL', jk, unpack(dels)) end
     w.zadd(P .. ':ix:' .. to, id, id)
     w.incr(P .. ':counts', to .. ':' .. queue)
     record(id, at, from or nil, to, new.worker_id or nil, note, queue, task)
@@ -344,8 +365,17 @@ local function all_queues()
     return redis.call('SMEMBERS', P .. ':queues')
 end
 
+-- The fields of a job stored only when given: field, and its place among the job's arguments.
+local OPTIONAL = {'unique_key', 10, 'odf', 12, 'ck', 13, 'cm', 14, 'rk', 15, 'rm', 16, 'rp', 17,
+                  'circuit', 18}
+
+local function nonempty(text)
+    if text == '' then return nil end
+    return text
+end
+
 -- Store jobs, all or none: the arguments begin at ARGV[base] (see enqueue.lua). Returns NOW
--- and, per job, {id} or, for a job deduplicated or waiting, {id, deduplicated, its columns}.
+-- and, per job, its id or, for a job deduplicated or waiting, {id, deduplicated, its columns}.
 local function enqueue_jobs(base)
     local n = tonumber(ARGV[base])
     local W = 19
@@ -396,20 +426,20 @@ local function enqueue_jobs(base)
         else
             local id = tostring(first + i + 1)
             ids[i] = id
-            local jk = job_key(id)
             local fields = {'id', id, 'queue', queue, 'task', ARGV[a + 2], 'args', ARGV[a + 3],
                 'kwargs', ARGV[a + 4], 'meta', ARGV[a + 5], 'priority', ARGV[a + 6],
                 'max_attempts', ARGV[a + 7], 'attempt', '0', 'run_at', fmt(run_at),
                 'created_at', fmt(created_at)}
-            local optional = {'unique_key', 10, 'odf', 12, 'ck', 13, 'cm', 14, 'rk', 15, 'rm', 16,
-                'rp', 17, 'circuit', 18}
-            for j = 1, #optional, 2 do
-                local value = ARGV[a + optional[j + 1]]
+            for j = 1, #OPTIONAL, 2 do
+                local value = ARGV[a + OPTIONAL[j + 1]]
                 if value ~= '' then
-                    fields[#fields + 1] = optional[j]
+                    fields[#fields + 1] = OPTIONAL[j]
                     fields[#fields + 1] = value
                 end
             end
+            local new = {queue = queue, task = ARGV[a + 2], ck = nonempty(ARGV[a + 13]),
+                rk = nonempty(ARGV[a + 15]), circuit = nonempty(ARGV[a + 18]),
+                run_at = fields[20], priority = ARGV[a + 6]}
             local depth = ARGV[depth_base + i + 1]
             if depth ~= '0' then
                 fields[#fields + 1] = 'depth'
@@ -422,11 +452,11 @@ local function enqueue_jobs(base)
             if deps == '' then
                 -- its sorted sets, counts and sets gathered for the whole call (`batch`)
                 local state = run_at > created_at and 'scheduled' or 'queued'
-                move(id, state, created_at, false, fields, batch, true)
-                out[#out + 1] = {tonumber(id)}
+                move(id, state, created_at, false, fields, batch, new)
+                out[#out + 1] = first + i + 1
             else
                 -- written at once: what it waits for may settle it in this same call
-                move(id, 'waiting', created_at, false, fields, DIRECT, true)
+                move(id, 'waiting', created_at, false, fields, DIRECT, new)
                 local failed = nil
                 local odf = ARGV[a + 12]
                 local wait_key = P .. ':deps:' .. id
