@@ -183,6 +183,7 @@ function DIRECT.zadd(k, score, member) redis.call('ZADD', k, score, member) end
 function DIRECT.incr(k, field) redis.call('HINCRBY', k, field, 1) end
 function DIRECT.queue(queue) redis.call('SADD', P .. ':queues', queue) end
 function DIRECT.lane(queue, lane) redis.call('SADD', P .. ':lanes:' .. queue, lane) end
+function DIRECT.flush() end
 
 -- What `move` reads of a job, in one call: where it is, and where it goes.
 local CURRENT = {'state', 'queue', 'lm', 'worker_id', 'ck', 'circuit', 'task', 'rk', 'run_at',
@@ -399,7 +400,7 @@ local function enqueue_jobs(base)
 
     local out = {}
     local ids = {}
-    local batch = writes()
+    local batch = n > 1 and writes() or DIRECT  -- (one job has nothing to gather)
     local first = redis.call('INCRBY', P .. ':next_id', n) - n
     for i = 0, n - 1 do
         local a = base + i * W
