@@ -108,18 +108,38 @@ for _, c in ipairs(candidates) do
     if take then chosen[#chosen + 1] = {id, rk} end
 end
 
+-- Each job is read once: its columns (JOB_COLUMNS, the row the claim returns), then the rest
+-- of what `move` reads (CURRENT), then its rate period. `at[field]` is the field's place.
+local read, at = {}, {}
+for _, fields in ipairs({JOB_COLUMNS, CURRENT, {'rp'}}) do
+    for _, field in ipairs(fields) do
+        if not at[field] then
+            read[#read + 1] = field
+            at[field] = #read
+        end
+    end
+end
+local columns = #JOB_COLUMNS
+
 local rows = {}
 for i, c in ipairs(chosen) do
     local id, rk = c[1], c[2]
-    local jk = job_key(id)
-    local f = redis.call('HMGET', jk, 'attempt', 'created_at', 'rp')
+    local f = redis.call('HMGET', job_key(id), unpack(read))
+    local current = {}
+    for k, field in ipairs(CURRENT) do current[k] = f[at[field]] end
+    local attempt = tostring(tonumber(f[at.attempt]) + 1)
     local started = false
-    if i <= limit then started = fmt(math.max(NOW, tonumber(f[2]))) end
-    move(id, 'running', NOW, false, {'attempt', tostring(tonumber(f[1]) + 1),
-        'worker_id', worker, 'lease_until', lease_until, 'started_at', started})
+    if i <= limit then started = fmt(math.max(NOW, tonumber(f[at.created_at]))) end
+    move(id, 'running', NOW, false, {'attempt', attempt, 'worker_id', worker,
+        'lease_until', lease_until, 'started_at', started}, nil, nil, current)
     if rk then
-        redis.call('ZADD', P .. ':rate:' .. rk, NOW + tonumber(f[3]), id .. ':' .. f[1])
+        redis.call('ZADD', P .. ':rate:' .. rk, NOW + tonumber(f[at.rp]),
+                   id .. ':' .. f[at.attempt])
     end
-    rows[#rows + 1] = job_row(id)
+    -- its columns as they are now: as read, but for what the move wrote
+    f[at.state], f[at.attempt], f[at.worker_id] = 'running', attempt, worker
+    f[at.lease_until], f[at.started_at] = lease_until, started
+    for k = #f, columns + 1, -1 do f[k] = nil end
+    rows[#rows + 1] = f
 end
 return rows

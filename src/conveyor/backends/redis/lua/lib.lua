@@ -185,7 +185,8 @@ function DIRECT.queue(queue) redis.call('SADD', P .. ':queues', queue) end
 function DIRECT.lane(queue, lane) redis.call('SADD', P .. ':lanes:' .. queue, lane) end
 function DIRECT.flush() end
 
--- What `move` reads of a job, in one call: where it is, and where it goes.
+-- What `move` reads of a job, in one call: where it is, and where it goes. (A caller that
+-- reads the job anyway reads these first, in this order, and hands `move` what it read.)
 local CURRENT = {'state', 'queue', 'lm', 'worker_id', 'ck', 'circuit', 'task', 'rk', 'run_at',
                  'priority', 'lease_until', 'finished_at'}
 
@@ -193,8 +194,9 @@ local CURRENT = {'state', 'queue', 'lm', 'worker_id', 'ck', 'circuit', 'task', '
 -- field, value pairs written with the state (value false: the field is removed). With `new_job`,
 -- the job is not stored yet, `sets` are all its fields, and `new_job` maps those read here
 -- (queue, task, ck, rk, circuit, run_at, priority) to their values. What it enters goes
--- through `w` (`writes()`, gathered for a whole enqueue call; DIRECT by default).
-local function move(id, to, at, note, sets, w, new_job)
+-- through `w` (`writes()`, gathered for a whole enqueue call; DIRECT by default). `read`: the
+-- job's CURRENT fields as its caller just read them, if it did.
+local function move(id, to, at, note, sets, w, new_job, read)
     w = w or DIRECT
     local jk = job_key(id)
     local from, queue, lm, old_worker, ck, circuit, task, old_rk, new, puts
@@ -213,7 +215,7 @@ local function move(id, to, at, note, sets, w, new_job)
         puts[#puts + 1] = to
     else
         dels = {}
-        local cur = redis.call('HMGET', jk, unpack(CURRENT))
+        local cur = read or redis.call('HMGET', jk, unpack(CURRENT))
         from, queue, lm, old_worker, ck, circuit, task = cur[1], cur[2], cur[3], cur[4],
             cur[5] or nil, cur[6] or nil, cur[7]
         old_rk = cur[8] or nil
