@@ -35,6 +35,7 @@ from typing import Any
 import redis
 
 import conveyor
+from benchmarks.common import drop_prefix
 from conveyor.backends.redis.scripts import lua
 from conveyor.task import CallOptions
 
@@ -154,9 +155,7 @@ def main() -> None:
                 taken[name].append(run())
     finally:
         app.close()
-        keys = list(client.scan_iter(f"{key}:*", 1000))
-        for start in range(0, len(keys), 1_000):
-            client.unlink(*keys[start : start + 1_000])
+        drop_prefix(args.redis_url, prefix)
         client.close()
     raw_one = statistics.median(taken["one by one: raw LPUSH"])
     raw_bulk = statistics.median(taken["bulk: raw LPUSH pipeline"])

@@ -10,15 +10,18 @@ from __future__ import annotations
 import argparse
 import os
 import uuid
+from typing import Any
 
 import redis
 
 import conveyor
+from benchmarks.common import drop_prefix
 
 DEFAULT_URL = os.environ.get("CONVEYOR_TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
 
 
-def usage(client: redis.Redis, prefix: str) -> int:
+def usage(client: Any, prefix: str) -> int:
+    """Bytes the keys under `prefix` take (`client`: redis-py's stubs mix sync and async)."""
     pattern = f"{{{prefix}}}:*"
     return sum(client.memory_usage(k, samples=0) or 0 for k in client.scan_iter(pattern, 1000))
 
@@ -46,9 +49,7 @@ def main() -> None:
         print(f"finished: {finished / args.jobs:,.0f} bytes a job (with its history and events)")
     finally:
         app.close()
-        keys = list(client.scan_iter(f"{{{prefix}}}:*", 1000))
-        for start in range(0, len(keys), 1_000):
-            client.unlink(*keys[start : start + 1_000])
+        drop_prefix(args.redis_url, prefix)
         client.close()
 
 
