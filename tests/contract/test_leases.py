@@ -19,6 +19,7 @@ from conveyor.services.elector import Elector
 from conveyor.services.maintainer import Maintainer
 from conveyor.services.rescuer import Rescuer, rescue_expired_leases
 from conveyor.testing import running_worker
+from conveyor.worker.completer import Completer
 
 from .test_worker import until
 
@@ -711,6 +712,47 @@ async def test_an_outcome_is_recorded_at_its_own_time_however_long_it_waited_to_
     assert job.finished_at == pytest.approx(written - 0.4, abs=0.15)
     assert job.started_at == pytest.approx(written - 0.45, abs=0.15)
     assert job.finished_at - job.started_at == pytest.approx(0.05, abs=0.01)
+
+
+async def test_a_start_written_after_an_outage_is_recorded_when_the_job_began(
+    app: conveyor.App,
+) -> None:
+    """A job claimed ahead counts as begun once a worker writes its start. A write the store
+    cannot take (out of reach for a while) is tried again, and the start it carries still says
+    when the job began: not as long after it as the outage lasted."""
+
+    @app.task
+    def work() -> None: ...
+
+    job = work.enqueue()
+    [claimed] = await claim_as(app, "w1", begin=False)
+    await asyncio.sleep(0.3)  # (it begins after it was created: no start is ever before that)
+    store = app.backend
+    refused: list[Any] = []
+
+    class OutOfReachAtFirst:
+        """The store, but the first write fails after 0.6 s, as one to a server out of reach."""
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(store, name)
+
+        async def complete(self, outcomes: Any, starts: Any = ()) -> list[int]:
+            if not refused:
+                refused.append(starts)
+                await asyncio.sleep(0.6)
+                raise conveyor.BackendUnavailable("out of reach")
+            return await store.complete(outcomes, starts)
+
+    completer = Completer(OutOfReachAtFirst(), lambda *_: None, app.clock.now)  # type: ignore[arg-type]
+    writing = asyncio.create_task(completer.run())
+    began = time.time()
+    completer.began(claimed, time.monotonic())
+    while job.refresh().started_at is None:
+        await asyncio.sleep(0.05)
+    completer.close()
+    await writing
+    assert refused, "the first write was not refused"
+    assert job.started_at == pytest.approx(began, abs=0.15)
 
 
 async def test_one_write_of_many_outcomes_applies_each_as_if_written_alone(
