@@ -10,6 +10,7 @@ import pytest
 import conveyor
 from conveyor import JobState
 from conveyor.app import BULK_CHUNK
+from conveyor.backends.base import JobFilter
 
 #: a task of any signature, as `@app.task` returns it
 AnyTask = conveyor.Task[Any, Any]
@@ -61,6 +62,23 @@ def test_list_jobs_filters_and_pages_newest_first(
     assert [j.id for j in page] == [oks[2].id, oks[1].id]
     with pytest.raises(conveyor.ValidationError, match="unknown state"):
         app.list_jobs(state="finished")
+
+
+def test_a_listing_by_ids_lists_those_jobs_only(
+    app: conveyor.App, tasks: dict[str, AnyTask]
+) -> None:
+    """The store's listing takes every field of its filter, ids too, alone or with states: a
+    field passed over would widen the listing."""
+    oks = tasks["ok"].enqueue_many([(i,) for i in range(5)])
+    bads = tasks["bad"].enqueue_many([(), ()])
+    app.run_worker(burst=True)
+    wanted = {oks[1].id, oks[3].id, bads[0].id}
+
+    listed = app.backend.sync.list_jobs(JobFilter.of(ids=wanted), 100)
+    assert [j.id for j in listed] == sorted(wanted, reverse=True)
+    dead = app.backend.sync.list_jobs(JobFilter.of([JobState.DEAD], ids=wanted), 100)
+    assert [j.id for j in dead] == [bads[0].id]
+    assert app.backend.sync.list_jobs(JobFilter.of(ids=()), 100) == []
 
 
 def test_get_job_of_an_unknown_id(app: conveyor.App) -> None:

@@ -260,6 +260,7 @@ class SqlOperations(Operations):
             "error_type": where.error_type,
             "after_id": where.after_id,
             "contains": None if where.contains is None else where.contains.lower(),
+            "ids": None if where.ids is None else self.ids(where.ids),
         }
         if where.states is None:
             sql = self.q.list_jobs

@@ -610,6 +610,7 @@ WHERE (%(queue)s::text IS NULL OR queue = %(queue)s)
   AND (%(after_id)s::bigint IS NULL OR id > %(after_id)s)
   AND (%(contains)s::text IS NULL
        OR strpos(lower(task || ' ' || args::text || ' ' || kwargs::text), %(contains)s) > 0)
+  AND (%(ids)s::bigint[] IS NULL OR id = ANY(%(ids)s::bigint[]))
 ORDER BY id DESC
 LIMIT %(limit)s
 
@@ -623,6 +624,7 @@ WHERE state = ANY(%(states)s::text[])
   AND (%(after_id)s::bigint IS NULL OR id > %(after_id)s)
   AND (%(contains)s::text IS NULL
        OR strpos(lower(task || ' ' || args::text || ' ' || kwargs::text), %(contains)s) > 0)
+  AND (%(ids)s::bigint[] IS NULL OR id = ANY(%(ids)s::bigint[]))
 ORDER BY id DESC
 LIMIT %(limit)s
 

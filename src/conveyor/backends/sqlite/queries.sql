@@ -403,6 +403,7 @@ WHERE (:queue IS NULL OR queue = :queue)
   AND (:error_type IS NULL OR json_extract(errors, '$[#-1].type') = :error_type)
   AND id < coalesce(:before_id, 9223372036854775807) AND id > coalesce(:after_id, 0)
   AND (:contains IS NULL OR instr(lower(task || ' ' || args || ' ' || kwargs), :contains) > 0)
+  AND (:ids IS NULL OR id IN (SELECT value FROM json_each(:ids)))
 ORDER BY id DESC
 LIMIT :limit
 
@@ -414,6 +415,7 @@ WHERE state IN (SELECT value FROM json_each(:states))
   AND (:error_type IS NULL OR json_extract(errors, '$[#-1].type') = :error_type)
   AND id < coalesce(:before_id, 9223372036854775807) AND id > coalesce(:after_id, 0)
   AND (:contains IS NULL OR instr(lower(task || ' ' || args || ' ' || kwargs), :contains) > 0)
+  AND (:ids IS NULL OR id IN (SELECT value FROM json_each(:ids)))
 ORDER BY id DESC
 LIMIT :limit
 
