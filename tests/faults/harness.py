@@ -28,6 +28,7 @@ from typing import Any, NoReturn
 import conveyor
 from acceptance.conftest import Project, WorkerProcess, event_time
 from conveyor import JobState
+from conveyor.backends.base import JobFilter
 
 from . import journal as journal_module
 from .checker import Fault, Report, VictimMonitor, assert_report, check, pid_of, stored_jobs
@@ -182,6 +183,18 @@ def wait_stopped(pids: Iterable[int], timeout: float = 5.0) -> None:
     poll_until(lambda: all(stopped(pid) for pid in pids), timeout)
 
 
+def running_of(app: conveyor.App) -> Callable[[set[int]], dict[int, tuple[int, int | None]]]:
+    """What the victim monitor reads: which of some jobs run now, through `app`'s store (the
+    ids filter reads only those jobs)."""
+
+    def running(ids: set[int]) -> dict[int, tuple[int, int | None]]:
+        where = JobFilter.of([JobState.RUNNING], ids=ids)
+        jobs = app.backend.sync.list_jobs(where, len(ids))
+        return {j.id: (j.attempt, pid_of(j.worker_id)) for j in jobs}
+
+    return running
+
+
 def poll_until(predicate: Callable[[], Any], timeout: float) -> bool:
     """Poll until `predicate` is truthy (True) or `timeout` passes (False)."""
     deadline = time.monotonic() + timeout
@@ -261,7 +274,7 @@ class Scenario:
             redis_prefix=self.prefix,
             connect_timeout=1,
         )
-        self.monitor = VictimMonitor(self._monitor_app)
+        self.monitor = VictimMonitor(running_of(self._monitor_app))
         return self.tasks  # type: ignore[no-any-return]
 
     def env(self, **extra: str) -> dict[str, str]:

@@ -286,21 +286,24 @@ def test_parse_journal() -> None:
 class FakeApp:
     def __init__(self) -> None:
         #: running jobs: id -> (attempt, worker pid)
-        self.running: dict[int, tuple[int, int]] = {1: (1, 10), 2: (1, 10), 3: (1, 10)}
+        self.running: dict[int, tuple[int, int | None]] = {1: (1, 10), 2: (1, 10), 3: (1, 10)}
+        #: the ids each poll asked about
+        self.asked: list[set[int]] = []
 
-    def list_jobs(self, **_: Any) -> list[FakeJob]:
-        return [
-            FakeJob(j, "running", a, worker_id=f"host:{pid}:abc")
-            for j, (a, pid) in dict(self.running).items()
-        ]
+    def read(self, ids: set[int]) -> dict[int, tuple[int, int | None]]:
+        self.asked.append(set(ids))
+        return {j: at for j, at in dict(self.running).items() if j in ids}
 
 
 def test_the_monitor_sees_victims_leave_running() -> None:
     app = FakeApp()
-    monitor = VictimMonitor(app, interval=0.01)
+    monitor = VictimMonitor(app.read, interval=0.01)
     try:
         jobs = {1: 1, 2: 1, 3: 1, 4: 1}
         app.running[4] = (1, 10)
+        app.running[5] = (1, 11)  # another worker's: never asked about
+        time.sleep(0.05)
+        assert app.asked == []  # no fault, no victim: the store is not read
         fault = Fault("kill -9", frozenset({10}), started=time.monotonic(), jobs=jobs)
         monitor.watch(fault)
         app.running[1] = (2, 11)  # re-claimed: attempt 1 is over
@@ -313,6 +316,7 @@ def test_the_monitor_sees_victims_leave_running() -> None:
     finally:
         monitor.stop()
     assert set(fault.left) == {1, 2, 3}
+    assert app.asked[0] == {1, 2, 3, 4} and app.asked[-1] == {4}  # only the victims still in
     stays = fault.stays()
     assert all((stay := stays[j]) is not None and stay < 5 for j in (1, 2, 3))
     assert stays[4] is None
