@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import threading
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -111,6 +112,9 @@ def hung_sessions(cluster: Cluster, pids: list[int]) -> list[str]:
 
 #: Tries to catch a server process at rest (see `stop_at_rest`).
 REST_TRIES = 500
+#: How long one look at a stopped server process may wait for that process itself (see
+#: `stop_at_rest`) before it is let go and caught again.
+LOOK_WAIT_S = 1.0
 
 
 def stop_at_rest(cluster: Cluster, pid: int) -> bool:
@@ -119,20 +123,42 @@ def stop_at_rest(cluster: Cluster, pid: int) -> bool:
     connection does to it. A process frozen mid-statement may hold one of PostgreSQL's internal
     page locks, and one frozen while committing a transaction that notified holds the server's
     one notification lock; every session needing either then waits with no timeout: the whole
-    server hangs, a fault of another kind. False if it was never caught at rest (it stays
-    stopped)."""
+    server hangs, a fault of another kind. False if it was never caught at rest (it is left
+    running).
+
+    The look at it reads shared memory the stopped process may have been writing when it
+    stopped: its activity entry (a reader waits until the writer is done) or a partition of the
+    lock table (a reader waits for the writer's lock). Such a look waits for the stopped
+    process, which waits for the look: after LOOK_WAIT_S the process is let go, and caught
+    again."""
+    let_go = threading.Event()
+
+    def resume() -> None:
+        let_go.set()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+
     with cluster.connect() as conn, contextlib.suppress(ProcessLookupError):  # gone: no hang
         for _ in range(REST_TRIES):
             os.kill(pid, signal.SIGSTOP)
             wait_stopped([pid])
-            row = conn.execute(
-                "SELECT a.state, a.wait_event_type, EXISTS ("
-                "  SELECT FROM pg_locks l WHERE l.pid = a.pid AND l.granted"
-                "  AND l.locktype = 'object' AND l.classid = 'pg_database'::regclass"
-                "  AND l.objid = 0) "
-                "FROM pg_stat_activity a WHERE a.pid = %(pid)s",
-                {"pid": pid},
-            ).fetchone()
+            let_go.clear()
+            watchdog = threading.Timer(LOOK_WAIT_S, resume)
+            watchdog.start()
+            try:
+                row = conn.execute(
+                    "SELECT a.state, a.wait_event_type, EXISTS ("
+                    "  SELECT FROM pg_locks l WHERE l.pid = a.pid AND l.granted"
+                    "  AND l.locktype = 'object' AND l.classid = 'pg_database'::regclass"
+                    "  AND l.objid = 0) "
+                    "FROM pg_stat_activity a WHERE a.pid = %(pid)s",
+                    {"pid": pid},
+                ).fetchone()
+            finally:
+                watchdog.cancel()
+                watchdog.join()
+            if let_go.is_set():
+                continue  # let go while looked at: caught again
             if row is None or (not row[2] and (row[0] != "active" or row[1] in ("Lock", "Client"))):
                 return True
             os.kill(pid, signal.SIGCONT)
@@ -158,9 +184,7 @@ def hang_backends(scenario: Scenario, victim: WorkerProcess, what: str) -> list[
         )
     scenario.wait_busy(victim, at_least=3)
     try:
-        scenario.extra["stopped_mid_statement"] = sum(
-            not stop_at_rest(cluster, pid) for pid in pids
-        )
+        scenario.extra["never_caught_at_rest"] = sum(not stop_at_rest(cluster, pid) for pid in pids)
         started = time.monotonic()
         running = scenario.running_jobs([victim.pid]) or {}
         locked = locked_rows(scenario, running)
