@@ -130,15 +130,16 @@ for i, c in ipairs(chosen) do
     local attempt = tostring(tonumber(f[at.attempt]) + 1)
     local started = false
     if i <= limit then started = fmt(math.max(NOW, tonumber(f[at.created_at]))) end
-    move(id, 'running', NOW, false, {'attempt', attempt, 'worker_id', worker,
-        'lease_until', lease_until, 'started_at', started}, nil, nil, current)
+    local sets = {'attempt', attempt, 'worker_id', worker, 'lease_until', lease_until,
+        'started_at', started}
+    move(id, 'running', NOW, false, sets, nil, nil, current)
     if rk then
         redis.call('ZADD', P .. ':rate:' .. rk, NOW + tonumber(f[at.rp]),
                    id .. ':' .. f[at.attempt])
     end
-    -- its columns as they are now: as read, but for what the move wrote
-    f[at.state], f[at.attempt], f[at.worker_id] = 'running', attempt, worker
-    f[at.lease_until], f[at.started_at] = lease_until, started
+    -- its columns as they are now: as read, but for what the move wrote (its state, `sets`)
+    f[at.state] = 'running'
+    for k = 1, #sets, 2 do f[at[sets[k]]] = sets[k + 1] end
     for k = #f, columns + 1, -1 do f[k] = nil end
     rows[#rows + 1] = f
 end
