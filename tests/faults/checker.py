@@ -18,6 +18,8 @@ process, how long each fault's victim jobs stayed `running`. What it counts:
 - early restarts: attempt k+1 started while run k was still going (its body running, or ended
   less than FLUSH_WINDOW_S before, its outcome on the way) in a process that was not a fault
   victim at the time: a healthy worker's job taken from it;
+- misdated: succeeded jobs whose stored start or end is more than DATE_SLACK_S from their
+  run's (a start written late, through an outage, must still say when the job began);
 - for each fault, how long its victim jobs stayed `running` after it (`Fault.at`).
 """
 
@@ -38,6 +40,10 @@ from .journal import Journal, Run
 #: outcome may have been waiting in the worker's write batch (written within milliseconds
 #: normally; a second is generous on a loaded 2-core machine).
 FLUSH_WINDOW_S = 1.0
+#: How far a job's stored start or end may be from its run's, as the journal has them (on the
+#: wall clock): the store's clock and the worker's are this machine's; what differs is only
+#: when each looked (a claim stamps a start a moment before the body begins).
+DATE_SLACK_S = 1.0
 #: How many jobs a failure message shows per kind of problem.
 SHOW = 8
 
@@ -52,6 +58,8 @@ class JobLike(Protocol):
     attempt: int
     result: Any
     worker_id: str | None
+    started_at: float | None
+    finished_at: float | None
 
     @property
     def state(self) -> Any: ...
@@ -192,19 +200,55 @@ def _stale(journal: Journal) -> list[int]:
     )
 
 
+def _named_run(journal: Journal, job: JobLike) -> tuple[int, Run | None] | None:
+    """For a succeeded job, the attempt its stored result ("pid:attempt") names and that run
+    (None: not in the journal); None for any other job."""
+    match = _RESULT.fullmatch(job.result) if isinstance(job.result, str) else None
+    if _state(job) != "succeeded" or match is None:
+        return None
+    pid, attempt = int(match.group(1)), int(match.group(2))
+    return attempt, journal.run(job.id, attempt, pid)
+
+
 def _fenced(journal: Journal, jobs: Mapping[int, JobLike]) -> list[int]:
-    """Succeeded jobs whose stored result ("pid:attempt") is not from the stored attempt's
-    finished run."""
+    """Succeeded jobs whose stored result is not from the stored attempt's finished run."""
     fenced = []
     for job_id, job in sorted(jobs.items()):
-        match = _RESULT.fullmatch(job.result) if isinstance(job.result, str) else None
-        if _state(job) != "succeeded" or match is None:
+        named = _named_run(journal, job)
+        if named is None:
             continue
-        pid, attempt = int(match.group(1)), int(match.group(2))
-        run = journal.run(job_id, attempt, pid)
+        attempt, run = named
         if attempt != job.attempt or run is None or run.ended is None:
             fenced.append(job_id)
     return fenced
+
+
+def _misdated(
+    journal: Journal, jobs: Mapping[int, JobLike], wall_offset: float
+) -> tuple[list[str], float]:
+    """Succeeded jobs whose stored start or end is more than DATE_SLACK_S from their run's
+    (the run the stored result names; `wall_offset` takes the journal's monotonic times to
+    the wall clock), described, and the largest gap found."""
+    misdated: list[str] = []
+    worst = 0.0
+    for job_id, job in sorted(jobs.items()):
+        named = _named_run(journal, job)
+        run = None if named is None else named[1]
+        if run is None or run.ended is None:
+            continue
+        pairs = [("start", job.started_at, run.started), ("end", job.finished_at, run.ended)]
+        gaps = [
+            (stored - (seen + wall_offset), what)
+            for what, stored, seen in pairs
+            if stored is not None
+        ]
+        if not gaps:
+            continue
+        gap, what = max(gaps, key=lambda g: abs(g[0]))
+        worst = max(worst, abs(gap))
+        if abs(gap) > DATE_SLACK_S:
+            misdated.append(f"  job {job_id}: its {what} stored {gap:+.2f}s off its run's")
+    return misdated, worst
 
 
 def _overdue(
@@ -244,11 +288,14 @@ def check(
     bound_s: float,
     *,
     not_due: Iterable[int] = (),
+    wall_offset: float | None = None,
 ) -> Report:
     """Everything the scenario's user would notice, counted; `problems` lists what is wrong.
 
     `bound_s`: no victim job may stay running longer than this after its fault. `not_due`:
     jobs scheduled past the end of the run on purpose (neither lost nor expected to run).
+    `wall_offset`: the wall clock less the monotonic one, to check each job's stored start and
+    end against its run's (None: not checked, as when the workers' clocks are faked).
     """
     acknowledged = sorted(set(journal.enqueued) - set(not_due))
     unfinished = _FINISHED | {"running"}
@@ -260,6 +307,10 @@ def check(
     stale = _stale(journal)
     fenced = _fenced(journal, jobs)
     stays, late = _overdue(journal, faults, bound_s)
+    misdated: list[str] = []
+    date_gap: float | None = None
+    if wall_offset is not None:
+        misdated, date_gap = _misdated(journal, jobs, wall_offset)
 
     figures: dict[str, Any] = {
         "jobs": len(acknowledged),
@@ -272,6 +323,8 @@ def check(
         "fenced": len(fenced),
         "early_restarts": len(early),
         "stale_starts": len(stale),
+        "misdated": len(misdated),
+        "date_gap_max_s": None if date_gap is None else round(date_gap, 3),
         "dead": len(dead),
         "victims": sum(len(f.jobs) for f in faults),
         "victim_max_s": round(max(stays), 3) if stays else None,
@@ -291,6 +344,11 @@ def check(
         ),
     ]
     problems = [_section(title, ids, journal, jobs) for title, ids in sections if ids]
+    if misdated:
+        problems.append(
+            f"MISDATED (a stored start or end more than {DATE_SLACK_S:.1f}s from its run's): "
+            f"{len(misdated)}\n" + "\n".join(misdated[:SHOW])
+        )
     if late:
         problems.append(
             f"VICTIMS RUNNING PAST THE BOUND of {bound_s:.2f}s after their fault:\n"

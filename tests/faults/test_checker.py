@@ -21,6 +21,8 @@ class FakeJob:
     attempt: int = 1
     result: Any = None
     worker_id: str | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
 
 
 def ok(job_id: int, pid: int, attempt: int = 1) -> FakeJob:
@@ -216,6 +218,30 @@ def test_fenced_outcomes() -> None:
     )
     assert report.figures["fenced"] == 2
     assert "FENCED" in report.message()
+
+
+def test_a_start_or_end_stored_off_its_run_is_misdated() -> None:
+    # The journal's times are monotonic; the store's are on the wall clock, 1000 s ahead here.
+    lines = [f"enq {j} 9 0.1" for j in (1, 2, 3)] + [
+        *("start 1 1 10 1.0", "end 1 1 10 2.0"),
+        *("start 2 1 10 1.0", "end 2 1 10 2.0"),
+        *("start 3 1 10 1.0", "end 3 1 10 2.0"),
+    ]
+    jobs = {
+        1: FakeJob(1, "succeeded", 1, "10:1", started_at=1000.9, finished_at=1002.1),
+        2: FakeJob(2, "succeeded", 1, "10:1", started_at=1002.6, finished_at=1002.7),
+        3: FakeJob(3, "succeeded", 1, "10:1", started_at=1001.0, finished_at=1000.5),
+    }
+    report = check(journal(*lines), jobs, [], BOUND_S, wall_offset=1000.0)
+    assert report.figures["misdated"] == 2
+    assert report.figures["date_gap_max_s"] == 1.6
+    message = report.message()
+    assert "job 2: its start stored +1.60s off its run's" in message
+    assert "job 3: its end stored -1.50s off its run's" in message
+    assert "job 1:" not in message
+    # Without the offset (the workers' clocks faked), dates are not checked.
+    unchecked = check(journal(*lines), jobs, [], BOUND_S)
+    assert unchecked.ok and unchecked.figures["misdated"] == 0
 
 
 def test_victims_past_the_bound() -> None:
