@@ -95,7 +95,10 @@ class Journal:
         return sum(1 for runs in self.runs.values() for r in runs if r.ended is not None)
 
     def run(self, job_id: int, attempt: int, pid: int) -> Run | None:
-        for r in self.runs.get(job_id, []):
+        """The last run of this attempt in this process: a store that lost a claim in a crash
+        (Redis without fsync of every write) hands the job out again under the same attempt,
+        maybe to the same process, and the stored outcome is the later run's."""
+        for r in reversed(self.runs.get(job_id, [])):
             if (r.attempt, r.pid) == (attempt, pid):
                 return r
         return None
