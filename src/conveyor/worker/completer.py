@@ -108,34 +108,30 @@ class Completer:
             if self._closed:
                 return
 
-    def _starts(self) -> list[tuple[Job, float]]:
-        """The starts not written yet, and when each began (taken: a start is written once)."""
+    def _starts(self) -> list[Start]:
+        """The starts not written yet (taken: a start is written once). Each says when its job
+        began on this worker's clock; the store takes that to its own as it writes, however
+        long the write waited (an outage)."""
         if not self._began:
             return []
         if self._start_timer is not None:
             self._start_timer.cancel()
             self._start_timer = None
-        began, self._began = self._began, {}
-        return list(began.values())
-
-    def _stamped(self, began: Sequence[tuple[Job, float]]) -> list[Start]:
-        """Starts as of now: how long before the write each began. Made for each try of a
-        write, so that one retried through an outage still says when the job began."""
         at, mono = self._now(), time.monotonic()
-        return [Start(job.id, job.worker_id or "", job.attempt, at, mono - t) for job, t in began]
+        began, self._began = self._began, {}
+        return [
+            Start(job.id, job.worker_id or "", job.attempt, at, mono - t)
+            for job, t in began.values()
+        ]
 
-    async def _write(
-        self, batch: list[Finished], starts: Sequence[tuple[Job, float]] = ()
-    ) -> list[int]:
+    async def _write(self, batch: list[Finished], starts: Sequence[Start] = ()) -> list[int]:
         # An outcome is never dropped for an outage: the write is tried again, while the
         # heartbeat keeps the jobs' leases alive. If the worker must stop first, the leases run
         # out and the jobs are rescued: nothing is lost.
         attempt = 0
         while True:
             try:
-                applied = await self._backend.complete(
-                    [f.outcome for f in batch], self._stamped(starts)
-                )
+                applied = await self._backend.complete([f.outcome for f in batch], starts)
             except BackendUnavailable as exc:
                 delay = RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)]
                 self._outage.failed(exc, count=len(batch), retry_in_s=delay)

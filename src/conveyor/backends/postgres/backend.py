@@ -487,8 +487,10 @@ class PostgresOperations(SqlOperations):
                 "start_ids": BigInts([s.job_id for s in starts]),
                 "start_worker_ids": Texts([s.worker_id for s in starts]),
                 "start_attempts": Ints([s.attempt for s in starts]),
-                "start_ats": Floats([self.now(s.at) for s in starts]),
-                "start_agos": Floats([s.ago for s in starts]),
+                # when each began: the worker's time, or on the database's clock as long
+                # before the write as it began before this moment (as an outcome's time)
+                "start_ats": Floats([self.now(s.at - s.ago) for s in starts]),
+                "start_agos": Floats([max(0.0, sent - (s.at - s.ago)) for s in starts]),
             },
         )
         maybe_left = [o.job_id for o in outcomes if o.keeps_cancel_request]

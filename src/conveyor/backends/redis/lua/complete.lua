@@ -11,8 +11,11 @@ for _, s in ipairs(starts) do
     local jk = job_key(s[1])
     local f = redis.call('HMGET', jk, 'state', 'worker_id', 'attempt', 'started_at', 'created_at')
     if f[1] == 'running' and f[2] == s[2] and tonumber(f[3]) == s[3] and not f[4] then
-        local at = SERVER_TIME and NOW or s[4]
-        redis.call('HSET', jk, 'started_at', fmt(math.max(at - s[5], tonumber(f[5]))))
+        -- when it began, on the caller's clock, taken to the server's as an outcome's time is
+        -- (however long the start waited to be sent); never after now, nor before its creation
+        local began = s[4] - s[5]
+        if SERVER_TIME then began = math.min(NOW, began + SHIFT) end
+        redis.call('HSET', jk, 'started_at', fmt(math.max(began, tonumber(f[5]))))
     end
 end
 
