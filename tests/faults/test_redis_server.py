@@ -389,9 +389,6 @@ def test_redis_client_kill_of_a_workers_connections_mid_drain(scenario: Scenario
 #: How long another client's script holds the server, past its busy-reply threshold.
 BUSY_S = 1.5
 BUSY_THRESHOLD_MS = 200
-#: The latest a job may be recorded as starting after its claim (a loaded machine's slack, and
-#: jobs claimed ahead of a free slot; the hold is BUSY_S).
-HELD_START_S = 1.0
 #: A script that does nothing but hold the server (it reads the clock until the time is up).
 HOLD_SCRIPT = """
 local t = redis.call('TIME')
@@ -427,22 +424,8 @@ def test_redis_another_clients_long_script_is_an_outage_workers_ride_out(
     scenario.extra["enqueue_errors"] = dict(errors)
     if set(errors) - {f"{BackendUnavailable.__module__}.{BackendUnavailable.__qualname__}"}:
         scenario.problems.append(f"enqueue failed with other than BackendUnavailable: {errors}")
-    # The outcomes of the jobs that ended while the server was held waited, and were written
-    # after it: each is recorded at its own time all the same. A job's start is then soon after
-    # its claim (stamped with its write's time and counted back by the run, a job running as
-    # the hold began looked as if it started 1.5-2 s after it was claimed).
-    late = 0.0
-    for job in stored_jobs(scenario.app).values():
-        if job.state is conveyor.JobState.SUCCEEDED and job.started_at is not None:
-            claimed = max(
-                e.at
-                for e in scenario.app.job_history(job.id)
-                if e.to_state is conveyor.JobState.RUNNING
-            )
-            late = max(late, job.started_at - claimed)
-    scenario.extra["latest_start_after_claim_s"] = round(late, 3)
-    if late > HELD_START_S:
-        scenario.problems.append(f"a job was recorded as starting {late:.2f} s after its claim")
+    # The outcomes and starts that waited out the hold are each recorded at their own time
+    # all the same: the checker judges every stored start and end against the journal's.
     scenario.check(slack=BUSY_S + CLIENT_KILL_SLACK_S)
 
 
